@@ -1,0 +1,46 @@
+"""The ``relaxlab`` command line: a thin layer over the Python API.
+
+Each command group lives in its own module and exposes ``COMMANDS``; this
+module only assembles them. Nothing in the library imports the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+#: Modules that contribute commands, in the order ``relaxlab --help`` lists them.
+COMMAND_MODULES = (
+    "relaxlab.cli.registry_cmds",
+    "relaxlab.cli.engine_cmds",
+    "relaxlab.cli.discovery_cmds",
+    "relaxlab.cli.training_cmds",
+    "relaxlab.cli.analysis_cmds",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="relaxlab")
+def cli() -> None:
+    """relaxlab: a laboratory for ReLU convex relaxations in certified training."""
+
+
+def _assemble() -> None:
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:  # a command group not built yet
+                continue
+            raise
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_assemble()
+
+
+def main() -> None:
+    """Entry point of the ``relaxlab`` script."""
+    cli(prog_name="relaxlab")
