@@ -1,0 +1,324 @@
+"""ReLU relaxations declared as data.
+
+A :class:`ReluRelaxation` gives, for each stability case (see
+:mod:`relaxlab.core.stability`), a lower and an upper :class:`Line`
+``slope(l, u)·x + offset(l, u)`` whose coefficients are expressions of
+:mod:`relaxlab.core.expr`. It also says how intermediate bounds are obtained
+(``"backsub"`` or ``"interval"``) and may widen ``[l, u]`` before the ReLU
+(:class:`BoundsTransform`). Parameters (``gamma``, ``omega``, ``F``) are
+declared with :class:`ParamSpec` and set with :meth:`ReluRelaxation.with_params`.
+
+Shapes: every tensor method takes ``lower``/``upper`` of any shape and returns
+tensors of that shape, dtype and device.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from attrs import evolve, field, frozen, validators
+from torch import Tensor
+
+from relaxlab.core.expr import BOUND_VARIABLES, Const, Expr, ExprLike, Var, as_expr
+from relaxlab.core.stability import Stability, stability_masks
+
+#: Readable names: letters, digits, spaces and ``-_().,+=/`` (``CROWN-IBP (R)``, ``LooseIBP-DC``).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _\-().,+=/λκ·]*$"
+
+INTERMEDIATE_MODES = ("backsub", "interval")
+
+# A point inside each case where every declared expression is well defined. Elements not in
+# a case are evaluated there, so that no NaN/inf from an unselected case can reach a gradient.
+_REPRESENTATIVE = {
+    Stability.NEGATIVE: (-2.0, -1.0),
+    Stability.UNSTABLE: (-1.0, 1.0),
+    Stability.POSITIVE: (1.0, 2.0),
+}
+
+
+def _format_coefficient(expr: Expr) -> str:
+    text = str(expr)
+    if text.startswith("(") and text.endswith(")"):
+        return text
+    return f"({text})" if any(op in text for op in (" + ", " - ", " if ")) else text
+
+
+@frozen
+class Line:
+    """The line ``slope(l, u)·x + offset(l, u)``."""
+
+    slope: Expr = field(converter=as_expr)
+    offset: Expr = field(converter=as_expr)
+
+    def evaluate(self, env: Mapping[str, Any]) -> tuple[Any, Any]:
+        return self.slope.evaluate(env), self.offset.evaluate(env)
+
+    def expressions(self) -> tuple[Expr, Expr]:
+        return (self.slope, self.offset)
+
+    def substitute(self, mapping: Mapping[str, Expr]) -> Line:
+        return Line(self.slope.substitute(mapping), self.offset.substitute(mapping))
+
+    def __str__(self) -> str:
+        if self.slope.is_zero():
+            return str(self.offset)
+        slope = "" if self.slope.is_one() else ("-" if self.slope == Const(-1.0) else _format_coefficient(self.slope))
+        head = f"{slope}x"
+        if self.offset.is_zero():
+            return head
+        offset = str(self.offset)
+        if offset.startswith("-") and " " not in offset:
+            return f"{head} - {offset[1:]}"
+        return f"{head} + {_format_coefficient(self.offset)}"
+
+
+def line(slope: ExprLike, offset: ExprLike = 0.0) -> Line:
+    """Shorthand for :class:`Line`."""
+    return Line(as_expr(slope), as_expr(offset))
+
+
+@frozen
+class CaseBounds:
+    """The lower and upper line used for one stability case."""
+
+    lower: Line
+    upper: Line
+
+    def lines(self) -> tuple[Line, Line]:
+        return (self.lower, self.upper)
+
+    def __str__(self) -> str:
+        if self.lower == self.upper:
+            return f"y = {self.lower}"
+        return f"{self.lower} <= y <= {self.upper}"
+
+
+@frozen
+class BoundsTransform:
+    """Replace ``[l, u]`` by ``[lower(l, u), upper(l, u)]`` before the ReLU.
+
+    It must widen: ``lower(l, u) <= l`` and ``upper(l, u) >= u`` (checked by
+    :func:`relaxlab.properties.soundness.check_soundness`).
+    """
+
+    lower: Expr = field(converter=as_expr)
+    upper: Expr = field(converter=as_expr)
+
+    def __str__(self) -> str:
+        return f"[{self.lower}, {self.upper}]"
+
+
+@frozen
+class ParamSpec:
+    """A parameter of a relaxation with its default and admissible range.
+
+    :param name: the name used by :class:`~relaxlab.core.expr.Param` nodes.
+    :param default: the default value.
+    :param minimum: smallest admissible value (``None``: unbounded).
+    :param strict: whether ``minimum`` itself is excluded (``F > 0``).
+    :param description: one line for listings.
+    """
+
+    name: str
+    default: float
+    minimum: float | None = None
+    strict: bool = False
+    maximum: float | None = None
+    description: str = ""
+
+    def validate(self, value: float, relaxation: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{relaxation}: parameter {self.name} must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{relaxation}: parameter {self.name} must be finite, got {value!r}")
+        if self.minimum is not None:
+            if (self.strict and value <= self.minimum) or value < self.minimum:
+                op = ">" if self.strict else ">="
+                raise ValueError(
+                    f"{relaxation}: parameter {self.name} must be {op} {_fmt(self.minimum)}, got {_fmt(value)}"
+                )
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(
+                f"{relaxation}: parameter {self.name} must be <= {_fmt(self.maximum)}, got {_fmt(value)}"
+            )
+        return value
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+@frozen(eq=False)  # holds tensors: identity equality
+class RelaxationTensors:
+    """Per-neuron line coefficients, the same shape as the bounds they came from."""
+
+    lower_slope: Tensor
+    lower_offset: Tensor
+    upper_slope: Tensor
+    upper_offset: Tensor
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter((self.lower_slope, self.lower_offset, self.upper_slope, self.upper_offset))
+
+
+def _check_name(instance: object, attribute: object, value: str) -> None:
+    if not re.match(NAME_PATTERN, value):
+        raise ValueError(
+            f"relaxation name {value!r} is not allowed: use letters, digits, spaces and -_().,+=/"
+        )
+
+
+@frozen(kw_only=True)
+class ReluRelaxation:
+    """A ReLU relaxation: one :class:`CaseBounds` per stability case.
+
+    :param name: the name the literature uses (``CROWN-0-C``); look-up ignores case, spaces and punctuation.
+    :param negative: lines for ``u <= 0``.
+    :param unstable: lines for ``l < 0 < u``.
+    :param positive: lines for ``l >= 0`` (and ``u > 0``).
+    :param intermediate: ``"backsub"`` (intermediate bounds by full backsubstitution) or
+        ``"interval"`` (by interval arithmetic, the "(R)" variants).
+    :param transform: optional widening of ``[l, u]`` before the ReLU; lines and the
+        stability case are then evaluated on the widened bounds.
+    :param params: declared parameters.
+    :param values: current parameter values as ``(name, value)`` pairs (defaults fill the rest).
+    :param summary: one line for listings and docs.
+    :param reference: where it comes from (paper, section).
+    """
+
+    name: str = field(validator=_check_name)
+    negative: CaseBounds
+    unstable: CaseBounds
+    positive: CaseBounds
+    intermediate: str = field(default="backsub", validator=validators.in_(INTERMEDIATE_MODES))
+    transform: BoundsTransform | None = None
+    params: tuple[ParamSpec, ...] = field(default=(), converter=tuple)
+    values: tuple[tuple[str, float], ...] = field(default=(), converter=lambda v: tuple(sorted(dict(v).items())))
+    summary: str = field(default="", eq=False)
+    reference: str = field(default="", eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        declared = {p.name for p in self.params}
+        if len(declared) != len(self.params):
+            raise ValueError(f"{self.name}: a parameter is declared twice")
+        used = set().union(*(e.variables() for e in self.expressions())) - BOUND_VARIABLES
+        undeclared = used - declared
+        if undeclared:
+            raise ValueError(
+                f"{self.name}: expressions use undeclared parameter(s) {sorted(undeclared)}; "
+                "declare them in params=(ParamSpec(...),)"
+            )
+        specs = {p.name: p for p in self.params}
+        for key, value in self.values:
+            if key not in specs:
+                raise ValueError(f"{self.name}: unknown parameter {key!r}; it has {sorted(specs) or 'none'}")
+            specs[key].validate(value, self.name)
+        for spec in self.params:
+            spec.validate(spec.default, self.name)
+
+    # -- structure ----------------------------------------------------------
+    def case(self, stability: Stability) -> CaseBounds:
+        """The lines for one stability case."""
+        return {
+            Stability.NEGATIVE: self.negative,
+            Stability.UNSTABLE: self.unstable,
+            Stability.POSITIVE: self.positive,
+        }[stability]
+
+    def cases(self) -> tuple[tuple[Stability, CaseBounds], ...]:
+        return tuple((s, self.case(s)) for s in Stability)
+
+    def expressions(self) -> Iterator[Expr]:
+        """Every coefficient expression, the transform's included."""
+        for _, case in self.cases():
+            for ln in case.lines():
+                yield from ln.expressions()
+        if self.transform is not None:
+            yield self.transform.lower
+            yield self.transform.upper
+
+    def effective_case(self, stability: Stability) -> CaseBounds:
+        """The lines of a case as functions of the *raw* ``(l, u)``, transform substituted."""
+        case = self.case(stability)
+        if self.transform is None:
+            return case
+        mapping = {"l": self.transform.lower, "u": self.transform.upper}
+        return CaseBounds(case.lower.substitute(mapping), case.upper.substitute(mapping))
+
+    @property
+    def is_interval(self) -> bool:
+        """Every line of every case has slope identically 0.
+
+        Backsubstitution then stops at every ReLU and equals interval
+        arithmetic, so the engine may take its interval fast path.
+        """
+        return all(ln.slope.is_zero() for _, case in self.cases() for ln in case.lines())
+
+    @property
+    def parameters(self) -> dict[str, float]:
+        """Current parameter values, defaults filled in."""
+        current = dict(self.values)
+        return {p.name: current.get(p.name, p.default) for p in self.params}
+
+    @property
+    def label(self) -> str:
+        """The name with non-default parameter values, e.g. ``LooseIBP-C(omega=0.5)``."""
+        current = dict(self.values)
+        changed = [f"{p.name}={_fmt(current[p.name])}" for p in self.params if current.get(p.name, p.default) != p.default]
+        return f"{self.name}({', '.join(changed)})" if changed else self.name
+
+    def spec_key(self) -> tuple[Any, ...]:
+        """Everything but the name and docs: two relaxations with equal keys are aliases."""
+        return (self.negative, self.unstable, self.positive, self.intermediate, self.transform, self.params,
+                tuple(sorted(self.parameters.items())))
+
+    def with_params(self, **values: float) -> ReluRelaxation:
+        """A copy with some parameters set (validated: a bad value raises ``ValueError``)."""
+        if not self.params and values:
+            raise ValueError(f"{self.name} has no parameters, got {sorted(values)}")
+        return evolve(self, values={**dict(self.values), **values})
+
+    # -- evaluation ---------------------------------------------------------
+    def transform_bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them)."""
+        if self.transform is None:
+            return lower, upper
+        env = {"l": lower, "u": upper, **self.parameters}
+        return (_broadcast(self.transform.lower.evaluate(env), lower),
+                _broadcast(self.transform.upper.evaluate(env), upper))
+
+    def coefficients(self, lower: Tensor, upper: Tensor) -> RelaxationTensors:
+        """Line coefficients for raw pre-activation bounds; the case is chosen per element.
+
+        For every ``x`` in ``[lower, upper]``:
+        ``lower_slope·x + lower_offset <= relu(x) <= upper_slope·x + upper_offset``.
+        Differentiable; never NaN for finite ``lower <= upper``.
+        """
+        lb, ub = self.transform_bounds(lower, upper)
+        params = self.parameters
+        out: list[Tensor] | None = None
+        for stability, mask in stability_masks(lb, ub).items():
+            rep_l, rep_u = _REPRESENTATIVE[stability]
+            env = {"l": torch.where(mask, lb, rep_l), "u": torch.where(mask, ub, rep_u), **params}
+            case = self.case(stability)
+            values = [_broadcast(v, lb) for ln in case.lines() for v in ln.evaluate(env)]
+            out = values if out is None else [torch.where(mask, v, o) for v, o in zip(values, out, strict=True)]
+        assert out is not None
+        return RelaxationTensors(*out)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def _broadcast(value: Any, like: Tensor) -> Tensor:
+    if isinstance(value, Tensor):
+        if value.dtype != like.dtype:
+            value = value.to(like.dtype)
+        return value if value.shape == like.shape else value.expand_as(like)
+    return torch.full_like(like, float(value))
+

@@ -1,0 +1,338 @@
+"""The plugin manager and the registries it fills.
+
+Built-ins are plugins registered directly (as pytest registers its own);
+third-party plugins come in through the ``relaxlab`` entry-point group. Each
+entry point is loaded on its own: one that fails to import, raises in a hook
+or returns something invalid is recorded in :attr:`Registry.errors` with its
+name and the reason, and every other plugin keeps working.
+
+Environment switches:
+
+- ``RELAXLAB_DISABLE_PLUGIN_AUTOLOAD=1`` — do not load entry points;
+- ``RELAXLAB_BLOCK_PLUGINS=a,b`` — skip the named plugins (entry-point names or built-in modules).
+
+Look-up by name ignores case, spaces and punctuation (``crown ibp r`` finds
+``CROWN-IBP (R)``), accepts parameters (``LooseIBP-DC(F=10, omega=0.5)``) and
+suggests close matches for unknown names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+import pluggy
+from attrs import define, field, frozen
+
+from relaxlab import hookspecs
+from relaxlab.core.relaxation import Line, ReluRelaxation
+
+PROJECT_NAME = "relaxlab"
+ENTRY_POINT_GROUP = "relaxlab"
+#: Built-ins go through the same hooks as third-party plugins.
+BUILTIN_PLUGINS = (
+    "relaxlab.relaxations.builtin",
+    "relaxlab.training.architectures",
+    "relaxlab.data.datasets",
+)
+
+T = TypeVar("T")
+
+
+class UnknownNameError(LookupError):
+    """A name that no registered item has; the message lists close matches."""
+
+    def __str__(self) -> str:  # LookupError would quote the message
+        return str(self.args[0])
+
+
+class RegistryError(ValueError):
+    """A registration that cannot be accepted (a name clash)."""
+
+
+class UnsoundRelaxationError(ValueError):
+    """A relaxation whose lines do not enclose the ReLU; the message holds a counterexample."""
+
+
+def normalize_name(name: str) -> str:
+    """The look-up key: lower case, letters, digits and "+" only (so CONV+ differs from CONV)."""
+    return re.sub(r"[^0-9a-zλκ+]", "", name.lower())
+
+
+@frozen
+class PluginError:
+    """A plugin that could not contribute, and why."""
+
+    plugin: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"plugin {self.plugin!r}: {self.reason}"
+
+
+@define
+class NamedRegistry(Generic[T]):
+    """Items with a ``.name``, looked up ignoring case, spaces and punctuation."""
+
+    kind: str
+    _items: dict[str, T] = field(factory=dict)
+    _sources: dict[str, str] = field(factory=dict)
+    _keys: dict[str, str] = field(factory=dict)
+
+    def add(self, item: T, source: str) -> None:
+        name = item.name  # type: ignore[attr-defined]
+        key = normalize_name(name)
+        if key in self._keys:
+            other = self._keys[key]
+            raise RegistryError(
+                f"{self.kind} {name!r} from plugin {source!r} clashes with {other!r} from plugin "
+                f"{self._sources[other]!r}; rename one of them (plugins should prefix their names)"
+            )
+        self._items[name] = item
+        self._sources[name] = source
+        self._keys[key] = name
+
+    def resolve(self, name: str) -> str:
+        """The registered spelling of ``name``."""
+        key = normalize_name(name)
+        if key in self._keys:
+            return self._keys[key]
+        known = list(self._items)
+        close = difflib.get_close_matches(key, list(self._keys), n=3, cutoff=0.6)
+        close += [k for k in self._keys if key and (key in k or k in key) and k not in close]
+        suggestions = list(dict.fromkeys(self._keys[k] for k in close))[:4]
+        hint = f"; did you mean {', '.join(repr(c) for c in suggestions)}?" if suggestions else ""
+        raise UnknownNameError(
+            f"unknown {self.kind} {name!r}{hint} (`relaxlab list` shows all; known: {', '.join(known)})"
+        )
+
+    def __getitem__(self, name: str) -> T:
+        return self._items[self.resolve(name)]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and normalize_name(name) in self._keys
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def values(self) -> list[T]:
+        return list(self._items.values())
+
+    def source(self, name: str) -> str:
+        """The plugin that provided ``name``."""
+        return self._sources[self.resolve(name)]
+
+
+_PARAMS = re.compile(r"^(?P<name>.*?)\s*\((?P<args>[^()]*=[^()]*)\)\s*$")
+
+
+@define
+class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
+    """Relaxations by name, with aliases (identical specs) and soundness findings."""
+
+    kind: str = "relaxation"
+    #: name -> counterexample text, for relaxations whose lines fail the exact check.
+    unsound: dict[str, str] = field(factory=dict)
+
+    def get(self, name: str) -> ReluRelaxation:
+        """Look up ``name``, optionally with parameters: ``LooseIBP-DC(F=10, omega=0.5)``."""
+        match = _PARAMS.match(name)
+        if match is None:
+            return self[name]
+        base = self[match["name"]]
+        values: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in match["args"].split(","))):
+            key, _, raw = part.partition("=")
+            try:
+                values[key.strip()] = float(raw)
+            except ValueError:
+                raise ValueError(f"{base.name}: parameter {key.strip()!r} needs a number, got {raw.strip()!r}") from None
+        return base.with_params(**values)
+
+    def aliases(self, name: str) -> list[str]:
+        """Other names whose spec is identical to ``name``'s."""
+        canonical = self.resolve(name)
+        key = self._items[canonical].spec_key()
+        return [n for n, r in self._items.items() if n != canonical and r.spec_key() == key]
+
+    def primary(self, name: str) -> str:
+        """The first-registered name among ``name`` and its aliases."""
+        canonical = self.resolve(name)
+        key = self._items[canonical].spec_key()
+        return next(n for n, r in self._items.items() if r.spec_key() == key)
+
+
+@frozen
+class CandidateLine:
+    """A candidate bound line for discovery, with the plugin that contributed it."""
+
+    name: str
+    side: str  # "lower", "upper" or "both"
+    line: Line
+    source: str
+
+
+@define
+class Registry:
+    """Everything the installed plugins provide."""
+
+    relaxations: RelaxationRegistry = field(factory=RelaxationRegistry)
+    architectures: NamedRegistry[Any] = field(factory=lambda: NamedRegistry("architecture"))
+    datasets: NamedRegistry[Any] = field(factory=lambda: NamedRegistry("dataset"))
+    candidate_lines: list[CandidateLine] = field(factory=list)
+    errors: list[PluginError] = field(factory=list)
+    plugins: list[str] = field(factory=list)
+
+
+def get_plugin_manager(
+    *, load_entry_points: bool = True, blocked: Iterable[str] = ()
+) -> tuple[pluggy.PluginManager, list[PluginError]]:
+    """A fresh plugin manager with built-ins and (optionally) entry-point plugins.
+
+    :return: the manager and the plugins that failed to load.
+    """
+    pm = pluggy.PluginManager(PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    env_blocked = os.environ.get("RELAXLAB_BLOCK_PLUGINS", "").split(",")
+    blocked_names = {*blocked, *(b.strip() for b in env_blocked if b.strip())}
+    errors: list[PluginError] = []
+    for module_name in BUILTIN_PLUGINS:
+        if module_name not in blocked_names:
+            pm.register(importlib.import_module(module_name), name=module_name)
+    if load_entry_points and not os.environ.get("RELAXLAB_DISABLE_PLUGIN_AUTOLOAD"):
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if entry_point.name in blocked_names or pm.get_plugin(entry_point.name) is not None:
+                continue
+            try:
+                plugin = entry_point.load()
+                pm.register(plugin, name=entry_point.name)
+            except Exception as error:  # a broken plugin must not take the others down
+                errors.append(PluginError(entry_point.name, f"failed to load {entry_point.value!r}: "
+                                                             f"{type(error).__name__}: {error}"))
+    try:
+        pm.check_pending()  # a misspelled hook name fails here, not silently
+    except pluggy.PluginValidationError as error:
+        name = pm.get_name(error.plugin) or repr(error.plugin)
+        errors.append(PluginError(name, f"unknown hook: {error}"))
+        pm.unregister(error.plugin)
+    return pm, errors
+
+
+def _collect(
+    pm: pluggy.PluginManager,
+    hook_name: str,
+    errors: list[PluginError],
+    accept: Callable[[Any], bool],
+    expected: str,
+) -> Iterator[tuple[str, Any]]:
+    """Call each implementation separately so every item keeps its source and one failure stays local."""
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        try:
+            provided = list(impl.function() or ())
+        except Exception as error:
+            errors.append(PluginError(impl.plugin_name, f"{hook_name} raised {type(error).__name__}: {error}"))
+            continue
+        for item in provided:
+            if not accept(item):
+                errors.append(PluginError(impl.plugin_name, f"{hook_name} returned {item!r}, expected {expected}"))
+                continue
+            yield impl.plugin_name, item
+
+
+def build_registry(*, load_entry_points: bool = True, blocked: Iterable[str] = (), check: bool = True) -> Registry:
+    """Collect everything the plugins provide into a new :class:`Registry`.
+
+    :param check: run the exact soundness check on every relaxation (fast) and record failures.
+    """
+    pm, errors = get_plugin_manager(load_entry_points=load_entry_points, blocked=blocked)
+    registry = Registry(errors=errors, plugins=[n for n, _ in pm.list_name_plugin()])
+    for source, relaxation in _collect(pm, "relaxlab_relaxations", errors,
+                                       lambda r: isinstance(r, ReluRelaxation), "a ReluRelaxation"):
+        _add(registry.relaxations, relaxation, source, errors)
+    for source, arch in _collect(pm, "relaxlab_architectures", errors,
+                                 lambda a: isinstance(getattr(a, "name", None), str), "an object with a name"):
+        _add(registry.architectures, arch, source, errors)
+    for source, dataset in _collect(pm, "relaxlab_datasets", errors,
+                                    lambda d: isinstance(getattr(d, "name", None), str), "an object with a name"):
+        _add(registry.datasets, dataset, source, errors)
+    for source, item in _collect(pm, "relaxlab_candidate_lines", errors, _is_candidate,
+                                 "(name, 'lower'|'upper'|'both', Line)"):
+        name, side, ln = item
+        registry.candidate_lines.append(CandidateLine(name, side, ln, source))
+    if check:
+        from relaxlab.properties.soundness import check_soundness
+
+        for name, relaxation in list(registry.relaxations._items.items()):
+            counterexample = check_soundness(relaxation)
+            if counterexample is not None:
+                registry.relaxations.unsound[name] = str(counterexample)
+                errors.append(PluginError(registry.relaxations.source(name),
+                                          f"relaxation {name!r} is unsound: {counterexample}"))
+    return registry
+
+
+def _is_candidate(item: Any) -> bool:
+    return (isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str)
+            and item[1] in ("lower", "upper", "both") and isinstance(item[2], Line))
+
+
+def _add(target: NamedRegistry[Any], item: Any, source: str, errors: list[PluginError]) -> None:
+    try:
+        target.add(item, source)
+    except RegistryError as error:
+        errors.append(PluginError(source, str(error)))
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry(*, refresh: bool = False) -> Registry:
+    """The process-wide registry (built on first use; ``refresh=True`` rebuilds it)."""
+    global _REGISTRY
+    if _REGISTRY is None or refresh:
+        _REGISTRY = build_registry()
+    return _REGISTRY
+
+
+def register_relaxation(relaxation: ReluRelaxation, source: str = "runtime") -> None:
+    """Add a relaxation to the process-wide registry at run time (e.g. a generated one).
+
+    It is checked for soundness first; an unsound one raises :class:`UnsoundRelaxationError`.
+    """
+    from relaxlab.properties.soundness import check_soundness
+
+    counterexample = check_soundness(relaxation)
+    if counterexample is not None:
+        raise UnsoundRelaxationError(f"relaxation {relaxation.name!r} is unsound: {counterexample}")
+    get_registry().relaxations.add(relaxation, source)
+
+
+def get_relaxation(relaxation: str | ReluRelaxation, *, allow_unsound: bool = False) -> ReluRelaxation:
+    """Resolve a name (with optional parameters) or pass a relaxation object through.
+
+    :raises UnknownNameError: for an unknown name, with close matches suggested.
+    :raises UnsoundRelaxationError: for a registered relaxation that failed the soundness check.
+    """
+    if isinstance(relaxation, ReluRelaxation):
+        return relaxation
+    if not isinstance(relaxation, str):
+        raise TypeError(f"relaxation must be a name or a ReluRelaxation, got {type(relaxation).__name__}")
+    relaxations = get_registry().relaxations
+    found = relaxations.get(relaxation)
+    if not allow_unsound and found.name in relaxations.unsound:
+        raise UnsoundRelaxationError(
+            f"relaxation {found.name!r} (plugin {relaxations.source(found.name)!r}) is unsound and cannot be used: "
+            f"{relaxations.unsound[found.name]}"
+        )
+    return found
