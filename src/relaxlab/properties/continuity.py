@@ -1,0 +1,237 @@
+"""Continuity of a relaxation's lines as functions of ``(l, u)``.
+
+Two independent routes, which must agree for every built-in:
+
+1. :func:`derive_continuity` reads the spec: the piece of the ``(l, u)`` domain
+   a point lies in is determined by its stability case, the condition of every
+   switch and the integer part of every floor/ceil argument (all from the
+   declared expressions, transform included). The lines can only jump where
+   the piece changes. For every such crossing found on a fixed family of
+   segments (across ``u = 0``, ``l = 0``, the diagonal ``-l = u`` and
+   deterministic random segments), the crossing is located by bisection and
+   the coefficients on both sides are compared. Each jump is reported with
+   its source (``case boundary u = 0``, ``switch -l >= u``, ``floor``).
+2. :func:`probe_continuity` treats the relaxation as a black box (only
+   :meth:`~relaxlab.core.relaxation.ReluRelaxation.coefficients`): along
+   segments it looks for isolated jumps with the detector of App. E.2 of the
+   paper and confirms each by bisection. It is the only route for relaxations
+   built from opaque callables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from attrs import frozen
+from torch import Tensor
+
+from relaxlab.core.expr import Step, Switch
+from relaxlab.core.relaxation import ReluRelaxation
+from relaxlab.core.stability import Stability, stability_masks
+
+#: Coefficients differing by more than this (relative to 1 + their size) across a crossing are a jump.
+JUMP_TOLERANCE = 1e-6
+#: Half-width of the step taken on both sides of a located crossing (relative to the point's size).
+_SIDE_STEP = 1e-9
+_BISECTIONS = 60
+
+
+@frozen
+class Discontinuity:
+    """A place where the relaxation's lines jump."""
+
+    source: str
+    lower: float
+    upper: float
+    jump: float
+
+    def __str__(self) -> str:
+        return f"{self.source} near l={self.lower:.4g}, u={self.upper:.4g} (jump {self.jump:.3g})"
+
+
+def _coefficients(relaxation: ReluRelaxation, lb: Tensor, ub: Tensor) -> Tensor:
+    return torch.stack(list(relaxation.coefficients(lb, ub)), dim=-1)
+
+
+def _piece_signature(relaxation: ReluRelaxation, lb: Tensor, ub: Tensor) -> tuple[Tensor, list[str]]:
+    """``(n, k)`` integer codes of the piece each point is in, and a label per column."""
+    tl, tu = relaxation.transform_bounds(lb, ub)
+    masks = stability_masks(tl, tu)
+    case = masks[Stability.UNSTABLE].long() + 2 * masks[Stability.POSITIVE].long()
+    columns, labels = [case], ["case boundary"]
+    env = {"l": tl, "u": tu, **relaxation.parameters}
+    raw_env = {"l": lb, "u": ub, **relaxation.parameters}
+    seen: set[object] = set()
+    for stability, case_bounds in relaxation.cases():
+        for line in case_bounds.lines():
+            for expr in line.expressions():
+                for node in expr.walk():
+                    if node in seen or not isinstance(node, (Switch, Step)):
+                        continue
+                    seen.add(node)
+                    columns.append(_code(node, env, lb).long() * masks[stability].long())
+                    labels.append(_label(node))
+    if relaxation.transform is not None:
+        for expr in (relaxation.transform.lower, relaxation.transform.upper):
+            for node in expr.walk():
+                if isinstance(node, (Switch, Step)) and ("t", node) not in seen:
+                    seen.add(("t", node))
+                    columns.append(_code(node, raw_env, lb).long())
+                    labels.append(f"transform {_label(node)}")
+    return torch.stack(columns, dim=-1), labels
+
+
+def _code(node: Switch | Step, env: dict[str, object], like: Tensor) -> Tensor:
+    if isinstance(node, Switch):
+        value = node.condition.evaluate(env)
+    else:
+        value = node.evaluate(env)
+    return torch.as_tensor(value).to(like.device).expand_as(like)
+
+
+def _label(node: Switch | Step) -> str:
+    if isinstance(node, Switch):
+        return f"switch {node.condition}"
+    return f"{node.kind} step {node}"
+
+
+def _case_label(codes_a: Tensor, codes_b: Tensor, labels: list[str], lb: float, ub: float) -> str:
+    changed = [labels[i] for i in range(len(labels)) if int(codes_a[i]) != int(codes_b[i])]
+    names = []
+    for label in changed:
+        if label == "case boundary":
+            names.append("case boundary u = 0" if abs(ub) <= abs(lb) else "case boundary l = 0")
+        else:
+            names.append(label)
+    return " and ".join(names)
+
+
+def probe_segments(seed: int = 0, count: int = 300) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Segments ``(l0, u0) -> (l1, u1)`` that cross every surface where built-in lines can jump.
+
+    Fixed families cross ``u = 0``, ``l = 0`` and ``-l = u`` at several scales; the
+    rest are deterministic random segments in a ball of radius 10.
+    """
+    rows = []
+    for scale in (0.05, 1.0, 7.0):
+        for other in (0.3, 1.0, 3.0):
+            rows.append((-other * scale, -0.5 * scale, -other * scale, 0.5 * scale))  # across u = 0
+            rows.append((-0.5 * scale, other * scale, 0.5 * scale, other * scale))  # across l = 0
+            rows.append((-0.5 * other * scale, other * scale, -2.0 * other * scale, other * scale))  # across -l = u
+            rows.append((-other * scale, 0.4 * other * scale, -other * scale, 2.5 * other * scale))  # across -l = u
+    gen = torch.Generator().manual_seed(seed)
+    a = (torch.rand(count, 2, generator=gen, dtype=torch.float64) * 2 - 1) * 10
+    b = a + (torch.rand(count, 2, generator=gen, dtype=torch.float64) * 2 - 1) * 3
+    for (a0, a1), (b0, b1) in zip(a.tolist(), b.tolist(), strict=True):
+        rows.append((min(a0, a1), max(a0, a1), min(b0, b1), max(b0, b1)))
+    t = torch.tensor(rows, dtype=torch.float64)
+    return t[:, 0], t[:, 1], t[:, 2], t[:, 3]
+
+
+def _bisect(relaxation: ReluRelaxation, start: Tensor, end: Tensor, codes_start: Tensor) -> tuple[Tensor, Tensor]:
+    """Points just before and just after the first piece change on each segment (vectorised)."""
+    lo_t = torch.zeros(start.shape[0], dtype=torch.float64)
+    hi_t = torch.ones(start.shape[0], dtype=torch.float64)
+    for _ in range(_BISECTIONS):
+        mid = (lo_t + hi_t) / 2
+        point = start + (end - start) * mid[:, None]
+        codes, _ = _piece_signature(relaxation, point[:, 0], point[:, 1])
+        same = (codes == codes_start).all(dim=-1)
+        lo_t = torch.where(same, mid, lo_t)
+        hi_t = torch.where(same, hi_t, mid)
+    before = start + (end - start) * lo_t[:, None]
+    after = start + (end - start) * hi_t[:, None]
+    return before, after
+
+
+def _sorted_pair(point: Tensor) -> Tensor:
+    return torch.stack((point.min(dim=-1).values, point.max(dim=-1).values), dim=-1)
+
+
+def derive_continuity(relaxation: ReluRelaxation) -> list[Discontinuity]:
+    """Jumps of the lines at piece changes declared in the spec (empty: continuous)."""
+    l0, u0, l1, u1 = probe_segments()
+    start = torch.stack((l0, u0), dim=-1)
+    end = torch.stack((l1, u1), dim=-1)
+    codes_start, labels = _piece_signature(relaxation, l0, u0)
+    codes_end, _ = _piece_signature(relaxation, l1, u1)
+    crossing = ~(codes_start == codes_end).all(dim=-1)
+    found: dict[str, Discontinuity] = {}
+    # Repeatedly split at the first crossing so segments crossing several surfaces are all examined.
+    for _ in range(6):
+        if not bool(crossing.any()):
+            break
+        s, e, cs = start[crossing], end[crossing], codes_start[crossing]
+        before, after = _bisect(relaxation, s, e, cs)
+        before, after = _sorted_pair(before), _sorted_pair(after)
+        c_before = _coefficients(relaxation, before[:, 0], before[:, 1])
+        c_after = _coefficients(relaxation, after[:, 0], after[:, 1])
+        scale = 1.0 + c_before.abs().max(dim=-1).values + before.abs().max(dim=-1).values
+        jump = (c_before - c_after).abs().max(dim=-1).values
+        codes_b, _ = _piece_signature(relaxation, before[:, 0], before[:, 1])
+        codes_a, _ = _piece_signature(relaxation, after[:, 0], after[:, 1])
+        for i in torch.nonzero(jump > JUMP_TOLERANCE * scale).flatten().tolist():
+            source = _case_label(codes_b[i], codes_a[i], labels, float(before[i, 0]), float(before[i, 1]))
+            if source not in found:
+                found[source] = Discontinuity(source, float(before[i, 0]), float(before[i, 1]), float(jump[i]))
+        # continue each segment from just after its crossing
+        start = after
+        end = e
+        codes_start, _ = _piece_signature(relaxation, start[:, 0], start[:, 1])
+        codes_end, _ = _piece_signature(relaxation, end[:, 0], end[:, 1])
+        crossing = ~(codes_start == codes_end).all(dim=-1)
+    return list(found.values())
+
+
+def _segments_points(n: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    l0, u0, l1, u1 = probe_segments(seed=1)
+    t = torch.linspace(0, 1, n, dtype=torch.float64)
+    lb = l0[:, None] + (l1 - l0)[:, None] * t
+    ub = u0[:, None] + (u1 - u0)[:, None] * t
+    yield lb, ub, t
+
+
+def probe_continuity(relaxation: ReluRelaxation, points: int = 400) -> list[Discontinuity]:
+    """Black-box jumps along segments: App. E.2's detector, confirmed by bisection.
+
+    Along each segment the coefficients are sampled at ``points`` points; a step
+    ``Δ_i`` that is more than 10x both neighbours (plus 1e-5) is a candidate,
+    bisected down to a gap of 1e-12 of the segment; a jump that survives is reported.
+    """
+    found: list[Discontinuity] = []
+    for lb, ub, t in _segments_points(points):
+        lo = torch.minimum(lb, ub)
+        hi = torch.maximum(lb, ub)
+        coeffs = _coefficients(relaxation, lo, hi)  # (segments, points, 4)
+        delta = (coeffs[:, 1:] - coeffs[:, :-1]).abs().max(dim=-1).values
+        prev = torch.nn.functional.pad(delta[:, :-1], (1, 0), value=math.inf)
+        nxt = torch.nn.functional.pad(delta[:, 1:], (0, 1), value=math.inf)
+        candidate = (delta > 10 * prev + 1e-5) & (delta > 10 * nxt + 1e-5)
+        candidate[:, 0] |= delta[:, 0] > 10 * delta[:, 1] + 1e-5
+        candidate[:, -1] |= delta[:, -1] > 10 * delta[:, -2] + 1e-5
+        for seg, i in torch.nonzero(candidate).tolist():
+            a = torch.stack((lo[seg, i], hi[seg, i]))
+            b = torch.stack((lo[seg, i + 1], hi[seg, i + 1]))
+            jump, where = _confirm_jump(relaxation, a, b)
+            if jump > JUMP_TOLERANCE * (1 + float(where.abs().max())):
+                found.append(Discontinuity("jump found by probing", float(where[0]), float(where[1]), jump))
+    return found
+
+
+def _confirm_jump(relaxation: ReluRelaxation, a: Tensor, b: Tensor) -> tuple[float, Tensor]:
+    """Shrink ``[a, b]`` onto the largest change of the coefficients; the change left at the end."""
+    ca = _coefficients(relaxation, a[:1], a[1:])
+    cb = _coefficients(relaxation, b[:1], b[1:])
+    for _ in range(_BISECTIONS):
+        mid = (a + b) / 2
+        cm = _coefficients(relaxation, mid[:1], mid[1:])
+        if (ca - cm).abs().max() >= (cm - cb).abs().max():
+            b, cb = mid, cm
+        else:
+            a, ca = mid, cm
+        if float((b - a).abs().max()) < 1e-12 * (1 + float(a.abs().max())):
+            break
+    return float((ca - cb).abs().max()), a
+
