@@ -108,7 +108,7 @@ class NamedRegistry(Generic[T]):
         suggestions = list(dict.fromkeys(self._keys[k] for k in close))[:4]
         hint = f"; did you mean {', '.join(repr(c) for c in suggestions)}?" if suggestions else ""
         raise UnknownNameError(
-            f"unknown {self.kind} {name!r}{hint} (`relaxlab list` shows all; known: {', '.join(known)})"
+            f"unknown {self.kind} {name!r}{hint} (known: {', '.join(known)})"
         )
 
     def __getitem__(self, name: str) -> T:

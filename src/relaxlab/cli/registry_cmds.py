@@ -1,0 +1,159 @@
+"""``relaxlab list``, ``show`` and ``check``: what the registry holds and what it derives."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from relaxlab.cli.format import fail, render_table
+
+
+def _registry() -> Any:
+    from relaxlab.registry import get_registry
+
+    return get_registry()
+
+
+def _lookup(name: str) -> Any:
+    from relaxlab.registry import UnknownNameError, get_relaxation
+
+    try:
+        return get_relaxation(name, allow_unsound=True)
+    except (UnknownNameError, ValueError, TypeError) as error:
+        fail(str(error))
+
+
+def relaxation_record(name: str) -> dict[str, Any]:
+    """The facts ``list --json`` reports for one registered relaxation."""
+    from relaxlab.properties import derive
+
+    registry = _registry().relaxations
+    relaxation = registry[name]
+    props = derive(relaxation)
+    return {
+        "name": relaxation.name,
+        "aliases": registry.aliases(name),
+        "origin": registry.source(name),
+        "continuous": props.continuous,
+        "sensitive": props.sensitive,
+        "sound": name not in registry.unsound,
+        "intermediate": relaxation.intermediate,
+        "params": {p.name: relaxation.parameters[p.name] for p in relaxation.params},
+        "transform": None if relaxation.transform is None else str(relaxation.transform),
+        "cases": {str(s): str(c) for s, c in relaxation.cases()},
+        "summary": relaxation.summary,
+        "reference": relaxation.reference,
+    }
+
+
+@click.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects instead of a table.")
+def list_command(as_json: bool) -> None:
+    """List registered relaxations with their derived C/S flags.
+
+    Names whose specs are identical are shown once, the others as aliases.
+    """
+    registry = _registry()
+    names = [n for n in registry.relaxations.names() if registry.relaxations.primary(n) == n]
+    records = [relaxation_record(n) for n in names]
+    if as_json:
+        click.echo(json.dumps(records, indent=2, ensure_ascii=False))
+    else:
+        rows = [
+            [
+                r["name"], ", ".join(r["aliases"]) or "-", r["origin"].removeprefix("relaxlab."),
+                "✓C" if r["continuous"] else "✗C", "✗S" if r["sensitive"] else "✓S",
+                r["intermediate"], ", ".join(f"{k}={v:g}" for k, v in r["params"].items()) or "-",
+                "yes" if r["sound"] else "NO",
+            ]
+            for r in records
+        ]
+        click.echo(render_table(["name", "aliases", "origin", "C", "S", "intermediate", "params", "sound"], rows))
+    for error in registry.errors:
+        click.echo(f"warning: {error}", err=True)
+
+
+@click.command("show")
+@click.argument("name")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write a PNG of ReLU and both lines for each case on example bounds.")
+def show_command(name: str, plot_path: str | None) -> None:
+    """Show one relaxation: its lines per case in words, and its derived properties.
+
+    NAME may carry parameters, e.g. 'LooseIBP-DC(F=10, omega=0.5)'.
+    """
+    from relaxlab.core.stability import Stability
+    from relaxlab.properties import derive
+
+    relaxation = _lookup(name)
+    registry = _registry().relaxations
+    props = derive(relaxation)
+    click.echo(f"{relaxation.label}: {relaxation.summary}")
+    if relaxation.reference:
+        click.echo(f"  reference: {relaxation.reference}")
+    if relaxation.name in registry:
+        aliases = registry.aliases(relaxation.name)
+        click.echo(f"  origin: plugin {registry.source(relaxation.name)}" + (f"; aliases: {', '.join(aliases)}" if aliases else ""))
+    conditions = {Stability.NEGATIVE: "u <= 0", Stability.UNSTABLE: "l < 0 < u", Stability.POSITIVE: "l >= 0"}
+    for stability, case in relaxation.cases():
+        click.echo(f"  {str(stability):9s} ({conditions[stability]:9s}): {case}")
+    if relaxation.transform is not None:
+        click.echo(f"  before each ReLU, [l, u] becomes {relaxation.transform}")
+    mode = "full backsubstitution" if relaxation.intermediate == "backsub" else "interval arithmetic"
+    click.echo(f"  intermediate bounds: {mode}")
+    for spec in relaxation.params:
+        click.echo(f"  parameter {spec.name} = {relaxation.parameters[spec.name]:g} ({spec.description})")
+    click.echo(f"  properties: {props.flags}, {'sound' if props.sound else 'UNSOUND'}")
+    for item in props.discontinuities:
+        click.echo(f"    discontinuous: {item}")
+    for reason in props.sensitivity:
+        click.echo(f"    sensitive: {reason}")
+    if props.counterexample is not None:
+        click.echo(f"    counterexample: {props.counterexample}")
+    if plot_path:
+        from relaxlab.plotting import plot_relaxation
+
+        plot_relaxation(relaxation, plot_path)
+        click.echo(f"wrote {plot_path}")
+
+
+@click.command("check")
+@click.argument("names", nargs=-1)
+@click.option("--all", "check_all", is_flag=True, help="Check every registered relaxation.")
+@click.option("--examples", default=300, show_default=True, help="Hypothesis examples per relaxation.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON results.")
+def check_command(names: Sequence[str], check_all: bool, examples: int, as_json: bool) -> None:
+    """Check soundness exactly at interval end points over hard and random (l, u).
+
+    Exit status 1, with a counterexample (case, l, u, x, line value, ReLU value),
+    when some relaxation is unsound.
+    """
+    from relaxlab.testing import find_unsound_example
+
+    if check_all == bool(names):
+        fail("give relaxation NAMES or --all (not both)")
+    if examples < 1:
+        fail(f"--examples must be at least 1, got {examples}")
+    targets = [_lookup(n) for n in (_registry().relaxations.names() if check_all else names)]
+    results = []
+    for relaxation in targets:
+        counterexample = find_unsound_example(relaxation, max_examples=examples)
+        results.append((relaxation, counterexample))
+    if as_json:
+        click.echo(json.dumps([
+            {"name": r.label, "sound": c is None, "counterexample": None if c is None else c.as_dict()}
+            for r, c in results
+        ], indent=2, ensure_ascii=False))
+    else:
+        for relaxation, counterexample in results:
+            verdict = "sound" if counterexample is None else f"UNSOUND: {counterexample}"
+            click.echo(f"{relaxation.label}: {verdict}")
+    if any(c is not None for _, c in results):
+        sys.exit(1)
+
+
+COMMANDS = [list_command, show_command, check_command]

@@ -1,0 +1,46 @@
+"""Plots of relaxations (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from relaxlab.core.relaxation import ReluRelaxation  # noqa: E402
+
+#: Example bounds per panel: a negative, two unstable (one per side of -l = u) and a positive ReLU.
+EXAMPLE_BOUNDS = (
+    ("negative", -2.0, -0.5),
+    ("unstable, -l > u", -1.5, 1.0),
+    ("unstable, -l < u", -0.6, 1.5),
+    ("positive", 0.4, 2.0),
+)
+
+
+def plot_relaxation(relaxation: ReluRelaxation, path: str | os.PathLike[str]) -> None:
+    """Draw ReLU and the lower/upper line on each example interval, one panel per case."""
+    fig, axes = plt.subplots(1, len(EXAMPLE_BOUNDS), figsize=(4 * len(EXAMPLE_BOUNDS), 3.6))
+    for ax, (title, lo, hi) in zip(axes, EXAMPLE_BOUNDS, strict=True):
+        lb = torch.tensor([lo], dtype=torch.float64)
+        ub = torch.tensor([hi], dtype=torch.float64)
+        ls, lo_off, us, uo = (float(t) for t in relaxation.coefficients(lb, ub))
+        tl, tu = (float(t) for t in relaxation.transform_bounds(lb, ub))
+        xs = torch.linspace(min(lo, tl), max(hi, tu), 200, dtype=torch.float64)
+        ax.plot(xs, xs.clamp_min(0), color="black", lw=2, label="ReLU")
+        ax.plot(xs, ls * xs + lo_off, color="tab:blue", label="lower line")
+        ax.plot(xs, us * xs + uo, color="tab:red", label="upper line")
+        ax.fill_between(xs, ls * xs + lo_off, us * xs + uo, color="tab:purple", alpha=0.12)
+        ax.axvspan(lo, hi, color="grey", alpha=0.08)
+        ax.set_title(f"{title}: l={lo:g}, u={hi:g}")
+        ax.set_xlabel("x")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("y")
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"{relaxation.label}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
