@@ -1,0 +1,406 @@
+"""Backsubstitution: bounds of ``C·f(x)`` over an input box, for any ReLU relaxation.
+
+Shapes: ``B`` batch, ``S`` specification rows, ``K`` network outputs, ``n`` neurons
+of a layer (a layer's neurons may have a shape such as ``(C, H, W)``).
+
+The engine receives the relaxation *object* (never a name) and uses only its
+contract (:class:`RelaxationLike`): ``intermediate``, ``is_interval``,
+``transform_bounds`` and ``coefficients``. Three ways to run, picked from the
+relaxation:
+
+- ``intermediate == "backsub"``: the input bounds ``[l, u]`` of every ReLU layer
+  come from full backsubstitution to the input box (DeepPoly/CROWN style);
+- ``intermediate == "interval"``: they come from interval arithmetic, each ReLU
+  passing the box ``[relu(l'), relu(u')]`` with ``(l', u') = transform_bounds(l, u)``;
+  only the final specification is backsubstituted (CROWN-IBP (R) style);
+- ``is_interval`` (every line has slope 0): backsubstitution would stop at each
+  ReLU, so the *interval fast path* propagates the box ``[lower_offset, upper_offset]``
+  of the lines forward instead; it gives the same numbers up to float rounding.
+
+Lower and upper bounds share one routine: an upper bound of ``c·z`` is minus the
+lower bound of ``(-c)·z``, so the rows ``[C; -C]`` are pulled back together.
+
+Between two ReLUs (a *segment* of affine layers) the exact image of a box is
+computed in centre/radius form when the segment has at most one non-diagonal layer
+(``Linear`` or ``Conv2d``; ``Normalize`` and ``Flatten`` are diagonal): then
+interval arithmetic *is* backsubstitution through the segment. Otherwise the
+segment is backsubstituted explicitly.
+
+Specifications of intermediate layers (one row per neuron, two with the sign
+trick) are processed in chunks of at most ``chunk_size`` rows, so the coefficient
+tensor ``(B, rows, n)`` stays within a memory budget even for convolutional layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from relaxlab.engine.network import (
+    AffineLayer,
+    LinearLayer,
+    Network,
+    parse_network,
+)
+
+#: Default cap on the elements of one coefficient tensor ``(B, rows, n)`` (about 256 MiB in float32).
+DEFAULT_MAX_ELEMENTS = 1 << 26
+
+
+class LinesLike(Protocol):
+    """What :meth:`RelaxationLike.coefficients` returns (``RelaxationTensors`` in ``relaxlab.core``)."""
+
+    @property
+    def lower_slope(self) -> Tensor: ...
+    @property
+    def lower_offset(self) -> Tensor: ...
+    @property
+    def upper_slope(self) -> Tensor: ...
+    @property
+    def upper_offset(self) -> Tensor: ...
+
+
+class RelaxationLike(Protocol):
+    """The part of :class:`relaxlab.core.relaxation.ReluRelaxation` the engine uses."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def intermediate(self) -> str: ...
+    @property
+    def is_interval(self) -> bool: ...
+    def transform_bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]: ...
+    def coefficients(self, lower: Tensor, upper: Tensor) -> LinesLike: ...
+
+
+Mode = Literal["auto", "backsub", "interval", "fast"]
+
+
+def _concretize(coef: Tensor, bias: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """Lower bound of ``coef·z + bias`` over the box ``lower <= z <= upper``.
+
+    Positive coefficients take the lower end, negative ones the upper end.
+    """
+    flat = coef.flatten(2)
+    value = flat.clamp(min=0) @ lower.flatten(1).unsqueeze(-1) + flat.clamp(max=0) @ upper.flatten(
+        1
+    ).unsqueeze(-1)
+    return value.squeeze(-1) + bias
+
+
+def _segment_backward(segment: Sequence[AffineLayer], coef: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    for layer in reversed(segment):
+        coef, layer_bias = layer.backward(coef)
+        if layer_bias is not None:
+            bias = bias + layer_bias
+    return coef, bias
+
+
+def _relu_backward(coef: Tensor, bias: Tensor, lines: LinesLike) -> tuple[Tensor, Tensor]:
+    """Pull lower-bound rows back through a ReLU with the relaxation's lines.
+
+    To *lower*-bound ``coef·y``, a positive coefficient takes the lower line of ``y``
+    and a negative one the upper line.
+    """
+    pos, neg = coef.clamp(min=0), coef.clamp(max=0)
+    flat_pos, flat_neg = pos.flatten(2), neg.flatten(2)
+    bias = (
+        bias
+        + (flat_pos @ lines.lower_offset.flatten(1).unsqueeze(-1)).squeeze(-1)
+        + (flat_neg @ lines.upper_offset.flatten(1).unsqueeze(-1)).squeeze(-1)
+    )
+    coef = pos * lines.lower_slope.unsqueeze(1) + neg * lines.upper_slope.unsqueeze(1)
+    return coef, bias
+
+
+def _pull_back(
+    segments: Sequence[Sequence[AffineLayer]],
+    lines: Sequence[LinesLike],
+    start: int,
+    stop: int,
+    coef: Tensor,
+    bias: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Pull rows on the output of ``segments[start]`` back to the input of ``segments[stop]``.
+
+    ``lines[i]`` relaxes the ReLU between ``segments[i]`` and ``segments[i + 1]``.
+    """
+    for index in range(start, stop - 1, -1):
+        coef, bias = _segment_backward(segments[index], coef, bias)
+        if index > stop:
+            coef, bias = _relu_backward(coef, bias, lines[index - 1])
+    return coef, bias
+
+
+def _chunk_rows(batch: int, widest: int, chunk_size: int | None, max_elements: int) -> int:
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
+        return chunk_size
+    return max(1, max_elements // max(1, batch * widest))
+
+
+def _widest(segments: Sequence[Sequence[AffineLayer]], start: int, stop: int, input_numel: int) -> int:
+    widest = input_numel
+    for segment in segments[stop : start + 1]:
+        for layer in segment:
+            widest = max(widest, math.prod(layer.in_shape), math.prod(layer.out_shape))
+    return widest
+
+
+def _rows_lower(
+    segments: Sequence[Sequence[AffineLayer]],
+    lines: Sequence[LinesLike],
+    start: int,
+    stop: int,
+    rows: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    chunk: int,
+    elide: bool,
+) -> Tensor:
+    """Lower bounds ``(B, R)`` of ``rows·z`` (``rows`` of shape ``(B, R, *out_shape)``), ``z`` the
+    output of ``segments[start]``, over the box ``[lower, upper]`` at the input of ``segments[stop]``.
+
+    With ``elide``, a trailing ``Linear`` layer of ``segments[start]`` is merged into the rows first
+    (``rows @ W``), which is the specification elision of Gowal et al.
+    """
+    results = []
+    for first in range(0, rows.shape[1], chunk):
+        coef = rows[:, first : first + chunk]
+        bias = coef.new_zeros(coef.shape[:2])
+        seg = segments[start]
+        if elide and seg and isinstance(seg[-1], LinearLayer):
+            coef, layer_bias = seg[-1].backward(coef)
+            if layer_bias is not None:
+                bias = bias + layer_bias
+            local = [*segments[:start], seg[:-1]]
+        else:
+            local = list(segments[: start + 1])
+        coef, bias = _pull_back(local, lines, start, stop, coef, bias)
+        results.append(_concretize(coef, bias, lower, upper))
+    return torch.cat(results, dim=1)
+
+
+def _identity_rows(like: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Rows ``[I; -I]`` over the neurons of ``shape``, as ``(B, 2n, *shape)`` (a broadcast view)."""
+    n = math.prod(shape)
+    eye = torch.eye(n, dtype=like.dtype, device=like.device)
+    both = torch.cat([eye, -eye], dim=0).reshape(2 * n, *shape)
+    return both.unsqueeze(0).expand(like.shape[0], *both.shape)
+
+
+def _segment_box(
+    segments: Sequence[Sequence[AffineLayer]],
+    index: int,
+    lower: Tensor,
+    upper: Tensor,
+    chunk_size: int | None,
+    max_elements: int,
+) -> tuple[Tensor, Tensor]:
+    """Exact bounds of the output of ``segments[index]`` over a box at its input."""
+    segment = segments[index]
+    if sum(not layer.is_diagonal for layer in segment) <= 1:
+        # One non-diagonal map of a box: centre/radius interval arithmetic is exact.
+        # The factor 1/2 of centre and radius is applied on the smaller side of the
+        # segment (it commutes with the linear part; the offsets are doubled instead).
+        if not segment:
+            return lower, upper
+        halve_first = math.prod(segment[0].in_shape) <= math.prod(segment[-1].out_shape)
+        if halve_first:
+            centre, radius, scale = (upper + lower) * 0.5, (upper - lower) * 0.5, 1.0
+        else:
+            centre, radius, scale = upper + lower, upper - lower, 2.0
+        for layer in segment:
+            centre, radius = layer.forward(centre, scale), layer.forward_abs(radius)
+        if halve_first:
+            return centre - radius, centre + radius
+        return (centre - radius).mul_(0.5), (centre + radius).mul_(0.5)
+    out_shape = segment[-1].out_shape
+    n = math.prod(out_shape)
+    rows = _identity_rows(lower, out_shape)
+    widest = _widest(segments, index, index, math.prod(lower.shape[1:]))
+    chunk = _chunk_rows(lower.shape[0], widest, chunk_size, max_elements)
+    bounds = _rows_lower(segments, [], index, index, rows, lower, upper, chunk, elide=True)
+    return bounds[:, :n].reshape(-1, *out_shape), -bounds[:, n:].reshape(-1, *out_shape)
+
+
+def _check_lines(lines: LinesLike, like: Tensor, name: str, index: int) -> None:
+    for field in ("lower_slope", "lower_offset", "upper_slope", "upper_offset"):
+        value = getattr(lines, field)
+        if value.shape != like.shape:
+            raise ValueError(
+                f"relaxation {name!r} returned {field} of shape {tuple(value.shape)} for ReLU layer "
+                f"{index} whose bounds have shape {tuple(like.shape)}; coefficients() must keep the shape"
+            )
+
+
+def intermediate_bounds(
+    network: Network | nn.Sequential,
+    lower: Tensor,
+    upper: Tensor,
+    relaxation: RelaxationLike,
+    *,
+    mode: Mode = "auto",
+    chunk_size: int | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> tuple[list[tuple[Tensor, Tensor]], list[LinesLike]]:
+    """Pre-activation bounds and relaxation lines of every ReLU layer.
+
+    :param network: a parsed :class:`Network` or an ``nn.Sequential`` (parsed for ``lower``'s shape).
+    :param lower: ``(B, *input_shape)`` input lower bounds; ``upper`` likewise.
+    :param relaxation: any object with the relaxation contract (:class:`RelaxationLike`).
+    :param mode: ``"auto"`` (from the relaxation), or force ``"backsub"`` / ``"interval"``
+        for the intermediate bounds (``"fast"`` behaves as ``"interval"`` here but takes the
+        lines' offsets as the box after each ReLU).
+    :return: ``[(l, u)]`` with shapes ``(B, *relu_shape)`` and the lines at those bounds, one per ReLU.
+    """
+    net = _as_network(network, lower)
+    _check_box(net, lower, upper)
+    resolved = _resolve_mode(relaxation, mode)
+    segments = net.segments
+    boxes: list[tuple[Tensor, Tensor]] = []
+    lines: list[LinesLike] = []
+    box_lower, box_upper = lower, upper
+    input_numel = math.prod(net.input_shape)
+    for index in range(len(segments) - 1):
+        if index == 0 or resolved in ("interval", "fast"):
+            pre_lower, pre_upper = _segment_box(
+                segments, index, box_lower, box_upper, chunk_size, max_elements
+            )
+        else:
+            shape = segments[index][-1].out_shape if segments[index] else net.relus[index - 1].out_shape
+            n = math.prod(shape)
+            rows = _identity_rows(lower, shape)
+            widest = _widest(segments, index, 0, input_numel)
+            chunk = _chunk_rows(lower.shape[0], widest, chunk_size, max_elements)
+            bounds = _rows_lower(segments, lines, index, 0, rows, lower, upper, chunk, elide=True)
+            pre_lower = bounds[:, :n].reshape(-1, *shape)
+            pre_upper = -bounds[:, n:].reshape(-1, *shape)
+        relu_lines = relaxation.coefficients(pre_lower, pre_upper)
+        _check_lines(relu_lines, pre_lower, relaxation.name, index)
+        boxes.append((pre_lower, pre_upper))
+        lines.append(relu_lines)
+        if resolved == "interval":
+            t_lower, t_upper = relaxation.transform_bounds(pre_lower, pre_upper)
+            box_lower, box_upper = torch.relu(t_lower), torch.relu(t_upper)
+        elif resolved == "fast":
+            box_lower, box_upper = relu_lines.lower_offset, relu_lines.upper_offset
+    return boxes, lines
+
+
+def _resolve_mode(relaxation: RelaxationLike, mode: Mode) -> Mode:
+    if mode not in ("auto", "backsub", "interval", "fast"):
+        raise ValueError(f"mode must be 'auto', 'backsub', 'interval' or 'fast', got {mode!r}")
+    if mode != "auto":
+        if mode == "fast" and not relaxation.is_interval:
+            raise ValueError(
+                f"mode='fast' needs a relaxation whose lines all have slope 0; {relaxation.name!r} is not one"
+            )
+        return mode
+    if relaxation.is_interval:
+        return "fast"
+    intermediate = relaxation.intermediate
+    if intermediate not in ("backsub", "interval"):
+        raise ValueError(
+            f"relaxation {relaxation.name!r} has intermediate={intermediate!r}; expected 'backsub' or 'interval'"
+        )
+    return "backsub" if intermediate == "backsub" else "interval"
+
+
+def _as_network(network: Network | nn.Sequential, lower: Tensor) -> Network:
+    if isinstance(network, Network):
+        return network
+    return parse_network(network, tuple(lower.shape[1:]), dtype=lower.dtype, device=lower.device)
+
+
+def _check_box(net: Network, lower: Tensor, upper: Tensor) -> None:
+    if lower.shape != upper.shape:
+        raise ValueError(
+            f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} must have the same shape"
+        )
+    if tuple(lower.shape[1:]) != net.input_shape:
+        raise ValueError(
+            f"input bounds have shape {tuple(lower.shape)} but the network takes (batch, {net.input_shape})"
+        )
+    if lower.dtype != upper.dtype or not lower.is_floating_point():
+        raise ValueError("lower and upper must be floating-point tensors of the same dtype")
+
+
+def _spec_matrix(spec: Tensor | None, batch: int, outputs: int, like: Tensor) -> Tensor:
+    if spec is None:
+        eye = torch.eye(outputs, dtype=like.dtype, device=like.device)
+        return eye.unsqueeze(0).expand(batch, outputs, outputs)
+    if spec.dim() == 2:
+        spec = spec.unsqueeze(0).expand(batch, *spec.shape)
+    if spec.dim() != 3 or spec.shape[0] != batch or spec.shape[2] != outputs:
+        raise ValueError(
+            f"C must have shape (batch={batch}, specs, outputs={outputs}) or (specs, {outputs}); "
+            f"got {tuple(spec.shape)}"
+        )
+    return spec.to(dtype=like.dtype, device=like.device)
+
+
+def bound_network(
+    network: Network | nn.Sequential,
+    lower: Tensor,
+    upper: Tensor,
+    relaxation: RelaxationLike,
+    C: Tensor | None = None,
+    *,
+    mode: Mode = "auto",
+    chunk_size: int | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    lower_only: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Sound lower and upper bounds of ``C·f(x)`` for all ``x`` in ``[lower, upper]``.
+
+    :param network: a parsed :class:`Network` or an ``nn.Sequential`` (parsed for ``lower``'s
+        shape, dtype and device).
+    :param lower: ``(B, *input_shape)`` input lower bounds.
+    :param upper: ``(B, *input_shape)`` input upper bounds.
+    :param relaxation: the ReLU relaxation (an object with the :class:`RelaxationLike` contract).
+    :param C: ``(B, S, K)`` or ``(S, K)`` specification rows over the ``K`` outputs; default
+        the identity. It is merged into a final ``Linear`` layer (elision).
+    :param mode: ``"auto"`` follows the relaxation (interval fast path when all slopes are 0,
+        else ``relaxation.intermediate``); ``"backsub"`` / ``"interval"`` force how intermediate
+        bounds are computed (``"backsub"`` on an interval relaxation runs the slow path, which
+        is how the fast path is tested); ``"fast"`` requires an interval relaxation.
+    :param chunk_size: rows of intermediate specifications pulled back at once; default: as
+        many as fit in ``max_elements`` coefficient entries.
+    :param max_elements: memory budget for one coefficient tensor, in elements.
+    :param lower_only: skip the upper bounds of the final specification (half the work of
+        the final pass); ``ub`` is then ``+inf``, a trivially sound upper bound.
+    :return: ``(lb, ub)``, each ``(B, S)``.
+    """
+    net = _as_network(network, lower)
+    _check_box(net, lower, upper)
+    batch = lower.shape[0]
+    spec = _spec_matrix(C, batch, net.output_dim, lower)
+    specs = spec.shape[1]
+    resolved = _resolve_mode(relaxation, mode)
+    boxes, lines = intermediate_bounds(
+        net, lower, upper, relaxation, mode=resolved, chunk_size=chunk_size, max_elements=max_elements
+    )
+    segments = net.segments
+    last = len(segments) - 1
+    both = spec if lower_only else torch.cat([spec, -spec], dim=1)
+    rows = both.reshape(batch, both.shape[1], *net.output_shape)
+    if resolved == "fast" and last > 0:
+        # Slopes are 0: backsubstitution stops at the last ReLU, whose output lies in
+        # the box of the lines' offsets.
+        box_lower, box_upper = lines[-1].lower_offset, lines[-1].upper_offset
+        stop = last
+    else:
+        box_lower, box_upper, stop = lower, upper, 0
+    widest = _widest(segments, last, stop, math.prod(box_lower.shape[1:]))
+    chunk = _chunk_rows(batch, widest, chunk_size, max_elements)
+    bounds = _rows_lower(segments, lines, last, stop, rows, box_lower, box_upper, chunk, elide=True)
+    del boxes
+    if lower_only:
+        return bounds, torch.full_like(bounds, math.inf)
+    return bounds[:, :specs], -bounds[:, specs:]

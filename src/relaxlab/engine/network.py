@@ -1,0 +1,368 @@
+"""The engine's view of a network: a validated list of affine layers and ReLUs.
+
+:func:`parse_network` turns a torch ``nn.Sequential`` of ``Linear``, ``Conv2d``,
+``Flatten``, ``ReLU`` and :class:`relaxlab.nn.Normalize` (nested ``Sequential``
+and ``Identity`` are flattened away) into a :class:`Network`: a tuple of
+layer objects that know their input and output shapes and how to run
+
+- ``forward(x, offset_scale=1.0)``: the layer itself on ``(B, *in_shape)``, with its
+  constant offset (bias) multiplied by ``offset_scale``;
+- ``forward_abs(r)``: the linear part with absolute weights, for the exact
+  interval image of a box in centre/radius form;
+- ``backward(A)``: coefficients ``A`` of shape ``(B, S, *out_shape)`` on the
+  layer's output pulled back to its input, ``(B, S, *in_shape)``, plus the
+  constant ``(B, S)`` the layer's bias contributes (``None`` when it has none).
+
+Shapes: ``B`` batch, ``S`` specification rows, ``n`` neurons of a layer.
+Convolutions are pulled back with ``conv_transpose2d`` (never a dense matrix).
+The layers reference the module's parameters (cast to the requested dtype and
+device), so bounds stay differentiable with respect to the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from relaxlab.nn import Normalize
+
+Shape = tuple[int, ...]
+
+
+class UnsupportedNetworkError(ValueError):
+    """The network contains a layer, setting or value the engine cannot bound."""
+
+
+def _check_finite(tensor: Tensor, what: str) -> None:
+    values = tensor.detach()
+    # One reduction: the sum of finite values is finite unless it overflows, and only then
+    # is the elementwise check needed to tell an overflow from a real NaN/inf.
+    if bool(torch.isfinite(values.sum())) or bool(torch.isfinite(values).all()):
+        return
+    bad = int((~torch.isfinite(values)).sum())
+    raise UnsupportedNetworkError(
+        f"{what} contains {bad} NaN/inf value(s); bounds of such a network are meaningless — "
+        "check the checkpoint or the training run that produced it"
+    )
+
+
+@attrs.frozen(eq=False)
+class LinearLayer:
+    """``y = x W^T + b`` on flat inputs ``(B, in)``."""
+
+    weight: Tensor  # (out, in)
+    bias: Tensor | None  # (out,)
+    in_shape: Shape
+    out_shape: Shape
+    is_diagonal = False
+
+    def forward(self, x: Tensor, offset_scale: float = 1.0) -> Tensor:
+        bias = self.bias if self.bias is None or offset_scale == 1.0 else self.bias * offset_scale
+        return F.linear(x, self.weight, bias)
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return F.linear(r, self.weight.abs())
+
+    def backward(self, coef: Tensor) -> tuple[Tensor, Tensor | None]:
+        new = coef @ self.weight  # (B, S, out) @ (out, in)
+        bias = coef @ self.bias if self.bias is not None else None
+        return new, bias
+
+
+@attrs.frozen(eq=False)
+class ConvLayer:
+    """A 2-d convolution (zero padding, dilation 1, groups 1) on ``(B, C, H, W)``."""
+
+    weight: Tensor  # (C_out, C_in, kH, kW)
+    bias: Tensor | None  # (C_out,)
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    in_shape: Shape
+    out_shape: Shape
+    is_diagonal = False
+
+    @property
+    def output_padding(self) -> tuple[int, int]:
+        """Rows/columns of the input the forward convolution never reads.
+
+        ``conv_transpose2d`` cannot infer them: several input sizes give the same
+        output size when the stride exceeds 1, so they are passed explicitly.
+        """
+        k_h, k_w = self.weight.shape[-2:]
+        _, height, width = self.in_shape
+        return (
+            (height + 2 * self.padding[0] - k_h) % self.stride[0],
+            (width + 2 * self.padding[1] - k_w) % self.stride[1],
+        )
+
+    def forward(self, x: Tensor, offset_scale: float = 1.0) -> Tensor:
+        bias = self.bias if self.bias is None or offset_scale == 1.0 else self.bias * offset_scale
+        return F.conv2d(x, self.weight, bias, self.stride, self.padding)
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return F.conv2d(r, self.weight.abs(), None, self.stride, self.padding)
+
+    def backward(self, coef: Tensor) -> tuple[Tensor, Tensor | None]:
+        batch, specs = coef.shape[:2]
+        flat = coef.reshape(batch * specs, *self.out_shape)
+        new = F.conv_transpose2d(
+            flat, self.weight, None, self.stride, self.padding, self.output_padding
+        ).reshape(batch, specs, *self.in_shape)
+        bias = coef.sum(dim=(-2, -1)) @ self.bias if self.bias is not None else None
+        return new, bias
+
+
+@attrs.frozen(eq=False)
+class ScaleShiftLayer:
+    """Elementwise ``y = (x - mean) / std`` (a :class:`~relaxlab.nn.Normalize` layer).
+
+    ``mean`` and ``std`` broadcast against ``in_shape`` (per channel); ``std > 0``.
+    The forward pass is computed exactly as :class:`~relaxlab.nn.Normalize` does.
+    """
+
+    mean: Tensor
+    std: Tensor
+    in_shape: Shape
+    out_shape: Shape
+    is_diagonal = True
+
+    def forward(self, x: Tensor, offset_scale: float = 1.0) -> Tensor:
+        mean = self.mean if offset_scale == 1.0 else self.mean * offset_scale
+        return (x - mean) / self.std
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return r / self.std
+
+    def backward(self, coef: Tensor) -> tuple[Tensor, Tensor | None]:
+        new = coef / self.std
+        bias = -(new * self.mean).flatten(2).sum(-1)
+        return new, bias
+
+
+@attrs.frozen(eq=False)
+class FlattenLayer:
+    """Reshape ``(B, *in_shape)`` to ``(B, n)``."""
+
+    in_shape: Shape
+    out_shape: Shape
+    is_diagonal = True
+
+    def forward(self, x: Tensor, offset_scale: float = 1.0) -> Tensor:
+        return x.reshape(x.shape[0], *self.out_shape)
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return self.forward(r)
+
+    def backward(self, coef: Tensor) -> tuple[Tensor, Tensor | None]:
+        return coef.reshape(*coef.shape[:2], *self.in_shape), None
+
+
+@attrs.frozen(eq=False)
+class ReluLayer:
+    """``y = max(x, 0)``; the one non-linear layer, relaxed by a relaxation's lines."""
+
+    in_shape: Shape
+    out_shape: Shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x)
+
+
+AffineLayer = LinearLayer | ConvLayer | ScaleShiftLayer | FlattenLayer
+Layer = AffineLayer | ReluLayer
+
+
+@attrs.frozen(eq=False)
+class Network:
+    """A parsed, validated feed-forward ReLU network.
+
+    ``segments[i]`` is the tuple of affine layers between ReLU ``i-1`` and ReLU ``i``
+    (``segments[0]`` starts at the input, ``segments[-1]`` ends at the output), so
+    a network with ``m`` ReLU layers has ``m + 1`` segments, some possibly empty.
+
+    :param layers: all layers in order.
+    :param input_shape: shape of one input (no batch dimension).
+    """
+
+    layers: tuple[Layer, ...]
+    input_shape: Shape
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.layers[-1].out_shape if self.layers else self.input_shape
+
+    @property
+    def output_dim(self) -> int:
+        return math.prod(self.output_shape)
+
+    @property
+    def relus(self) -> tuple[ReluLayer, ...]:
+        return tuple(layer for layer in self.layers if isinstance(layer, ReluLayer))
+
+    @property
+    def segments(self) -> tuple[tuple[AffineLayer, ...], ...]:
+        segments: list[tuple[AffineLayer, ...]] = []
+        current: list[AffineLayer] = []
+        for layer in self.layers:
+            if isinstance(layer, ReluLayer):
+                segments.append(tuple(current))
+                current = []
+            else:
+                current.append(layer)
+        segments.append(tuple(current))
+        return tuple(segments)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Run the network on ``(B, *input_shape)``."""
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+
+def _flatten_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    for name, module in model.named_children():
+        path = f"{prefix}{name}"
+        if isinstance(module, nn.Sequential):
+            yield from _flatten_modules(module, prefix=f"{path}.")
+        elif isinstance(module, nn.Identity):
+            continue
+        else:
+            yield path, module
+
+
+def _pair(value: int | tuple[int, ...] | str, what: str, where: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (int(value[0]), int(value[1]))
+    raise UnsupportedNetworkError(f"{where}: {what}={value!r} is not supported; use integer {what}")
+
+
+def _unsupported(where: str, module: nn.Module, why: str) -> UnsupportedNetworkError:
+    return UnsupportedNetworkError(
+        f"{where} ({type(module).__name__}) is not supported: {why}. The engine accepts nn.Sequential "
+        "networks of Linear, Conv2d, Flatten, ReLU and relaxlab.nn.Normalize layers."
+    )
+
+
+def parse_network(
+    model: nn.Module,
+    input_shape: Shape,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> Network:
+    """Validate ``model`` and convert it into a :class:`Network`.
+
+    :param model: an ``nn.Sequential`` (nested ``Sequential`` and ``Identity`` are allowed).
+    :param input_shape: shape of one input, without the batch dimension.
+    :param dtype: dtype to compute in (weights are cast, differentiably); default: the weights'.
+    :param device: device to compute on; default: the weights'.
+    :return: the parsed network.
+    :raises UnsupportedNetworkError: naming the offending layer's index and type, for an
+        unsupported layer or setting, a shape mismatch, or NaN/inf weights.
+    """
+    if isinstance(model, Network):
+        return model
+    if not isinstance(model, nn.Sequential):
+        raise UnsupportedNetworkError(
+            f"expected an nn.Sequential, got {type(model).__name__}; wrap the layers in nn.Sequential"
+        )
+
+    def cast(t: Tensor) -> Tensor:
+        return t.to(dtype=dtype if dtype is not None else t.dtype, device=device)
+
+    shape: Shape = tuple(int(s) for s in input_shape)
+    layers: list[Layer] = []
+    for index, (path, module) in enumerate(_flatten_modules(model)):
+        where = f"layer {index} (model.{path})"
+        if isinstance(module, nn.Linear):
+            if len(shape) != 1 or shape[0] != module.in_features:
+                raise UnsupportedNetworkError(
+                    f"{where} (Linear) expects inputs of shape ({module.in_features},) but receives "
+                    f"{shape}; add nn.Flatten() before it or fix the input shape"
+                )
+            _check_finite(module.weight, f"{where} (Linear) weight")
+            if module.bias is not None:
+                _check_finite(module.bias, f"{where} (Linear) bias")
+            out: Shape = (module.out_features,)
+            layers.append(
+                LinearLayer(
+                    cast(module.weight),
+                    None if module.bias is None else cast(module.bias),
+                    shape,
+                    out,
+                )
+            )
+        elif isinstance(module, nn.Conv2d):
+            if module.groups != 1:
+                raise _unsupported(where, module, f"groups={module.groups} (only groups=1)")
+            if tuple(module.dilation) != (1, 1):
+                raise _unsupported(where, module, f"dilation={module.dilation} (only dilation 1)")
+            if module.padding_mode != "zeros":
+                raise _unsupported(where, module, f"padding_mode={module.padding_mode!r} (only 'zeros')")
+            padding_spec = module.padding
+            if padding_spec == "valid":
+                padding_spec = (0, 0)
+            elif isinstance(padding_spec, str):
+                raise _unsupported(where, module, f"padding={padding_spec!r}; give explicit integer padding")
+            padding = _pair(padding_spec, "padding", where)
+            stride = _pair(tuple(module.stride), "stride", where)
+            if len(shape) != 3 or shape[0] != module.in_channels:
+                raise UnsupportedNetworkError(
+                    f"{where} (Conv2d) expects inputs of shape ({module.in_channels}, H, W) but receives "
+                    f"{shape}; check the input shape or the layer order"
+                )
+            k_h, k_w = module.kernel_size
+            out_h = (shape[1] + 2 * padding[0] - k_h) // stride[0] + 1
+            out_w = (shape[2] + 2 * padding[1] - k_w) // stride[1] + 1
+            if out_h <= 0 or out_w <= 0:
+                raise UnsupportedNetworkError(
+                    f"{where} (Conv2d) kernel {module.kernel_size} does not fit the input {shape}"
+                )
+            _check_finite(module.weight, f"{where} (Conv2d) weight")
+            if module.bias is not None:
+                _check_finite(module.bias, f"{where} (Conv2d) bias")
+            out = (module.out_channels, out_h, out_w)
+            layers.append(
+                ConvLayer(
+                    cast(module.weight),
+                    None if module.bias is None else cast(module.bias),
+                    stride,
+                    padding,
+                    shape,
+                    out,
+                )
+            )
+        elif isinstance(module, nn.Flatten):
+            if module.start_dim != 1 or module.end_dim != -1:
+                raise _unsupported(
+                    where, module, f"start_dim={module.start_dim}, end_dim={module.end_dim} (only 1, -1)"
+                )
+            out = (math.prod(shape),)
+            layers.append(FlattenLayer(shape, out))
+        elif isinstance(module, nn.ReLU):
+            layers.append(ReluLayer(shape, shape))
+        elif isinstance(module, Normalize):
+            mean = module.mean.reshape(-1)
+            std = module.std.reshape(-1)
+            channels = shape[0] if shape else 1
+            if mean.numel() not in (1, channels):
+                raise UnsupportedNetworkError(
+                    f"{where} (Normalize) has {mean.numel()} channels but its input {shape} has {channels}"
+                )
+            _check_finite(mean, f"{where} (Normalize) mean")
+            _check_finite(std, f"{where} (Normalize) std")
+            view = (-1, *([1] * (len(shape) - 1))) if mean.numel() > 1 else (1,) * max(len(shape), 1)
+            layers.append(ScaleShiftLayer(cast(mean).reshape(view), cast(std).reshape(view), shape, shape))
+        else:
+            raise _unsupported(where, module, "this layer type has no bound propagation rule")
+        shape = layers[-1].out_shape
+    if not layers:
+        raise UnsupportedNetworkError("the network has no layers; give at least one Linear or Conv2d layer")
+    return Network(tuple(layers), tuple(int(s) for s in input_shape))
