@@ -1,0 +1,210 @@
+"""``relaxlab bounds``: bound a saved network's outputs over an l_inf box."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from relaxlab.cli.format import fail, render_table
+
+
+def load_model_file(path: Path) -> Any:
+    """An ``nn.Sequential`` from an ``.onnx`` file or a relaxlab ``.pt`` checkpoint."""
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from relaxlab.engine.onnx_loader import OnnxLoadError, load_onnx
+
+        try:
+            return load_onnx(path)
+        except OnnxLoadError as error:
+            fail(str(error))
+    if suffix in (".pt", ".pth"):
+        try:
+            from relaxlab.training.checkpoint import load_model
+        except ImportError as error:  # the training package is optional for bounds
+            fail(f"cannot read checkpoint {path}: relaxlab.training is unavailable ({error}); export to ONNX")
+        try:
+            return load_model(path)
+        except (ValueError, OSError) as error:
+            fail(str(error))
+    fail(f"--model {path}: unknown file type {suffix!r}; give an .onnx file or a relaxlab .pt checkpoint")
+
+
+def load_input_file(path: Path) -> Any:
+    """A float tensor from ``.npy`` or ``.pt`` (a saved tensor)."""
+    import numpy as np
+    import torch
+
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as error:
+            fail(f"--input {path}: cannot read the array: {error}")
+        tensor = torch.from_numpy(np.array(array, dtype=np.float64))
+    elif suffix in (".pt", ".pth"):
+        try:
+            tensor = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as error:  # torch.load raises many types for a bad file
+            fail(f"--input {path}: cannot read a tensor: {error}")
+        if not isinstance(tensor, torch.Tensor):
+            fail(f"--input {path}: expected a saved tensor, found {type(tensor).__name__}")
+    else:
+        fail(f"--input {path}: unknown file type {suffix!r}; give .npy or .pt")
+    if not tensor.is_floating_point():
+        tensor = tensor.double()
+    return tensor
+
+
+def _batched(model: Any, x: Any) -> Any:
+    """``x`` with a batch dimension: as given if the model accepts it, else with one added."""
+    from relaxlab.engine.network import UnsupportedNetworkError, parse_network
+
+    try:
+        parse_network(model, tuple(x.shape[1:]))
+        return x
+    except UnsupportedNetworkError as first:
+        try:
+            parse_network(model, tuple(x.shape))
+        except UnsupportedNetworkError:
+            fail(f"the input of shape {tuple(x.shape)} does not fit the model: {first}")
+        return x.unsqueeze(0)
+
+
+def _fmt(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.6g}"
+
+
+@click.command("bounds")
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Network: an .onnx file or a relaxlab .pt checkpoint.",
+)
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Input point(s): .npy or .pt tensor, one example or a batch.",
+)
+@click.option("--eps", required=True, type=float, help="l_inf radius of the input box.")
+@click.option(
+    "--relaxation", required=True, help="Relaxation name, e.g. 'CROWN-IBP (R)' or 'LooseIBP-C(omega=0.5)'."
+)
+@click.option(
+    "--spec",
+    type=click.Choice(["identity", "margins"]),
+    default="identity",
+    show_default=True,
+    help="Bound the outputs (identity) or the margins z_y - z_j (certification).",
+)
+@click.option(
+    "--label",
+    type=int,
+    default=None,
+    help="Class y for --spec margins (all examples); default: the model's prediction on each input.",
+)
+@click.option(
+    "--domain",
+    nargs=2,
+    type=float,
+    default=None,
+    metavar="LO HI",
+    help="Clip the box to [LO, HI], e.g. 0 1 for pixels.",
+)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bounds_command(
+    model_path: Path,
+    input_path: Path,
+    eps: float,
+    relaxation: str,
+    spec: str,
+    label: int | None,
+    domain: tuple[float, float] | None,
+    dtype: str,
+    as_json: bool,
+) -> None:
+    """Bound a network's outputs (or margins) for every input within EPS (l_inf) of INPUT."""
+    import torch
+
+    from relaxlab.api import compute_bounds, resolve_relaxation
+    from relaxlab.engine.network import UnsupportedNetworkError
+    from relaxlab.engine.spec import margin_spec
+
+    try:
+        relax = resolve_relaxation(relaxation)
+    except (LookupError, ValueError, TypeError) as error:
+        fail(str(error))
+    model = load_model_file(model_path)
+    torch_dtype = torch.float64 if dtype == "float64" else torch.float32
+    x = _batched(model, load_input_file(input_path)).to(torch_dtype)
+    model = model.to(torch_dtype)
+    C = None
+    labels: list[int] | None = None
+    if spec == "margins":
+        with torch.no_grad():
+            outputs = model(x)
+        if outputs.dim() != 2:
+            fail(f"--spec margins needs a model with flat outputs, got shape {tuple(outputs.shape)}")
+        classes = outputs.shape[1]
+        if label is not None:
+            if not 0 <= label < classes:
+                fail(f"--label {label} is not a class of a model with {classes} outputs")
+            label_t = torch.full((x.shape[0],), label, dtype=torch.long)
+        else:
+            label_t = outputs.argmax(dim=1)
+        labels = [int(v) for v in label_t]
+        C = margin_spec(label_t, classes, dtype=torch_dtype)
+    try:
+        with torch.no_grad():
+            lb, ub = compute_bounds(model, x, eps, relax, C=C, domain=domain)
+    except (UnsupportedNetworkError, ValueError, TypeError) as error:
+        fail(str(error))
+    records: list[dict[str, Any]] = []
+    for index in range(x.shape[0]):
+        record: dict[str, Any] = {
+            "index": index,
+            "lower": [float(v) for v in lb[index]],
+            "upper": [float(v) for v in ub[index]],
+        }
+        if labels is not None:
+            record["label"] = labels[index]
+            record["others"] = [j for j in range(lb.shape[1] + 1) if j != labels[index]]
+            record["certified"] = bool((lb[index] > 0).all())
+        records.append(record)
+    if as_json:
+        payload = {
+            "model": str(model_path),
+            "relaxation": getattr(relax, "label", relax.name),
+            "eps": eps,
+            "domain": list(domain) if domain else None,
+            "spec": spec,
+            "dtype": dtype,
+            "examples": records,
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    rows = []
+    for record in records:
+        names = (
+            [f"z{record['label']}-z{j}" for j in record["others"]]
+            if labels is not None
+            else [f"z{j}" for j in range(len(record["lower"]))]
+        )
+        for name, low, high in zip(names, record["lower"], record["upper"], strict=True):
+            rows.append([record["index"], name, _fmt(low), _fmt(high)])
+    click.echo(render_table(["example", "spec", "lower", "upper"], rows))
+    if labels is not None:
+        certified = sum(record["certified"] for record in records)
+        click.echo(f"certified: {certified}/{len(records)} (every margin lower bound > 0)")
+
+
+COMMANDS = [bounds_command]
