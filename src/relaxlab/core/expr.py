@@ -265,7 +265,11 @@ def _juxtapose(node: Mul) -> bool:
 
 @frozen
 class Div(Expr):
-    """``numerator / denominator``; the denominator is kept away from zero, sign preserved."""
+    """``numerator / denominator``; the denominator is kept away from zero, sign preserved.
+
+    For a chord slope ``u/(u-l)`` the guard can only lower the slope when ``u - l`` is below
+    ``sqrt(tiny)``, by at most ``u`` itself: an absolute error under 1e-19 in float32.
+    """
 
     numerator: Expr
     denominator: Expr
@@ -274,10 +278,11 @@ class Div(Expr):
         num = self.numerator.evaluate(env)
         den = self.denominator.evaluate(env)
         if isinstance(den, Tensor):
-            tiny = torch.finfo(den.dtype).tiny
-            # Clamp before dividing: torch.where evaluates both branches, and an inf in the
-            # unselected one still turns gradients into NaN.
-            den = torch.where(den.abs() < tiny, torch.where(den < 0, -tiny, tiny), den)
+            # Keep |den| >= sqrt(tiny): the backward pass divides by den**2, which must not underflow
+            # (it would turn gradients into inf/NaN). Clamp before dividing: torch.where evaluates
+            # both branches. Only denominators below 1e-19 (float32) / 1e-154 (float64) are affected.
+            guard = math.sqrt(torch.finfo(den.dtype).tiny)
+            den = torch.where(den.abs() < guard, torch.full_like(den, guard).copysign(den), den)
         elif den == 0.0:
             den = math.ulp(0.0)
         return num / den

@@ -220,6 +220,10 @@ class ReluRelaxation:
             specs[key].validate(value, self.name)
         for spec in self.params:
             spec.validate(spec.default, self.name)
+        # Fill in defaults so equal settings compare equal however they were given.
+        current = dict(self.values)
+        full = tuple(sorted((p.name, float(current.get(p.name, p.default))) for p in self.params))
+        object.__setattr__(self, "values", full)
 
     # -- structure ----------------------------------------------------------
     def case(self, stability: Stability) -> CaseBounds:

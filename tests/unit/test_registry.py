@@ -1,0 +1,138 @@
+"""The plugin registry: built-ins as plugins, look-up, clashes, and broken plugins kept local."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+import relaxlab
+from relaxlab import registry as registry_module
+from relaxlab.core.lines import CHORD, CHORD_LOW, EXACT_NEGATIVE, EXACT_POSITIVE, ZERO
+from relaxlab.core.relaxation import CaseBounds, ReluRelaxation
+from relaxlab.registry import UnknownNameError, UnsoundRelaxationError, build_registry
+
+#: Every relaxation of DESIGN.md's reference table.
+REFERENCE_TABLE = [
+    "IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)", "hBox-Diag", "hBox-Diag-C", "hBox-Switch",
+    "DeepZ-Box", "DeepZ-Diag", "DeepZ-Diag-C", "DeepZ-Switch", "DeepZ-Soft", "DeepZ-IBP (R)",
+    "CROWN-0", "CROWN-1", "CROWN-0-C", "CROWN-1-C", "CROWN-0-Tria", "CROWN-1-Tria", "CROWN-0-Tria-C",
+    "CROWN-1-Tria-C", "CROWN-Soft", "CROWN-Soft-IBP", "LooseIBP-C", "LooseIBP-DC",
+]
+
+UNSOUND = ReluRelaxation(name="acme-Unsound", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
+                         unstable=CaseBounds(CHORD_LOW, CHORD_LOW))
+GOOD = ReluRelaxation(name="acme-Good", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
+                      unstable=CaseBounds(ZERO, CHORD))
+
+
+def _module(name: str, **hooks: object) -> types.ModuleType:
+    module = types.ModuleType(name)
+    for hook_name, fn in hooks.items():
+        setattr(module, hook_name, relaxlab.hookimpl(fn))
+    return module
+
+
+class FakeEntryPoint:
+    """Stands in for an installed distribution's entry point (pluggy's own testing technique)."""
+
+    def __init__(self, name: str, load: object) -> None:
+        self.name, self.value, self.group, self._load = name, f"{name}_module", "relaxlab", load
+
+    def load(self) -> object:
+        if isinstance(self._load, Exception):
+            raise self._load
+        return self._load
+
+
+@pytest.fixture
+def fake_entry_points(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    installed: list[FakeEntryPoint] = []
+
+    def entry_points(group: str) -> list[FakeEntryPoint]:
+        assert group == "relaxlab"
+        return installed
+
+    monkeypatch.setattr(registry_module.importlib.metadata, "entry_points", entry_points)
+    monkeypatch.delenv("RELAXLAB_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    return installed
+
+
+def test_every_reference_relaxation_is_registered_by_the_builtin_plugin() -> None:
+    registry = build_registry(load_entry_points=False)
+    assert registry.relaxations.names()[: len(REFERENCE_TABLE)] == REFERENCE_TABLE
+    assert {registry.relaxations.source(n) for n in REFERENCE_TABLE} == {"relaxlab.relaxations.builtin"}
+    assert registry.errors == []
+    assert registry.relaxations.unsound == {}
+
+
+def test_lookup_ignores_case_spaces_punctuation_and_suggests() -> None:
+    relaxations = build_registry(load_entry_points=False).relaxations
+    assert relaxations["crown ibp r"].name == "CROWN-IBP (R)"
+    assert relaxations["CROWN_0_TRIA_C"].name == "CROWN-0-Tria-C"
+    with pytest.raises(UnknownNameError, match=r"unknown relaxation 'crown-ibp'; did you mean 'CROWN-IBP \(R\)'"):
+        relaxations["crown-ibp"]
+    with pytest.raises(UnknownNameError, match="unknown relaxation 'zonotope'"):
+        relaxations["zonotope"]
+
+
+def test_broken_plugins_are_reported_by_name_and_the_rest_works(fake_entry_points: list[FakeEntryPoint]) -> None:
+    fake_entry_points.extend([
+        FakeEntryPoint("import-fails", ImportError("No module named 'acme_missing'")),
+        FakeEntryPoint("raises", _module("raises", relaxlab_relaxations=lambda: 1 / 0)),
+        FakeEntryPoint("invalid", _module("invalid", relaxlab_relaxations=lambda: ["not a relaxation"])),
+        FakeEntryPoint("clash", _module("clash", relaxlab_relaxations=lambda: [GOOD.__class__(
+            name="cRoWn", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE, unstable=CaseBounds(ZERO, CHORD))])),
+        FakeEntryPoint("unsound", _module("unsound", relaxlab_relaxations=lambda: [UNSOUND])),
+        FakeEntryPoint("good", _module("good", relaxlab_relaxations=lambda: [GOOD])),
+    ])
+    registry = build_registry()
+    reasons = {e.plugin: e.reason for e in registry.errors}
+    assert "ImportError" in reasons["import-fails"] and "acme_missing" in reasons["import-fails"]
+    assert "ZeroDivisionError" in reasons["raises"]
+    assert "expected a ReluRelaxation" in reasons["invalid"]
+    assert "clashes with 'CROWN'" in reasons["clash"]
+    assert "acme-Unsound" in reasons["unsound"] and "upper line" in reasons["unsound"]
+    assert registry.relaxations.source("acme-Good") == "good"
+    assert set(REFERENCE_TABLE) <= set(registry.relaxations.names())
+    assert registry.relaxations["CROWN"].summary.startswith("Triangle")  # the built-in kept its name
+
+
+def test_unknown_hook_names_are_caught(fake_entry_points: list[FakeEntryPoint]) -> None:
+    module = types.ModuleType("typo")
+    module.relaxlab_relaxation = relaxlab.hookimpl(lambda: [GOOD])  # type: ignore[attr-defined]
+    fake_entry_points.append(FakeEntryPoint("typo", module))
+    registry = build_registry()
+    assert any(e.plugin == "typo" and "unknown hook" in e.reason for e in registry.errors)
+
+
+def test_blocking_plugins(fake_entry_points: list[FakeEntryPoint], monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_entry_points.append(FakeEntryPoint("good", _module("good", relaxlab_relaxations=lambda: [GOOD])))
+    assert "acme-Good" in build_registry().relaxations
+    monkeypatch.setenv("RELAXLAB_BLOCK_PLUGINS", "good")
+    assert "acme-Good" not in build_registry().relaxations
+    monkeypatch.delenv("RELAXLAB_BLOCK_PLUGINS")
+    monkeypatch.setenv("RELAXLAB_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert "acme-Good" not in build_registry().relaxations
+
+
+def test_unsound_relaxations_cannot_be_used_or_registered(fake_entry_points: list[FakeEntryPoint],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_entry_points.append(FakeEntryPoint("unsound", _module("unsound", relaxlab_relaxations=lambda: [UNSOUND])))
+    monkeypatch.setattr(registry_module, "_REGISTRY", build_registry())
+    with pytest.raises(UnsoundRelaxationError, match="acme-Unsound.*unsound"):
+        relaxlab.get_relaxation("acme-Unsound")
+    assert relaxlab.get_relaxation("acme-Unsound", allow_unsound=True) is UNSOUND
+    with pytest.raises(UnsoundRelaxationError):
+        registry_module.register_relaxation(UNSOUND.__class__(
+            name="acme-Unsound-2", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
+            unstable=CaseBounds(CHORD_LOW, CHORD_LOW)))
+    registry_module.register_relaxation(GOOD)
+    assert relaxlab.get_relaxation("acme-good") is GOOD
+
+
+def test_architectures_and_datasets_come_from_plugins_too() -> None:
+    registry = build_registry(load_entry_points=False)
+    assert {"FC", "CONV", "CONV+", "FC-S"} <= set(registry.architectures.names())
+    assert {"mnist", "fashion-mnist", "cifar10", "svhn"} <= set(registry.datasets.names())
+

@@ -1,0 +1,148 @@
+"""Relaxation specs: per-case unit tests for the built-ins, parameters, validation, evaluation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from attrs import evolve
+
+import relaxlab
+from relaxlab.core.expr import Param
+from relaxlab.core.lines import CHORD, EXACT_NEGATIVE, EXACT_POSITIVE, IDENTITY, ZERO
+from relaxlab.core.relaxation import CaseBounds, ParamSpec, ReluRelaxation
+from relaxlab.core.stability import Stability, classify, stability_masks
+
+F64 = torch.float64
+
+
+def coefficients(name: str, lower: float, upper: float) -> tuple[float, float, float, float]:
+    relaxation = relaxlab.get_relaxation(name)
+    values = relaxation.coefficients(torch.tensor([lower], dtype=F64), torch.tensor([upper], dtype=F64))
+    return tuple(float(v) for v in values)  # type: ignore[return-value]
+
+
+def test_stability_boundary_convention() -> None:
+    lb = torch.tensor([0.0, -1.0, 0.0, -1.0, 1.0])
+    ub = torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0])
+    masks = stability_masks(lb, ub)
+    assert masks[Stability.NEGATIVE].tolist() == [True, True, False, False, False]
+    assert masks[Stability.POSITIVE].tolist() == [False, False, True, False, True]
+    assert masks[Stability.UNSTABLE].tolist() == [False, False, False, True, False]
+    assert sum(m.long() for m in masks.values()).eq(1).all()
+    assert [classify(a, b) for a, b in zip(lb.tolist(), ub.tolist(), strict=True)] == [
+        Stability.NEGATIVE, Stability.NEGATIVE, Stability.POSITIVE, Stability.UNSTABLE, Stability.POSITIVE]
+
+
+# (name, l, u) -> (lower slope, lower offset, upper slope, upper offset): App. H / DESIGN.md table by hand.
+CASES = [
+    ("IBP", -3.0, -1.0, (0, 0, 0, 0)), ("IBP", -1.0, 3.0, (0, 0, 0, 3)), ("IBP", 1.0, 3.0, (0, 1, 0, 3)),
+    ("hBox", -1.0, 3.0, (0, 0, 0, 3)), ("hBox", 1.0, 3.0, (1, 0, 1, 0)),
+    ("DeepZ", -1.0, 3.0, (0.75, 0, 0.75, 0.75)),
+    ("CROWN", -3.0, 1.0, (0, 0, 0.25, 0.75)), ("CROWN", -1.0, 3.0, (1, 0, 0.75, 0.75)),
+    ("CROWN", -1.0, 1.0, (0, 0, 0.5, 0.5)),  # -l >= u picks the lower slope 0
+    ("hBox-Diag", -1.0, 3.0, (1, 0, 1, 1)), ("hBox-Diag-C", -3.0, -1.0, (1, 0, 1, 3)),
+    ("hBox-Switch", -3.0, 1.0, (0, 0, 0, 1)), ("hBox-Switch", -1.0, 3.0, (1, 0, 1, 1)),
+    ("CROWN-0", -1.0, 3.0, (0, 0, 0.75, 0.75)), ("CROWN-1", -3.0, 1.0, (1, 0, 0.25, 0.75)),
+    ("CROWN-0-C", 1.0, 3.0, (0, 1, 1, 0)), ("CROWN-1-C", -3.0, -1.0, (1, 0, 0, 0)),
+    ("CROWN-0-Tria", -1.0, 3.0, (0, 0, 1, 1)), ("CROWN-1-Tria", -1.0, 3.0, (1, 0, 0, 3)),
+    ("CROWN-0-Tria-C", -3.0, -1.0, (0, 0, 1, 3)), ("CROWN-0-Tria-C", 1.0, 3.0, (0, 1, 1, 0)),
+    ("CROWN-1-Tria-C", -3.0, -1.0, (1, 0, 0, 0)), ("CROWN-1-Tria-C", 1.0, 3.0, (1, 0, 0, 3)),
+    ("LooseIBP-C", 1.0, 3.0, (0, 0, 0, 4)),  # [1, 3] widened by omega=1 to [0, 4]: unstable? no, l'=0 -> positive
+]
+
+
+@pytest.mark.parametrize(("name", "lower", "upper", "expected"), CASES)
+def test_builtin_lines_per_case(name: str, lower: float, upper: float, expected: tuple[float, ...]) -> None:
+    assert coefficients(name, lower, upper) == pytest.approx(expected, abs=1e-15)
+
+
+def test_soft_relaxations_follow_kappa_and_pivot_the_upper_line() -> None:
+    lower, upper = -1.0, 3.0
+    kappa = float(torch.sigmoid(torch.tensor(lower / upper - upper / lower, dtype=F64)))
+    lam = upper / (upper - lower)
+    ls, lo, us, uo = coefficients("DeepZ-Soft", lower, upper)
+    assert (ls, lo, us) == pytest.approx((kappa, 0.0, kappa))
+    # kappa >= lambda here: the upper line pivots at (l, 0)
+    assert kappa >= lam and uo == pytest.approx(-kappa * lower)
+    ls, lo, us, uo = coefficients("DeepZ-Soft", -3.0, 1.0)
+    kappa2 = float(torch.sigmoid(torch.tensor(-3.0 - 1 / -3.0, dtype=F64)))
+    assert kappa2 < 0.25 and uo == pytest.approx(1.0 - kappa2 * 1.0)  # pivots at (u, u)
+    assert coefficients("CROWN-Soft", lower, upper)[:2] == pytest.approx((kappa, 0.0))
+
+
+def test_looseibp_dc_widens_by_floor_and_ceil() -> None:
+    relaxation = relaxlab.get_relaxation("LooseIBP-DC").with_params(omega=0.5, F=10.0)
+    lb, ub = relaxation.transform_bounds(torch.tensor([-0.13], dtype=F64), torch.tensor([0.27], dtype=F64))
+    # ceil(-1.3) - (-1.3) = 0.3 -> l' = -0.13 - 0.15; 2.7 - floor(2.7) = 0.7 -> u' = 0.27 + 0.35
+    assert float(lb) == pytest.approx(-0.28)
+    assert float(ub) == pytest.approx(0.62)
+
+
+def test_aliases_are_detected_from_identical_specs() -> None:
+    relaxations = relaxlab.get_registry().relaxations
+    assert relaxations.aliases("hBox") == ["DeepZ-Box"]
+    assert relaxations.aliases("DeepZ-Switch") == ["hBox-Switch"]
+    assert relaxations.primary("DeepZ-Diag-C") == "hBox-Diag-C"
+    assert relaxations.aliases("CROWN") == []
+
+
+def test_is_interval_only_for_all_constant_lines() -> None:
+    flags = {n: relaxlab.get_relaxation(n).is_interval for n in relaxlab.get_registry().relaxations.names()}
+    assert {n for n, f in flags.items() if f} == {"IBP", "LooseIBP-C", "LooseIBP-DC"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("LooseIBP-C(omega=-1)", "omega must be >= 0"),
+        ("LooseIBP-DC(F=0)", "F must be > 0"),
+        ("LooseIBP-DC(F=-2, omega=1)", "F must be > 0"),
+        ("LooseIBP-C(omega=inf)", "must be finite"),
+        ("LooseIBP-C(omega=nan)", "must be finite"),
+        ("DeepZ-Soft(gamma=abc)", "needs a number"),
+        ("DeepZ-Soft(beta=1)", "unknown parameter 'beta'"),
+        ("CROWN(gamma=1)", "has no parameters"),
+    ],
+)
+def test_bad_parameters_get_clear_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        relaxlab.get_relaxation(text)
+
+
+def test_parameters_by_name_and_label() -> None:
+    relaxation = relaxlab.get_relaxation("looseibp dc (F=10, omega=0.5)")
+    assert relaxation.parameters == {"omega": 0.5, "F": 10.0}
+    assert relaxation.label == "LooseIBP-DC(omega=0.5, F=10)"
+    assert relaxlab.get_relaxation("LooseIBP-C(omega=1)") == relaxlab.get_relaxation("LooseIBP-C")
+
+
+def test_invalid_specs_cannot_be_built() -> None:
+    with pytest.raises(ValueError, match="undeclared parameter"):
+        ReluRelaxation(name="x", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
+                       unstable=CaseBounds(ZERO, CHORD.substitute({"l": Param("p")})))
+    with pytest.raises(ValueError, match="not allowed"):
+        evolve(relaxlab.get_relaxation("CROWN"), name="bad;name")
+    with pytest.raises(ValueError, match="must be in"):
+        evolve(relaxlab.get_relaxation("CROWN"), intermediate="forward")
+    with pytest.raises(ValueError, match="must be >= 0"):
+        ReluRelaxation(name="y", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
+                       unstable=CaseBounds(IDENTITY, CHORD), params=(ParamSpec("w", -1.0, minimum=0.0),))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_coefficients_keep_shape_dtype_device_and_gradients_finite(dtype: torch.dtype, device: torch.device) -> None:
+    gen = torch.Generator().manual_seed(0)
+    centre = torch.randn(4, 5, generator=gen, dtype=dtype) * 3
+    radius = torch.rand(4, 5, generator=gen, dtype=dtype)
+    centre[0, :3] = torch.tensor([0.0, 1e-30, -1e-30], dtype=dtype)
+    radius[0, :3] = torch.tensor([0.0, 1e-30, 0.0], dtype=dtype)
+    for name in relaxlab.get_registry().relaxations.names():
+        lb = (centre - radius).to(device).requires_grad_(True)
+        ub = (centre + radius).to(device).requires_grad_(True)
+        values = list(relaxlab.get_relaxation(name).coefficients(lb, ub))
+        for v in values:
+            assert v.shape == lb.shape and v.dtype == dtype and v.device == lb.device
+            assert torch.isfinite(v).all(), name
+        sum(v.sum() for v in values).backward()
+        for grad in (lb.grad, ub.grad):  # None where no line of the relaxation reads that bound
+            assert grad is None or torch.isfinite(grad).all(), name
