@@ -1,0 +1,5 @@
+"""``python -m relaxlab`` runs the command line."""
+
+from relaxlab.cli import main
+
+main()
