@@ -1,0 +1,433 @@
+"""CLI commands for training and evaluation: train, certify, tightness, report, paradox.
+
+A thin layer over :mod:`relaxlab.training` and :mod:`relaxlab.evaluation`: every command checks
+its input (names, eps, files) before any work and turns library errors into one clear message.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from relaxlab.cli.format import fail, render_table
+
+_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, LookupError)
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Report library errors (bad config, names, files, checkpoints) as one line, exit status 1."""
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except _ERRORS as error:
+        fail(str(error))
+
+
+def _threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _echo(quiet: bool) -> Callable[[str], None]:
+    return (lambda _line: None) if quiet else (lambda line: click.echo(line, err=True))
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in values:
+        if "=" not in item:
+            fail(f"--set expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw  # a bare string
+    return out
+
+
+THREADS = click.option(
+    "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)."
+)
+QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+
+
+@click.command("train")
+@click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run directory (default: runs/<name>).",
+)
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Results database (default: results.sqlite next to the run directory).",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint."
+)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (TOML value).")
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False), default=None, help="Directory with the dataset files."
+)
+@click.option(
+    "--stop-after", type=int, default=None, hidden=True, help="Stop after N epochs (simulate interruption)."
+)
+@THREADS
+@QUIET
+def train_cmd(
+    config_file: Path,
+    out_dir: Path | None,
+    store_path: Path | None,
+    resume: bool,
+    sets: tuple[str, ...],
+    data_dir: str | None,
+    stop_after: int | None,
+    threads: int | None,
+    quiet: bool,
+) -> None:
+    """Train a network as CONFIG_FILE (TOML) says; checkpoints every epoch."""
+    from relaxlab.store import Store
+    from relaxlab.training.config import load_config, validate_names
+    from relaxlab.training.trainer import train
+
+    with _clear_errors():
+        overrides = _parse_sets(sets)
+        if data_dir is not None:
+            overrides["data_dir"] = data_dir
+        config = load_config(config_file, **overrides)
+        validate_names(config)
+        out_dir = out_dir or Path("runs") / config.name
+        store_path = store_path or out_dir.parent / "results.sqlite"
+        callbacks = []
+        if config.track_every > 0:
+            from relaxlab.analysis.tracking import tracking_callback
+
+            callbacks.append(tracking_callback(every=config.track_every))
+        _threads(threads)
+        with Store(store_path) as store:
+            result = train(
+                config,
+                out_dir,
+                store=store,
+                resume=resume,
+                callbacks=callbacks,
+                progress=None if not quiet else False,
+                stop_after=stop_after,
+                log=_echo(quiet),
+            )
+    if result.finished:
+        click.echo(
+            f"{config.name}: test accuracy {100 * result.final['test_accuracy']:.2f}%, certified "
+            f"({config.train_relaxations[0] if config.train_relaxations else 'IBP'}, eps={config.eps_test:g}) "
+            f"{100 * result.final['test_certified']:.2f}%  [checkpoint {result.checkpoint}, run {result.run_id}]"
+        )
+    else:
+        click.echo(f"{config.name}: stopped after epoch {len(result.history)}; resume with --resume")
+
+
+def _certifiers(spec: str) -> list[Any]:
+    from relaxlab.evaluation.report import PAPER_RELAXATIONS
+    from relaxlab.training.names import resolve_relaxation
+
+    names = (
+        list(PAPER_RELAXATIONS)
+        if spec.strip().lower() == "all"
+        else [s.strip() for s in spec.split(",") if s.strip()]
+    )
+    if not names:
+        fail("--relaxation needs a name, a comma-separated list, or 'all'")
+    return [resolve_relaxation(name) for name in names]
+
+
+def _test_data(config: dict[str, Any], data_dir: str | None, n: int | None) -> Any:
+    from relaxlab.training.names import resolve_dataset
+
+    dataset = resolve_dataset(config["dataset"])
+    x, y = dataset.load("test", data_dir if data_dir is not None else config.get("data_dir"))
+    if n:
+        x, y = x[:n], y[:n]
+    return dataset, x, y
+
+
+@click.command("certify")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--relaxation",
+    "-r",
+    "relaxation_spec",
+    default=None,
+    help="Certifying relaxation, a comma list, or 'all' (the paper's five; prints the Table 10 matrix). "
+    "Default: each model's training relaxation.",
+)
+@click.option("--eps", type=float, default=None, help="Radius in [0, 1] (default: the run's eps_test).")
+@click.option("--n", "n", type=int, default=None, help="Certify the first N test images (default: all).")
+@click.option("--no-pgd", is_flag=True, help="Skip the PGD attack (100 steps, step size 0.01).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Results database (default: results.sqlite next to the checkpoint's run directory).",
+)
+@click.option("--batch-size", type=int, default=100)
+@THREADS
+def certify_cmd(
+    checkpoints: tuple[Path, ...],
+    relaxation_spec: str | None,
+    eps: float | None,
+    n: int | None,
+    no_pgd: bool,
+    data_dir: str | None,
+    store_path: Path | None,
+    batch_size: int,
+    threads: int | None,
+) -> None:
+    """Standard accuracy, PGD accuracy and certified robustness of CHECKPOINTS."""
+    from relaxlab.evaluation.certify import certify, check_eps
+    from relaxlab.store import Store
+    from relaxlab.training.checkpoint import build_model, read_checkpoint
+    from relaxlab.training.config import from_dict
+    from relaxlab.training.names import resolve_relaxation
+
+    with _clear_errors():
+        if eps is not None:
+            check_eps(eps)
+        certifiers = _certifiers(relaxation_spec) if relaxation_spec else None
+        loaded = []
+        for path in checkpoints:  # check every file before any work
+            payload = read_checkpoint(path)
+            config = from_dict(__import__("json").loads(payload["config"]))
+            model = build_model(payload, source=f"checkpoint {path}")
+            loaded.append((path, config, model))
+        _threads(threads)
+        rows = []
+        matrix: dict[str, dict[str, float]] = {}
+        for path, config, model in loaded:
+            run_eps = config.eps_test if eps is None else eps
+            use = certifiers or [resolve_relaxation((config.train_relaxations or ("IBP",))[0])]
+            dataset, x, y = _test_data(config.to_dict(), data_dir, n)
+            results = certify(
+                model,
+                x,
+                y,
+                run_eps,
+                use,
+                num_classes=dataset.num_classes,
+                pgd=not no_pgd,
+                batch_size=batch_size,
+            )
+            with Store(store_path or path.parent.parent / "results.sqlite") as store:
+                for result in results:
+                    run_id = store.create_run(
+                        "certify",
+                        {
+                            "checkpoint": str(path),
+                            "certifier": result.relaxation,
+                            "eps": run_eps,
+                            "dataset": config.dataset,
+                            "architecture": config.architecture,
+                            "method_label": config.label,
+                            "n": result.n,
+                        },
+                        name=f"certify-{config.name}-{result.relaxation}",
+                    )
+                    metrics = {"accuracy": result.accuracy, "certified": result.certified}
+                    if result.pgd is not None:
+                        metrics["pgd"] = result.pgd
+                    store.log_metrics(run_id, 0, metrics)
+                    store.finish_run(run_id)
+            for result in results:
+                pgd = "—" if result.pgd is None else f"{100 * result.pgd:.2f}"
+                rows.append(
+                    (
+                        str(path),
+                        config.label,
+                        result.relaxation,
+                        f"{run_eps:g}",
+                        result.n,
+                        f"{100 * result.accuracy:.2f}",
+                        pgd,
+                        f"{100 * result.certified:.2f}",
+                    )
+                )
+                matrix.setdefault(f"{config.label} ({path.parent.name})", {})[result.relaxation] = (
+                    100 * result.certified
+                )
+    click.echo(
+        render_table(["checkpoint", "trained", "certified with", "eps", "n", "Acc %", "PGD %", "CR %"], rows)
+    )
+    if certifiers and len(certifiers) > 1:
+        names = [c.name for c in certifiers]
+        click.echo("\nCR (%): trained with (rows) x certified with (columns)  [Table 10 layout]")
+        click.echo(
+            render_table(
+                ["trained \\ certified", *names],
+                [(k, *(f"{v.get(c, float('nan')):.2f}" for c in names)) for k, v in matrix.items()],
+            )
+        )
+
+
+@click.command("tightness")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--relaxations",
+    "-r",
+    "relaxation_spec",
+    default="all",
+    help="Comma-separated relaxations, or 'all' (the paper's five).",
+)
+@click.option("--eps-max", type=float, default=0.07, show_default=True, help="Largest radius of the grid.")
+@click.option("--points", type=int, default=21, show_default=True, help="Radii in the grid (the paper: 100).")
+@click.option("--n", "n", type=int, default=None, help="Use the first N test images (default: all).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write tightness.png / .md / .csv (default: next to the checkpoint).",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@THREADS
+def tightness_cmd(
+    checkpoint: Path,
+    relaxation_spec: str,
+    eps_max: float,
+    points: int,
+    n: int | None,
+    out_dir: Path | None,
+    data_dir: str | None,
+    store_path: Path | None,
+    threads: int | None,
+) -> None:
+    """CR curves over an eps grid and CR-AUC (trapezoidal) per relaxation: Fig. 2 and Table 6."""
+    import json
+
+    from relaxlab.evaluation.tightness import cr_curves, eps_grid, plot_curves
+    from relaxlab.store import Store
+    from relaxlab.training.checkpoint import build_model, read_checkpoint
+    from relaxlab.training.config import from_dict
+
+    with _clear_errors():
+        grid = eps_grid(eps_max, points)
+        relaxations = _certifiers(relaxation_spec)
+        payload = read_checkpoint(checkpoint)
+        config = from_dict(json.loads(payload["config"]))
+        model = build_model(payload, source=f"checkpoint {checkpoint}")
+        dataset, x, y = _test_data(config.to_dict(), data_dir, n)
+        _threads(threads)
+        result = cr_curves(model, x, y, grid, relaxations, num_classes=dataset.num_classes)
+        out_dir = out_dir or checkpoint.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_curves(result, out_dir / "tightness.png", title=f"CR curves, {config.name} ({config.dataset})")
+        (out_dir / "tightness.md").write_text(result.table("markdown"))
+        (out_dir / "tightness.csv").write_text(result.table("csv"))
+        with Store(store_path or checkpoint.parent.parent / "results.sqlite") as store:
+            run_id = store.create_run(
+                "tightness",
+                {
+                    "checkpoint": str(checkpoint),
+                    "eps_max": eps_max,
+                    "points": points,
+                    "n": result.n,
+                    "dataset": config.dataset,
+                    "architecture": config.architecture,
+                },
+                name=f"tightness-{config.name}",
+            )
+            store.log_metrics(run_id, 0, {f"cr_auc/{k}": v for k, v in result.auc().items()})
+            store.finish_run(run_id)
+    click.echo(f"n = {result.n}, accuracy {result.accuracy:.1f}%, {points} radii in [0, {eps_max:g}]")
+    click.echo(result.table("markdown"))
+    click.echo(f"plot: {out_dir / 'tightness.png'}")
+
+
+@click.command("report")
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Results database (default: $RELAXLAB_STORE or runs/results.sqlite).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True
+)
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file instead of stdout.",
+)
+def report_cmd(store_path: Path | None, fmt: str, out_file: Path | None) -> None:
+    """Paper-style tables (Table 2 / 11 and Table 10 layouts) from the results store."""
+    from relaxlab.evaluation.report import render_csv, render_markdown
+    from relaxlab.store import Store, default_store_path
+
+    path = store_path or default_store_path()
+    if not path.is_file():
+        fail(f"no results database at {path}; run `relaxlab train` / `certify` first or pass --store")
+    with _clear_errors(), Store(path) as store:
+        text = render_markdown(store) if fmt == "markdown" else render_csv(store)
+    if out_file:
+        out_file.write_text(text)
+        click.echo(f"wrote {out_file}")
+    else:
+        click.echo(text)
+
+
+@click.command("paradox")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/paradox"),
+    show_default=True,
+)
+@click.option("--eps", type=float, default=0.1, show_default=True, help="Training and test radius.")
+@click.option("--quick", is_flag=True, help="An even shorter schedule (smoke test).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@THREADS
+@QUIET
+def paradox_cmd(out_dir: Path, eps: float, quick: bool, seed: int, threads: int | None, quiet: bool) -> None:
+    """Train CONV with IBP, hBox, DeepZ, CROWN, CROWN-IBP (R) on the embedded data and print the paradox table."""
+    from relaxlab.evaluation.certify import check_eps
+    from relaxlab.training.paradox import paradox_markdown, run_paradox
+
+    with _clear_errors():
+        check_eps(eps)
+        _threads(threads)
+        rows = run_paradox(
+            out_dir,
+            eps=eps,
+            quick=quick,
+            seed=seed,
+            progress=not quiet and sys.stderr.isatty(),
+            log=_echo(quiet),
+        )
+    n = 100 if quick else 500
+    click.echo(paradox_markdown(rows, eps=eps, n=n))
+    click.echo(
+        f"plots: {out_dir / 'tightness.png'}, {out_dir / 'paradox.png'}; store: {out_dir / 'results.sqlite'}"
+    )
+
+
+COMMANDS = [train_cmd, certify_cmd, tightness_cmd, report_cmd, paradox_cmd]

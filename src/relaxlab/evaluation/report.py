@@ -1,0 +1,202 @@
+"""Paper-style tables from the results store: Table 2 / Table 11 layout and the Table 10 matrix.
+
+Rows are training methods (the relaxation a model was trained with, ``CROWN-IBP`` for the defense,
+``natural``), columns are standard accuracy, PGD accuracy and certified robustness (in %) per
+``eps_test``, grouped by dataset and architecture. CR in the main table is the model certified
+with its own training relaxation; for the CROWN-IBP defense the better of CROWN-IBP (R) and IBP
+(the two relaxations it trains with), for natural training the best certifier recorded.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from relaxlab.store import Store
+
+#: The five relaxations of the paper's main comparison, in its order (Table 2).
+PAPER_RELAXATIONS = ("IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)")
+METHOD_ORDER = ("natural", *PAPER_RELAXATIONS, "CROWN-IBP")
+
+
+@attrs.frozen(kw_only=True)
+class CertifyRow:
+    """One certification record from the store."""
+
+    dataset: str
+    architecture: str
+    method: str
+    eps: float
+    certifier: str
+    accuracy: float
+    pgd: float | None
+    certified: float
+    checkpoint: str
+    run_id: int
+
+
+def certify_rows(store: Store) -> list[CertifyRow]:
+    """All finished certify runs, one row per (checkpoint, certifying relaxation, eps)."""
+    rows = []
+    for run in store.runs(kind="certify", status="done"):
+        metrics = store.final_metrics(run.id)
+        config = run.config
+        rows.append(
+            CertifyRow(
+                dataset=config.get("dataset", "?"),
+                architecture=config.get("architecture", "?"),
+                method=config.get("method_label", "?"),
+                eps=float(config.get("eps", 0.0)),
+                certifier=config.get("certifier", "?"),
+                accuracy=metrics.get("accuracy", float("nan")),
+                pgd=metrics.get("pgd"),
+                certified=metrics.get("certified", float("nan")),
+                checkpoint=config.get("checkpoint", "?"),
+                run_id=run.id,
+            )
+        )
+    return rows
+
+
+def _own(method: str, certifier: str) -> bool:
+    if method == "CROWN-IBP":
+        return certifier in ("CROWN-IBP (R)", "IBP")
+    if method == "natural":
+        return True
+    return certifier == method
+
+
+def _order(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def main_table(rows: Sequence[CertifyRow]) -> list[dict[str, Any]]:
+    """Table 2 / 11 records: per (dataset, architecture, method, eps) the latest checkpoint's numbers."""
+    chosen: dict[tuple[str, str, str, float], CertifyRow] = {}
+    for row in sorted(rows, key=lambda r: r.run_id):
+        if not _own(row.method, row.certifier):
+            continue
+        key = (row.dataset, row.architecture, row.method, row.eps)
+        current = chosen.get(key)
+        # a later checkpoint replaces an earlier one; for one checkpoint the best own certifier counts
+        if current is None or row.checkpoint != current.checkpoint or row.certified >= current.certified:
+            chosen[key] = row
+    best = chosen
+    records = []
+    for (dataset, architecture, method, eps), row in sorted(
+        best.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3], _order(kv[0][2]))
+    ):
+        records.append(
+            {
+                "dataset": dataset,
+                "architecture": architecture,
+                "eps_test": eps,
+                "method": method,
+                "accuracy": 100 * row.accuracy,
+                "pgd": None if row.pgd is None else 100 * row.pgd,
+                "certified": 100 * row.certified,
+                "certifier": row.certifier,
+            }
+        )
+    return records
+
+
+def matrix_table(rows: Sequence[CertifyRow]) -> dict[tuple[str, str, float], dict[str, dict[str, float]]]:
+    """Table 10: per (dataset, architecture, eps), trained-with -> certified-with -> CR in %."""
+    out: dict[tuple[str, str, float], dict[str, dict[str, float]]] = {}
+    for row in rows:
+        group = out.setdefault((row.dataset, row.architecture, row.eps), {})
+        group.setdefault(row.method, {})[row.certifier] = 100 * row.certified
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def render_markdown(store: Store) -> str:
+    """The main table (Table 2/11 layout), the train x certify matrices (Table 10) and the train runs."""
+    rows = certify_rows(store)
+    out = ["# relaxlab results", ""]
+    records = main_table(rows)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["dataset"], record["architecture"]), []).append(record)
+    for (dataset, architecture), group in groups.items():
+        epses = sorted({r["eps_test"] for r in group})
+        methods = sorted({r["method"] for r in group}, key=_order)
+        out += [f"## {dataset}, {architecture} (Table 2 / 11 layout; values in %)", ""]
+        header = "| Method | " + " | ".join(f"Acc ε={e:g} | PGD ε={e:g} | CR ε={e:g}" for e in epses) + " |"
+        out += [header, "|---|" + "---:|" * (3 * len(epses))]
+        for method in methods:
+            cells = []
+            for eps in epses:
+                match = [r for r in group if r["method"] == method and r["eps_test"] == eps]
+                if match:
+                    r = match[0]
+                    cells += [_fmt(r["accuracy"]), _fmt(r["pgd"]), _fmt(r["certified"])]
+                else:
+                    cells += ["", "", ""]
+            out.append(f"| {method} | " + " | ".join(cells) + " |")
+        out.append("")
+    for (dataset, architecture, eps), matrix in matrix_table(rows).items():
+        certifiers = sorted({c for row in matrix.values() for c in row}, key=_order)
+        if len(certifiers) < 2:
+            continue
+        out += [
+            f"## {dataset}, {architecture}, ε={eps:g}: CR (%) trained with (rows) × certified with (columns), Table 10 layout",
+            "",
+        ]
+        out += [
+            "| Trained \\ Certified | " + " | ".join(certifiers) + " |",
+            "|---|" + "---:|" * len(certifiers),
+        ]
+        for method in sorted(matrix, key=_order):
+            out.append(f"| {method} | " + " | ".join(_fmt(matrix[method].get(c)) for c in certifiers) + " |")
+        out.append("")
+    trains = store.runs(kind="train")
+    if trains:
+        out += [
+            "## Training runs",
+            "",
+            "| id | name | dataset | arch | method | epochs | status |",
+            "|---:|---|---|---|---|---:|---|",
+        ]
+        for run in trains:
+            c = run.config
+            label = {"natural": "natural", "crown-ibp": "CROWN-IBP"}.get(
+                c.get("method", ""), c.get("relaxation", "?")
+            )
+            out.append(
+                f"| {run.id} | {run.name} | {c.get('dataset')} | {c.get('architecture')} | {label} | {c.get('epochs')} | {run.status} |"
+            )
+        out.append("")
+    tightness = store.runs(kind="tightness", status="done")
+    if tightness:
+        out += [
+            "## Tightness (CR-AUC, Table 6 layout)",
+            "",
+            "| id | checkpoint | relaxation | CR-AUC |",
+            "|---:|---|---|---:|",
+        ]
+        for run in tightness:
+            for name, value in sorted(store.final_metrics(run.id).items()):
+                if name.startswith("cr_auc/"):
+                    out.append(f"| {run.id} | {run.config.get('checkpoint')} | {name[7:]} | {value:.2f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def render_csv(store: Store) -> str:
+    """The main-table records as CSV (one row per dataset, architecture, eps, method)."""
+    buffer = io.StringIO()
+    fields = ["dataset", "architecture", "eps_test", "method", "accuracy", "pgd", "certified", "certifier"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for record in main_table(certify_rows(store)):
+        writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in record.items()})
+    return buffer.getvalue()

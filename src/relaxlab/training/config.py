@@ -1,0 +1,250 @@
+"""Training configuration: an attrs frozen value read from TOML (``tomllib``).
+
+Every knob of the paper's App. F.1 is a key; a run is fully determined by its config (and the
+data files). Unknown keys are refused with the valid keys listed, and values are checked before
+any work starts. Names of relaxations, architectures and datasets are checked against the
+registry by :func:`validate_names` (kept separate so that building a config stays cheap).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+METHODS = ("certified", "crown-ibp", "natural")
+LR_SCHEDULES = ("constant", "milestones", "steps")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it and the fix."""
+
+
+def _unit_interval(name: str) -> Any:
+    def check(_instance: Any, _attribute: Any, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} must be in [0, 1] (pixel space), got {value}")
+
+    return check
+
+
+def _non_negative(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{attribute.name} must be >= 0, got {value}")
+
+
+def _positive(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{attribute.name} must be > 0, got {value}")
+
+
+def _one_of(choices: tuple[str, ...]) -> Any:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if value not in choices:
+            raise ConfigError(f"{attribute.name} must be one of {list(choices)}, got {value!r}")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class TrainConfig:
+    """All knobs of one training run (defaults: a short CPU-friendly schedule).
+
+    :param name: run name (directory name under the output root).
+    :param dataset: registry name of the dataset.
+    :param data_dir: directory with the dataset files (``None``: probe the defaults).
+    :param architecture: registry name of the architecture (Table 7).
+    :param method: ``certified`` (train with ``relaxation``), ``crown-ibp`` (the CROWN-IBP defense:
+        CROWN-IBP (R) and IBP losses mixed with beta ramped 1 -> 0 over the ramp-up), or ``natural``.
+    :param relaxation: relaxation for ``certified`` training.
+    :param epochs: total epochs.
+    :param warmup_epochs: N_w, natural training epochs at the start (kappa = kappa_start, eps = 0).
+    :param rampup_epochs: N_r, epochs over which eps rises linearly (per step) from ``eps_start`` to
+        ``eps_train`` and kappa moves from ``kappa_start`` to ``kappa_end``.
+    :param eps_train: training radius in pixel space ``[0, 1]``.
+    :param eps_start: radius at the start of the ramp-up.
+    :param eps_test: radius used for the per-epoch certified evaluation.
+    :param kappa_start: weight of the natural loss at the start.
+    :param kappa_end: weight of the natural loss after the ramp-up.
+    :param elision: elide the last layer with the margin specification.
+    :param lr: Adam's initial learning rate alpha.
+    :param lr_schedule: ``constant``, ``milestones`` (x ``lr_factor`` at each of ``lr_milestones``) or
+        ``steps`` (x ``lr_factor`` every ``lr_step_every`` epochs).
+    :param lr_milestones: epochs (0-based, the epoch at which the new rate starts).
+    :param lr_step_every: period of the ``steps`` schedule.
+    :param lr_factor: multiplier; ``None``: 0.1 for milestones, 0.5 for steps (the paper's choices).
+    :param l1: L1 regularisation strength lambda on weights.
+    :param batch_size: training batch size.
+    :param eval_batch_size: batch size for evaluation and bounds at test time.
+    :param seed: seeds initialisation and data order.
+    :param grad_clip: max gradient norm (0: off).
+    :param train_subset: use the first n training examples (0: all).
+    :param test_subset: evaluate on the first n test examples (0: all).
+    :param max_batches: stop each epoch after this many batches (0: no limit).
+    :param track_every: call the analysis tracking callback every k steps (0: off).
+    :param eval_every: certified evaluation on the test subset every k epochs (0: only at the end).
+    """
+
+    name: str = "run"
+    dataset: str = "mnist-mini"
+    data_dir: str | None = None
+    architecture: str = "CONV"
+    method: str = attrs.field(default="certified", validator=_one_of(METHODS))
+    relaxation: str = "IBP"
+    epochs: int = attrs.field(default=10, validator=_positive)
+    warmup_epochs: int = attrs.field(default=0, validator=_non_negative)
+    rampup_epochs: int = attrs.field(default=0, validator=_non_negative)
+    eps_train: float = attrs.field(default=0.3, validator=_unit_interval("eps_train"))
+    eps_start: float = attrs.field(default=0.0, validator=_unit_interval("eps_start"))
+    eps_test: float = attrs.field(default=0.3, validator=_unit_interval("eps_test"))
+    kappa_start: float = attrs.field(default=1.0, validator=_unit_interval("kappa_start"))
+    kappa_end: float = attrs.field(default=0.0, validator=_unit_interval("kappa_end"))
+    elision: bool = True
+    lr: float = attrs.field(default=5e-4, validator=_positive)
+    lr_schedule: str = attrs.field(default="constant", validator=_one_of(LR_SCHEDULES))
+    lr_milestones: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    lr_step_every: int = attrs.field(default=20, validator=_positive)
+    lr_factor: float | None = None
+    l1: float = attrs.field(default=0.0, validator=_non_negative)
+    batch_size: int = attrs.field(default=100, validator=_positive)
+    eval_batch_size: int = attrs.field(default=200, validator=_positive)
+    seed: int = 0
+    grad_clip: float = attrs.field(default=0.0, validator=_non_negative)
+    train_subset: int = attrs.field(default=0, validator=_non_negative)
+    test_subset: int = attrs.field(default=0, validator=_non_negative)
+    max_batches: int = attrs.field(default=0, validator=_non_negative)
+    track_every: int = attrs.field(default=0, validator=_non_negative)
+    eval_every: int = attrs.field(default=0, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        if self.eps_start > self.eps_train:
+            raise ConfigError(f"eps_start ({self.eps_start}) must not exceed eps_train ({self.eps_train})")
+        if self.warmup_epochs + self.rampup_epochs > self.epochs:
+            raise ConfigError(
+                f"warmup_epochs + rampup_epochs ({self.warmup_epochs} + {self.rampup_epochs}) exceed "
+                f"epochs ({self.epochs})"
+            )
+        if self.lr_factor is not None and not 0 < self.lr_factor <= 1:
+            raise ConfigError(f"lr_factor must be in (0, 1], got {self.lr_factor}")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"name must be a plain directory name, got {self.name!r}")
+
+    @property
+    def train_relaxations(self) -> tuple[str, ...]:
+        """Relaxations the loss uses (by name)."""
+        if self.method == "natural":
+            return ()
+        if self.method == "crown-ibp":
+            return ("CROWN-IBP (R)", "IBP")
+        return (self.relaxation,)
+
+    @property
+    def label(self) -> str:
+        """Row label in reports: the relaxation, ``CROWN-IBP`` for the defense, ``natural``."""
+        return {"natural": "natural", "crown-ibp": "CROWN-IBP"}.get(self.method, self.relaxation)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (lists for tuples)."""
+        data = attrs.asdict(self)
+        data["lr_milestones"] = list(self.lr_milestones)
+        return data
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys): what checkpoints and the store hold."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` (validated like a fresh config; unknown keys refused)."""
+        return from_dict({**self.to_dict(), **changes})
+
+
+def valid_keys() -> list[str]:
+    """The keys a config may have."""
+    return [field.name for field in attrs.fields(TrainConfig)]
+
+
+def from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """Build a config from a mapping, refusing unknown keys (with close names suggested).
+
+    :param data: key -> value (a ``[train]`` table or the top level of a TOML file).
+    :return: the validated config.
+    :raises ConfigError: unknown key, wrong type or invalid value.
+    """
+    keys = valid_keys()
+    unknown = [k for k in data if k not in keys]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, keys, n=2)
+            hints.append(f"{key!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
+        raise ConfigError(f"unknown config key(s) {', '.join(hints)}; valid keys: {', '.join(keys)}")
+    fields = {field.name: field for field in attrs.fields(TrainConfig)}
+    clean: dict[str, Any] = {}
+    for key, value in data.items():
+        default = fields[key].default
+        expected = type(default) if default is not None and default is not attrs.NOTHING else None
+        if key == "lr_factor" and value is not None:
+            expected = float
+        if key == "data_dir" and value is not None:
+            expected = str
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if expected is tuple and isinstance(value, list):
+            value = tuple(value)
+        if (
+            expected is not None
+            and not isinstance(value, expected)
+            or (expected is int and isinstance(value, bool))
+        ):
+            raise ConfigError(f"config key {key!r} must be {expected.__name__}, got {value!r}")  # type: ignore[union-attr]
+        clean[key] = value
+    return TrainConfig(**clean)
+
+
+def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """Read a TOML config file (keys at the top level, or in a ``[train]`` table).
+
+    :param path: the ``.toml`` file.
+    :param overrides: keys that replace the file's values (``None`` values are ignored).
+    :return: the validated config.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise ConfigError(f"config file {path} does not exist") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from error
+    if "train" in data and isinstance(data["train"], dict):
+        extra = [k for k in data if k != "train"]
+        if extra:
+            raise ConfigError(f"config file {path}: keys {extra} outside [train]; put every key in [train]")
+        data = data["train"]
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return from_dict(data)
+    except ConfigError as error:
+        raise ConfigError(f"config file {path}: {error}") from error
+
+
+def validate_names(config: TrainConfig) -> None:
+    """Check the relaxation, architecture and dataset names against the registry (close names suggested).
+
+    :raises ConfigError: an unknown name.
+    """
+    from relaxlab.training.names import resolve_architecture, resolve_dataset, resolve_relaxation
+
+    resolve_dataset(config.dataset)
+    resolve_architecture(config.architecture)
+    for name in config.train_relaxations:
+        resolve_relaxation(name)

@@ -1,0 +1,349 @@
+"""The certified-training loop (App. F.1 of the paper), reproducible and resumable.
+
+:func:`train` runs a :class:`~relaxlab.training.config.TrainConfig`: it seeds torch, builds the
+architecture, iterates over the training data in an order drawn from a seeded
+``torch.Generator``, and minimises ``kappa * CE(natural) + (1 - kappa) * CE(worst case) + l1 |W|``
+with Adam under the warm-up / ramp-up schedule. After every epoch it writes an atomic checkpoint
+(model, optimizer, both RNG states, history), logs the epoch's metrics to the results store, and
+can be resumed from that checkpoint to exactly the result of an uninterrupted run (same thread
+count and device).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from relaxlab.training.checkpoint import (
+    CheckpointError,
+    build_model,
+    make_payload,
+    read_checkpoint,
+    save_checkpoint,
+)
+from relaxlab.training.config import ConfigError, TrainConfig, from_dict
+from relaxlab.training.loss import training_loss
+from relaxlab.training.names import resolve_architecture, resolve_dataset, resolve_relaxation
+from relaxlab.training.schedule import learning_rate, schedule_at
+
+if TYPE_CHECKING:
+    from relaxlab.data.datasets import Dataset
+    from relaxlab.store import Store
+
+#: ``callback(step=, model=, batch=(x, y), eps=, relaxation=, store=, run_id=)``, called after each step.
+Callback = Callable[..., None]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@attrs.frozen(kw_only=True)
+class TrainResult:
+    """What a training run produced.
+
+    :param model: the trained network (eval mode).
+    :param history: one dict of metrics per finished epoch.
+    :param checkpoint: path of the last checkpoint.
+    :param run_id: the run's id in the store (``None`` without a store).
+    :param final: final evaluation metrics (test accuracy, certified robustness).
+    :param finished: False when the run stopped early (``stop_after``).
+    """
+
+    model: nn.Sequential = attrs.field(eq=False)
+    history: list[dict[str, float]]
+    checkpoint: Path
+    run_id: int | None
+    final: dict[str, float]
+    finished: bool
+
+
+@attrs.frozen(kw_only=True)
+class Data:
+    """Loaded (and subset) train and test tensors of a run."""
+
+    dataset: Dataset
+    train_x: Tensor = attrs.field(eq=False)
+    train_y: Tensor = attrs.field(eq=False)
+    test_x: Tensor = attrs.field(eq=False)
+    test_y: Tensor = attrs.field(eq=False)
+
+
+def load_data(config: TrainConfig) -> Data:
+    """Load the config's dataset (train and test splits, subset as configured)."""
+    dataset = resolve_dataset(config.dataset)
+    train_x, train_y = dataset.load("train", config.data_dir)
+    test_x, test_y = dataset.load("test", config.data_dir)
+    if config.train_subset:
+        train_x, train_y = train_x[: config.train_subset], train_y[: config.train_subset]
+    if config.test_subset:
+        test_x, test_y = test_x[: config.test_subset], test_y[: config.test_subset]
+    return Data(dataset=dataset, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
+
+
+def _progress(iterable: Any, enabled: bool, **kwargs: Any) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not enabled, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def check_resumable(payload: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Refuse to resume from a checkpoint of a different run."""
+    saved = from_dict(json.loads(payload["config"]))
+    if saved != config:
+        diff = {k: (v, getattr(config, k)) for k, v in saved.to_dict().items() if config.to_dict()[k] != v}
+        raise CheckpointError(
+            f"cannot resume from {path}: it was written by a run with a different config "
+            f"(checkpoint vs now: {diff}); use the same config or a new output directory"
+        )
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    store: Store | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    progress: bool | None = None,
+    stop_after: int | None = None,
+    device: torch.device | str | None = None,
+    data: Data | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train a network as ``config`` says, checkpointing into ``out_dir`` after every epoch.
+
+    :param config: the run's config (names are resolved before any work; bad names raise).
+    :param out_dir: directory for ``checkpoint.pt`` and ``history.json``.
+    :param store: results store; the run, its config, environment and per-epoch metrics go there.
+    :param resume: continue from ``out_dir/checkpoint.pt`` (must come from the same config).
+    :param callbacks: called after every optimisation step with keyword arguments ``step``,
+        ``model``, ``batch`` (``(x, y)``), ``eps``, ``relaxation`` (the first relaxation of the loss,
+        ``None`` for natural training), ``store`` and ``run_id``.
+    :param progress: show tqdm bars (default: when stderr is a terminal).
+    :param stop_after: stop after this many finished epochs (simulates an interruption).
+    :param device: where to train (default: CUDA when available, else CPU).
+    :param data: pre-loaded data (default: loaded from the config).
+    :param log: called with one line per epoch (default: nothing).
+    :return: the trained model, its history and where it was saved.
+    :raises ConfigError: unknown names; :class:`CheckpointError`: nothing or a foreign checkpoint to resume.
+    """
+    architecture = resolve_architecture(config.architecture)
+    relaxations = tuple(resolve_relaxation(name) for name in config.train_relaxations)
+    out_dir = Path(out_dir)
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    payload: dict[str, Any] | None = None
+    if resume:
+        payload = read_checkpoint(checkpoint_path)
+        check_resumable(payload, config, checkpoint_path)
+    elif checkpoint_path.exists():
+        raise ConfigError(
+            f"{checkpoint_path} already exists; pass --resume to continue that run or choose another --out"
+        )
+    if data is None:
+        data = load_data(config)
+    dataset = data.dataset
+    device = _default_device() if device is None else torch.device(device)
+    progress = sys.stderr.isatty() if progress is None else progress
+
+    torch.manual_seed(config.seed)
+    model = architecture.build(dataset.input_shape, dataset.num_classes, dataset.mean, dataset.std)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    history: list[dict[str, float]] = []
+    start_epoch, step = 0, 0
+    run_id: int | None = None
+    if payload is not None:
+        model = build_model(payload, source=str(checkpoint_path))
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        if payload.get("optimizer") is not None:
+            optimizer.load_state_dict(payload["optimizer"])
+        torch.set_rng_state(payload["rng_torch"])
+        generator.set_state(payload["rng_generator"])
+        start_epoch, step = int(payload["epoch"]), int(payload["step"])
+        history = json.loads(payload["history"])
+        run_id = payload.get("run_id")
+    model.to(device)
+    _optimizer_to(optimizer, device)
+
+    if store is not None:
+        if run_id is not None and any(r.id == run_id for r in store.runs(kind="train")):
+            store.reopen_run(run_id)
+            store.delete_metrics_from(run_id, start_epoch)
+        else:
+            from relaxlab.store import environment
+
+            run_id = store.create_run(
+                "train", config.to_dict(), name=config.name, env=environment(str(device))
+            )
+            for epoch_index, metrics in enumerate(history):
+                store.log_metrics(run_id, epoch_index, metrics)
+
+    n = int(data.train_y.shape[0])
+    batches_per_epoch = -(-n // config.batch_size)
+    if config.max_batches:
+        batches_per_epoch = min(batches_per_epoch, config.max_batches)
+    steps_per_epoch = batches_per_epoch
+    first_relaxation = relaxations[0] if relaxations else None
+    finished = True
+    try:
+        epochs = _progress(
+            range(start_epoch, config.epochs),
+            progress,
+            desc=config.name,
+            initial=start_epoch,
+            total=config.epochs,
+        )
+        for epoch in epochs:
+            if stop_after is not None and epoch >= stop_after:
+                finished = False
+                break
+            lr = learning_rate(config, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            order = torch.randperm(n, generator=generator)
+            model.train()
+            sums: dict[str, float] = {}
+            count = 0
+            values = schedule_at(config, step, steps_per_epoch)
+            for b in _progress(range(batches_per_epoch), progress, desc=f"epoch {epoch + 1}"):
+                index = order[b * config.batch_size : (b + 1) * config.batch_size]
+                x, y = data.train_x[index].to(device), data.train_y[index].to(device)
+                values = schedule_at(config, step, steps_per_epoch)
+                loss, parts = training_loss(
+                    model,
+                    x,
+                    y,
+                    eps=values.eps,
+                    kappa=values.kappa,
+                    beta=values.beta,
+                    relaxations=relaxations,
+                    num_classes=dataset.num_classes,
+                    elision=config.elision,
+                    l1=config.l1,
+                )
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training loss became {float(loss)} at epoch {epoch + 1}, step {step}; "
+                        "lower lr or add grad_clip"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0.0) + value * int(y.shape[0])
+                count += int(y.shape[0])
+                for callback in callbacks:
+                    callback(
+                        step=step,
+                        model=model,
+                        batch=(x, y),
+                        eps=values.eps,
+                        relaxation=first_relaxation,
+                        store=store,
+                        run_id=run_id,
+                    )
+                step += 1
+            metrics = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
+            metrics.update({"epoch": float(epoch + 1), "lr": lr, "eps": values.eps, "kappa": values.kappa})
+            if config.method == "crown-ibp":
+                metrics["beta"] = values.beta
+            last = epoch + 1 == config.epochs
+            if config.eval_every and ((epoch + 1) % config.eval_every == 0) and not last:
+                metrics.update(evaluate(model, data, config, relaxations))
+            history.append(metrics)
+            if store is not None and run_id is not None:
+                store.log_metrics(run_id, epoch, metrics)
+            save_checkpoint(
+                checkpoint_path,
+                make_payload(
+                    config_json=config.to_json(),
+                    architecture=architecture.name,
+                    input_shape=dataset.input_shape,
+                    num_classes=dataset.num_classes,
+                    mean=dataset.mean,
+                    std=dataset.std,
+                    model=model,
+                    optimizer=optimizer,
+                    generator=generator,
+                    epoch=epoch + 1,
+                    step=step,
+                    history=history,
+                    run_id=run_id,
+                ),
+            )
+            if log is not None:
+                log(_format_epoch(config, metrics))
+    except BaseException:
+        if store is not None and run_id is not None:
+            store.finish_run(run_id, "failed")
+        raise
+    final: dict[str, float] = {}
+    if finished:
+        final = evaluate(model, data, config, relaxations)
+        if store is not None and run_id is not None:
+            store.log_metrics(run_id, config.epochs, final)
+            store.finish_run(run_id, "done")
+        (out_dir / "history.json").write_text(json.dumps({"history": history, "final": final}, indent=1))
+    elif store is not None and run_id is not None:
+        store.finish_run(run_id, "interrupted")
+    model.eval()
+    return TrainResult(
+        model=model,
+        history=history,
+        checkpoint=checkpoint_path,
+        run_id=run_id,
+        final=final,
+        finished=finished,
+    )
+
+
+def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, Tensor) and key != "step":
+                state[key] = value.to(device)
+
+
+def evaluate(
+    model: nn.Module, data: Data, config: TrainConfig, relaxations: Sequence[Any]
+) -> dict[str, float]:
+    """Test accuracy and certified robustness at ``eps_test`` with the first training relaxation.
+
+    (PGD is left to :mod:`relaxlab.evaluation.certify`; natural training is certified with IBP.)
+    """
+    from relaxlab.evaluation.certify import certify
+
+    relaxation = relaxations[0] if relaxations else resolve_relaxation("IBP")
+    was_training = model.training
+    result = certify(
+        model,
+        data.test_x.to(next(model.parameters()).device),
+        data.test_y.to(next(model.parameters()).device),
+        config.eps_test,
+        [relaxation],
+        num_classes=data.dataset.num_classes,
+        pgd=False,
+        batch_size=config.eval_batch_size,
+    )[0]
+    model.train(was_training)
+    return {"test_accuracy": result.accuracy, "test_certified": result.certified}
+
+
+def _format_epoch(config: TrainConfig, metrics: dict[str, float]) -> str:
+    parts = [f"epoch {int(metrics['epoch'])}/{config.epochs}"]
+    for key in ("train_loss", "train_accuracy", "eps", "kappa", "lr", "test_accuracy", "test_certified"):
+        if key in metrics:
+            parts.append(f"{key}={metrics[key]:.4g}")
+    return " ".join(parts)
