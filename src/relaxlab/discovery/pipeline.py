@@ -1,0 +1,435 @@
+"""The discovery pipeline: catalog → sound → non-dominated → families → named, related results.
+
+:func:`discover` runs every stage and returns a :class:`Discovery` with the
+count after each stage, the results (with flags, tightness relations to every
+registered relaxation and equivalences), what became of every registered
+relaxation (kept under its name, dominated and by whom, or out of the
+catalog's reach), and what the soundness filter left out.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+
+import torch
+from attrs import evolve, field, frozen
+
+from relaxlab.core.relaxation import CaseBounds, ReluRelaxation
+from relaxlab.core.stability import Stability
+from relaxlab.discovery.catalog import CASE_LABELS, SLOTS, Catalog, CatalogLine, Rejection, build_catalog
+from relaxlab.discovery.families import (
+    interval_variant,
+    soft_case,
+    soft_relaxation,
+    switch_case,
+    switch_order,
+)
+from relaxlab.discovery.flags import fast_flags
+from relaxlab.discovery.search import Enumeration, enumerate_combinations
+from relaxlab.properties.soundness import check_soundness
+from relaxlab.properties.tightness import (
+    Tightness,
+    compare,
+    effective_intermediate,
+    equivalent,
+    line_values,
+    profile,
+    values_equal,
+)
+from relaxlab.registry import CandidateLine, Registry, get_registry
+
+#: Families :func:`discover` can add, in the order they are built.
+FAMILIES = ("switch", "soft", "interval")
+_FAMILY_PREFIX = {"combination": "gen", "switch": "gen-switch", "soft": "gen-soft"}
+
+
+@frozen
+class CaseLines:
+    """The lines of one case of a result: short labels and formulas."""
+
+    case: str
+    lower: str
+    upper: str
+    lower_formula: str
+    upper_formula: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "lower": self.lower,
+            "upper": self.upper,
+            "lower_formula": self.lower_formula,
+            "upper_formula": self.upper_formula,
+        }
+
+
+@frozen(eq=False)
+class Result:
+    """One discovered relaxation.
+
+    :param name: the registered name when equivalent to a registered relaxation, else the generated name.
+    :param generated_name: the name built from its lines (stable: the same spec always gets it).
+    :param relaxation: the relaxation, carrying ``name``.
+    :param family: ``"combination"``, ``"switch"``, ``"soft"`` or ``"interval"``.
+    :param cases: its lines per case.
+    :param continuous: ✓C.
+    :param sensitive: ✗S.
+    :param equivalent_to: registered relaxations with numerically the same lines and intermediate mode.
+    :param parents: names of the results it was built from (families).
+    :param status: ``"kept"`` or ``"dominated"``.
+    :param dominated_by: for a dominated one, the kept results that dominate it.
+    :param relations: per registered relaxation, how this result compares (see :mod:`relaxlab.properties.tightness`).
+    """
+
+    name: str
+    generated_name: str
+    relaxation: ReluRelaxation
+    family: str
+    cases: tuple[CaseLines, ...]
+    continuous: bool
+    sensitive: bool
+    equivalent_to: tuple[str, ...]
+    parents: tuple[str, ...] = ()
+    status: str = "kept"
+    dominated_by: tuple[str, ...] = ()
+    relations: dict[str, Tightness] = field(factory=dict)
+
+    @property
+    def flags(self) -> str:
+        return f"{'✓' if self.continuous else '✗'}C {'✗' if self.sensitive else '✓'}S"
+
+    def as_dict(self, *, relations: bool = True) -> dict[str, object]:
+        out: dict[str, object] = {
+            "name": self.name,
+            "generated_name": self.generated_name,
+            "family": self.family,
+            "status": self.status,
+            "intermediate": self.relaxation.intermediate,
+            "cases": {c.case: c.as_dict() for c in self.cases},
+            "continuous": self.continuous,
+            "sensitive": self.sensitive,
+            "equivalent_to": list(self.equivalent_to),
+            "parents": list(self.parents),
+        }
+        if self.status == "dominated":
+            out["dominated_by"] = list(self.dominated_by)
+        if relations:
+            out["relations"] = {name: t.as_dict() for name, t in self.relations.items()}
+        return out
+
+
+@frozen
+class Rediscovery:
+    """What discovery made of one registered relaxation."""
+
+    name: str
+    status: str  # "kept", "dominated" or "not found"
+    result: str | None
+    dominated_by: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        if self.status == "kept":
+            return f"{self.name}: kept" + (f" (as {self.result})" if self.result != self.name else "")
+        if self.status == "dominated":
+            return f"{self.name}: dominated by {', '.join(self.dominated_by)}"
+        return f"{self.name}: not reachable from the catalog"
+
+
+@frozen(eq=False)
+class Discovery:
+    """Everything one run of :func:`discover` produced.
+
+    :param stages: ``(stage, count)`` in pipeline order.
+    :param results: kept results and families (status ``"kept"``), in pipeline order.
+    :param dominated: dominated combinations equivalent to a registered relaxation (or all, with ``all_dominated``).
+    :param rediscovered: one entry per registered relaxation.
+    :param rejected: catalog lines left out of a case, and why.
+    :param seconds: wall time of the run.
+    """
+
+    catalog: Catalog
+    enumeration: Enumeration
+    stages: tuple[tuple[str, int], ...]
+    results: tuple[Result, ...]
+    dominated: tuple[Result, ...]
+    rediscovered: tuple[Rediscovery, ...]
+    rejected: tuple[Rejection, ...]
+    families: tuple[str, ...]
+    seconds: float
+
+    def get(self, name: str) -> Result:
+        """A result (kept or dominated) by its name, generated name or an equivalent registered name."""
+        for result in (*self.results, *self.dominated):
+            if name in (result.name, result.generated_name, *result.equivalent_to):
+                return result
+        raise KeyError(f"no discovered relaxation named {name!r}")
+
+    def as_dict(self, *, relations: bool = True) -> dict[str, object]:
+        return {
+            "stages": [{"stage": s, "count": c} for s, c in self.stages],
+            "families": list(self.families),
+            "results": [r.as_dict(relations=relations) for r in self.results],
+            "dominated": [r.as_dict(relations=relations) for r in self.dominated],
+            "rediscovered": [
+                {"name": r.name, "status": r.status, "result": r.result, "dominated_by": list(r.dominated_by)}
+                for r in self.rediscovered
+            ],
+            "rejected": [
+                {"line": r.token, "side": r.side, "case": r.case, "kind": r.kind, "reason": r.reason}
+                for r in self.rejected
+            ],
+            "seconds": self.seconds,
+        }
+
+
+# -- naming ---------------------------------------------------------------------------------------
+
+
+def generated_name(family: str, labels: Sequence[tuple[str, str]]) -> str:
+    """``gen(neg 0..0, unst x..x-l, pos x..x)``: the family prefix and ``lower..upper`` per case."""
+    inner = ", ".join(f"{CASE_LABELS[s]} {label}" for s, (label, _) in zip(Stability, labels, strict=True))
+    return f"{_FAMILY_PREFIX[family]}({inner})"
+
+
+def _case_label(lower: str, upper: str) -> str:
+    return f"{lower}..{upper}"
+
+
+@frozen
+class _Draft:
+    family: str
+    relaxation: ReluRelaxation  # named with the generated name
+    labels: tuple[tuple[str, str], ...]  # per case: (name label, unused)
+    tokens: tuple[tuple[str, str], ...]  # per case: (lower token, upper token)
+    parents: tuple[str, ...] = ()
+
+
+def _combination_draft(lines: Sequence[CatalogLine]) -> _Draft:
+    pairs = [(lines[2 * k], lines[2 * k + 1]) for k in range(3)]
+    labels = tuple((_case_label(a.token, b.token), "") for a, b in pairs)
+    name = generated_name("combination", labels)
+    cases = {str(s): CaseBounds(a.line, b.line) for s, (a, b) in zip(Stability, pairs, strict=True)}
+    relaxation = ReluRelaxation(name=name, summary="Generated by relaxlab discover.", **cases)  # type: ignore[arg-type]
+    return _Draft("combination", relaxation, labels, tuple((a.token, b.token) for a, b in pairs))
+
+
+def _family_draft(family: str, then: _Draft, other: _Draft, unstable: CaseBounds) -> _Draft:
+    k = 1  # the unstable case
+    label = f"{then.labels[k][0]} or {other.labels[k][0]}"
+    labels = (then.labels[0], (label, ""), then.labels[2])
+    name = generated_name(family, labels)
+    if family == "soft":
+        relaxation = soft_relaxation(then.relaxation, unstable, name)
+        word = "soft"
+    else:
+        relaxation = evolve(then.relaxation, name=name, unstable=unstable)
+        word = "switch"
+    token_pair = tuple(
+        a if a == b else f"{word}({a}, {b})" for a, b in zip(then.tokens[k], other.tokens[k], strict=True)
+    )
+    tokens = (then.tokens[0], token_pair, then.tokens[2])
+    return _Draft(family, relaxation, labels, tokens, (then.relaxation.name, other.relaxation.name))  # type: ignore[arg-type]
+
+
+# -- the pipeline ---------------------------------------------------------------------------------
+
+
+def _check_families(families: Iterable[str] | None) -> tuple[str, ...]:
+    if families is None:
+        return FAMILIES
+    chosen = tuple(dict.fromkeys(families))
+    unknown = [f for f in chosen if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown discovery family {unknown[0]!r}: choose from {', '.join(FAMILIES)}")
+    return tuple(f for f in FAMILIES if f in chosen)
+
+
+def discover(
+    registry: Registry | None = None,
+    *,
+    candidates: Iterable[CandidateLine] | None = None,
+    families: Iterable[str] | None = None,
+    relations: bool = True,
+    all_dominated: bool = False,
+) -> Discovery:
+    """Run the discovery pipeline.
+
+    :param registry: where candidate lines and the registered relaxations come from (default: the process-wide one).
+    :param candidates: candidate lines to use instead of the registry's.
+    :param families: which of :data:`FAMILIES` to add (default: all).
+    :param relations: compute tightness relations to every registered relaxation.
+    :param all_dominated: report every dominated combination, not only those equivalent to a registered one.
+    :raises ValueError: for an unknown family, or a slot without any sound candidate line.
+    """
+    chosen = _check_families(families)
+    start = time.perf_counter()
+    registry = registry if registry is not None else get_registry()
+    registered = [
+        r
+        for name, r in ((n, registry.relaxations[n]) for n in registry.relaxations.names())
+        if name not in registry.relaxations.unsound
+    ]
+    catalog = build_catalog(registry.candidate_lines if candidates is None else candidates)
+    enumeration = enumerate_combinations(catalog)
+
+    stages = [
+        ("all combinations", math.prod(len(catalog.side_lines(side)) for _, side in SLOTS)),
+        ("sound", math.prod(len(lines) for lines in catalog.sound)),
+        ("sound, distinct lines", int(enumeration.combos.shape[0])),
+        ("non-dominated", int((~enumeration.dominated).sum())),
+    ]
+
+    kept_idx = [int(i) for i in (~enumeration.dominated).nonzero().flatten()]
+    drafts = [_combination_draft(enumeration.lines(i)) for i in kept_idx]
+    flags = {
+        d.relaxation.name: (bool(enumeration.continuous[i]), bool(enumeration.sensitive[i]))
+        for d, i in zip(drafts, kept_idx, strict=True)
+    }
+
+    switches: list[tuple[_Draft, _Draft, _Draft]] = []
+    if "switch" in chosen or "soft" in chosen:
+        for a_pos, a in enumerate(drafts):
+            for b in drafts[a_pos + 1 :]:
+                if a.tokens[0] != b.tokens[0] or a.tokens[2] != b.tokens[2]:
+                    continue
+                order = switch_order(a.relaxation.unstable, b.relaxation.unstable)
+                if order is None:
+                    continue
+                then, other = (a, b) if order[0] is a.relaxation.unstable else (b, a)
+                unstable = switch_case(then.relaxation.unstable, other.relaxation.unstable)
+                switches.append((_family_draft("switch", then, other, unstable), then, other))
+    if "switch" in chosen:
+        drafts += [s for s, _, _ in switches]
+        stages.append(("+ switch", len(switches)))
+    if "soft" in chosen:
+        softs = []
+        for _, then, other in switches:
+            unstable = soft_case(then.relaxation.unstable, other.relaxation.unstable)
+            if unstable is not None:
+                softs.append(_family_draft("soft", then, other, unstable))
+        drafts += softs
+        stages.append(("+ soft", len(softs)))
+    if "interval" in chosen:
+        intervals = []
+        for draft in list(drafts):
+            if effective_intermediate(draft.relaxation) == "interval":
+                continue  # all slopes zero: backsubstitution already is interval arithmetic
+            name = f"{draft.relaxation.name} (R)"
+            intervals.append(
+                _Draft(
+                    "interval",
+                    interval_variant(draft.relaxation, name),
+                    draft.labels,
+                    draft.tokens,
+                    (draft.relaxation.name,),
+                )
+            )
+        drafts += intervals
+        stages.append(("+ (R)", len(intervals)))
+
+    # every output must pass the same soundness check as `relaxlab check`
+    sound_drafts = []
+    for draft in drafts:
+        if check_soundness(draft.relaxation) is None:
+            sound_drafts.append(draft)
+    if len(sound_drafts) != len(drafts):  # pragma: no cover - the filters above make this impossible
+        bad = [d.relaxation.name for d in drafts if d not in sound_drafts]
+        raise AssertionError(f"discovery produced unsound relaxations: {bad}")
+
+    naming = _Namer(registered)
+    results = []
+    for draft in drafts:
+        continuous, sensitive = flags.get(draft.relaxation.name) or fast_flags(draft.relaxation)
+        results.append(naming.result(draft, continuous, sensitive, relations=relations))
+    # parents by final names
+    rename = {r.generated_name: r.name for r in results}
+    results = [evolve(r, parents=tuple(rename.get(p, p) for p in r.parents)) for r in results]
+    stages.append(("total", len(results)))
+
+    kept_names = {r.generated_name: r.name for r in results}
+    dominated = []
+    if all_dominated:
+        wanted = enumeration.dominated.nonzero().flatten().tolist()
+    else:
+        wanted = sorted({i for r in registered for i in _matching_combinations(enumeration, r)
+                         if bool(enumeration.dominated[i])})
+    for i in wanted:
+        draft = _combination_draft(enumeration.lines(i))
+        by = tuple(
+            kept_names[_combination_draft(enumeration.lines(j)).relaxation.name]
+            for j in enumeration.dominators(i)
+        )
+        result = naming.result(
+            draft, bool(enumeration.continuous[i]), bool(enumeration.sensitive[i]), relations=relations
+        )
+        dominated.append(evolve(result, status="dominated", dominated_by=by))
+
+    rediscovered = []
+    for relaxation in registered:
+        found = next((r for r in (*results, *dominated) if relaxation.name in r.equivalent_to), None)
+        if found is None:
+            rediscovered.append(Rediscovery(relaxation.name, "not found", None))
+        elif found.status == "kept":
+            rediscovered.append(Rediscovery(relaxation.name, "kept", found.name))
+        else:
+            rediscovered.append(Rediscovery(relaxation.name, "dominated", found.name, found.dominated_by))
+
+    return Discovery(
+        catalog,
+        enumeration,
+        tuple(stages),
+        tuple(results),
+        tuple(dominated),
+        tuple(rediscovered),
+        catalog.rejected,
+        chosen,
+        time.perf_counter() - start,
+    )
+
+
+def _matching_combinations(enumeration: Enumeration, relaxation: ReluRelaxation) -> list[int]:
+    """Combinations whose six lines equal ``relaxation``'s numerically (intermediate mode not compared)."""
+    values = profile(relaxation)
+    mask = torch.ones(enumeration.combos.shape[0], dtype=torch.bool)
+    for k, ((stability, side), lines) in enumerate(zip(SLOTS, enumeration.catalog.distinct, strict=True)):
+        target = values.case(stability)[:, 0 if side == "lower" else 1]
+        match = [j for j, c in enumerate(lines) if values_equal(line_values(c.line, stability), target, stability)]
+        if not match:
+            return []
+        mask &= enumeration.combos[:, k] == match[0]
+    return [int(i) for i in mask.nonzero().flatten()]
+
+
+class _Namer:
+    """Names results after registered relaxations they equal, and relates them to all registered ones."""
+
+    def __init__(self, registered: list[ReluRelaxation]) -> None:
+        self.registered = registered
+
+    def equivalents(self, relaxation: ReluRelaxation) -> tuple[str, ...]:
+        return tuple(r.name for r in self.registered if equivalent(relaxation, r))
+
+    def result(self, draft: _Draft, continuous: bool, sensitive: bool, *, relations: bool) -> Result:
+        relaxation = draft.relaxation
+        related = {r.name: compare(relaxation, r) for r in self.registered}
+        same = tuple(n for n, t in related.items() if t.overall == "equal" and t.same_intermediate)
+        name = same[0] if same else relaxation.name
+        cases = tuple(
+            CaseLines(str(s), lower, upper, str(case.lower), str(case.upper))
+            for s, (lower, upper), (_, case) in zip(Stability, draft.tokens, relaxation.cases(), strict=True)
+        )
+        if not relations:
+            related = {}
+        return Result(
+            name=name,
+            generated_name=relaxation.name,
+            relaxation=evolve(relaxation, name=name),
+            family=draft.family,
+            cases=cases,
+            continuous=continuous,
+            sensitive=sensitive,
+            equivalent_to=same,
+            parents=draft.parents,
+            relations=related,
+        )

@@ -1,0 +1,237 @@
+"""Pointwise tightness order between relaxations, per stability case.
+
+Relaxation ``A`` is *at least as tight* as ``B`` in a case when, for every
+``(l, u)`` of that case and every ``x`` in ``[l, u]``, ``A``'s lower line is
+``>=`` ``B``'s and ``A``'s upper line is ``<=`` ``B``'s. Lines are linear in
+``x``, so the difference of two lines is linear on ``[l, u]`` and its sign is
+decided at the end points: comparing at ``x = l``, ``x = clamp(0, l, u)`` and
+``x = u`` is exact for one ``(l, u)`` (0 is redundant for lines; it is kept so
+that the same points serve the soundness check, where the ReLU's kink matters).
+
+Over ``(l, u)`` the comparison runs on a deterministic set of pairs: the hard
+grid of :func:`~relaxlab.properties.soundness.probe_pairs` (exact zeros, widths
+near 1e-7, magnitudes up to 1e4, very uneven straddles) plus log-uniform pairs
+inside each case. That is evidence, not proof, for the ``(l, u)`` direction;
+coefficients are compared through :meth:`ReluRelaxation.coefficients`, so a
+bounds transform, parameters and opaque callables are all honoured, and the
+case of a pair is its *raw* stability case.
+
+Per case the verdict is one of :data:`RELATIONS`: ``"tighter"``, ``"looser"``,
+``"equal"`` (numerically the same lines, within :data:`TOLERANCE`) or
+``"incomparable"``. Non-finite values make a case incomparable.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from attrs import frozen
+from torch import Tensor
+
+from relaxlab.core.relaxation import Line, ReluRelaxation
+from relaxlab.core.stability import Stability, stability_masks
+from relaxlab.properties.soundness import probe_pairs
+
+#: Relative tolerance for "equal" and "at least as tight": ``TOLERANCE·(1 + |l| + |u| + |value|)``.
+TOLERANCE = 1e-9
+#: The four verdicts, from the first relaxation's point of view.
+RELATIONS = ("tighter", "looser", "equal", "incomparable")
+_EXTRA_PAIRS_PER_CASE = 64
+
+
+@functools.lru_cache(maxsize=1)
+def comparison_pairs() -> tuple[Tensor, Tensor]:
+    """The ``(l, u)`` pairs (float64) every comparison uses: the probe grid plus pairs inside each case."""
+    grid_l, grid_u = probe_pairs()
+    gen = torch.Generator().manual_seed(20220101)
+    a = torch.exp(torch.empty(_EXTRA_PAIRS_PER_CASE, dtype=torch.float64).uniform_(-7.0, 7.0, generator=gen))
+    b = torch.exp(torch.empty(_EXTRA_PAIRS_PER_CASE, dtype=torch.float64).uniform_(-7.0, 7.0, generator=gen))
+    lower = torch.cat((grid_l, -(a + b), -a, a))
+    upper = torch.cat((grid_u, -b, b, a + b))
+    return lower, upper
+
+
+@functools.lru_cache(maxsize=3)
+def case_pairs(stability: Stability) -> tuple[Tensor, Tensor]:
+    """The comparison pairs that lie in one stability case."""
+    lower, upper = comparison_pairs()
+    mask = stability_masks(lower, upper)[stability]
+    return lower[mask], upper[mask]
+
+
+def evaluation_points(lower: Tensor, upper: Tensor) -> Tensor:
+    """``(n, 3)`` points ``x = l, clamp(0, l, u), u`` for each pair."""
+    return torch.stack((lower, torch.clamp(torch.zeros_like(lower), lower, upper), upper), dim=-1)
+
+
+def line_values(line: Line, stability: Stability, params: Mapping[str, float] | None = None) -> Tensor:
+    """``(n, 3)`` values of ``line`` at :func:`evaluation_points` of the case's comparison pairs."""
+    lower, upper = case_pairs(stability)
+    env: dict[str, Any] = {"l": lower, "u": upper, **(params or {})}
+    slope, offset = line.evaluate(env)
+    slope = torch.as_tensor(slope, dtype=torch.float64).expand_as(lower)
+    offset = torch.as_tensor(offset, dtype=torch.float64).expand_as(lower)
+    return slope[:, None] * evaluation_points(lower, upper) + offset[:, None]
+
+
+def _tolerance(stability: Stability, a: Tensor, b: Tensor) -> Tensor:
+    lower, upper = case_pairs(stability)
+    scale = (1.0 + lower.abs() + upper.abs())[:, None]
+    return TOLERANCE * (scale + torch.maximum(a.abs(), b.abs()).nan_to_num(posinf=0.0))
+
+
+def at_least_as_tight(a: Tensor, b: Tensor, side: str, stability: Stability) -> bool:
+    """Whether values ``a`` are everywhere at least as tight as ``b`` for a ``"lower"`` or ``"upper"`` line."""
+    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        return False
+    tol = _tolerance(stability, a, b)
+    gap = (b - a) if side == "lower" else (a - b)  # a lower line is tighter when it is higher
+    return bool((gap <= tol).all())
+
+
+def values_equal(a: Tensor, b: Tensor, stability: Stability) -> bool:
+    """Whether two value arrays are the same line(s), within :data:`TOLERANCE`."""
+    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        return False
+    return bool(((a - b).abs() <= _tolerance(stability, a, b)).all())
+
+
+def relation(a_as_tight: bool, b_as_tight: bool) -> str:
+    """The verdict from the two "at least as tight" tests."""
+    if a_as_tight and b_as_tight:
+        return "equal"
+    if a_as_tight:
+        return "tighter"
+    if b_as_tight:
+        return "looser"
+    return "incomparable"
+
+
+@frozen(eq=False)
+class Profile:
+    """A relaxation's line values on the comparison points of every case.
+
+    :param values: ``(n, 2, 3)``: for each comparison pair (cases in :class:`Stability` order), the
+        lower (``[:, 0]``) and upper (``[:, 1]``) line at :func:`evaluation_points`.
+    :param finite: ``(n,)`` whether all six values of a pair are finite.
+    """
+
+    name: str
+    values: Tensor
+    finite: Tensor
+
+    def case(self, stability: Stability) -> Tensor:
+        """``(m, 2, 3)`` values of one case."""
+        start, stop = _case_slices()[stability]
+        return self.values[start:stop]
+
+
+@functools.lru_cache(maxsize=1)
+def _ordered_pairs() -> tuple[Tensor, Tensor, Tensor]:
+    lower = torch.cat([case_pairs(s)[0] for s in Stability])
+    upper = torch.cat([case_pairs(s)[1] for s in Stability])
+    return lower, upper, (1.0 + lower.abs() + upper.abs())[:, None, None]
+
+
+@functools.lru_cache(maxsize=1)
+def _case_slices() -> dict[Stability, tuple[int, int]]:
+    slices, start = {}, 0
+    for stability in Stability:
+        count = int(case_pairs(stability)[0].shape[0])
+        slices[stability] = (start, start + count)
+        start += count
+    return slices
+
+
+@functools.lru_cache(maxsize=8192)
+def profile(relaxation: ReluRelaxation) -> Profile:
+    """Line values of ``relaxation`` (through :meth:`~ReluRelaxation.coefficients`) on every case's points."""
+    lower, upper, _ = _ordered_pairs()
+    with torch.no_grad():
+        ls, lo, us, uo = relaxation.coefficients(lower, upper)
+    points = evaluation_points(lower, upper)
+    values = torch.stack((ls[:, None] * points + lo[:, None], us[:, None] * points + uo[:, None]), dim=1)
+    return Profile(relaxation.name, values, torch.isfinite(values).flatten(1).all(dim=-1))
+
+
+def case_relations(first: Profile, second: Profile) -> tuple[tuple[str, str], ...]:
+    """Per case, the verdict for ``first`` relative to ``second``."""
+    _, _, scale = _ordered_pairs()
+    a, b = first.values, second.values
+    tol = TOLERANCE * (scale + torch.maximum(a.abs(), b.abs()).nan_to_num(posinf=0.0))
+    diff = a - b
+    finite = first.finite & second.finite
+    a_ok = (diff[:, 0] >= -tol[:, 0]).all(dim=-1) & (diff[:, 1] <= tol[:, 1]).all(dim=-1) & finite
+    b_ok = (diff[:, 0] <= tol[:, 0]).all(dim=-1) & (diff[:, 1] >= -tol[:, 1]).all(dim=-1) & finite
+    out = []
+    for stability, (start, stop) in _case_slices().items():
+        out.append((str(stability), relation(bool(a_ok[start:stop].all()), bool(b_ok[start:stop].all()))))
+    return tuple(out)
+
+
+def combine(relations: list[str] | tuple[str, ...]) -> str:
+    """The overall verdict from per-case verdicts (tighter overall: tighter or equal in every case)."""
+    if all(r == "equal" for r in relations):
+        return "equal"
+    if all(r in ("tighter", "equal") for r in relations):
+        return "tighter"
+    if all(r in ("looser", "equal") for r in relations):
+        return "looser"
+    return "incomparable"
+
+
+@frozen
+class Tightness:
+    """How relaxation ``first`` compares with ``second``, per case and overall (lines only).
+
+    :param cases: ``(case, verdict)`` for negative, unstable, positive.
+    :param overall: :func:`combine` of the per-case verdicts.
+    :param same_intermediate: whether both obtain intermediate bounds the same way (see
+        :func:`effective_intermediate`); the verdicts compare lines only.
+    """
+
+    first: str
+    second: str
+    cases: tuple[tuple[str, str], ...]
+    overall: str
+    same_intermediate: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "overall": self.overall,
+            "cases": dict(self.cases),
+            "same_intermediate": self.same_intermediate,
+        }
+
+
+@functools.lru_cache(maxsize=4096)
+def effective_intermediate(relaxation: ReluRelaxation) -> str:
+    """``"interval"`` when every slope is zero on every probe (backsubstitution then *is* interval
+    arithmetic), else the declared mode."""
+    if relaxation.intermediate == "interval":
+        return "interval"
+    lower, upper = comparison_pairs()
+    with torch.no_grad():
+        ls, _, us, _ = relaxation.coefficients(lower, upper)
+    return "interval" if bool((ls == 0).all()) and bool((us == 0).all()) else relaxation.intermediate
+
+
+def compare(first: ReluRelaxation, second: ReluRelaxation) -> Tightness:
+    """Pointwise per-case tightness of ``first`` relative to ``second``."""
+    cases = case_relations(profile(first), profile(second))
+    return Tightness(
+        first.name,
+        second.name,
+        cases,
+        combine([r for _, r in cases]),
+        effective_intermediate(first) == effective_intermediate(second),
+    )
+
+
+def equivalent(first: ReluRelaxation, second: ReluRelaxation) -> bool:
+    """Numerically the same lines in every case and the same (effective) intermediate mode."""
+    result = compare(first, second)
+    return result.overall == "equal" and result.same_intermediate
