@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from attrs import evolve
 
-from relaxlab.core.expr import L, U, Expr, ge, switch
+from relaxlab.core.expr import Expr, L, U, ge, switch
 from relaxlab.core.lines import CROWN_HEURISTIC, GAMMA, KAPPA, LAMBDA, switch_line
 from relaxlab.core.relaxation import CaseBounds, Line, ReluRelaxation
 from relaxlab.core.stability import Stability

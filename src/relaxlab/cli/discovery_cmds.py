@@ -1,0 +1,100 @@
+"""``relaxlab discover``: enumerate, filter and relate relaxations built from candidate lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from relaxlab.cli.format import fail, render_table
+
+_FAMILY_CHOICES = ("switch", "soft", "interval", "none")
+
+
+def _relation_summary(result: Any, kind: str) -> str:
+    names = [n for n, t in result.relations.items() if t.overall == kind and n not in result.equivalent_to]
+    return ", ".join(names) or "-"
+
+
+@click.command("discover")
+@click.option("--family", "families", multiple=True, type=click.Choice(_FAMILY_CHOICES),
+              help="Families to add to the non-dominated combinations (repeatable; default: all; 'none': no family).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (stages, results, dominated, ...).")
+@click.option("--graph", "graph_path", type=click.Path(dir_okay=False, writable=True),
+              help="Draw the genealogy to this image (PNG/SVG/PDF by suffix).")
+@click.option("--graph-scope", type=click.Choice(("registered", "all")), default="registered", show_default=True,
+              help="Which nodes the drawing shows.")
+@click.option("--graphml", "graphml_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the genealogy graph as GraphML.")
+@click.option("--dot", "dot_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the genealogy graph as Graphviz DOT.")
+@click.option("--register", is_flag=True,
+              help="Register the new (not already registered) results in this process's registry.")
+@click.option("--emit-plugin", "plugin_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the new results as a plugin module (install it through the 'relaxlab' entry points).")
+@click.option("--all-dominated", is_flag=True, help="Report every dominated combination, not only registered ones.")
+@click.option("--no-relations", is_flag=True, help="Skip tightness relations to the registered relaxations.")
+def discover_command(families: tuple[str, ...], as_json: bool, graph_path: str | None, graph_scope: str,
+                     graphml_path: str | None, dot_path: str | None, register: bool, plugin_path: str | None,
+                     all_dominated: bool, no_relations: bool) -> None:
+    """Discover relaxations: all line combinations -> sound -> non-dominated -> + switch, soft, (R).
+
+    Candidate lines come from every installed plugin (hook relaxlab_candidate_lines).
+    Results equal to a registered relaxation carry its name; the others get a name
+    built from their lines, e.g. 'gen(neg 0..0, unst x..x-l, pos x..x)' (lower..upper per case).
+    """
+    from relaxlab.discovery import discover, emit, genealogy
+    from relaxlab.registry import get_registry
+
+    if "none" in families and len(families) > 1:
+        fail("--family none cannot be combined with other families")
+    chosen = None if not families else [f for f in families if f != "none"]
+    try:
+        found = discover(families=chosen, relations=not no_relations, all_dominated=all_dominated)
+    except ValueError as error:
+        fail(str(error))
+    registry = get_registry()
+    if graph_path or graphml_path or dot_path:
+        graph = genealogy.genealogy(found, registry.relaxations.values())
+        if graph_path:
+            genealogy.draw(graph, graph_path, scope=graph_scope)
+        if graphml_path:
+            genealogy.write_graphml(graph, graphml_path)
+        if dot_path:
+            genealogy.write_dot(graph, dot_path)
+    new = emit.new_results(found)
+    if plugin_path:
+        Path(plugin_path).write_text(emit.plugin_source(new), encoding="utf-8")
+    registered = emit.register_results(new) if register else []
+
+    if as_json:
+        out = found.as_dict(relations=not no_relations)
+        out["registered"] = registered
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    click.echo("stages: " + " -> ".join(f"{stage} {count}" for stage, count in found.stages)
+               + f"  ({found.seconds:.1f} s)")
+    rows = []
+    for result in found.results:
+        unstable = result.cases[1]
+        rows.append([result.name, result.family, "✓C" if result.continuous else "✗C",
+                     "✗S" if result.sensitive else "✓S", f"{unstable.lower}..{unstable.upper}",
+                     ", ".join(a for a in result.equivalent_to if a != result.name) or "-",
+                     _relation_summary(result, "tighter"), _relation_summary(result, "looser")])
+    click.echo(render_table(["name", "family", "C", "S", "unstable", "aliases", "tighter than", "looser than"], rows))
+    click.echo("")
+    for item in found.rediscovered:
+        click.echo(f"  {item}")
+    if found.dominated and all_dominated:
+        click.echo(f"\n{len(found.dominated)} dominated combinations (see --json for their dominators)")
+    if plugin_path:
+        click.echo(f"wrote {len(new)} relaxations as a plugin module to {plugin_path}")
+    if graph_path:
+        click.echo(f"wrote the genealogy drawing to {graph_path}")
+    if register:
+        click.echo(f"registered {len(registered)} relaxations in this process")
+
+
+COMMANDS = [discover_command]

@@ -1,0 +1,146 @@
+"""Persist discovered relaxations: register them in-process, or write them out as a plugin module.
+
+:func:`plugin_source` writes a self-contained plugin module that declares the
+relaxations with the expression algebra, node for node (so the written specs
+equal the discovered ones), and implements ``relaxlab_relaxations``. Install it
+like any plugin: put the module in a package and name it in the ``relaxlab``
+entry-point group (``[project.entry-points.relaxlab] discovered = "my_pkg.discovered"``),
+or register it on a plugin manager yourself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from relaxlab.core.expr import (
+    Add,
+    Const,
+    Div,
+    Expr,
+    Ge,
+    Mul,
+    Named,
+    Opaque,
+    Param,
+    Sigmoid,
+    Step,
+    Switch,
+    Var,
+)
+from relaxlab.core.relaxation import CaseBounds, Line, ParamSpec, ReluRelaxation
+from relaxlab.discovery.pipeline import Discovery, Result
+
+
+def new_results(discovery: Discovery) -> list[Result]:
+    """Kept results that no registered relaxation equals (the genuinely new ones)."""
+    return [r for r in discovery.results if not r.equivalent_to]
+
+
+def register_results(results: Iterable[Result], source: str = "relaxlab discover") -> list[str]:
+    """Register results in the process-wide registry (soundness-checked); the names registered.
+
+    Names already registered (e.g. by an earlier call) are skipped.
+    """
+    from relaxlab.registry import get_registry, register_relaxation
+
+    names = []
+    relaxations = get_registry().relaxations
+    for result in results:
+        if result.name in relaxations:
+            continue
+        register_relaxation(result.relaxation, source)
+        names.append(result.name)
+    return names
+
+
+def expr_source(expr: Expr) -> str:
+    """Python source that rebuilds ``expr`` node for node."""
+    if isinstance(expr, Const):
+        return f"Const({expr.value!r})"
+    if isinstance(expr, Var):
+        return "L" if expr.name == "l" else "U"
+    if isinstance(expr, Param):
+        return f"Param({expr.name!r})"
+    if isinstance(expr, (Add, Mul, Ge)):
+        return f"{type(expr).__name__}({expr_source(expr.left)}, {expr_source(expr.right)})"
+    if isinstance(expr, Div):
+        return f"Div({expr_source(expr.numerator)}, {expr_source(expr.denominator)})"
+    if isinstance(expr, Sigmoid):
+        return f"Sigmoid({expr_source(expr.arg)})"
+    if isinstance(expr, Step):
+        return f"Step({expr.kind!r}, {expr_source(expr.arg)})"
+    if isinstance(expr, Switch):
+        return (f"Switch({expr_source(expr.condition)}, {expr_source(expr.then)}, "
+                f"{expr_source(expr.otherwise)})")
+    if isinstance(expr, Named):
+        return f"Named({expr.name!r}, {expr_source(expr.body)})"
+    if isinstance(expr, Opaque):
+        raise ValueError(f"cannot write the opaque callable {expr.name!r} as source; keep that plugin installed")
+    raise TypeError(f"unknown expression node {type(expr).__name__}")
+
+
+def _line_source(line: Line) -> str:
+    return f"Line({expr_source(line.slope)}, {expr_source(line.offset)})"
+
+
+def _case_source(case: CaseBounds) -> str:
+    return f"CaseBounds({_line_source(case.lower)}, {_line_source(case.upper)})"
+
+
+def _param_source(spec: ParamSpec) -> str:
+    return (f"ParamSpec({spec.name!r}, {spec.default!r}, minimum={spec.minimum!r}, strict={spec.strict!r}, "
+            f"maximum={spec.maximum!r}, description={spec.description!r})")
+
+
+def relaxation_source(relaxation: ReluRelaxation) -> str:
+    """Python source for a :class:`ReluRelaxation` without a transform."""
+    if relaxation.transform is not None:
+        raise ValueError(f"{relaxation.name}: relaxations with a bounds transform are not written by discovery")
+    params = ", ".join(_param_source(p) for p in relaxation.params)
+    return (
+        "ReluRelaxation(\n"
+        f"    name={relaxation.name!r},\n"
+        f"    negative={_case_source(relaxation.negative)},\n"
+        f"    unstable={_case_source(relaxation.unstable)},\n"
+        f"    positive={_case_source(relaxation.positive)},\n"
+        f"    intermediate={relaxation.intermediate!r},\n"
+        f"    params=({params}{',' if relaxation.params else ''}),\n"
+        f"    values={relaxation.values!r},\n"
+        f"    summary={relaxation.summary or 'Found by relaxlab discover.'!r},\n"
+        f"    reference={'relaxlab discover'!r},\n"
+        ")"
+    )
+
+
+def plugin_source(results: Sequence[Result]) -> str:
+    """A plugin module that provides ``results`` through ``relaxlab_relaxations``."""
+    body = ",\n".join(relaxation_source(r.relaxation) for r in results)
+    names = "\n".join(f"#   {r.name}  [{r.flags}]" for r in results)
+    return f'''"""Relaxations found by ``relaxlab discover`` (generated; edit with care).
+
+Register as a relaxlab plugin through the ``relaxlab`` entry-point group, e.g. in pyproject.toml:
+
+    [project.entry-points.relaxlab]
+    discovered = "your_package.this_module"
+"""
+
+# Contents:
+{names}
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import relaxlab
+from relaxlab.core.expr import Add, Const, Div, Ge, L, Mul, Named, Param, Sigmoid, Step, Switch, U
+from relaxlab.core.relaxation import CaseBounds, Line, ParamSpec, ReluRelaxation
+
+RELAXATIONS: tuple[ReluRelaxation, ...] = (
+{body}{"," if results else ""}
+)
+
+
+@relaxlab.hookimpl
+def relaxlab_relaxations() -> Iterable[ReluRelaxation]:
+    return RELAXATIONS
+'''
