@@ -1,0 +1,180 @@
+"""Discovery: catalog, soundness filter, dominance, families, naming, equivalences, rediscovery."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import relaxlab
+from relaxlab.core.expr import U
+from relaxlab.core.relaxation import NAME_PATTERN, line
+from relaxlab.core.stability import Stability
+from relaxlab.discovery import discover, generated_name
+from relaxlab.discovery.catalog import SLOTS, build_catalog
+from relaxlab.discovery.flags import fast_flags
+from relaxlab.properties import derive
+from relaxlab.properties.soundness import check_soundness
+from relaxlab.registry import CandidateLine, build_registry, get_registry
+
+#: DESIGN.md's reference table without the LooseIBP family.
+REFERENCE = [
+    "IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)", "hBox-Diag", "hBox-Diag-C", "hBox-Switch",
+    "DeepZ-Box", "DeepZ-Diag", "DeepZ-Diag-C", "DeepZ-Switch", "DeepZ-Soft", "DeepZ-IBP (R)",
+    "CROWN-0", "CROWN-1", "CROWN-0-C", "CROWN-1-C", "CROWN-0-Tria", "CROWN-1-Tria", "CROWN-0-Tria-C",
+    "CROWN-1-Tria-C", "CROWN-Soft", "CROWN-Soft-IBP",
+]
+
+
+@pytest.fixture(scope="module")
+def registry():  # noqa: ANN201
+    return build_registry(load_entry_points=False)
+
+
+@pytest.fixture(scope="module")
+def found(registry):  # noqa: ANN001, ANN201
+    return discover(registry)
+
+
+def test_every_reference_relaxation_is_rediscovered(found) -> None:  # noqa: ANN001
+    status = {r.name: r for r in found.rediscovered}
+    for name in REFERENCE:
+        item = status[name]
+        assert item.status in ("kept", "dominated"), str(item)
+        if item.status == "dominated":
+            assert item.dominated_by, name
+        else:
+            result = found.get(name)
+            assert name in result.equivalent_to
+    assert status["LooseIBP-C"].status == "not found"  # a bounds transform is not a line combination
+
+
+def test_aliases_are_detected_and_the_result_keeps_the_first_registered_name(found) -> None:  # noqa: ANN001
+    assert found.get("DeepZ-Box").name == "hBox"
+    assert set(found.get("hBox").equivalent_to) == {"hBox", "DeepZ-Box"}
+    assert set(found.get("hBox-Switch").equivalent_to) == {"hBox-Switch", "DeepZ-Switch"}
+
+
+def test_stage_counts_follow_from_the_catalog(found, registry) -> None:  # noqa: ANN001
+    stages = dict(found.stages)
+    per_side = {side: sum(1 for c in registry.candidate_lines if c.side in (side, "both")) for side in ("lower", "upper")}
+    assert stages["all combinations"] == per_side["lower"] ** 3 * per_side["upper"] ** 3
+    assert stages["all combinations"] >= stages["sound"] >= stages["sound, distinct lines"] > stages["non-dominated"]
+    assert stages["sound, distinct lines"] == math.prod(len(d) for d in found.catalog.distinct)
+    assert stages["total"] == len(found.results)
+    assert stages["total"] == stages["non-dominated"] + stages["+ switch"] + stages["+ soft"] + stages["+ (R)"]
+
+
+def test_catalog_per_case_soundness_matches_hand_analysis(found) -> None:  # noqa: ANN001
+    distinct = {slot: {c.token for c in lines} for slot, lines in zip(SLOTS, found.catalog.distinct, strict=True)}
+    # x - l is a sound upper line for negative and unstable ReLUs, never a lower line for unstable ones
+    assert "x-l" in distinct[(Stability.NEGATIVE, "upper")] and "x-l" in distinct[(Stability.UNSTABLE, "upper")]
+    assert "x-l" not in distinct[(Stability.UNSTABLE, "lower")]
+    assert distinct[(Stability.UNSTABLE, "lower")] == {"0", "x", "l", "λx"}
+    # λx + u - λu is the chord λx - λl: merged, not counted twice
+    assert distinct[(Stability.UNSTABLE, "upper")] == {"u", "x-l", "λx-λl"}
+    duplicates = [r for r in found.rejected if r.kind == "duplicate"]
+    assert any(r.token == "λx+u-λu" and r.case == "unstable" for r in duplicates)
+
+
+def test_every_kept_result_is_sound_and_named_legally_and_stably(found) -> None:  # noqa: ANN001
+    names = [r.name for r in found.results]
+    assert len(set(names)) == len(names)
+    for result in found.results:
+        assert check_soundness(result.relaxation) is None, result.name
+        assert re.match(NAME_PATTERN, result.generated_name), result.generated_name
+        if result.family == "combination":
+            labels = [(f"{c.lower}..{c.upper}", "") for c in result.cases]
+            assert result.generated_name == generated_name("combination", labels)
+    again = discover(build_registry(load_entry_points=False), families=["switch"], relations=False)
+    by_spec = {r.relaxation.spec_key()[:4]: r.generated_name for r in found.results}
+    for result in again.results:
+        assert by_spec[result.relaxation.spec_key()[:4]] == result.generated_name
+
+
+def test_fast_flags_equal_derive(found) -> None:  # noqa: ANN001
+    # results equal to a registered relaxation: derive() of that relaxation (the paper's flags, tested elsewhere)
+    for result in (r for r in found.results if r.equivalent_to):
+        props = derive(relaxlab.get_relaxation(result.equivalent_to[0]))
+        assert (result.continuous, result.sensitive) == (props.continuous, props.sensitive), result.name
+    # new switch and soft relaxations: derive() on the generated spec itself
+    new = [r for r in found.results if not r.equivalent_to and r.family in ("switch", "soft")]
+    assert len(new) >= 8
+    for result in new:
+        props = derive(result.relaxation)
+        assert (result.continuous, result.sensitive) == (props.continuous, props.sensitive), result.name
+
+
+def test_dominated_ones_are_really_dominated(found) -> None:  # noqa: ANN001
+    enum = found.enumeration
+    # hand example: neg lower 'l' is looser than '0' everywhere with the same flags, so hBox with it is dominated
+    catalog = found.catalog
+    tokens = [[c.token for c in lines] for lines in catalog.distinct]
+    target = ["l", "0", "0", "u", "x", "x"]
+    index = [tokens[k].index(t) for k, t in enumerate(target)]
+    row = next(i for i in range(enum.combos.shape[0]) if enum.combos[i].tolist() == index)
+    assert bool(enum.dominated[row])
+    hbox = next(i for i in range(enum.combos.shape[0])
+                if enum.combos[i].tolist() == [tokens[k].index(t) for k, t in enumerate(["0", "0", "0", "u", "x", "x"])])
+    assert hbox in enum.dominators(row)
+    # no kept combination is dominated by another one
+    kept = (~enum.dominated).nonzero().flatten()
+    assert not bool(enum.dominates[kept][:, kept].any())
+
+
+def test_an_unsound_catalog_line_never_reaches_the_output(registry) -> None:  # noqa: ANN001
+    bad = [CandidateLine("x+1", "lower", line(1.0, 1.0), "test"),
+           CandidateLine("0.9u", "upper", line(0.0, 0.9 * U), "test"),
+           CandidateLine("2x", "both", line(2.0, 0.0), "test")]
+    found = discover(registry, candidates=[*registry.candidate_lines, *bad], families=["switch"], relations=False)
+    bad_tokens = {c.token for c in found.catalog.lines if c.name in ("x+1", "0.9u")}
+    assert bad_tokens == {"x+1", "0_9u"}  # '.' is structural in generated names, so it is replaced
+    for token in bad_tokens:
+        rejected = [r for r in found.rejected if r.token == token]
+        assert {r.case for r in rejected} == {"negative", "unstable", "positive"}
+        assert all(r.kind == "unsound" for r in rejected)
+    # 2x is sound only as a negative lower line (2x <= 0 for x <= 0) and a positive upper one (2x >= x)
+    for (stability, side), lines in zip(SLOTS, found.catalog.distinct, strict=True):
+        has = any(c.token == "2x" for c in lines)
+        assert has == ((stability, side) in ((Stability.NEGATIVE, "lower"), (Stability.POSITIVE, "upper")))
+    for result in found.results:
+        tokens = {t for c in result.cases for t in (c.lower, c.upper)}
+        assert not tokens & bad_tokens
+        assert check_soundness(result.relaxation) is None
+
+
+def test_rejections_carry_a_real_witness(found) -> None:  # noqa: ANN001
+    for rejection in (r for r in found.rejected if r.kind == "unsound"):
+        values = dict(re.findall(r"(\bl|\bu|\bx)=(-?[0-9.e+-]+)", rejection.reason))
+        lb, ub, x = (float(values[k]) for k in ("l", "u", "x"))
+        entry = found.catalog.by_token(rejection.token, rejection.side)
+        env = {"l": torch.tensor([lb], dtype=torch.float64), "u": torch.tensor([ub], dtype=torch.float64)}
+        slope, offset = entry.line.evaluate(env)
+        value, relu = float(torch.as_tensor(slope * x + offset)), max(x, 0.0)
+        assert lb <= x <= ub
+        assert value > relu if rejection.side == "lower" else value < relu, str(rejection)
+
+
+def test_unknown_family_and_empty_slot_fail_with_a_clear_message(registry) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match="unknown discovery family 'sofft'.*switch, soft, interval"):
+        discover(registry, families=["sofft"])
+    with pytest.raises(ValueError, match="no sound candidate line for .*unstable upper"):
+        discover(registry, candidates=[CandidateLine("0", "both", line(0.0, 0.0), "test")], relations=False)
+
+
+def test_registered_results_are_usable_by_name(found, tmp_path: Path) -> None:  # noqa: ANN001
+    from relaxlab.discovery.emit import new_results, register_results
+
+    new = new_results(found)
+    assert new and all(not r.equivalent_to for r in new)
+    try:
+        names = register_results(new[:3])
+        assert names == [r.name for r in new[:3]]
+        for result in new[:3]:
+            assert relaxlab.get_relaxation(result.name).spec_key() == result.relaxation.spec_key()
+        assert register_results(new[:3]) == []  # idempotent
+    finally:
+        get_registry(refresh=True)
