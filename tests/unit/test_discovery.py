@@ -14,8 +14,7 @@ from relaxlab.core.expr import U
 from relaxlab.core.relaxation import NAME_PATTERN, line
 from relaxlab.core.stability import Stability
 from relaxlab.discovery import discover, generated_name
-from relaxlab.discovery.catalog import SLOTS, build_catalog
-from relaxlab.discovery.flags import fast_flags
+from relaxlab.discovery.catalog import SLOTS
 from relaxlab.properties import derive
 from relaxlab.properties.soundness import check_soundness
 from relaxlab.registry import CandidateLine, build_registry, get_registry

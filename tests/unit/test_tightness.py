@@ -12,8 +12,8 @@ from relaxlab.core.relaxation import CaseBounds, ReluRelaxation, line
 from relaxlab.core.stability import Stability, stability_masks
 from relaxlab.properties.tightness import (
     case_pairs,
-    comparison_pairs,
     compare,
+    comparison_pairs,
     effective_intermediate,
     equivalent,
     line_values,
