@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -18,7 +19,7 @@ from relaxlab.engine import (
     margin_spec,
     parse_network,
 )
-from relaxlab.engine.network import ConvLayer, LinearLayer, ReluLayer
+from relaxlab.engine.network import ConvLayer, LinearLayer, ReluLayer, transposed_conv
 from relaxlab.examples import app_a_network, crown_example_network, toy_continuity_network
 from relaxlab.nn import Normalize
 
@@ -129,6 +130,28 @@ def test_conv_backward_is_the_transposed_jacobian(size: int, kernel: int, stride
     expected_bias = (coef.sum(dim=(-2, -1)) * conv.bias).sum(-1)
     assert bias is not None
     torch.testing.assert_close(bias, expected_bias, atol=1e-12, rtol=1e-12)
+
+
+def test_polyphase_transposed_conv_matches_torch() -> None:
+    """``transposed_conv`` equals ``F.conv_transpose2d`` (with the output padding the input size needs)."""
+    generator = torch.Generator().manual_seed(1)
+    checked = 0
+    for k_h, k_w, s_h, s_w, p_h, p_w, height, width in itertools.product(
+        [1, 2, 3, 4, 5], [1, 3], [1, 2, 3], [1, 2], [0, 1, 2], [0, 1], [5, 6, 8], [5, 7]
+    ):
+        if p_h >= k_h or p_w >= k_w:
+            continue
+        weight = torch.randn(3, 2, k_h, k_w, generator=generator, dtype=torch.float64)
+        out_h, out_w = (height + 2 * p_h - k_h) // s_h + 1, (width + 2 * p_w - k_w) // s_w + 1
+        coef = torch.randn(4, 3, out_h, out_w, generator=generator, dtype=torch.float64)
+        output_padding = ((height + 2 * p_h - k_h) % s_h, (width + 2 * p_w - k_w) % s_w)
+        expected = torch.nn.functional.conv_transpose2d(
+            coef, weight, None, (s_h, s_w), (p_h, p_w), output_padding
+        )
+        got = transposed_conv(coef, weight, (s_h, s_w), (p_h, p_w), (height, width))
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+        checked += 1
+    assert checked > 200
 
 
 def test_normalize_is_bounded_exactly() -> None:

@@ -14,7 +14,8 @@ layer objects that know their input and output shapes and how to run
   constant ``(B, S)`` the layer's bias contributes (``None`` when it has none).
 
 Shapes: ``B`` batch, ``S`` specification rows, ``n`` neurons of a layer.
-Convolutions are pulled back with ``conv_transpose2d`` (never a dense matrix).
+Convolutions are pulled back with a transposed convolution (never a dense matrix), computed
+in polyphase form by :func:`transposed_conv`.
 The layers reference the module's parameters (cast to the requested dtype and
 device), so bounds stay differentiable with respect to the weights.
 """
@@ -110,11 +111,44 @@ class ConvLayer:
     def backward(self, coef: Tensor) -> tuple[Tensor, Tensor | None]:
         batch, specs = coef.shape[:2]
         flat = coef.reshape(batch * specs, *self.out_shape)
-        new = F.conv_transpose2d(
-            flat, self.weight, None, self.stride, self.padding, self.output_padding
-        ).reshape(batch, specs, *self.in_shape)
+        new = transposed_conv(flat, self.weight, self.stride, self.padding, self.in_shape[1:])
         bias = coef.sum(dim=(-2, -1)) @ self.bias if self.bias is not None else None
-        return new, bias
+        return new.reshape(batch, specs, *self.in_shape), bias
+
+
+def transposed_conv(
+    coef: Tensor, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int], size: tuple[int, ...]
+) -> Tensor:
+    """``conv_transpose2d(coef, weight, stride, padding)`` cropped/padded to ``size``, as one ``conv2d``.
+
+    Polyphase form: output pixel ``s·m + a`` of the (uncropped) transposed convolution only
+    meets kernel taps ``a, a + s, a + 2s, …``, so each of the ``s_h·s_w`` phases is an ordinary
+    stride-1 convolution with a sub-kernel; all phases run as the output channels of one
+    ``conv2d`` and are interleaved afterwards. Same arithmetic as ``conv_transpose2d``, but it
+    takes the fast convolution kernels (on CPU, torch's transposed convolution is an order of
+    magnitude slower for the many maps that backsubstitution pulls back).
+
+    :param coef: ``(N, C_out, H, W)`` coefficients on the convolution's output.
+    :param weight: ``(C_out, C_in, k_h, k_w)`` the forward convolution's weight.
+    :param size: ``(H_in, W_in)`` of the forward convolution's input.
+    :return: ``(N, C_in, H_in, W_in)``.
+    """
+    c_out, c_in, k_h, k_w = weight.shape
+    (s_h, s_w), (p_h, p_w) = stride, padding
+    t_h, t_w = -(-k_h // s_h), -(-k_w // s_w)  # taps per phase
+    # Zero-pad the kernel to a multiple of the stride; tap s·t + a -> (t, a).
+    padded = F.pad(weight, (0, t_w * s_w - k_w, 0, t_h * s_h - k_h))
+    phases = padded.reshape(c_out, c_in, t_h, s_h, t_w, s_w).permute(1, 3, 5, 0, 2, 4)
+    phases = phases.flip(-2, -1).reshape(c_in * s_h * s_w, c_out, t_h, t_w)
+    out = F.conv2d(coef, phases, None, 1, (t_h - 1, t_w - 1))  # (N, C_in·s_h·s_w, H + t_h - 1, W + t_w - 1)
+    n, _, h, w = out.shape
+    full = out.reshape(n, c_in, s_h, s_w, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c_in, h * s_h, w * s_w)
+    height, width = size
+    # Crop the padding; rows the forward conv never read (output padding) get zero coefficients.
+    extra_h, extra_w = max(0, p_h + height - h * s_h), max(0, p_w + width - w * s_w)
+    if extra_h or extra_w:
+        full = F.pad(full, (0, extra_w, 0, extra_h))
+    return full[:, :, p_h : p_h + height, p_w : p_w + width]
 
 
 @attrs.frozen(eq=False)
