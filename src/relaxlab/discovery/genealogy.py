@@ -226,7 +226,7 @@ def draw(graph: nx.DiGraph, path: str | Path, *, scope: str = "registered") -> N
             continue  # draw the layered genealogy only; same-layer links stay in the graph and exports
         same_layer = False
         ax.annotate("", xy=pos[dst], xytext=pos[src], arrowprops={
-            "arrowstyle": "-" if same_layer else "-|>", "color": _EDGE_COLOURS[data["kind"]], "lw": 1.0,
+            "arrowstyle": "-" if same_layer else "-|>", "color": _EDGE_COLOURS[sub.edges[src, dst]["kind"]], "lw": 1.0,
             "alpha": 0.35 if same_layer else 0.8, "shrinkA": 14, "shrinkB": 14,
             "connectionstyle": "arc3,rad=0.25" if same_layer else "arc3,rad=0.05"})
     for node, (x, y) in pos.items():
