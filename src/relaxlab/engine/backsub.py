@@ -106,14 +106,16 @@ def _relu_backward(coef: Tensor, bias: Tensor, lines: LinesLike) -> tuple[Tensor
     To *lower*-bound ``coef·y``, a positive coefficient takes the lower line of ``y``
     and a negative one the upper line.
     """
-    pos, neg = coef.clamp(min=0), coef.clamp(max=0)
-    flat_pos, flat_neg = pos.flatten(2), neg.flatten(2)
+    # Written as coef·upper + pos·(lower - upper) with pos = max(coef, 0): the same sum as
+    # pos·lower + neg·upper, in fewer passes over the (B, S, n) coefficients.
+    pos = coef.clamp(min=0)
     bias = (
         bias
-        + (flat_pos @ lines.lower_offset.flatten(1).unsqueeze(-1)).squeeze(-1)
-        + (flat_neg @ lines.upper_offset.flatten(1).unsqueeze(-1)).squeeze(-1)
+        + (coef.flatten(2) @ lines.upper_offset.flatten(1).unsqueeze(-1)).squeeze(-1)
+        + (pos.flatten(2) @ (lines.lower_offset - lines.upper_offset).flatten(1).unsqueeze(-1)).squeeze(-1)
     )
-    coef = pos * lines.lower_slope.unsqueeze(1) + neg * lines.upper_slope.unsqueeze(1)
+    upper_slope = lines.upper_slope.unsqueeze(1)
+    coef = torch.addcmul(coef * upper_slope, pos, (lines.lower_slope - lines.upper_slope).unsqueeze(1))
     return coef, bias
 
 
