@@ -274,17 +274,6 @@ def _piece_class(shape: RationalShape, bounds: DegreeClass) -> DegreeClass:
 # -- the recurrence over an architecture ---------------------------------------------------------
 
 
-@frozen
-class ReluStep:
-    """How one ReLU layer maps degree classes (derived from a relaxation's spec)."""
-
-    relaxation: str
-    cases: tuple[Stability, ...]
-
-    def __str__(self) -> str:
-        return f"{self.relaxation} on {', '.join(map(str, self.cases))}"
-
-
 def relu_output_class(
     relaxation: ReluRelaxation,
     neuron: DegreeClass,
@@ -449,14 +438,14 @@ def growth_factor(relaxation: ReluRelaxation, width: int) -> float:
     return float(block(DegreeClass("rational", big + 1)) - block(start))
 
 
-def unstable_layers(lower_bounds: Sequence[Tensor]) -> Tensor:
+def unstable_layers(boxes: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
     """``(B, k)`` booleans: whether ReLU layer ``j`` holds an unstable neuron (``l < 0 < u``) for input ``b``.
 
-    :param lower_bounds: per ReLU layer, a pair ``(l, u)`` of ``(B, *shape)`` pre-activation bounds.
+    :param boxes: per ReLU layer, a pair ``(l, u)`` of ``(B, *shape)`` pre-activation bounds.
     """
     import torch
 
-    flags = [((lb < 0) & (ub > 0)).flatten(1).any(dim=1) for lb, ub in lower_bounds]  # type: ignore[misc]
+    flags = [((lb < 0) & (ub > 0)).flatten(1).any(dim=1) for lb, ub in boxes]
     return torch.stack(flags, dim=1)
 
 
@@ -492,7 +481,7 @@ def measured_log_sensitivity(
     model: nn.Module,
     x: Tensor,
     eps: float,
-    relaxation: ReluRelaxation,
+    relaxation: ReluRelaxation | str,
     *,
     width: int | None = None,
     domain: tuple[float, float] | None = (0.0, 1.0),
@@ -507,24 +496,18 @@ def measured_log_sensitivity(
     """
     import torch
 
+    from relaxlab.api import input_box, resolve_relaxation
     from relaxlab.engine.backsub import intermediate_bounds
 
+    relaxation = resolve_relaxation(relaxation)  # type: ignore[assignment]
     lower, upper = input_box(x, eps, domain)
     with torch.no_grad():
         boxes, _ = intermediate_bounds(model, lower, upper, relaxation)
     if not boxes:
         return [0.0] * int(x.shape[0]), [0] * int(x.shape[0])
+    # Stability as the relaxation sees it: on the (possibly widened) bounds its lines use.
+    boxes = [relaxation.transform_bounds(lb, ub) for lb, ub in boxes]
     counts = [int(c) for c in unstable_layers(boxes).sum(dim=1)]
     if width is None:
         width = max(math.prod(lb.shape[1:]) for lb, _ in boxes)
     return log_sensitivity(relaxation, counts, max(width, 2)), counts
-
-
-def input_box(x: Tensor, eps: float, domain: tuple[float, float] | None) -> tuple[Tensor, Tensor]:
-    """The ``eps``-box of ``x`` clipped to ``domain`` (``None``: not clipped)."""
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    lower, upper = x - eps, x + eps
-    if domain is not None:
-        lower, upper = lower.clamp(domain[0], domain[1]), upper.clamp(domain[0], domain[1])
-    return lower, upper

@@ -1,0 +1,176 @@
+"""Bound landscapes along a direction (Fig. 4, 5 and 9 of *On the Paradox of Certified Training*).
+
+Sec. 5.1: "we measure the change in the lower bound of one output neuron as we shift all
+first layer weights by δ in the gradient direction of that neuron." :func:`landscape` does
+this for any set of relaxations: for each one it takes the gradient of *its own* bound (or
+certified loss) with respect to the moved parameters at ``δ = 0``, normalises it to unit
+length, and evaluates the bound at ``n`` points ``δ ∈ [-a, a]``. :func:`write_csv` and
+:func:`plot_landscape` store the numbers and draw one curve per relaxation.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from relaxlab.analysis._points import (
+    DEFAULT_POINTS_PER_CALL,
+    along_segments,
+    bound_value,
+    first_layer_names,
+    gradient_directions,
+)
+from relaxlab.analysis.continuity import find_discontinuities
+from relaxlab.api import resolve_relaxation
+
+
+@attrs.frozen(eq=False)
+class Landscape:
+    """Bounds of several relaxations along their gradient directions.
+
+    :param deltas: ``(n,)`` the shifts ``δ`` (distance in parameter space).
+    :param values: relaxation label -> ``(n,)`` values (lower bound of ``output``, or the certified loss).
+    :param gradient_norms: relaxation label -> the norm of the gradient that gave the direction.
+    :param quantity: ``"lower bound of output j"`` or ``"certified loss"``.
+    :param parameters: names of the parameters that moved.
+    :param jumps: relaxation label -> indices ``i`` where the App. E.2 test sees a jump between
+        ``deltas[i]`` and ``deltas[i + 1]``.
+    """
+
+    deltas: Tensor
+    values: dict[str, Tensor]
+    gradient_norms: dict[str, float]
+    quantity: str
+    parameters: tuple[str, ...]
+    jumps: dict[str, list[int]]
+
+
+def landscape(
+    model: nn.Module,
+    x: Tensor,
+    eps: float,
+    relaxations: Sequence[object],
+    *,
+    output: int | None = None,
+    label: int | None = None,
+    radius: float = 1.0,
+    points: int = 500,
+    parameters: Sequence[str] | None = None,
+    direction_from: object | None = None,
+    domain: tuple[float, float] | None = (0.0, 1.0),
+    points_per_call: int = DEFAULT_POINTS_PER_CALL,
+) -> Landscape:
+    """The bound of each relaxation as the moved parameters shift by ``δ ∈ [-radius, radius]``.
+
+    :param model: the network (an ``nn.Sequential`` the engine accepts).
+    :param x: one input, ``(1, *input_shape)``.
+    :param eps: l_inf radius of the input box.
+    :param relaxations: names or specs.
+    :param output: follow the lower bound of this output (the paper's Fig. 5)...
+    :param label: ...or the certified loss for this label (exactly one of the two).
+    :param radius: ``a``: shifts range over ``[-a, a]``.
+    :param points: ``n``.
+    :param parameters: names of the parameters that move; default the first layer's weights
+        and bias (Sec. 4.3).
+    :param direction_from: take every curve's direction from this relaxation's gradient
+        instead of each relaxation's own (the same line through parameter space for all).
+    :param domain: the input domain the box is clipped to.
+    """
+    if points < 2:
+        raise ValueError(f"points must be >= 2, got {points}")
+    if not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius must be a finite number > 0, got {radius}")
+    if (output is None) == (label is None):
+        raise ValueError("give output= (lower bound of that output) or label= (certified loss), exactly one")
+    if not relaxations:
+        raise ValueError("give at least one relaxation")
+    if x.dim() < 2 or x.shape[0] != 1:
+        raise ValueError(f"landscape follows one input: x must have batch size 1, got shape {tuple(x.shape)}")
+    resolved = [resolve_relaxation(r) for r in relaxations]  # type: ignore[arg-type]
+    names = list(parameters) if parameters is not None else first_layer_names(model)
+    labels = None if label is None else torch.tensor([label], device=x.device)
+    deltas = torch.linspace(-radius, radius, points, dtype=x.dtype)
+    shared = None
+    if direction_from is not None:
+        shared_fn = bound_value(direction_from, eps, output=output, labels=labels, domain=domain)
+        shared, _ = gradient_directions(model, x, names, shared_fn, labels, normalize=True)
+    values: dict[str, Tensor] = {}
+    norms: dict[str, float] = {}
+    jumps: dict[str, list[int]] = {}
+    for relaxation in resolved:
+        fn = bound_value(relaxation, eps, output=output, labels=labels, domain=domain)
+        own, norm = gradient_directions(model, x, names, fn, labels, normalize=True)
+        direction = shared if shared is not None else own
+        curve = along_segments(model, x, direction, deltas, fn, labels, points_per_call=points_per_call)[0]
+        key = relaxation.label
+        values[key] = curve
+        norms[key] = float(norm[0])
+        jumps[key] = [int(i) for i in find_discontinuities(curve)]
+    quantity = f"lower bound of output {output}" if output is not None else f"certified loss (label {label})"
+    return Landscape(deltas, values, norms, quantity, tuple(names), jumps)
+
+
+def write_csv(result: Landscape, path: str | Path) -> Path:
+    """The raw numbers: one row per ``δ``, one column per relaxation."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(result.values)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["delta", *keys])
+        for i, delta in enumerate(result.deltas.tolist()):
+            writer.writerow([repr(delta), *(repr(float(result.values[k][i])) for k in keys)])
+    return path
+
+
+def plot_landscape(
+    result: Landscape, path: str | Path, *, title: str | None = None, separate: bool = True
+) -> Path:
+    """One PNG: a curve per relaxation (one panel each when ``separate``, as in Fig. 5), jumps marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(result.values)
+    deltas = result.deltas.cpu().numpy()
+    if separate and len(keys) > 1:
+        cols = min(len(keys), 3)
+        rows = -(-len(keys) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        flat = [ax for row in axes for ax in row]
+        for ax, key in zip(flat, keys, strict=False):
+            _draw(ax, deltas, result, key)
+            ax.set_title(key)
+        for ax in flat[len(keys) :]:
+            ax.set_visible(False)
+    else:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in keys:
+            _draw(ax, deltas, result, key, label=key)
+        ax.legend()
+    fig.suptitle(title or f"{result.quantity} along the gradient direction")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _draw(ax: object, deltas: object, result: Landscape, key: str, label: str | None = None) -> None:
+    values = result.values[key].cpu().numpy()
+    line = ax.plot(deltas, values, lw=1.2, label=label)[0]  # type: ignore[attr-defined]
+    for i in result.jumps[key]:
+        ax.axvline(0.5 * (deltas[i] + deltas[i + 1]), color=line.get_color(), alpha=0.25, lw=0.8)  # type: ignore[attr-defined,index]
+    ax.set_xlabel("δ")  # type: ignore[attr-defined]
+    ax.set_ylabel(result.quantity)  # type: ignore[attr-defined]
+
+
+__all__ = ["Landscape", "landscape", "plot_landscape", "write_csv"]

@@ -1,0 +1,277 @@
+"""CLI commands for the analyses of continuity and sensitivity (Sec. 4, 5.1, App. D, E of the paper).
+
+``landscape``, ``continuity``, ``sensitivity``, ``gd-experiment`` and ``tracking-plot``: thin
+wrappers over :mod:`relaxlab.analysis`. Every command checks its input before any work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from relaxlab.cli.format import fail, render_table
+
+PAPER_FIVE = "IBP,hBox,DeepZ,CROWN,CROWN-IBP (R)"
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except (ValueError, FileNotFoundError, LookupError, RuntimeError) as error:
+        fail(str(error))
+
+
+def _relaxations(spec: str) -> list[Any]:
+    import relaxlab
+
+    if spec.strip().lower() == "all":
+        return [relaxlab.get_relaxation(n) for n in relaxlab.get_registry().relaxations.names()]
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        fail("--relaxations is empty; give comma-separated names, e.g. 'IBP,hBox,DeepZ'")
+    out = []
+    for name in names:
+        try:
+            out.append(relaxlab.get_relaxation(name))
+        except (KeyError, LookupError) as error:
+            fail(f"unknown relaxation {name!r}: {error}")
+    return out
+
+
+def _check_eps(eps: float) -> None:
+    if not (math.isfinite(eps) and eps >= 0):
+        fail(f"--eps must be a finite number >= 0, got {eps}")
+
+
+def _load(checkpoint: Path, split: str, data_dir: str | None) -> tuple[Any, Any, Any]:
+    """The model of a checkpoint and the dataset split it was trained on."""
+    from relaxlab.training.checkpoint import checkpoint_config, load_model
+    from relaxlab.training.names import resolve_dataset
+
+    model = load_model(checkpoint)
+    config = checkpoint_config(checkpoint)
+    dataset = resolve_dataset(config.get("dataset", "mnist-mini"))
+    x, y = dataset.load(split, root=data_dir or config.get("data_dir"))
+    return model, x, y
+
+
+CHECKPOINT = click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+RELAXATIONS = click.option(
+    "--relaxations", default=PAPER_FIVE, show_default=True, help="Comma-separated names, or 'all'."
+)
+EPS = click.option("--eps", type=float, required=True, help="l_inf radius in pixel space [0, 1].")
+SPLIT = click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
+DATA_DIR = click.option("--data-dir", default=None, help="Directory with the dataset files.")
+THREADS = click.option("--threads", type=int, default=None, help="torch CPU threads.")
+
+
+def _threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@click.command("landscape")
+@CHECKPOINT
+@RELAXATIONS
+@EPS
+@click.option("--index", type=int, default=0, show_default=True, help="Which example of the split.")
+@click.option("--output", "output", type=int, default=None,
+              help="Follow the lower bound of this output (default: the example's label).")
+@click.option("--loss", is_flag=True, help="Follow the certified loss instead of a lower bound.")
+@click.option("--radius", type=float, default=1.0, show_default=True, help="δ ranges over [-radius, radius].")
+@click.option("--points", type=int, default=500, show_default=True)
+@click.option("--shared-direction", default=None, help="Use this relaxation's gradient direction for every curve.")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("landscape.png"), show_default=True,
+              help="PNG path; the CSV is written next to it.")
+@SPLIT
+@DATA_DIR
+@THREADS
+def landscape_cmd(checkpoint: Path, relaxations: str, eps: float, index: int, output: int | None, loss: bool,
+                  radius: float, points: int, shared_direction: str | None, out: Path, split: str,
+                  data_dir: str | None, threads: int | None) -> None:
+    """Bounds along the gradient direction of the first-layer weights (Fig. 5): PNG + CSV."""
+    _threads(threads)
+    _check_eps(eps)
+    chosen = _relaxations(relaxations)
+    with _clear_errors():
+        from relaxlab.analysis.landscape import landscape, plot_landscape, write_csv
+
+        model, x, y = _load(checkpoint, split, data_dir)
+        if not 0 <= index < x.shape[0]:
+            fail(f"--index {index} is out of range: the {split} split has {x.shape[0]} examples")
+        xi, yi = x[index : index + 1], int(y[index])
+        result = landscape(
+            model, xi, eps, chosen,
+            output=None if loss else (yi if output is None else output),
+            label=yi if loss else None,
+            radius=radius, points=points, direction_from=shared_direction,
+        )
+        png = plot_landscape(result, out)
+        table = write_csv(result, out.with_suffix(".csv"))
+    rows = [[k, f"{float(v.min()):.4g}", f"{float(v.max()):.4g}", len(result.jumps[k])] for k, v in result.values.items()]
+    click.echo(render_table(["relaxation", "min", "max", "jumps (App. E.2 test)"], rows))
+    click.echo(f"wrote {png} and {table}")
+
+
+@click.command("continuity")
+@CHECKPOINT
+@RELAXATIONS
+@EPS
+@click.option("--samples", type=int, default=10, show_default=True, help="Examples measured (paper: 100).")
+@click.option("--start", type=int, default=0, show_default=True, help="First example of the split.")
+@click.option("--points", type=int, default=500, show_default=True, help="n (App. E.2: 500).")
+@click.option("--alpha", type=float, default=0.03, show_default=True, help="α (App. E.2: 0.03).")
+@SPLIT
+@DATA_DIR
+@THREADS
+def continuity_cmd(checkpoint: Path, relaxations: str, eps: float, samples: int, start: int, points: int,
+                   alpha: float, split: str, data_dir: str | None, threads: int | None) -> None:
+    """App. E.2's empirical continuity: share of examples whose certified loss jumps along ±α∇θL."""
+    _threads(threads)
+    _check_eps(eps)
+    if samples < 1:
+        fail(f"--samples must be >= 1, got {samples}")
+    chosen = _relaxations(relaxations)
+    with _clear_errors():
+        from relaxlab.analysis.continuity import discontinuity_share
+        from relaxlab.analysis.sensitivity import measured_log_sensitivity
+
+        model, x, y = _load(checkpoint, split, data_dir)
+        xs, ys = x[start : start + samples], y[start : start + samples]
+        if xs.shape[0] == 0:
+            fail(f"--start {start} is past the end of the {split} split ({x.shape[0]} examples)")
+        rows = []
+        for relaxation in chosen:
+            result = discontinuity_share(model, xs, ys, eps, relaxation, alpha=alpha, points=points)
+            logs, counts = measured_log_sensitivity(model, xs, eps, relaxation)
+            rows.append([relaxation.label, f"{result.share:.2f}", int(result.counts.sum()),
+                         f"{sum(logs) / len(logs):.3f}", f"{sum(counts) / len(counts):.2f}"])
+    click.echo(render_table(["relaxation", "discontinuity share", "jumps", "log-sensitivity", "unstable layers"], rows))
+
+
+@click.command("sensitivity")
+@RELAXATIONS
+@click.option("--blocks", "-B", type=int, default=None, help="B: ReLU-affine blocks after the first ReLU.")
+@click.option("--width", "-M", type=int, default=None, help="M: width of every layer.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Use this network's architecture (fan-ins) instead of B and M.")
+def sensitivity_cmd(relaxations: str, blocks: int | None, width: int | None, checkpoint: Path | None) -> None:
+    """Theoretical sensitivity (degree N of R_N, Sec. 4.3 / App. J) derived from each relaxation's spec."""
+    if checkpoint is None and (blocks is None or width is None):
+        fail("give --blocks and --width (the paper's B and M), or --checkpoint")
+    if checkpoint is not None and (blocks is not None or width is not None):
+        fail("give either --checkpoint or --blocks/--width, not both")
+    if blocks is not None and blocks < 0:
+        fail(f"--blocks must be >= 0, got {blocks}")
+    if width is not None and width < 1:
+        fail(f"--width must be >= 1, got {width}")
+    chosen = _relaxations(relaxations)
+    with _clear_errors():
+        from relaxlab.analysis.sensitivity import OpaqueRelaxationError, degree_on, fan_ins_of
+
+        if checkpoint is not None:
+            from relaxlab.training.checkpoint import checkpoint_config, load_model
+            from relaxlab.training.names import resolve_dataset
+
+            model = load_model(checkpoint)
+            shape = resolve_dataset(checkpoint_config(checkpoint).get("dataset", "mnist-mini")).input_shape
+            fan_ins = fan_ins_of(model, shape)
+        else:
+            assert blocks is not None and width is not None
+            fan_ins = [width] * (blocks + 1)
+        rows = []
+        for relaxation in chosen:
+            try:
+                result = degree_on(relaxation, fan_ins)
+                rows.append([relaxation.label, relaxation.intermediate, str(result.output), _short(result.degree)])
+            except OpaqueRelaxationError as error:
+                rows.append([relaxation.label, relaxation.intermediate, "unknown", str(error)])
+    click.echo(f"fan-ins after each ReLU layer: {fan_ins}")
+    click.echo(render_table(["relaxation", "intermediate", "class", "sensitivity N"], rows))
+
+
+def _short(value: float) -> str:
+    if math.isinf(value):
+        return "∞ (not rational)"
+    text = str(int(value))
+    return text if len(text) <= 20 else f"{text[:6]}…e{len(text) - 1}"
+
+
+@click.command("gd-experiment")
+@click.option("--relaxation", default="CROWN", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of App. D's random network.")
+@click.option("--search", type=int, default=0, show_default=True,
+              help="Try seeds seed..seed+N-1 and keep the first where GD ends below IBP (Fig. 4's behaviour).")
+@click.option("--output", type=int, default=0, show_default=True, help="Output whose lower bound is maximised.")
+@click.option("--lr", type=float, default=None, help="Initial learning rate (default: App. D's).")
+@click.option("--decay", type=float, default=None, help="Learning-rate decay per epoch (default 0.99).")
+@click.option("--epochs", type=int, default=None, help="Epochs (default: App. D's).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("gd_experiment.png"), show_default=True)
+def gd_experiment_cmd(relaxation: str, seed: int, search: int, output: int, lr: float | None,
+                      decay: float | None, epochs: int | None, out: Path) -> None:
+    """Sec. 4.4 / App. D: gradient ascent on a random 1-10-10-2 net, RELAXATION vs IBP; plot."""
+    if output not in (0, 1):
+        fail(f"--output must be 0 or 1 (the network has 2 outputs), got {output}")
+    chosen = _relaxations(relaxation)[0]
+    with _clear_errors():
+        from relaxlab.analysis.gd_experiment import (
+            default_settings,
+            find_illustrative,
+            gd_experiment,
+            plot_gd,
+        )
+
+        base = default_settings(chosen)
+        settings = (lr or base[0], decay or base[1], epochs if epochs is not None else base[2])
+        if search > 0:
+            result = find_illustrative(chosen, range(seed, seed + search), output=output)
+            if result is None:
+                fail(f"no seed in {seed}..{seed + search - 1} shows GD with {chosen.label} ending below IBP; "
+                     "try a larger --search")
+            result = gd_experiment(chosen, seed=result.seed, output=output, settings=settings)
+        else:
+            result = gd_experiment(chosen, seed=seed, output=output, settings=settings)
+        path = plot_gd(result, out)
+    rows = [[k, f"{t.values[0]:.4g}", f"{t.values[-1]:.4g}", f"{t.deltas[-1]:.4g}"] for k, t in result.trajectories.items()]
+    click.echo(f"seed {result.seed}, eps {result.eps:.4g}, lr/decay/epochs {result.settings}")
+    click.echo(render_table(["relaxation", "bound at δ=0", "bound after GD", "final δ"], rows))
+    click.echo(f"wrote {path}")
+
+
+@click.command("tracking-plot")
+@click.argument("run_ids", nargs=-1, type=int, required=True)
+@click.option("--store", "store_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Results database of the training runs (trained with track_every > 0).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("tracking.png"), show_default=True)
+def tracking_plot_cmd(run_ids: tuple[int, ...], store_path: Path, out: Path) -> None:
+    """Fig. 6: discontinuity share and log-sensitivity over training for some runs."""
+    with _clear_errors():
+        from relaxlab.analysis.tracking import plot_tracking, tracked_curves
+        from relaxlab.store import open_store
+
+        with open_store(store_path) as store:
+            curves = tracked_curves(store, list(run_ids))
+        empty = [k for k, v in curves.items() if not any(v.values())]
+        if len(empty) == len(curves):
+            fail("none of these runs has tracked metrics; train with track_every > 0")
+        path = plot_tracking(curves, out)
+    for label, metrics in curves.items():
+        share = metrics["discontinuity_share"]
+        logs = metrics["log_sensitivity"]
+        click.echo(f"{label}: {len(share)} measurements; mean share "
+                   f"{sum(v for _, v in share) / max(len(share), 1):.2f}, mean log-sensitivity "
+                   f"{sum(v for _, v in logs) / max(len(logs), 1):.3f}")
+    click.echo(f"wrote {path}")
+
+
+COMMANDS = [landscape_cmd, continuity_cmd, sensitivity_cmd, gd_experiment_cmd, tracking_plot_cmd]
