@@ -17,6 +17,7 @@ from torch import nn
 
 from relaxlab.nn import Normalize
 from relaxlab.reference import (
+    LP_PAD,
     DenseNetwork,
     lp_all_bounds,
     milp_bounds,
@@ -134,8 +135,10 @@ def test_a4_lp_all_between_milp_and_the_papers_relaxations() -> None:
     assert ub1[0].tolist() == pytest.approx([7.0, 18.0], abs=1e-6)
     # LP-ALL's second-layer bounds are inside IBP's [-36, 28] x [0, 32] (A.4 text) and contain the
     # exact ranges of the second-layer pre-activations, sampled here on a grid.
-    assert torch.all(lb2[0] >= torch.tensor([-36.0, 0.0], dtype=DT) - 1e-6)
-    assert torch.all(ub2[0] <= torch.tensor([28.0, 32.0], dtype=DT) + 1e-6)
+    # Intermediate bounds are padded outward by LP_PAD * (1 + |v|) (4e-6 at most here).
+    pad = 1e-6 + LP_PAD * 37.0
+    assert torch.all(lb2[0] >= torch.tensor([-36.0, 0.0], dtype=DT) - pad)
+    assert torch.all(ub2[0] <= torch.tensor([28.0, 32.0], dtype=DT) + pad)
     grid = np.linspace(-1.0, 1.0, 201)
     pts = np.stack(np.meshgrid(grid * EPS + X0[0], grid * EPS + X0[1]), axis=-1).reshape(-1, 2)
     z2 = np.maximum(pts @ np.array(W1).T, 0.0) @ np.array(W2).T

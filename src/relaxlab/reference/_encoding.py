@@ -7,8 +7,8 @@ variables; they are substituted into the constraints.
 
 For a neuron with pre-activation bounds ``[l, u]``:
 
-- negative (``u <= 0``): ``a = 0`` and ``l <= z <= u``;
-- positive (``l >= 0``): ``a = z`` and ``l <= a <= u``;
+- negative (``u <= 0``): ``a = 0``, and (triangle only) ``l <= z <= u``;
+- positive (``l >= 0``): ``a = z``, and (triangle only) ``l <= a <= u``;
 - unstable, both encodings: ``a >= 0``, ``a >= z``, ``a <= u``;
   - ``"triangle"`` (the convex hull of relu on ``[l, u]``): ``a <= u (z - l) / (u - l)``;
   - ``"milp"`` (big-M, exact for any valid ``l, u``): ``a <= u d``,
@@ -16,7 +16,10 @@ For a neuron with pre-activation bounds ``[l, u]``:
 
 The triangle's three inequalities already imply ``l <= z <= u``, so each case is
 exactly the convex hull of the graph of relu over ``[l, u]`` (Salman et al.,
-Prop. B.1); big-M's feasible set projects exactly onto the graph.
+Prop. B.1); big-M's feasible set projects exactly onto the graph. The MILP leaves
+out the (valid but redundant) range constraints of stable neurons: with bounds
+that are tight to rounding, a solver that drops tiny coefficients could
+otherwise declare the problem infeasible.
 """
 
 from __future__ import annotations
@@ -103,10 +106,14 @@ def encode(
             z_terms = list(zip(prev_idx, w[j].tolist(), strict=True))
             minus_z = [(c, -v) for c, v in z_terms]
             c0, lj, uj = float(b[j]), float(lb[j]), float(ub[j])
-            if uj <= 0.0:  # negative: a = 0, z in [l, u]
-                add_row(z_terms, lj - c0, uj - c0)
-            elif lj >= 0.0:  # positive: a = z, a in [l, u]
-                var_lo[a], var_hi[a] = lj, uj
+            if uj <= 0.0:  # negative: a = 0 (and z in [l, u] for the convex hull)
+                if mode == "triangle":
+                    add_row(z_terms, lj - c0, uj - c0)
+            elif lj >= 0.0:  # positive: a = z (and a in [l, u] for the convex hull)
+                if mode == "triangle":
+                    var_lo[a], var_hi[a] = lj, uj
+                else:
+                    var_lo[a], var_hi[a] = -np.inf, np.inf
                 add_row([(a, 1.0), *minus_z], c0, c0)
             else:  # unstable: a >= 0 (variable bound), a <= u, a >= z
                 var_hi[a] = uj

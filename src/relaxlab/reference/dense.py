@@ -32,11 +32,15 @@ __all__ = ["DenseNetwork", "ReferenceInput", "prepare_input", "spec_scale", "to_
 
 _SUPPORTED = "Linear, Conv2d, Flatten, ReLU and relaxlab.nn.Normalize"
 
-#: Relative padding of interval pre-activation bounds. Interval arithmetic in
-#: float64 is exact up to a few ulps of the summed magnitudes; the padding is
-#: orders of magnitude above that, and harmless: big-M with any valid bounds is
-#: still exact, and a wider box only loosens the MILP's LP relaxation a little.
-INTERVAL_PAD = 1e-9
+#: Outward padding of interval pre-activation bounds: ``INTERVAL_PAD_ABS +
+#: INTERVAL_PAD_REL * (|W| max(|lo|, |up|) + |b|)``. Interval arithmetic in float64
+#: is exact up to a few ulps of the summed magnitudes; the relative part is orders
+#: of magnitude above that. The absolute part keeps big-M constants well above the
+#: solver's feasibility tolerance (1e-9) for neurons whose range is (nearly) a
+#: point. Both are harmless: big-M with any valid bounds is still exact, and a
+#: wider box only loosens the MILP's LP relaxation a little.
+INTERVAL_PAD_ABS = 1e-7
+INTERVAL_PAD_REL = 1e-9
 
 
 @frozen(eq=False)
@@ -116,7 +120,9 @@ class DenseNetwork:
             pos, neg = np.maximum(w, 0.0), np.minimum(w, 0.0)
             lb = pos @ lo + neg @ up + b
             ub = pos @ up + neg @ lo + b
-            pad = INTERVAL_PAD * (1.0 + np.abs(w) @ np.maximum(np.abs(lo), np.abs(up)) + np.abs(b))
+            pad = INTERVAL_PAD_ABS + INTERVAL_PAD_REL * (
+                np.abs(w) @ np.maximum(np.abs(lo), np.abs(up)) + np.abs(b)
+            )
             lo, up = lb - pad, ub + pad
             out.append((lo, up))
         return out

@@ -40,12 +40,14 @@ MILP_ATOL = 1e-6
 MILP_RTOL = 1e-6
 
 _HIGHS_OPTIONS = {
+    "small_matrix_value": 1e-12,
     "mip_rel_gap": 1e-9,
     "mip_abs_gap": 1e-9,
     "mip_feasibility_tolerance": 1e-9,
     "primal_feasibility_tolerance": 1e-9,
     "dual_feasibility_tolerance": 1e-9,
 }
+_FALLBACK_OPTIONS = {"mip_rel_gap": 1e-9, "mip_abs_gap": 1e-9}
 
 
 @frozen(eq=False)
@@ -97,19 +99,28 @@ def _solve(
     integrality: np.ndarray,
     time_limit: float | None,
 ) -> np.ndarray:
-    options: dict[str, float] = dict(_HIGHS_OPTIONS)
-    if time_limit is not None:
-        options["time_limit"] = time_limit
-    with warnings.catch_warnings():
-        # scipy warns that options it does not know are passed to HiGHS verbatim: that is the intent.
-        warnings.filterwarnings("ignore", message="Unrecognized options detected", category=RuntimeWarning)
-        res = milp(objective, integrality=integrality, bounds=bounds, constraints=constraint, options=options)
-    if res.status != 0 or res.x is None:
-        raise RuntimeError(
-            f"relaxlab.reference.milp: HiGHS did not solve the MILP to optimality ({res.message}); "
-            "the network may be too large for the exact reference, or raise time_limit"
-        )
-    return np.asarray(res.x, dtype=np.float64)
+    messages = []
+    # Tight tolerances first; HiGHS's defaults (1e-6/1e-7, gap 1e-9) as a fallback for
+    # numerically awkward instances. Either way the optimum is checked afterwards.
+    for options in (_HIGHS_OPTIONS, _FALLBACK_OPTIONS):
+        opts: dict[str, float] = dict(options)
+        if time_limit is not None:
+            opts["time_limit"] = time_limit
+        with warnings.catch_warnings():
+            # scipy warns that options it does not know are passed to HiGHS verbatim: that is the intent.
+            warnings.filterwarnings(
+                "ignore", message="Unrecognized options detected", category=RuntimeWarning
+            )
+            res = milp(
+                objective, integrality=integrality, bounds=bounds, constraints=constraint, options=opts
+            )
+        if res.status == 0 and res.x is not None:
+            return np.asarray(res.x, dtype=np.float64)
+        messages.append(str(res.message))
+    raise RuntimeError(
+        f"relaxlab.reference.milp: HiGHS did not solve the MILP to optimality ({'; '.join(messages)}); "
+        "the network may be too large or numerically too hard for the exact reference, or raise time_limit"
+    )
 
 
 def _solve_input(prepared: ReferenceInput, time_limit: float | None) -> MilpResult:
