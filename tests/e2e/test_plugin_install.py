@@ -85,7 +85,7 @@ def test_an_unsound_plugin_is_caught_with_a_counterexample(tmp_path: Path) -> No
     (source / "src" / "relaxlab_acme").mkdir(parents=True)
     (source / "pyproject.toml").write_text(textwrap.dedent("""
         [build-system]
-        requires = ["setuptools>=68"]
+        requires = ["setuptools>=61"]
         build-backend = "setuptools.build_meta"
         [project]
         name = "relaxlab-acme"
