@@ -12,7 +12,9 @@ exponential in the number of unstable neurons in the worst case; meant for
 networks with tens of neurons.
 
 Tolerance: HiGHS is run with relative and absolute MIP gaps of 1e-9 and
-feasibility tolerances of 1e-9 (passed verbatim to HiGHS). The returned optimum
+feasibility tolerances of 1e-9, keeping matrix entries down to 1e-12 (options
+passed to HiGHS verbatim); should HiGHS fail there, its defaults with the same
+gaps are tried. The returned optimum
 is within :data:`MILP_ATOL` ``+`` :data:`MILP_RTOL` ``* scale`` of the true one,
 ``scale`` being the magnitude of the interval-arithmetic bound of that spec row;
 every solve checks this against the network evaluated at the solver's optimal
