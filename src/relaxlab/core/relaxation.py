@@ -14,6 +14,7 @@ tensors of that shape, dtype and device.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -23,7 +24,7 @@ import torch
 from attrs import evolve, field, frozen, validators
 from torch import Tensor
 
-from relaxlab.core.expr import BOUND_VARIABLES, Const, Expr, ExprLike, Var, as_expr
+from relaxlab.core.expr import BOUND_VARIABLES, Const, Div, Expr, ExprLike, Opaque, as_expr
 from relaxlab.core.stability import Stability, stability_masks
 
 #: Readable names: letters, digits, spaces and ``-_().,+=/`` (``CROWN-IBP (R)``, ``LooseIBP-DC``).
@@ -301,22 +302,47 @@ class ReluRelaxation:
 
         For every ``x`` in ``[lower, upper]``:
         ``lower_slope·x + lower_offset <= relu(x) <= upper_slope·x + upper_offset``.
-        Differentiable; never NaN for finite ``lower <= upper``.
+        Differentiable; never NaN for finite ``lower <= upper``. A coefficient that is
+        the same constant in every case comes back as an expanded (zero-copy) tensor.
         """
         lb, ub = self.transform_bounds(lower, upper)
-        params = self.parameters
-        out: list[Tensor] | None = None
-        for stability, mask in stability_masks(lb, ub).items():
-            rep_l, rep_u = _REPRESENTATIVE[stability]
-            env = {"l": torch.where(mask, lb, rep_l), "u": torch.where(mask, ub, rep_u), **params}
-            case = self.case(stability)
-            values = [_broadcast(v, lb) for ln in case.lines() for v in ln.evaluate(env)]
-            out = values if out is None else [torch.where(mask, v, o) for v, o in zip(values, out, strict=True)]
-        assert out is not None
+        masks = stability_masks(lb, ub)
+        per_case = [self._case_values(stability, masks[stability], lb, ub) for stability in Stability]
+        negative, positive = masks[Stability.NEGATIVE], masks[Stability.POSITIVE]
+        out = []
+        for neg, unst, pos in zip(*per_case, strict=True):
+            if all(not isinstance(v, Tensor) for v in (neg, unst, pos)) and neg == unst == pos:
+                out.append(lb.new_tensor(float(neg)).expand_as(lb))
+                continue
+            neg_t, unst_t, pos_t = (_operand(v, lb) for v in (neg, unst, pos))
+            out.append(_broadcast(torch.where(negative, neg_t, torch.where(positive, pos_t, unst_t)), lb))
         return RelaxationTensors(*out)
+
+    def _case_values(self, stability: Stability, mask: Tensor, lb: Tensor, ub: Tensor) -> list[Any]:
+        """The four coefficients of one case, as tensors or Python floats (constants)."""
+        if _partial(self.case(stability)):
+            # Elements outside the case are evaluated at a point inside it, so that no inf from a
+            # division there can reach a gradient (torch.where passes 0 * inf = NaN backwards).
+            rep_l, rep_u = _REPRESENTATIVE[stability]
+            lb, ub = torch.where(mask, lb, rep_l), torch.where(mask, ub, rep_u)
+        env = {"l": lb, "u": ub, **self.parameters}
+        return [v for ln in self.case(stability).lines() for v in ln.evaluate(env)]
 
     def __str__(self) -> str:
         return self.label
+
+
+@functools.lru_cache(maxsize=4096)
+def _partial(case: CaseBounds) -> bool:
+    """Whether evaluating the case's lines outside the case can produce inf (division, opaque callables)."""
+    return any(isinstance(node, (Div, Opaque)) for ln in case.lines() for e in ln.expressions() for node in e.walk())
+
+
+def _operand(value: Any, like: Tensor) -> Tensor:
+    """A tensor operand for torch.where: constants as 0-dim tensors of ``like``'s dtype and device."""
+    if isinstance(value, Tensor):
+        return value if value.dtype == like.dtype else value.to(like.dtype)
+    return like.new_tensor(float(value))
 
 
 def _broadcast(value: Any, like: Tensor) -> Tensor:
