@@ -57,8 +57,8 @@ DT = torch.float64
 #: Engine rounding slack, relative to ``1 + scale`` (float64 backsubstitution).
 ENGINE_RTOL = 1e-9
 
-#: Solver-backed examples per test: an eighth of the profile's budget, at least 8.
-SOLVER_EXAMPLES = max(8, settings().max_examples // 8)
+#: Solver-backed examples per test: a quarter of the profile's budget, at least 8.
+SOLVER_EXAMPLES = max(8, settings().max_examples // 4)
 solver_settings = settings(
     max_examples=SOLVER_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
