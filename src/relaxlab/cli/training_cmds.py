@@ -173,7 +173,7 @@ def _test_data(config: dict[str, Any], data_dir: str | None, n: int | None) -> A
     "relaxation_spec",
     default=None,
     help="Certifying relaxation, a comma list, or 'all' (the paper's five; prints the Table 10 matrix). "
-    "Default: each model's training relaxation.",
+    "Default: each model's training relaxation(s) (IBP for natural training).",
 )
 @click.option("--eps", type=float, default=None, help="Radius in [0, 1] (default: the run's eps_test).")
 @click.option("--n", "n", type=int, default=None, help="Certify the first N test images (default: all).")
@@ -221,7 +221,7 @@ def certify_cmd(
         matrix: dict[str, dict[str, float]] = {}
         for path, config, model in loaded:
             run_eps = config.eps_test if eps is None else eps
-            use = certifiers or [resolve_relaxation((config.train_relaxations or ("IBP",))[0])]
+            use = certifiers or [resolve_relaxation(name) for name in (config.train_relaxations or ("IBP",))]
             dataset, x, y = _test_data(config.to_dict(), data_dir, n)
             results = certify(
                 model,
@@ -423,8 +423,7 @@ def paradox_cmd(out_dir: Path, eps: float, quick: bool, seed: int, threads: int 
             progress=not quiet and sys.stderr.isatty(),
             log=_echo(quiet),
         )
-    n = 100 if quick else 500
-    click.echo(paradox_markdown(rows, eps=eps, n=n))
+    click.echo(paradox_markdown(rows, eps=eps, n=rows[0].n))
     click.echo(
         f"plots: {out_dir / 'tightness.png'}, {out_dir / 'paradox.png'}; store: {out_dir / 'results.sqlite'}"
     )

@@ -76,16 +76,20 @@ def _order(method: str) -> tuple[int, str]:
 
 def main_table(rows: Sequence[CertifyRow]) -> list[dict[str, Any]]:
     """Table 2 / 11 records: per (dataset, architecture, method, eps) the latest checkpoint's numbers."""
-    chosen: dict[tuple[str, str, str, float], CertifyRow] = {}
+    # the latest record per (setting, checkpoint, certifier) ...
+    latest: dict[tuple[str, str, str, float, str, str], CertifyRow] = {}
     for row in sorted(rows, key=lambda r: r.run_id):
-        if not _own(row.method, row.certifier):
-            continue
-        key = (row.dataset, row.architecture, row.method, row.eps)
-        current = chosen.get(key)
-        # a later checkpoint replaces an earlier one; for one checkpoint the best own certifier counts
-        if current is None or row.checkpoint != current.checkpoint or row.certified >= current.certified:
-            chosen[key] = row
-    best = chosen
+        if _own(row.method, row.certifier):
+            latest[(row.dataset, row.architecture, row.method, row.eps, row.checkpoint, row.certifier)] = row
+    # ... then per setting the most recently certified checkpoint, and its best own certifier
+    newest: dict[tuple[str, str, str, float], str] = {}
+    for key6, row in sorted(latest.items(), key=lambda kv: kv[1].run_id):
+        newest[key6[:4]] = row.checkpoint
+    best: dict[tuple[str, str, str, float], CertifyRow] = {}
+    for key6, row in latest.items():
+        key = key6[:4]
+        if row.checkpoint == newest[key] and (key not in best or row.certified > best[key].certified):
+            best[key] = row
     records = []
     for (dataset, architecture, method, eps), row in sorted(
         best.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3], _order(kv[0][2]))

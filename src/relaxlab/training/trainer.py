@@ -79,11 +79,22 @@ def load_data(config: TrainConfig) -> Data:
     dataset = resolve_dataset(config.dataset)
     train_x, train_y = dataset.load("train", config.data_dir)
     test_x, test_y = dataset.load("test", config.data_dir)
-    if config.train_subset:
-        train_x, train_y = train_x[: config.train_subset], train_y[: config.train_subset]
-    if config.test_subset:
-        test_x, test_y = test_x[: config.test_subset], test_y[: config.test_subset]
-    return Data(dataset=dataset, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
+    return subset(
+        Data(dataset=dataset, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y), config
+    )
+
+
+def subset(data: Data, config: TrainConfig) -> Data:
+    """The first ``train_subset`` / ``test_subset`` examples (all when 0)."""
+    n_train = config.train_subset or int(data.train_y.shape[0])
+    n_test = config.test_subset or int(data.test_y.shape[0])
+    return attrs.evolve(
+        data,
+        train_x=data.train_x[:n_train],
+        train_y=data.train_y[:n_train],
+        test_x=data.test_x[:n_test],
+        test_y=data.test_y[:n_test],
+    )
 
 
 def _progress(iterable: Any, enabled: bool, **kwargs: Any) -> Any:
@@ -132,7 +143,7 @@ def train(
     :param progress: show tqdm bars (default: when stderr is a terminal).
     :param stop_after: stop after this many finished epochs (simulates an interruption).
     :param device: where to train (default: CUDA when available, else CPU).
-    :param data: pre-loaded data (default: loaded from the config).
+    :param data: pre-loaded data of the config's dataset (subset as the config says; default: loaded).
     :param log: called with one line per epoch (default: nothing).
     :return: the trained model, its history and where it was saved.
     :raises ConfigError: unknown names; :class:`CheckpointError`: nothing or a foreign checkpoint to resume.
@@ -149,8 +160,9 @@ def train(
         raise ConfigError(
             f"{checkpoint_path} already exists; pass --resume to continue that run or choose another --out"
         )
-    if data is None:
-        data = load_data(config)
+    data = load_data(config) if data is None else subset(data, config)
+    if data.dataset.name != resolve_dataset(config.dataset).name:
+        raise ConfigError(f"data of dataset {data.dataset.name!r} given for a config of {config.dataset!r}")
     dataset = data.dataset
     device = _default_device() if device is None else torch.device(device)
     progress = sys.stderr.isatty() if progress is None else progress
