@@ -220,3 +220,20 @@ def test_paradox_pipeline_on_a_tiny_schedule(tmp_path: Path) -> None:
     with Store(tmp_path / "p" / "results.sqlite") as store:
         assert len(store.runs(kind="train", status="done")) == 6 and len(store.runs(kind="certify")) == 5
     shutil.rmtree(tmp_path / "p")
+
+
+def test_natural_training_learns(tmp_path: Path, tiny_data: Any) -> None:
+    config = TrainConfig(
+        method="natural",
+        architecture="FC-S",
+        epochs=2,
+        batch_size=50,
+        train_subset=1000,
+        test_subset=200,
+        kappa_end=0.0,
+        eps_train=0.3,
+        eps_test=0.01,
+    )
+    result = train(config, tmp_path / "nat", data=tiny_data, progress=False)
+    assert result.history[-1]["train_loss"] == pytest.approx(result.history[-1]["train_loss_natural"])
+    assert result.final["test_accuracy"] >= 0.6

@@ -103,3 +103,10 @@ def test_learning_rate_schedules() -> None:
     steps = TrainConfig(lr=1e-3, lr_schedule="steps", lr_step_every=20, epochs=100)
     assert learning_rate(steps, 19) == 1e-3 and learning_rate(steps, 45) == pytest.approx(2.5e-4)
     assert learning_rate(TrainConfig(lr=2e-3), 50) == 2e-3
+
+
+def test_natural_training_always_uses_the_natural_loss() -> None:
+    config = TrainConfig(method="natural", epochs=3, kappa_start=0.5, kappa_end=0.0, eps_train=0.3)
+    for step in (0, 10, 29):
+        values = schedule_at(config, step, 10)
+        assert (values.eps, values.kappa) == (0.0, 1.0)

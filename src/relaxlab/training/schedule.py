@@ -29,13 +29,15 @@ class ScheduleValues:
 
 
 def schedule_at(config: TrainConfig, step: int, steps_per_epoch: int) -> ScheduleValues:
-    """Schedule values at global ``step`` (0-based).
+    """Schedule values at global ``step`` (0-based); natural training always has kappa = 1, eps = 0.
 
     :param config: the run's config.
     :param step: global step index.
     :param steps_per_epoch: batches per epoch.
     :return: eps, kappa and beta for that step.
     """
+    if config.method == "natural":
+        return ScheduleValues(eps=0.0, kappa=1.0, beta=1.0)
     warmup = config.warmup_epochs * steps_per_epoch
     rampup = config.rampup_epochs * steps_per_epoch
     if step < warmup:
