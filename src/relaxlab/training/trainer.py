@@ -190,15 +190,17 @@ def train(
     if store is not None:
         if run_id is not None and any(r.id == run_id for r in store.runs(kind="train")):
             store.reopen_run(run_id)
-            store.delete_metrics_from(run_id, start_epoch)
+            # metrics are logged at global step indices; drop what the interrupted run logged after
+            # its last checkpoint (the resumed run logs it again, identically)
+            store.delete_metrics_from(run_id, step)
         else:
             from relaxlab.store import environment
 
             run_id = store.create_run(
                 "train", config.to_dict(), name=config.name, env=environment(str(device))
             )
-            for epoch_index, metrics in enumerate(history):
-                store.log_metrics(run_id, epoch_index, metrics)
+            for metrics in history:
+                store.log_metrics(run_id, int(metrics["step"]), metrics)
 
     n = int(data.train_y.shape[0])
     batches_per_epoch = -(-n // config.batch_size)
@@ -268,7 +270,15 @@ def train(
                     )
                 step += 1
             metrics = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
-            metrics.update({"epoch": float(epoch + 1), "lr": lr, "eps": values.eps, "kappa": values.kappa})
+            metrics.update(
+                {
+                    "epoch": float(epoch + 1),
+                    "step": float(step - 1),
+                    "lr": lr,
+                    "eps": values.eps,
+                    "kappa": values.kappa,
+                }
+            )
             if config.method == "crown-ibp":
                 metrics["beta"] = values.beta
             last = epoch + 1 == config.epochs
@@ -276,7 +286,7 @@ def train(
                 metrics.update(evaluate(model, data, config, relaxations))
             history.append(metrics)
             if store is not None and run_id is not None:
-                store.log_metrics(run_id, epoch, metrics)
+                store.log_metrics(run_id, step - 1, metrics)
             save_checkpoint(
                 checkpoint_path,
                 make_payload(
@@ -305,7 +315,7 @@ def train(
     if finished:
         final = evaluate(model, data, config, relaxations)
         if store is not None and run_id is not None:
-            store.log_metrics(run_id, config.epochs, final)
+            store.log_metrics(run_id, max(step - 1, 0), final)
             store.finish_run(run_id, "done")
         (out_dir / "history.json").write_text(json.dumps({"history": history, "final": final}, indent=1))
     elif store is not None and run_id is not None:
