@@ -172,3 +172,22 @@ def test_dataset_plugin_values() -> None:
         assert len(dataset.mean) == dataset.input_shape[0] == len(dataset.std)
     with pytest.raises(LookupError, match="did you mean 'mnist'"):
         relaxlab.get_registry().datasets["mnistt"]
+
+
+def test_a_failed_download_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+    import urllib.request
+
+    from relaxlab.data.download import DownloadError, download
+
+    def offline(*_args: object, **_kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DownloadError) as info:
+        download("fashion-mnist", tmp_path)
+    text = str(info.value)
+    assert "'fashion-mnist'" in text and "train-images-idx3-ubyte.gz" in text and "--data-dir" in text
+    assert not list((tmp_path / "fashion-mnist").iterdir())  # no partial file left behind
+    with pytest.raises(DownloadError, match="no download source for dataset 'mnist-mini'"):
+        download("mnist-mini", tmp_path)
