@@ -31,12 +31,12 @@ _LAZY = {
     "Normalize": "relaxlab.nn",
 }
 
-if TYPE_CHECKING:
-    from relaxlab.api import compute_bounds
-    from relaxlab.core.relaxation import CaseBounds, Line, ReluRelaxation
-    from relaxlab.core.stability import Stability
-    from relaxlab.nn import Normalize
-    from relaxlab.registry import get_registry, get_relaxation
+if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
+    from relaxlab.api import compute_bounds  # noqa: F401
+    from relaxlab.core.relaxation import CaseBounds, Line, ReluRelaxation  # noqa: F401
+    from relaxlab.core.stability import Stability  # noqa: F401
+    from relaxlab.nn import Normalize  # noqa: F401
+    from relaxlab.registry import get_registry, get_relaxation  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -13,9 +13,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import relaxlab
+from relaxlab.core.expr import L, U
 from relaxlab.core.lines import CHORD, CHORD_LOW, IDENTITY, LAMBDA, SHIFTED, UPPER, ZERO
 from relaxlab.core.relaxation import BoundsTransform, CaseBounds, line
-from relaxlab.core.expr import L, U
 from relaxlab.properties.soundness import find_counterexample
 from relaxlab.testing import assert_relaxation_sound, find_unsound_example
 from relaxlab.testing.strategies import parameter_values, preactivation_bounds

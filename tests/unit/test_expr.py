@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from relaxlab.core.expr import L, U, Const, Opaque, Param, ceil, floor, ge, sigmoid, switch
+from relaxlab.core.expr import Const, L, Opaque, Param, U, ceil, floor, ge, sigmoid, switch
 from relaxlab.core.lines import KAPPA, LAMBDA
 
 
@@ -25,7 +25,8 @@ def test_constant_folding_and_identities() -> None:
     assert 1 * U == U
     assert 0 * U == Const(0.0)
     assert Const(2.0) * Const(3.0) == Const(6.0)
-    assert -(-L) == L
+    negated = -L
+    assert -negated == L
 
 
 def test_structural_equality_and_hash() -> None:

@@ -6,8 +6,8 @@ import pytest
 from attrs import evolve
 
 import relaxlab
-from relaxlab.core.expr import L, U, Opaque
-from relaxlab.core.lines import CHORD, EXACT_NEGATIVE, EXACT_POSITIVE, IDENTITY, ZERO
+from relaxlab.core.expr import L, Opaque, U
+from relaxlab.core.lines import EXACT_NEGATIVE, EXACT_POSITIVE, IDENTITY, ZERO
 from relaxlab.core.relaxation import CaseBounds, Line, ReluRelaxation
 from relaxlab.properties import derive, probe
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import Union
 
 import torch
 from attrs import field, frozen
@@ -35,7 +34,7 @@ BOUND_VARIABLES = frozenset({"l", "u"})
 #: and the clamp keeps gradients finite when ``l/u`` overflows for tiny ``u``.
 _SIGMOID_CLAMP = 80.0
 
-Value = Union[Tensor, float]
+Value = Tensor | float
 Environment = Mapping[str, Value]
 
 
@@ -124,7 +123,7 @@ class Expr:
         return mul(-1.0, self)
 
 
-ExprLike = Union[Expr, float, int]
+ExprLike = Expr | float | int
 
 
 def as_expr(value: ExprLike) -> Expr:

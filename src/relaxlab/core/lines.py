@@ -7,7 +7,7 @@ with ``x`` the ReLU input.
 
 from __future__ import annotations
 
-from relaxlab.core.expr import L, U, Expr, Named, Param, ge, sigmoid, switch
+from relaxlab.core.expr import Expr, L, Named, Param, U, ge, sigmoid, switch
 from relaxlab.core.relaxation import CaseBounds, Line, ParamSpec, line
 
 #: The chord slope ``λ = u/(u-l)``.

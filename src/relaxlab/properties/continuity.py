@@ -185,12 +185,12 @@ def derive_continuity(relaxation: ReluRelaxation) -> list[Discontinuity]:
     return list(found.values())
 
 
-def _segments_points(n: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+def _segments_points(n: int) -> Iterator[tuple[Tensor, Tensor]]:
     l0, u0, l1, u1 = probe_segments(seed=1)
     t = torch.linspace(0, 1, n, dtype=torch.float64)
     lb = l0[:, None] + (l1 - l0)[:, None] * t
     ub = u0[:, None] + (u1 - u0)[:, None] * t
-    yield lb, ub, t
+    yield lb, ub
 
 
 def probe_continuity(relaxation: ReluRelaxation, points: int = 400) -> list[Discontinuity]:
@@ -201,7 +201,7 @@ def probe_continuity(relaxation: ReluRelaxation, points: int = 400) -> list[Disc
     bisected down to a gap of 1e-12 of the segment; a jump that survives is reported.
     """
     found: list[Discontinuity] = []
-    for lb, ub, t in _segments_points(points):
+    for lb, ub in _segments_points(points):
         lo = torch.minimum(lb, ub)
         hi = torch.maximum(lb, ub)
         coeffs = _coefficients(relaxation, lo, hi)  # (segments, points, 4)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from attrs import evolve
 
 import relaxlab
-from relaxlab.core.expr import L, U, Param, ceil, floor, ge
+from relaxlab.core.expr import L, Param, U, ceil, floor, ge
 from relaxlab.core.lines import (
     CHORD,
     CHORD_LOW,
