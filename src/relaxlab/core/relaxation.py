@@ -307,24 +307,33 @@ class ReluRelaxation:
         """
         lb, ub = self.transform_bounds(lower, upper)
         masks = stability_masks(lb, ub)
-        per_case = [self._case_values(stability, masks[stability], lb, ub) for stability in Stability]
-        negative, positive = masks[Stability.NEGATIVE], masks[Stability.POSITIVE]
+        # Cases are combined arithmetically, sum of mask·value with exactly one mask equal to 1,
+        # which is exact (1·v + 0·w = v) and, on this CPU, several times faster than torch.where.
+        # It needs every value finite everywhere: see _case_values.
+        weights = {s: m.to(lb.dtype) for s, m in masks.items()}
+        per_case = [self._case_values(s, weights[s], lb, ub) for s in Stability]
         out = []
-        for neg, unst, pos in zip(*per_case, strict=True):
-            if all(not isinstance(v, Tensor) for v in (neg, unst, pos)) and neg == unst == pos:
-                out.append(lb.new_tensor(float(neg)).expand_as(lb))
+        for values in zip(*per_case, strict=True):
+            if all(not isinstance(v, Tensor) for v in values) and len(set(values)) == 1:
+                out.append(lb.new_tensor(float(values[0])).expand_as(lb))
                 continue
-            neg_t, unst_t, pos_t = (_operand(v, lb) for v in (neg, unst, pos))
-            out.append(_broadcast(torch.where(negative, neg_t, torch.where(positive, pos_t, unst_t)), lb))
+            total: Tensor | None = None
+            for stability, value in zip(Stability, values, strict=True):
+                if not isinstance(value, Tensor) and value == 0.0:
+                    continue
+                term = weights[stability] * value
+                total = term if total is None else total + term
+            out.append(_broadcast(total if total is not None else 0.0, lb))
         return RelaxationTensors(*out)
 
-    def _case_values(self, stability: Stability, mask: Tensor, lb: Tensor, ub: Tensor) -> list[Any]:
+    def _case_values(self, stability: Stability, weight: Tensor, lb: Tensor, ub: Tensor) -> list[Any]:
         """The four coefficients of one case, as tensors or Python floats (constants)."""
         if _partial(self.case(stability)):
             # Elements outside the case are evaluated at a point inside it, so that no inf from a
-            # division there can reach a gradient (torch.where passes 0 * inf = NaN backwards).
+            # division there can reach the result or a gradient (0·inf is NaN). Exact for weights in {0, 1}.
             rep_l, rep_u = _REPRESENTATIVE[stability]
-            lb, ub = torch.where(mask, lb, rep_l), torch.where(mask, ub, rep_u)
+            lb = lb * weight + rep_l * (1.0 - weight)
+            ub = ub * weight + rep_u * (1.0 - weight)
         env = {"l": lb, "u": ub, **self.parameters}
         return [v for ln in self.case(stability).lines() for v in ln.evaluate(env)]
 
@@ -336,13 +345,6 @@ class ReluRelaxation:
 def _partial(case: CaseBounds) -> bool:
     """Whether evaluating the case's lines outside the case can produce inf (division, opaque callables)."""
     return any(isinstance(node, (Div, Opaque)) for ln in case.lines() for e in ln.expressions() for node in e.walk())
-
-
-def _operand(value: Any, like: Tensor) -> Tensor:
-    """A tensor operand for torch.where: constants as 0-dim tensors of ``like``'s dtype and device."""
-    if isinstance(value, Tensor):
-        return value if value.dtype == like.dtype else value.to(like.dtype)
-    return like.new_tensor(float(value))
 
 
 def _broadcast(value: Any, like: Tensor) -> Tensor:
