@@ -202,12 +202,13 @@ def test_cli_resume_after_interruption(tmp_path: Path) -> None:
 def test_paradox_pipeline_on_a_tiny_schedule(tmp_path: Path) -> None:
     from relaxlab.training.paradox import run_paradox
 
+    overrides = {"train_subset": 40, "test_subset": 10, "max_batches": 1, "batch_size": 20}
     rows = run_paradox(
         tmp_path / "p",
         quick=True,
         tightness_points=2,
         log=lambda _s: None,
-        overrides={"train_subset": 40, "test_subset": 10, "max_batches": 1, "batch_size": 20},
+        overrides=overrides,
     )
     assert [r.relaxation for r in rows] == ["IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)"]
     flags = {r.relaxation: (r.continuous, r.sensitive) for r in rows}
@@ -223,6 +224,15 @@ def test_paradox_pipeline_on_a_tiny_schedule(tmp_path: Path) -> None:
     assert all(0.0 <= r.cr_auc <= 100 * 0.07 for r in rows)
     with Store(tmp_path / "p" / "results.sqlite") as store:
         assert len(store.runs(kind="train", status="done")) == 6 and len(store.runs(kind="certify")) == 5
+    # a second call reuses the finished runs, and refuses ones made with another config
+    again = run_paradox(
+        tmp_path / "p", quick=True, tightness_points=2, log=lambda _s: None, overrides=overrides
+    )
+    assert [r.certified for r in again] == [r.certified for r in rows]
+    with pytest.raises(ValueError, match="another config"):
+        run_paradox(
+            tmp_path / "p", quick=True, eps=0.2, tightness_points=2, log=lambda _s: None, overrides=overrides
+        )
     shutil.rmtree(tmp_path / "p")
 
 

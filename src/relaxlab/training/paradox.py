@@ -121,6 +121,8 @@ def run_paradox(
     from relaxlab.evaluation.certify import certify
     from relaxlab.evaluation.tightness import cr_curves, eps_grid, plot_curves
     from relaxlab.store import Store
+    from relaxlab.training.checkpoint import checkpoint_config, load_model
+    from relaxlab.training.config import ConfigError
     from relaxlab.training.names import resolve_relaxation
     from relaxlab.training.trainer import load_data, train
 
@@ -134,6 +136,15 @@ def run_paradox(
         models = {}
         for config in configs:
             run_dir = out_dir / config.name
+            if (run_dir / "history.json").exists():  # finished earlier: reuse it if it is the same run
+                if checkpoint_config(run_dir / "checkpoint.pt") != config.to_dict():
+                    raise ConfigError(
+                        f"{run_dir} holds a finished run with another config (other --eps, --seed or "
+                        "--quick?); choose another --out"
+                    )
+                log(f"{config.label}: reusing the finished run in {run_dir}")
+                models[config.label] = load_model(run_dir / "checkpoint.pt")
+                continue
             resume = (run_dir / "checkpoint.pt").exists()
             log(f"training {config.label} ({'resuming' if resume else config.epochs} epochs) ...")
             result = train(config, run_dir, store=store, resume=resume, progress=progress, data=data)
