@@ -251,3 +251,14 @@ def test_natural_training_learns(tmp_path: Path, tiny_data: Any) -> None:
     result = train(config, tmp_path / "nat", data=tiny_data, progress=False)
     assert result.history[-1]["train_loss"] == pytest.approx(result.history[-1]["train_loss_natural"])
     assert result.final["test_accuracy"] >= 0.6
+
+
+def test_paradox_default_configs() -> None:
+    from relaxlab.training.paradox import paradox_configs
+
+    configs = paradox_configs()
+    assert [c.label for c in configs] == ["IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)", "natural"]
+    assert all(c.dataset == "mnist-mini" and c.architecture == "CONV" for c in configs)
+    assert {(c.epochs, c.warmup_epochs, c.rampup_epochs, c.kappa_end) for c in configs[:5]} == {
+        (6, 1, 3, 0.5)
+    }
