@@ -42,7 +42,7 @@ def _echo(quiet: bool) -> Callable[[str], None]:
 
 
 def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
-    import tomllib
+    from relaxlab.training.config import tomllib  # tomli on Python 3.10
 
     out: dict[str, Any] = {}
     for item in values:
