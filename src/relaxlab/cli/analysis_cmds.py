@@ -7,26 +7,14 @@ wrappers over :mod:`relaxlab.analysis`. Every command checks its input before an
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
-from relaxlab.cli.format import fail, render_table
+from relaxlab.cli.format import clear_errors, fail, render_table
 
 PAPER_FIVE = "IBP,hBox,DeepZ,CROWN,CROWN-IBP (R)"
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    try:
-        yield
-    except click.ClickException:
-        raise
-    except (ValueError, FileNotFoundError, LookupError, RuntimeError) as error:
-        fail(str(error))
 
 
 def _relaxations(spec: str) -> list[Any]:
@@ -103,7 +91,7 @@ def landscape_cmd(checkpoint: Path, relaxations: str, eps: float, index: int, ou
     _threads(threads)
     _check_eps(eps)
     chosen = _relaxations(relaxations)
-    with _clear_errors():
+    with clear_errors():
         from relaxlab.analysis.landscape import landscape, plot_landscape, write_csv
 
         model, x, y = _load(checkpoint, split, data_dir)
@@ -142,7 +130,7 @@ def continuity_cmd(checkpoint: Path, relaxations: str, eps: float, samples: int,
     if samples < 1:
         fail(f"--samples must be >= 1, got {samples}")
     chosen = _relaxations(relaxations)
-    with _clear_errors():
+    with clear_errors():
         from relaxlab.analysis.continuity import discontinuity_share
         from relaxlab.analysis.sensitivity import measured_log_sensitivity
 
@@ -176,7 +164,7 @@ def sensitivity_cmd(relaxations: str, blocks: int | None, width: int | None, che
     if width is not None and width < 1:
         fail(f"--width must be >= 1, got {width}")
     chosen = _relaxations(relaxations)
-    with _clear_errors():
+    with clear_errors():
         from relaxlab.analysis.sensitivity import OpaqueRelaxationError, degree_on, fan_ins_of
 
         if checkpoint is not None:
@@ -223,7 +211,7 @@ def gd_experiment_cmd(relaxation: str, seed: int, search: int, output: int, lr: 
     if output not in (0, 1):
         fail(f"--output must be 0 or 1 (the network has 2 outputs), got {output}")
     chosen = _relaxations(relaxation)[0]
-    with _clear_errors():
+    with clear_errors():
         from relaxlab.analysis.gd_experiment import (
             default_settings,
             find_illustrative,
@@ -255,7 +243,7 @@ def gd_experiment_cmd(relaxation: str, seed: int, search: int, output: int, lr: 
 @click.option("--out", type=click.Path(path_type=Path), default=Path("tracking.png"), show_default=True)
 def tracking_plot_cmd(run_ids: tuple[int, ...], store_path: Path, out: Path) -> None:
     """Fig. 6: discontinuity share and log-sensitivity over training for some runs."""
-    with _clear_errors():
+    with clear_errors():
         from relaxlab.analysis.tracking import plot_tracking, tracked_curves
         from relaxlab.store import open_store
 

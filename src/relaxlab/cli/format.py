@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NoReturn
 
 import click
@@ -20,3 +21,18 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 def fail(message: str) -> NoReturn:
     """Stop the command with an error message and exit status 1."""
     raise click.ClickException(message)
+
+
+#: Library errors that mean "bad input" (names, configs, files, checkpoints): shown as one line.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, LookupError)
+
+
+@contextmanager
+def clear_errors() -> Iterator[None]:
+    """Report library input errors as one line and exit status 1 (no traceback)."""
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except INPUT_ERRORS as error:
+        fail(str(error))

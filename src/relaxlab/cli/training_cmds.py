@@ -7,27 +7,13 @@ its input (names, eps, files) before any work and turns library errors into one 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from relaxlab.cli.format import fail, render_table
-
-_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, LookupError)
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Report library errors (bad config, names, files, checkpoints) as one line, exit status 1."""
-    try:
-        yield
-    except click.ClickException:
-        raise
-    except _ERRORS as error:
-        fail(str(error))
+from relaxlab.cli.format import clear_errors, fail, render_table
 
 
 def _threads(threads: int | None) -> None:
@@ -106,7 +92,7 @@ def train_cmd(
     from relaxlab.training.config import load_config, validate_names
     from relaxlab.training.trainer import train
 
-    with _clear_errors():
+    with clear_errors():
         overrides = _parse_sets(sets)
         if data_dir is not None:
             overrides["data_dir"] = data_dir
@@ -206,7 +192,7 @@ def certify_cmd(
     from relaxlab.training.config import from_dict
     from relaxlab.training.names import resolve_relaxation
 
-    with _clear_errors():
+    with clear_errors():
         if eps is not None:
             check_eps(eps)
         certifiers = _certifiers(relaxation_spec) if relaxation_spec else None
@@ -325,7 +311,7 @@ def tightness_cmd(
     from relaxlab.training.checkpoint import build_model, read_checkpoint
     from relaxlab.training.config import from_dict
 
-    with _clear_errors():
+    with clear_errors():
         grid = eps_grid(eps_max, points)
         relaxations = _certifiers(relaxation_spec)
         payload = read_checkpoint(checkpoint)
@@ -385,7 +371,7 @@ def report_cmd(store_path: Path | None, fmt: str, out_file: Path | None) -> None
     path = store_path or default_store_path()
     if not path.is_file():
         fail(f"no results database at {path}; run `relaxlab train` / `certify` first or pass --store")
-    with _clear_errors(), Store(path) as store:
+    with clear_errors(), Store(path) as store:
         text = render_markdown(store) if fmt == "markdown" else render_csv(store)
     if out_file:
         out_file.write_text(text)
@@ -412,7 +398,7 @@ def paradox_cmd(out_dir: Path, eps: float, quick: bool, seed: int, threads: int 
     from relaxlab.evaluation.certify import check_eps
     from relaxlab.training.paradox import paradox_markdown, run_paradox
 
-    with _clear_errors():
+    with clear_errors():
         check_eps(eps)
         _threads(threads)
         rows = run_paradox(
