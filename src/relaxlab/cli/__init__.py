@@ -28,13 +28,7 @@ def cli() -> None:
 
 def _assemble() -> None:
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:  # a command group not built yet
-                continue
-            raise
-        for command in module.COMMANDS:
+        for command in importlib.import_module(module_name).COMMANDS:
             cli.add_command(command)
 
 
