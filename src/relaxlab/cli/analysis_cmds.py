@@ -111,7 +111,7 @@ def landscape_cmd(checkpoint: Path, relaxations: str, eps: float, index: int, ou
     click.echo(f"wrote {png} and {table}")
 
 
-@click.command("continuity")
+@click.command("continuity", short_help="Share of inputs whose bound jumps along a gradient segment (App. E.2).")
 @CHECKPOINT
 @RELAXATIONS
 @EPS
@@ -147,7 +147,7 @@ def continuity_cmd(checkpoint: Path, relaxations: str, eps: float, samples: int,
     click.echo(render_table(["relaxation", "discontinuity share", "jumps", "log-sensitivity", "unstable layers"], rows))
 
 
-@click.command("sensitivity")
+@click.command("sensitivity", short_help="Theoretical degree and measured log-sensitivity (Sec. 4.3, App. E.2, J).")
 @RELAXATIONS
 @click.option("--blocks", "-B", type=int, default=None, help="B: ReLU-affine blocks after the first ReLU.")
 @click.option("--width", "-M", type=int, default=None, help="M: width of every layer.")
@@ -195,7 +195,7 @@ def _short(value: float) -> str:
     return text if len(text) <= 20 else f"{text[:6]}…e{len(text) - 1}"
 
 
-@click.command("gd-experiment")
+@click.command("gd-experiment", short_help="Gradient descent on a bound landscape vs IBP (Sec. 4.4, App. D).")
 @click.option("--relaxation", default="CROWN", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of App. D's random network.")
 @click.option("--search", type=int, default=0, show_default=True,
@@ -236,7 +236,7 @@ def gd_experiment_cmd(relaxation: str, seed: int, search: int, output: int, lr: 
     click.echo(f"wrote {path}")
 
 
-@click.command("tracking-plot")
+@click.command("tracking-plot", short_help="Discontinuity share and log-sensitivity over training (Fig. 6).")
 @click.argument("run_ids", nargs=-1, type=int, required=True)
 @click.option("--store", "store_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="Results database of the training runs (trained with track_every > 0).")
