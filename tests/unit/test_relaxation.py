@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from attrs import evolve
 
 import relaxlab
-from relaxlab.core.expr import Param
+from relaxlab.core.expr import Param, Sigmoid
 from relaxlab.core.lines import CHORD, EXACT_NEGATIVE, EXACT_POSITIVE, IDENTITY, ZERO
 from relaxlab.core.relaxation import CaseBounds, ParamSpec, ReluRelaxation
 from relaxlab.core.stability import Stability, classify, stability_masks
@@ -146,3 +148,42 @@ def test_coefficients_keep_shape_dtype_device_and_gradients_finite(dtype: torch.
         sum(v.sum() for v in values).backward()
         for grad in (lb.grad, ub.grad):  # None where no line of the relaxation reads that bound
             assert grad is None or torch.isfinite(grad).all(), name
+
+
+def _per_case_reference(relaxation: ReluRelaxation, lower: torch.Tensor, upper: torch.Tensor) -> list[torch.Tensor]:
+    """Coefficients computed the slow, obvious way: each case's lines on that case's elements only."""
+    lb, ub = relaxation.transform_bounds(lower, upper)
+    out = [torch.full_like(lb, math.nan) for _ in range(4)]
+    for stability, mask in stability_masks(lb, ub).items():
+        env = {"l": lb[mask], "u": ub[mask], **relaxation.parameters}
+        values = [v for ln in relaxation.case(stability).lines() for v in ln.evaluate(env)]
+        for target, value in zip(out, values, strict=True):
+            target[mask] = value if isinstance(value, torch.Tensor) else torch.full_like(lb[mask], value)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_coefficients_equal_the_per_case_evaluation_exactly(dtype: torch.dtype) -> None:
+    """The evaluator (cases merged by equal expressions, float case weights, memoised names,
+    representative points for divisions) changes no value: bitwise equal to evaluating every
+    case on its own elements. Sigmoid lines may differ by one ulp (torch's vectorised and
+    scalar exp differ), so those are compared to 2 ulp."""
+    gen = torch.Generator().manual_seed(1)
+    a, b = (torch.randn(4000, generator=gen, dtype=dtype) * 3 for _ in range(2))
+    special = torch.tensor(
+        [[0.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [-0.0, 0.0], [0.0, -0.0], [1.0, 1.0], [-1.0, -1.0],
+         [-1e-30, 1e-30], [-1e-20, 0.0], [0.0, 1e-20], [2.0, 2.0], [-3.0, 3.0], [-1.0, 1.0], [1e-6, 1e-6],
+         [-5e3, 1e-3], [-1e-3, 5e3]], dtype=dtype)
+    lower = torch.cat([torch.minimum(a, b), special[:, 0]])
+    upper = torch.cat([torch.maximum(a, b), special[:, 1]])
+    registry = relaxlab.get_registry().relaxations
+    for name in registry.names():
+        relaxation = registry.get(name)
+        soft = any(isinstance(node, Sigmoid) for e in relaxation.expressions() for node in e.walk())
+        got = list(relaxation.coefficients(lower, upper))
+        for field_name, value, expected in zip(("ls", "lo", "us", "uo"), got, _per_case_reference(relaxation, lower, upper), strict=True):
+            if soft:
+                eps = torch.finfo(dtype).eps
+                torch.testing.assert_close(value, expected, rtol=2 * eps, atol=0.0, msg=f"{name} {field_name}")
+            else:
+                assert torch.equal(value, expected), (name, field_name, (value != expected).nonzero()[:5])

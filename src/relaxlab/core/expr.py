@@ -30,6 +30,10 @@ from torch import Tensor
 #: Names of the two bound variables.
 BOUND_VARIABLES = frozenset({"l", "u"})
 
+#: Environment key of an optional memo (a dict) for :class:`Named` sub-expressions: with it,
+#: a name used several times is evaluated once per environment. Never a variable name.
+MEMO = "\0memo"
+
 #: Sigmoid arguments are clamped to this magnitude: sigma(80) differs from 1 by 2e-35,
 #: and the clamp keeps gradients finite when ``l/u`` overflows for tiny ``u``.
 _SIGMOID_CLAMP = 80.0
@@ -280,8 +284,10 @@ class Div(Expr):
             # Keep |den| >= sqrt(tiny): the backward pass divides by den**2, which must not underflow
             # (it would turn gradients into inf/NaN). Clamp before dividing: torch.where evaluates
             # both branches. Only denominators below 1e-19 (float32) / 1e-154 (float64) are affected.
+            # copysign(max(|den|, guard), den) is den itself wherever |den| >= guard; it avoids
+            # torch.where, which costs about ten elementwise passes on some CPU builds.
             guard = math.sqrt(torch.finfo(den.dtype).tiny)
-            den = torch.where(den.abs() < guard, torch.full_like(den, guard).copysign(den), den)
+            den = den.abs().clamp_min(guard).copysign(den)
         elif den == 0.0:
             den = math.ulp(0.0)
         return num / den
@@ -413,11 +419,20 @@ class Switch(Expr):
     def evaluate(self, env: Environment) -> Value:
         cond = self.condition.evaluate(env)
         a, b = self.then.evaluate(env), self.otherwise.evaluate(env)
-        if isinstance(cond, Tensor):
-            ref = cond
-            return torch.where(cond, torch.as_tensor(a, dtype=_dtype(a, b, env)).to(ref.device),
-                               torch.as_tensor(b, dtype=_dtype(a, b, env)).to(ref.device))
-        return a if cond else b
+        if not isinstance(cond, Tensor):
+            return a if cond else b
+        dtype = _dtype(a, b, env)
+        if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+            # Constant branches: c·a + (1-c)·b with c in {0, 1} is exact (one term is 0), and
+            # cheaper than torch.where; a bool tensor converts fastest through uint8.
+            c = cond.view(torch.uint8).to(dtype)
+            if (a, b) == (1.0, 0.0):
+                return c
+            if (a, b) == (0.0, 1.0):
+                return 1.0 - c
+            return c * a + (1.0 - c) * b
+        return torch.where(cond, torch.as_tensor(a, dtype=dtype).to(cond.device),
+                           torch.as_tensor(b, dtype=dtype).to(cond.device))
 
     def children(self) -> tuple[Expr, ...]:
         return (self.condition, self.then, self.otherwise)
@@ -460,7 +475,15 @@ class Named(Expr):
     body: Expr
 
     def evaluate(self, env: Environment) -> Value:
-        return self.body.evaluate(env)
+        # A Named node usually appears several times in a relaxation (λ in a slope and an
+        # offset); with a memo in the environment it is evaluated once per environment.
+        memo = env.get(MEMO)
+        if not isinstance(memo, dict):
+            return self.body.evaluate(env)
+        key = id(self)
+        if key not in memo:
+            memo[key] = self.body.evaluate(env)
+        return memo[key]
 
     def children(self) -> tuple[Expr, ...]:
         return (self.body,)
@@ -494,7 +517,7 @@ class Opaque(Expr):
     uses: frozenset[str] = frozenset(BOUND_VARIABLES)
 
     def evaluate(self, env: Environment) -> Value:
-        return self.fn(env)
+        return self.fn({k: v for k, v in env.items() if k != MEMO} if MEMO in env else env)
 
     def degree(self) -> float | None:
         return 0 if not (self.uses & BOUND_VARIABLES) else None

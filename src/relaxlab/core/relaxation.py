@@ -24,8 +24,8 @@ import torch
 from attrs import evolve, field, frozen, validators
 from torch import Tensor
 
-from relaxlab.core.expr import BOUND_VARIABLES, Const, Div, Expr, ExprLike, Opaque, as_expr
-from relaxlab.core.stability import Stability, stability_masks
+from relaxlab.core.expr import BOUND_VARIABLES, MEMO, Const, Div, Expr, ExprLike, Opaque, Var, as_expr
+from relaxlab.core.stability import ALL_CASES, CaseWeights, Stability
 
 #: Readable names: letters, digits, spaces and ``-_().,+=/`` (``CROWN-IBP (R)``, ``LooseIBP-DC``).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _\-().,+=/λκ·]*$"
@@ -306,45 +306,100 @@ class ReluRelaxation:
         the same constant in every case comes back as an expanded (zero-copy) tensor.
         """
         lb, ub = self.transform_bounds(lower, upper)
-        masks = stability_masks(lb, ub)
-        # Cases are combined arithmetically, sum of mask·value with exactly one mask equal to 1,
-        # which is exact (1·v + 0·w = v) and, on this CPU, several times faster than torch.where.
-        # It needs every value finite everywhere: see _case_values.
-        weights = {s: m.to(lb.dtype) for s, m in masks.items()}
-        per_case = [self._case_values(s, weights[s], lb, ub) for s in Stability]
+        weights = CaseWeights(lb, ub)
+        params = self.parameters
+        envs: dict[frozenset[Stability], dict[str, Any]] = {}
+
+        def environment(cases: frozenset[Stability], partial: bool) -> dict[str, Any]:
+            # Partial expressions (divisions, opaque callables) are evaluated with the elements
+            # outside their cases moved to a point inside one of them, so that no inf from a
+            # division there can reach the result or a gradient (0·inf is NaN). Exact for
+            # weights in {0, 1}. One environment (and one memo of named sub-expressions) per set.
+            key = cases if partial else ALL_CASES
+            if key not in envs:
+                l_env, u_env = lb, ub
+                weight = weights[key]
+                if weight is not None:
+                    rep_l, rep_u = _REPRESENTATIVE[min(key, key=_CASE_ORDER.index)]
+                    outside = 1.0 - weight
+                    l_env = torch.add(lb * weight, outside, alpha=rep_l)
+                    u_env = torch.add(ub * weight, outside, alpha=rep_u)
+                envs[key] = {"l": l_env, "u": u_env, **params, MEMO: {}}
+            return envs[key]
+
         out = []
-        for values in zip(*per_case, strict=True):
-            if all(not isinstance(v, Tensor) for v in values) and len(set(values)) == 1:
-                out.append(lb.new_tensor(float(values[0])).expand_as(lb))
+        for groups in _evaluation_plan(self.negative, self.unstable, self.positive):
+            if isinstance(groups, str):  # max(l, 0) or max(u, 0), see _evaluation_plan
+                out.append(torch.relu(lb if groups == "l" else ub))
                 continue
-            total: Tensor | None = None
-            for stability, value in zip(Stability, values, strict=True):
+            # Cases are combined arithmetically, sum of weight·value with exactly one weight equal
+            # to 1, which is exact (1·v + 0·w = v) and on CPU much faster than torch.where.
+            total: Tensor | float = 0.0
+            for cases, expr, partial in groups:
+                value = expr.evaluate(environment(cases, partial))
+                weight = weights[cases]
+                if weight is None:
+                    total = value
+                    break
                 if not isinstance(value, Tensor) and value == 0.0:
                     continue
-                term = weights[stability] * value
-                total = term if total is None else total + term
-            out.append(_broadcast(total if total is not None else 0.0, lb))
+                term = weight * value
+                total = term if isinstance(total, float) else total + term
+            if isinstance(total, Tensor):
+                out.append(_broadcast(total, lb))
+            else:
+                out.append(lb.new_tensor(float(total)).expand_as(lb))
         return RelaxationTensors(*out)
-
-    def _case_values(self, stability: Stability, weight: Tensor, lb: Tensor, ub: Tensor) -> list[Any]:
-        """The four coefficients of one case, as tensors or Python floats (constants)."""
-        if _partial(self.case(stability)):
-            # Elements outside the case are evaluated at a point inside it, so that no inf from a
-            # division there can reach the result or a gradient (0·inf is NaN). Exact for weights in {0, 1}.
-            rep_l, rep_u = _REPRESENTATIVE[stability]
-            lb = lb * weight + rep_l * (1.0 - weight)
-            ub = ub * weight + rep_u * (1.0 - weight)
-        env = {"l": lb, "u": ub, **self.parameters}
-        return [v for ln in self.case(stability).lines() for v in ln.evaluate(env)]
 
     def __str__(self) -> str:
         return self.label
 
 
+_CASE_ORDER = list(Stability)
+
+#: ``(cases, expression, partial)`` groups of one coefficient: the cases sharing an expression.
+Groups = tuple[tuple[frozenset[Stability], Expr, bool], ...]
+
+
+#: Coefficients that are ``max(v, 0)`` of a bound ``v`` by the case convention (for ``l <= u``):
+#: ``u`` where ``u > 0`` (UNSTABLE and POSITIVE), else 0; ``l`` on POSITIVE, else 0 (``l > 0``
+#: implies POSITIVE, and ``l = 0`` gives 0 either way). IBP's offsets, computed as one relu.
+_RELU_PATTERNS = {
+    frozenset({(frozenset({Stability.NEGATIVE}), Const(0.0)),
+               (frozenset({Stability.UNSTABLE, Stability.POSITIVE}), Var("u"))}): "u",
+    frozenset({(frozenset({Stability.NEGATIVE, Stability.UNSTABLE}), Const(0.0)),
+               (frozenset({Stability.POSITIVE}), Var("l"))}): "l",
+}
+
+
 @functools.lru_cache(maxsize=4096)
-def _partial(case: CaseBounds) -> bool:
-    """Whether evaluating the case's lines outside the case can produce inf (division, opaque callables)."""
-    return any(isinstance(node, (Div, Opaque)) for ln in case.lines() for e in ln.expressions() for node in e.walk())
+def _evaluation_plan(negative: CaseBounds, unstable: CaseBounds, positive: CaseBounds) -> tuple[Groups | str, ...]:
+    """For each of the four coefficients, the stability cases grouped by equal expressions.
+
+    A group that covers every case needs no weight; ``partial`` marks expressions that may be
+    undefined outside their cases (a division, an opaque callable) and so need a representative
+    point there. A coefficient that is ``max(l, 0)`` or ``max(u, 0)`` is given as ``"l"``/``"u"``.
+    """
+    plans = []
+    cases = dict(zip(Stability, (negative, unstable, positive), strict=True))
+    for index in range(4):
+        grouped: dict[Expr, set[Stability]] = {}
+        for stability, case in cases.items():
+            expr = case.lines()[index // 2].expressions()[index % 2]
+            grouped.setdefault(expr, set()).add(stability)
+        relu_of = _RELU_PATTERNS.get(frozenset((frozenset(m), e) for e, m in grouped.items()))
+        if relu_of is not None:
+            plans.append(relu_of)
+            continue
+        groups = []
+        for expr, members in grouped.items():
+            frozen_members = frozenset(members)
+            partial = frozen_members != ALL_CASES and any(isinstance(node, (Div, Opaque)) for node in expr.walk())
+            groups.append((frozen_members, expr, partial))
+        # The group covering all cases (if any) is the whole answer; evaluate it first.
+        groups.sort(key=lambda group: group[0] != ALL_CASES)
+        plans.append(tuple(groups))
+    return tuple(plans)
 
 
 def _broadcast(value: Any, like: Tensor) -> Tensor:
