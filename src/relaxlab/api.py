@@ -44,32 +44,52 @@ def resolve_relaxation(relaxation: str | ReluRelaxation | RelaxationLike) -> Rel
     return relaxation
 
 
-def _as_eps(eps: Any, x: Tensor) -> Tensor:
-    """``eps`` as a tensor broadcastable to ``x``: a number, ``(B,)`` per example, or ``x``'s shape."""
+def _all_finite(tensor: Tensor) -> bool:
+    """Whether every value is finite; one cheap reduction unless the sum overflows."""
+    values = tensor.detach()
+    return bool(torch.isfinite(values.sum())) or bool(torch.isfinite(values).all())
+
+
+def _as_eps(eps: Any, x: Tensor) -> float | Tensor:
+    """``eps`` as a float or a tensor broadcastable to ``x``: a number, ``(B,)`` per example, or ``x``'s shape."""
     if isinstance(eps, bool) or not isinstance(eps, (int, float, Tensor)):
         raise TypeError(f"eps must be a number or a tensor, got {type(eps).__name__}")
-    if isinstance(eps, Tensor):
-        if eps.is_complex() or eps.dtype == torch.bool:
-            raise TypeError(f"eps must be a real tensor, got dtype {eps.dtype}")
-        value = eps.detach()
-        if eps.dim() == 1 and eps.shape[0] == x.shape[0]:
-            eps = eps.reshape(-1, *([1] * (x.dim() - 1)))
-        elif eps.dim() != 0 and tuple(eps.shape) != tuple(x.shape):
-            raise ValueError(
-                f"eps must be a number, a scalar tensor, a per-example tensor of shape ({x.shape[0]},) "
-                f"or a tensor of x's shape {tuple(x.shape)}; got shape {tuple(eps.shape)}"
-            )
-        eps_t = eps.to(dtype=x.dtype, device=x.device)
-    else:
-        value = torch.tensor(float(eps))
-        eps_t = torch.tensor(float(eps), dtype=x.dtype, device=x.device)
-    if bool(torch.isnan(value).any()):
+    if not isinstance(eps, Tensor):
+        value = float(eps)
+        if math.isnan(value):
+            raise ValueError("eps is NaN; give a radius >= 0")
+        if value < 0:
+            raise ValueError(f"eps must be >= 0, got {value}")
+        if not math.isfinite(value):
+            raise ValueError("eps must be finite: an infinite box has no finite bounds")
+        return value
+    if eps.is_complex() or eps.dtype == torch.bool:
+        raise TypeError(f"eps must be a real tensor, got dtype {eps.dtype}")
+    value_t = eps.detach()
+    if eps.dim() == 1 and eps.shape[0] == x.shape[0]:
+        eps = eps.reshape(-1, *([1] * (x.dim() - 1)))
+    elif eps.dim() != 0 and tuple(eps.shape) != tuple(x.shape):
+        raise ValueError(
+            f"eps must be a number, a scalar tensor, a per-example tensor of shape ({x.shape[0]},) "
+            f"or a tensor of x's shape {tuple(x.shape)}; got shape {tuple(eps.shape)}"
+        )
+    if bool(torch.isnan(value_t).any()):
         raise ValueError("eps is NaN; give a radius >= 0")
-    if bool((value < 0).any()):
-        raise ValueError(f"eps must be >= 0, got a minimum of {float(value.min())}")
-    if not bool(torch.isfinite(value).all()):
+    if bool((value_t < 0).any()):
+        raise ValueError(f"eps must be >= 0, got a minimum of {float(value_t.min())}")
+    if not bool(torch.isfinite(value_t).all()):
         raise ValueError("eps must be finite: an infinite box has no finite bounds")
-    return eps_t
+    return eps.to(dtype=x.dtype, device=x.device)
+
+
+def _domain_end(value: float | Tensor, x: Tensor) -> float | Tensor:
+    if isinstance(value, Tensor):
+        return value.to(dtype=x.dtype, device=x.device)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"domain ends must be numbers or tensors, got {type(value).__name__}")
+    if math.isnan(value):
+        raise ValueError("domain ends must not be NaN; give (lo, hi) such as (0.0, 1.0)")
+    return float(value)
 
 
 def input_box(
@@ -86,23 +106,28 @@ def input_box(
         raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}")
     if x.dim() < 2:
         raise ValueError(f"x must have a batch dimension: shape (batch, ...), got {tuple(x.shape)}")
-    if not bool(torch.isfinite(x.detach()).all()):
+    if not _all_finite(x):
         raise ValueError("x contains NaN/inf values")
-    eps_t = _as_eps(eps, x)
-    lower, upper = x - eps_t, x + eps_t
-    if domain is not None:
-        if len(domain) != 2:
-            raise ValueError(f"domain must be a pair (lo, hi), got {domain!r}")
-        lo = torch.as_tensor(domain[0], dtype=x.dtype, device=x.device)
-        hi = torch.as_tensor(domain[1], dtype=x.dtype, device=x.device)
-        if bool((lo > hi).any()):
-            raise ValueError(f"domain lower end exceeds its upper end: {domain!r}")
-        if bool(((x.detach() < lo) | (x.detach() > hi)).any()):
-            raise ValueError(
-                "x lies outside the domain; the clipped box would be empty (scale the input into the domain)"
-            )
-        lower, upper = torch.maximum(lower, lo), torch.minimum(upper, hi)
-    return lower, upper
+    eps_v = _as_eps(eps, x)
+    lower, upper = x - eps_v, x + eps_v
+    if domain is None:
+        return lower, upper
+    if len(domain) != 2:
+        raise ValueError(f"domain must be a pair (lo, hi), got {domain!r}")
+    lo, hi = _domain_end(domain[0], x), _domain_end(domain[1], x)
+    if bool(torch.as_tensor(lo > hi).any()):
+        raise ValueError(f"domain lower end exceeds its upper end: {domain!r}")
+    outside = "x lies outside the domain; the clipped box would be empty (scale the input into the domain)"
+    if isinstance(lo, float) and isinstance(hi, float):
+        smallest, largest = torch.aminmax(x.detach())
+        if float(smallest) < lo or float(largest) > hi:
+            raise ValueError(outside)
+        return lower.clamp(min=lo), upper.clamp(max=hi)
+    if bool(((x.detach() < lo) | (x.detach() > hi)).any()):
+        raise ValueError(outside)
+    lo_t = torch.as_tensor(lo, dtype=x.dtype, device=x.device)
+    hi_t = torch.as_tensor(hi, dtype=x.dtype, device=x.device)
+    return torch.maximum(lower, lo_t), torch.minimum(upper, hi_t)
 
 
 def compute_bounds(
@@ -165,7 +190,7 @@ def compute_bounds(
                 f"C must have shape (batch={x.shape[0]}, specs, outputs={outputs}) or (specs, {outputs}); "
                 f"got {tuple(C.shape)} — the model has {outputs} outputs"
             )
-        if not bool(torch.isfinite(C.detach()).all()):
+        if not _all_finite(C):
             raise ValueError("C contains NaN/inf values")
         C = C.to(dtype=x.dtype, device=x.device)
     if network.output_dim == 0 or math.prod(network.input_shape) == 0:

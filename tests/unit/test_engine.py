@@ -264,6 +264,41 @@ def test_lower_only_gives_the_same_lower_bounds() -> None:
     assert bool(torch.isinf(ub_only).all()) and bool((ub_only > 0).all())
 
 
+@pytest.mark.parametrize("name", sorted(relaxlab.get_registry().relaxations.names()))
+def test_bounds_do_not_depend_on_the_grad_mode(name: str) -> None:
+    """Without autograd the engine updates its largest tensors in place; the numbers must be
+    bitwise those of the autograd path (the same operations in the same order)."""
+    torch.manual_seed(8)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 5 * 5, 6), nn.ReLU(),
+        nn.Linear(6, 4),
+    )
+    x = torch.rand(3, 1, 9, 9)
+    spec = margin_spec(torch.tensor([0, 1, 3]), 4)
+    lb, ub = compute_bounds(model, x, 0.08, name, C=spec, domain=(0.0, 1.0))
+    assert lb.requires_grad
+    with torch.no_grad():
+        lb_ng, ub_ng = compute_bounds(model, x, 0.08, name, C=spec, domain=(0.0, 1.0))
+    assert torch.equal(lb.detach(), lb_ng) and torch.equal(ub.detach(), ub_ng)
+
+
+def test_parsed_network_follows_in_place_weight_updates() -> None:
+    """A parsed network keeps |W| between calls without autograd; an optimiser step (an
+    in-place update) must invalidate it."""
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 3 * 3, 3))
+    network = parse_network(model, (1, 5, 5))
+    x = torch.rand(2, 1, 5, 5)
+    with torch.no_grad():
+        before = compute_bounds(network, x, 0.1, "IBP")
+        for parameter in model.parameters():
+            parameter.mul_(-1.5)
+        after = compute_bounds(network, x, 0.1, "IBP")
+        fresh = compute_bounds(model, x, 0.1, "IBP")
+    assert not torch.equal(before[0], after[0])
+    assert torch.equal(after[0], fresh[0]) and torch.equal(after[1], fresh[1])
+
+
 def test_float32_agrees_with_float64() -> None:
     torch.manual_seed(7)
     model = nn.Sequential(
@@ -434,6 +469,10 @@ def _dense() -> nn.Sequential:
         ({"C": torch.zeros(5, 1, 2)}, ValueError, "batch=2"),
         ({"domain": (1.0, 0.0)}, ValueError, "domain"),
         ({"domain": (0.5, 1.0)}, ValueError, "outside the domain"),
+        ({"domain": (math.nan, 1.0)}, ValueError, "NaN"),
+        ({"domain": (torch.tensor(0.5), 1.0)}, ValueError, "outside the domain"),
+        ({"x": torch.tensor([[3e38, 3e38, math.inf], [0.0, 0.0, 0.0]])}, ValueError, "NaN/inf"),
+        ({"C": torch.tensor([[[math.inf, 0.0]], [[0.0, 1.0]]])}, ValueError, "C contains NaN/inf"),
     ],
 )
 def test_bad_input_is_refused_before_work(kwargs: dict, exception: type, message: str) -> None:
