@@ -154,14 +154,23 @@ def _fmt(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
 
+#: Names of the four coefficients, in order.
+COEFFICIENT_NAMES = ("lower_slope", "lower_offset", "upper_slope", "upper_offset")
+
+
 @frozen(eq=False)  # holds tensors: identity equality
 class RelaxationTensors:
-    """Per-neuron line coefficients, the same shape as the bounds they came from."""
+    """Per-neuron line coefficients, the same shape as the bounds they came from.
+
+    ``zeros`` optionally names coefficients that are exactly 0 everywhere (an engine may skip
+    work for them); two coefficients with equal values may be the same tensor object.
+    """
 
     lower_slope: Tensor
     lower_offset: Tensor
     upper_slope: Tensor
     upper_offset: Tensor
+    zeros: frozenset[str] = frozenset()
 
     def __iter__(self) -> Iterator[Tensor]:
         return iter((self.lower_slope, self.lower_offset, self.upper_slope, self.upper_offset))
@@ -202,6 +211,10 @@ class ReluRelaxation:
     values: tuple[tuple[str, float], ...] = field(default=(), converter=lambda v: tuple(sorted(dict(v).items())))
     summary: str = field(default="", eq=False)
     reference: str = field(default="", eq=False)
+    # Derived once in __attrs_post_init__ (evaluation runs on every bound computation).
+    _plan: tuple[Groups | str, ...] = field(init=False, eq=False, repr=False)
+    _parameters: dict[str, float] = field(init=False, eq=False, repr=False)
+    _is_interval: bool = field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         declared = {p.name for p in self.params}
@@ -225,6 +238,10 @@ class ReluRelaxation:
         current = dict(self.values)
         full = tuple(sorted((p.name, float(current.get(p.name, p.default))) for p in self.params))
         object.__setattr__(self, "values", full)
+        object.__setattr__(self, "_plan", _evaluation_plan(self.negative, self.unstable, self.positive))
+        object.__setattr__(self, "_parameters", {p.name: dict(full)[p.name] for p in self.params})
+        object.__setattr__(self, "_is_interval",
+                           all(ln.slope.is_zero() for _, case in self.cases() for ln in case.lines()))
 
     # -- structure ----------------------------------------------------------
     def case(self, stability: Stability) -> CaseBounds:
@@ -262,13 +279,12 @@ class ReluRelaxation:
         Backsubstitution then stops at every ReLU and equals interval
         arithmetic, so the engine may take its interval fast path.
         """
-        return all(ln.slope.is_zero() for _, case in self.cases() for ln in case.lines())
+        return self._is_interval
 
     @property
     def parameters(self) -> dict[str, float]:
         """Current parameter values, defaults filled in."""
-        current = dict(self.values)
-        return {p.name: current.get(p.name, p.default) for p in self.params}
+        return dict(self._parameters)
 
     @property
     def label(self) -> str:
@@ -307,7 +323,7 @@ class ReluRelaxation:
         """
         lb, ub = self.transform_bounds(lower, upper)
         weights = CaseWeights(lb, ub)
-        params = self.parameters
+        params = self._parameters
         envs: dict[frozenset[Stability], dict[str, Any]] = {}
 
         def environment(cases: frozenset[Stability], partial: bool) -> dict[str, Any]:
@@ -327,10 +343,16 @@ class ReluRelaxation:
                 envs[key] = {"l": l_env, "u": u_env, **params, MEMO: {}}
             return envs[key]
 
-        out = []
-        for groups in _evaluation_plan(self.negative, self.unstable, self.positive):
+        out: list[Tensor] = []
+        zeros = set()
+        done: dict[Groups | str, Tensor] = {}
+        for name, groups in zip(COEFFICIENT_NAMES, self._plan, strict=True):
+            if groups in done:  # the same plan as an earlier coefficient (DeepZ's two slopes)
+                out.append(done[groups])
+                continue
             if isinstance(groups, str):  # max(l, 0) or max(u, 0), see _evaluation_plan
-                out.append(torch.relu(lb if groups == "l" else ub))
+                done[groups] = torch.relu(lb if groups == "l" else ub)
+                out.append(done[groups])
                 continue
             # Cases are combined arithmetically, sum of weight·value with exactly one weight equal
             # to 1, which is exact (1·v + 0·w = v) and on CPU much faster than torch.where.
@@ -343,13 +365,16 @@ class ReluRelaxation:
                     break
                 if not isinstance(value, Tensor) and value == 0.0:
                     continue
-                term = weight * value
+                term = weight if not isinstance(value, Tensor) and value == 1.0 else weight * value
                 total = term if isinstance(total, float) else total + term
             if isinstance(total, Tensor):
-                out.append(_broadcast(total, lb))
+                done[groups] = _broadcast(total, lb)
             else:
-                out.append(lb.new_tensor(float(total)).expand_as(lb))
-        return RelaxationTensors(*out)
+                if total == 0.0:
+                    zeros.add(name)
+                done[groups] = lb.new_tensor(float(total)).expand_as(lb)
+            out.append(done[groups])
+        return RelaxationTensors(*out, zeros=frozenset(zeros))
 
     def __str__(self) -> str:
         return self.label

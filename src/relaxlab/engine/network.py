@@ -52,6 +52,20 @@ def _check_finite(tensor: Tensor, what: str) -> None:
     )
 
 
+def _abs_weight(weight: Tensor, cache: list[object]) -> Tensor:
+    """``|weight|``, kept between calls while the weight is unchanged and no gradient is wanted.
+
+    The key is the tensor's storage and version counter, which in-place updates (optimiser
+    steps) advance; under autograd with a weight that requires grad it is always recomputed.
+    """
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return weight.abs()
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+    if not cache or cache[0] != key:
+        cache[:] = [key, weight.detach().abs()]
+    return cache[1]  # type: ignore[return-value]
+
+
 @attrs.frozen(eq=False)
 class LinearLayer:
     """``y = x W^T + b`` on flat inputs ``(B, in)``."""
@@ -60,6 +74,7 @@ class LinearLayer:
     bias: Tensor | None  # (out,)
     in_shape: Shape
     out_shape: Shape
+    _abs_cache: list[object] = attrs.field(factory=list, init=False, repr=False)
     is_diagonal = False
 
     def forward(self, x: Tensor, offset_scale: float = 1.0) -> Tensor:
@@ -67,7 +82,7 @@ class LinearLayer:
         return F.linear(x, self.weight, bias)
 
     def forward_abs(self, r: Tensor) -> Tensor:
-        return F.linear(r, self.weight.abs())
+        return F.linear(r, _abs_weight(self.weight, self._abs_cache))
 
     def backward(self, coef: Tensor) -> tuple[Tensor, Tensor | None]:
         new = coef @ self.weight  # (B, S, out) @ (out, in)
@@ -85,6 +100,7 @@ class ConvLayer:
     padding: tuple[int, int]
     in_shape: Shape
     out_shape: Shape
+    _abs_cache: list[object] = attrs.field(factory=list, init=False, repr=False)
     is_diagonal = False
 
     @property
@@ -106,7 +122,7 @@ class ConvLayer:
         return F.conv2d(x, self.weight, bias, self.stride, self.padding)
 
     def forward_abs(self, r: Tensor) -> Tensor:
-        return F.conv2d(r, self.weight.abs(), None, self.stride, self.padding)
+        return F.conv2d(r, _abs_weight(self.weight, self._abs_cache), None, self.stride, self.padding)
 
     def backward(self, coef: Tensor) -> tuple[Tensor, Tensor | None]:
         batch, specs = coef.shape[:2]
