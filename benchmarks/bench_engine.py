@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 import relaxlab
+from relaxlab.allocator import tune_allocator
 from relaxlab.api import compute_bounds
 from relaxlab.core.relaxation import RelaxationTensors
 from relaxlab.engine import margin_spec, parse_network
@@ -83,7 +84,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--full-crown-repeats", type=int, default=2)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's malloc settings alone (default: relaxlab.allocator.tune_allocator(), as the CLI does)",
+    )
     args = parser.parse_args()
+    tuned = False if args.default_allocator else tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -162,6 +169,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "batch": args.batch,
         "torch": torch.__version__,
+        "allocator": "tuned" if tuned else "default",
         "memory": "torch.cuda.max_memory_allocated"
         if device.type == "cuda"
         else "ru_maxrss (process peak so far)",

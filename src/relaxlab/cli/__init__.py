@@ -10,6 +10,8 @@ import importlib
 
 import click
 
+from relaxlab.allocator import tune_allocator
+
 #: Modules that contribute commands, in the order ``relaxlab --help`` lists them.
 COMMAND_MODULES = (
     "relaxlab.cli.registry_cmds",
@@ -24,6 +26,9 @@ COMMAND_MODULES = (
 @click.version_option(package_name="relaxlab")
 def cli() -> None:
     """relaxlab: a laboratory for ReLU convex relaxations in certified training."""
+    # Bound computations free and reallocate tensors of many MiB per batch; keep that memory in
+    # the process instead of page-faulting it back every time (docs/performance.md).
+    tune_allocator()
 
 
 def _assemble() -> None:
