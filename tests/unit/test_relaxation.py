@@ -187,3 +187,19 @@ def test_coefficients_equal_the_per_case_evaluation_exactly(dtype: torch.dtype) 
                 torch.testing.assert_close(value, expected, rtol=2 * eps, atol=0.0, msg=f"{name} {field_name}")
             else:
                 assert torch.equal(value, expected), (name, field_name, (value != expected).nonzero()[:5])
+
+
+def test_zero_hints_are_true_and_equal_plans_share_one_tensor() -> None:
+    """``RelaxationTensors.zeros`` lets the engine skip products; a wrong hint would drop a term."""
+    gen = torch.Generator().manual_seed(2)
+    a, b = (torch.randn(500, generator=gen, dtype=F64) * 2 for _ in range(2))
+    lower, upper = torch.minimum(a, b), torch.maximum(a, b)
+    registry = relaxlab.get_registry().relaxations
+    for name in registry.names():
+        lines = registry.get(name).coefficients(lower, upper)
+        for field_name in lines.zeros:
+            assert bool((getattr(lines, field_name) == 0).all()), (name, field_name)
+    for name in ("IBP", "LooseIBP-DC"):
+        assert relaxlab.get_relaxation(name).coefficients(lower, upper).zeros >= {"lower_slope", "upper_slope"}
+    deepz = relaxlab.get_relaxation("DeepZ").coefficients(lower, upper)
+    assert deepz.lower_slope is deepz.upper_slope and deepz.zeros == {"lower_offset"}

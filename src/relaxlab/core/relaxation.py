@@ -24,7 +24,7 @@ import torch
 from attrs import evolve, field, frozen, validators
 from torch import Tensor
 
-from relaxlab.core.expr import BOUND_VARIABLES, MEMO, Const, Div, Expr, ExprLike, Opaque, Var, as_expr
+from relaxlab.core.expr import BOUND_VARIABLES, MEMO, Const, Div, Expr, ExprLike, Mul, Opaque, Var, as_expr
 from relaxlab.core.stability import ALL_CASES, CaseWeights, Stability
 
 #: Readable names: letters, digits, spaces and ``-_().,+=/`` (``CROWN-IBP (R)``, ``LooseIBP-DC``).
@@ -338,42 +338,62 @@ class ReluRelaxation:
                 if weight is not None:
                     rep_l, rep_u = _REPRESENTATIVE[min(key, key=_CASE_ORDER.index)]
                     outside = 1.0 - weight
-                    l_env = torch.add(lb * weight, outside, alpha=rep_l)
-                    u_env = torch.add(ub * weight, outside, alpha=rep_u)
+                    l_env = (lb * weight).add_(outside, alpha=rep_l)
+                    u_env = (ub * weight).add_(outside, alpha=rep_u)
                 envs[key] = {"l": l_env, "u": u_env, **params, MEMO: {}}
             return envs[key]
 
         out: list[Tensor] = []
         zeros = set()
-        done: dict[Groups | str, Tensor] = {}
+        done: dict[int, Tensor] = {}  # by id: equal plans are one object (see _evaluation_plan)
         for name, groups in zip(COEFFICIENT_NAMES, self._plan, strict=True):
-            if groups in done:  # the same plan as an earlier coefficient (DeepZ's two slopes)
-                out.append(done[groups])
+            if id(groups) in done:  # the same plan as an earlier coefficient (DeepZ's two slopes)
+                out.append(done[id(groups)])
+                if COEFFICIENT_NAMES[self._plan.index(groups)] in zeros:
+                    zeros.add(name)
                 continue
             if isinstance(groups, str):  # max(l, 0) or max(u, 0), see _evaluation_plan
-                done[groups] = torch.relu(lb if groups == "l" else ub)
-                out.append(done[groups])
+                done[id(groups)] = torch.relu(lb if groups == "l" else ub)
+                out.append(done[id(groups)])
                 continue
             # Cases are combined arithmetically, sum of weight·value with exactly one weight equal
-            # to 1, which is exact (1·v + 0·w = v) and on CPU much faster than torch.where.
+            # to 1, which is exact (1·v + 0·w = v) and on CPU much faster than torch.where. After
+            # the first term the sum is accumulated in place (addcmul_: one pass per case), and a
+            # constant factor c of c·E rides along as addcmul's scalar (c·1·E rounds as c·E does).
             total: Tensor | float = 0.0
-            for cases, expr, partial in groups:
-                value = expr.evaluate(environment(cases, partial))
+            owned = False  # whether total is a tensor of our own, safe to update in place
+            for cases, scale, factor, partial in groups:
                 weight = weights[cases]
+                value = factor.evaluate(environment(cases, partial))
                 if weight is None:
-                    total = value
+                    total = value if scale == 1.0 else value * scale
                     break
-                if not isinstance(value, Tensor) and value == 0.0:
-                    continue
-                term = weight if not isinstance(value, Tensor) and value == 1.0 else weight * value
-                total = term if isinstance(total, float) else total + term
+                if not isinstance(value, Tensor):
+                    constant = scale * value
+                    if constant == 0.0:
+                        continue
+                    if isinstance(total, float):
+                        total = weight if constant == 1.0 else weight * constant
+                        owned = constant != 1.0
+                    elif owned:
+                        total.add_(weight, alpha=constant)
+                    else:
+                        total, owned = torch.add(total, weight, alpha=constant), True
+                elif isinstance(total, float):
+                    total, owned = weight * value, True
+                    if scale != 1.0:
+                        total.mul_(scale)
+                elif owned:
+                    total.addcmul_(weight, value, value=scale)
+                else:
+                    total, owned = torch.addcmul(total, weight, value, value=scale), True
             if isinstance(total, Tensor):
-                done[groups] = _broadcast(total, lb)
+                done[id(groups)] = _broadcast(total, lb)
             else:
                 if total == 0.0:
                     zeros.add(name)
-                done[groups] = lb.new_tensor(float(total)).expand_as(lb)
-            out.append(done[groups])
+                done[id(groups)] = lb.new_tensor(float(total)).expand_as(lb)
+            out.append(done[id(groups)])
         return RelaxationTensors(*out, zeros=frozenset(zeros))
 
     def __str__(self) -> str:
@@ -382,8 +402,37 @@ class ReluRelaxation:
 
 _CASE_ORDER = list(Stability)
 
-#: ``(cases, expression, partial)`` groups of one coefficient: the cases sharing an expression.
-Groups = tuple[tuple[frozenset[Stability], Expr, bool], ...]
+
+def _constant_factor(expr: Expr) -> tuple[float, Expr]:
+    """``(c, E)`` with ``expr = c·E`` evaluating to the same floats as ``c * E.evaluate()``.
+
+    Factors ±1 anywhere in a product are pulled out (IEEE products are sign-symmetric, so
+    ``(-a)·b`` is exactly ``-(a·b)``); any other constant only at the top.
+    """
+    sign, inner = _split_sign(expr)
+    if isinstance(inner, Mul):
+        if isinstance(inner.left, Const):
+            return sign * inner.left.value, inner.right
+        if isinstance(inner.right, Const):
+            return sign * inner.right.value, inner.left
+    return sign, inner
+
+
+def _split_sign(expr: Expr) -> tuple[float, Expr]:
+    if not isinstance(expr, Mul):
+        return 1.0, expr
+    for const, other in ((expr.left, expr.right), (expr.right, expr.left)):
+        if isinstance(const, Const) and const.value in (1.0, -1.0):
+            sign, inner = _split_sign(other)
+            return const.value * sign, inner
+    left_sign, left = _split_sign(expr.left)
+    right_sign, right = _split_sign(expr.right)
+    if left is expr.left and right is expr.right:
+        return 1.0, expr
+    return left_sign * right_sign, Mul(left, right)
+
+#: ``(cases, c, E, partial)`` groups of one coefficient: the cases sharing an expression ``c·E``.
+Groups = tuple[tuple[frozenset[Stability], float, Expr, bool], ...]
 
 
 #: Coefficients that are ``max(v, 0)`` of a bound ``v`` by the case convention (for ``l <= u``):
@@ -420,11 +469,13 @@ def _evaluation_plan(negative: CaseBounds, unstable: CaseBounds, positive: CaseB
         for expr, members in grouped.items():
             frozen_members = frozenset(members)
             partial = frozen_members != ALL_CASES and any(isinstance(node, (Div, Opaque)) for node in expr.walk())
-            groups.append((frozen_members, expr, partial))
+            scale, factor = _constant_factor(expr)
+            groups.append((frozen_members, scale, factor, partial))
         # The group covering all cases (if any) is the whole answer; evaluate it first.
         groups.sort(key=lambda group: group[0] != ALL_CASES)
         plans.append(tuple(groups))
-    return tuple(plans)
+    # Equal plans become one object, so that evaluation can share their result by identity.
+    return tuple(next(q for q in plans if q == p) for p in plans)
 
 
 def _broadcast(value: Any, like: Tensor) -> Tensor:

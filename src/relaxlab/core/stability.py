@@ -81,16 +81,19 @@ class CaseWeights:
         return self._cache[cases]
 
     def _compute(self, cases: frozenset[Stability]) -> Tensor:
-        negative, unstable, positive = (frozenset({s}) for s in Stability)
-        if cases == frozenset({Stability.UNSTABLE, Stability.POSITIVE}):
+        if cases == _ABOVE:
             return torch.relu(self._upper).sign_()  # u > 0
-        if cases == negative:
-            return 1.0 - self[ALL_CASES - negative]
-        if cases == unstable:
+        if cases == _NEGATIVE:
+            return 1.0 - self[_ABOVE]
+        if cases == _UNSTABLE:
             below = torch.clamp(self._lower, max=0.0).sign_().neg_()  # l < 0
-            return below.mul_(self[ALL_CASES - negative])
-        if cases == positive:
-            return self[ALL_CASES - negative] - self[unstable]
+            return below.mul_(self[_ABOVE])
+        if cases == _POSITIVE:
+            return self[_ABOVE] - self[_UNSTABLE]
         # The union of two cases: one minus the third.
         (rest,) = ALL_CASES - cases
         return 1.0 - self[frozenset({rest})]
+
+
+_NEGATIVE, _UNSTABLE, _POSITIVE = (frozenset({s}) for s in Stability)
+_ABOVE = frozenset({Stability.UNSTABLE, Stability.POSITIVE})  # u > 0
