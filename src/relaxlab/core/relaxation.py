@@ -321,6 +321,14 @@ class ReluRelaxation:
         Differentiable; never NaN for finite ``lower <= upper``. A coefficient that is
         the same constant in every case comes back as an expanded (zero-copy) tensor.
         """
+        values, zeros = self.coefficient_tensors(lower, upper)
+        return RelaxationTensors(*values, zeros=zeros)
+
+    def coefficient_tensors(self, lower: Tensor, upper: Tensor) -> tuple[tuple[Tensor, ...], frozenset[str]]:
+        """:meth:`coefficients` as plain values: the four tensors and the names known to be zero.
+
+        Plain values, so that ``torch.compile`` can trace it into one fused kernel.
+        """
         lb, ub = self.transform_bounds(lower, upper)
         weights = CaseWeights(lb, ub)
         params = self._parameters
@@ -394,7 +402,7 @@ class ReluRelaxation:
                     zeros.add(name)
                 done[id(groups)] = lb.new_tensor(float(total)).expand_as(lb)
             out.append(done[id(groups)])
-        return RelaxationTensors(*out, zeros=frozenset(zeros))
+        return tuple(out), frozenset(zeros)
 
     def __str__(self) -> str:
         return self.label
