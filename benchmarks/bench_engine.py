@@ -32,7 +32,7 @@ import relaxlab
 from relaxlab.allocator import tune_allocator
 from relaxlab.api import compute_bounds
 from relaxlab.core.relaxation import RelaxationTensors
-from relaxlab.engine import margin_spec, parse_network
+from relaxlab.engine import bound_network, margin_spec, parse_network
 from relaxlab.nn import Normalize
 
 
@@ -85,6 +85,11 @@ def main() -> None:
     parser.add_argument("--full-crown-repeats", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time bound_network wrapped in torch.compile(fullgraph=True) (compiles first, ~10-60 s)",
+    )
+    parser.add_argument(
         "--default-allocator",
         action="store_true",
         help="leave glibc's malloc settings alone (default: relaxlab.allocator.tune_allocator(), as the CLI does)",
@@ -124,6 +129,18 @@ def main() -> None:
             network, x, eps, _HandCrownIBP(), C=spec, domain=domain, lower_only=True
         ),
     }
+    if args.compile:
+        lower, upper = (x - eps).clamp(*domain), (x + eps).clamp(*domain)
+        for label, relaxation, lower_only in (("IBP", ibp, False), ("CROWN-IBP (R)", crown_ibp, True)):
+            compiled = torch.compile(
+                lambda lo, hi, r=relaxation, only=lower_only: bound_network(network, lo, hi, r, spec, lower_only=only),
+                fullgraph=True,
+                dynamic=False,
+            )
+            with torch.no_grad():
+                compiled(lower, upper)  # compile outside the timed runs
+            suffix = " lower only" if lower_only else ""
+            methods[f"compiled: {label} (margins{suffix})"] = lambda f=compiled: f(lower, upper)
     best = dict.fromkeys(methods, float("inf"))
     peaks: dict[str, float] = {}
     with torch.no_grad():

@@ -299,6 +299,32 @@ def test_parsed_network_follows_in_place_weight_updates() -> None:
     assert torch.equal(after[0], fresh[0]) and torch.equal(after[1], fresh[1])
 
 
+@pytest.mark.parametrize("name", ["IBP", "CROWN"])
+def test_engine_compiles_as_one_graph(name: str) -> None:
+    """``torch.compile(..., fullgraph=True)`` fails on any graph break: the whole bound
+    computation (interval fast path, full backsubstitution, the relaxation's evaluation plan)
+    must stay traceable, so that users can fuse it on their hardware (docs/engine.md)."""
+    torch.manual_seed(10)
+    model = nn.Sequential(
+        Normalize([0.1], [0.3]), nn.Conv2d(1, 2, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(2 * 4 * 4, 5), nn.ReLU(), nn.Linear(5, 3),
+    )
+    network = parse_network(model, (1, 8, 8))
+    x = torch.rand(4, 1, 8, 8)
+    lower, upper = (x - 0.1).clamp(0, 1), (x + 0.1).clamp(0, 1)
+    spec = margin_spec(torch.tensor([0, 1, 2, 0]), 3)
+    relaxation = relaxlab.get_relaxation(name)
+
+    def bounds(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return bound_network(network, lo, hi, relaxation, spec)
+
+    compiled = torch.compile(bounds, fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        got, expected = compiled(lower, upper), bounds(lower, upper)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_float32_agrees_with_float64() -> None:
     torch.manual_seed(7)
     model = nn.Sequential(
@@ -473,6 +499,8 @@ def _dense() -> nn.Sequential:
         ({"domain": (torch.tensor(0.5), 1.0)}, ValueError, "outside the domain"),
         ({"x": torch.tensor([[3e38, 3e38, math.inf], [0.0, 0.0, 0.0]])}, ValueError, "NaN/inf"),
         ({"C": torch.tensor([[[math.inf, 0.0]], [[0.0, 1.0]]])}, ValueError, "C contains NaN/inf"),
+        ({"chunk_size": 0}, ValueError, "chunk_size must be a positive"),
+        ({"max_elements": -5}, ValueError, "max_elements must be a positive"),
     ],
 )
 def test_bad_input_is_refused_before_work(kwargs: dict, exception: type, message: str) -> None:
