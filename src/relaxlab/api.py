@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from relaxlab.engine.backsub import DEFAULT_MAX_ELEMENTS, Mode, RelaxationLike, bound_network
+from relaxlab.engine.backsub import Mode, RelaxationLike, bound_network
 from relaxlab.engine.network import Network, UnsupportedNetworkError, parse_network
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def compute_bounds(
     lower_only: bool = False,
     mode: Mode = "auto",
     chunk_size: int | None = None,
-    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_elements: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sound bounds of ``C·model(x')`` for every ``x'`` with ``|x' - x|_inf <= eps`` (in ``domain``).
 

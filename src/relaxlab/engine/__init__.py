@@ -7,7 +7,7 @@ imports the registry or plugins. See ``docs/engine.md``.
 
 from __future__ import annotations
 
-from relaxlab.engine.backsub import bound_network, intermediate_bounds
+from relaxlab.engine.backsub import bound_network, default_max_elements, intermediate_bounds
 from relaxlab.engine.network import Network, UnsupportedNetworkError, parse_network
 from relaxlab.engine.spec import margin_spec
 
@@ -15,6 +15,7 @@ __all__ = [
     "Network",
     "UnsupportedNetworkError",
     "bound_network",
+    "default_max_elements",
     "intermediate_bounds",
     "margin_spec",
     "parse_network",
