@@ -215,6 +215,7 @@ class ReluRelaxation:
     _plan: tuple[Groups | str, ...] = field(init=False, eq=False, repr=False)
     _parameters: dict[str, float] = field(init=False, eq=False, repr=False)
     _is_interval: bool = field(init=False, eq=False, repr=False)
+    _first_equal: tuple[int, ...] = field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         declared = {p.name for p in self.params}
@@ -238,7 +239,10 @@ class ReluRelaxation:
         current = dict(self.values)
         full = tuple(sorted((p.name, float(current.get(p.name, p.default))) for p in self.params))
         object.__setattr__(self, "values", full)
-        object.__setattr__(self, "_plan", _evaluation_plan(self.negative, self.unstable, self.positive))
+        plan = _evaluation_plan(self.negative, self.unstable, self.positive)
+        object.__setattr__(self, "_plan", plan)
+        # For each coefficient, the first coefficient with an equal plan: its tensor is shared.
+        object.__setattr__(self, "_first_equal", tuple(plan.index(groups) for groups in plan))
         object.__setattr__(self, "_parameters", {p.name: dict(full)[p.name] for p in self.params})
         object.__setattr__(self, "_is_interval",
                            all(ln.slope.is_zero() for _, case in self.cases() for ln in case.lines()))
@@ -353,16 +357,15 @@ class ReluRelaxation:
 
         out: list[Tensor] = []
         zeros = set()
-        done: dict[int, Tensor] = {}  # by id: equal plans are one object (see _evaluation_plan)
-        for name, groups in zip(COEFFICIENT_NAMES, self._plan, strict=True):
-            if id(groups) in done:  # the same plan as an earlier coefficient (DeepZ's two slopes)
-                out.append(done[id(groups)])
-                if COEFFICIENT_NAMES[self._plan.index(groups)] in zeros:
+        for index, (name, groups) in enumerate(zip(COEFFICIENT_NAMES, self._plan, strict=True)):
+            first = self._first_equal[index]
+            if first < index:  # the same plan as an earlier coefficient (DeepZ's two slopes)
+                out.append(out[first])
+                if COEFFICIENT_NAMES[first] in zeros:
                     zeros.add(name)
                 continue
             if isinstance(groups, str):  # max(l, 0) or max(u, 0), see _evaluation_plan
-                done[id(groups)] = torch.relu(lb if groups == "l" else ub)
-                out.append(done[id(groups)])
+                out.append(torch.relu(lb if groups == "l" else ub))
                 continue
             # Cases are combined arithmetically, sum of weight·value with exactly one weight equal
             # to 1, which is exact (1·v + 0·w = v) and on CPU much faster than torch.where. After
@@ -396,12 +399,11 @@ class ReluRelaxation:
                 else:
                     total, owned = torch.addcmul(total, weight, value, value=scale), True
             if isinstance(total, Tensor):
-                done[id(groups)] = _broadcast(total, lb)
+                out.append(_broadcast(total, lb))
             else:
                 if total == 0.0:
                     zeros.add(name)
-                done[id(groups)] = lb.new_tensor(float(total)).expand_as(lb)
-            out.append(done[id(groups)])
+                out.append(lb.new_tensor(float(total)).expand_as(lb))
         return tuple(out), frozenset(zeros)
 
     def __str__(self) -> str:
@@ -482,8 +484,7 @@ def _evaluation_plan(negative: CaseBounds, unstable: CaseBounds, positive: CaseB
         # The group covering all cases (if any) is the whole answer; evaluate it first.
         groups.sort(key=lambda group: group[0] != ALL_CASES)
         plans.append(tuple(groups))
-    # Equal plans become one object, so that evaluation can share their result by identity.
-    return tuple(next(q for q in plans if q == p) for p in plans)
+    return tuple(plans)
 
 
 def _broadcast(value: Any, like: Tensor) -> Tensor:

@@ -58,7 +58,7 @@ def _abs_weight(weight: Tensor, cache: list[object]) -> Tensor:
     The key is the tensor's storage and version counter, which in-place updates (optimiser
     steps) advance; under autograd with a weight that requires grad it is always recomputed.
     """
-    if torch.is_grad_enabled() and weight.requires_grad:
+    if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
         return weight.abs()
     key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
     if not cache or cache[0] != key:
