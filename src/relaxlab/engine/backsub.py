@@ -55,7 +55,11 @@ DEFAULT_MAX_ELEMENTS_CPU = 1 << 21
 
 
 def default_max_elements(device: torch.device) -> int:
-    """The default ``max_elements`` for computations on ``device``."""
+    """The default ``max_elements`` for the intermediate specifications on ``device``.
+
+    The final specification (a few rows per example) is chunked at ``DEFAULT_MAX_ELEMENTS``
+    on every device: splitting its handful of rows measured slower.
+    """
     return DEFAULT_MAX_ELEMENTS_CPU if device.type == "cpu" else DEFAULT_MAX_ELEMENTS
 
 
@@ -181,15 +185,13 @@ def _chunk_rows(batch: int, widest: int, chunk_size: int | None, max_elements: i
     return max(1, max_elements // max(1, batch * widest))
 
 
-def _check_chunking(chunk_size: int | None, max_elements: int | None, device: torch.device) -> int:
-    """Validate the chunking arguments; the resolved ``max_elements``."""
+def _check_chunking(chunk_size: int | None, max_elements: int | None) -> None:
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
-    if max_elements is None:
-        return default_max_elements(device)
-    if isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 1:
+    if max_elements is not None and (
+        isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 1
+    ):
         raise ValueError(f"max_elements must be a positive number of tensor entries, got {max_elements!r}")
-    return max_elements
 
 
 def _widest(segments: Sequence[Sequence[AffineLayer]], start: int, stop: int, input_numel: int) -> int:
@@ -347,7 +349,9 @@ def intermediate_bounds(
     net = _as_network(network, lower)
     _check_box(net, lower, upper)
     resolved = _resolve_mode(relaxation, mode)
-    max_elements = _check_chunking(chunk_size, max_elements, lower.device)
+    _check_chunking(chunk_size, max_elements)
+    if max_elements is None:
+        max_elements = default_max_elements(lower.device)
     segments = net.segments
     boxes: list[tuple[Tensor, Tensor]] = []
     lines: list[Lines] = []
@@ -459,8 +463,8 @@ def bound_network(
     :param chunk_size: rows of intermediate specifications pulled back at once; default: as
         many as fit in ``max_elements`` coefficient entries.
     :param max_elements: budget for one coefficient tensor ``(B, rows, n)``, in elements; default
-        :func:`default_max_elements` (``2^21`` on the CPU, where cache-sized chunks are faster,
-        ``2^26`` elsewhere).
+        :func:`default_max_elements` for intermediate specifications (``2^21`` on the CPU, where
+        cache-sized chunks are faster, ``2^26`` elsewhere) and ``2^26`` for the final one.
     :param lower_only: skip the upper bounds of the final specification (half the work of
         the final pass); ``ub`` is then ``+inf``, a trivially sound upper bound.
     :return: ``(lb, ub)``, each ``(B, S)``.
@@ -471,7 +475,7 @@ def bound_network(
     spec = _spec_matrix(C, batch, net.output_dim, lower)
     specs = spec.shape[1]
     resolved = _resolve_mode(relaxation, mode)
-    max_elements = _check_chunking(chunk_size, max_elements, lower.device)
+    _check_chunking(chunk_size, max_elements)
     boxes, lines = intermediate_bounds(
         net, lower, upper, relaxation, mode=resolved, chunk_size=chunk_size, max_elements=max_elements
     )
@@ -487,7 +491,7 @@ def bound_network(
     else:
         box_lower, box_upper, stop = lower, upper, 0
     widest = _widest(segments, last, stop, math.prod(box_lower.shape[1:]))
-    chunk = _chunk_rows(batch, widest, chunk_size, max_elements)
+    chunk = _chunk_rows(batch, widest, chunk_size, max_elements or DEFAULT_MAX_ELEMENTS)
     bounds = _rows_lower(segments, lines, last, stop, rows, box_lower, box_upper, chunk, elide=True)
     del boxes
     if lower_only:
