@@ -132,6 +132,37 @@ def test_conv_backward_is_the_transposed_jacobian(size: int, kernel: int, stride
     torch.testing.assert_close(bias, expected_bias, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "padding"),
+    [(5, 3, 1, 0), (5, 3, 2, 1), (6, 3, 2, 1), (7, 4, 2, 1), (6, 2, 3, 0), (28, 4, 2, 1), (5, 1, 2, 0),
+     (9, 5, 3, 2), (8, 3, 1, 2), (7, 2, 3, 0)],
+)
+def test_conv_backward_in_phase_order_pairs_with_the_phase_layout(
+    size: int, kernel: int, stride: int, padding: int
+) -> None:
+    """Concretisation next to the input uses ``backward_phases`` against ``phase_layout(box)``:
+    every pairing of a coefficient with an input value must be the one ``backward`` gives, and
+    padding positions must pair with 0 (also when the coefficients there are not 0)."""
+    torch.manual_seed(1)
+    conv = nn.Conv2d(2, 3, kernel, stride=stride, padding=padding, dtype=torch.float64)
+    layer = parse_network(nn.Sequential(conv), (2, size, size)).layers[0]
+    assert isinstance(layer, ConvLayer)
+    coef = torch.randn(2, 4, *layer.out_shape, dtype=torch.float64)
+    values = torch.randn(2, 2, size, size, dtype=torch.float64)
+    pulled, bias = layer.backward(coef)
+    phases, phase_bias = layer.backward_phases(coef)
+    laid_out = layer.phase_layout(values)
+    assert phases.shape[:2] == (2, 4) and laid_out.shape == (2, phases.shape[2])
+    expected = (pulled.reshape(2, 4, -1) * values.reshape(2, 1, -1)).sum(-1)
+    torch.testing.assert_close((phases * laid_out.unsqueeze(1)).sum(-1), expected, atol=1e-12, rtol=1e-12)
+    # Each input value the convolution reads appears exactly once; everything else is 0.
+    ones = layer.phase_layout(torch.ones(1, 2, size, size, dtype=torch.float64))
+    read = int((layer.backward(torch.ones(1, 1, *layer.out_shape, dtype=torch.float64))[0] != 0).sum())
+    assert set(ones.unique().tolist()) <= {0.0, 1.0} and read <= float(ones.sum()) <= 2 * size * size
+    assert phase_bias is not None and bias is not None
+    torch.testing.assert_close(phase_bias, bias, atol=0.0, rtol=0.0)
+
+
 def test_polyphase_transposed_conv_matches_torch() -> None:
     """``transposed_conv`` equals ``F.conv_transpose2d`` (with the output padding the input size needs)."""
     generator = torch.Generator().manual_seed(1)

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from relaxlab.engine.network import (
     AffineLayer,
+    ConvLayer,
     LinearLayer,
     Network,
     parse_network,
@@ -234,6 +235,14 @@ def _rows_lower(
         lower, upper = torch.minimum(mapped_lower, mapped_upper), torch.maximum(mapped_lower, mapped_upper)
         leading += 1
     segments[stop] = segments[stop][leading:]
+    # A convolution next to the box is pulled back in polyphase order and the box is laid out
+    # to match (concretisation sums over positions, so their order is free): this saves
+    # interleaving and cropping the largest coefficient tensor.
+    first_conv: ConvLayer | None = None
+    if segments[stop] and isinstance(segments[stop][0], ConvLayer):
+        first_conv = segments[stop][0]
+        segments[stop] = segments[stop][1:]
+        lower, upper = first_conv.phase_layout(lower), first_conv.phase_layout(upper)
     local = segments[: start + 1]
     results = []
     for first in range(0, rows.shape[1], chunk):
@@ -244,6 +253,10 @@ def _rows_lower(
             if layer_bias is not None:
                 bias = bias + layer_bias
         coef, bias = _pull_back(local, lines, start, stop, coef, bias)
+        if first_conv is not None:
+            coef, layer_bias = first_conv.backward_phases(coef)
+            if layer_bias is not None:
+                bias = bias + layer_bias
         results.append(_concretize(coef, bias, lower, upper))
     return torch.cat(results, dim=1)
 

@@ -131,6 +131,37 @@ class ConvLayer:
         bias = coef.sum(dim=(-2, -1)) @ self.bias if self.bias is not None else None
         return new.reshape(batch, specs, *self.in_shape), bias
 
+    def backward_phases(self, coef: Tensor) -> tuple[Tensor, Tensor | None]:
+        """:meth:`backward` in polyphase order, flat: ``(B, S, P)`` plus the bias term.
+
+        The same coefficients as :meth:`backward` without interleaving the phases or cropping
+        the padding (two copies of the largest tensor saved): position ``k`` of the result
+        multiplies position ``k`` of :meth:`phase_layout` of the input. For a sum over the
+        input (concretisation), the order does not matter.
+        """
+        batch, specs = coef.shape[:2]
+        flat = coef.reshape(batch * specs, *self.out_shape)
+        phases = polyphase_transposed_conv(flat, self.weight, self.stride)
+        bias = coef.sum(dim=(-2, -1)) @ self.bias if self.bias is not None else None
+        return phases.reshape(batch, specs, -1), bias
+
+    def phase_layout(self, values: Tensor) -> Tensor:
+        """``(B, *in_shape)`` input values in the order of :meth:`backward_phases`, ``(B, P)``.
+
+        Positions that correspond to no input pixel (the padding, rows the convolution never
+        reads) hold 0, so they add nothing to a sum of products.
+        """
+        (s_h, s_w), (p_h, p_w) = self.stride, self.padding
+        k_h, k_w = self.weight.shape[-2:]
+        t_h, t_w = -(-k_h // s_h), -(-k_w // s_w)
+        h, w = self.out_shape[1] + t_h - 1, self.out_shape[2] + t_w - 1
+        channels, height, width = self.in_shape
+        # Input pixel y sits at row y + p_h of the interleaved grid (h·s_h rows); F.pad crops
+        # with negative amounts.
+        grid = F.pad(values, (p_w, w * s_w - p_w - width, p_h, h * s_h - p_h - height))
+        grid = grid.reshape(values.shape[0], channels, h, s_h, w, s_w).permute(0, 1, 3, 5, 2, 4)
+        return grid.reshape(values.shape[0], -1)
+
 
 def transposed_conv(
     coef: Tensor, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int], size: tuple[int, ...]
@@ -149,14 +180,9 @@ def transposed_conv(
     :param size: ``(H_in, W_in)`` of the forward convolution's input.
     :return: ``(N, C_in, H_in, W_in)``.
     """
-    c_out, c_in, k_h, k_w = weight.shape
+    c_in = weight.shape[1]
     (s_h, s_w), (p_h, p_w) = stride, padding
-    t_h, t_w = -(-k_h // s_h), -(-k_w // s_w)  # taps per phase
-    # Zero-pad the kernel to a multiple of the stride; tap s·t + a -> (t, a).
-    padded = F.pad(weight, (0, t_w * s_w - k_w, 0, t_h * s_h - k_h))
-    phases = padded.reshape(c_out, c_in, t_h, s_h, t_w, s_w).permute(1, 3, 5, 0, 2, 4)
-    phases = phases.flip(-2, -1).reshape(c_in * s_h * s_w, c_out, t_h, t_w)
-    out = F.conv2d(coef, phases, None, 1, (t_h - 1, t_w - 1))  # (N, C_in·s_h·s_w, H + t_h - 1, W + t_w - 1)
+    out = polyphase_transposed_conv(coef, weight, stride)
     n, _, h, w = out.shape
     full = out.reshape(n, c_in, s_h, s_w, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c_in, h * s_h, w * s_w)
     height, width = size
@@ -165,6 +191,23 @@ def transposed_conv(
     if extra_h or extra_w:
         full = F.pad(full, (0, extra_w, 0, extra_h))
     return full[:, :, p_h : p_h + height, p_w : p_w + width]
+
+
+def polyphase_transposed_conv(coef: Tensor, weight: Tensor, stride: tuple[int, int]) -> Tensor:
+    """The phases of ``conv_transpose2d(coef, weight, stride)`` (no padding), not interleaved.
+
+    :return: ``(N, C_in·s_h·s_w, H + t_h - 1, W + t_w - 1)``, channel ``(c, a_h, a_w)`` at
+        ``(m, q)`` holding output pixel ``(s_h·m + a_h, s_w·q + a_w)`` of channel ``c``, with
+        ``t = ceil(k / s)`` taps per phase.
+    """
+    c_out, c_in, k_h, k_w = weight.shape
+    s_h, s_w = stride
+    t_h, t_w = -(-k_h // s_h), -(-k_w // s_w)  # taps per phase
+    # Zero-pad the kernel to a multiple of the stride; tap s·t + a -> (t, a).
+    padded = F.pad(weight, (0, t_w * s_w - k_w, 0, t_h * s_h - k_h))
+    phases = padded.reshape(c_out, c_in, t_h, s_h, t_w, s_w).permute(1, 3, 5, 0, 2, 4)
+    phases = phases.flip(-2, -1).reshape(c_in * s_h * s_w, c_out, t_h, t_w)
+    return F.conv2d(coef, phases, None, 1, (t_h - 1, t_w - 1))
 
 
 @attrs.frozen(eq=False)
