@@ -29,7 +29,8 @@ positive: ``a = z ∈ [l_hBox, u_hBox] ⊆ [relu(l_IBP), relu(u_IBP)]``).
 
 Tolerances (all stated, none hidden): the references carry
 ``tolerance = 1e-6 + 1e-6 * scale`` per spec row (``scale``: magnitude of the
-interval-arithmetic bound); the engine runs in float64 and is allowed
+interval-arithmetic bound), LP-ALL plus twice the reach of its padding
+(``relaxlab.reference.lp._padding_slack``); the engine runs in float64 and is allowed
 ``ENGINE_RTOL * (1 + scale)`` of rounding. Where a check compares a bound with a
 value the network attains (``MilpResult.inner()``), only the bound's own slack is
 used. Solver calls are slow, so the examples are few (``ci`` profile) and the

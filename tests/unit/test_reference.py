@@ -1,7 +1,8 @@
 """Unit tests of the exact references: dense conversion, MILP range, LP-ALL.
 
 Tolerances: MILP and LP-ALL results are compared with ``1e-6 + 1e-6 * scale``
-(``result.tolerance``, ``scale`` the interval-arithmetic magnitude of the spec row)
+(``result.tolerance``, ``scale`` the interval-arithmetic magnitude of the spec row; LP-ALL's also
+covers the reach of its padding)
 or, where the expected value is a small hand-computed number, with ``1e-6``
 absolute; the dense conversion is compared to the torch model with ``1e-12``.
 """
@@ -318,3 +319,24 @@ def test_refuses_bad_boxes_and_specs() -> None:
         milp_bounds(model, lo, up, torch.ones(1, 2, 2))
     with pytest.raises(ValueError, match=r"C has shape \(2, 1, 3\)"):
         lp_all_bounds(model, lo, up, torch.ones(2, 1, 3))
+
+
+def test_lp_all_tolerance_covers_the_padding_of_degenerate_intervals() -> None:
+    """At eps = 0 every interval is a point; padding a point at 0 makes that neuron unstable in
+    the LP, and the slack reaches the output through the weights after it (found by the
+    ``explore`` Hypothesis profile). Exact bounds are [0, 0] here; LP-ALL's upper bound is
+    looser than LP_ATOL, and must stay within its stated tolerance."""
+    model = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1)).double()
+    with torch.no_grad():
+        for layer, weight in zip((model[0], model[2], model[4]), (1.0, 1.0, 100.0), strict=True):
+            layer.weight.fill_(weight)
+            layer.bias.zero_()
+    x = torch.zeros(1, 1, dtype=DT)
+    result = solve_lp_all(model, x, x)
+    with torch.no_grad():
+        exact = float(model(x))
+    assert exact == 0.0
+    looseness = float(result.upper[0, 0]) - exact
+    assert looseness > 1e-6  # the padding's effect: 100 · LP_PAD is visible
+    assert looseness <= float(result.tolerance[0, 0])
+    assert float(result.lower[0, 0]) <= exact + float(result.tolerance[0, 0])

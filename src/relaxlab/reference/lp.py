@@ -19,8 +19,10 @@ example, each of the size of the network.
 
 Tolerance: intermediate bounds are padded outward by :data:`LP_PAD` ``* (1 + |v|)``
 so that solver error cannot make them invalid; the returned bounds are within
-:data:`LP_ATOL` ``+`` :data:`LP_RTOL` ``* scale`` of exact LP-ALL, ``scale``
-being the magnitude of the interval-arithmetic bound of the spec row.
+:data:`LP_ATOL` ``+`` :data:`LP_RTOL` ``* scale`` ``+ 2 ×`` the padding's reach
+(:func:`_padding_slack`: each padded neuron's slack times the absolute weights after it)
+of exact LP-ALL, ``scale`` being the magnitude of the interval-arithmetic bound of the
+spec row.
 """
 
 from __future__ import annotations
@@ -118,6 +120,27 @@ def _pad(lb: np.ndarray, ub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lb - LP_PAD * (1.0 + np.abs(lb)), ub + LP_PAD * (1.0 + np.abs(ub))
 
 
+def _padding_slack(
+    blocks: list[tuple[np.ndarray, np.ndarray]], bounds: list[tuple[np.ndarray, np.ndarray]], spec: np.ndarray
+) -> np.ndarray:
+    """``(S,)`` how far the padding of intermediate bounds can loosen the spec rows.
+
+    Widening a ReLU's interval by ``δ_l``, ``δ_u`` lets its activation exceed the exact hull by
+    at most ``δ_l + δ_u`` (the hull's envelopes have slopes in [0, 1]); that slack reaches a spec
+    row through at most the absolute weights of the layers after it. Without this term a
+    degenerate box (``eps = 0``, every interval a point, padded into a tiny unstable one) made
+    LP-ALL looser than exact bounds by more than ``LP_ATOL`` once the weights amplified it.
+    """
+    depth = len(blocks) - 1
+    gain = np.abs(spec) @ np.abs(blocks[depth][0])  # (S, width of the last ReLU layer)
+    total = np.zeros(spec.shape[0])
+    for k in range(depth - 1, 0, -1):  # bounds[0] is exact interval arithmetic, not padded
+        lb, ub = bounds[k]
+        total += gain @ (LP_PAD * (2.0 + np.abs(lb) + np.abs(ub)))
+        gain = gain @ np.abs(blocks[k][0])
+    return total
+
+
 def _solve_input(prepared: ReferenceInput) -> LpAllResult:
     net = prepared.net
     blocks = net.numpy_blocks()
@@ -159,7 +182,11 @@ def _solve_input(prepared: ReferenceInput) -> LpAllResult:
             upper[i] = np.maximum(cw, 0.0) @ up_x + np.minimum(cw, 0.0) @ lo_x + const
         for k, (lb, ub) in enumerate(bounds[:depth]):
             pre[k][0][i], pre[k][1][i] = lb, ub
-        tolerance[i] = LP_ATOL + LP_RTOL * spec_scale(net, lo_x, up_x, prepared.spec[i])
+        tolerance[i] = (
+            LP_ATOL
+            + LP_RTOL * spec_scale(net, lo_x, up_x, prepared.spec[i])
+            + 2.0 * _padding_slack(blocks, bounds, prepared.spec[i])
+        )
     return LpAllResult(
         lower=torch.from_numpy(lower),
         upper=torch.from_numpy(upper),
