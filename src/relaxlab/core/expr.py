@@ -78,10 +78,6 @@ class Expr:
                 names.update(node.uses)
         return frozenset(names)
 
-    def depends_on_bounds(self) -> bool:
-        """Whether the value can change with ``l`` or ``u``."""
-        return bool(self.variables() & BOUND_VARIABLES)
-
     def switches(self) -> tuple[Switch, ...]:
         return tuple(node for node in self.walk() if isinstance(node, Switch))
 

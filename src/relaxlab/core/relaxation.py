@@ -14,32 +14,27 @@ tensors of that shape, dtype and device.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from attrs import evolve, field, frozen, validators
-from torch import Tensor
 
-from relaxlab.core.expr import BOUND_VARIABLES, MEMO, Const, Div, Expr, ExprLike, Mul, Opaque, Var, as_expr
-from relaxlab.core.stability import ALL_CASES, CaseWeights, Stability
+from relaxlab.core import evaluate
+from relaxlab.core.evaluate import plan_of
+from relaxlab.core.expr import BOUND_VARIABLES, Const, Expr, ExprLike, as_expr
+from relaxlab.core.stability import Stability
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from relaxlab.core.relaxer import RelaxationTensors
 
 #: Readable names: letters, digits, spaces and ``-_().,+=/`` (``CROWN-IBP (R)``, ``LooseIBP-DC``).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _\-().,+=/λκ·]*$"
 
 INTERMEDIATE_MODES = ("backsub", "interval")
-
-# A point inside each case where every declared expression is well defined. Elements not in
-# a case are evaluated there, so that no NaN/inf from an unselected case can reach a gradient.
-_REPRESENTATIVE = {
-    Stability.NEGATIVE: (-2.0, -1.0),
-    Stability.UNSTABLE: (-1.0, 1.0),
-    Stability.POSITIVE: (1.0, 2.0),
-}
-
 
 def _format_coefficient(expr: Expr) -> str:
     text = str(expr)
@@ -154,28 +149,6 @@ def _fmt(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
 
-#: Names of the four coefficients, in order.
-COEFFICIENT_NAMES = ("lower_slope", "lower_offset", "upper_slope", "upper_offset")
-
-
-@frozen(eq=False)  # holds tensors: identity equality
-class RelaxationTensors:
-    """Per-neuron line coefficients, the same shape as the bounds they came from.
-
-    ``zeros`` optionally names coefficients that are exactly 0 everywhere (an engine may skip
-    work for them); two coefficients with equal values may be the same tensor object.
-    """
-
-    lower_slope: Tensor
-    lower_offset: Tensor
-    upper_slope: Tensor
-    upper_offset: Tensor
-    zeros: frozenset[str] = frozenset()
-
-    def __iter__(self) -> Iterator[Tensor]:
-        return iter((self.lower_slope, self.lower_offset, self.upper_slope, self.upper_offset))
-
-
 def _check_name(instance: object, attribute: object, value: str) -> None:
     if not re.match(NAME_PATTERN, value):
         raise ValueError(
@@ -211,11 +184,6 @@ class ReluRelaxation:
     values: tuple[tuple[str, float], ...] = field(default=(), converter=lambda v: tuple(sorted(dict(v).items())))
     summary: str = field(default="", eq=False)
     reference: str = field(default="", eq=False)
-    # Derived once in __attrs_post_init__ (evaluation runs on every bound computation).
-    _plan: tuple[Groups | str, ...] = field(init=False, eq=False, repr=False)
-    _parameters: dict[str, float] = field(init=False, eq=False, repr=False)
-    _is_interval: bool = field(init=False, eq=False, repr=False)
-    _first_equal: tuple[int, ...] = field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         declared = {p.name for p in self.params}
@@ -239,13 +207,6 @@ class ReluRelaxation:
         current = dict(self.values)
         full = tuple(sorted((p.name, float(current.get(p.name, p.default))) for p in self.params))
         object.__setattr__(self, "values", full)
-        plan = _evaluation_plan(self.negative, self.unstable, self.positive)
-        object.__setattr__(self, "_plan", plan)
-        # For each coefficient, the first coefficient with an equal plan: its tensor is shared.
-        object.__setattr__(self, "_first_equal", tuple(plan.index(groups) for groups in plan))
-        object.__setattr__(self, "_parameters", {p.name: dict(full)[p.name] for p in self.params})
-        object.__setattr__(self, "_is_interval",
-                           all(ln.slope.is_zero() for _, case in self.cases() for ln in case.lines()))
 
     # -- structure ----------------------------------------------------------
     def case(self, stability: Stability) -> CaseBounds:
@@ -283,12 +244,12 @@ class ReluRelaxation:
         Backsubstitution then stops at every ReLU and equals interval
         arithmetic, so the engine may take its interval fast path.
         """
-        return self._is_interval
+        return plan_of(self).is_interval
 
     @property
     def parameters(self) -> dict[str, float]:
         """Current parameter values, defaults filled in."""
-        return dict(self._parameters)
+        return dict(self.values)
 
     @property
     def label(self) -> str:
@@ -311,186 +272,11 @@ class ReluRelaxation:
     # -- evaluation ---------------------------------------------------------
     def transform_bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them)."""
-        if self.transform is None:
-            return lower, upper
-        env = {"l": lower, "u": upper, **self.parameters}
-        return (_broadcast(self.transform.lower.evaluate(env), lower),
-                _broadcast(self.transform.upper.evaluate(env), upper))
+        return evaluate.transform_bounds(self, lower, upper)
 
     def coefficients(self, lower: Tensor, upper: Tensor) -> RelaxationTensors:
-        """Line coefficients for raw pre-activation bounds; the case is chosen per element.
-
-        For every ``x`` in ``[lower, upper]``:
-        ``lower_slope·x + lower_offset <= relu(x) <= upper_slope·x + upper_offset``.
-        Differentiable; never NaN for finite ``lower <= upper``. A coefficient that is
-        the same constant in every case comes back as an expanded (zero-copy) tensor.
-        """
-        values, zeros = self.coefficient_tensors(lower, upper)
-        return RelaxationTensors(*values, zeros=zeros)
-
-    def coefficient_tensors(self, lower: Tensor, upper: Tensor) -> tuple[tuple[Tensor, ...], frozenset[str]]:
-        """:meth:`coefficients` as plain values: the four tensors and the names known to be zero.
-
-        Plain values, so that ``torch.compile`` can trace it into one fused kernel.
-        """
-        lb, ub = self.transform_bounds(lower, upper)
-        weights = CaseWeights(lb, ub)
-        params = self._parameters
-        envs: dict[frozenset[Stability], dict[str, Any]] = {}
-
-        def environment(cases: frozenset[Stability], partial: bool) -> dict[str, Any]:
-            # Partial expressions (divisions, opaque callables) are evaluated with the elements
-            # outside their cases moved to a point inside one of them, so that no inf from a
-            # division there can reach the result or a gradient (0·inf is NaN). Exact for
-            # weights in {0, 1}. One environment (and one memo of named sub-expressions) per set.
-            key = cases if partial else ALL_CASES
-            if key not in envs:
-                l_env, u_env = lb, ub
-                weight = weights[key]
-                if weight is not None:
-                    rep_l, rep_u = _REPRESENTATIVE[min(key, key=_CASE_ORDER.index)]
-                    outside = 1.0 - weight
-                    l_env = (lb * weight).add_(outside, alpha=rep_l)
-                    u_env = (ub * weight).add_(outside, alpha=rep_u)
-                envs[key] = {"l": l_env, "u": u_env, **params, MEMO: {}}
-            return envs[key]
-
-        out: list[Tensor] = []
-        zeros = set()
-        for index, (name, groups) in enumerate(zip(COEFFICIENT_NAMES, self._plan, strict=True)):
-            first = self._first_equal[index]
-            if first < index:  # the same plan as an earlier coefficient (DeepZ's two slopes)
-                out.append(out[first])
-                if COEFFICIENT_NAMES[first] in zeros:
-                    zeros.add(name)
-                continue
-            if isinstance(groups, str):  # max(l, 0) or max(u, 0), see _evaluation_plan
-                out.append(torch.relu(lb if groups == "l" else ub))
-                continue
-            # Cases are combined arithmetically, sum of weight·value with exactly one weight equal
-            # to 1, which is exact (1·v + 0·w = v) and on CPU much faster than torch.where. After
-            # the first term the sum is accumulated in place (addcmul_: one pass per case), and a
-            # constant factor c of c·E rides along as addcmul's scalar (c·1·E rounds as c·E does).
-            total: Tensor | float = 0.0
-            owned = False  # whether total is a tensor of our own, safe to update in place
-            for cases, scale, factor, partial in groups:
-                weight = weights[cases]
-                value = factor.evaluate(environment(cases, partial))
-                if weight is None:
-                    total = value if scale == 1.0 else value * scale
-                    break
-                if not isinstance(value, Tensor):
-                    constant = scale * value
-                    if constant == 0.0:
-                        continue
-                    if isinstance(total, float):
-                        total = weight if constant == 1.0 else weight * constant
-                        owned = constant != 1.0
-                    elif owned:
-                        total.add_(weight, alpha=constant)
-                    else:
-                        total, owned = torch.add(total, weight, alpha=constant), True
-                elif isinstance(total, float):
-                    total, owned = weight * value, True
-                    if scale != 1.0:
-                        total.mul_(scale)
-                elif owned:
-                    total.addcmul_(weight, value, value=scale)
-                else:
-                    total, owned = torch.addcmul(total, weight, value, value=scale), True
-            if isinstance(total, Tensor):
-                out.append(_broadcast(total, lb))
-            else:
-                if total == 0.0:
-                    zeros.add(name)
-                out.append(lb.new_tensor(float(total)).expand_as(lb))
-        return tuple(out), frozenset(zeros)
+        """The lines at raw pre-activation bounds (see :func:`relaxlab.core.evaluate.coefficients`)."""
+        return evaluate.coefficients(self, lower, upper)
 
     def __str__(self) -> str:
         return self.label
-
-
-_CASE_ORDER = list(Stability)
-
-
-def _constant_factor(expr: Expr) -> tuple[float, Expr]:
-    """``(c, E)`` with ``expr = c·E`` evaluating to the same floats as ``c * E.evaluate()``.
-
-    Factors ±1 anywhere in a product are pulled out (IEEE products are sign-symmetric, so
-    ``(-a)·b`` is exactly ``-(a·b)``); any other constant only at the top.
-    """
-    sign, inner = _split_sign(expr)
-    if isinstance(inner, Mul):
-        if isinstance(inner.left, Const):
-            return sign * inner.left.value, inner.right
-        if isinstance(inner.right, Const):
-            return sign * inner.right.value, inner.left
-    return sign, inner
-
-
-def _split_sign(expr: Expr) -> tuple[float, Expr]:
-    if not isinstance(expr, Mul):
-        return 1.0, expr
-    for const, other in ((expr.left, expr.right), (expr.right, expr.left)):
-        if isinstance(const, Const) and const.value in (1.0, -1.0):
-            sign, inner = _split_sign(other)
-            return const.value * sign, inner
-    left_sign, left = _split_sign(expr.left)
-    right_sign, right = _split_sign(expr.right)
-    if left is expr.left and right is expr.right:
-        return 1.0, expr
-    return left_sign * right_sign, Mul(left, right)
-
-#: ``(cases, c, E, partial)`` groups of one coefficient: the cases sharing an expression ``c·E``.
-Groups = tuple[tuple[frozenset[Stability], float, Expr, bool], ...]
-
-
-#: Coefficients that are ``max(v, 0)`` of a bound ``v`` by the case convention (for ``l <= u``):
-#: ``u`` where ``u > 0`` (UNSTABLE and POSITIVE), else 0; ``l`` on POSITIVE, else 0 (``l > 0``
-#: implies POSITIVE, and ``l = 0`` gives 0 either way). IBP's offsets, computed as one relu.
-_RELU_PATTERNS = {
-    frozenset({(frozenset({Stability.NEGATIVE}), Const(0.0)),
-               (frozenset({Stability.UNSTABLE, Stability.POSITIVE}), Var("u"))}): "u",
-    frozenset({(frozenset({Stability.NEGATIVE, Stability.UNSTABLE}), Const(0.0)),
-               (frozenset({Stability.POSITIVE}), Var("l"))}): "l",
-}
-
-
-@functools.lru_cache(maxsize=4096)
-def _evaluation_plan(negative: CaseBounds, unstable: CaseBounds, positive: CaseBounds) -> tuple[Groups | str, ...]:
-    """For each of the four coefficients, the stability cases grouped by equal expressions.
-
-    A group that covers every case needs no weight; ``partial`` marks expressions that may be
-    undefined outside their cases (a division, an opaque callable) and so need a representative
-    point there. A coefficient that is ``max(l, 0)`` or ``max(u, 0)`` is given as ``"l"``/``"u"``.
-    """
-    plans = []
-    cases = dict(zip(Stability, (negative, unstable, positive), strict=True))
-    for index in range(4):
-        grouped: dict[Expr, set[Stability]] = {}
-        for stability, case in cases.items():
-            expr = case.lines()[index // 2].expressions()[index % 2]
-            grouped.setdefault(expr, set()).add(stability)
-        relu_of = _RELU_PATTERNS.get(frozenset((frozenset(m), e) for e, m in grouped.items()))
-        if relu_of is not None:
-            plans.append(relu_of)
-            continue
-        groups = []
-        for expr, members in grouped.items():
-            frozen_members = frozenset(members)
-            partial = frozen_members != ALL_CASES and any(isinstance(node, (Div, Opaque)) for node in expr.walk())
-            scale, factor = _constant_factor(expr)
-            groups.append((frozen_members, scale, factor, partial))
-        # The group covering all cases (if any) is the whole answer; evaluate it first.
-        groups.sort(key=lambda group: group[0] != ALL_CASES)
-        plans.append(tuple(groups))
-    return tuple(plans)
-
-
-def _broadcast(value: Any, like: Tensor) -> Tensor:
-    if isinstance(value, Tensor):
-        if value.dtype != like.dtype:
-            value = value.to(like.dtype)
-        return value if value.shape == like.shape else value.expand_as(like)
-    return torch.full_like(like, float(value))
-

@@ -45,15 +45,6 @@ def classify(lower: float, upper: float) -> Stability:
     return Stability.UNSTABLE
 
 
-def safe_width(lower: Tensor, upper: Tensor) -> Tensor:
-    """``u - l`` clamped away from zero.
-
-    Clamp *before* dividing: ``torch.where`` evaluates both branches, and an
-    ``inf`` in the unselected branch still turns gradients into NaN.
-    """
-    return (upper - lower).clamp_min(torch.finfo(lower.dtype).tiny)
-
-
 ALL_CASES = frozenset(Stability)
 
 
