@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import pluggy
-
-hookimpl = pluggy.HookimplMarker("relaxlab")
+from relaxlab.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
@@ -25,18 +23,17 @@ _LAZY = {
     "CaseBounds": "relaxlab.core.relaxation",
     "Line": "relaxlab.core.relaxation",
     "Stability": "relaxlab.core.stability",
-    "get_registry": "relaxlab.registry",
-    "get_relaxation": "relaxlab.registry",
+    "get_registry": "relaxlab.api",
+    "get_relaxation": "relaxlab.api",
     "compute_bounds": "relaxlab.api",
     "Normalize": "relaxlab.nn",
 }
 
 if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
-    from relaxlab.api import compute_bounds  # noqa: F401
+    from relaxlab.api import compute_bounds, get_registry, get_relaxation  # noqa: F401
     from relaxlab.core.relaxation import CaseBounds, Line, ReluRelaxation  # noqa: F401
     from relaxlab.core.stability import Stability  # noqa: F401
     from relaxlab.nn import Normalize  # noqa: F401
-    from relaxlab.registry import get_registry, get_relaxation  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # keep this module import-cycle free
     from relaxlab.core.relaxation import Line, ReluRelaxation
 
 hookspec = pluggy.HookspecMarker("relaxlab")
+#: Marks a plugin's hook implementations (re-exported as ``relaxlab.hookimpl``).
+hookimpl = pluggy.HookimplMarker("relaxlab")
 
 
 @hookspec
@@ -62,7 +64,7 @@ def relaxlab_candidate_lines() -> Iterable[tuple[str, str, Line]]:
 def relaxlab_architectures() -> Iterable[Any]:
     """Return network architectures trainable by name.
 
-    Each item is a :class:`relaxlab.training.architectures.Architecture`: a
+    Each item is a :class:`relaxlab.architectures.Architecture`: a
     name, a summary and a builder from input shape, class count and the
     dataset's normalisation to an ``nn.Sequential`` the engine accepts.
 

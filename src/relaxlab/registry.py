@@ -13,7 +13,12 @@ Environment switches:
 
 Look-up by name ignores case, spaces and punctuation (``crown ibp r`` finds
 ``CROWN-IBP (R)``), accepts parameters (``LooseIBP-DC(F=10, omega=0.5)``) and
-suggests close matches for unknown names.
+suggests close matches for unknown names. This module is the only name resolver of
+relaxlab: :meth:`RelaxationRegistry.select` turns what a user types (a name, a comma list,
+``all``, ``paper``) into relaxations, and ``all`` and ``paper`` are defined here once.
+
+The registry needs nothing above :mod:`relaxlab.core`: the soundness check is an argument
+of :func:`build_registry`; the facade (:func:`relaxlab.get_registry`) passes the prover.
 """
 
 from __future__ import annotations
@@ -32,19 +37,29 @@ from attrs import define, field, frozen
 from relaxlab import hookspecs
 from relaxlab.core.relaxation import Line, ReluRelaxation
 
+#: A soundness check: ``None`` for a sound relaxation, else something whose ``str`` says why not.
+SoundnessCheck = Callable[[ReluRelaxation], object | None]
+
 PROJECT_NAME = "relaxlab"
 ENTRY_POINT_GROUP = "relaxlab"
 #: Built-ins go through the same hooks as third-party plugins.
 BUILTIN_PLUGINS = (
     "relaxlab.relaxations.builtin",
-    "relaxlab.training.architectures",
+    "relaxlab.architectures",
     "relaxlab.data.datasets",
 )
+#: The paper's five relaxations (Table 1/2), in the paper's order: what ``paper`` selects.
+PAPER_RELAXATIONS = ("IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)")
+#: Words :meth:`RelaxationRegistry.select` understands besides names.
+SELECTORS = {
+    "all": "every registered relaxation, aliases folded, unsound ones left out",
+    "paper": f"the paper's five: {', '.join(PAPER_RELAXATIONS)}",
+}
 
 T = TypeVar("T")
 
 
-class UnknownNameError(LookupError):
+class UnknownNameError(LookupError, ValueError):
     """A name that no registered item has; the message lists close matches."""
 
     def __str__(self) -> str:  # LookupError would quote the message
@@ -166,11 +181,62 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
         key = self._items[canonical].spec_key()
         return [n for n, r in self._items.items() if n != canonical and r.spec_key() == key]
 
+    def select(self, spec: str | Iterable[str]) -> list[str]:
+        """Registered names for what a user typed: names, comma lists, ``all`` or ``paper``.
+
+        ``all`` is every registered relaxation with aliases folded into the first-registered
+        name and unsound ones left out; ``paper`` is :data:`PAPER_RELAXATIONS`. Names may carry
+        parameters (``LooseIBP-C(omega=0.5)``: then the label is returned). Order is kept, and
+        repeats are dropped.
+
+        :raises UnknownNameError: an unknown name (close matches suggested); ``ValueError`` for
+            an empty selection.
+        """
+        parts = [spec] if isinstance(spec, str) else list(spec)
+        names: list[str] = []
+        for part in parts:
+            for item in _split_names(part):
+                word = item.lower()
+                if word == "all":
+                    names += [n for n in self._items if n not in self.unsound and self.primary(n) == n]
+                elif word == "paper":
+                    names += list(PAPER_RELAXATIONS)
+                else:
+                    names.append(self.get(item).label)
+        if not names:
+            raise ValueError(f"no relaxation given: name one, a comma list, or {' / '.join(SELECTORS)}")
+        return list(dict.fromkeys(names))
+
+    def register(self, relaxation: ReluRelaxation, source: str, check: SoundnessCheck | None = None) -> None:
+        """Add ``relaxation`` after ``check`` found it sound.
+
+        :raises UnsoundRelaxationError: with the check's reason; :class:`RegistryError`: a name clash.
+        """
+        if check is not None:
+            reason = check(relaxation)
+            if reason is not None:
+                raise UnsoundRelaxationError(f"relaxation {relaxation.name!r} is unsound: {reason}")
+        self.add(relaxation, source)
+
     def primary(self, name: str) -> str:
         """The first-registered name among ``name`` and its aliases."""
         canonical = self.resolve(name)
         key = self._items[canonical].spec_key()
         return next(n for n, r in self._items.items() if r.spec_key() == key)
+
+
+def _split_names(text: str) -> list[str]:
+    """Split a comma list, keeping commas inside parentheses (``LooseIBP-DC(F=10, omega=0.5)``)."""
+    out, depth, current = [], 0, ""
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            out.append(current)
+            current = ""
+        else:
+            current += char
+    out.append(current)
+    return [part.strip() for part in out if part.strip()]
 
 
 @frozen
@@ -250,10 +316,15 @@ def _collect(
             yield impl.plugin_name, item
 
 
-def build_registry(*, load_entry_points: bool = True, blocked: Iterable[str] = (), check: bool = True) -> Registry:
+def build_registry(
+    *, load_entry_points: bool = True, blocked: Iterable[str] = (), check: SoundnessCheck | None = None
+) -> Registry:
     """Collect everything the plugins provide into a new :class:`Registry`.
 
-    :param check: run the exact soundness check on every relaxation (fast) and record failures.
+    :param load_entry_points: also load third-party plugins (entry-point group ``relaxlab``).
+    :param blocked: plugin names to skip (as ``RELAXLAB_BLOCK_PLUGINS``).
+    :param check: the soundness check run on every relaxation (failures are recorded in
+        :attr:`RelaxationRegistry.unsound` and :attr:`Registry.errors`); ``None``: no check.
     """
     pm, errors = get_plugin_manager(load_entry_points=load_entry_points, blocked=blocked)
     registry = Registry(errors=errors, plugins=[n for n, _ in pm.list_name_plugin()])
@@ -270,15 +341,16 @@ def build_registry(*, load_entry_points: bool = True, blocked: Iterable[str] = (
                                  "(name, 'lower'|'upper'|'both', Line)"):
         name, side, ln = item
         registry.candidate_lines.append(CandidateLine(name, side, ln, source))
-    if check:
-        from relaxlab.properties.soundness import check_soundness
-
+    if check is not None:
         for name, relaxation in list(registry.relaxations._items.items()):
-            counterexample = check_soundness(relaxation)
-            if counterexample is not None:
-                registry.relaxations.unsound[name] = str(counterexample)
+            try:
+                reason = check(relaxation)
+            except Exception as error:  # a relaxation whose lines raise disables itself only
+                reason = f"evaluating its lines raised {type(error).__name__}: {error}"
+            if reason is not None:
+                registry.relaxations.unsound[name] = str(reason)
                 errors.append(PluginError(registry.relaxations.source(name),
-                                          f"relaxation {name!r} is unsound: {counterexample}"))
+                                          f"relaxation {name!r} is unsound: {reason}"))
     return registry
 
 
@@ -292,47 +364,3 @@ def _add(target: NamedRegistry[Any], item: Any, source: str, errors: list[Plugin
         target.add(item, source)
     except RegistryError as error:
         errors.append(PluginError(source, str(error)))
-
-
-_REGISTRY: Registry | None = None
-
-
-def get_registry(*, refresh: bool = False) -> Registry:
-    """The process-wide registry (built on first use; ``refresh=True`` rebuilds it)."""
-    global _REGISTRY
-    if _REGISTRY is None or refresh:
-        _REGISTRY = build_registry()
-    return _REGISTRY
-
-
-def register_relaxation(relaxation: ReluRelaxation, source: str = "runtime") -> None:
-    """Add a relaxation to the process-wide registry at run time (e.g. a generated one).
-
-    It is checked for soundness first; an unsound one raises :class:`UnsoundRelaxationError`.
-    """
-    from relaxlab.properties.soundness import check_soundness
-
-    counterexample = check_soundness(relaxation)
-    if counterexample is not None:
-        raise UnsoundRelaxationError(f"relaxation {relaxation.name!r} is unsound: {counterexample}")
-    get_registry().relaxations.add(relaxation, source)
-
-
-def get_relaxation(relaxation: str | ReluRelaxation, *, allow_unsound: bool = False) -> ReluRelaxation:
-    """Resolve a name (with optional parameters) or pass a relaxation object through.
-
-    :raises UnknownNameError: for an unknown name, with close matches suggested.
-    :raises UnsoundRelaxationError: for a registered relaxation that failed the soundness check.
-    """
-    if isinstance(relaxation, ReluRelaxation):
-        return relaxation
-    if not isinstance(relaxation, str):
-        raise TypeError(f"relaxation must be a name or a ReluRelaxation, got {type(relaxation).__name__}")
-    relaxations = get_registry().relaxations
-    found = relaxations.get(relaxation)
-    if not allow_unsound and found.name in relaxations.unsound:
-        raise UnsoundRelaxationError(
-            f"relaxation {found.name!r} (plugin {relaxations.source(found.name)!r}) is unsound and cannot be used: "
-            f"{relaxations.unsound[found.name]}"
-        )
-    return found

@@ -1,22 +1,30 @@
 """The backsubstitution engine: sound, batched, differentiable bounds for any ReLU relaxation.
 
-The engine receives relaxation *objects* (anything with the contract of
-:class:`relaxlab.core.relaxation.ReluRelaxation`); it never resolves names and never
-imports the registry or plugins. See ``docs/engine.md``.
+The engine receives relaxation *objects* (the :class:`~relaxlab.core.relaxer.Relaxer`
+contract); it never resolves names and imports nothing of relaxlab but :mod:`relaxlab.core`
+and :mod:`relaxlab.nn`. See ``docs/engine.md``.
 """
 
 from __future__ import annotations
 
 from relaxlab.engine.backsub import bound_network, default_max_elements, intermediate_bounds
+from relaxlab.engine.bounds import compute_bounds
+from relaxlab.engine.box import PIXEL_DOMAIN, check_eps, input_box
 from relaxlab.engine.network import Network, UnsupportedNetworkError, parse_network
-from relaxlab.engine.spec import margin_spec
+from relaxlab.engine.spec import is_certified, margin_bounds, margin_spec
 
 __all__ = [
+    "PIXEL_DOMAIN",
     "Network",
     "UnsupportedNetworkError",
     "bound_network",
+    "check_eps",
+    "compute_bounds",
     "default_max_elements",
+    "input_box",
     "intermediate_bounds",
+    "is_certified",
+    "margin_bounds",
     "margin_spec",
     "parse_network",
 ]

@@ -4,7 +4,7 @@ Shapes: ``B`` batch, ``S`` specification rows, ``K`` network outputs, ``n`` neur
 of a layer (a layer's neurons may have a shape such as ``(C, H, W)``).
 
 The engine receives the relaxation *object* (never a name) and uses only its
-contract (:class:`RelaxationLike`): ``intermediate``, ``is_interval``,
+contract (:class:`Relaxer`): ``intermediate``, ``is_interval``,
 ``transform_bounds`` and ``coefficients``. Three ways to run, picked from the
 relaxation:
 
@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from relaxlab.core.relaxer import RelaxationTensors, Relaxer
 from relaxlab.engine.network import (
     AffineLayer,
     ConvLayer,
@@ -62,32 +63,6 @@ def default_max_elements(device: torch.device) -> int:
     on every device: splitting its handful of rows measured slower.
     """
     return DEFAULT_MAX_ELEMENTS_CPU if device.type == "cpu" else DEFAULT_MAX_ELEMENTS
-
-
-class LinesLike(Protocol):
-    """What :meth:`RelaxationLike.coefficients` returns (``RelaxationTensors`` in ``relaxlab.core``)."""
-
-    @property
-    def lower_slope(self) -> Tensor: ...
-    @property
-    def lower_offset(self) -> Tensor: ...
-    @property
-    def upper_slope(self) -> Tensor: ...
-    @property
-    def upper_offset(self) -> Tensor: ...
-
-
-class RelaxationLike(Protocol):
-    """The part of :class:`relaxlab.core.relaxation.ReluRelaxation` the engine uses."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def intermediate(self) -> str: ...
-    @property
-    def is_interval(self) -> bool: ...
-    def transform_bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]: ...
-    def coefficients(self, lower: Tensor, upper: Tensor) -> LinesLike: ...
 
 
 Mode = Literal["auto", "backsub", "interval", "fast"]
@@ -115,7 +90,7 @@ def _segment_backward(segment: Sequence[AffineLayer], coef: Tensor, bias: Tensor
     return coef, bias
 
 
-def _relu_backward(coef: Tensor, bias: Tensor, lines: Lines) -> tuple[Tensor, Tensor]:
+def _relu_backward(coef: Tensor, bias: Tensor, lines: RelaxationTensors) -> tuple[Tensor, Tensor]:
     """Pull lower-bound rows back through a ReLU with the relaxation's lines.
 
     To *lower*-bound ``coef·y``, a positive coefficient takes the lower line of ``y``
@@ -163,7 +138,7 @@ def _relu_backward(coef: Tensor, bias: Tensor, lines: Lines) -> tuple[Tensor, Te
 
 def _pull_back(
     segments: Sequence[Sequence[AffineLayer]],
-    lines: Sequence[Lines],
+    lines: Sequence[RelaxationTensors],
     start: int,
     stop: int,
     coef: Tensor,
@@ -205,7 +180,7 @@ def _widest(segments: Sequence[Sequence[AffineLayer]], start: int, stop: int, in
 
 def _rows_lower(
     segments: Sequence[Sequence[AffineLayer]],
-    lines: Sequence[Lines],
+    lines: Sequence[RelaxationTensors],
     start: int,
     stop: int,
     rows: Tensor,
@@ -304,32 +279,17 @@ def _segment_box(
     return bounds[:, :n].reshape(-1, *out_shape), -bounds[:, n:].reshape(-1, *out_shape)
 
 
-class Lines(NamedTuple):
-    """The engine's record of one ReLU layer's lines (any :class:`LinesLike` is copied into it)."""
-
-    lower_slope: Tensor
-    lower_offset: Tensor
-    upper_slope: Tensor
-    upper_offset: Tensor
-    zeros: frozenset[str] = frozenset()
-
-
-def _relaxation_lines(relaxation: RelaxationLike, lower: Tensor, upper: Tensor) -> Lines:
-    """The relaxation's lines at ``[lower, upper]``, with its optional hints.
-
-    Uses ``coefficient_tensors`` (plain values, which ``torch.compile`` traces) when the
-    relaxation has it, else the contract's ``coefficients``.
-    """
-    plain = getattr(relaxation, "coefficient_tensors", None)
-    if plain is not None:
-        values, zeros = plain(lower, upper)
-        return Lines(*values, zeros=zeros)
+def _relaxation_lines(relaxation: Relaxer, lower: Tensor, upper: Tensor) -> RelaxationTensors:
+    """The relaxation's lines at ``[lower, upper]``, with its optional hints."""
     got = relaxation.coefficients(lower, upper)
-    return Lines(got.lower_slope, got.lower_offset, got.upper_slope, got.upper_offset,
-                 frozenset(getattr(got, "zeros", frozenset())))
+    if isinstance(got, RelaxationTensors):
+        return got
+    # A hand-written relaxer may return any object with the four fields (and perhaps ``zeros``).
+    return RelaxationTensors(got.lower_slope, got.lower_offset, got.upper_slope, got.upper_offset,
+                             frozenset(getattr(got, "zeros", frozenset())))
 
 
-def _check_lines(lines: LinesLike, like: Tensor, name: str, index: int) -> None:
+def _check_lines(lines: RelaxationTensors, like: Tensor, name: str, index: int) -> None:
     for field in ("lower_slope", "lower_offset", "upper_slope", "upper_offset"):
         value = getattr(lines, field)
         if value.shape != like.shape:
@@ -343,17 +303,17 @@ def intermediate_bounds(
     network: Network | nn.Sequential,
     lower: Tensor,
     upper: Tensor,
-    relaxation: RelaxationLike,
+    relaxation: Relaxer,
     *,
     mode: Mode = "auto",
     chunk_size: int | None = None,
     max_elements: int | None = None,
-) -> tuple[list[tuple[Tensor, Tensor]], list[Lines]]:
+) -> tuple[list[tuple[Tensor, Tensor]], list[RelaxationTensors]]:
     """Pre-activation bounds and relaxation lines of every ReLU layer.
 
     :param network: a parsed :class:`Network` or an ``nn.Sequential`` (parsed for ``lower``'s shape).
     :param lower: ``(B, *input_shape)`` input lower bounds; ``upper`` likewise.
-    :param relaxation: any object with the relaxation contract (:class:`RelaxationLike`).
+    :param relaxation: any object with the relaxation contract (:class:`Relaxer`).
     :param mode: ``"auto"`` (from the relaxation), or force ``"backsub"`` / ``"interval"``
         for the intermediate bounds (``"fast"`` behaves as ``"interval"`` here but takes the
         lines' offsets as the box after each ReLU).
@@ -367,7 +327,7 @@ def intermediate_bounds(
         max_elements = default_max_elements(lower.device)
     segments = net.segments
     boxes: list[tuple[Tensor, Tensor]] = []
-    lines: list[Lines] = []
+    lines: list[RelaxationTensors] = []
     box_lower, box_upper = lower, upper
     input_numel = math.prod(net.input_shape)
     for index in range(len(segments) - 1):
@@ -396,7 +356,7 @@ def intermediate_bounds(
     return boxes, lines
 
 
-def _resolve_mode(relaxation: RelaxationLike, mode: Mode) -> Mode:
+def _resolve_mode(relaxation: Relaxer, mode: Mode) -> Mode:
     if mode not in ("auto", "backsub", "interval", "fast"):
         raise ValueError(f"mode must be 'auto', 'backsub', 'interval' or 'fast', got {mode!r}")
     if mode != "auto":
@@ -452,7 +412,7 @@ def bound_network(
     network: Network | nn.Sequential,
     lower: Tensor,
     upper: Tensor,
-    relaxation: RelaxationLike,
+    relaxation: Relaxer,
     C: Tensor | None = None,
     *,
     mode: Mode = "auto",
@@ -466,7 +426,7 @@ def bound_network(
         shape, dtype and device).
     :param lower: ``(B, *input_shape)`` input lower bounds.
     :param upper: ``(B, *input_shape)`` input upper bounds.
-    :param relaxation: the ReLU relaxation (an object with the :class:`RelaxationLike` contract).
+    :param relaxation: the ReLU relaxation (an object with the :class:`Relaxer` contract).
     :param C: ``(B, S, K)`` or ``(S, K)`` specification rows over the ``K`` outputs; default
         the identity. It is merged into a final ``Linear`` layer (elision).
     :param mode: ``"auto"`` follows the relaxation (interval fast path when all slopes are 0,

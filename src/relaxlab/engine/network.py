@@ -23,7 +23,8 @@ device), so bounds stay differentiable with respect to the weights.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 import torch
@@ -321,11 +322,35 @@ def _flatten_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, 
     for name, module in model.named_children():
         path = f"{prefix}{name}"
         if isinstance(module, nn.Sequential):
+            _check_faithful(module, f"model.{path}")
             yield from _flatten_modules(module, prefix=f"{path}.")
-        elif isinstance(module, nn.Identity):
+        elif isinstance(module, nn.Identity) and type(module).forward is nn.Identity.forward:
             continue
         else:
             yield path, module
+
+
+def _check_faithful(module: nn.Module, where: str) -> None:
+    """Refuse a module whose output is not what its base class computes.
+
+    A subclass that overrides ``forward`` (of ``Linear``, ``ReLU``, ``Sequential``, ...) and a
+    module with forward hooks or pre-hooks (``weight_norm``/``spectral_norm`` of old style are
+    pre-hooks) compute something the layer rules do not describe: bounding them as the base
+    layer would bound another function. Parametrized weights (``torch.nn.utils.parametrize``)
+    are faithful: the engine reads ``module.weight``, which is the parametrized value.
+    """
+    base = next((cls for cls in type(module).__mro__ if cls.__module__.startswith("torch.nn")
+                 or cls is Normalize), None)
+    if base is not None and type(module).forward is not base.forward:
+        raise UnsupportedNetworkError(
+            f"{where} ({type(module).__name__}) overrides forward() of {base.__name__}: the engine would bound "
+            f"{base.__name__}'s function, not the one the model computes; use {base.__name__} itself"
+        )
+    if module._forward_hooks or module._forward_pre_hooks:
+        raise UnsupportedNetworkError(
+            f"{where} ({type(module).__name__}) has forward hooks or pre-hooks (e.g. weight_norm or spectral_norm): "
+            "they change what the layer computes; remove them (torch.nn.utils.parametrize is supported)"
+        )
 
 
 def _pair(value: int | tuple[int, ...] | str, what: str, where: str) -> tuple[int, int]:
@@ -343,6 +368,89 @@ def _unsupported(where: str, module: nn.Module, why: str) -> UnsupportedNetworkE
     )
 
 
+Cast = Callable[[Tensor], Tensor]
+
+
+def _affine_parameters(module: nn.Module, where: str, cast: Cast) -> tuple[Tensor, Tensor | None]:
+    kind = type(module).__name__
+    _check_finite(module.weight, f"{where} ({kind}) weight")
+    if module.bias is not None:
+        _check_finite(module.bias, f"{where} ({kind}) bias")
+    return cast(module.weight), None if module.bias is None else cast(module.bias)
+
+
+def _linear(module: nn.Linear, shape: Shape, where: str, cast: Cast) -> Layer:
+    if len(shape) != 1 or shape[0] != module.in_features:
+        raise UnsupportedNetworkError(
+            f"{where} (Linear) expects inputs of shape ({module.in_features},) but receives "
+            f"{shape}; add nn.Flatten() before it or fix the input shape"
+        )
+    weight, bias = _affine_parameters(module, where, cast)
+    return LinearLayer(weight, bias, shape, (module.out_features,))
+
+
+def _conv2d(module: nn.Conv2d, shape: Shape, where: str, cast: Cast) -> Layer:
+    if module.groups != 1:
+        raise _unsupported(where, module, f"groups={module.groups} (only groups=1)")
+    if tuple(module.dilation) != (1, 1):
+        raise _unsupported(where, module, f"dilation={module.dilation} (only dilation 1)")
+    if module.padding_mode != "zeros":
+        raise _unsupported(where, module, f"padding_mode={module.padding_mode!r} (only 'zeros')")
+    padding_spec = module.padding
+    if padding_spec == "valid":
+        padding_spec = (0, 0)
+    elif isinstance(padding_spec, str):
+        raise _unsupported(where, module, f"padding={padding_spec!r}; give explicit integer padding")
+    padding = _pair(padding_spec, "padding", where)
+    stride = _pair(tuple(module.stride), "stride", where)
+    if len(shape) != 3 or shape[0] != module.in_channels:
+        raise UnsupportedNetworkError(
+            f"{where} (Conv2d) expects inputs of shape ({module.in_channels}, H, W) but receives "
+            f"{shape}; check the input shape or the layer order"
+        )
+    k_h, k_w = module.kernel_size
+    out_h = (shape[1] + 2 * padding[0] - k_h) // stride[0] + 1
+    out_w = (shape[2] + 2 * padding[1] - k_w) // stride[1] + 1
+    if out_h <= 0 or out_w <= 0:
+        raise UnsupportedNetworkError(f"{where} (Conv2d) kernel {module.kernel_size} does not fit the input {shape}")
+    weight, bias = _affine_parameters(module, where, cast)
+    return ConvLayer(weight, bias, stride, padding, shape, (module.out_channels, out_h, out_w))
+
+
+def _flatten(module: nn.Flatten, shape: Shape, where: str, cast: Cast) -> Layer:
+    if module.start_dim != 1 or module.end_dim != -1:
+        raise _unsupported(where, module, f"start_dim={module.start_dim}, end_dim={module.end_dim} (only 1, -1)")
+    return FlattenLayer(shape, (math.prod(shape),))
+
+
+def _relu(module: nn.ReLU, shape: Shape, where: str, cast: Cast) -> Layer:
+    return ReluLayer(shape, shape)
+
+
+def _normalize(module: Normalize, shape: Shape, where: str, cast: Cast) -> Layer:
+    mean = module.mean.reshape(-1)
+    std = module.std.reshape(-1)
+    channels = shape[0] if shape else 1
+    if mean.numel() not in (1, channels):
+        raise UnsupportedNetworkError(
+            f"{where} (Normalize) has {mean.numel()} channels but its input {shape} has {channels}"
+        )
+    _check_finite(mean, f"{where} (Normalize) mean")
+    _check_finite(std, f"{where} (Normalize) std")
+    view = (-1, *([1] * (len(shape) - 1))) if mean.numel() > 1 else (1,) * max(len(shape), 1)
+    return ScaleShiftLayer(cast(mean).reshape(view), cast(std).reshape(view), shape, shape)
+
+
+#: The layer rules: module type -> converter ``(module, input shape, where, cast) -> Layer``.
+CONVERTERS: dict[type[nn.Module], Callable[[Any, Shape, str, Cast], Layer]] = {
+    nn.Linear: _linear,
+    nn.Conv2d: _conv2d,
+    nn.Flatten: _flatten,
+    nn.ReLU: _relu,
+    Normalize: _normalize,
+}
+
+
 def parse_network(
     model: nn.Module,
     input_shape: Shape,
@@ -350,7 +458,7 @@ def parse_network(
     dtype: torch.dtype | None = None,
     device: torch.device | None = None,
 ) -> Network:
-    """Validate ``model`` and convert it into a :class:`Network`.
+    """Validate ``model`` and convert it into a :class:`Network`, one :data:`CONVERTERS` rule per layer.
 
     :param model: an ``nn.Sequential`` (nested ``Sequential`` and ``Identity`` are allowed).
     :param input_shape: shape of one input, without the batch dimension.
@@ -358,7 +466,8 @@ def parse_network(
     :param device: device to compute on; default: the weights'.
     :return: the parsed network.
     :raises UnsupportedNetworkError: naming the offending layer's index and type, for an
-        unsupported layer or setting, a shape mismatch, or NaN/inf weights.
+        unsupported layer or setting, a subclass that overrides ``forward`` or a module with
+        hooks, a shape mismatch, or NaN/inf weights.
     """
     if isinstance(model, Network):
         return model
@@ -366,6 +475,7 @@ def parse_network(
         raise UnsupportedNetworkError(
             f"expected an nn.Sequential, got {type(model).__name__}; wrap the layers in nn.Sequential"
         )
+    _check_faithful(model, "model")
 
     def cast(t: Tensor) -> Tensor:
         return t.to(dtype=dtype if dtype is not None else t.dtype, device=device)
@@ -374,87 +484,11 @@ def parse_network(
     layers: list[Layer] = []
     for index, (path, module) in enumerate(_flatten_modules(model)):
         where = f"layer {index} (model.{path})"
-        if isinstance(module, nn.Linear):
-            if len(shape) != 1 or shape[0] != module.in_features:
-                raise UnsupportedNetworkError(
-                    f"{where} (Linear) expects inputs of shape ({module.in_features},) but receives "
-                    f"{shape}; add nn.Flatten() before it or fix the input shape"
-                )
-            _check_finite(module.weight, f"{where} (Linear) weight")
-            if module.bias is not None:
-                _check_finite(module.bias, f"{where} (Linear) bias")
-            out: Shape = (module.out_features,)
-            layers.append(
-                LinearLayer(
-                    cast(module.weight),
-                    None if module.bias is None else cast(module.bias),
-                    shape,
-                    out,
-                )
-            )
-        elif isinstance(module, nn.Conv2d):
-            if module.groups != 1:
-                raise _unsupported(where, module, f"groups={module.groups} (only groups=1)")
-            if tuple(module.dilation) != (1, 1):
-                raise _unsupported(where, module, f"dilation={module.dilation} (only dilation 1)")
-            if module.padding_mode != "zeros":
-                raise _unsupported(where, module, f"padding_mode={module.padding_mode!r} (only 'zeros')")
-            padding_spec = module.padding
-            if padding_spec == "valid":
-                padding_spec = (0, 0)
-            elif isinstance(padding_spec, str):
-                raise _unsupported(where, module, f"padding={padding_spec!r}; give explicit integer padding")
-            padding = _pair(padding_spec, "padding", where)
-            stride = _pair(tuple(module.stride), "stride", where)
-            if len(shape) != 3 or shape[0] != module.in_channels:
-                raise UnsupportedNetworkError(
-                    f"{where} (Conv2d) expects inputs of shape ({module.in_channels}, H, W) but receives "
-                    f"{shape}; check the input shape or the layer order"
-                )
-            k_h, k_w = module.kernel_size
-            out_h = (shape[1] + 2 * padding[0] - k_h) // stride[0] + 1
-            out_w = (shape[2] + 2 * padding[1] - k_w) // stride[1] + 1
-            if out_h <= 0 or out_w <= 0:
-                raise UnsupportedNetworkError(
-                    f"{where} (Conv2d) kernel {module.kernel_size} does not fit the input {shape}"
-                )
-            _check_finite(module.weight, f"{where} (Conv2d) weight")
-            if module.bias is not None:
-                _check_finite(module.bias, f"{where} (Conv2d) bias")
-            out = (module.out_channels, out_h, out_w)
-            layers.append(
-                ConvLayer(
-                    cast(module.weight),
-                    None if module.bias is None else cast(module.bias),
-                    stride,
-                    padding,
-                    shape,
-                    out,
-                )
-            )
-        elif isinstance(module, nn.Flatten):
-            if module.start_dim != 1 or module.end_dim != -1:
-                raise _unsupported(
-                    where, module, f"start_dim={module.start_dim}, end_dim={module.end_dim} (only 1, -1)"
-                )
-            out = (math.prod(shape),)
-            layers.append(FlattenLayer(shape, out))
-        elif isinstance(module, nn.ReLU):
-            layers.append(ReluLayer(shape, shape))
-        elif isinstance(module, Normalize):
-            mean = module.mean.reshape(-1)
-            std = module.std.reshape(-1)
-            channels = shape[0] if shape else 1
-            if mean.numel() not in (1, channels):
-                raise UnsupportedNetworkError(
-                    f"{where} (Normalize) has {mean.numel()} channels but its input {shape} has {channels}"
-                )
-            _check_finite(mean, f"{where} (Normalize) mean")
-            _check_finite(std, f"{where} (Normalize) std")
-            view = (-1, *([1] * (len(shape) - 1))) if mean.numel() > 1 else (1,) * max(len(shape), 1)
-            layers.append(ScaleShiftLayer(cast(mean).reshape(view), cast(std).reshape(view), shape, shape))
-        else:
+        rule = next((CONVERTERS[cls] for cls in type(module).__mro__ if cls in CONVERTERS), None)
+        if rule is None:
             raise _unsupported(where, module, "this layer type has no bound propagation rule")
+        _check_faithful(module, where)
+        layers.append(rule(module, shape, where, cast))
         shape = layers[-1].out_shape
     if not layers:
         raise UnsupportedNetworkError("the network has no layers; give at least one Linear or Conv2d layer")
