@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-import relaxlab
+from relaxlab.hookspecs import hookimpl
+from relaxlab.nn import Normalize
 
 if TYPE_CHECKING:
     from torch import nn
@@ -54,7 +55,6 @@ class Architecture:
         """
         from torch import nn
 
-        from relaxlab.nn import Normalize
 
         shape = tuple(int(s) for s in input_shape)
         if len(shape) != 3 or min(shape) < 1:
@@ -132,7 +132,7 @@ BUILTIN_ARCHITECTURES: tuple[Architecture, ...] = (
 )
 
 
-@relaxlab.hookimpl
+@hookimpl
 def relaxlab_architectures() -> Iterable[Architecture]:
     """The architectures of Table 7 of the paper: FC, CONV, CONV+ and FC-S."""
     return BUILTIN_ARCHITECTURES

@@ -1,4 +1,7 @@
-"""Keep freed memory inside the process, so that large tensors stop page-faulting on every call.
+"""Process-wide settings for long computations: torch threads and the memory allocator.
+
+:func:`set_threads` sets torch's CPU threads (the CLI's ``--threads``). :func:`tune_allocator`
+keeps freed memory inside the process, so that large tensors stop page-faulting on every call.
 
 A backward pass allocates and frees tensors of many megabytes (the coefficients of every
 specification row over a layer's neurons). With glibc's default settings, freed blocks of that
@@ -16,7 +19,7 @@ import ctypes
 import ctypes.util
 import sys
 
-__all__ = ["tune_allocator"]
+__all__ = ["set_threads", "tune_allocator"]
 
 # mallopt parameters, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -46,3 +49,14 @@ def tune_allocator(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = T
     return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(
         mallopt(_M_TRIM_THRESHOLD, int(min(trim_threshold, 2**31 - 1)))
     )
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` torch CPU threads (``None``: leave torch's choice)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)

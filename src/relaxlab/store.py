@@ -31,9 +31,13 @@ from typing import Any
 
 import attrs
 
+from relaxlab import __version__
+
 #: Environment variable for the default store path.
 STORE_ENV = "RELAXLAB_STORE"
-DEFAULT_STORE = Path("runs") / "results.sqlite"
+#: The file name of a store: it sits in the directory that holds the run directories.
+STORE_NAME = "results.sqlite"
+DEFAULT_STORE = Path("runs") / STORE_NAME
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -84,8 +88,15 @@ class Run:
     environment: dict[str, Any] = attrs.field(eq=False)
 
 
-def default_store_path() -> Path:
-    """``$RELAXLAB_STORE`` or ``runs/results.sqlite``."""
+def default_store_path(run_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where results go unless the user says otherwise.
+
+    :param run_dir: a run's directory (or a file inside it, such as its checkpoint's directory):
+        the store is ``results.sqlite`` beside the run directories, ``run_dir/../results.sqlite``.
+        Without it: ``$RELAXLAB_STORE`` or ``runs/results.sqlite``.
+    """
+    if run_dir is not None:
+        return Path(run_dir).parent / STORE_NAME
     return Path(os.environ.get(STORE_ENV, DEFAULT_STORE))
 
 
@@ -106,11 +117,11 @@ def _git_commit() -> str | None:
 
 def environment(device: str | None = None) -> dict[str, Any]:
     """Versions of Python, torch and relaxlab, the platform, the device and the git commit."""
-    import relaxlab
+
 
     env: dict[str, Any] = {
         "python": sys.version.split()[0],
-        "relaxlab": relaxlab.__version__,
+        "relaxlab": __version__,
         "platform": platform.platform(),
         "git_commit": _git_commit(),
     }

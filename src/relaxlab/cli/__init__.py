@@ -10,7 +10,7 @@ import importlib
 
 import click
 
-from relaxlab.allocator import tune_allocator
+from relaxlab.runtime import tune_allocator
 
 #: Modules that contribute commands, in the order ``relaxlab --help`` lists them.
 COMMAND_MODULES = (

@@ -1,7 +1,8 @@
 """CLI commands for the analyses of continuity and sensitivity (Sec. 4, 5.1, App. D, E of the paper).
 
 ``landscape``, ``continuity``, ``sensitivity``, ``gd-experiment`` and ``tracking-plot``: thin
-wrappers over :mod:`relaxlab.analysis`. Every command checks its input before any work.
+wrappers over :mod:`relaxlab.properties` (the measures) and :mod:`relaxlab.experiments` (the
+landscape, App. D and tracking experiments). Every command checks its input before any work.
 """
 
 from __future__ import annotations
@@ -13,59 +14,26 @@ from typing import Any
 import click
 
 from relaxlab.cli.format import clear_errors, fail, render_table
-
-PAPER_FIVE = "IBP,hBox,DeepZ,CROWN,CROWN-IBP (R)"
-
-
-def _relaxations(spec: str) -> list[Any]:
-    import relaxlab
-
-    if spec.strip().lower() == "all":
-        return [relaxlab.get_relaxation(n) for n in relaxlab.get_registry().relaxations.names()]
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    if not names:
-        fail("--relaxations is empty; give comma-separated names, e.g. 'IBP,hBox,DeepZ'")
-    out = []
-    for name in names:
-        try:
-            out.append(relaxlab.get_relaxation(name))
-        except (KeyError, LookupError) as error:
-            fail(f"unknown relaxation {name!r}: {error}")
-    return out
-
-
-def _check_eps(eps: float) -> None:
-    if not (math.isfinite(eps) and eps >= 0):
-        fail(f"--eps must be a finite number >= 0, got {eps}")
+from relaxlab.cli.options import DATA_DIR, THREADS, check_eps, one_relaxation, relaxation_option, select
+from relaxlab.runtime import set_threads
 
 
 def _load(checkpoint: Path, split: str, data_dir: str | None) -> tuple[Any, Any, Any]:
     """The model of a checkpoint and the dataset split it was trained on."""
+    from relaxlab.api import get_registry
     from relaxlab.training.checkpoint import checkpoint_config, load_model
-    from relaxlab.training.names import resolve_dataset
 
     model = load_model(checkpoint)
     config = checkpoint_config(checkpoint)
-    dataset = resolve_dataset(config.get("dataset", "mnist-mini"))
+    dataset = get_registry().datasets[config.get("dataset", "mnist-mini")]
     x, y = dataset.load(split, root=data_dir or config.get("data_dir"))
     return model, x, y
 
 
 CHECKPOINT = click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-RELAXATIONS = click.option(
-    "--relaxations", default=PAPER_FIVE, show_default=True, help="Comma-separated names, or 'all'."
-)
+RELAXATIONS = relaxation_option(default="paper")
 EPS = click.option("--eps", type=float, required=True, help="l_inf radius in pixel space [0, 1].")
 SPLIT = click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
-DATA_DIR = click.option("--data-dir", default=None, help="Directory with the dataset files.")
-THREADS = click.option("--threads", type=int, default=None, help="torch CPU threads.")
-
-
-def _threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 @click.command("landscape")
@@ -84,15 +52,15 @@ def _threads(threads: int | None) -> None:
 @SPLIT
 @DATA_DIR
 @THREADS
-def landscape_cmd(checkpoint: Path, relaxations: str, eps: float, index: int, output: int | None, loss: bool,
+def landscape_cmd(checkpoint: Path, relaxation: tuple[str, ...], eps: float, index: int, output: int | None, loss: bool,
                   radius: float, points: int, shared_direction: str | None, out: Path, split: str,
                   data_dir: str | None, threads: int | None) -> None:
     """Bounds along the gradient direction of the first-layer weights (Fig. 5): PNG + CSV."""
-    _threads(threads)
-    _check_eps(eps)
-    chosen = _relaxations(relaxations)
+    set_threads(threads)
+    check_eps(eps)
+    chosen = select(relaxation)
     with clear_errors():
-        from relaxlab.analysis.landscape import landscape, plot_landscape, write_csv
+        from relaxlab.experiments.landscape import landscape, plot_landscape, write_csv
 
         model, x, y = _load(checkpoint, split, data_dir)
         if not 0 <= index < x.shape[0]:
@@ -122,17 +90,17 @@ def landscape_cmd(checkpoint: Path, relaxations: str, eps: float, index: int, ou
 @SPLIT
 @DATA_DIR
 @THREADS
-def continuity_cmd(checkpoint: Path, relaxations: str, eps: float, samples: int, start: int, points: int,
+def continuity_cmd(checkpoint: Path, relaxation: tuple[str, ...], eps: float, samples: int, start: int, points: int,
                    alpha: float, split: str, data_dir: str | None, threads: int | None) -> None:
     """App. E.2's empirical continuity: share of examples whose certified loss jumps along ±α∇θL."""
-    _threads(threads)
-    _check_eps(eps)
+    set_threads(threads)
+    check_eps(eps)
     if samples < 1:
         fail(f"--samples must be >= 1, got {samples}")
-    chosen = _relaxations(relaxations)
+    chosen = select(relaxation)
     with clear_errors():
-        from relaxlab.analysis.continuity import discontinuity_share
-        from relaxlab.analysis.sensitivity import measured_log_sensitivity
+        from relaxlab.properties.continuity import discontinuity_share
+        from relaxlab.properties.sensitivity import measured_log_sensitivity
 
         model, x, y = _load(checkpoint, split, data_dir)
         xs, ys = x[start : start + samples], y[start : start + samples]
@@ -153,7 +121,7 @@ def continuity_cmd(checkpoint: Path, relaxations: str, eps: float, samples: int,
 @click.option("--width", "-M", type=int, default=None, help="M: width of every layer.")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Use this network's architecture (fan-ins) instead of B and M.")
-def sensitivity_cmd(relaxations: str, blocks: int | None, width: int | None, checkpoint: Path | None) -> None:
+def sensitivity_cmd(relaxation: tuple[str, ...], blocks: int | None, width: int | None, checkpoint: Path | None) -> None:
     """Theoretical sensitivity (degree N of R_N, Sec. 4.3 / App. J) derived from each relaxation's spec."""
     if checkpoint is None and (blocks is None or width is None):
         fail("give --blocks and --width (the paper's B and M), or --checkpoint")
@@ -163,16 +131,16 @@ def sensitivity_cmd(relaxations: str, blocks: int | None, width: int | None, che
         fail(f"--blocks must be >= 0, got {blocks}")
     if width is not None and width < 1:
         fail(f"--width must be >= 1, got {width}")
-    chosen = _relaxations(relaxations)
+    chosen = select(relaxation)
     with clear_errors():
-        from relaxlab.analysis.sensitivity import OpaqueRelaxationError, degree_on, fan_ins_of
+        from relaxlab.properties.sensitivity import OpaqueRelaxationError, degree_on, fan_ins_of
 
         if checkpoint is not None:
+            from relaxlab.api import get_registry
             from relaxlab.training.checkpoint import checkpoint_config, load_model
-            from relaxlab.training.names import resolve_dataset
 
             model = load_model(checkpoint)
-            shape = resolve_dataset(checkpoint_config(checkpoint).get("dataset", "mnist-mini")).input_shape
+            shape = get_registry().datasets[checkpoint_config(checkpoint).get("dataset", "mnist-mini")].input_shape
             fan_ins = fan_ins_of(model, shape)
         else:
             assert blocks is not None and width is not None
@@ -196,7 +164,7 @@ def _short(value: float) -> str:
 
 
 @click.command("gd-experiment", short_help="Gradient descent on a bound landscape vs IBP (Sec. 4.4, App. D).")
-@click.option("--relaxation", default="CROWN", show_default=True)
+@relaxation_option(default="CROWN", help_text="The relaxation compared with IBP")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of App. D's random network.")
 @click.option("--search", type=int, default=0, show_default=True,
               help="Try seeds seed..seed+N-1 and keep the first where GD ends below IBP (Fig. 4's behaviour).")
@@ -205,14 +173,14 @@ def _short(value: float) -> str:
 @click.option("--decay", type=float, default=None, help="Learning-rate decay per epoch (default 0.99).")
 @click.option("--epochs", type=int, default=None, help="Epochs (default: App. D's).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("gd_experiment.png"), show_default=True)
-def gd_experiment_cmd(relaxation: str, seed: int, search: int, output: int, lr: float | None,
+def gd_experiment_cmd(relaxation: tuple[str, ...], seed: int, search: int, output: int, lr: float | None,
                       decay: float | None, epochs: int | None, out: Path) -> None:
     """Sec. 4.4 / App. D: gradient ascent on a random 1-10-10-2 net, RELAXATION vs IBP; plot."""
     if output not in (0, 1):
         fail(f"--output must be 0 or 1 (the network has 2 outputs), got {output}")
-    chosen = _relaxations(relaxation)[0]
+    chosen = one_relaxation(relaxation)
     with clear_errors():
-        from relaxlab.analysis.gd_experiment import (
+        from relaxlab.experiments.gd_experiment import (
             default_settings,
             find_illustrative,
             gd_experiment,
@@ -244,7 +212,7 @@ def gd_experiment_cmd(relaxation: str, seed: int, search: int, output: int, lr: 
 def tracking_plot_cmd(run_ids: tuple[int, ...], store_path: Path, out: Path) -> None:
     """Fig. 6: discontinuity share and log-sensitivity over training for some runs."""
     with clear_errors():
-        from relaxlab.analysis.tracking import plot_tracking, tracked_curves
+        from relaxlab.experiments.tracking import plot_tracking, tracked_curves
         from relaxlab.store import open_store
 
         with open_store(store_path) as store:

@@ -45,17 +45,18 @@ def discover_command(families: tuple[str, ...], as_json: bool, graph_path: str |
     Results equal to a registered relaxation carry its name; the others get a name
     built from their lines, e.g. 'gen(neg 0..0, unst x..x-l, pos x..x)' (lower..upper per case).
     """
+    from relaxlab.api import get_registry
     from relaxlab.discovery import discover, emit, genealogy
-    from relaxlab.registry import get_registry
+    from relaxlab.properties.soundness import check_soundness
 
     if "none" in families and len(families) > 1:
         fail("--family none cannot be combined with other families")
     chosen = None if not families else [f for f in families if f != "none"]
+    registry = get_registry()
     try:
-        found = discover(families=chosen, relations=not no_relations, all_dominated=all_dominated)
+        found = discover(registry, families=chosen, relations=not no_relations, all_dominated=all_dominated)
     except ValueError as error:
         fail(str(error))
-    registry = get_registry()
     if graph_path or graphml_path or dot_path:
         graph = genealogy.genealogy(found, registry.relaxations.values())
         if graph_path:
@@ -67,7 +68,7 @@ def discover_command(families: tuple[str, ...], as_json: bool, graph_path: str |
     new = emit.new_results(found)
     if plugin_path:
         Path(plugin_path).write_text(emit.plugin_source(new), encoding="utf-8")
-    registered = emit.register_results(new) if register else []
+    registered = emit.register_results(new, registry, check_soundness) if register else []
 
     if as_json:
         out = found.as_dict(relations=not no_relations)

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from relaxlab.cli.format import fail, render_table
+from relaxlab.cli.options import one_relaxation, relaxation_option
 
 
 def load_model_file(path: Path) -> Any:
@@ -95,9 +96,7 @@ def _fmt(value: float) -> str:
     help="Input point(s): .npy or .pt tensor, one example or a batch.",
 )
 @click.option("--eps", required=True, type=float, help="l_inf radius of the input box.")
-@click.option(
-    "--relaxation", required=True, help="Relaxation name, e.g. 'CROWN-IBP (R)' or 'LooseIBP-C(omega=0.5)'."
-)
+@relaxation_option(help_text="The relaxation, e.g. 'CROWN-IBP (R)' or 'LooseIBP-C(omega=0.5)'")
 @click.option(
     "--spec",
     type=click.Choice(["identity", "margins"]),
@@ -125,7 +124,7 @@ def bounds_command(
     model_path: Path,
     input_path: Path,
     eps: float,
-    relaxation: str,
+    relaxation: tuple[str, ...],
     spec: str,
     label: int | None,
     domain: tuple[float, float] | None,
@@ -135,23 +134,22 @@ def bounds_command(
     """Bound a network's outputs (or margins) for every input within EPS (l_inf) of INPUT."""
     import torch
 
-    from relaxlab.api import compute_bounds, resolve_relaxation
+    from relaxlab.engine.bounds import compute_bounds
     from relaxlab.engine.network import UnsupportedNetworkError
-    from relaxlab.engine.spec import margin_spec
+    from relaxlab.engine.spec import is_certified, margin_spec
 
-    try:
-        relax = resolve_relaxation(relaxation)
-    except (LookupError, ValueError, TypeError) as error:
-        fail(str(error))
+    if not relaxation:
+        fail("give the relaxation with -r/--relaxation, e.g. -r CROWN")
+    relax = one_relaxation(relaxation)
     model = load_model_file(model_path)
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
     x = _batched(model, load_input_file(input_path)).to(torch_dtype)
     model = model.to(torch_dtype)
     C = None
     labels: list[int] | None = None
+    with torch.no_grad():
+        outputs = model(x)
     if spec == "margins":
-        with torch.no_grad():
-            outputs = model(x)
         if outputs.dim() != 2:
             fail(f"--spec margins needs a model with flat outputs, got shape {tuple(outputs.shape)}")
         classes = outputs.shape[1]
@@ -168,6 +166,7 @@ def bounds_command(
             lb, ub = compute_bounds(model, x, eps, relax, C=C, domain=domain)
     except (UnsupportedNetworkError, ValueError, TypeError) as error:
         fail(str(error))
+    certified = is_certified(lb, outputs) if labels is not None else None
     records: list[dict[str, Any]] = []
     for index in range(x.shape[0]):
         record: dict[str, Any] = {
@@ -178,7 +177,7 @@ def bounds_command(
         if labels is not None:
             record["label"] = labels[index]
             record["others"] = [j for j in range(lb.shape[1] + 1) if j != labels[index]]
-            record["certified"] = bool((lb[index] > 0).all())
+            record["certified"] = bool(certified[index])
         records.append(record)
     if as_json:
         payload = {
@@ -203,8 +202,9 @@ def bounds_command(
             rows.append([record["index"], name, _fmt(low), _fmt(high)])
     click.echo(render_table(["example", "spec", "lower", "upper"], rows))
     if labels is not None:
-        certified = sum(record["certified"] for record in records)
-        click.echo(f"certified: {certified}/{len(records)} (every margin lower bound > 0)")
+        count = sum(record["certified"] for record in records)
+        click.echo(f"certified: {count}/{len(records)} (every margin lower bound above the tolerance "
+                   "of relaxlab.engine.spec.is_certified)")
 
 
 COMMANDS = [bounds_command]

@@ -13,17 +13,17 @@ from relaxlab.cli.format import fail, render_table
 
 
 def _registry() -> Any:
-    from relaxlab.registry import get_registry
+    from relaxlab.api import get_registry
 
     return get_registry()
 
 
 def _lookup(name: str) -> Any:
-    from relaxlab.registry import UnknownNameError, get_relaxation
+    from relaxlab.api import get_relaxation
 
     try:
         return get_relaxation(name, allow_unsound=True)
-    except (UnknownNameError, ValueError, TypeError) as error:
+    except (LookupError, ValueError, TypeError) as error:
         fail(str(error))
 
 
@@ -115,7 +115,7 @@ def show_command(name: str, plot_path: str | None) -> None:
     if props.counterexample is not None:
         click.echo(f"    counterexample: {props.counterexample}")
     if plot_path:
-        from relaxlab.plotting import plot_relaxation
+        from relaxlab.properties.plotting import plot_relaxation
 
         plot_relaxation(relaxation, plot_path)
         click.echo(f"wrote {plot_path}")

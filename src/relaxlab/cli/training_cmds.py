@@ -14,13 +14,8 @@ from typing import Any
 import click
 
 from relaxlab.cli.format import clear_errors, fail, render_table
-
-
-def _threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+from relaxlab.cli.options import DATA_DIR, QUIET, STORE, THREADS, check_eps, relaxation_option, select
+from relaxlab.runtime import set_threads
 
 
 def _echo(quiet: bool) -> Callable[[str], None]:
@@ -42,12 +37,6 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-THREADS = click.option(
-    "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)."
-)
-QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
-
-
 @click.command("train")
 @click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -57,20 +46,12 @@ QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars or pe
     default=None,
     help="Run directory (default: runs/<name>).",
 )
-@click.option(
-    "--store",
-    "store_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Results database (default: results.sqlite next to the run directory).",
-)
+@STORE
 @click.option(
     "--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint."
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (TOML value).")
-@click.option(
-    "--data-dir", type=click.Path(file_okay=False), default=None, help="Directory with the dataset files."
-)
+@DATA_DIR
 @click.option(
     "--stop-after", type=int, default=None, hidden=True, help="Stop after N epochs (simulate interruption)."
 )
@@ -88,7 +69,7 @@ def train_cmd(
     quiet: bool,
 ) -> None:
     """Train a network as CONFIG_FILE (TOML) says; checkpoints every epoch."""
-    from relaxlab.store import Store
+    from relaxlab.store import Store, default_store_path
     from relaxlab.training.config import load_config, validate_names
     from relaxlab.training.trainer import train
 
@@ -99,13 +80,13 @@ def train_cmd(
         config = load_config(config_file, **overrides)
         validate_names(config)
         out_dir = out_dir or Path("runs") / config.name
-        store_path = store_path or out_dir.parent / "results.sqlite"
+        store_path = store_path or default_store_path(out_dir)
         callbacks = []
         if config.track_every > 0:
-            from relaxlab.analysis.tracking import tracking_callback
+            from relaxlab.experiments.tracking import tracking_callback
 
             callbacks.append(tracking_callback(every=config.track_every))
-        _threads(threads)
+        set_threads(threads)
         with Store(store_path) as store:
             result = train(
                 config,
@@ -127,24 +108,10 @@ def train_cmd(
         click.echo(f"{config.name}: stopped after epoch {len(result.history)}; resume with --resume")
 
 
-def _certifiers(spec: str) -> list[Any]:
-    from relaxlab.evaluation.report import PAPER_RELAXATIONS
-    from relaxlab.training.names import resolve_relaxation
-
-    names = (
-        list(PAPER_RELAXATIONS)
-        if spec.strip().lower() == "all"
-        else [s.strip() for s in spec.split(",") if s.strip()]
-    )
-    if not names:
-        fail("--relaxation needs a name, a comma-separated list, or 'all'")
-    return [resolve_relaxation(name) for name in names]
-
-
 def _test_data(config: dict[str, Any], data_dir: str | None, n: int | None) -> Any:
-    from relaxlab.training.names import resolve_dataset
+    from relaxlab.api import get_registry
 
-    dataset = resolve_dataset(config["dataset"])
+    dataset = get_registry().datasets[config["dataset"]]
     x, y = dataset.load("test", data_dir if data_dir is not None else config.get("data_dir"))
     if n:
         x, y = x[:n], y[:n]
@@ -153,30 +120,20 @@ def _test_data(config: dict[str, Any], data_dir: str | None, n: int | None) -> A
 
 @click.command("certify")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--relaxation",
-    "-r",
-    "relaxation_spec",
-    default=None,
-    help="Certifying relaxation, a comma list, or 'all' (the paper's five; prints the Table 10 matrix). "
-    "Default: each model's training relaxation(s) (IBP for natural training).",
+@relaxation_option(
+    help_text="Certifying relaxation(s); several print the Table 10 matrix. "
+    "Default: each model's training relaxation(s) (IBP for natural training)"
 )
 @click.option("--eps", type=float, default=None, help="Radius in [0, 1] (default: the run's eps_test).")
 @click.option("--n", "n", type=int, default=None, help="Certify the first N test images (default: all).")
 @click.option("--no-pgd", is_flag=True, help="Skip the PGD attack (100 steps, step size 0.01).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
-@click.option(
-    "--store",
-    "store_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Results database (default: results.sqlite next to the checkpoint's run directory).",
-)
+@DATA_DIR
+@STORE
 @click.option("--batch-size", type=int, default=100)
 @THREADS
 def certify_cmd(
     checkpoints: tuple[Path, ...],
-    relaxation_spec: str | None,
+    relaxation: tuple[str, ...],
     eps: float | None,
     n: int | None,
     no_pgd: bool,
@@ -186,28 +143,27 @@ def certify_cmd(
     threads: int | None,
 ) -> None:
     """Standard accuracy, PGD accuracy and certified robustness of CHECKPOINTS."""
-    from relaxlab.evaluation.certify import certify, check_eps
-    from relaxlab.store import Store
+    from relaxlab.evaluation.certify import certify, record_results
+    from relaxlab.store import Store, default_store_path
     from relaxlab.training.checkpoint import build_model, read_checkpoint
     from relaxlab.training.config import from_dict
-    from relaxlab.training.names import resolve_relaxation
 
     with clear_errors():
         if eps is not None:
             check_eps(eps)
-        certifiers = _certifiers(relaxation_spec) if relaxation_spec else None
+        certifiers = select(relaxation) if relaxation else None
         loaded = []
         for path in checkpoints:  # check every file before any work
             payload = read_checkpoint(path)
             config = from_dict(__import__("json").loads(payload["config"]))
             model = build_model(payload, source=f"checkpoint {path}")
             loaded.append((path, config, model))
-        _threads(threads)
+        set_threads(threads)
         rows = []
         matrix: dict[str, dict[str, float]] = {}
         for path, config, model in loaded:
             run_eps = config.eps_test if eps is None else eps
-            use = certifiers or [resolve_relaxation(name) for name in (config.train_relaxations or ("IBP",))]
+            use = certifiers or select(config.train_relaxations or ("IBP",))
             dataset, x, y = _test_data(config.to_dict(), data_dir, n)
             results = certify(
                 model,
@@ -219,26 +175,10 @@ def certify_cmd(
                 pgd=not no_pgd,
                 batch_size=batch_size,
             )
-            with Store(store_path or path.parent.parent / "results.sqlite") as store:
-                for result in results:
-                    run_id = store.create_run(
-                        "certify",
-                        {
-                            "checkpoint": str(path),
-                            "certifier": result.relaxation,
-                            "eps": run_eps,
-                            "dataset": config.dataset,
-                            "architecture": config.architecture,
-                            "method_label": config.label,
-                            "n": result.n,
-                        },
-                        name=f"certify-{config.name}-{result.relaxation}",
-                    )
-                    metrics = {"accuracy": result.accuracy, "certified": result.certified}
-                    if result.pgd is not None:
-                        metrics["pgd"] = result.pgd
-                    store.log_metrics(run_id, 0, metrics)
-                    store.finish_run(run_id)
+            with Store(store_path or default_store_path(path.parent)) as store:
+                trained = {"dataset": config.dataset, "architecture": config.architecture,
+                           "method_label": config.label}
+                record_results(store, results, checkpoint=path, trained=trained, name=f"certify-{config.name}")
             for result in results:
                 pgd = "—" if result.pgd is None else f"{100 * result.pgd:.2f}"
                 rows.append(
@@ -272,13 +212,7 @@ def certify_cmd(
 
 @click.command("tightness")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--relaxations",
-    "-r",
-    "relaxation_spec",
-    default="all",
-    help="Comma-separated relaxations, or 'all' (the paper's five).",
-)
+@relaxation_option(default="paper")
 @click.option("--eps-max", type=float, default=0.07, show_default=True, help="Largest radius of the grid.")
 @click.option("--points", type=int, default=21, show_default=True, help="Radii in the grid (the paper: 100).")
 @click.option("--n", "n", type=int, default=None, help="Use the first N test images (default: all).")
@@ -289,12 +223,12 @@ def certify_cmd(
     default=None,
     help="Where to write tightness.png / .md / .csv (default: next to the checkpoint).",
 )
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
-@click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@DATA_DIR
+@STORE
 @THREADS
 def tightness_cmd(
     checkpoint: Path,
-    relaxation_spec: str,
+    relaxation: tuple[str, ...],
     eps_max: float,
     points: int,
     n: int | None,
@@ -306,26 +240,26 @@ def tightness_cmd(
     """CR curves over an eps grid and CR-AUC (trapezoidal) per relaxation: Fig. 2 and Table 6."""
     import json
 
-    from relaxlab.evaluation.tightness import cr_curves, eps_grid, plot_curves
-    from relaxlab.store import Store
+    from relaxlab.properties.tightness import cr_curves, eps_grid, plot_curves
+    from relaxlab.store import Store, default_store_path
     from relaxlab.training.checkpoint import build_model, read_checkpoint
     from relaxlab.training.config import from_dict
 
     with clear_errors():
         grid = eps_grid(eps_max, points)
-        relaxations = _certifiers(relaxation_spec)
+        relaxations = select(relaxation)
         payload = read_checkpoint(checkpoint)
         config = from_dict(json.loads(payload["config"]))
         model = build_model(payload, source=f"checkpoint {checkpoint}")
         dataset, x, y = _test_data(config.to_dict(), data_dir, n)
-        _threads(threads)
+        set_threads(threads)
         result = cr_curves(model, x, y, grid, relaxations, num_classes=dataset.num_classes)
         out_dir = out_dir or checkpoint.parent
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_curves(result, out_dir / "tightness.png", title=f"CR curves, {config.name} ({config.dataset})")
         (out_dir / "tightness.md").write_text(result.table("markdown"))
         (out_dir / "tightness.csv").write_text(result.table("csv"))
-        with Store(store_path or checkpoint.parent.parent / "results.sqlite") as store:
+        with Store(store_path or default_store_path(checkpoint.parent)) as store:
             run_id = store.create_run(
                 "tightness",
                 {
@@ -346,13 +280,7 @@ def tightness_cmd(
 
 
 @click.command("report")
-@click.option(
-    "--store",
-    "store_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Results database (default: $RELAXLAB_STORE or runs/results.sqlite).",
-)
+@STORE
 @click.option(
     "--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True
 )
@@ -395,12 +323,12 @@ def report_cmd(store_path: Path | None, fmt: str, out_file: Path | None) -> None
 @QUIET
 def paradox_cmd(out_dir: Path, eps: float, quick: bool, seed: int, threads: int | None, quiet: bool) -> None:
     """Train CONV with IBP, hBox, DeepZ, CROWN, CROWN-IBP (R) on the embedded data and print the paradox table."""
-    from relaxlab.evaluation.certify import check_eps
-    from relaxlab.training.paradox import paradox_markdown, run_paradox
+    from relaxlab.experiments.paradox import paradox_markdown, run_paradox
+    from relaxlab.store import STORE_NAME
 
+    check_eps(eps)
     with clear_errors():
-        check_eps(eps)
-        _threads(threads)
+        set_threads(threads)
         rows = run_paradox(
             out_dir,
             eps=eps,
@@ -411,7 +339,7 @@ def paradox_cmd(out_dir: Path, eps: float, quick: bool, seed: int, threads: int 
         )
     click.echo(paradox_markdown(rows, eps=eps, n=rows[0].n))
     click.echo(
-        f"plots: {out_dir / 'tightness.png'}, {out_dir / 'paradox.png'}; store: {out_dir / 'results.sqlite'}"
+        f"plots: {out_dir / 'tightness.png'}, {out_dir / 'paradox.png'}; store: {out_dir / STORE_NAME}"
     )
 
 

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-import relaxlab
+from relaxlab.data.readers import idx_pair_to_tensors, read_cifar10, read_idx, read_svhn_mat
+from relaxlab.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -142,7 +143,6 @@ def _idx_loader(
     name: str, defaults: tuple[str, ...], hint: str
 ) -> Callable[[Path | None, str], tuple[Tensor, Tensor]]:
     def load(root: Path | None, split: str) -> tuple[Tensor, Tensor]:
-        from relaxlab.data.readers import idx_pair_to_tensors, read_idx
 
         dirs = _candidate_dirs(root, name, defaults)
         image_stem, label_stem = _IDX_FILES[split]
@@ -156,7 +156,6 @@ def _idx_loader(
 
 
 def _embedded_loader(root: Path | None, split: str) -> tuple[Tensor, Tensor]:
-    from relaxlab.data.readers import idx_pair_to_tensors, read_idx
 
     directory = Path(__file__).parent / "embedded" if root is None else root
     image_stem, label_stem = _IDX_FILES[split]
@@ -170,7 +169,6 @@ def _embedded_loader(root: Path | None, split: str) -> tuple[Tensor, Tensor]:
 
 
 def _cifar_loader(root: Path | None, split: str) -> tuple[Tensor, Tensor]:
-    from relaxlab.data.readers import read_cifar10
 
     dirs = _candidate_dirs(root, "cifar10", ("~/.cache/relaxlab/cifar10",))
     dirs = [d for base in dirs for d in (base, base / "cifar-10-batches-py")]
@@ -183,7 +181,6 @@ def _cifar_loader(root: Path | None, split: str) -> tuple[Tensor, Tensor]:
 
 
 def _svhn_loader(root: Path | None, split: str) -> tuple[Tensor, Tensor]:
-    from relaxlab.data.readers import read_svhn_mat
 
     dirs = _candidate_dirs(root, "svhn", ("~/.cache/relaxlab/svhn",))
     stem = f"{split}_32x32.mat"
@@ -276,7 +273,7 @@ BUILTIN_DATASETS: tuple[Dataset, ...] = (
 )
 
 
-@relaxlab.hookimpl
+@hookimpl
 def relaxlab_datasets() -> Iterable[Dataset]:
     """The built-in datasets: ``mnist-mini`` (embedded), ``mnist``, ``fashion-mnist``, ``cifar10``, ``svhn``."""
     return BUILTIN_DATASETS

@@ -110,7 +110,7 @@ def _tokens(names: Sequence[tuple[str, Line]]) -> dict[tuple[str, Line], str]:
     return tokens
 
 
-def _probe_relaxation(line: Line, stability: Stability, side: str) -> ReluRelaxation:
+def probe_relaxation(line: Line, stability: Stability, side: str) -> ReluRelaxation:
     """A relaxation that uses ``line`` at one slot and exact/sound lines everywhere else."""
     partners = {
         Stability.NEGATIVE: EXACT_NEGATIVE,
@@ -134,7 +134,7 @@ def check_line(line: Line, stability: Stability, side: str) -> tuple[str, str] |
         )
     lower, upper = case_pairs(stability)
     try:
-        probe = _probe_relaxation(line, stability, side)
+        probe = probe_relaxation(line, stability, side)
         found = find_counterexample(probe, lower, upper)
         values = line_values(line, stability)
     except Exception as error:  # a plugin's line that cannot even be evaluated

@@ -29,6 +29,7 @@ from relaxlab.core.expr import (
 )
 from relaxlab.core.relaxation import CaseBounds, Line, ParamSpec, ReluRelaxation
 from relaxlab.discovery.pipeline import Discovery, Result
+from relaxlab.registry import Registry, SoundnessCheck
 
 
 def new_results(discovery: Discovery) -> list[Result]:
@@ -36,19 +37,19 @@ def new_results(discovery: Discovery) -> list[Result]:
     return [r for r in discovery.results if not r.equivalent_to]
 
 
-def register_results(results: Iterable[Result], source: str = "relaxlab discover") -> list[str]:
-    """Register results in the process-wide registry (soundness-checked); the names registered.
+def register_results(
+    results: Iterable[Result], registry: Registry, check: SoundnessCheck, source: str = "relaxlab discover"
+) -> list[str]:
+    """Register results in ``registry`` after ``check`` found each sound; the names registered.
 
+    Discovery never touches a registry on its own: this is the one place it writes, when asked.
     Names already registered (e.g. by an earlier call) are skipped.
     """
-    from relaxlab.registry import get_registry, register_relaxation
-
     names = []
-    relaxations = get_registry().relaxations
     for result in results:
-        if result.name in relaxations:
+        if result.name in registry.relaxations:
             continue
-        register_relaxation(result.relaxation, source)
+        registry.relaxations.register(result.relaxation, source, check=check)
         names.append(result.name)
     return names
 

@@ -32,6 +32,8 @@ from torch import Tensor
 
 from relaxlab.core.relaxation import Line, ReluRelaxation
 from relaxlab.core.stability import Stability
+from relaxlab.discovery.catalog import probe_relaxation
+from relaxlab.properties import derive
 from relaxlab.properties.continuity import JUMP_TOLERANCE
 from relaxlab.properties.sensitivity import derive_sensitivity, probe_sensitivity
 from relaxlab.properties.tightness import case_pairs
@@ -142,9 +144,7 @@ def line_sensitive(line: Line, stability: Stability) -> bool:
     verdict = _degree_sensitive(line)
     if verdict is not None:
         return verdict
-    from relaxlab.discovery.catalog import _probe_relaxation
-
-    probe = _probe_relaxation(line, stability, "lower")
+    probe = probe_relaxation(line, stability, "lower")
     return any(r.case == str(stability) and r.side == "lower" for r in probe_sensitivity(probe))
 
 
@@ -154,8 +154,6 @@ def fast_flags(relaxation: ReluRelaxation) -> tuple[bool, bool]:
     Falls back to :func:`relaxlab.properties.derive` for a relaxation with a transform.
     """
     if relaxation.transform is not None:
-        from relaxlab.properties import derive
-
         props = derive(relaxation)
         return props.continuous, props.sensitive
     reasons = derive_sensitivity(relaxation)

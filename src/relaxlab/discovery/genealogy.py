@@ -29,6 +29,7 @@ import networkx as nx
 from relaxlab.core.relaxation import ReluRelaxation
 from relaxlab.core.stability import Stability
 from relaxlab.discovery.catalog import SLOTS
+from relaxlab.discovery.flags import fast_flags
 from relaxlab.discovery.pipeline import Discovery
 from relaxlab.properties.tightness import effective_intermediate, profile, values_equal
 
@@ -90,8 +91,6 @@ def genealogy(discovery: Discovery, registered: Iterable[ReluRelaxation] = ()) -
     for relaxation in registered:
         if relaxation.name in known or relaxation.name in graph:
             continue
-        from relaxlab.discovery.flags import fast_flags
-
         slots[relaxation.name] = ids.ids(relaxation)
         modes[relaxation.name] = effective_intermediate(relaxation)
         continuous, sensitive = fast_flags(relaxation)

@@ -33,12 +33,11 @@ from relaxlab.properties.tightness import (
     Tightness,
     compare,
     effective_intermediate,
-    equivalent,
     line_values,
     profile,
     values_equal,
 )
-from relaxlab.registry import CandidateLine, Registry, get_registry
+from relaxlab.registry import CandidateLine, Registry
 
 #: Families :func:`discover` can add, in the order they are built.
 FAMILIES = ("switch", "soft", "interval")
@@ -246,7 +245,7 @@ def _check_families(families: Iterable[str] | None) -> tuple[str, ...]:
 
 
 def discover(
-    registry: Registry | None = None,
+    registry: Registry,
     *,
     candidates: Iterable[CandidateLine] | None = None,
     families: Iterable[str] | None = None,
@@ -255,7 +254,7 @@ def discover(
 ) -> Discovery:
     """Run the discovery pipeline.
 
-    :param registry: where candidate lines and the registered relaxations come from (default: the process-wide one).
+    :param registry: where candidate lines and the registered relaxations come from (e.g. :func:`relaxlab.get_registry`).
     :param candidates: candidate lines to use instead of the registry's.
     :param families: which of :data:`FAMILIES` to add (default: all).
     :param relations: compute tightness relations to every registered relaxation.
@@ -264,7 +263,6 @@ def discover(
     """
     chosen = _check_families(families)
     start = time.perf_counter()
-    registry = registry if registry is not None else get_registry()
     registered = [
         r
         for name, r in ((n, registry.relaxations[n]) for n in registry.relaxations.names())
@@ -272,21 +270,47 @@ def discover(
     ]
     catalog = build_catalog(registry.candidate_lines if candidates is None else candidates)
     enumeration = enumerate_combinations(catalog)
-
     stages = [
         ("all combinations", math.prod(len(catalog.side_lines(side)) for _, side in SLOTS)),
         ("sound", math.prod(len(lines) for lines in catalog.sound)),
         ("sound, distinct lines", int(enumeration.combos.shape[0])),
         ("non-dominated", int((~enumeration.dominated).sum())),
     ]
-
     kept_idx = [int(i) for i in (~enumeration.dominated).nonzero().flatten()]
     drafts = [_combination_draft(enumeration.lines(i)) for i in kept_idx]
     flags = {
         d.relaxation.name: (bool(enumeration.continuous[i]), bool(enumeration.sensitive[i]))
         for d, i in zip(drafts, kept_idx, strict=True)
     }
+    drafts = _add_families(drafts, chosen, stages)
+    _check_sound(drafts)
 
+    naming = _Namer(registered)
+    results = []
+    for draft in drafts:
+        continuous, sensitive = flags.get(draft.relaxation.name) or fast_flags(draft.relaxation)
+        results.append(naming.result(draft, continuous, sensitive, relations=relations))
+    # parents by final names
+    rename = {r.generated_name: r.name for r in results}
+    results = [evolve(r, parents=tuple(rename.get(p, p) for p in r.parents)) for r in results]
+    stages.append(("total", len(results)))
+    dominated = _dominated(enumeration, results, registered, naming, all_dominated=all_dominated,
+                           relations=relations)
+    return Discovery(
+        catalog,
+        enumeration,
+        tuple(stages),
+        tuple(results),
+        tuple(dominated),
+        tuple(_rediscoveries(registered, results, dominated)),
+        catalog.rejected,
+        chosen,
+        time.perf_counter() - start,
+    )
+
+
+def _add_families(drafts: list[_Draft], chosen: tuple[str, ...], stages: list[tuple[str, int]]) -> list[_Draft]:
+    """The kept combinations plus the chosen families built from them (switch, soft, (R))."""
     switches: list[tuple[_Draft, _Draft, _Draft]] = []
     if "switch" in chosen or "soft" in chosen:
         for a_pos, a in enumerate(drafts):
@@ -299,6 +323,7 @@ def discover(
                 then, other = (a, b) if order[0] is a.relaxation.unstable else (b, a)
                 unstable = switch_case(then.relaxation.unstable, other.relaxation.unstable)
                 switches.append((_family_draft("switch", then, other, unstable), then, other))
+    drafts = list(drafts)
     if "switch" in chosen:
         drafts += [s for s, _, _ in switches]
         stages.append(("+ switch", len(switches)))
@@ -311,49 +336,37 @@ def discover(
         drafts += softs
         stages.append(("+ soft", len(softs)))
     if "interval" in chosen:
-        intervals = []
-        for draft in list(drafts):
-            if effective_intermediate(draft.relaxation) == "interval":
-                continue  # all slopes zero: backsubstitution already is interval arithmetic
-            name = f"{draft.relaxation.name} (R)"
-            intervals.append(
-                _Draft(
-                    "interval",
-                    interval_variant(draft.relaxation, name),
-                    draft.labels,
-                    draft.tokens,
-                    (draft.relaxation.name,),
-                )
-            )
+        intervals = [
+            _Draft("interval", interval_variant(d.relaxation, f"{d.relaxation.name} (R)"), d.labels, d.tokens,
+                   (d.relaxation.name,))
+            for d in drafts
+            # all slopes zero: backsubstitution already is interval arithmetic
+            if effective_intermediate(d.relaxation) != "interval"
+        ]
         drafts += intervals
         stages.append(("+ (R)", len(intervals)))
+    return drafts
 
-    # every output must pass the same soundness check as `relaxlab check`
-    sound_drafts = []
-    for draft in drafts:
-        if check_soundness(draft.relaxation) is None:
-            sound_drafts.append(draft)
-    if len(sound_drafts) != len(drafts):  # pragma: no cover - the filters above make this impossible
-        bad = [d.relaxation.name for d in drafts if d not in sound_drafts]
+
+def _check_sound(drafts: list[_Draft]) -> None:
+    """Every output passes the same soundness check as ``relaxlab check`` (the filters make this certain)."""
+    bad = [d.relaxation.name for d in drafts if check_soundness(d.relaxation) is not None]
+    if bad:  # pragma: no cover - the filters before make this impossible
         raise AssertionError(f"discovery produced unsound relaxations: {bad}")
 
-    naming = _Namer(registered)
-    results = []
-    for draft in drafts:
-        continuous, sensitive = flags.get(draft.relaxation.name) or fast_flags(draft.relaxation)
-        results.append(naming.result(draft, continuous, sensitive, relations=relations))
-    # parents by final names
-    rename = {r.generated_name: r.name for r in results}
-    results = [evolve(r, parents=tuple(rename.get(p, p) for p in r.parents)) for r in results]
-    stages.append(("total", len(results)))
 
+def _dominated(
+    enumeration: Enumeration, results: list[Result], registered: list[ReluRelaxation], naming: _Namer, *,
+    all_dominated: bool, relations: bool,
+) -> list[Result]:
+    """Dominated combinations (all, or those equal to a registered relaxation) with their dominators."""
     kept_names = {r.generated_name: r.name for r in results}
-    dominated = []
     if all_dominated:
         wanted = enumeration.dominated.nonzero().flatten().tolist()
     else:
         wanted = sorted({i for r in registered for i in _matching_combinations(enumeration, r)
                          if bool(enumeration.dominated[i])})
+    dominated = []
     for i in wanted:
         draft = _combination_draft(enumeration.lines(i))
         by = tuple(
@@ -364,28 +377,23 @@ def discover(
             draft, bool(enumeration.continuous[i]), bool(enumeration.sensitive[i]), relations=relations
         )
         dominated.append(evolve(result, status="dominated", dominated_by=by))
+    return dominated
 
-    rediscovered = []
+
+def _rediscoveries(
+    registered: list[ReluRelaxation], results: list[Result], dominated: list[Result]
+) -> list[Rediscovery]:
+    """What became of every registered relaxation: kept, dominated, or not found."""
+    out = []
     for relaxation in registered:
         found = next((r for r in (*results, *dominated) if relaxation.name in r.equivalent_to), None)
         if found is None:
-            rediscovered.append(Rediscovery(relaxation.name, "not found", None))
+            out.append(Rediscovery(relaxation.name, "not found", None))
         elif found.status == "kept":
-            rediscovered.append(Rediscovery(relaxation.name, "kept", found.name))
+            out.append(Rediscovery(relaxation.name, "kept", found.name))
         else:
-            rediscovered.append(Rediscovery(relaxation.name, "dominated", found.name, found.dominated_by))
-
-    return Discovery(
-        catalog,
-        enumeration,
-        tuple(stages),
-        tuple(results),
-        tuple(dominated),
-        tuple(rediscovered),
-        catalog.rejected,
-        chosen,
-        time.perf_counter() - start,
-    )
+            out.append(Rediscovery(relaxation.name, "dominated", found.name, found.dominated_by))
+    return out
 
 
 def _matching_combinations(enumeration: Enumeration, relaxation: ReluRelaxation) -> list[int]:
@@ -406,9 +414,6 @@ class _Namer:
 
     def __init__(self, registered: list[ReluRelaxation]) -> None:
         self.registered = registered
-
-    def equivalents(self, relaxation: ReluRelaxation) -> tuple[str, ...]:
-        return tuple(r.name for r in self.registered if equivalent(relaxation, r))
 
     def result(self, draft: _Draft, continuous: bool, sensitive: bool, *, relations: bool) -> Result:
         relaxation = draft.relaxation

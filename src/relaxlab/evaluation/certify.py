@@ -1,29 +1,30 @@
 """Certification with any relaxation: standard accuracy, PGD accuracy and certified robustness (CR).
 
-A sample is *certified* at radius eps when it is classified correctly and the relaxation's lower
-bound on every margin ``z_y - z_j`` (``j != y``) over the eps-box (clipped to [0, 1]) exceeds a
-tolerance: ``lb > CERT_ATOL + CERT_RTOL * max_j |z_j|`` (``z`` the clean logits). Bounds are
-computed in float64 by default, so the tolerance covers floating-point error with a wide margin
-and certification never claims a margin that is within rounding error of zero.
+A sample is *certified* at radius eps when it is classified correctly and
+:func:`relaxlab.engine.spec.is_certified` accepts the relaxation's lower bounds on its margins
+over the eps-box clipped to [0, 1] (they exceed a tolerance). Bounds are computed in float64 by
+default, so the tolerance covers floating-point error with a wide margin and certification never
+claims a margin that is within rounding error of zero.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 from torch import Tensor, nn
 
+from relaxlab.engine.box import check_eps
+from relaxlab.engine.spec import is_certified, margin_bounds
 from relaxlab.evaluation.pgd import pgd_robust
-from relaxlab.training.loss import margin_lower_bounds
 
 if TYPE_CHECKING:
     from relaxlab.core.relaxation import ReluRelaxation
-
-CERT_ATOL = 1e-6
-CERT_RTOL = 1e-6
+    from relaxlab.store import Store
 
 
 @attrs.frozen(kw_only=True)
@@ -48,33 +49,6 @@ class CertifyResult:
     def as_dict(self) -> dict[str, Any]:
         """Plain dict."""
         return attrs.asdict(self)
-
-
-def check_eps(eps: float) -> float:
-    """Refuse a radius outside [0, 1] (pixel space)."""
-    if not 0.0 <= float(eps) <= 1.0:
-        raise ValueError(f"eps must be in [0, 1] (inputs are pixels in [0, 1]), got {eps}")
-    return float(eps)
-
-
-def certified_mask(
-    model: nn.Module,
-    x: Tensor,
-    labels: Tensor,
-    eps: float,
-    relaxation: ReluRelaxation,
-    num_classes: int,
-    *,
-    elision: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """``(correct, certified)`` boolean masks ``(B,)`` for one batch (no gradients)."""
-    with torch.no_grad():
-        logits = model(x)
-        correct = logits.argmax(1) == labels
-        lb, _ = margin_lower_bounds(model, x, labels, eps, relaxation, num_classes, elision=elision)
-        tol = CERT_ATOL + CERT_RTOL * logits.abs().amax(dim=1, keepdim=True)
-        certified = correct & (lb > tol).all(dim=1)
-    return correct, certified
 
 
 def _batches(n: int, batch_size: int) -> list[slice]:
@@ -108,8 +82,7 @@ def certify(
     :param progress: called with the number of samples done after each batch.
     :return: one result per relaxation, in order.
     """
-    eps = check_eps(eps)
-    import copy
+    eps = check_eps(eps, maximum=1.0)
 
     net = copy.deepcopy(model).to(dtype=dtype).eval()
     correct = 0
@@ -119,11 +92,14 @@ def certify(
     for part in _batches(n, batch_size):
         x, y = images[part].to(dtype=dtype), labels[part]
         with torch.no_grad():
-            correct += int((net(x).argmax(1) == y).sum())
+            logits = net(x)
+            right = logits.argmax(1) == y
+            correct += int(right.sum())
+            for i, relaxation in enumerate(relaxations):
+                lb, _ = margin_bounds(net, x, y, eps, relaxation, num_classes=num_classes)
+                certified[i] += int((right & is_certified(lb, logits)).sum())
         if pgd:
             robust += int(pgd_robust(net, x, y, eps).sum())
-        for i, relaxation in enumerate(relaxations):
-            certified[i] += int(certified_mask(net, x, y, eps, relaxation, num_classes)[1].sum())
         if progress is not None:
             progress(part.stop - part.start)
     denominator = max(n, 1)
@@ -138,3 +114,32 @@ def certify(
         )
         for relaxation, count in zip(relaxations, certified, strict=True)
     ]
+
+
+def record_results(
+    store: Store,
+    results: Sequence[CertifyResult],
+    *,
+    checkpoint: Path,
+    trained: Mapping[str, object],
+    name: str,
+) -> list[int]:
+    """Write one finished ``certify`` run per result into ``store``; their run ids.
+
+    :param checkpoint: the certified network's checkpoint.
+    :param trained: what the network is (``dataset``, ``architecture``, ``method_label``): the
+        report groups by these.
+    :param name: run name prefix (the relaxation's name is appended).
+    """
+    ids = []
+    for result in results:
+        config = {"checkpoint": str(checkpoint), "certifier": result.relaxation, "eps": result.eps,
+                  **trained, "n": result.n}
+        run_id = store.create_run("certify", config, name=f"{name}-{result.relaxation}")
+        metrics = {"accuracy": result.accuracy, "certified": result.certified}
+        if result.pgd is not None:
+            metrics["pgd"] = result.pgd
+        store.log_metrics(run_id, 0, metrics)
+        store.finish_run(run_id)
+        ids.append(run_id)
+    return ids

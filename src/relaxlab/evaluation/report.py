@@ -16,10 +16,10 @@ from typing import Any
 
 import attrs
 
+from relaxlab.registry import PAPER_RELAXATIONS
 from relaxlab.store import Store
 
-#: The five relaxations of the paper's main comparison, in its order (Table 2).
-PAPER_RELAXATIONS = ("IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)")
+#: Row order of the reports: natural training, the paper's five, the CROWN-IBP defense.
 METHOD_ORDER = ("natural", *PAPER_RELAXATIONS, "CROWN-IBP")
 
 

@@ -20,8 +20,9 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from relaxlab.analysis._points import along_segments, bound_value
-from relaxlab.api import resolve_relaxation
+from relaxlab.api import get_relaxation
+from relaxlab.properties import derive
+from relaxlab.properties.directions import along_segments, bound_value
 
 #: App. D's settings: (initial learning rate, decay per epoch, epochs).
 DISCONTINUITY_SETTINGS = (0.02, 0.99, 20)
@@ -54,9 +55,7 @@ def random_network(seed: int, dtype: torch.dtype = torch.float64) -> tuple[nn.Se
 
 def default_settings(relaxation: object) -> tuple[float, float, int]:
     """App. D's settings: the discontinuity setup for discontinuous relaxations, else the sensitivity one."""
-    from relaxlab.properties import derive
-
-    resolved = resolve_relaxation(relaxation)  # type: ignore[arg-type]
+    resolved = get_relaxation(relaxation)  # type: ignore[arg-type]
     return DISCONTINUITY_SETTINGS if not derive(resolved).continuous else SENSITIVITY_SETTINGS  # type: ignore[arg-type]
 
 
@@ -111,7 +110,7 @@ def run_gd(
     """Gradient ascent on ``δ``: ``δ ← δ + lr_t · d(bound)/dδ``, ``lr_t = lr · decay^t``."""
     if epochs < 0 or lr <= 0 or not 0 < decay <= 1:
         raise ValueError(f"need lr > 0, 0 < decay <= 1, epochs >= 0; got lr={lr}, decay={decay}, epochs={epochs}")
-    resolved = resolve_relaxation(relaxation)  # type: ignore[arg-type]
+    resolved = get_relaxation(relaxation)  # type: ignore[arg-type]
     fn = bound_value(resolved, eps, output=output, domain=domain)
     name, d = _single(direction if direction is not None else _direction(model, x, fn))
     delta = 0.0
@@ -178,8 +177,8 @@ def gd_experiment(
         eps = eps_default if eps is None else eps
     if x is None or eps is None:
         raise ValueError("with your own model, give x and eps too")
-    chosen = resolve_relaxation(relaxation)  # type: ignore[arg-type]
-    base = resolve_relaxation(baseline)  # type: ignore[arg-type]
+    chosen = get_relaxation(relaxation)  # type: ignore[arg-type]
+    base = get_relaxation(baseline)  # type: ignore[arg-type]
     settings = settings or default_settings(chosen)
     lr, decay, epochs = settings
     fn = bound_value(chosen, eps, output=output)

@@ -19,15 +19,15 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from relaxlab.analysis._points import (
+from relaxlab.api import get_relaxation
+from relaxlab.properties.continuity import find_discontinuities
+from relaxlab.properties.directions import (
     DEFAULT_POINTS_PER_CALL,
     along_segments,
     bound_value,
     first_layer_names,
     gradient_directions,
 )
-from relaxlab.analysis.continuity import find_discontinuities
-from relaxlab.api import resolve_relaxation
 
 
 @attrs.frozen(eq=False)
@@ -92,7 +92,7 @@ def landscape(
         raise ValueError("give at least one relaxation")
     if x.dim() < 2 or x.shape[0] != 1:
         raise ValueError(f"landscape follows one input: x must have batch size 1, got shape {tuple(x.shape)}")
-    resolved = [resolve_relaxation(r) for r in relaxations]  # type: ignore[arg-type]
+    resolved = [get_relaxation(r) for r in relaxations]  # type: ignore[arg-type]
     names = list(parameters) if parameters is not None else first_layer_names(model)
     labels = None if label is None else torch.tensor([label], device=x.device)
     deltas = torch.linspace(-radius, radius, points, dtype=x.dtype)

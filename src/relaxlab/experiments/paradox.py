@@ -12,21 +12,31 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 
-from relaxlab.evaluation.report import PAPER_RELAXATIONS
-from relaxlab.training.config import TrainConfig
+from relaxlab.api import select_relaxations
+from relaxlab.evaluation.certify import certify, record_results
+from relaxlab.properties import derive
+from relaxlab.properties.tightness import TightnessResult, cr_curves, eps_grid, plot_curves
+from relaxlab.registry import PAPER_RELAXATIONS
+from relaxlab.store import STORE_NAME, Store
+from relaxlab.training.checkpoint import checkpoint_config, load_model
+from relaxlab.training.config import ConfigError, TrainConfig
+from relaxlab.training.trainer import CHECKPOINT_NAME, Data, load_data, train
+
+if TYPE_CHECKING:
+    from relaxlab.core.relaxation import ReluRelaxation
 
 #: Paper's Table 1 (MNIST CONV, eps_test = 0.3): CR-AUC from Fig. 2 and CR after certified training.
 PAPER_TABLE1 = {
     "IBP": (0.73, 86.8),
     "hBox": (1.76, 83.7),
-    "DeepZ": (3.00, 70.4),
+    "DeepZ": (3.00, 69.8),
     "CROWN": (3.36, 70.2),
-    "CROWN-IBP (R)": (2.15, 82.2),
+    "CROWN-IBP (R)": (2.15, 75.4),
 }
 
 
@@ -90,16 +100,6 @@ class ParadoxRow:
     n: int
 
 
-def flags(relaxation: Any) -> tuple[bool | None, bool | None]:
-    """``(continuous, sensitive)`` as derived by :mod:`relaxlab.properties` (None if unavailable)."""
-    try:
-        from relaxlab.properties import derive
-    except ImportError:  # pragma: no cover - properties ship with relaxlab
-        return None, None
-    properties = derive(relaxation)
-    return bool(properties.continuous), bool(properties.sensitive)
-
-
 def run_paradox(
     out_dir: str | Path,
     *,
@@ -121,111 +121,82 @@ def run_paradox(
 
     :return: one row per relaxation, in the paper's order.
     """
-    from relaxlab.evaluation.certify import certify
-    from relaxlab.evaluation.tightness import cr_curves, eps_grid, plot_curves
-    from relaxlab.store import Store
-    from relaxlab.training.checkpoint import checkpoint_config, load_model
-    from relaxlab.training.config import ConfigError
-    from relaxlab.training.names import resolve_relaxation
-    from relaxlab.training.trainer import load_data, train
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     configs = paradox_configs(eps=eps, quick=quick, seed=seed, overrides=overrides)
     data = load_data(configs[0])
-    relaxations = [resolve_relaxation(name) for name in PAPER_RELAXATIONS]
-    rows_by_name: dict[str, dict[str, Any]] = {}
-    with Store(out_dir / "results.sqlite") as store:
-        models = {}
-        for config in configs:
-            run_dir = out_dir / config.name
-            if (run_dir / "history.json").exists():  # finished earlier: reuse it if it is the same run
-                if checkpoint_config(run_dir / "checkpoint.pt") != config.to_dict():
-                    raise ConfigError(
-                        f"{run_dir} holds a finished run with another config (other --eps, --seed or "
-                        "--quick?); choose another --out"
-                    )
-                log(f"{config.label}: reusing the finished run in {run_dir}")
-                models[config.label] = load_model(run_dir / "checkpoint.pt")
-                continue
-            resume = (run_dir / "checkpoint.pt").exists()
-            log(f"training {config.label} ({'resuming' if resume else config.epochs} epochs) ...")
-            result = train(config, run_dir, store=store, resume=resume, progress=progress, data=data)
-            models[config.label] = result.model
-        # Tightness on the naturally trained network (App. B.1).
-        grid = eps_grid(tightness_eps_max, tightness_points)
-        log(f"tightness: CR curves of {len(relaxations)} relaxations at {len(grid)} radii ...")
-        tight_id = store.create_run(
-            "tightness",
-            {
-                "checkpoint": str(out_dir / "paradox-natural" / "checkpoint.pt"),
-                "eps_max": tightness_eps_max,
-                "points": tightness_points,
-                "n": min(tightness_n, int(data.test_y.shape[0])),
-                "dataset": "mnist-mini",
-                "architecture": "CONV",
-            },
-            name="paradox-tightness",
-        )
-        # Tightness is an empirical comparison, not a certificate: float32 bounds on the first
-        # ``tightness_n`` test images keep it to about a minute on a CPU.
-        tight = cr_curves(
-            models["natural"],
-            data.test_x[:tightness_n],
-            data.test_y[:tightness_n],
-            grid,
-            relaxations,
-            dtype=torch.float32,
-        )
-        aucs = tight.auc()
-        store.log_metrics(tight_id, 0, {f"cr_auc/{k}": v for k, v in aucs.items()})
-        store.finish_run(tight_id)
-        plot_curves(tight, out_dir / "tightness.png", title="CR curves, naturally trained CONV (mnist-mini)")
+    relaxations = select_relaxations("paper")
+    with Store(out_dir / STORE_NAME) as store:
+        models = _train_all(configs, out_dir, store, data, progress=progress, log=log)
+        log(f"tightness: CR curves of {len(relaxations)} relaxations at {tightness_points} radii ...")
+        aucs = _tightness(models["natural"], data, relaxations, store, out_dir,
+                          eps_max=tightness_eps_max, points=tightness_points, n=tightness_n).auc()
+        rows = []
         for relaxation in relaxations:
-            model = models[relaxation.name]
             log(f"certifying the {relaxation.name}-trained network with {relaxation.name} ...")
-            result = certify(model, data.test_x, data.test_y, eps, [relaxation], pgd=not quick)[0]
             config = next(c for c in configs if c.label == relaxation.name)
-            run_id = store.create_run(
-                "certify",
-                {
-                    "checkpoint": str(out_dir / config.name / "checkpoint.pt"),
-                    "certifier": relaxation.name,
-                    "eps": eps,
-                    "dataset": config.dataset,
-                    "architecture": config.architecture,
-                    "method_label": config.label,
-                    "n": result.n,
-                },
-                name=f"certify-{config.name}",
-            )
-            metrics = {"accuracy": result.accuracy, "certified": result.certified}
-            if result.pgd is not None:
-                metrics["pgd"] = result.pgd
-            store.log_metrics(run_id, 0, metrics)
-            store.finish_run(run_id)
-            rows_by_name[relaxation.name] = {"result": result, "auc": aucs[relaxation.name]}
-    rows = []
-    for relaxation in relaxations:
-        continuous, sensitive = flags(relaxation)
-        entry = rows_by_name[relaxation.name]
-        rows.append(
-            ParadoxRow(
-                relaxation=relaxation.name,
-                continuous=continuous,
-                sensitive=sensitive,
-                cr_auc=entry["auc"],
-                accuracy=100 * entry["result"].accuracy,
-                certified=100 * entry["result"].certified,
-                pgd=None if entry["result"].pgd is None else 100 * entry["result"].pgd,
-                n=entry["result"].n,
-            )
-        )
+            result = certify(models[relaxation.name], data.test_x, data.test_y, eps, [relaxation], pgd=not quick)[0]
+            record_results(store, [result], checkpoint=out_dir / config.name / CHECKPOINT_NAME,
+                           trained=_trained(config), name=f"certify-{config.name}")
+            properties = derive(relaxation)
+            rows.append(ParadoxRow(
+                relaxation=relaxation.name, continuous=properties.continuous, sensitive=properties.sensitive,
+                cr_auc=aucs[relaxation.name], accuracy=100 * result.accuracy, certified=100 * result.certified,
+                pgd=None if result.pgd is None else 100 * result.pgd, n=result.n,
+            ))
     (out_dir / "paradox.md").write_text(paradox_markdown(rows, eps=eps, n=int(data.test_y.shape[0])))
     (out_dir / "paradox.csv").write_text(paradox_csv(rows))
     (out_dir / "paradox.json").write_text(json.dumps([attrs.asdict(r) for r in rows], indent=1))
     plot_paradox(rows, out_dir / "paradox.png", eps=eps)
     return rows
+
+
+def _trained(config: TrainConfig) -> dict[str, object]:
+    return {"dataset": config.dataset, "architecture": config.architecture, "method_label": config.label}
+
+
+def _train_all(
+    configs: list[TrainConfig], out_dir: Path, store: Store, data: Data, *, progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Train (or reuse the finished run of) every config; the models by label."""
+    models = {}
+    for config in configs:
+        run_dir = out_dir / config.name
+        if (run_dir / "history.json").exists():  # finished earlier: reuse it if it is the same run
+            if checkpoint_config(run_dir / CHECKPOINT_NAME) != config.to_dict():
+                raise ConfigError(
+                    f"{run_dir} holds a finished run with another config (other --eps, --seed or "
+                    "--quick?); choose another --out"
+                )
+            log(f"{config.label}: reusing the finished run in {run_dir}")
+            models[config.label] = load_model(run_dir / CHECKPOINT_NAME)
+            continue
+        resume = (run_dir / CHECKPOINT_NAME).exists()
+        log(f"training {config.label} ({'resuming' if resume else config.epochs} epochs) ...")
+        models[config.label] = train(config, run_dir, store=store, resume=resume, progress=progress, data=data).model
+    return models
+
+
+def _tightness(
+    model: Any, data: Data, relaxations: list[ReluRelaxation], store: Store, out_dir: Path, *,
+    eps_max: float, points: int, n: int,
+) -> TightnessResult:
+    """CR curves on the naturally trained network (App. B.1), recorded and plotted."""
+    grid = eps_grid(eps_max, points)
+    run_id = store.create_run(
+        "tightness",
+        {"checkpoint": str(out_dir / "paradox-natural" / CHECKPOINT_NAME), "eps_max": eps_max, "points": points,
+         "n": min(n, int(data.test_y.shape[0])), "dataset": "mnist-mini", "architecture": "CONV"},
+        name="paradox-tightness",
+    )
+    # Tightness is an empirical comparison, not a certificate: float32 bounds on the first
+    # ``n`` test images keep it to about a minute on a CPU.
+    result = cr_curves(model, data.test_x[:n], data.test_y[:n], grid, relaxations, dtype=torch.float32)
+    store.log_metrics(run_id, 0, {f"cr_auc/{k}": v for k, v in result.auc().items()})
+    store.finish_run(run_id)
+    plot_curves(result, out_dir / "tightness.png", title="CR curves, naturally trained CONV (mnist-mini)")
+    return result
 
 
 def _mark(flag: bool | None, good: bool) -> str:

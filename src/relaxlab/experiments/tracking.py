@@ -5,9 +5,9 @@
 the first ``samples`` examples of the current batch and at the current ``eps``:
 
 - ``discontinuity_share``: App. E.2's share of examples whose certified loss jumps along
-  ``θ ± α∇θL`` (:func:`relaxlab.analysis.continuity.discontinuity_share`);
+  ``θ ± α∇θL`` (:func:`relaxlab.properties.continuity.discontinuity_share`);
 - ``log_sensitivity``: App. E.2's log-sensitivity averaged over the examples
-  (:func:`relaxlab.analysis.sensitivity.measured_log_sensitivity`);
+  (:func:`relaxlab.properties.sensitivity.measured_log_sensitivity`);
 - ``unstable_layers``: the mean number of ReLU layers holding an unstable neuron (``B' + 1``),
 
 and logs them to the results store under the training run, with the optimisation step as
@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from relaxlab.analysis.continuity import ALPHA, C_RATIO, D_FLOOR, POINTS, discontinuity_share
-from relaxlab.analysis.sensitivity import PAPER_M, measured_log_sensitivity
+from relaxlab.api import get_relaxation
+from relaxlab.properties.continuity import ALPHA, C_RATIO, D_FLOOR, POINTS, discontinuity_share
+from relaxlab.properties.sensitivity import PAPER_M, measured_log_sensitivity
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -48,9 +49,7 @@ def measure(
     domain: tuple[float, float] | None = (0.0, 1.0),
 ) -> dict[str, float]:
     """The three tracked quantities on one batch (model left in the mode it was in)."""
-    from relaxlab.api import resolve_relaxation
-
-    resolved = resolve_relaxation(relaxation)  # type: ignore[arg-type]
+    resolved = get_relaxation(relaxation)  # type: ignore[arg-type]
     was_training = model.training
     model.eval()
     try:

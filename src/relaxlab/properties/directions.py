@@ -13,7 +13,6 @@ Shapes: ``P`` points (input, parameter vector) evaluated together; ``S`` specifi
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import attrs
@@ -21,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from relaxlab.api import compute_bounds, input_box, resolve_relaxation
+from relaxlab.core.relaxer import check_relaxer
+from relaxlab.engine.bounds import compute_bounds
 from relaxlab.engine.network import LinearLayer, Network, parse_network
+from relaxlab.engine.spec import margin_bounds, worst_case_logits
 
 #: Default number of points bounded in one engine call.
 DEFAULT_POINTS_PER_CALL = 128
@@ -180,7 +181,7 @@ def bound_value(
     The certified loss is ``kappa·CE(z, y) + (1 - kappa)·CE(z_worst, y)`` per example, with
     ``z_worst`` from the margin lower bounds (the training loss of one example, L1 excluded).
     """
-    resolved = resolve_relaxation(relaxation)  # type: ignore[arg-type]
+    resolved = check_relaxer(relaxation)
     if (output is None) == (labels is None):
         raise ValueError("give exactly one of output= (follow a lower bound) or labels= (follow the loss)")
     if not 0.0 <= kappa <= 1.0:
@@ -212,15 +213,10 @@ def certified_loss(
     domain: tuple[float, float] | None = None,
 ) -> Tensor:
     """Per-example ``kappa·CE(z, y) + (1 - kappa)·CE(z_worst, y)``, ``(B,)``, differentiable."""
-    from relaxlab.engine.spec import margin_spec
-
     net = network if isinstance(network, Network) else parse_network(network, tuple(x.shape[1:]))
-    classes = net.output_dim
-    spec = margin_spec(labels, classes, dtype=x.dtype).to(x.device)
-    lb, _ = compute_bounds(net, x, eps, relaxation, C=spec, domain=domain, lower_only=True)  # type: ignore[arg-type]
-    others = spec.argmin(dim=-1)
-    worst = lb.new_zeros(lb.shape[0], classes).scatter(1, others, -lb)
-    loss = F.cross_entropy(worst, labels, reduction="none")
+    lb, others = margin_bounds(net, x, labels, eps, check_relaxer(relaxation), num_classes=net.output_dim,
+                               domain=domain)
+    loss = F.cross_entropy(worst_case_logits(lb, others, net.output_dim), labels, reduction="none")
     if kappa > 0.0:
         loss = (1.0 - kappa) * loss + kappa * F.cross_entropy(net.forward(x), labels, reduction="none")
     return loss
@@ -292,11 +288,6 @@ def along_segments(
     return values.reshape(batch, n)
 
 
-def parameter_count(directions: Mapping[str, Tensor]) -> int:
-    """Number of scalar parameters a direction moves (per input)."""
-    return sum(math.prod(d.shape[1:]) for d in directions.values())
-
-
 __all__ = [
     "BatchedLinearLayer",
     "along_segments",
@@ -306,5 +297,4 @@ __all__ = [
     "evaluate_points",
     "first_layer_names",
     "gradient_directions",
-    "input_box",
 ]

@@ -27,7 +27,7 @@ def plot_relaxation(relaxation: ReluRelaxation, path: str | os.PathLike[str]) ->
     for ax, (title, lo, hi) in zip(axes, EXAMPLE_BOUNDS, strict=True):
         lb = torch.tensor([lo], dtype=torch.float64)
         ub = torch.tensor([hi], dtype=torch.float64)
-        ls, lo_off, us, uo = (float(t) for t in relaxation.coefficients(lb, ub))
+        ls, lo_off, us, uo = (float(t) for t in relaxation.coefficients(lb, ub).tensors)
         tl, tu = (float(t) for t in relaxation.transform_bounds(lb, ub))
         xs = torch.linspace(min(lo, tl), max(hi, tu), 200, dtype=torch.float64)
         ax.plot(xs, xs.clamp_min(0), color="black", lw=2, label="ReLU")

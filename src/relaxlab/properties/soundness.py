@@ -74,7 +74,7 @@ def find_counterexample(
         i = int(narrowed.nonzero()[0, 0])
         return Counterexample(relaxation.name, str(classify(float(tl[i]), float(tu[i]))), "transform",
                               float(lb[i]), float(ub[i]), float("nan"), float(tl[i]), float(tu[i]), params)
-    ls, lo, us, uo = relaxation.coefficients(lb, ub)
+    ls, lo, us, uo = relaxation.coefficients(lb, ub).tensors
     zero = torch.zeros_like(lb)
     points = (lb, ub, torch.where((lb < 0) & (ub > 0), zero, lb))
     for x in points:

@@ -31,6 +31,13 @@ import numpy as np
 from attrs import frozen
 from scipy import sparse
 
+#: HiGHS tolerances every reference solve uses: tight feasibility, no tiny coefficients dropped.
+HIGHS_OPTIONS = {
+    "small_matrix_value": 1e-12,
+    "primal_feasibility_tolerance": 1e-9,
+    "dual_feasibility_tolerance": 1e-9,
+}
+
 Mode = Literal["milp", "triangle"]
 
 

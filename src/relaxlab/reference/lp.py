@@ -36,7 +36,7 @@ from scipy import sparse
 from scipy.optimize import OptimizeWarning, linprog
 from torch import Tensor, nn
 
-from relaxlab.reference._encoding import Encoding, encode
+from relaxlab.reference._encoding import HIGHS_OPTIONS, Encoding, encode
 from relaxlab.reference.dense import DenseNetwork, ReferenceInput, prepare_input, spec_scale
 
 __all__ = ["LP_ATOL", "LP_PAD", "LP_RTOL", "LpAllResult", "lp_all_bounds", "solve_lp_all"]
@@ -48,11 +48,6 @@ LP_RTOL = 1e-6
 #: Relative outward padding of every LP-computed intermediate bound.
 LP_PAD = 1e-7
 
-_HIGHS_OPTIONS = {
-    "small_matrix_value": 1e-12,
-    "primal_feasibility_tolerance": 1e-9,
-    "dual_feasibility_tolerance": 1e-9,
-}
 
 
 @frozen(eq=False)
@@ -100,7 +95,7 @@ def _as_linprog(enc: Encoding) -> dict[str, object]:
 def _minimum(objective: np.ndarray, problem: dict[str, object]) -> float:
     messages = []
     # Tight tolerances first; HiGHS's defaults as a fallback for numerically awkward instances.
-    for options in (_HIGHS_OPTIONS, {}):
+    for options in (HIGHS_OPTIONS, {}):
         with warnings.catch_warnings():
             # scipy warns that options it does not know are passed to HiGHS verbatim: that is the intent.
             warnings.filterwarnings(

@@ -31,7 +31,7 @@ from attrs import frozen
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import Tensor, nn
 
-from relaxlab.reference._encoding import encode
+from relaxlab.reference._encoding import HIGHS_OPTIONS, encode
 from relaxlab.reference.dense import DenseNetwork, ReferenceInput, prepare_input, spec_scale
 
 __all__ = ["MILP_ATOL", "MILP_RTOL", "MilpResult", "milp_bounds", "solve_milp"]
@@ -41,14 +41,7 @@ MILP_ATOL = 1e-6
 #: Slack relative to the interval-arithmetic magnitude of the spec row.
 MILP_RTOL = 1e-6
 
-_HIGHS_OPTIONS = {
-    "small_matrix_value": 1e-12,
-    "mip_rel_gap": 1e-9,
-    "mip_abs_gap": 1e-9,
-    "mip_feasibility_tolerance": 1e-9,
-    "primal_feasibility_tolerance": 1e-9,
-    "dual_feasibility_tolerance": 1e-9,
-}
+_HIGHS_OPTIONS = {**HIGHS_OPTIONS, "mip_rel_gap": 1e-9, "mip_abs_gap": 1e-9, "mip_feasibility_tolerance": 1e-9}
 _FALLBACK_OPTIONS = {"mip_rel_gap": 1e-9, "mip_abs_gap": 1e-9}
 
 

@@ -11,7 +11,6 @@ from collections.abc import Iterable
 
 from attrs import evolve
 
-import relaxlab
 from relaxlab.core.expr import L, Param, U, ceil, floor, ge
 from relaxlab.core.lines import (
     CHORD,
@@ -31,6 +30,7 @@ from relaxlab.core.lines import (
     switch_line,
 )
 from relaxlab.core.relaxation import BoundsTransform, CaseBounds, ParamSpec, ReluRelaxation, line
+from relaxlab.hookspecs import hookimpl
 
 PAPER = "Jovanović et al., On the Paradox of Certified Training, TMLR 2022"
 
@@ -147,7 +147,7 @@ BUILTINS: tuple[ReluRelaxation, ...] = (
 )
 
 
-@relaxlab.hookimpl
+@hookimpl
 def relaxlab_relaxations() -> Iterable[ReluRelaxation]:
     return BUILTINS
 
@@ -165,6 +165,6 @@ CANDIDATE_LINES = (
 )
 
 
-@relaxlab.hookimpl
+@hookimpl
 def relaxlab_candidate_lines() -> Iterable[tuple[str, str, object]]:
     return CANDIDATE_LINES

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from relaxlab.api import get_registry
+
 FORMAT = "relaxlab-checkpoint"
 VERSION = 1
 
@@ -117,12 +119,9 @@ def build_model(payload: dict[str, Any], source: str = "checkpoint") -> nn.Seque
 
     :raises CheckpointError: the weights do not fit the named architecture.
     """
-    from relaxlab.training.config import ConfigError
-    from relaxlab.training.names import resolve_architecture
-
     try:
-        architecture = resolve_architecture(payload["architecture"])
-    except ConfigError as error:
+        architecture = get_registry().architectures[payload["architecture"]]
+    except LookupError as error:
         raise CheckpointError(f"{source}: {error}") from error
     model = architecture.build(
         payload["input_shape"], payload["num_classes"], payload["mean"], payload["std"]

@@ -13,9 +13,17 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+from relaxlab.api import get_registry, get_relaxation
+from relaxlab.engine.box import check_eps
+
+if TYPE_CHECKING:
+    from relaxlab.architectures import Architecture
+    from relaxlab.core.relaxation import ReluRelaxation
+    from relaxlab.data.datasets import Dataset
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,10 +38,17 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names it and the fix."""
 
 
-def _unit_interval(name: str) -> Any:
+def _fraction(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{attribute.name} must be in [0, 1], got {value}")
+
+
+def _radius(name: str) -> Any:
     def check(_instance: Any, _attribute: Any, value: float) -> None:
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{name} must be in [0, 1] (pixel space), got {value}")
+        try:
+            check_eps(value, maximum=1.0, name=name)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(str(error)) from None
 
     return check
 
@@ -104,11 +119,11 @@ class TrainConfig:
     epochs: int = attrs.field(default=10, validator=_positive)
     warmup_epochs: int = attrs.field(default=0, validator=_non_negative)
     rampup_epochs: int = attrs.field(default=0, validator=_non_negative)
-    eps_train: float = attrs.field(default=0.3, validator=_unit_interval("eps_train"))
-    eps_start: float = attrs.field(default=0.0, validator=_unit_interval("eps_start"))
-    eps_test: float = attrs.field(default=0.3, validator=_unit_interval("eps_test"))
-    kappa_start: float = attrs.field(default=1.0, validator=_unit_interval("kappa_start"))
-    kappa_end: float = attrs.field(default=0.0, validator=_unit_interval("kappa_end"))
+    eps_train: float = attrs.field(default=0.3, validator=_radius("eps_train"))
+    eps_start: float = attrs.field(default=0.0, validator=_radius("eps_start"))
+    eps_test: float = attrs.field(default=0.3, validator=_radius("eps_test"))
+    kappa_start: float = attrs.field(default=1.0, validator=_fraction)
+    kappa_end: float = attrs.field(default=0.0, validator=_fraction)
     elision: bool = True
     lr: float = attrs.field(default=5e-4, validator=_positive)
     lr_schedule: str = attrs.field(default="constant", validator=_one_of(LR_SCHEDULES))
@@ -237,14 +252,26 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
         raise ConfigError(f"config file {path}: {error}") from error
 
 
-def validate_names(config: TrainConfig) -> None:
-    """Check the relaxation, architecture and dataset names against the registry (close names suggested).
+@attrs.frozen(kw_only=True)
+class Resolved:
+    """What the names of a config stand for in the registry."""
 
-    :raises ConfigError: an unknown name.
+    dataset: Dataset
+    architecture: Architecture
+    relaxations: tuple[ReluRelaxation, ...]
+
+
+def validate_names(config: TrainConfig) -> Resolved:
+    """The registry's dataset, architecture and relaxations for the config's names.
+
+    :raises ConfigError: an unknown (close names suggested) or unsound name.
     """
-    from relaxlab.training.names import resolve_architecture, resolve_dataset, resolve_relaxation
-
-    resolve_dataset(config.dataset)
-    resolve_architecture(config.architecture)
-    for name in config.train_relaxations:
-        resolve_relaxation(name)
+    registry = get_registry()
+    try:
+        return Resolved(
+            dataset=registry.datasets[config.dataset],
+            architecture=registry.architectures[config.architecture],
+            relaxations=tuple(get_relaxation(name) for name in config.train_relaxations),
+        )
+    except (LookupError, ValueError) as error:
+        raise ConfigError(str(error)) from error

@@ -21,6 +21,9 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from relaxlab.api import get_relaxation
+from relaxlab.evaluation.certify import certify
+from relaxlab.store import Store, environment
 from relaxlab.training.checkpoint import (
     CheckpointError,
     build_model,
@@ -28,14 +31,13 @@ from relaxlab.training.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from relaxlab.training.config import ConfigError, TrainConfig, from_dict
+from relaxlab.training.config import ConfigError, TrainConfig, from_dict, validate_names
 from relaxlab.training.loss import training_loss
-from relaxlab.training.names import resolve_architecture, resolve_dataset, resolve_relaxation
-from relaxlab.training.schedule import learning_rate, schedule_at
+from relaxlab.training.schedule import ScheduleValues, learning_rate, schedule_at
 
 if TYPE_CHECKING:
+    from relaxlab.architectures import Architecture
     from relaxlab.data.datasets import Dataset
-    from relaxlab.store import Store
 
 #: ``callback(step=, model=, batch=(x, y), eps=, relaxation=, store=, run_id=)``, called after each step.
 Callback = Callable[..., None]
@@ -76,7 +78,7 @@ class Data:
 
 def load_data(config: TrainConfig) -> Data:
     """Load the config's dataset (train and test splits, subset as configured)."""
-    dataset = resolve_dataset(config.dataset)
+    dataset = validate_names(config).dataset
     train_x, train_y = dataset.load("train", config.data_dir)
     test_x, test_y = dataset.load("test", config.data_dir)
     return subset(
@@ -148,8 +150,7 @@ def train(
     :return: the trained model, its history and where it was saved.
     :raises ConfigError: unknown names; :class:`CheckpointError`: nothing or a foreign checkpoint to resume.
     """
-    architecture = resolve_architecture(config.architecture)
-    relaxations = tuple(resolve_relaxation(name) for name in config.train_relaxations)
+    resolved = validate_names(config)
     out_dir = Path(out_dir)
     checkpoint_path = out_dir / CHECKPOINT_NAME
     payload: dict[str, Any] | None = None
@@ -161,173 +162,175 @@ def train(
             f"{checkpoint_path} already exists; pass --resume to continue that run or choose another --out"
         )
     data = load_data(config) if data is None else subset(data, config)
-    if data.dataset.name != resolve_dataset(config.dataset).name:
+    if int(data.train_y.shape[0]) == 0:
+        raise ConfigError(f"the training split of {config.dataset!r} is empty; check data_dir and train_subset")
+    if data.dataset.name != resolved.dataset.name:
         raise ConfigError(f"data of dataset {data.dataset.name!r} given for a config of {config.dataset!r}")
-    dataset = data.dataset
     device = _default_device() if device is None else torch.device(device)
     progress = sys.stderr.isatty() if progress is None else progress
-
-    torch.manual_seed(config.seed)
-    model = architecture.build(dataset.input_shape, dataset.num_classes, dataset.mean, dataset.std)
-    generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    history: list[dict[str, float]] = []
-    start_epoch, step = 0, 0
-    run_id: int | None = None
-    if payload is not None:
-        model = build_model(payload, source=str(checkpoint_path))
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        if payload.get("optimizer") is not None:
-            optimizer.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["rng_torch"])
-        generator.set_state(payload["rng_generator"])
-        start_epoch, step = int(payload["epoch"]), int(payload["step"])
-        history = json.loads(payload["history"])
-        run_id = payload.get("run_id")
-    model.to(device)
-    _optimizer_to(optimizer, device)
-
+    state = _start(config, resolved.architecture, data.dataset, payload, checkpoint_path, device)
     if store is not None:
-        if run_id is not None and any(r.id == run_id for r in store.runs(kind="train")):
-            store.reopen_run(run_id)
-            # metrics are logged at global step indices; drop what the interrupted run logged after
-            # its last checkpoint (the resumed run logs it again, identically)
-            store.delete_metrics_from(run_id, step)
-        else:
-            from relaxlab.store import environment
-
-            run_id = store.create_run(
-                "train", config.to_dict(), name=config.name, env=environment(str(device))
-            )
-            for metrics in history:
-                store.log_metrics(run_id, int(metrics["step"]), metrics)
-
-    n = int(data.train_y.shape[0])
-    batches_per_epoch = -(-n // config.batch_size)
-    if config.max_batches:
-        batches_per_epoch = min(batches_per_epoch, config.max_batches)
-    steps_per_epoch = batches_per_epoch
-    first_relaxation = relaxations[0] if relaxations else None
+        state.run_id = _open_run(store, state, config, device)
+    loop = _Loop(config=config, data=data, relaxations=resolved.relaxations, callbacks=tuple(callbacks),
+                 store=store, progress=progress)
     finished = True
     try:
-        epochs = _progress(
-            range(start_epoch, config.epochs),
-            progress,
-            desc=config.name,
-            initial=start_epoch,
-            total=config.epochs,
-        )
+        epochs = _progress(range(state.epoch, config.epochs), progress, desc=config.name, initial=state.epoch,
+                           total=config.epochs)
         for epoch in epochs:
             if stop_after is not None and epoch >= stop_after:
                 finished = False
                 break
-            lr = learning_rate(config, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            order = torch.randperm(n, generator=generator)
-            model.train()
-            sums: dict[str, float] = {}
-            count = 0
-            values = schedule_at(config, step, steps_per_epoch)
-            for b in _progress(range(batches_per_epoch), progress, desc=f"epoch {epoch + 1}"):
-                index = order[b * config.batch_size : (b + 1) * config.batch_size]
-                x, y = data.train_x[index].to(device), data.train_y[index].to(device)
-                values = schedule_at(config, step, steps_per_epoch)
-                loss, parts = training_loss(
-                    model,
-                    x,
-                    y,
-                    eps=values.eps,
-                    kappa=values.kappa,
-                    beta=values.beta,
-                    relaxations=relaxations,
-                    num_classes=dataset.num_classes,
-                    elision=config.elision,
-                    l1=config.l1,
-                )
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training loss became {float(loss)} at epoch {epoch + 1}, step {step}; "
-                        "lower lr or add grad_clip"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + value * int(y.shape[0])
-                count += int(y.shape[0])
-                for callback in callbacks:
-                    callback(
-                        step=step,
-                        model=model,
-                        batch=(x, y),
-                        eps=values.eps,
-                        relaxation=first_relaxation,
-                        store=store,
-                        run_id=run_id,
-                    )
-                step += 1
-            metrics = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
-            metrics.update(
-                {
-                    "epoch": float(epoch + 1),
-                    "step": float(step - 1),
-                    "lr": lr,
-                    "eps": values.eps,
-                    "kappa": values.kappa,
-                }
-            )
-            if config.method == "crown-ibp":
-                metrics["beta"] = values.beta
-            last = epoch + 1 == config.epochs
-            if config.eval_every and ((epoch + 1) % config.eval_every == 0) and not last:
-                metrics.update(evaluate(model, data, config, relaxations))
-            history.append(metrics)
-            if store is not None and run_id is not None:
-                store.log_metrics(run_id, step - 1, metrics)
-            save_checkpoint(
-                checkpoint_path,
-                make_payload(
-                    config_json=config.to_json(),
-                    architecture=architecture.name,
-                    input_shape=dataset.input_shape,
-                    num_classes=dataset.num_classes,
-                    mean=dataset.mean,
-                    std=dataset.std,
-                    model=model,
-                    optimizer=optimizer,
-                    generator=generator,
-                    epoch=epoch + 1,
-                    step=step,
-                    history=history,
-                    run_id=run_id,
-                ),
-            )
+            metrics = loop.epoch(state, epoch)
+            state.history.append(metrics)
+            if store is not None and state.run_id is not None:
+                store.log_metrics(state.run_id, state.step - 1, metrics)
+            save_checkpoint(checkpoint_path, _payload(state, config, resolved.architecture.name, data.dataset))
             if log is not None:
                 log(_format_epoch(config, metrics))
     except BaseException:
-        if store is not None and run_id is not None:
-            store.finish_run(run_id, "failed")
+        if store is not None and state.run_id is not None:
+            store.finish_run(state.run_id, "failed")
         raise
     final: dict[str, float] = {}
     if finished:
-        final = evaluate(model, data, config, relaxations)
-        if store is not None and run_id is not None:
-            store.log_metrics(run_id, max(step - 1, 0), final)
-            store.finish_run(run_id, "done")
-        (out_dir / "history.json").write_text(json.dumps({"history": history, "final": final}, indent=1))
-    elif store is not None and run_id is not None:
-        store.finish_run(run_id, "interrupted")
-    model.eval()
-    return TrainResult(
-        model=model,
-        history=history,
-        checkpoint=checkpoint_path,
-        run_id=run_id,
-        final=final,
-        finished=finished,
+        final = evaluate(state.model, data, config, resolved.relaxations)
+        if store is not None and state.run_id is not None:
+            store.log_metrics(state.run_id, max(state.step - 1, 0), final)
+            store.finish_run(state.run_id, "done")
+        (out_dir / "history.json").write_text(json.dumps({"history": state.history, "final": final}, indent=1))
+    elif store is not None and state.run_id is not None:
+        store.finish_run(state.run_id, "interrupted")
+    state.model.eval()
+    return TrainResult(model=state.model, history=state.history, checkpoint=checkpoint_path, run_id=state.run_id,
+                       final=final, finished=finished)
+
+
+@attrs.define(eq=False)
+class _State:
+    """What a run carries from one epoch to the next (and what its checkpoint holds)."""
+
+    model: nn.Sequential
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    history: list[dict[str, float]]
+    epoch: int = 0
+    step: int = 0
+    run_id: int | None = None
+
+
+def _start(
+    config: TrainConfig, architecture: Architecture, dataset: Dataset, payload: dict[str, Any] | None,
+    checkpoint_path: Path, device: torch.device,
+) -> _State:
+    """A fresh state from the config's seed, or the state a checkpoint saved."""
+    torch.manual_seed(config.seed)
+    model = architecture.build(dataset.input_shape, dataset.num_classes, dataset.mean, dataset.std)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    state = _State(model=model, optimizer=optimizer, generator=generator, history=[])
+    if payload is not None:
+        state.model = build_model(payload, source=str(checkpoint_path))
+        state.optimizer = torch.optim.Adam(state.model.parameters(), lr=config.lr)
+        if payload.get("optimizer") is not None:
+            state.optimizer.load_state_dict(payload["optimizer"])
+        torch.set_rng_state(payload["rng_torch"])
+        generator.set_state(payload["rng_generator"])
+        state.epoch, state.step = int(payload["epoch"]), int(payload["step"])
+        state.history = json.loads(payload["history"])
+        state.run_id = payload.get("run_id")
+    state.model.to(device)
+    _optimizer_to(state.optimizer, device)
+    return state
+
+
+def _open_run(store: Store, state: _State, config: TrainConfig, device: torch.device) -> int:
+    """The run's id in the store: the interrupted run reopened, or a new one with the history so far."""
+    if state.run_id is not None and any(r.id == state.run_id for r in store.runs(kind="train")):
+        store.reopen_run(state.run_id)
+        # metrics are logged at global step indices; drop what the interrupted run logged after
+        # its last checkpoint (the resumed run logs it again, identically)
+        store.delete_metrics_from(state.run_id, state.step)
+        return state.run_id
+    run_id = store.create_run("train", config.to_dict(), name=config.name, env=environment(str(device)))
+    for metrics in state.history:
+        store.log_metrics(run_id, int(metrics["step"]), metrics)
+    return run_id
+
+
+@attrs.frozen(kw_only=True)
+class _Loop:
+    """One epoch of certified training: batches, schedule, loss, step, callbacks."""
+
+    config: TrainConfig
+    data: Data
+    relaxations: tuple[Any, ...]
+    callbacks: tuple[Callback, ...]
+    store: Store | None
+    progress: bool
+
+    def epoch(self, state: _State, epoch: int) -> dict[str, float]:
+        """Train one epoch from ``state`` (updated in place); the epoch's metrics."""
+        config, data = self.config, self.data
+        n = int(data.train_y.shape[0])
+        batches = -(-n // config.batch_size)
+        if config.max_batches:
+            batches = min(batches, config.max_batches)
+        lr = learning_rate(config, epoch)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        order = torch.randperm(n, generator=state.generator)
+        state.model.train()
+        device = next(state.model.parameters()).device
+        sums: dict[str, float] = {}
+        count = 0
+        for b in _progress(range(batches), self.progress, desc=f"epoch {epoch + 1}"):
+            index = order[b * config.batch_size : (b + 1) * config.batch_size]
+            x, y = data.train_x[index].to(device), data.train_y[index].to(device)
+            values = schedule_at(config, state.step, batches)
+            parts = self._step(state, x, y, values, epoch)
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value * int(y.shape[0])
+            count += int(y.shape[0])
+            state.step += 1
+        state.epoch = epoch + 1
+        metrics = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
+        metrics.update({"epoch": float(epoch + 1), "step": float(state.step - 1), "lr": lr, "eps": values.eps,
+                        "kappa": values.kappa})
+        if config.method == "crown-ibp":
+            metrics["beta"] = values.beta
+        if config.eval_every and (epoch + 1) % config.eval_every == 0 and epoch + 1 != config.epochs:
+            metrics.update(evaluate(state.model, data, config, self.relaxations))
+        return metrics
+
+    def _step(self, state: _State, x: Tensor, y: Tensor, values: ScheduleValues, epoch: int) -> dict[str, float]:
+        config = self.config
+        loss, parts = training_loss(
+            state.model, x, y, eps=values.eps, kappa=values.kappa, beta=values.beta, relaxations=self.relaxations,
+            num_classes=self.data.dataset.num_classes, elision=config.elision, l1=config.l1,
+        )
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {float(loss)} at epoch {epoch + 1}, step {state.step}; lower lr or add grad_clip"
+            )
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
+        state.optimizer.step()
+        for callback in self.callbacks:
+            callback(step=state.step, model=state.model, batch=(x, y), eps=values.eps,
+                     relaxation=self.relaxations[0] if self.relaxations else None, store=self.store,
+                     run_id=state.run_id)
+        return parts
+
+
+def _payload(state: _State, config: TrainConfig, architecture: str, dataset: Dataset) -> dict[str, Any]:
+    return make_payload(
+        config_json=config.to_json(), architecture=architecture, input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes, mean=dataset.mean, std=dataset.std, model=state.model,
+        optimizer=state.optimizer, generator=state.generator, epoch=state.epoch, step=state.step,
+        history=state.history, run_id=state.run_id,
     )
 
 
@@ -345,9 +348,7 @@ def evaluate(
 
     (PGD is left to :mod:`relaxlab.evaluation.certify`; natural training is certified with IBP.)
     """
-    from relaxlab.evaluation.certify import certify
-
-    relaxation = relaxations[0] if relaxations else resolve_relaxation("IBP")
+    relaxation = relaxations[0] if relaxations else get_relaxation("IBP")
     was_training = model.training
     result = certify(
         model,

@@ -1,0 +1,69 @@
+"""The CLI's shared vocabulary: one spelling, one meaning and one check per option.
+
+Every command that takes relaxations takes ``-r/--relaxation`` (repeatable, comma lists,
+``all`` and ``paper`` as :meth:`relaxlab.registry.RelaxationRegistry.select` defines them);
+every command that reads a dataset takes ``--data-dir`` as a directory; ``--threads``,
+``--quiet``, ``--store`` and ``--eps`` mean the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from relaxlab.cli.format import fail
+from relaxlab.registry import SELECTORS
+
+_SELECTORS = ", ".join(f"'{word}' ({meaning})" for word, meaning in SELECTORS.items())
+
+
+def relaxation_option(*, default: str | None = None, help_text: str = "") -> Callable[[Any], Any]:
+    """``-r/--relaxation``: names, comma lists, or the selectors; repeatable. Value: a tuple of strings."""
+    text = help_text or "Relaxation name(s)"
+    return click.option(
+        "-r", "--relaxation", "relaxation", multiple=True, default=(default,) if default else (),
+        show_default=default is not None,
+        help=f"{text}: a name, a comma list, {_SELECTORS}; repeatable.",
+    )
+
+
+def select(spec: tuple[str, ...]) -> list[Any]:
+    """The relaxations ``-r`` selected (errors become one clear line)."""
+    from relaxlab.api import select_relaxations
+
+    try:
+        return select_relaxations(list(spec))
+    except (LookupError, ValueError, TypeError) as error:
+        fail(str(error))
+
+
+def one_relaxation(spec: tuple[str, ...]) -> Any:
+    """The single relaxation a command that takes one was given."""
+    chosen = select(spec)
+    if len(chosen) != 1:
+        fail(f"-r/--relaxation: this command takes one relaxation, got {len(chosen)}")
+    return chosen[0]
+
+
+THREADS = click.option("--threads", type=click.IntRange(min=1), default=None,
+                       help="torch CPU threads (default: torch's choice).")
+QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                        help="Directory with the dataset files (default: where the run's config says).")
+STORE = click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Results database (default: results.sqlite beside the run directories; "
+                     "report: $RELAXLAB_STORE or runs/results.sqlite).")
+EPS = click.option("--eps", type=float, default=None, help="l_inf radius in pixel space [0, 1].")
+
+
+def check_eps(eps: float, *, maximum: float | None = 1.0) -> float:
+    """``--eps`` checked as everywhere in relaxlab (:func:`relaxlab.engine.box.check_eps`)."""
+    from relaxlab.engine.box import check_eps as engine_check_eps
+
+    try:
+        return engine_check_eps(eps, maximum=maximum, name="--eps")
+    except (TypeError, ValueError) as error:
+        fail(str(error))
