@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 import relaxlab
-from relaxlab.allocator import tune_allocator
+from relaxlab.runtime import tune_allocator
 from relaxlab.api import compute_bounds
-from relaxlab.core.relaxation import RelaxationTensors
+from relaxlab.core.relaxer import RelaxationTensors
 from relaxlab.engine import bound_network, margin_spec, parse_network
 from relaxlab.nn import Normalize
 
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument(
         "--default-allocator",
         action="store_true",
-        help="leave glibc's malloc settings alone (default: relaxlab.allocator.tune_allocator(), as the CLI does)",
+        help="leave glibc's malloc settings alone (default: relaxlab.runtime.tune_allocator(), as the CLI does)",
     )
     args = parser.parse_args()
     tuned = False if args.default_allocator else tune_allocator()

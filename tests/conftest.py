@@ -1,4 +1,4 @@
-"""Shared test configuration: Hypothesis profiles and the device fixture."""
+"""Shared test configuration: Hypothesis profiles, the device fixture and a built-ins-only registry."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import os
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+from relaxlab.properties.soundness import check_soundness
+from relaxlab.registry import Registry, build_registry
 
 # Deterministic in CI; `RELAXLAB_HYPOTHESIS_PROFILE=explore` searches much harder locally.
 settings.register_profile(
@@ -27,3 +30,15 @@ def device(request: pytest.FixtureRequest) -> torch.device:
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     return torch.device(request.param)
+
+
+# Third-party plugins installed in the environment must not change what the suite tests: the
+# process-wide registry (relaxlab.get_registry) sees the built-ins only. Tests of entry-point
+# loading fake their distributions and lift this switch themselves.
+os.environ["RELAXLAB_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    """The built-in plugins only, soundness-checked as the facade does."""
+    return build_registry(load_entry_points=False, check=check_soundness)

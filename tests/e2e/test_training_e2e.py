@@ -200,7 +200,7 @@ def test_cli_resume_after_interruption(tmp_path: Path) -> None:
 
 
 def test_paradox_pipeline_on_a_tiny_schedule(tmp_path: Path) -> None:
-    from relaxlab.training.paradox import run_paradox
+    from relaxlab.experiments.paradox import run_paradox
 
     overrides = {"train_subset": 40, "test_subset": 10, "max_batches": 1, "batch_size": 20}
     rows = run_paradox(
@@ -254,7 +254,7 @@ def test_natural_training_learns(tmp_path: Path, tiny_data: Any) -> None:
 
 
 def test_paradox_default_configs() -> None:
-    from relaxlab.training.paradox import paradox_configs
+    from relaxlab.experiments.paradox import paradox_configs
 
     configs = paradox_configs()
     assert [c.label for c in configs] == ["IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)", "natural"]

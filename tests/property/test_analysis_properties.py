@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import relaxlab
-from relaxlab.analysis.continuity import discontinuity_share
-from relaxlab.analysis.sensitivity import paper_degree
+from relaxlab.properties.continuity import discontinuity_share
+from relaxlab.properties.sensitivity import paper_degree
 
 
 @st.composite
@@ -41,7 +41,8 @@ def test_detector_never_fires_for_continuous_relaxations(
     model, x, eps = net
     # A long segment (unit gradient direction, |t| <= 1) crosses many case boundaries.
     result = discontinuity_share(
-        model, x, None, eps, name, output=output, domain=None, points=500, alpha=1.0, normalize=True
+        model, x, None, eps, relaxlab.get_relaxation(name), output=output, domain=None, points=500, alpha=1.0,
+        normalize=True,
     )
     assert result.share == 0.0, result.values
 
@@ -58,7 +59,8 @@ def test_detector_fires_for_discontinuous_relaxations_on_the_same_kind_of_networ
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
         x = 2 * torch.rand(1, 2, generator=gen, dtype=torch.float64) - 1
         result = discontinuity_share(
-            model, x, None, 0.5, name, output=0, domain=None, points=500, alpha=1.0, normalize=True
+            model, x, None, 0.5, relaxlab.get_relaxation(name), output=0, domain=None, points=500, alpha=1.0,
+            normalize=True,
         )
         fired += result.share > 0
     assert fired >= at_least

@@ -32,7 +32,7 @@ def box_and_point(draw: st.DrawFn) -> tuple[float, float, float]:
 def _lines(relaxation, lower: float, upper: float, x: float) -> tuple[float, float]:  # noqa: ANN001
     lb = torch.tensor([lower], dtype=torch.float64)
     ub = torch.tensor([upper], dtype=torch.float64)
-    ls, lo, us, uo = relaxation.coefficients(lb, ub)
+    ls, lo, us, uo = relaxation.coefficients(lb, ub).tensors
     return float(ls * x + lo), float(us * x + uo)
 
 

@@ -22,8 +22,8 @@ import relaxlab
 from relaxlab.core.expr import Step, Switch
 from relaxlab.core.relaxation import ReluRelaxation
 from relaxlab.engine import bound_network, intermediate_bounds, parse_network
-from relaxlab.engine.falsify import box_samples, pgd_extremes, spec_values
 from relaxlab.nn import Normalize
+from relaxlab.testing.falsify import box_samples, pgd_extremes, spec_values
 from relaxlab.testing.strategies import parameter_values
 
 TOL_REL = 1e-9

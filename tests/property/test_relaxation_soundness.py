@@ -60,7 +60,7 @@ def test_unsound_specs_are_caught_with_a_real_counterexample(label: str) -> None
     # the counterexample really violates: recompute it independently
     lb = torch.tensor([counterexample.lower], dtype=torch.float64)
     ub = torch.tensor([counterexample.upper], dtype=torch.float64)
-    ls, lo, us, uo = (float(v) for v in relaxation.coefficients(lb, ub))
+    ls, lo, us, uo = (float(v) for v in relaxation.coefficients(lb, ub).tensors)
     x = counterexample.x
     assert counterexample.lower <= x <= counterexample.upper
     value = (ls if counterexample.side == "lower" else us) * x + (lo if counterexample.side == "lower" else uo)

@@ -10,8 +10,8 @@ from torch import nn
 
 import relaxlab
 import relaxlab.registry as registry_module
+from relaxlab.architectures import Architecture, relaxlab_architectures
 from relaxlab.nn import Normalize
-from relaxlab.training.architectures import Architecture, relaxlab_architectures
 
 
 def _layers(net: nn.Sequential) -> list[str]:
@@ -95,7 +95,7 @@ def test_a_plugin_can_add_an_architecture(monkeypatch: pytest.MonkeyPatch) -> No
     plugin.relaxlab_architectures = relaxlab_architectures  # type: ignore[attr-defined]
     monkeypatch.setitem(__import__("sys").modules, "tiny_plugin", plugin)
     monkeypatch.setattr(registry_module, "BUILTIN_PLUGINS", (*registry_module.BUILTIN_PLUGINS, "tiny_plugin"))
-    registry = registry_module.build_registry(load_entry_points=False, check=False)
+    registry = registry_module.build_registry(load_entry_points=False)
     assert registry.architectures.source("Tiny") == "tiny_plugin"
     net = registry.architectures["tiny"].build((1, 28, 28), 10, [0.0], [1.0])
     assert [m.out_features for m in net if isinstance(m, nn.Linear)] == [7, 10]

@@ -7,9 +7,11 @@ import types
 import pytest
 
 import relaxlab
+from relaxlab import api
 from relaxlab import registry as registry_module
 from relaxlab.core.lines import CHORD, CHORD_LOW, EXACT_NEGATIVE, EXACT_POSITIVE, ZERO
 from relaxlab.core.relaxation import CaseBounds, ReluRelaxation
+from relaxlab.properties.soundness import check_soundness
 from relaxlab.registry import UnknownNameError, UnsoundRelaxationError, build_registry
 
 #: Every relaxation of DESIGN.md's reference table.
@@ -86,7 +88,7 @@ def test_broken_plugins_are_reported_by_name_and_the_rest_works(fake_entry_point
         FakeEntryPoint("unsound", _module("unsound", relaxlab_relaxations=lambda: [UNSOUND])),
         FakeEntryPoint("good", _module("good", relaxlab_relaxations=lambda: [GOOD])),
     ])
-    registry = build_registry()
+    registry = build_registry(check=check_soundness)
     reasons = {e.plugin: e.reason for e in registry.errors}
     assert "ImportError" in reasons["import-fails"] and "acme_missing" in reasons["import-fails"]
     assert "ZeroDivisionError" in reasons["raises"]
@@ -119,15 +121,15 @@ def test_blocking_plugins(fake_entry_points: list[FakeEntryPoint], monkeypatch: 
 def test_unsound_relaxations_cannot_be_used_or_registered(fake_entry_points: list[FakeEntryPoint],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     fake_entry_points.append(FakeEntryPoint("unsound", _module("unsound", relaxlab_relaxations=lambda: [UNSOUND])))
-    monkeypatch.setattr(registry_module, "_REGISTRY", build_registry())
+    monkeypatch.setattr(api, "_REGISTRY", build_registry(check=check_soundness))
     with pytest.raises(UnsoundRelaxationError, match="acme-Unsound.*unsound"):
         relaxlab.get_relaxation("acme-Unsound")
     assert relaxlab.get_relaxation("acme-Unsound", allow_unsound=True) is UNSOUND
     with pytest.raises(UnsoundRelaxationError):
-        registry_module.register_relaxation(UNSOUND.__class__(
+        api.register_relaxation(UNSOUND.__class__(
             name="acme-Unsound-2", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
             unstable=CaseBounds(CHORD_LOW, CHORD_LOW)))
-    registry_module.register_relaxation(GOOD)
+    api.register_relaxation(GOOD)
     assert relaxlab.get_relaxation("acme-good") is GOOD
 
 

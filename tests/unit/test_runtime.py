@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from relaxlab.allocator import tune_allocator
+from relaxlab.runtime import tune_allocator
 
 _PROBE = """
 import sys, torch
-from relaxlab.allocator import tune_allocator
+from relaxlab.runtime import tune_allocator
 if sys.argv[1] == "tune":
     assert tune_allocator()
 def resident():

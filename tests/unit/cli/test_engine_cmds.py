@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from relaxlab.api import compute_bounds
+from relaxlab.api import compute_bounds, get_relaxation
 from relaxlab.cli import cli
 from relaxlab.engine import margin_spec
 
@@ -175,3 +175,33 @@ def test_bounds_unknown_model_type(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 1 and "unknown file type" in result.output
+
+
+@pytest.mark.parametrize(("gap", "expected"), [(1e-9, False), (1e-3, True)])
+def test_bounds_and_certify_agree_on_margins_near_zero(tmp_path: Path, gap: float, expected: bool) -> None:
+    """A margin of 1e-9 is positive but within the tolerance of zero: neither command may certify it."""
+    from relaxlab.evaluation.certify import certify
+
+    model = nn.Sequential(nn.Linear(2, 2)).double().eval()
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([gap, 0.0], dtype=torch.float64))
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.float(), (torch.zeros(1, 2),), str(path), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}})
+    model.double()
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([gap, 0.0], dtype=torch.float64))  # exact in float64
+    x = np.full((1, 2), 0.5)
+    np.save(tmp_path / "x.npy", x)
+    result = CliRunner().invoke(cli, ["bounds", "--model", str(path), "--input", str(tmp_path / "x.npy"), "--eps",
+                                      "0", "-r", "IBP", "--spec", "margins", "--label", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)["examples"][0]
+    assert record["lower"][0] > 0  # the bound itself is positive in both cases
+    (certified,) = certify(model, torch.tensor(x), torch.tensor([0]), 0.0, [get_relaxation("IBP")],
+                           num_classes=2, pgd=False)
+    assert record["certified"] is expected
+    assert (certified.certified == 1.0) is expected

@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from relaxlab.cli import cli
-from tests.unit.test_properties import PAPER_FLAGS
+from tests.unit.properties.test_derive import PAPER_FLAGS
 
 
 def test_list_json_has_every_primary_relaxation_with_paper_flags() -> None:

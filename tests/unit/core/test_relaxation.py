@@ -20,7 +20,7 @@ F64 = torch.float64
 def coefficients(name: str, lower: float, upper: float) -> tuple[float, float, float, float]:
     relaxation = relaxlab.get_relaxation(name)
     values = relaxation.coefficients(torch.tensor([lower], dtype=F64), torch.tensor([upper], dtype=F64))
-    return tuple(float(v) for v in values)  # type: ignore[return-value]
+    return tuple(float(v) for v in values.tensors)  # type: ignore[return-value]
 
 
 def test_stability_boundary_convention() -> None:
@@ -141,7 +141,7 @@ def test_coefficients_keep_shape_dtype_device_and_gradients_finite(dtype: torch.
     for name in relaxlab.get_registry().relaxations.names():
         lb = (centre - radius).to(device).requires_grad_(True)
         ub = (centre + radius).to(device).requires_grad_(True)
-        values = list(relaxlab.get_relaxation(name).coefficients(lb, ub))
+        values = list(relaxlab.get_relaxation(name).coefficients(lb, ub).tensors)
         for v in values:
             assert v.shape == lb.shape and v.dtype == dtype and v.device == lb.device
             assert torch.isfinite(v).all(), name
@@ -180,7 +180,7 @@ def test_coefficients_equal_the_per_case_evaluation_exactly(dtype: torch.dtype) 
     for name in registry.names():
         relaxation = registry.get(name)
         soft = any(isinstance(node, Sigmoid) for e in relaxation.expressions() for node in e.walk())
-        got = list(relaxation.coefficients(lower, upper))
+        got = list(relaxation.coefficients(lower, upper).tensors)
         for field_name, value, expected in zip(("ls", "lo", "us", "uo"), got, _per_case_reference(relaxation, lower, upper), strict=True):
             if soft:
                 eps = torch.finfo(dtype).eps

@@ -20,7 +20,7 @@ from relaxlab.discovery.catalog import SLOTS
 from relaxlab.properties.soundness import check_soundness
 from relaxlab.registry import build_registry
 
-EXAMPLE_SRC = Path(__file__).resolve().parents[2] / "plugins" / "relaxlab-example" / "src"
+EXAMPLE_SRC = Path(__file__).resolve().parents[3] / "plugins" / "relaxlab-example" / "src"
 
 
 class _EntryPoint:

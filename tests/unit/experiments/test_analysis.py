@@ -12,27 +12,31 @@ from click.testing import CliRunner
 from torch import nn
 
 import relaxlab
-from relaxlab.analysis._points import along_segments, bound_value, gradient_directions
-from relaxlab.analysis.continuity import discontinuity_share, find_discontinuities
-from relaxlab.analysis.gd_experiment import random_network, run_gd
-from relaxlab.analysis.landscape import landscape, plot_landscape, write_csv
-from relaxlab.analysis.sensitivity import (
+from relaxlab.examples import toy_continuity_network
+from relaxlab.experiments.gd_experiment import random_network, run_gd
+from relaxlab.experiments.landscape import landscape, plot_landscape, write_csv
+from relaxlab.experiments.tracking import METRICS, tracking_callback
+from relaxlab.properties.continuity import discontinuity_share, find_discontinuities
+from relaxlab.properties.directions import along_segments, bound_value, gradient_directions
+from relaxlab.properties.sensitivity import (
     degree_on,
     growth_factor,
     log_sensitivity,
     measured_log_sensitivity,
     paper_degree,
 )
-from relaxlab.analysis.tracking import METRICS, tracking_callback
-from relaxlab.examples import toy_continuity_network
 
 W_GRID = torch.linspace(-2.0, 2.0, 500, dtype=torch.float64)
+
+
+def IBP() -> object:
+    return relaxlab.get_relaxation("IBP")
 
 
 def _toy_sweep(name: str, output: int) -> torch.Tensor:
     """Lower bound of ``output`` of the Sec. 4.2 network as its parameter ``w`` sweeps ``W_GRID``."""
     example = toy_continuity_network(0.0)
-    fn = bound_value(name, example.eps, output=output)
+    fn = bound_value(relaxlab.get_relaxation(name), example.eps, output=output)
     direction = {"0.bias": torch.ones(1, 2, dtype=torch.float64)}  # both biases are w
     return along_segments(example.model, example.center, direction, W_GRID, fn)[0]
 
@@ -114,11 +118,11 @@ def test_detector_rejects_bad_input() -> None:
 def test_discontinuity_share_counts_inputs() -> None:
     example = toy_continuity_network(0.0)
     x = example.center.repeat(3, 1)
-    result = discontinuity_share(example.model, x, None, example.eps, "IBP", output=0, points=100, domain=None)
+    result = discontinuity_share(example.model, x, None, example.eps, IBP(), output=0, points=100, domain=None)
     assert result.values.shape == (3, 100)
     assert result.share == 0.0
     with pytest.raises(ValueError, match="not both"):
-        discontinuity_share(example.model, x, torch.zeros(3, dtype=torch.long), 1.0, "IBP", output=0)
+        discontinuity_share(example.model, x, torch.zeros(3, dtype=torch.long), 1.0, IBP(), output=0)
 
 
 # -- batched parameter points ---------------------------------------------------------------------
@@ -134,7 +138,7 @@ def test_batched_points_equal_one_network_per_point(name: str) -> None:
     model = _small_net()
     x = torch.rand(2, 4, dtype=torch.float64)
     y = torch.tensor([0, 2])
-    fn = bound_value(name, 0.2, labels=y)
+    fn = bound_value(relaxlab.get_relaxation(name), 0.2, labels=y)
     names = [n for n, _ in model.named_parameters()]
     directions, _ = gradient_directions(model, x, names, fn, y)
     steps = torch.linspace(-0.5, 0.5, 5, dtype=torch.float64)
@@ -182,11 +186,11 @@ def test_growth_factor_and_paper_log_sensitivity() -> None:
 
 def test_measured_log_sensitivity_counts_unstable_layers() -> None:
     example = toy_continuity_network(0.0)  # its one ReLU layer is unstable
-    values, counts = measured_log_sensitivity(example.model, example.center, 1.0, "CROWN", width=10, domain=None)
+    values, counts = measured_log_sensitivity(example.model, example.center, 1.0, relaxlab.get_relaxation("CROWN"), width=10, domain=None)
     assert counts == [1]
     assert values[0] == pytest.approx(1 + math.log(3) / math.log(10))
     stable = toy_continuity_network(5.0)  # pre-activations in [4, 6]: stable
-    values, counts = measured_log_sensitivity(stable.model, stable.center, 1.0, "CROWN", width=10, domain=None)
+    values, counts = measured_log_sensitivity(stable.model, stable.center, 1.0, relaxlab.get_relaxation("CROWN"), width=10, domain=None)
     assert counts == [0] and values == [0.0]
 
 
@@ -256,7 +260,7 @@ def test_gd_takes_ascent_steps() -> None:
     trajectory = run_gd(model, x, eps, "IBP", lr=0.001, decay=0.99, epochs=3)
     assert trajectory.deltas[0] == 0.0 and trajectory.deltas[1] > 0.0  # along its own gradient
     assert trajectory.values[1] >= trajectory.values[0]
-    fn = bound_value("IBP", eps, output=0)
+    fn = bound_value(IBP(), eps, output=0)
     direction, _ = gradient_directions(model, x, ["0.weight"], fn, normalize=True)
     at = along_segments(model, x, direction, torch.tensor(trajectory.deltas, dtype=torch.float64), fn)[0]
     assert at.tolist() == pytest.approx(trajectory.values, abs=1e-9)
@@ -268,7 +272,7 @@ def test_gd_takes_ascent_steps() -> None:
 def test_cli_sensitivity_prints_the_closed_form() -> None:
     from relaxlab.cli import cli
 
-    result = CliRunner().invoke(cli, ["sensitivity", "-B", "2", "-M", "10", "--relaxations", "DeepZ,IBP"])
+    result = CliRunner().invoke(cli, ["sensitivity", "-B", "2", "-M", "10", "-r", "DeepZ,IBP"])
     assert result.exit_code == 0, result.output
     assert str(2 * 3**2 * 10**3) in result.output
     bad = CliRunner().invoke(cli, ["sensitivity", "-B", "2"])

@@ -7,12 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import relaxlab
-from relaxlab.evaluation.certify import certified_mask, check_eps
-from relaxlab.nn import Normalize
 from relaxlab.training.checkpoint import (
     CheckpointError,
     load_model,
@@ -21,7 +18,6 @@ from relaxlab.training.checkpoint import (
     save_checkpoint,
 )
 from relaxlab.training.config import TrainConfig
-from relaxlab.training.loss import margin_lower_bounds, robust_ce, worst_case_logits
 
 
 def _save(path: Path, architecture: str = "FC-S", model: nn.Module | None = None) -> nn.Sequential:
@@ -84,54 +80,3 @@ def test_checkpoint_from_another_architecture_is_refused(tmp_path: Path) -> None
     _save(tmp_path / "mixed.pt", "FC-S", model=conv)
     with pytest.raises(CheckpointError, match="another architecture"):
         load_model(tmp_path / "mixed.pt")
-
-
-def _tiny() -> nn.Sequential:
-    torch.manual_seed(3)
-    return nn.Sequential(Normalize([0.5], [0.5]), nn.Flatten(), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
-
-
-@pytest.mark.parametrize("elision", [True, False])
-def test_robust_loss_at_eps_zero_is_the_natural_loss(elision: bool) -> None:
-    # At eps = 0 the margin bounds are the margins, and CE is shift-invariant: z_worst = z - z_y.
-    net = _tiny().double()
-    x, y = torch.rand(5, 1, 2, 2, dtype=torch.float64) * 0.8 + 0.1, torch.tensor([0, 1, 2, 0, 1])
-    relaxation = relaxlab.get_relaxation("CROWN")
-    robust = robust_ce(net, x, y, 0.0, relaxation, 3, elision=elision)
-    assert robust.item() == pytest.approx(F.cross_entropy(net(x), y).item(), abs=1e-9)
-
-
-def test_worst_case_logits_layout() -> None:
-    lb = torch.tensor([[1.0, -2.0]])
-    others = torch.tensor([[0, 2]])
-    assert worst_case_logits(lb, others, torch.tensor([1]), 3).tolist() == [[-1.0, 0.0, 2.0]]
-
-
-def test_elision_is_at_least_as_tight_for_ibp() -> None:
-    net = _tiny()
-    x, y = torch.rand(8, 1, 2, 2), torch.randint(0, 3, (8,))
-    ibp = relaxlab.get_relaxation("IBP")
-    elided, _ = margin_lower_bounds(net, x, y, 0.1, ibp, 3, elision=True)
-    plain, _ = margin_lower_bounds(net, x, y, 0.1, ibp, 3, elision=False)
-    assert bool((elided >= plain - 1e-6).all()) and bool((elided > plain + 1e-6).any())
-
-
-def test_a_zero_margin_is_never_certified() -> None:
-    # Two identical output rows: the margin between classes 0 and 1 is exactly 0.
-    layer = nn.Linear(4, 3)
-    with torch.no_grad():
-        layer.weight[1] = layer.weight[0]
-        layer.bias[1] = layer.bias[0]
-        layer.bias[0] += 0.0
-    net = nn.Sequential(nn.Flatten(), layer)
-    x = torch.rand(1, 1, 2, 2)
-    for label in (0, 1):
-        _, certified = certified_mask(net, x, torch.tensor([label]), 0.0, relaxlab.get_relaxation("IBP"), 3)
-        assert not bool(certified.any())
-
-
-def test_eps_outside_the_pixel_range_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"eps must be in \[0, 1\]"):
-        check_eps(1.5)
-    with pytest.raises(ValueError, match=r"eps must be in \[0, 1\]"):
-        check_eps(-0.01)
