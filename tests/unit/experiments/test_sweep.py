@@ -252,3 +252,18 @@ def test_validation_split_is_disjoint_fixed_and_never_trained_on() -> None:
         TrainConfig(validation=0.0).validation == 0
         and TrainConfig(validation=0.0).to_json() == TrainConfig().to_json()
     )
+
+
+def test_nothing_below_experiments_imports_it_and_ray_is_imported_lazily() -> None:
+    import ast
+
+    src = Path(__file__).resolve().parents[3] / "src" / "relaxlab"
+    for path in src.rglob("*.py"):
+        parts = path.relative_to(src).parts
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        if parts[0] not in ("experiments", "cli"):
+            assert not [n for n in names if n.startswith("relaxlab.experiments")], path
+        top_level = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        assert "ray" not in top_level, path
