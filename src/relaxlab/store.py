@@ -6,6 +6,12 @@ its config (JSON), its environment (versions, device, git commit) and a status; 
 never leaves half a record, and several processes may share a database (SQLite's locking,
 with a generous busy timeout).
 
+The schema is versioned with SQLite's ``user_version``: version 1 is the original layout (stores
+written before versioning read 0 and have that layout), version 2 adds the ``key`` (a stable
+identifier given by the writer, e.g. a sweep run's id) and ``error`` columns of ``runs``. Opening
+an older store migrates it in place (one transaction); a store written by a newer relaxlab is
+refused with a message that says so.
+
 Usage::
 
     with open_store("runs/results.sqlite") as store:
@@ -25,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +54,9 @@ CREATE TABLE IF NOT EXISTS runs (
     finished REAL,
     status TEXT NOT NULL,
     config TEXT NOT NULL,
-    environment TEXT NOT NULL
+    environment TEXT NOT NULL,
+    key TEXT,
+    error TEXT
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -58,6 +66,15 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id, name);
 """
+
+#: Current schema version (``PRAGMA user_version``); see the module docstring.
+SCHEMA_VERSION = 2
+
+#: Migrations: version -> statements that bring a store of that version to the next one.
+_MIGRATIONS = {
+    1: ("ALTER TABLE runs ADD COLUMN key TEXT", "ALTER TABLE runs ADD COLUMN error TEXT"),
+}
+_RUN_COLUMNS = "id, kind, name, created, finished, status, config, environment, key, error"
 
 
 class StoreError(RuntimeError):
@@ -76,6 +93,8 @@ class Run:
     :param status: ``running``, ``done``, ``failed``.
     :param config: the config as a dict.
     :param environment: versions, device, git commit.
+    :param key: stable identifier given by the writer (a sweep run's id), ``None`` when not given.
+    :param error: what went wrong, for a ``failed`` run that recorded it.
     """
 
     id: int
@@ -86,6 +105,8 @@ class Run:
     status: str
     config: dict[str, Any] = attrs.field(eq=False)
     environment: dict[str, Any] = attrs.field(eq=False)
+    key: str | None = None
+    error: str | None = None
 
 
 def default_store_path(run_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -146,12 +167,58 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, timeout=60.0)
+        self._depth = 0
         try:
-            with self._conn:
-                self._conn.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as error:
             self._conn.close()
             raise StoreError(f"{self.path} is not a relaxlab results database ({error})") from error
+        except StoreError:
+            self._conn.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Create the tables, or bring an older store to :data:`SCHEMA_VERSION` (one transaction)."""
+        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has results-store schema version {version}, newer than this relaxlab "
+                f"understands ({SCHEMA_VERSION}); upgrade relaxlab or use another --store"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")  # DDL too; another process may be migrating
+            version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+            if version == SCHEMA_VERSION:
+                return
+            tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "runs" not in tables:  # a new store
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+            else:  # written before versioning (0) or by an older relaxlab
+                for step in range(max(version, 1), SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[step]:
+                        self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """Make every write inside the block one transaction (nested blocks join the outer one)."""
+        self._depth += 1
+        try:
+            if self._depth == 1:
+                with self._conn:
+                    yield self
+            else:
+                yield self
+        finally:
+            self._depth -= 1
+
+    def _write(self) -> Any:
+        """The context of one write: its own transaction, or the enclosing :meth:`transaction`."""
+        return self._conn if self._depth == 0 else nullcontext()
 
     def close(self) -> None:
         """Close the connection."""
@@ -169,6 +236,7 @@ class Store:
         config: Mapping[str, Any],
         name: str | None = None,
         env: Mapping[str, Any] | None = None,
+        key: str | None = None,
     ) -> int:
         """Record a new run (status ``running``) and return its id.
 
@@ -176,10 +244,12 @@ class Store:
         :param config: JSON-able mapping.
         :param name: human name (default: the config's ``name`` or the kind).
         :param env: environment (default: :func:`environment`).
+        :param key: stable identifier of the run (see :meth:`runs`).
         """
-        with self._conn:
+        with self._write():
             cursor = self._conn.execute(
-                "INSERT INTO runs (kind, name, created, status, config, environment) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (kind, name, created, status, config, environment, key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     kind,
                     name or str(config.get("name", kind)),
@@ -187,6 +257,7 @@ class Store:
                     "running",
                     json.dumps(dict(config), sort_keys=True, default=str),
                     json.dumps(dict(env if env is not None else environment()), sort_keys=True, default=str),
+                    key,
                 ),
             )
         assert cursor.lastrowid is not None
@@ -203,7 +274,7 @@ class Store:
     def log_metrics(self, run_id: int, step: int, values: Mapping[str, float]) -> None:
         """Record several metric values of one step in one transaction."""
         self._check_run(run_id)
-        with self._conn:
+        with self._write():
             self._conn.executemany(
                 "INSERT INTO metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)",
                 [(run_id, int(step), name, float(value)) for name, value in values.items()],
@@ -211,21 +282,29 @@ class Store:
 
     def delete_metrics_from(self, run_id: int, step: int) -> None:
         """Drop a run's metrics at ``step`` and later (used when a run resumes from a checkpoint)."""
-        with self._conn:
+        with self._write():
             self._conn.execute("DELETE FROM metrics WHERE run_id = ? AND step >= ?", (run_id, step))
 
-    def finish_run(self, run_id: int, status: str = "done") -> None:
-        """Mark a run finished (``done`` or ``failed``)."""
+    def delete_runs(self, run_ids: Iterable[int]) -> None:
+        """Delete runs and their metrics (e.g. an earlier failed attempt that is being redone)."""
+        ids = [(int(i),) for i in run_ids]
+        with self._write():
+            self._conn.executemany("DELETE FROM metrics WHERE run_id = ?", ids)
+            self._conn.executemany("DELETE FROM runs WHERE id = ?", ids)
+
+    def finish_run(self, run_id: int, status: str = "done", error: str | None = None) -> None:
+        """Mark a run finished (``done`` or ``failed``; ``error`` says what went wrong)."""
         self._check_run(run_id)
-        with self._conn:
+        with self._write():
             self._conn.execute(
-                "UPDATE runs SET status = ?, finished = ? WHERE id = ?", (status, time.time(), run_id)
+                "UPDATE runs SET status = ?, finished = ?, error = ? WHERE id = ?",
+                (status, time.time(), error, run_id),
             )
 
     def reopen_run(self, run_id: int) -> None:
         """Mark a run ``running`` again (resume)."""
         self._check_run(run_id)
-        with self._conn:
+        with self._write():
             self._conn.execute("UPDATE runs SET status = 'running', finished = NULL WHERE id = ?", (run_id,))
 
     def _run(self, row: tuple[Any, ...]) -> Run:
@@ -238,22 +317,23 @@ class Store:
             status=row[5],
             config=json.loads(row[6]),
             environment=json.loads(row[7]),
+            key=row[8],
+            error=row[9],
         )
 
     def run(self, run_id: int) -> Run:
         """The run with id ``run_id``."""
-        row = self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        row = self._conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise StoreError(f"no run with id {run_id} in {self.path}")
         return self._run(row)
 
-    def runs(self, kind: str | None = None, status: str | None = None) -> list[Run]:
-        """All runs (optionally of one kind / status), oldest first."""
-        query, args = "SELECT * FROM runs WHERE 1=1", []
-        if kind is not None:
-            query, args = query + " AND kind = ?", [*args, kind]
-        if status is not None:
-            query, args = query + " AND status = ?", [*args, status]
+    def runs(self, kind: str | None = None, status: str | None = None, key: str | None = None) -> list[Run]:
+        """All runs (optionally of one kind / status / key), oldest first."""
+        query, args = f"SELECT {_RUN_COLUMNS} FROM runs WHERE 1=1", []
+        for column, value in (("kind", kind), ("status", status), ("key", key)):
+            if value is not None:
+                query, args = query + f" AND {column} = ?", [*args, value]
         return [self._run(row) for row in self._conn.execute(query + " ORDER BY id", args)]
 
     def metrics(

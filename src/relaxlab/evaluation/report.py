@@ -5,6 +5,9 @@ Rows are training methods (the relaxation a model was trained with, ``CROWN-IBP`
 ``eps_test``, grouped by dataset and architecture. CR in the main table is the model certified
 with its own training relaxation; for the CROWN-IBP defense the better of CROWN-IBP (R) and IBP
 (the two relaxations it trains with), for natural training the best certifier recorded.
+Sweeps (``relaxlab sweep``) get their own sections (:mod:`relaxlab.evaluation.seeds`): seeds
+aggregated per cell and the configuration picked on the validation split; their certify runs are
+left out of the main table and the matrices, which show one checkpoint per setting.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import attrs
 
+from relaxlab.evaluation.seeds import render_sweeps
 from relaxlab.registry import PAPER_RELAXATIONS
 from relaxlab.store import Store
 
@@ -40,11 +44,13 @@ class CertifyRow:
 
 
 def certify_rows(store: Store) -> list[CertifyRow]:
-    """All finished certify runs, one row per (checkpoint, certifying relaxation, eps)."""
+    """All finished certify runs but those of sweeps, one row per (checkpoint, certifying relaxation, eps)."""
     rows = []
     for run in store.runs(kind="certify", status="done"):
-        metrics = store.final_metrics(run.id)
         config = run.config
+        if config.get("sweep"):
+            continue
+        metrics = store.final_metrics(run.id)
         rows.append(
             CertifyRow(
                 dataset=config.get("dataset", "?"),
@@ -162,6 +168,7 @@ def render_markdown(store: Store) -> str:
         for method in sorted(matrix, key=_order):
             out.append(f"| {method} | " + " | ".join(_fmt(matrix[method].get(c)) for c in certifiers) + " |")
         out.append("")
+    out += render_sweeps(store)
     trains = store.runs(kind="train")
     if trains:
         out += [

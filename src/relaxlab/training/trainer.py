@@ -67,13 +67,33 @@ class TrainResult:
 
 @attrs.frozen(kw_only=True)
 class Data:
-    """Loaded (and subset) train and test tensors of a run."""
+    """Loaded (and subset) train and test tensors of a run, and the held-out validation images."""
 
     dataset: Dataset
     train_x: Tensor = attrs.field(eq=False)
     train_y: Tensor = attrs.field(eq=False)
     test_x: Tensor = attrs.field(eq=False)
     test_y: Tensor = attrs.field(eq=False)
+    val_x: Tensor | None = attrs.field(default=None, eq=False)
+    val_y: Tensor | None = attrs.field(default=None, eq=False)
+
+
+#: Seed of the permutation that picks validation images: the same split for every run and seed.
+VALIDATION_SEED = 20220401
+
+
+def validation_split(n: int, validation: int | float) -> tuple[Tensor, Tensor]:
+    """``(train_index, validation_index)`` of a training split of ``n`` images, both ascending.
+
+    :param n: size of the training split.
+    :param validation: a count, or a fraction of ``n`` (rounded to the nearest count).
+    :raises ConfigError: the validation split would leave no training image.
+    """
+    count = int(round(validation * n)) if isinstance(validation, float) else int(validation)
+    if not 0 < count < n:
+        raise ConfigError(f"validation = {validation!r} holds out {count} of {n} training images; need 1 to {n - 1}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    return order[count:].sort().values, order[:count].sort().values
 
 
 def load_data(config: TrainConfig) -> Data:
@@ -87,7 +107,17 @@ def load_data(config: TrainConfig) -> Data:
 
 
 def subset(data: Data, config: TrainConfig) -> Data:
-    """The first ``train_subset`` / ``test_subset`` examples (all when 0)."""
+    """Hold out the validation images (unless ``data`` holds them out already), then take the first
+    ``train_subset`` / ``test_subset`` examples (all when 0)."""
+    if config.validation and data.val_x is None:
+        keep, held = validation_split(int(data.train_y.shape[0]), config.validation)
+        data = attrs.evolve(
+            data,
+            train_x=data.train_x[keep],
+            train_y=data.train_y[keep],
+            val_x=data.train_x[held],
+            val_y=data.train_y[held],
+        )
     n_train = config.train_subset or int(data.train_y.shape[0])
     n_test = config.test_subset or int(data.test_y.shape[0])
     return attrs.evolve(
@@ -195,6 +225,10 @@ def train(
     final: dict[str, float] = {}
     if finished:
         final = evaluate(state.model, data, config, resolved.relaxations)
+        if data.val_x is not None and data.val_y is not None:
+            held_out = attrs.evolve(data, test_x=data.val_x, test_y=data.val_y)
+            final.update({f"val_{k[5:]}": v for k, v in evaluate(state.model, held_out, config,
+                                                                    resolved.relaxations).items()})
         if store is not None and state.run_id is not None:
             store.log_metrics(state.run_id, max(state.step - 1, 0), final)
             store.finish_run(state.run_id, "done")

@@ -1,0 +1,308 @@
+"""Sweeps in the results store: seeds aggregated per cell, hyper-parameters selected on validation.
+
+A sweep (``relaxlab sweep``) records one run of kind :data:`SWEEP_KIND` whose config lists its runs
+(``{"key", "params"}``: the run id and the values of the sweep's varying keys, ``seed`` among them)
+and its ``select`` spec; every run's train and certify records carry the run id as their ``key``.
+From these:
+
+- :func:`seed_table` groups runs that differ only in the seed into a *cell* and gives mean ± std
+  (sample standard deviation, n - 1) and n of accuracy, PGD accuracy and CR per cell and
+  certifier (the layout of the paper's Tables 4 and 9);
+- :func:`select` picks, within each group of cells that differ only in the ``over`` keys, the
+  cell with the best mean *validation* metric (ties: the first in sweep order) and reports that
+  cell's *test* numbers. The test set is never looked at to choose.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from relaxlab.store import Store
+
+#: Kind of the store record that describes a sweep.
+SWEEP_KIND = "sweep"
+Params = tuple[tuple[str, Any], ...]
+
+
+@attrs.frozen
+class Stat:
+    """Mean, sample standard deviation (``None`` for one value) and count of some values."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    def format(self, scale: float = 100.0, digits: int = 1) -> str:
+        """``mean ± std`` scaled (percent by default); the mean alone for one value."""
+        text = f"{scale * self.mean:.{digits}f}"
+        return text if self.std is None else f"{text} ± {scale * self.std:.{digits}f}"
+
+
+def aggregate(values: Sequence[float]) -> Stat:
+    """Mean, sample standard deviation and count of ``values`` (non-empty)."""
+    if not values:
+        raise ValueError("aggregate needs at least one value")
+    return Stat(
+        mean=statistics.fmean(values),
+        std=statistics.stdev(values) if len(values) > 1 else None,
+        n=len(values),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class SweepPoint:
+    """One finished run of a sweep with its certification numbers.
+
+    :param key: run id.
+    :param params: the sweep's varying keys (``seed`` among them) and their values.
+    :param config: the train config.
+    :param certs: certifier -> metrics (``accuracy``, ``pgd``, ``certified``, ``val_accuracy``, ...).
+    """
+
+    key: str
+    params: Params
+    config: dict[str, Any] = attrs.field(eq=False)
+    certs: dict[str, dict[str, float]] = attrs.field(eq=False)
+
+    @property
+    def cell(self) -> Params:
+        """The params without the seed."""
+        return tuple((k, v) for k, v in self.params if k != "seed")
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def sweep_points(store: Store, record: dict[str, Any]) -> list[SweepPoint]:
+    """The finished runs of the sweep ``record`` (a sweep run's config), in sweep order."""
+    points = []
+    for entry in record["runs"]:
+        trains = store.runs(kind="train", status="done", key=entry["key"])
+        if not trains:
+            continue
+        certs = {
+            run.config["certifier"]: store.final_metrics(run.id)
+            for run in store.runs(kind="certify", status="done", key=entry["key"])
+        }
+        params = tuple((k, _hashable(entry["params"][k])) for k in record["varying"])
+        points.append(SweepPoint(key=entry["key"], params=params, config=trains[-1].config, certs=certs))
+    return points
+
+
+@attrs.frozen(kw_only=True)
+class SeedRow:
+    """One cell and certifier of the seeds table."""
+
+    cell: Params
+    certifier: str
+    seeds: tuple[Any, ...]
+    accuracy: Stat
+    pgd: Stat | None
+    certified: Stat
+    val_certified: Stat | None
+
+
+def _stat(points: Sequence[SweepPoint], certifier: str, metric: str) -> Stat | None:
+    values = [p.certs[certifier][metric] for p in points if metric in p.certs.get(certifier, {})]
+    return aggregate(values) if len(values) == len(points) and values else None
+
+
+def _cells(points: Sequence[SweepPoint]) -> dict[Params, list[SweepPoint]]:
+    cells: dict[Params, list[SweepPoint]] = {}
+    for point in points:
+        cells.setdefault(point.cell, []).append(point)
+    return cells
+
+
+def seed_table(points: Sequence[SweepPoint]) -> list[SeedRow]:
+    """Mean ± std and n over seeds, per cell and certifier, in sweep order."""
+    rows = []
+    for cell, members in _cells(points).items():
+        certifiers = list(dict.fromkeys(c for p in members for c in p.certs))
+        for certifier in certifiers:
+            have = [p for p in members if certifier in p.certs]
+            accuracy, certified = _stat(have, certifier, "accuracy"), _stat(have, certifier, "certified")
+            assert accuracy is not None and certified is not None
+            rows.append(
+                SeedRow(
+                    cell=cell,
+                    certifier=certifier,
+                    seeds=tuple(dict(p.params).get("seed") for p in have),
+                    accuracy=accuracy,
+                    pgd=_stat(have, certifier, "pgd"),
+                    certified=certified,
+                    val_certified=_stat(have, certifier, "val_certified"),
+                )
+            )
+    return rows
+
+
+def own_certifiers(config: dict[str, Any], recorded: Sequence[str]) -> list[str]:
+    """The recorded certifiers that are the run's own training relaxations (all recorded if none is)."""
+    method = config.get("method", "certified")
+    own = {"crown-ibp": ["CROWN-IBP (R)", "IBP"], "certified": [config.get("relaxation")]}.get(method, [])
+    return [c for c in recorded if c in own] or list(recorded)
+
+
+@attrs.frozen(kw_only=True)
+class Selection:
+    """The pick of one group: the chosen ``over`` values and the test numbers of that cell.
+
+    :param group: the keys that stay fixed in the group (the varying keys but ``over`` and seed).
+    :param picked: the chosen values of the ``over`` keys.
+    :param certifier: the own certifier whose numbers are shown (best mean validation CR).
+    :param validation: the validation metric of the pick (mean ± std over seeds).
+    :param candidates: how many cells competed.
+    """
+
+    group: Params
+    picked: Params
+    certifier: str
+    validation: Stat
+    accuracy: Stat
+    pgd: Stat | None
+    certified: Stat
+    candidates: int
+
+
+def select(points: Sequence[SweepPoint], over: Sequence[str], metric: str = "certified") -> list[Selection]:
+    """Per group, the cell with the best mean validation ``metric`` (``certified`` or ``accuracy``).
+
+    A cell's certifier is its own training relaxation (the better on validation CR when it has two,
+    as the CROWN-IBP defense does); cells without validation numbers cannot be selected.
+
+    :raises ValueError: some run has no validation numbers (trained without ``validation``).
+    """
+    groups: dict[Params, list[tuple[Params, list[SweepPoint]]]] = {}
+    for cell, members in _cells(points).items():
+        group = tuple((k, v) for k, v in cell if k not in over)
+        groups.setdefault(group, []).append((cell, members))
+    selections = []
+    for group, cells in groups.items():
+        best: tuple[float, Params, str, list[SweepPoint]] | None = None
+        for cell, members in cells:
+            certifiers = own_certifiers(members[0].config, list(members[0].certs))
+            scored = []
+            for certifier in certifiers:
+                val_cr = _stat(members, certifier, "val_certified")
+                score = _stat(members, certifier, f"val_{metric}")
+                if val_cr is None or score is None:
+                    raise ValueError(
+                        f"run {members[0].key} has no validation numbers; train with `validation` to select"
+                    )
+                scored.append((val_cr.mean, score.mean, certifier))
+            _, score_mean, certifier = max(scored, key=lambda s: s[0])  # first of equals wins
+            if best is None or score_mean > best[0]:
+                best = (score_mean, cell, certifier, members)
+        assert best is not None
+        _, cell, certifier, members = best
+        validation, accuracy = (
+            _stat(members, certifier, f"val_{metric}"),
+            _stat(members, certifier, "accuracy"),
+        )
+        certified = _stat(members, certifier, "certified")
+        assert validation is not None and accuracy is not None and certified is not None
+        selections.append(
+            Selection(
+                group=group,
+                picked=tuple((k, v) for k, v in cell if k in over),
+                certifier=certifier,
+                validation=validation,
+                accuracy=accuracy,
+                pgd=_stat(members, certifier, "pgd"),
+                certified=certified,
+                candidates=len(cells),
+            )
+        )
+    return selections
+
+
+def _cells_text(params: Params) -> list[str]:
+    return [str(list(v)) if isinstance(v, tuple) else str(v) for _, v in params]
+
+
+def render_sweeps(store: Store) -> list[str]:
+    """Markdown sections for every sweep in the store: seeds table, selection, failed runs."""
+    out: list[str] = []
+    for record in store.runs(kind=SWEEP_KIND):
+        sweep = record.config
+        points = sweep_points(store, sweep)
+        keys = [k for k in sweep["varying"] if k != "seed"]
+        total = len(sweep["runs"])
+        out += [f"## Sweep {record.name}: {len(points)}/{total} runs done ({record.status})", ""]
+        rows = seed_table(points)
+        if rows:
+            out += [
+                "Mean ± std over seeds (sample std), n seeds; values in %.",
+                "",
+                "| " + " | ".join([*keys, "certified with", "n", "Acc", "PGD", "CR", "val CR"]) + " |",
+                "|" + "---|" * (len(keys) + 2) + "---:|" * 4,
+            ]
+            for row in rows:
+                cells = [
+                    *_cells_text(row.cell),
+                    row.certifier,
+                    str(row.certified.n),
+                    row.accuracy.format(),
+                    "—" if row.pgd is None else row.pgd.format(),
+                    row.certified.format(),
+                    "—" if row.val_certified is None else row.val_certified.format(),
+                ]
+                out.append("| " + " | ".join(cells) + " |")
+            out.append("")
+        spec = sweep.get("select")
+        if spec and points:
+            over = spec["over"]
+            group_keys = [k for k in keys if k not in over]
+            out += [
+                f"### Selected on the validation split (over {', '.join(over)}; by validation {spec['metric']})",
+                "",
+                "Test numbers of the picked configuration, mean ± std over seeds; values in %.",
+                "",
+                "| "
+                + " | ".join(
+                    [
+                        *group_keys,
+                        *(f"picked {k}" for k in over),
+                        "certified with",
+                        "candidates",
+                        f"val {spec['metric']}",
+                        "n",
+                        "Acc",
+                        "PGD",
+                        "CR",
+                    ]
+                )
+                + " |",
+                "|" + "---|" * (len(group_keys) + len(over) + 1) + "---:|" * 6,
+            ]
+            try:
+                selections = select(points, over, spec["metric"])
+            except ValueError as error:
+                out += [f"(no selection: {error})", ""]
+                selections = []
+            for pick in selections:
+                cells = [
+                    *_cells_text(pick.group),
+                    *_cells_text(pick.picked),
+                    pick.certifier,
+                    str(pick.candidates),
+                    pick.validation.format(),
+                    str(pick.certified.n),
+                    pick.accuracy.format(),
+                    "—" if pick.pgd is None else pick.pgd.format(),
+                    pick.certified.format(),
+                ]
+                out.append("| " + " | ".join(cells) + " |")
+            out.append("")
+        failed = [r for e in sweep["runs"] for r in store.runs(kind="train", status="failed", key=e["key"])]
+        if failed:
+            out += ["Failed runs:", ""]
+            out += [f"- `{run.key}`: {run.error}" for run in failed]
+            out.append("")
+    return out
