@@ -165,22 +165,22 @@ def test_cli_train_certify_report_and_bad_input(tmp_path: Path) -> None:
     # bad input, refused before any work
     (tmp_path / "bad.toml").write_text(TINY_TOML.replace('"IBP"', '"CROWM"'))
     result = runner.invoke(cli, ["train", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "x")])
-    assert result.exit_code == 1 and "did you mean 'CROWN'" in result.output and not (tmp_path / "x").exists()
+    assert result.exit_code == 2 and "did you mean 'CROWN'" in result.output and not (tmp_path / "x").exists()
     (tmp_path / "key.toml").write_text(TINY_TOML + "learning_rate = 0.1\n")
     result = runner.invoke(cli, ["train", str(tmp_path / "key.toml"), "--out", str(tmp_path / "x")])
-    assert result.exit_code == 1 and "unknown config key(s) 'learning_rate'" in result.output
+    assert result.exit_code == 2 and "unknown config key(s) 'learning_rate'" in result.output
     result = runner.invoke(cli, ["train", str(tmp_path / "c.toml"), "--set", "architecture='\"VGG\"'"])
-    assert result.exit_code == 1 and "unknown architecture" in result.output
+    assert result.exit_code == 2 and "unknown architecture" in result.output
     result = runner.invoke(cli, ["certify", str(out / "checkpoint.pt"), "--eps", "1.5"])
-    assert result.exit_code == 1 and "eps must be in [0, 1]" in result.output
+    assert result.exit_code == 2 and "eps must be in [0, 1]" in result.output
     result = runner.invoke(cli, ["certify", str(out / "checkpoint.pt"), "-r", "DeepZZ"])
-    assert result.exit_code == 1 and "unknown relaxation 'DeepZZ'" in result.output
+    assert result.exit_code == 2 and "unknown relaxation 'DeepZZ'" in result.output
     broken = tmp_path / "broken.pt"
     broken.write_bytes((out / "checkpoint.pt").read_bytes()[:1000])
     result = runner.invoke(cli, ["certify", str(broken)])
-    assert result.exit_code == 1 and "corrupt or truncated" in result.output
+    assert result.exit_code == 2 and "corrupt or truncated" in result.output
     result = runner.invoke(cli, ["tightness", str(out / "checkpoint.pt"), "--eps-max", "2"])
-    assert result.exit_code == 1 and "eps must be in [0, 1]" in result.output
+    assert result.exit_code == 2 and "eps must be in [0, 1]" in result.output
 
 
 def test_cli_resume_after_interruption(tmp_path: Path) -> None:
@@ -191,7 +191,7 @@ def test_cli_resume_after_interruption(tmp_path: Path) -> None:
     stopped = runner.invoke(cli, [*args, "--out", str(tmp_path / "b"), "--stop-after", "2"])
     assert stopped.exit_code == 0 and "resume with --resume" in stopped.output
     again = runner.invoke(cli, [*args, "--out", str(tmp_path / "b")])
-    assert again.exit_code == 1 and "--resume" in again.output
+    assert again.exit_code == 2 and "--resume" in again.output
     assert runner.invoke(cli, [*args, "--out", str(tmp_path / "b"), "--resume"]).exit_code == 0
     x = torch.rand(4, 1, 28, 28)
     assert torch.equal(

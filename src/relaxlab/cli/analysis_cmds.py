@@ -33,7 +33,8 @@ def _load(checkpoint: Path, split: str, data_dir: str | None) -> tuple[Any, Any,
 CHECKPOINT = click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 RELAXATIONS = relaxation_option(default="paper")
 EPS = click.option("--eps", type=float, required=True, help="l_inf radius in pixel space [0, 1].")
-SPLIT = click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
+SPLIT = click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]),
+                     help="Which split of the checkpoint's dataset the examples come from.")
 
 
 @click.command("landscape")
@@ -45,7 +46,7 @@ SPLIT = click.option("--split", default="test", show_default=True, type=click.Ch
               help="Follow the lower bound of this output (default: the example's label).")
 @click.option("--loss", is_flag=True, help="Follow the certified loss instead of a lower bound.")
 @click.option("--radius", type=float, default=1.0, show_default=True, help="δ ranges over [-radius, radius].")
-@click.option("--points", type=int, default=500, show_default=True)
+@click.option("--points", type=click.IntRange(min=2), default=500, show_default=True, help="Points along the segment.")
 @click.option("--shared-direction", default=None, help="Use this relaxation's gradient direction for every curve.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("landscape.png"), show_default=True,
               help="PNG path; the CSV is written next to it.")
@@ -172,7 +173,8 @@ def _short(value: float) -> str:
 @click.option("--lr", type=float, default=None, help="Initial learning rate (default: App. D's).")
 @click.option("--decay", type=float, default=None, help="Learning-rate decay per epoch (default 0.99).")
 @click.option("--epochs", type=int, default=None, help="Epochs (default: App. D's).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("gd_experiment.png"), show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("gd_experiment.png"),
+              show_default=True, help="PNG of both trajectories.")
 def gd_experiment_cmd(relaxation: tuple[str, ...], seed: int, search: int, output: int, lr: float | None,
                       decay: float | None, epochs: int | None, out: Path) -> None:
     """Sec. 4.4 / App. D: gradient ascent on a random 1-10-10-2 net, RELAXATION vs IBP; plot."""
@@ -208,7 +210,8 @@ def gd_experiment_cmd(relaxation: tuple[str, ...], seed: int, search: int, outpu
 @click.argument("run_ids", nargs=-1, type=int, required=True)
 @click.option("--store", "store_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="Results database of the training runs (trained with track_every > 0).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("tracking.png"), show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("tracking.png"), show_default=True,
+              help="PNG of the tracked measures.")
 def tracking_plot_cmd(run_ids: tuple[int, ...], store_path: Path, out: Path) -> None:
     """Fig. 6: discontinuity share and log-sensitivity over training for some runs."""
     with clear_errors():

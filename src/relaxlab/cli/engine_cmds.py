@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from relaxlab.cli.format import fail, render_table
-from relaxlab.cli.options import one_relaxation, relaxation_option
+from relaxlab.cli.options import input_file_option, one_relaxation, relaxation_option
 
 
 def load_model_file(path: Path) -> Any:
@@ -81,20 +81,8 @@ def _fmt(value: float) -> str:
 
 
 @click.command("bounds")
-@click.option(
-    "--model",
-    "model_path",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Network: an .onnx file or a relaxlab .pt checkpoint.",
-)
-@click.option(
-    "--input",
-    "input_path",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Input point(s): .npy or .pt tensor, one example or a batch.",
-)
+@input_file_option("--model", "model_path", "Network: an .onnx file or a relaxlab .pt checkpoint.")
+@input_file_option("--input", "input_path", "Input point(s): .npy or .pt tensor, one example or a batch.")
 @click.option("--eps", required=True, type=float, help="l_inf radius of the input box.")
 @relaxation_option(help_text="The relaxation, e.g. 'CROWN-IBP (R)' or 'LooseIBP-C(omega=0.5)'")
 @click.option(
@@ -118,7 +106,8 @@ def _fmt(value: float) -> str:
     metavar="LO HI",
     help="Clip the box to [LO, HI], e.g. 0 1 for pixels.",
 )
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64", show_default=True,
+              help="Precision of the bound computation.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bounds_command(
     model_path: Path,

@@ -67,3 +67,15 @@ def check_eps(eps: float, *, maximum: float | None = 1.0) -> float:
         return engine_check_eps(eps, maximum=maximum, name="--eps")
     except (TypeError, ValueError) as error:
         fail(str(error))
+
+
+def out_dir_option(help_text: str, default: Path | None = None) -> Callable[[Any], Any]:
+    """``--out DIR``: where a command writes (a directory)."""
+    return click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=default,
+                        show_default=default is not None, help=help_text)
+
+
+def input_file_option(flag: str, dest: str, help_text: str) -> Callable[[Any], Any]:
+    """A required input file that must exist (exit 2 with a usage error otherwise)."""
+    return click.option(flag, dest, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                        help=help_text)

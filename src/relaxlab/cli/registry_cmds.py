@@ -134,8 +134,10 @@ def check_command(names: Sequence[str], check_all: bool, examples: int, as_json:
     """
     from relaxlab.testing import find_unsound_example
 
-    if check_all == bool(names):
-        fail("give relaxation NAMES or --all (not both)")
+    if check_all and names:
+        fail("give relaxation NAMES or --all, not both")
+    if not check_all and not names:
+        fail("give relaxation NAMES to check, or --all for every registered relaxation")
     if examples < 1:
         fail(f"--examples must be at least 1, got {examples}")
     targets = [_lookup(n) for n in (_registry().relaxations.names() if check_all else names)]

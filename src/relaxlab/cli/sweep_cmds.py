@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from relaxlab.cli.format import clear_errors, render_table
+from relaxlab.cli.options import out_dir_option
 
 
 class SweepFileError(click.ClickException):
@@ -23,13 +24,7 @@ class SweepFileError(click.ClickException):
 
 @click.command("sweep")
 @click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Output directory: one sub-directory per run and results.sqlite (default: runs/<sweep name>).",
-)
+@out_dir_option("Output directory: one sub-directory per run and results.sqlite (default: runs/<sweep name>).")
 @click.option(
     "--address", default=None, help="Address of an existing Ray cluster (`ray start --head` prints it)."
 )

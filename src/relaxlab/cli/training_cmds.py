@@ -14,7 +14,16 @@ from typing import Any
 import click
 
 from relaxlab.cli.format import clear_errors, fail, render_table
-from relaxlab.cli.options import DATA_DIR, QUIET, STORE, THREADS, check_eps, relaxation_option, select
+from relaxlab.cli.options import (
+    DATA_DIR,
+    QUIET,
+    STORE,
+    THREADS,
+    check_eps,
+    out_dir_option,
+    relaxation_option,
+    select,
+)
 from relaxlab.runtime import set_threads
 
 
@@ -38,14 +47,8 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
 
 
 @click.command("train")
-@click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Run directory (default: runs/<name>).",
-)
+@click.argument("config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@out_dir_option("Run directory (default: runs/<name>).")
 @STORE
 @click.option(
     "--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint."
@@ -119,7 +122,7 @@ def _test_data(config: dict[str, Any], data_dir: str | None, n: int | None) -> A
 
 
 @click.command("certify")
-@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @relaxation_option(
     help_text="Certifying relaxation(s); several print the Table 10 matrix. "
     "Default: each model's training relaxation(s) (IBP for natural training)"
@@ -129,7 +132,8 @@ def _test_data(config: dict[str, Any], data_dir: str | None, n: int | None) -> A
 @click.option("--no-pgd", is_flag=True, help="Skip the PGD attack (100 steps, step size 0.01).")
 @DATA_DIR
 @STORE
-@click.option("--batch-size", type=int, default=100)
+@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Images bounded at once (memory vs speed).")
 @THREADS
 def certify_cmd(
     checkpoints: tuple[Path, ...],
@@ -211,18 +215,12 @@ def certify_cmd(
 
 
 @click.command("tightness")
-@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @relaxation_option(default="paper")
 @click.option("--eps-max", type=float, default=0.07, show_default=True, help="Largest radius of the grid.")
 @click.option("--points", type=int, default=21, show_default=True, help="Radii in the grid (the paper: 100).")
 @click.option("--n", "n", type=int, default=None, help="Use the first N test images (default: all).")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where to write tightness.png / .md / .csv (default: next to the checkpoint).",
-)
+@out_dir_option("Where to write tightness.png / .md / .csv (default: next to the checkpoint).")
 @DATA_DIR
 @STORE
 @THREADS
@@ -281,9 +279,8 @@ def tightness_cmd(
 
 @click.command("report")
 @STORE
-@click.option(
-    "--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True
-)
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True,
+              help="Markdown tables or one CSV.")
 @click.option(
     "--out",
     "out_file",
@@ -309,16 +306,10 @@ def report_cmd(store_path: Path | None, fmt: str, out_file: Path | None) -> None
 
 
 @click.command("paradox")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs/paradox"),
-    show_default=True,
-)
+@out_dir_option("Output directory: runs, store, tables and plots.", default=Path("runs/paradox"))
 @click.option("--eps", type=float, default=0.1, show_default=True, help="Training and test radius.")
 @click.option("--quick", is_flag=True, help="An even shorter schedule (smoke test).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every training run.")
 @THREADS
 @QUIET
 def paradox_cmd(out_dir: Path, eps: float, quick: bool, seed: int, threads: int | None, quiet: bool) -> None:

@@ -133,7 +133,7 @@ def test_bounds_errors(
     result = CliRunner().invoke(
         cli, ["bounds", "--model", str(path), "--input", str(tmp_path / "x.npy"), *args]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert message in result.output
 
 
@@ -154,7 +154,7 @@ def test_bounds_wrong_input_shape(onnx_model: tuple[nn.Sequential, Path], tmp_pa
             "IBP",
         ],
     )
-    assert result.exit_code == 1 and "does not fit the model" in result.output
+    assert result.exit_code == 2 and "does not fit the model" in result.output
 
 
 def test_bounds_unknown_model_type(tmp_path: Path) -> None:
@@ -174,7 +174,7 @@ def test_bounds_unknown_model_type(tmp_path: Path) -> None:
             "IBP",
         ],
     )
-    assert result.exit_code == 1 and "unknown file type" in result.output
+    assert result.exit_code == 2 and "unknown file type" in result.output
 
 
 @pytest.mark.parametrize(("gap", "expected"), [(1e-9, False), (1e-3, True)])

@@ -51,11 +51,13 @@ def test_show_with_parameters() -> None:
 
 def test_unknown_names_and_bad_parameters_are_clear_errors() -> None:
     result = CliRunner().invoke(cli, ["show", "crown-ibp"])
-    assert result.exit_code == 1 and "did you mean 'CROWN-IBP (R)'" in result.output
+    assert result.exit_code == 2 and "did you mean 'CROWN-IBP (R)'" in result.output
     result = CliRunner().invoke(cli, ["show", "LooseIBP-C(omega=-0.5)"])
-    assert result.exit_code == 1 and "omega must be >= 0" in result.output
+    assert result.exit_code == 2 and "omega must be >= 0" in result.output
     result = CliRunner().invoke(cli, ["check"])
-    assert result.exit_code == 1 and "NAMES or --all" in result.output
+    assert result.exit_code == 2 and "NAMES to check, or --all" in result.output
+    result = CliRunner().invoke(cli, ["check", "IBP", "--all"])
+    assert result.exit_code == 2 and "not both" in result.output
 
 
 def test_check_all_passes_for_the_builtins() -> None:
