@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from relaxlab.core.relaxer import Relaxer, check_relaxer
-from relaxlab.engine.backsub import Mode, bound_network
+from relaxlab.engine.backsub import Mode, bound_network, intermediate_bounds
 from relaxlab.engine.box import all_finite, input_box
-from relaxlab.engine.network import Network, UnsupportedNetworkError, parse_network
+from relaxlab.engine.network import Network, ReluLayer, UnsupportedNetworkError, parse_network
 
 __all__ = ["compute_bounds"]
 
@@ -32,6 +33,7 @@ def compute_bounds(
     mode: Mode = "auto",
     chunk_size: int | None = None,
     max_elements: int | None = None,
+    check_centre: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Sound bounds of ``C·model(x')`` for every ``x'`` with ``|x' - x|_inf <= eps`` (in ``domain``).
 
@@ -54,7 +56,12 @@ def compute_bounds(
     :param mode: see :func:`~relaxlab.engine.backsub.bound_network`.
     :param chunk_size: see :func:`relaxlab.engine.bound_network`.
     :param max_elements: see :func:`relaxlab.engine.bound_network`.
+    :param check_centre: check, at the cost of one forward pass, that ``C·model(x)`` lies inside the
+        bounds (an error if not: the engine would have bounded another function). Skipped for a
+        model in training mode (its forward may be stochastic or update batch statistics) and
+        for a parsed :class:`~relaxlab.engine.Network`.
     :return: ``(lb, ub)``, each ``(B, S)``.
+    :raises OverflowError: non-finite bounds from finite inputs (never NaN in the output).
     :raises ValueError: (before any work) for bad ``eps``, ``x``, ``C``, ``domain``; an
         :class:`~relaxlab.engine.UnsupportedNetworkError` for unsupported layers, shape
         mismatches and NaN/inf weights.
@@ -82,17 +89,53 @@ def compute_bounds(
             )
         if not all_finite(C):
             raise ValueError("C contains NaN/inf values")
+        if C.shape[-2] == 0:
+            raise ValueError("C has no rows: give at least one specification row")
         C = C.to(dtype=x.dtype, device=x.device)
     if network.output_dim == 0 or math.prod(network.input_shape) == 0:
         raise ValueError("the network has an empty input or output")
-    return bound_network(
-        network,
-        lower,
-        upper,
-        resolved,
-        C,
-        mode=mode,
-        chunk_size=chunk_size,
-        max_elements=max_elements,
+    lb, ub = bound_network(
+        network, lower, upper, resolved, C, mode=mode, chunk_size=chunk_size, max_elements=max_elements,
         lower_only=lower_only,
     )
+    if not (all_finite(lb) and (lower_only or all_finite(ub))):
+        raise OverflowError(
+            f"the bounds of {resolved.name} overflow {x.dtype} although the inputs are finite, "
+            f"{_first_overflow(network, lower, upper, resolved, mode)}: the weights or eps are too large for "
+            f"{x.dtype}; {'compute in float64 or ' if x.dtype != torch.float64 else ''}rescale the network"
+        )
+    if check_centre and isinstance(model, nn.Module) and not isinstance(model, Network) and not model.training:
+        _check_centre(model, x, C, lb, ub)
+    return lb, ub
+
+
+def _first_overflow(network: Network, lower: Tensor, upper: Tensor, relaxation: Relaxer, mode: Mode) -> str:
+    """Where bounds first stop being finite (only computed to word an error)."""
+    with torch.no_grad():
+        boxes, _ = intermediate_bounds(network, lower, upper, relaxation, mode="backsub" if mode == "auto" else mode)
+    relus = [i for i, layer in enumerate(network.layers) if isinstance(layer, ReluLayer)]
+    for index, (lb, ub) in zip(relus, boxes, strict=True):
+        if not (all_finite(lb) and all_finite(ub)):
+            return f"first at the input of layer {index} (ReLU, {type(network.layers[index - 1]).__name__} before it)"
+    return "in the last affine layer"
+
+
+def _check_centre(model: nn.Module, x: Tensor, C: Tensor | None, lb: Tensor, ub: Tensor) -> None:
+    """The model's own output at the centre must lie inside the bounds (one forward pass).
+
+    Catches any gap between what the engine bounded and what ``model(x)`` computes. The
+    tolerance covers the rounding of two differently ordered computations of the same function.
+    """
+    with torch.no_grad():
+        out = model(x).to(lb.dtype).reshape(x.shape[0], -1)
+        if C is not None:
+            out = (C @ out.unsqueeze(-1)).squeeze(-1) if C.dim() == 3 else out @ C.T
+        scale = 1.0 + out.abs()
+        tolerance = (1e-4 if lb.dtype == torch.float32 else 1e-9) * scale
+        outside = (out < lb.detach() - tolerance) | (out > ub.detach() + tolerance)
+    if bool(outside.any()):
+        raise UnsupportedNetworkError(
+            f"model(x) lies outside the bounds computed for it (by {float((lb.detach() - out).clamp_min(0).max() + (out - ub.detach()).clamp_min(0).max()):.3g}): "
+            "the engine did not bound the function the model computes; check for layers whose forward "
+            "differs from the standard one"
+        )

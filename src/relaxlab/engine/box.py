@@ -15,6 +15,8 @@ from torch import Tensor
 
 #: Pixels live in [0, 1]: the domain certification and training clip the box to.
 PIXEL_DOMAIN = (0.0, 1.0)
+#: The dtypes bounds are computed in (float16/bfloat16 are refused: see :func:`input_box`).
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
 def check_eps(eps: Any, *, maximum: float | None = None, name: str = "eps") -> float:
@@ -71,6 +73,17 @@ def _as_eps(eps: Any, x: Tensor) -> float | Tensor:
 
 def _domain_end(value: float | Tensor, x: Tensor) -> float | Tensor:
     if isinstance(value, Tensor):
+        if value.is_complex() or not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"domain ends must be real tensors, got dtype {value.dtype}")
+        if bool(torch.isnan(value.detach()).any()):
+            raise ValueError("domain ends must not be NaN; give (lo, hi) such as (0.0, 1.0)")
+        try:
+            torch.broadcast_shapes(tuple(value.shape), tuple(x.shape))
+        except RuntimeError:
+            raise ValueError(
+                f"a domain end of shape {tuple(value.shape)} does not broadcast to x's shape {tuple(x.shape)}; "
+                "give a number, a per-channel tensor that broadcasts, or a tensor of x's shape"
+            ) from None
         return value.to(dtype=x.dtype, device=x.device)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"domain ends must be numbers or tensors, got {type(value).__name__}")
@@ -91,12 +104,21 @@ def input_box(
     """
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"x has dtype {x.dtype}: bounds are computed in float32 or float64 only (half precision rounds "
+            "too coarsely for a sound bound); convert the model and x with .float() or .double()"
+        )
     if x.dim() < 2:
         raise ValueError(f"x must have a batch dimension: shape (batch, ...), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x is an empty batch: give at least one example")
     if not all_finite(x):
         raise ValueError("x contains NaN/inf values")
     eps_v = _as_eps(eps, x)
     lower, upper = x - eps_v, x + eps_v
+    if not (all_finite(lower) and all_finite(upper)):
+        raise ValueError(f"x ± eps overflows {x.dtype}: give a smaller eps (or compute in float64)")
     if domain is None:
         return lower, upper
     if len(domain) != 2:

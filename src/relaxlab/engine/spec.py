@@ -76,6 +76,7 @@ def margin_bounds(
     num_classes: int,
     domain: tuple[float, float] | None = PIXEL_DOMAIN,
     elision: bool = True,
+    check_centre: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Lower bounds on the margins ``z_y - z_j`` over the eps-box of ``x``, and the class ``j`` of each row.
 
@@ -83,13 +84,15 @@ def margin_bounds(
     layer); without it the logits are bounded and ``lb_j = lb(z_y) - ub(z_j)`` (looser).
 
     :param domain: the box is clipped to it (default: pixels in ``[0, 1]``).
+    :param check_centre: see :func:`~relaxlab.engine.bounds.compute_bounds`.
     :return: ``(lb, others)``, both ``(B, K-1)``; ``others[b, r]`` is the class of row ``r``.
     """
     if elision:
         spec = margin_spec(labels, num_classes, dtype=x.dtype)
-        lb, _ = compute_bounds(model, x, eps, relaxation, C=spec, domain=domain, lower_only=True)
+        lb, _ = compute_bounds(model, x, eps, relaxation, C=spec, domain=domain, lower_only=True,
+                               check_centre=check_centre)
         return lb, other_classes(labels, num_classes)
-    lower, upper = compute_bounds(model, x, eps, relaxation, domain=domain)
+    lower, upper = compute_bounds(model, x, eps, relaxation, domain=domain, check_centre=check_centre)
     others = other_classes(labels, num_classes)
     return lower.gather(1, labels.unsqueeze(1)) - upper.gather(1, others), others
 

@@ -63,8 +63,9 @@ def training_loss(
         robust = natural.new_zeros(())
         for weight, relaxation in zip(weights, relaxations, strict=True):
             if weight > 0.0:
+                # the model is in training mode: no centre check (see engine.bounds.compute_bounds)
                 lb, others = margin_bounds(
-                    model, x, labels, eps, relaxation, num_classes=num_classes, elision=elision
+                    model, x, labels, eps, relaxation, num_classes=num_classes, elision=elision, check_centre=False
                 )
                 robust = robust + weight * robust_ce(lb, others, labels, num_classes)
         loss = loss + (1.0 - kappa) * robust
