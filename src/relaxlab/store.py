@@ -220,6 +220,22 @@ class Store:
         """The context of one write: its own transaction, or the enclosing :meth:`transaction`."""
         return self._conn if self._depth == 0 else nullcontext()
 
+    def verify(self) -> None:
+        """Refuse a damaged database (``PRAGMA quick_check``), saying how to recover.
+
+        :raises StoreError: the file is malformed (a lost page, a torn write).
+        """
+        try:
+            problems = [row[0] for row in self._conn.execute("PRAGMA quick_check").fetchall()]
+        except sqlite3.DatabaseError as error:
+            problems = [str(error)]
+        if problems != ["ok"]:
+            raise StoreError(
+                f"{self.path} is damaged ({'; '.join(problems[:3])}); move it aside and rebuild the records from "
+                "the checkpoints: `relaxlab certify runs/*/checkpoint.pt --store NEW.sqlite` (training history "
+                "is in each run's history.json)"
+            )
+
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()

@@ -71,3 +71,23 @@ def test_report_tables(tmp_path: Path) -> None:
     assert "Table 10 layout" in text and "| IBP | 50.0 | 10.0 |" in text
     assert csv.splitlines()[0] == "dataset,architecture,eps_test,method,accuracy,pgd,certified,certifier"
     assert "mnist,CONV,0.30,IBP,90.00,80.00,50.00,IBP" in csv
+
+
+def test_a_damaged_store_is_refused_by_report_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from relaxlab.cli import cli
+
+    path = tmp_path / "results.sqlite"
+    with open_store(path) as store:
+        for i in range(200):
+            run = store.create_run("train", {"i": i, "pad": "x" * 500}, name=f"r{i}")
+            store.finish_run(run)
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[-page:] = bytes(page)  # the last page zeroed, as a torn write leaves it
+    path.write_bytes(bytes(data))
+    result = CliRunner().invoke(cli, ["report", "--store", str(path)])
+    assert result.exit_code == 1
+    assert "damaged" in result.output and "rebuild the records from the checkpoints" in result.output
+    assert "Traceback" not in result.output

@@ -91,6 +91,8 @@ def train_cmd(
             callbacks.append(tracking_callback(every=config.track_every))
         set_threads(threads)
         with Store(store_path) as store:
+            if resume:
+                store.verify()
             result = train(
                 config,
                 out_dir,
@@ -297,6 +299,7 @@ def report_cmd(store_path: Path | None, fmt: str, out_file: Path | None) -> None
     if not path.is_file():
         fail(f"no results database at {path}; run `relaxlab train` / `certify` first or pass --store")
     with clear_errors(), Store(path) as store:
+        store.verify()
         text = render_markdown(store) if fmt == "markdown" else render_csv(store)
     if out_file:
         out_file.write_text(text)

@@ -10,6 +10,7 @@ never leaves a truncated checkpoint under the real name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -23,7 +24,8 @@ from torch import nn
 from relaxlab.api import get_registry
 
 FORMAT = "relaxlab-checkpoint"
-VERSION = 1
+#: Version 2 adds ``sha256``, a digest of the content checked on every load; version 1 files still load.
+VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -39,6 +41,7 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    payload = {**payload, "sha256": content_digest(payload)}
     try:
         torch.save(payload, tmp)
         with tmp.open("rb+") as handle:
@@ -85,6 +88,32 @@ def make_payload(
     }
 
 
+def content_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's content (every value, tensor bytes included; ``sha256`` itself left out)."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            data = value.detach().cpu().contiguous()
+            digest.update(f"T{data.dtype}{tuple(data.shape)}".encode())
+            digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            keys = sorted((k for k in value if k != "sha256"), key=repr)
+            digest.update(f"D{len(keys)}".encode())
+            for key in keys:
+                feed(key)
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"L{len(value)}".encode())
+            for item in value:
+                feed(item)
+        else:
+            digest.update(f"{type(value).__name__}:{value!r};".encode())
+
+    feed(payload)
+    return digest.hexdigest()
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and check a checkpoint with ``torch.load(weights_only=True)``.
 
@@ -95,15 +124,31 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+    except pickle.UnpicklingError as error:
+        detail = next((ln.strip() for ln in str(error).splitlines() if "GLOBAL" in ln), "")
+        if detail:  # a pickle that names a Python callable: malicious or foreign, never loaded
+            raise CheckpointError(
+                f"{path} was refused as unsafe: it holds Python objects that loading would have to run"
+                f" ({detail[:200]}); relaxlab loads only plain tensors and data"
+            ) from error
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated and cannot be loaded ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); use an intact checkpoint or retrain"
+        ) from error
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated and cannot be loaded ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}); use an intact checkpoint or retrain"
         ) from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a relaxlab checkpoint (no '{FORMAT}' tag)")
-    if payload.get("version") != VERSION:
+    if payload.get("version") not in (1, VERSION):
         raise CheckpointError(f"{path}: checkpoint format version {payload.get('version')} is not supported")
+    if payload.get("version") == VERSION and payload.get("sha256") != content_digest(payload):
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its content does not match the digest written with it (a changed "
+            "byte); use an intact copy or retrain"
+        )
     missing = [
         k
         for k in ("config", "architecture", "input_shape", "num_classes", "mean", "std", "model")

@@ -80,3 +80,33 @@ def test_checkpoint_from_another_architecture_is_refused(tmp_path: Path) -> None
     _save(tmp_path / "mixed.pt", "FC-S", model=conv)
     with pytest.raises(CheckpointError, match="another architecture"):
         load_model(tmp_path / "mixed.pt")
+
+
+def test_a_flipped_bit_in_the_tensor_data_is_caught(tmp_path: Path) -> None:
+    from relaxlab.training.checkpoint import read_checkpoint, save_checkpoint
+
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"format": "relaxlab-checkpoint", "version": 2, "config": "{}", "architecture": "FC",
+                           "input_shape": [1], "num_classes": 2, "mean": [0.0], "std": [1.0],
+                           "model": {"w": torch.ones(64, 64)}})
+    assert read_checkpoint(path)["model"]["w"].sum() == 64 * 64
+    data = bytearray(path.read_bytes())
+    data[data.find(torch.ones(8).numpy().tobytes()) + 1000] ^= 0x40  # one bit of one float
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the digest"):
+        read_checkpoint(path)
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return (os.system, ("true",))
+
+
+def test_an_unsafe_pickle_is_refused_as_unsafe_not_as_corrupt(tmp_path: Path) -> None:
+    from relaxlab.training.checkpoint import read_checkpoint
+
+    torch.save({"format": "relaxlab-checkpoint", "x": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="refused as unsafe.*GLOBAL"):
+        read_checkpoint(tmp_path / "evil.pt")
