@@ -28,6 +28,7 @@ import importlib
 import importlib.metadata
 import os
 import re
+import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -281,7 +282,7 @@ def get_plugin_manager(
             if entry_point.name in blocked_names or pm.get_plugin(entry_point.name) is not None:
                 continue
             try:
-                plugin = entry_point.load()
+                plugin = _known_hooks_only(entry_point.load(), entry_point.name, errors)
                 pm.register(plugin, name=entry_point.name)
             except Exception as error:  # a broken plugin must not take the others down
                 errors.append(PluginError(entry_point.name, f"failed to load {entry_point.value!r}: "
@@ -293,6 +294,19 @@ def get_plugin_manager(
         errors.append(PluginError(name, f"unknown hook: {error}"))
         pm.unregister(error.plugin)
     return pm, errors
+
+
+def _known_hooks_only(plugin: Any, name: str, errors: list[PluginError]) -> Any:
+    """``plugin``, or a stand-in holding only its hooks with a spec: an unknown hook name (a typo such
+    as ``relaxlab_relaxation``) is reported and dropped, and the plugin's other hooks keep working."""
+    marked = {attr: getattr(plugin, attr) for attr in dir(plugin)
+              if hasattr(getattr(plugin, attr, None), f"{PROJECT_NAME}_impl")}
+    unknown = sorted(attr for attr in marked if not hasattr(hookspecs, attr))
+    if not unknown:
+        return plugin
+    errors.append(PluginError(name, f"unknown hook(s) {unknown} ignored (no such hook; valid hooks: "
+                                    f"{', '.join(h for h in dir(hookspecs) if h.startswith('relaxlab_'))})"))
+    return types.SimpleNamespace(**{attr: fn for attr, fn in marked.items() if attr not in unknown})
 
 
 def _collect(

@@ -100,12 +100,30 @@ def test_broken_plugins_are_reported_by_name_and_the_rest_works(fake_entry_point
     assert registry.relaxations["CROWN"].summary.startswith("Triangle")  # the built-in kept its name
 
 
-def test_unknown_hook_names_are_caught(fake_entry_points: list[FakeEntryPoint]) -> None:
+def test_unknown_hook_names_are_caught_and_drop_only_that_hook(fake_entry_points: list[FakeEntryPoint]) -> None:
     module = types.ModuleType("typo")
-    module.relaxlab_relaxation = relaxlab.hookimpl(lambda: [GOOD])  # type: ignore[attr-defined]
+    module.relaxlab_relaxation = relaxlab.hookimpl(lambda: [UNSOUND])  # type: ignore[attr-defined]
+    module.relaxlab_relaxations = relaxlab.hookimpl(lambda: [GOOD])  # type: ignore[attr-defined]
     fake_entry_points.append(FakeEntryPoint("typo", module))
     registry = build_registry()
-    assert any(e.plugin == "typo" and "unknown hook" in e.reason for e in registry.errors)
+    assert any(e.plugin == "typo" and "unknown hook(s) ['relaxlab_relaxation']" in e.reason for e in registry.errors)
+    assert registry.relaxations.source("acme-Good") == "typo"  # the plugin's valid hook still counts
+    assert "acme-Unsound" not in registry.relaxations
+
+
+def test_a_relaxation_whose_lines_raise_disables_itself_only(fake_entry_points: list[FakeEntryPoint]) -> None:
+    from relaxlab.core.expr import Opaque
+
+    def broken(env: object) -> object:
+        raise RuntimeError("plugin bug")
+
+    raising = ReluRelaxation(name="acme-Raises", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
+                             unstable=CaseBounds(ZERO, CHORD.__class__(Opaque("bug", broken), 0.0)))
+    fake_entry_points.append(FakeEntryPoint("raising", _module("raising", relaxlab_relaxations=lambda: [raising, GOOD])))
+    registry = build_registry(check=check_soundness)
+    assert "acme-Raises" in registry.relaxations.unsound and "RuntimeError: plugin bug" in registry.relaxations.unsound["acme-Raises"]
+    assert "acme-Good" not in registry.relaxations.unsound
+    assert any(e.plugin == "raising" and "acme-Raises" in e.reason for e in registry.errors)
 
 
 def test_blocking_plugins(fake_entry_points: list[FakeEntryPoint], monkeypatch: pytest.MonkeyPatch) -> None:
