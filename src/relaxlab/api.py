@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from relaxlab.engine.backsub import Mode, RelaxationLike, bound_network
-from relaxlab.engine.network import Network, UnsupportedNetworkError, parse_network
+from relaxlab.engine.backsub import Mode, RelaxationLike
+from relaxlab.engine.graph import GraphNetwork, bound_model, parse_model
+from relaxlab.engine.network import Network, UnsupportedNetworkError
 
 if TYPE_CHECKING:
     from relaxlab.core.relaxation import ReluRelaxation
@@ -131,7 +132,7 @@ def input_box(
 
 
 def compute_bounds(
-    model: nn.Module | Network,
+    model: nn.Module | Network | GraphNetwork,
     x: Tensor,
     eps: float | Tensor,
     relaxation: str | ReluRelaxation | RelaxationLike,
@@ -152,7 +153,9 @@ def compute_bounds(
         certified = (lb > 0).all(dim=1)
 
     :param model: an ``nn.Sequential`` of ``Linear``, ``Conv2d``, ``Flatten``, ``ReLU`` and
-        :class:`relaxlab.nn.Normalize` (or an already parsed :class:`~relaxlab.engine.Network`).
+        :class:`relaxlab.nn.Normalize` (the chain engine), any other module that ``torch.fx``
+        traces into supported ops (the graph engine, :mod:`relaxlab.engine.graph`; ``BatchNorm``
+        in train mode uses the statistics of ``x``), or an already parsed network.
     :param x: ``(B, *input_shape)`` centres; the computation runs in ``x``'s dtype and device.
     :param eps: l_inf radius: a number, a ``(B,)`` tensor (per example) or a tensor of ``x``'s shape.
     :param relaxation: a registered name (``"CROWN-IBP (R)"``, ``"LooseIBP-C(omega=0.5)"``) or a
@@ -171,16 +174,16 @@ def compute_bounds(
     """
     resolved = resolve_relaxation(relaxation)
     lower, upper = input_box(x, eps, domain)
-    if isinstance(model, Network):
+    if isinstance(model, (Network, GraphNetwork)):
         network = model
         if tuple(x.shape[1:]) != network.input_shape:
             raise UnsupportedNetworkError(
                 f"x has shape {tuple(x.shape)} but the network takes (batch, {network.input_shape})"
             )
     elif isinstance(model, nn.Module):
-        network = parse_network(model, tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+        network = parse_model(model, tuple(x.shape[1:]), dtype=x.dtype, device=x.device, clean=x)
     else:
-        raise TypeError(f"model must be an nn.Sequential, got {type(model).__name__}")
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if C is not None:
         if not isinstance(C, Tensor):
             raise TypeError(f"C must be a tensor, got {type(C).__name__}")
@@ -195,7 +198,7 @@ def compute_bounds(
         C = C.to(dtype=x.dtype, device=x.device)
     if network.output_dim == 0 or math.prod(network.input_shape) == 0:
         raise ValueError("the network has an empty input or output")
-    return bound_network(
+    return bound_model(
         network,
         lower,
         upper,

@@ -343,6 +343,10 @@ def _unsupported(where: str, module: nn.Module, why: str) -> UnsupportedNetworkE
     )
 
 
+#: The module types of a chain (a subclass that overrides ``forward`` is not one of them).
+_CHAIN_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.Flatten, nn.ReLU, Normalize)
+
+
 def parse_network(
     model: nn.Module,
     input_shape: Shape,
@@ -374,6 +378,9 @@ def parse_network(
     layers: list[Layer] = []
     for index, (path, module) in enumerate(_flatten_modules(model)):
         where = f"layer {index} (model.{path})"
+        base = next((kind for kind in _CHAIN_TYPES if isinstance(module, kind)), None)
+        if base is not None and type(module).forward is not base.forward:
+            raise _unsupported(where, module, f"it overrides the forward of {base.__name__}")
         if isinstance(module, nn.Linear):
             if len(shape) != 1 or shape[0] != module.in_features:
                 raise UnsupportedNetworkError(
