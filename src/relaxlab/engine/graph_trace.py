@@ -178,7 +178,9 @@ class _Builder:
         if base is nn.Conv2d and module.groups != 1:  # type: ignore[union-attr]
             return self.add(str(node.target), self.group_conv(module, shape, where), (source,))
         if base is nn.Flatten and (module.start_dim, module.end_dim) != (1, -1):  # type: ignore[union-attr]
-            return self.add(str(node.target), self.flatten(shape, module.start_dim, module.end_dim, where), (source,))  # type: ignore[arg-type]
+            return self.add(
+                str(node.target), self.flatten(shape, module.start_dim, module.end_dim, where), (source,)
+            )  # type: ignore[arg-type]
         # Linear, Conv2d, Flatten(1, -1), ReLU, Normalize: the chain parser's layer and checks.
         try:
             chain = parse_network(nn.Sequential(module), shape, dtype=self.dtype, device=self.device)
@@ -296,7 +298,9 @@ class _Builder:
         numel = math.prod(shape)
         first, rest = (target[0], target[1:]) if target else (None, [])
         if any(type(v) is not int for v in rest):
-            raise UnsupportedNetworkError(f"{where}: reshape to {target}: only the first entry may be the batch")
+            raise UnsupportedNetworkError(
+                f"{where}: reshape to {target}: only the first entry may be the batch"
+            )
         if first is BATCH:
             known = math.prod(v for v in rest if v != -1)
             if rest.count(-1) > 1 or (rest.count(-1) == 0 and known != numel) or known == 0 or numel % known:
@@ -353,7 +357,8 @@ def parse_graph(
             "the engine bounds nn.Sequential chains and fx-traceable modules"
         ) from error
     batch_statistics = any(
-        isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or module.running_mean is None)
+        isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and (module.training or module.running_mean is None)
         for module in model.modules()
     )
     if not batch_statistics:
@@ -377,7 +382,9 @@ def parse_graph(
                 f"only modules and functions on the input are supported ({_SUPPORTED})"
             )
         else:
-            env[node] = _convert(builder, node, where, _resolve(env, node.args), _resolve(env, dict(node.kwargs)))
+            env[node] = _convert(
+                builder, node, where, _resolve(env, node.args), _resolve(env, dict(node.kwargs))
+            )
     if not isinstance(output, _Tensor):
         raise UnsupportedNetworkError("the network must return one tensor")
     if int(output) == 0:
