@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
 import relaxlab
 from relaxlab.api import compute_bounds
+from relaxlab.cli import cli
 from relaxlab.engine import margin_spec
 from relaxlab.engine.falsify import box_samples, spec_values
 from relaxlab.engine.graph import GraphNetwork, parse_model
@@ -124,3 +126,9 @@ def test_resnet_checkpoint_keeps_batch_norm_statistics(tmp_path: Path) -> None:
         strict=True,
     ):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+    # certifiable from the command line by checkpoint
+    torch.save(x[0], tmp_path / "x.pt")
+    args = ["bounds", "--model", str(path), "--input", str(tmp_path / "x.pt"), "--eps", "0.001"]
+    result = CliRunner().invoke(cli, [*args, "--relaxation", "IBP", "--spec", "margins", "--label", "3"])
+    assert result.exit_code == 0, result.output
+    assert "certified:" in result.output
