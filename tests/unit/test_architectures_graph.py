@@ -27,6 +27,35 @@ def _build(name: str, shape: tuple[int, int, int] = (1, 28, 28)) -> nn.Sequentia
     )
 
 
+def with_batch_statistics(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
+    """``model`` in eval mode after three train-mode passes (BatchNorm running statistics set)."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(8, *shape))
+    return model.eval()
+
+
+def save_resnet_checkpoint(path: Path, model: nn.Module, eps_test: float) -> Path:
+    """A checkpoint of a ResNet-S on 1x28x28 inputs (mean 0.1, std 0.3), as training writes it."""
+    payload = make_payload(
+        config_json=TrainConfig(architecture="ResNet-S", eps_test=eps_test).to_json(),
+        architecture="ResNet-S",
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        mean=(0.1,),
+        std=(0.3,),
+        model=model,
+        optimizer=None,
+        generator=None,
+        epoch=1,
+        step=1,
+        history=[],
+    )
+    save_checkpoint(path, payload)
+    return path
+
+
 def test_cnn7_layers() -> None:
     net = _build("CNN7")
     convs = [(m.out_channels, m.stride[0]) for m in net.modules() if isinstance(m, nn.Conv2d)]
@@ -92,29 +121,8 @@ def test_one_training_step(name: str) -> None:
 
 def test_resnet_checkpoint_keeps_batch_norm_statistics(tmp_path: Path) -> None:
     net = _build("ResNet-S")
-    net.train()
-    with torch.no_grad():
-        for _ in range(3):
-            net(torch.rand(8, 1, 28, 28))
-    net.eval()
-    path = tmp_path / "resnet.pt"
-    save_checkpoint(
-        path,
-        make_payload(
-            config_json=TrainConfig(architecture="ResNet-S").to_json(),
-            architecture="ResNet-S",
-            input_shape=(1, 28, 28),
-            num_classes=10,
-            mean=(0.1307,),
-            std=(0.3081,),
-            model=net,
-            optimizer=None,
-            generator=None,
-            epoch=1,
-            step=3,
-            history=[],
-        ),
-    )
+    net = with_batch_statistics(net, (1, 28, 28))
+    path = save_resnet_checkpoint(tmp_path / "resnet.pt", net, eps_test=0.3)
     loaded = load_model(path).eval()
     for key, value in net.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "relaxlab.cli.discovery_cmds",
     "relaxlab.cli.training_cmds",
     "relaxlab.cli.analysis_cmds",
+    "relaxlab.cli.export_cmds",
 )
 
 

@@ -48,8 +48,9 @@ class ChannelAffineLayer:
         return r * self.scale.abs()
 
     def backward(self, coef: Tensor) -> tuple[Tensor, Tensor | None]:
-        bias = (coef * self.shift).flatten(2).sum(-1)
-        return coef * self.scale, bias
+        # sum over the positions of each channel first, then one product with the per-channel shift
+        per_channel = coef.flatten(3).sum(-1) if len(self.in_shape) > 1 else coef
+        return coef * self.scale, per_channel @ self.shift.reshape(-1)
 
 
 @attrs.frozen(eq=False)
