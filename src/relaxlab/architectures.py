@@ -1,8 +1,10 @@
-"""The paper's network architectures (Table 7), and the built-in ``relaxlab_architectures`` hook.
+"""The paper's network architectures (Table 7), CNN7 and a small ResNet, and the built-in
+``relaxlab_architectures`` hook.
 
 Every network is an ``nn.Sequential`` that starts with :class:`relaxlab.nn.Normalize`
-(the dataset's per-channel mean/std, saved with the network) followed by
-``Conv2d`` / ``Linear`` / ``ReLU`` / ``Flatten`` layers, which is what the engine bounds.
+(the dataset's per-channel mean/std, saved with the network). The paper's networks follow with
+``Conv2d`` / ``Linear`` / ``ReLU`` / ``Flatten`` layers (the chain engine); CNN7 adds BatchNorm
+and ResNet-S residual blocks (:class:`relaxlab.nn.ResidualBlock`) and AvgPool (the graph engine).
 The input shape is generic: MNIST-like ``1x28x28`` and CIFAR/SVHN ``3x32x32`` both work.
 
 Only the standard library and attrs load at import time; torch loads when a network is built.
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from relaxlab.hookspecs import hookimpl
-from relaxlab.nn import Normalize
+from relaxlab.nn import Normalize, ResidualBlock
 
 if TYPE_CHECKING:
     from torch import nn
@@ -114,6 +116,59 @@ def _conv(convs: Sequence[tuple[int, int, int, int]], hidden: int) -> Builder:
     return build
 
 
+def _cnn7(width: int = 64, hidden: int = 512) -> Builder:
+    """CNN7 of CTBench / SABR / TAPS: five 3x3 convolutions (``width``, ``width``, ``2·width`` with
+    stride 2, ``2·width``, ``2·width``), FC ``hidden``, FC classes; BatchNorm after every
+    convolution and hidden linear layer, then ReLU."""
+
+    def build(input_shape: tuple[int, int, int], num_classes: int) -> list[nn.Module]:
+        from torch import nn
+
+        channels, height, width_px = input_shape
+        layers: list[nn.Module] = []
+        for out_channels, stride in ((width, 1), (width, 1), (2 * width, 2), (2 * width, 1), (2 * width, 1)):
+            layers += [
+                nn.Conv2d(channels, out_channels, 3, stride=stride, padding=1),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(),
+            ]
+            channels = out_channels
+            height, width_px = _conv_out(height, 3, stride, 1), _conv_out(width_px, 3, stride, 1)
+        layers += [
+            nn.Flatten(),
+            nn.Linear(channels * height * width_px, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        ]
+        return layers
+
+    return build
+
+
+def _resnet_small(input_shape: tuple[int, int, int], num_classes: int) -> list[nn.Module]:
+    """CONV 16 3x3 + BN, two residual blocks (16, then 32 with stride 2), AvgPool 2, FC 100, FC classes."""
+    from torch import nn
+
+
+    channels, height, width = input_shape
+    for stride in (1, 1, 2):
+        height, width = _conv_out(height, 3, stride, 1), _conv_out(width, 3, stride, 1)
+    height, width = _conv_out(height, 2, 2, 0), _conv_out(width, 2, 2, 0)
+    return [
+        nn.Conv2d(channels, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        ResidualBlock(16, 16),
+        ResidualBlock(16, 32, stride=2),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * height * width, 100),
+        nn.ReLU(),
+        nn.Linear(100, num_classes),
+    ]
+
+
 BUILTIN_ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         name="FC", builder=_fc((400, 200, 100, 100)), summary="FC 400, FC 200, FC 100, FC 100, FC classes"
@@ -129,10 +184,21 @@ BUILTIN_ARCHITECTURES: tuple[Architecture, ...] = (
         summary="CONV 16 4x4+2, CONV 32 4x4+1 (no padding), FC 100, FC classes ('small' of Gowal et al.)",
     ),
     Architecture(name="FC-S", builder=_fc((100, 100)), summary="FC 100, FC 100, FC classes"),
+    Architecture(
+        name="CNN7",
+        builder=_cnn7(),
+        summary="CONV 64, 64, 128 (stride 2), 128, 128 3x3, FC 512, FC classes; BatchNorm + ReLU after each "
+        "(CTBench/SABR/TAPS)",
+    ),
+    Architecture(
+        name="ResNet-S",
+        builder=_resnet_small,
+        summary="CONV 16 3x3 + BN, residual blocks 16 and 32 (stride 2), AvgPool 2, FC 100, FC classes",
+    ),
 )
 
 
 @hookimpl
 def relaxlab_architectures() -> Iterable[Architecture]:
-    """The architectures of Table 7 of the paper: FC, CONV, CONV+ and FC-S."""
+    """The architectures of Table 7 of the paper (FC, CONV, CONV+, FC-S), CNN7 and ResNet-S."""
     return BUILTIN_ARCHITECTURES

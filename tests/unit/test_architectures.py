@@ -74,7 +74,7 @@ def test_build_refuses_bad_shapes() -> None:
 
 
 def test_the_hook_returns_named_architectures() -> None:
-    assert [a.name for a in relaxlab_architectures()] == ["FC", "CONV", "CONV+", "FC-S"]
+    assert [a.name for a in relaxlab_architectures()] == ["FC", "CONV", "CONV+", "FC-S", "CNN7", "ResNet-S"]
 
 
 def test_a_plugin_can_add_an_architecture(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -63,14 +63,15 @@ def load_input_file(path: Path) -> Any:
 
 def _batched(model: Any, x: Any) -> Any:
     """``x`` with a batch dimension: as given if the model accepts it, else with one added."""
-    from relaxlab.engine.network import UnsupportedNetworkError, parse_network
+    from relaxlab.engine.graph import parse_model
+    from relaxlab.engine.network import UnsupportedNetworkError
 
     try:
-        parse_network(model, tuple(x.shape[1:]))
+        parse_model(model, tuple(x.shape[1:]), clean=x)
         return x
     except UnsupportedNetworkError as first:
         try:
-            parse_network(model, tuple(x.shape))
+            parse_model(model, tuple(x.shape), clean=x.unsqueeze(0))
         except UnsupportedNetworkError:
             fail(f"the input of shape {tuple(x.shape)} does not fit the model: {first}")
         return x.unsqueeze(0)

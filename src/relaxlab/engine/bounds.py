@@ -14,9 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from relaxlab.core.relaxer import Relaxer, check_relaxer
-from relaxlab.engine.backsub import Mode, bound_network, intermediate_bounds
+from relaxlab.engine.backsub import Mode, intermediate_bounds
 from relaxlab.engine.box import all_finite, input_box
-from relaxlab.engine.network import Network, ReluLayer, UnsupportedNetworkError, parse_network
+from relaxlab.engine.graph import GraphNetwork, bound_model, parse_model
+from relaxlab.engine.network import Network, ReluLayer, UnsupportedNetworkError, check_hooks
 
 __all__ = ["compute_bounds"]
 
@@ -44,7 +45,9 @@ def compute_bounds(
         certified = is_certified(lb, model(x))  # relaxlab.engine.spec: with the tolerance
 
     :param model: an ``nn.Sequential`` of ``Linear``, ``Conv2d``, ``Flatten``, ``ReLU`` and
-        :class:`relaxlab.nn.Normalize` (or an already parsed :class:`~relaxlab.engine.Network`).
+        :class:`relaxlab.nn.Normalize` (the chain engine), any other module that ``torch.fx``
+        traces into supported ops (the graph engine, :mod:`relaxlab.engine.graph`; ``BatchNorm``
+        in train mode uses the statistics of ``x``), or an already parsed network.
     :param x: ``(B, *input_shape)`` centres; the computation runs in ``x``'s dtype and device.
     :param eps: l_inf radius: a number, a ``(B,)`` tensor (per example) or a tensor of ``x``'s shape.
     :param relaxation: a relaxation object (:class:`~relaxlab.core.relaxer.Relaxer`);
@@ -68,16 +71,17 @@ def compute_bounds(
     """
     resolved = check_relaxer(relaxation)
     lower, upper = input_box(x, eps, domain)
-    if isinstance(model, Network):
+    if isinstance(model, (Network, GraphNetwork)):
         network = model
         if tuple(x.shape[1:]) != network.input_shape:
             raise UnsupportedNetworkError(
                 f"x has shape {tuple(x.shape)} but the network takes (batch, {network.input_shape})"
             )
     elif isinstance(model, nn.Module):
-        network = parse_network(model, tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+        check_hooks(model)
+        network = parse_model(model, tuple(x.shape[1:]), dtype=x.dtype, device=x.device, clean=x)
     else:
-        raise TypeError(f"model must be an nn.Sequential, got {type(model).__name__}")
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if C is not None:
         if not isinstance(C, Tensor):
             raise TypeError(f"C must be a tensor, got {type(C).__name__}")
@@ -94,7 +98,7 @@ def compute_bounds(
         C = C.to(dtype=x.dtype, device=x.device)
     if network.output_dim == 0 or math.prod(network.input_shape) == 0:
         raise ValueError("the network has an empty input or output")
-    lb, ub = bound_network(
+    lb, ub = bound_model(
         network, lower, upper, resolved, C, mode=mode, chunk_size=chunk_size, max_elements=max_elements,
         lower_only=lower_only,
     )
@@ -104,13 +108,18 @@ def compute_bounds(
             f"{_first_overflow(network, lower, upper, resolved, mode)}: the weights or eps are too large for "
             f"{x.dtype}; {'compute in float64 or ' if x.dtype != torch.float64 else ''}rescale the network"
         )
-    if check_centre and isinstance(model, nn.Module) and not isinstance(model, Network) and not model.training:
+    if check_centre and isinstance(model, nn.Module) and not isinstance(model, (Network, GraphNetwork)) \
+            and not model.training:
         _check_centre(model, x, C, lb, ub)
     return lb, ub
 
 
-def _first_overflow(network: Network, lower: Tensor, upper: Tensor, relaxation: Relaxer, mode: Mode) -> str:
+def _first_overflow(
+    network: Network | GraphNetwork, lower: Tensor, upper: Tensor, relaxation: Relaxer, mode: Mode
+) -> str:
     """Where bounds first stop being finite (only computed to word an error)."""
+    if isinstance(network, GraphNetwork):
+        return "inside the graph"
     with torch.no_grad():
         boxes, _ = intermediate_bounds(network, lower, upper, relaxation, mode="backsub" if mode == "auto" else mode)
     relus = [i for i, layer in enumerate(network.layers) if isinstance(layer, ReluLayer)]

@@ -346,11 +346,21 @@ def _check_faithful(module: nn.Module, where: str) -> None:
             f"{where} ({type(module).__name__}) overrides forward() of {base.__name__}: the engine would bound "
             f"{base.__name__}'s function, not the one the model computes; use {base.__name__} itself"
         )
+    _check_module_hooks(module, where)
+
+
+def _check_module_hooks(module: nn.Module, where: str) -> None:
     if module._forward_hooks or module._forward_pre_hooks:
         raise UnsupportedNetworkError(
             f"{where} ({type(module).__name__}) has forward hooks or pre-hooks (e.g. weight_norm or spectral_norm): "
             "they change what the layer computes; remove them (torch.nn.utils.parametrize is supported)"
         )
+
+
+def check_hooks(model: nn.Module) -> None:
+    """Refuse a model any of whose modules has forward hooks or pre-hooks (tracing would not see them)."""
+    for path, module in model.named_modules():
+        _check_module_hooks(module, f"model.{path}" if path else "model")
 
 
 def _pair(value: int | tuple[int, ...] | str, what: str, where: str) -> tuple[int, int]:
@@ -449,6 +459,8 @@ CONVERTERS: dict[type[nn.Module], Callable[[Any, Shape, str, Cast], Layer]] = {
     nn.ReLU: _relu,
     Normalize: _normalize,
 }
+#: The module types of a chain (a subclass that overrides ``forward`` is not one of them).
+_CHAIN_TYPES: tuple[type[nn.Module], ...] = tuple(CONVERTERS)
 
 
 def parse_network(

@@ -1,8 +1,9 @@
 """Load an ONNX model made of the engine's operations as a torch ``nn.Sequential``.
 
-Verification users exchange networks as ONNX files (VNN-COMP style). This loader
-accepts a *chain*: every node consumes the previous node's output (plus constant
-weights) and produces the next one. Supported operations:
+Verification users exchange networks as ONNX files (VNN-COMP style). A *chain* (every node
+consumes the previous node's output plus constant weights) becomes an ``nn.Sequential``; any
+other graph goes to :mod:`relaxlab.engine.onnx_graph` (adds ``BatchNormalization``,
+``AveragePool``, ``Add`` of two branches and ``Concat``). Supported operations of a chain:
 
 - ``Gemm`` (``transA = 0``) and ``MatMul`` followed by an optional ``Add`` of a
   bias: ``nn.Linear``;
@@ -75,12 +76,13 @@ def _channel_vector(value: np.ndarray, where: str) -> np.ndarray:
     )
 
 
-def load_onnx(path: str | os.PathLike[str]) -> nn.Sequential:
-    """Read an ONNX model and rebuild it as an ``nn.Sequential`` the engine accepts.
+def load_onnx(path: str | os.PathLike[str]) -> nn.Module:
+    """Read an ONNX model and rebuild it as an ``nn.Sequential`` the engine accepts, or, when the
+    nodes form a DAG (residual ``Add``, ``Concat``), as an :class:`~relaxlab.engine.onnx_graph.OnnxGraph`.
 
     :param path: the ``.onnx`` file.
     :return: the network (float32 weights, eval mode).
-    :raises OnnxLoadError: for a file that is not a chain of supported operations.
+    :raises OnnxLoadError: for a file with unsupported operations.
     """
     import onnx
     from onnx import numpy_helper
@@ -96,6 +98,10 @@ def load_onnx(path: str | os.PathLike[str]) -> nn.Sequential:
         raise OnnxLoadError(f"the ONNX graph must have exactly one (non-constant) input, found {inputs}")
     if len(graph.output) != 1:
         raise OnnxLoadError(f"the ONNX graph must have exactly one output, found {len(graph.output)}")
+    if any(node.op_type in ("BatchNormalization", "AveragePool", "Concat") for node in graph.node):
+        from relaxlab.engine.onnx_graph import load_onnx_graph
+
+        return load_onnx_graph(model)
     current = inputs[0]
     modules: list[nn.Module] = []
     for index, node in enumerate(graph.node):
@@ -108,11 +114,10 @@ def load_onnx(path: str | os.PathLike[str]) -> nn.Sequential:
             constants[node.output[0]] = numpy_helper.to_array(value)
             continue
         data = [name for name in node.input if name and name not in constants]
-        if data != [current]:
-            raise OnnxLoadError(
-                f"{where} reads {list(node.input)}; the loader accepts a chain where each node consumes the "
-                f"previous output ({current!r}) and constants only"
-            )
+        if data != [current]:  # not a chain: a DAG (residual Add, Concat, ...)
+            from relaxlab.engine.onnx_graph import load_onnx_graph
+
+            return load_onnx_graph(model)
         const_inputs = [constants[name] for name in node.input if name in constants]
         modules.extend(_convert(node, attrs, const_inputs, modules, where, list(node.input).index(current)))
         current = node.output[0]

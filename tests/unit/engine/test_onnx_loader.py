@@ -1,4 +1,4 @@
-"""ONNX loading: real files from ``torch.onnx.export`` and hand-built graphs; refusals."""
+"""ONNX loading: real files from ``torch.onnx.export`` and hand-built graphs (chains and DAGs); refusals."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from relaxlab.api import compute_bounds
+from relaxlab.engine.graph import GraphNetwork, parse_model
 from relaxlab.engine.onnx_loader import OnnxLoadError, load_onnx
 from relaxlab.nn import Normalize
 
@@ -130,7 +131,7 @@ def test_hand_built_graph(tmp_path: Path) -> None:
             "asymmetric pads",
         ),
         (helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1], dilations=[2, 2]), "dilations"),
-        (helper.make_node("Add", ["x", "x"], ["y"]), "chain"),
+        (helper.make_node("Mul", ["x", "x"], ["y"]), "only Add and Concat join branches"),
     ],
 )
 def test_refusals_name_the_node(node: onnx.NodeProto, message: str, tmp_path: Path) -> None:
@@ -144,4 +145,51 @@ def test_unreadable_file(tmp_path: Path) -> None:
     path = tmp_path / "junk.onnx"
     path.write_bytes(b"not an onnx file")
     with pytest.raises(OnnxLoadError, match="cannot read ONNX file"):
+        load_onnx(path)
+
+
+def test_hand_built_dag(tmp_path: Path) -> None:
+    """Gemm + bias Add, BatchNormalization on rank 2, a residual Add and a Concat, against numpy."""
+    rng = np.random.default_rng(0)
+    w1, b1, w2 = rng.normal(size=(3, 4)), rng.normal(size=4), rng.normal(size=(8, 2))
+    scale, shift, mean, var = rng.normal(size=4), rng.normal(size=4), rng.normal(size=4), 0.5 + rng.random(4)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("BatchNormalization", ["h1", "s", "t", "m", "v"], ["h2"], epsilon=1e-3),
+        helper.make_node("Relu", ["h2"], ["a"]),
+        helper.make_node("Add", ["a", "h1"], ["r"]),
+        helper.make_node("Concat", ["r", "a"], ["c"], axis=1),
+        helper.make_node("Gemm", ["c", "w2"], ["y"]),
+    ]
+    inits = [
+        _const(k, v)
+        for k, v in {"w1": w1, "b1": b1, "s": scale, "t": shift, "m": mean, "v": var, "w2": w2}.items()
+    ]
+    loaded = load_onnx(_save(nodes, inits, tmp_path / "dag.onnx", ["N", 3], ["N", 2])).double()
+    f32 = lambda a: np.asarray(a, np.float32).astype(np.float64)  # noqa: E731
+    x = rng.normal(size=(5, 3))
+    h1 = x @ f32(w1) + f32(b1)
+    a = np.maximum((h1 - f32(mean)) / np.sqrt(f32(var) + 1e-3) * f32(scale) + f32(shift), 0)
+    expected = np.concatenate([a + h1, a], axis=1) @ f32(w2)
+    got = loaded(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-9, rtol=1e-9)
+    assert isinstance(parse_model(loaded, (3,)), GraphNetwork)
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        (helper.make_node("Concat", ["x", "x"], ["y"], axis=2), "only Concat along axis 1"),
+        (helper.make_node("Mul", ["x", "x"], ["y"]), "only Add and Concat join branches"),
+        (helper.make_node("Sub", ["x", "x"], ["y"]), "only Add and Concat join branches"),
+        (helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], ceil_mode=1), "ceil_mode"),
+        (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2]), r"\(MaxPool\) is not supported"),
+    ],
+)
+def test_dag_refusals_name_the_node(node: onnx.NodeProto, message: str, tmp_path: Path) -> None:
+    # An AveragePool/Concat anywhere sends the file to the DAG loader.
+    extra = [helper.make_node("AveragePool", ["y"], ["z"], kernel_shape=[1, 1])]
+    path = _save([node, *extra], [], tmp_path / "bad.onnx", [1, 2, 4, 4], [1, 2, 4, 4])
+    with pytest.raises(OnnxLoadError, match=message):
         load_onnx(path)
