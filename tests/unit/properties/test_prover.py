@@ -8,9 +8,10 @@ from attrs import evolve
 
 import relaxlab
 from relaxlab.core.expr import Const, L, Opaque, Param, U, ge, switch
-from relaxlab.core.lines import CHORD, EXACT_NEGATIVE, EXACT_POSITIVE, KAPPA, LAMBDA, ZERO
+from relaxlab.core.lines import CHORD, EXACT_NEGATIVE, EXACT_POSITIVE, KAPPA, LAMBDA, UPPER, ZERO
 from relaxlab.core.relaxation import BoundsTransform, CaseBounds, Line, ParamSpec, ReluRelaxation, line
 from relaxlab.core.stability import Stability
+from relaxlab.discovery.catalog import check_line
 from relaxlab.properties.prover import (
     COUNTEREXAMPLE,
     PROVED,
@@ -187,3 +188,7 @@ def test_part_verdicts_are_cached_values_with_readable_text() -> None:
     renamed = prove_soundness(evolve(relaxlab.get_relaxation("DeepZ-Soft"), name="Soft-alias"))
     assert renamed.relaxation == "Soft-alias" and renamed.parts == verdict.parts
 
+
+def test_discovery_rejects_a_candidate_line_unsound_only_in_a_window() -> None:
+    assert check_line(WINDOW_UPPER, Stability.UNSTABLE, "upper")[0] == "unsound"
+    assert check_line(UPPER, Stability.UNSTABLE, "upper") is None
