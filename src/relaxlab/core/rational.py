@@ -297,9 +297,10 @@ def _coefficient_bounds(coef: Fraction) -> Bounds:
 class _CompiledPoly:
     """A polynomial prepared for repeated enclosure: its terms, and its Horner groupings."""
 
-    __slots__ = ("terms", "groups", "constant")
+    __slots__ = ("terms", "groups", "constant", "sign")
 
     def __init__(self, poly: Poly) -> None:
+        self.sign: int | None = None  # known sign on the whole domain, if any
         self.terms = [(_coefficient_bounds(c), m) for m, c in poly.items()]
         value = constant_value(poly)
         self.constant = None if value is None else _coefficient_bounds(value)
@@ -315,16 +316,44 @@ class _CompiledPoly:
                     self.groups.append((var, sorted(by_power.items())))
 
     def enclose(self, box: Sequence[Bounds]) -> Bounds:
+        """Monomial sum ∩ Horner in each variable ∩ (degree >= 2) Taylor shift to the box's lower corner."""
         if self.constant is not None:
             return self.constant
         best = _sum_terms(self.terms, box)
         for var, by_power in self.groups:
             total: Bounds = (0.0, 0.0)
+            inner_bounds = []
             for power, terms in by_power:
                 inner = _sum_terms(terms, box)
+                inner_bounds.append((power, inner))
                 total = iv.add(total, inner if power == 0 else iv.mul(iv.power(box[var], power), inner))
             best = iv.intersect(best, total)
+            if by_power[-1][0] >= 2:
+                best = iv.intersect(best, _shifted(inner_bounds, box[var]))
         return best
+
+
+def _shifted(coefficients: Sequence[tuple[int, Bounds]], var: Bounds) -> Bounds:
+    """``Σ c_k·v**k`` over ``v ∈ var``, as a polynomial in ``t = v - lo ∈ [0, hi - lo]``.
+
+    Near a double root (``(1 - l)**2`` close to ``l = 1``) the expanded form cancels badly;
+    shifted to the lower corner the coefficients say what the polynomial does on the box.
+    """
+    lo, hi = var
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return iv.WHOLE
+    degree = coefficients[-1][0]
+    c: list[Bounds] = [(0.0, 0.0)] * (degree + 1)
+    for power, bounds in coefficients:
+        c[power] = bounds
+    for i in range(degree):  # Ruffini-Horner: coefficients of p(t + lo)
+        for j in range(degree - 1, i - 1, -1):
+            c[j] = iv.add(c[j], iv.scale(lo, c[j + 1]))
+    t = (0.0, iv.sum_up(hi, -lo))
+    total: Bounds = c[0]
+    for power in range(1, degree + 1):
+        total = iv.add(total, iv.mul(c[power], iv.power(t, power)))
+    return total
 
 
 def _sum_terms(terms: Iterable[tuple[Bounds, Monomial]], box: Sequence[Bounds]) -> Bounds:
@@ -347,8 +376,14 @@ class Symbolic:
     :param params: parameter names; they get the variable indices ``2, 3, ...`` in this order.
     """
 
-    def __init__(self, params: Sequence[str]) -> None:
+    def __init__(self, params: Sequence[str], nonnegative: Iterable[Poly] = ()) -> None:
         self.params = tuple(params)
+        #: Polynomials known to be >= 0 on the whole domain (``u - l``), by their monic form: the sign
+        #: of the monic form. Enclosures of any multiple of one are clipped at 0.
+        self._signs: dict[object, int] = {}
+        for poly in nonnegative:
+            monic, lead = _monic(poly)
+            self._signs[monic] = 1 if lead > 0 else -1
         self.param_index = {name: 2 + i for i, name in enumerate(self.params)}
         #: ``(kind, argument)`` of every atom, in creation order (arguments only use earlier atoms).
         self.atoms: list[tuple[str, Rational]] = []
@@ -437,19 +472,41 @@ class Symbolic:
             full.append(_atom_bounds(kind, self.enclose(argument, full)))
         return full
 
-    def enclose(self, value: Rational, box: Sequence[Bounds]) -> Bounds:
-        """A sound enclosure of ``value`` over a completed box (see :meth:`complete`)."""
-        num = self._enclose_poly(value.num, box)
+    def enclose(self, value: Rational, box: Sequence[Bounds], *, facts: bool = True) -> Bounds:
+        """A sound enclosure of ``value`` over a completed box (see :meth:`complete`).
+
+        :param facts: clip multiples of the ``nonnegative`` polynomials at 0: sound for the points
+            of the box inside the domain, which are the only ones that matter (``False`` to tell
+            whether a box meets the domain at all).
+        """
+        num = self._enclose_poly(value.num, box, facts)
         if value.is_polynomial():
             return num
-        return iv.div(num, self._enclose_poly(value.den, box))
+        return iv.div(num, self._enclose_poly(value.den, box, facts))
 
-    def _enclose_poly(self, poly: Poly, box: Sequence[Bounds]) -> Bounds:
+    def _enclose_poly(self, poly: Poly, box: Sequence[Bounds], facts: bool = True) -> Bounds:
         key = freeze(poly)
         compiled = self._compiled.get(key)
         if compiled is None:
             compiled = self._compiled[key] = _CompiledPoly(poly)
-        return compiled.enclose(box)
+            if self._signs and compiled.constant is None:
+                monic, lead = _monic(poly)
+                sign = self._signs.get(monic)
+                compiled.sign = None if sign is None else (sign if lead > 0 else -sign)
+        bounds = compiled.enclose(box)
+        if not facts:
+            return bounds
+        if compiled.sign == 1:
+            return (max(bounds[0], 0.0), max(bounds[1], 0.0))
+        if compiled.sign == -1:
+            return (min(bounds[0], 0.0), min(bounds[1], 0.0))
+        return bounds
+
+
+def _monic(poly: Poly) -> tuple[frozenset[tuple[Monomial, Fraction]], Fraction]:
+    """``(monic form, leading coefficient)``: ``poly = lead · monic``."""
+    lead = poly[max(poly, key=_lex)]
+    return freeze(poly_scale(poly, 1 / lead)), lead
 
 
 def _atom_bounds(kind: str, argument: Bounds) -> Bounds:

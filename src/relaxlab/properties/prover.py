@@ -359,8 +359,9 @@ class _Face:
     """Boxes over the free variables of one chart of the domain, with the obligations there."""
 
     def __init__(self, name: str, symbolic: Symbolic, root: list[Bounds], free: list[int],
-                 obligations: list[_Obligation]) -> None:
+                 obligations: list[_Obligation], width: Rational | None = None) -> None:
         self.name = name
+        self.width = width  # u - l where it is not constant: boxes where it is < 0 are outside the domain
         self.symbolic = symbolic
         self.root = root
         self.free = free
@@ -386,7 +387,9 @@ def _faces(stability: Stability | None, side: str, line: Line | None, transform:
         raise NotRational(f"{len(t_conditions) + len(line_conditions)} switch conditions (at most {MAX_CONDITIONS})")
     faces = []
     for name, raw, root, free in charts:
-        symbolic = Symbolic(params)
+        width = raw["u"] - raw["l"]
+        varying = width.is_polynomial() and bool(width.variables())
+        symbolic = Symbolic(params, nonnegative=[width.num] if varying else [])
         domain_constraint: Constraint = (raw["u"] - raw["l"], True, False)  # l <= u
         obligations: dict[object, _Obligation] = {}
         for t_assignment in _assignments(t_conditions):
@@ -415,7 +418,8 @@ def _faces(stability: Stability | None, side: str, line: Line | None, transform:
                     gaps.append((label, relu - value if side == "lower" else value - relu, constraints + extra))
                 _add_obligations(obligations, symbolic, gaps)
         root_box = root + param_box
-        faces.append(_Face(name, symbolic, root_box, free + list(range(2, 2 + len(ranges))), list(obligations.values())))
+        faces.append(_Face(name, symbolic, root_box, free + list(range(2, 2 + len(ranges))), list(obligations.values()),
+                           width if varying else None))
     return faces
 
 
@@ -480,25 +484,46 @@ class _BoxState:
         self.full = face.symbolic.complete(box)
         self.cache: dict[object, Bounds] = {}
 
-    def enclose(self, value: Rational) -> Bounds:
-        key = value.key
+    def enclose(self, value: Rational, facts: bool = True) -> Bounds:
+        """The enclosure over the box's points in the domain (``facts=False``: over all its points)."""
+        key = (value.key, facts)
         found = self.cache.get(key)
         if found is None:
-            found = self.cache[key] = self.face.symbolic.enclose(value, self.full)
+            found = self.cache[key] = self.face.symbolic.enclose(value, self.full, facts=facts)
         return found
 
 
 def _infeasible(state: _BoxState, constraint: Constraint) -> bool:
+    """Whether no point of the box that matters satisfies the constraint.
+
+    A half-space ``a·v + b >= 0`` (affine in ``l``, ``u``, parameters) that the box meets only on
+    its boundary plane counts as not met: every point of that plane lies in a neighbouring box
+    that reaches into the open half-space (the boxes tile the chart), where it is proved.
+    """
     margin, truth, strict = constraint
     lo, hi = state.enclose(margin)
     if truth:
-        return hi <= 0.0 if strict else hi < 0.0
+        return hi <= 0.0 if (strict or _half_space(margin, state.face.symbolic.base_size)) else hi < 0.0
     return lo >= 0.0
+
+
+@functools.lru_cache(maxsize=65536)
+def _half_space_key(key: object, base_size: int) -> bool:
+    num, den = key  # type: ignore[misc]
+    if den != frozenset({((), Fraction(1))}):
+        return False
+    linear = [m for m, _ in num if m]
+    return bool(linear) and all(len(m) == 1 and m[0][1] == 1 and m[0][0] < base_size for m in linear)
+
+
+def _half_space(margin: Rational, base_size: int) -> bool:
+    """``margin`` is affine and not constant in the non-atom variables (its zero set is a hyperplane)."""
+    return _half_space_key(margin.key, base_size)
 
 
 def _holds_strictly(state: _BoxState, constraint: Constraint) -> bool:
     margin, truth, strict = constraint
-    lo, hi = state.enclose(margin)
+    lo, hi = state.enclose(margin, facts=False)
     if truth:
         return lo > 0.0 if strict else lo >= 0.0
     return hi < 0.0
@@ -615,7 +640,7 @@ def _relevant(obligations: Sequence[_Obligation], state: _BoxState, scale_invari
         if state.enclose(obligation.gap)[0] >= -tol_hi:
             out |= {L_INDEX, U_INDEX}
         for constraint in obligation.constraints:
-            lo, hi = state.enclose(constraint[0])
+            lo, hi = state.enclose(constraint[0], facts=False)
             settled = lo >= 0.0 if constraint[1] else hi <= 0.0
             if not settled:
                 out |= symbolic.base_variables(constraint[0].variables())
@@ -660,6 +685,10 @@ def _branch_and_bound(task: _Task, faces: list[_Face], scale_invariant: bool, bu
         face, box, pending = items.pop(key)
         boxes += 1
         state = _BoxState(face, box)
+        if face.width is not None and face.symbolic.enclose(face.width, state.full, facts=False)[1] <= 0.0:
+            # at most the diagonal l = u meets the box, and every point of it is also in a
+            # neighbouring box that reaches into l < u (the boxes tile the plane)
+            continue
         tol = _tolerance(box, scale_invariant)
         still = []
         priority = math.inf

@@ -192,3 +192,16 @@ def test_part_verdicts_are_cached_values_with_readable_text() -> None:
 def test_discovery_rejects_a_candidate_line_unsound_only_in_a_window() -> None:
     assert check_line(WINDOW_UPPER, Stability.UNSTABLE, "upper")[0] == "unsound"
     assert check_line(UPPER, Stability.UNSTABLE, "upper") is None
+
+
+def test_outside_l_le_u_nothing_needs_proof_and_violations_inside_are_found() -> None:
+    # not scale invariant (the constant): searched on |l|, |u| <= 1e4, where half the boxes have l > u
+    verdict = prove_part(Stability.NEGATIVE, "upper", line(1.001, 1e-6))
+    assert verdict.outcome == COUNTEREXAMPLE and verdict.counterexample.lower <= verdict.counterexample.upper
+    assert prove_part(Stability.NEGATIVE, "upper", line(1.0, 1e-6 - L)).outcome == PROVED
+
+
+def test_a_gap_that_vanishes_on_a_case_boundary_is_proved_quickly() -> None:
+    # x + l·λ above the ReLU for l >= 0, below it just left of l = 0 (outside the case)
+    verdict = prove_part(Stability.POSITIVE, "upper", Line(1.0, L * LAMBDA))
+    assert verdict.outcome == PROVED and verdict.boxes <= 10
