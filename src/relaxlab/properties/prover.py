@@ -11,8 +11,9 @@ for a lower line, ``line - relu`` for an upper one) at each of those points,
 
 the tolerance of :func:`~relaxlab.properties.soundness.find_counterexample` (the sampled
 check), so that a proved relaxation never fails the sampled one. With a transform the case
-and the lines are taken on the transformed bounds ``(l', u')`` and a separate part
-(``side="transform"``) proves that it widens: ``l' <= l + tol`` and ``u' >= u - tol``.
+and the lines are taken on the transformed bounds ``(l', u')`` while ``x`` ranges over the raw
+``[l, u]`` (as in the sampled check), and a separate part (``side="transform"``) proves that
+it widens: ``l' <= l + tol`` and ``u' >= u - tol``.
 
 **How.** Each gap is brought into an exact normal form (:mod:`relaxlab.core.rational`:
 rational functions, exact cancellation, switches resolved branch by branch, sigmoid and
@@ -22,7 +23,9 @@ assignment consistent with it, the enclosure of the gap is ``>= -tol`` on it; or
 condition that holds on the part of the box that matters (the case, ``l <= u``, the branch
 taken) proves it: ``g - c·m >= -tol`` with ``m >= 0`` the condition's margin and a multiplier
 ``c >= 0`` that eliminates a variable both are affine in (so the soft switch ``κ >= λ`` proves
-that its pivoting upper lines stay above the ReLU). Other boxes are split at the midpoint
+that its pivoting upper lines stay above the ReLU). ``l <= u`` is a domain fact: enclosures
+of multiples of ``u - l`` are clipped at 0, and boxes that meet the domain at most on the
+diagonal are skipped. Other boxes are split at the midpoint
 of the widest relevant side (relative to its range); boxes are taken alternately worst
 enclosure first and widest first. At every box left open, the centre is evaluated: if its
 (point) enclosure is a violation, the point is **re-verified** by float64 evaluation of the
@@ -38,7 +41,7 @@ scale ``s`` reads ``g(l, u) >= -TOLERANCE·(1/s + |l| + |u|)``; proving
 is ``|l|, |u| <= bound`` (default ``1e4``). Parameters range over their declared interval
 with unbounded ends clipped to ``±PARAM_CLIP`` (default ``1e3``), widened to contain the
 default and the current value. The statement is about the real-valued expressions
-(divisions as real quotients; a denominator of exactly 0 is unbounded); their float64
+(divisions as real quotients: points where a denominator is exactly 0 are outside it); their float64
 evaluation differs by rounding, which the tolerance absorbs.
 
 **Outcomes** per part: ``proved``; ``counterexample`` (re-verified, concrete point);
