@@ -3,9 +3,11 @@
 Every :class:`~relaxlab.registry.CandidateLine` of the registry (built-ins and
 plugins alike) is tried for each stability case and each side it offers. A line
 is *sound for a case* when the exact check of
-:func:`relaxlab.properties.soundness.find_counterexample` (the same one
-``relaxlab check`` runs) finds no violation on the comparison pairs of that case,
-and its coefficients are finite there (``λ = u/(u-l)`` is undefined at
+:func:`relaxlab.properties.soundness.find_counterexample` finds no violation on the
+comparison pairs of that case, the prover
+(:func:`relaxlab.properties.prover.prove_part`, as in ``relaxlab check``) proves it for
+the whole case (a line it cannot decide is left out as ``undecided``), and its
+coefficients are finite there (``λ = u/(u-l)`` is undefined at
 ``l = u``, which stable cases contain). A line sound in one case can be unsound
 in another: ``x - l`` is a sound upper line for negative ReLUs and unstable ones,
 but not a lower line for unstable ones. Lines that are numerically the same in a
@@ -24,6 +26,7 @@ from relaxlab.core.expr import BOUND_VARIABLES
 from relaxlab.core.lines import EXACT_NEGATIVE, EXACT_POSITIVE, UPPER, ZERO
 from relaxlab.core.relaxation import CaseBounds, Line, ReluRelaxation
 from relaxlab.core.stability import Stability
+from relaxlab.properties.prover import COUNTEREXAMPLE, UNDECIDED, prove_part
 from relaxlab.properties.soundness import find_counterexample
 from relaxlab.properties.tightness import case_pairs, line_values, values_equal
 from relaxlab.registry import CandidateLine
@@ -62,7 +65,7 @@ class Rejection:
     token: str
     side: str
     case: str
-    kind: str  # "unsound", "undefined", "duplicate", "invalid"
+    kind: str  # "unsound", "undecided", "undefined", "duplicate", "invalid"
     reason: str
 
     def __str__(self) -> str:
@@ -141,6 +144,11 @@ def check_line(line: Line, stability: Stability, side: str) -> tuple[str, str] |
         return ("invalid", f"cannot be evaluated: {type(error).__name__}: {error}")
     if found is not None:
         return ("unsound", str(found).removeprefix(f"case {stability}, "))
+    verdict = prove_part(stability, side, line)
+    if verdict.outcome == COUNTEREXAMPLE:
+        return ("unsound", str(verdict.counterexample).removeprefix(f"case {stability}, "))
+    if verdict.outcome == UNDECIDED:
+        return ("undecided", f"soundness not proved: {verdict.note}")
     bad = ~torch.isfinite(values).all(dim=-1)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])

@@ -1,4 +1,4 @@
-"""Soundness of a relaxation: exact for each ``(l, u)``, checked over many of them.
+"""Soundness of a relaxation: proved over the whole domain, exact per point, sampled only for opaque lines.
 
 For one pair ``(l, u)`` the check is exact: ``relu(x) - line(x)`` is piecewise
 linear in ``x`` with its only kink at 0, so its extremes on ``[l, u]`` are at
@@ -8,21 +8,31 @@ side of the ReLU at one of those points, beyond a tolerance of
 really widen (``l' <= l``, ``u' >= u``), or interval intermediate bounds would
 not contain the ReLU's range.
 
-:func:`check_soundness` runs the exact check on a deterministic grid of hard
-pairs (exact zeros, widths near 1e-7, magnitudes up to 1e4) and at the
-extremes of every parameter; :mod:`relaxlab.testing` adds Hypothesis search.
+:func:`check_soundness` (what the registry, ``relaxlab check`` and discovery use) runs the
+prover of :mod:`relaxlab.properties.prover` (:func:`prove_soundness` gives its full
+verdict): every stability case and side proved by interval branch and bound over all
+``(l, u)`` and every parameter value in range, counterexamples re-verified exactly; a part
+it cannot decide is refused, never passed. Lines with opaque callables cannot be proved
+and fall back to :func:`sampled_check`: the exact check on a deterministic grid of hard
+pairs (exact zeros, widths near 1e-7, magnitudes up to 1e4) at the extremes of every
+parameter; :mod:`relaxlab.testing` adds Hypothesis search.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from attrs import frozen
 
 from relaxlab.core.relaxation import ParamSpec, ReluRelaxation
 from relaxlab.core.stability import classify
+
+if TYPE_CHECKING:
+    from relaxlab.properties.prover import SoundnessVerdict
 
 #: Relative tolerance of the exact check (float64).
 TOLERANCE = 1e-9
@@ -56,6 +66,21 @@ class Counterexample:
             "relaxation": self.relaxation, "case": self.case, "side": self.side, "l": self.lower, "u": self.upper,
             "x": self.x, "line_value": self.line_value, "relu_value": self.relu_value, "params": dict(self.params),
         }
+
+
+@frozen
+class Undecided(Counterexample):
+    """A refusal without a point: the prover could not decide one part (``side`` is ``"undecided"``).
+
+    :param line: the side of the part left open (``"lower"``, ``"upper"`` or ``"transform"``).
+    :param detail: why (budget spent, the open box; or no normal form).
+    """
+
+    line: str = ""
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"case {self.case}, {self.line} line: soundness not proved (undecided: {self.detail})"
 
 
 def find_counterexample(
@@ -137,8 +162,12 @@ def parameter_settings(relaxation: ReluRelaxation) -> Iterable[ReluRelaxation]:
         yield relaxation.with_params(**dict(zip(names, combination, strict=True)))
 
 
-def check_soundness(relaxation: ReluRelaxation, *, max_magnitude: float = 1e4) -> Counterexample | None:
-    """Exact check on the probe grid, at every parameter probe; the first counterexample or ``None``."""
+def sampled_check(relaxation: ReluRelaxation, *, max_magnitude: float = 1e4) -> Counterexample | None:
+    """The sampled check: exact on the probe grid, at every parameter probe; the first violation or ``None``.
+
+    Only as good as its samples (a violation confined to a window of ``u`` or of a parameter
+    between probes passes); :func:`check_soundness` uses it only for opaque lines.
+    """
     lower, upper = probe_pairs(max_magnitude)
     for setting in parameter_settings(relaxation):
         found = find_counterexample(setting, lower, upper)
@@ -146,3 +175,35 @@ def check_soundness(relaxation: ReluRelaxation, *, max_magnitude: float = 1e4) -
             return found
     return None
 
+
+def prove_soundness(relaxation: ReluRelaxation, *, budget: int | None = None,
+                    bound: float | None = None) -> SoundnessVerdict:
+    """The prover's full verdict (:func:`relaxlab.properties.prover.prove_soundness`).
+
+    :param budget: boxes per part before a part is ``undecided`` (default: the prover's).
+    :param bound: ``|l|, |u|`` domain where the lines are not scale invariant (default ``1e4``).
+    """
+    from relaxlab.properties import prover
+
+    return prover.prove_soundness(relaxation, budget=budget if budget is not None else prover.DEFAULT_BUDGET,
+                                  bound=bound if bound is not None else prover.DEFAULT_BOUND)
+
+
+def check_soundness(relaxation: ReluRelaxation, *, max_magnitude: float = 1e4) -> Counterexample | None:
+    """``None`` when ``relaxation`` is proved sound (or, for opaque lines, passes sampling); else why not.
+
+    Runs :func:`prove_soundness` over ``|l|, |u| <= max_magnitude`` (all scales where the lines
+    are scale invariant) and every parameter value in range. Returns its first confirmed
+    :class:`Counterexample`; a part the prover could not decide is refused too, as an
+    :class:`Undecided` (a ``Counterexample`` with ``side="undecided"`` and no point): not
+    proved is not sound. Lines with opaque callables are sampled (:func:`sampled_check`).
+    """
+    verdict = prove_soundness(relaxation, bound=max_magnitude)
+    if verdict.counterexample is not None:
+        return verdict.counterexample
+    for part in verdict.parts:
+        if part.outcome == "undecided":
+            return Undecided(relaxation.name, part.case, "undecided", math.nan, math.nan, math.nan, math.nan,
+                             math.nan, tuple(sorted(relaxation.parameters.items())),
+                             line=part.side, detail=part.note)
+    return None

@@ -167,14 +167,15 @@ def test_unknown_family_and_empty_slot_fail_with_a_clear_message(registry) -> No
 
 def test_registered_results_are_usable_by_name(found, tmp_path: Path) -> None:  # noqa: ANN001
     from relaxlab.discovery.emit import new_results, register_results
+    from relaxlab.properties.soundness import check_soundness
 
     new = new_results(found)
     assert new and all(not r.equivalent_to for r in new)
     try:
-        names = register_results(new[:3])
+        names = register_results(new[:3], get_registry(), check_soundness)
         assert names == [r.name for r in new[:3]]
         for result in new[:3]:
             assert relaxlab.get_relaxation(result.name).spec_key() == result.relaxation.spec_key()
-        assert register_results(new[:3]) == []  # idempotent
+        assert register_results(new[:3], get_registry(), check_soundness) == []  # idempotent
     finally:
         get_registry(refresh=True)
