@@ -172,7 +172,10 @@ def _certifiers(spec: CertifySpec, config: TrainConfig) -> tuple[str, ...]:
             names += config.train_relaxations or ("IBP",)
         else:
             names.append(name)  # a name, or a selector such as 'paper' or 'all'
-    return tuple(relaxation.label for relaxation in select_relaxations(names))
+    try:
+        return tuple(relaxation.label for relaxation in select_relaxations(names))
+    except (LookupError, ValueError) as error:
+        raise SweepError(f"[certify] relaxations: {error}") from None
 
 
 def _parse_certify(table: Mapping[str, Any]) -> CertifySpec:
