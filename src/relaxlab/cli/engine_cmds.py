@@ -46,6 +46,9 @@ def load_input_file(path: Path) -> Any:
             array = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as error:
             fail(f"--input {path}: cannot read the array: {error}")
+        if array.dtype.kind not in "fiub":  # complex, strings, objects: not points of a box
+            fail(f"--input {path}: an array of dtype {array.dtype} ({_KINDS.get(array.dtype.kind, 'not real numbers')}); "
+                 "give real numbers")
         tensor = torch.from_numpy(np.array(array, dtype=np.float64))
     elif suffix in (".pt", ".pth"):
         try:
@@ -54,11 +57,19 @@ def load_input_file(path: Path) -> Any:
             fail(f"--input {path}: cannot read a tensor: {error}")
         if not isinstance(tensor, torch.Tensor):
             fail(f"--input {path}: expected a saved tensor, found {type(tensor).__name__}")
+        if tensor.is_complex():
+            fail(f"--input {path}: a complex tensor; give real numbers")
     else:
         fail(f"--input {path}: unknown file type {suffix!r}; give .npy or .pt")
+    if tensor.numel() == 0:
+        fail(f"--input {path}: the array is empty (shape {tuple(tensor.shape)}); give at least one point")
     if not tensor.is_floating_point():
         tensor = tensor.double()
     return tensor
+
+
+_KINDS = {"c": "complex numbers", "U": "strings", "S": "bytes", "O": "Python objects", "M": "dates",
+          "m": "time spans", "V": "raw records"}
 
 
 def _batched(model: Any, x: Any) -> Any:

@@ -129,6 +129,18 @@ def show_command(name: str, plot_path: str | None) -> None:
         click.echo(f"wrote {plot_path}")
 
 
+def _verdict(relaxation: Any, counterexample: Any) -> str:
+    """One line: proved / sampled / UNDECIDED / UNSOUND, with what backs it."""
+    if counterexample is None:
+        from relaxlab.properties.soundness import prove_soundness
+
+        outcome = prove_soundness(relaxation).outcome
+        return "sound (proved)" if outcome == "proved" else "sound (sampled, not proved: opaque lines)"
+    if getattr(counterexample, "side", None) == "undecided":
+        return f"UNDECIDED (refused, not proved within the budget): {counterexample}"
+    return f"UNSOUND: {counterexample}"
+
+
 @click.command("check")
 @click.argument("names", nargs=-1)
 @click.option("--all", "check_all", is_flag=True, help="Check every registered relaxation.")
@@ -164,7 +176,7 @@ def check_command(names: Sequence[str], check_all: bool, examples: int, as_json:
         ], indent=2, ensure_ascii=False))
     else:
         for relaxation, counterexample in results:
-            verdict = "sound" if counterexample is None else f"UNSOUND: {counterexample}"
+            verdict = _verdict(relaxation, counterexample)
             click.echo(f"{relaxation.label}: {verdict}")
     if any(c is not None for _, c in results):
         sys.exit(1)

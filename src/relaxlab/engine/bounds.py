@@ -61,8 +61,9 @@ def compute_bounds(
     :param max_elements: see :func:`relaxlab.engine.bound_network`.
     :param check_centre: check, at the cost of one forward pass, that ``C·model(x)`` lies inside the
         bounds (an error if not: the engine would have bounded another function). Skipped for a
-        model in training mode (its forward may be stochastic or update batch statistics) and
-        for a parsed :class:`~relaxlab.engine.Network`.
+        model in training mode (its forward may be stochastic or update batch statistics), for a
+        parsed network, and in float32, where the rounding of large weights can exceed any fixed
+        tolerance (the structural refusals of the parser hold in every dtype).
     :return: ``(lb, ub)``, each ``(B, S)``.
     :raises OverflowError: non-finite bounds from finite inputs (never NaN in the output).
     :raises ValueError: (before any work) for bad ``eps``, ``x``, ``C``, ``domain``; an
@@ -109,7 +110,7 @@ def compute_bounds(
             f"{x.dtype}; {'compute in float64 or ' if x.dtype != torch.float64 else ''}rescale the network"
         )
     if check_centre and isinstance(model, nn.Module) and not isinstance(model, (Network, GraphNetwork)) \
-            and not model.training:
+            and not model.training and x.dtype == torch.float64:
         _check_centre(model, x, C, lb, ub)
     return lb, ub
 
@@ -139,8 +140,8 @@ def _check_centre(model: nn.Module, x: Tensor, C: Tensor | None, lb: Tensor, ub:
         out = model(x).to(lb.dtype).reshape(x.shape[0], -1)
         if C is not None:
             out = (C @ out.unsqueeze(-1)).squeeze(-1) if C.dim() == 3 else out @ C.T
-        scale = 1.0 + out.abs()
-        tolerance = (1e-4 if lb.dtype == torch.float32 else 1e-9) * scale
+        # float64 only (see compute_bounds): rounding there is far below this tolerance
+        tolerance = 1e-7 * (1.0 + out.abs() + lb.detach().abs().nan_to_num(posinf=0.0, neginf=0.0))
         outside = (out < lb.detach() - tolerance) | (out > ub.detach() + tolerance)
     if bool(outside.any()):
         raise UnsupportedNetworkError(

@@ -205,3 +205,18 @@ def test_bounds_and_certify_agree_on_margins_near_zero(tmp_path: Path, gap: floa
                            num_classes=2, pgd=False)
     assert record["certified"] is expected
     assert (certified.certified == 1.0) is expected
+
+
+@pytest.mark.parametrize(("array", "message"), [
+    (np.array([[0.1 + 1j, 0.2]]), "complex"),
+    (np.array([["a", "b"]]), "strings"),
+    (np.zeros((0, 4)), "empty"),
+])
+def test_inputs_that_are_not_real_points_are_refused_by_name(
+    onnx_model: tuple[nn.Sequential, Path], tmp_path: Path, array: np.ndarray, message: str
+) -> None:
+    _, path = onnx_model
+    np.save(tmp_path / "x.npy", array)
+    result = CliRunner().invoke(cli, ["bounds", "--model", str(path), "--input", str(tmp_path / "x.npy"), "--eps", "0.1",
+                                      "-r", "IBP"])
+    assert result.exit_code == 2 and message in result.output, result.output
