@@ -31,7 +31,7 @@ NAMES = relaxlab.get_registry().relaxations.select("all")
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 EXPLORE = os.environ.get("RELAXLAB_HYPOTHESIS_PROFILE") == "explore"
 #: Networks per dtype and sampled points per box: small in CI, large when exploring.
-EXAMPLES, POINTS = (1500, 512) if EXPLORE else (8, 64)
+EXAMPLES, POINTS = (300, 512) if EXPLORE else (8, 64)
 CHECKS = {"points": 0}
 
 
