@@ -7,10 +7,17 @@ module only assembles them. Nothing in the library imports the CLI.
 from __future__ import annotations
 
 import importlib
+import os
 
-import click
+# OpenMP threads that wait for work sleep instead of spinning: on a machine shared with other
+# CPU-bound work, spinning threads burn the other process's share (the main job took 1,447 s of
+# CPU instead of about 340 s under load, issue 13). Read when torch loads its OpenMP runtime,
+# so it is set before anything imports torch; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from relaxlab.runtime import tune_allocator
+import click  # noqa: E402
+
+from relaxlab.runtime import tune_allocator  # noqa: E402
 
 #: Modules that contribute commands, in the order ``relaxlab --help`` lists them.
 COMMAND_MODULES = (
