@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from relaxlab.cli.format import clear_errors, render_table
-from relaxlab.cli.options import out_dir_option
+from relaxlab.cli.options import QUIET, out_dir_option
 
 
 class SweepFileError(click.ClickException):
@@ -44,7 +44,7 @@ class SweepFileError(click.ClickException):
     help="auto: Ray when installed, else in-process.",
 )
 @click.option("--dry-run", is_flag=True, help="List the runs, their ids and status; train nothing.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@QUIET
 def sweep_cmd(
     sweep_file: Path,
     out_dir: Path | None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -65,6 +65,7 @@ def landscape(
     direction_from: object | None = None,
     domain: tuple[float, float] | None = (0.0, 1.0),
     points_per_call: int = DEFAULT_POINTS_PER_CALL,
+    progress: Callable[[int], None] | None = None,
 ) -> Landscape:
     """The bound of each relaxation as the moved parameters shift by ``δ ∈ [-radius, radius]``.
 
@@ -81,6 +82,7 @@ def landscape(
     :param direction_from: take every curve's direction from this relaxation's gradient
         instead of each relaxation's own (the same line through parameter space for all).
     :param domain: the input domain the box is clipped to.
+    :param progress: called with ``1`` after each relaxation's curve.
     """
     if points < 2:
         raise ValueError(f"points must be >= 2, got {points}")
@@ -112,6 +114,8 @@ def landscape(
         values[key] = curve
         norms[key] = float(norm[0])
         jumps[key] = [int(i) for i in find_discontinuities(curve)]
+        if progress is not None:
+            progress(1)
     quantity = f"lower bound of output {output}" if output is not None else f"certified loss (label {label})"
     return Landscape(deltas, values, norms, quantity, tuple(names), jumps)
 
