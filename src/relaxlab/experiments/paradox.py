@@ -238,12 +238,14 @@ def paradox_markdown(rows: Sequence[ParadoxRow], *, eps: float, n: int) -> str:
 
 
 def paradox_csv(rows: Sequence[ParadoxRow]) -> str:
-    """The paradox table as CSV."""
-    out = ["relaxation,continuous,sensitive,cr_auc,accuracy,pgd,certified"]
+    """The paradox table as CSV; ``continuous`` and ``not_sensitive`` are True where the table has ✓."""
+    # the flag columns say what the table's ✓ says: True is ✓C (continuous) and ✓S (not sensitive)
+    out = ["relaxation,continuous,not_sensitive,cr_auc,accuracy,pgd,certified,n"]
     for r in rows:
+        not_sensitive = "" if r.sensitive is None else not r.sensitive
         out.append(
-            f"{r.relaxation},{r.continuous},{r.sensitive},{r.cr_auc:.4f},{r.accuracy:.2f},"
-            f"{'' if r.pgd is None else f'{r.pgd:.2f}'},{r.certified:.2f}"
+            f"{r.relaxation},{'' if r.continuous is None else r.continuous},{not_sensitive},{r.cr_auc:.4f},"
+            f"{r.accuracy:.2f},{'' if r.pgd is None else f'{r.pgd:.2f}'},{r.certified:.2f},{r.n}"
         )
     return "\n".join(out) + "\n"
 
