@@ -84,7 +84,8 @@ def landscape_cmd(checkpoint: Path, relaxation: tuple[str, ...], eps: float, ind
                 label=yi if loss else None,
                 radius=radius, points=points, direction_from=shared_direction, progress=progress.update,
             )
-        png = plot_landscape(result, out)
+        png = plot_landscape(result, out, title=f"{result.quantity} along the gradient direction, "
+                             f"{split} example {index} (one input), ε = {eps:g}")
         table = write_csv(result, out.with_suffix(".csv"))
     rows = [[k, f"{float(v.min()):.4g}", f"{float(v.max()):.4g}", len(result.jumps[k])] for k, v in result.values.items()]
     click.echo(render_table(["relaxation", "min", "max", "jumps (App. E.2 test)"], rows))

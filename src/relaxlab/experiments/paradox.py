@@ -250,6 +250,11 @@ def paradox_csv(rows: Sequence[ParadoxRow]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _n_label(rows: Sequence[ParadoxRow]) -> str:
+    counts = sorted({r.n for r in rows})
+    return f"n = {counts[0]}" if len(counts) == 1 else "n = " + "/".join(map(str, counts))
+
+
 def plot_paradox(rows: Sequence[ParadoxRow], path: str | Path, *, eps: float) -> Path:
     """Scatter of CR after training (y) against tightness CR-AUC (x), one point per relaxation."""
     import matplotlib
@@ -258,7 +263,7 @@ def plot_paradox(rows: Sequence[ParadoxRow], path: str | Path, *, eps: float) ->
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(7.5, 4), dpi=120)
     for index, row in enumerate(sorted(rows, key=lambda r: (r.cr_auc, r.certified))):
         marker = "o" if row.continuous else "s"
         color = "tab:green" if not row.sensitive else "tab:red"
@@ -268,11 +273,17 @@ def plot_paradox(rows: Sequence[ParadoxRow], path: str | Path, *, eps: float) ->
         ax.annotate(row.relaxation, (row.cr_auc, row.certified), textcoords="offset points", xytext=offset)
     ax.set_xlabel("tightness: CR-AUC on a naturally trained CONV")
     ax.set_ylabel(f"CR after certified training [%] (ε = {eps:g})")
-    ax.set_title(
-        "CR after certified training against tightness\n"
-        "(o continuous, □ discontinuous; green not sensitive, red sensitive)",
-        fontsize=9,
-    )
+    n = _n_label(rows)
+    ax.set_title(f"CR after certified training against tightness\n{n} test images per CR, ε = {eps:g}", fontsize=9)
+    from matplotlib.lines import Line2D
+
+    def key(marker: str, color: str, text: str) -> Line2D:
+        return Line2D([], [], ls="", marker=marker, color=color, markersize=7, label=text)
+
+    ax.legend(handles=[key("o", "grey", "continuous (✓C)"), key("s", "grey", "discontinuous (✗C)"),
+                       key("o", "tab:green", "not sensitive (✓S)"), key("o", "tab:red", "sensitive (✗S)")],
+              loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8,
+              title="marker: C, colour: S", title_fontsize=8)
     ax.grid(alpha=0.3)
     ax.margins(0.2)
     fig.tight_layout()
