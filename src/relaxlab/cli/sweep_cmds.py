@@ -55,6 +55,7 @@ def sweep_cmd(
     quiet: bool,
 ) -> None:
     """Train and certify every run of SWEEP_FILE (TOML: [base], [grid], [[runs]], seeds, [certify], [select])."""
+    from relaxlab.cli.progress import Phases
     from relaxlab.experiments.executors import make_executor
     from relaxlab.experiments.sweep import STORE_NAME, SweepError, load_sweep, run_status, run_sweep
     from relaxlab.store import Store
@@ -80,7 +81,8 @@ def sweep_cmd(
             click.echo(
                 "Ray is not installed: running one run at a time (pip install 'relaxlab[ray]')", err=True
             )
-        summary = run_sweep(sweep, out_dir, executor, write=None if not quiet else (lambda _line: None))
+        with Phases(quiet=quiet, prefix="sweep: ") as phases:
+            summary = run_sweep(sweep, out_dir, executor, progress=phases.start)
     click.echo(
         f"sweep {sweep.name}: {len(summary.trained)} trained, {len(summary.skipped)} already done, "
         f"{len(summary.failed)} failed in {summary.seconds:.1f} s ({executor.name}); store {summary.store}"

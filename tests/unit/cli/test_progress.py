@@ -190,6 +190,6 @@ def test_sweep_reports_runs(tmp_path: Path) -> None:
     args = ["sweep", str(tmp_path / "s.toml"), "--executor", "inprocess", "--out"]
     loud = _invoke([*args, str(tmp_path / "out")])
     assert loud.exit_code == 0, (loud.stdout, loud.stderr)
-    assert "1/1 done" in loud.stderr
+    assert [m["done"] for m in _status(loud.stderr, "sweep: runs")] == ["1"]
     quiet = _invoke([*args, str(tmp_path / "out2"), "--quiet"])
     assert quiet.exit_code == 0 and quiet.stderr == ""
