@@ -178,7 +178,9 @@ def train(
         ``None`` for natural training), ``store`` and ``run_id``.
     :param progress: called once before the first step with the run's name and the number of
         optimisation steps this call will take; it returns the callback called with ``1`` after
-        every step (default: no progress; the CLI passes its reporter).
+        every step; called again for the final certification with ``"<name> final certification"``
+        and the number of test images, its callback then counts images (default: no progress; the
+        CLI passes its reporter).
     :param stop_after: stop after this many finished epochs (simulates an interruption).
     :param device: where to train (default: CUDA when available, else CPU).
     :param data: pre-loaded data of the config's dataset (subset as the config says; default: loaded).
@@ -230,7 +232,8 @@ def train(
         raise
     final: dict[str, float] = {}
     if finished:
-        final = evaluate(state.model, data, config, resolved.relaxations)
+        images = progress(f"{config.name} final certification", int(data.test_y.shape[0])) if progress else None
+        final = evaluate(state.model, data, config, resolved.relaxations, progress=images)
         if data.val_x is not None and data.val_y is not None:
             held_out = attrs.evolve(data, test_x=data.val_x, test_y=data.val_y)
             final.update({f"val_{k[5:]}": v for k, v in evaluate(state.model, held_out, config,
@@ -384,11 +387,14 @@ def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> Non
 
 
 def evaluate(
-    model: nn.Module, data: Data, config: TrainConfig, relaxations: Sequence[Any]
+    model: nn.Module, data: Data, config: TrainConfig, relaxations: Sequence[Any],
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Test accuracy and certified robustness at ``eps_test`` with the first training relaxation.
 
     (PGD is left to :mod:`relaxlab.evaluation.certify`; natural training is certified with IBP.)
+
+    :param progress: called with the number of test images done after each batch.
     """
     relaxation = relaxations[0] if relaxations else get_relaxation("IBP")
     was_training = model.training
@@ -401,6 +407,7 @@ def evaluate(
         num_classes=data.dataset.num_classes,
         pgd=False,
         batch_size=config.eval_batch_size,
+        progress=progress,
     )[0]
     model.train(was_training)
     return {"test_accuracy": result.accuracy, "test_certified": result.certified}

@@ -119,6 +119,7 @@ def test_train_reports_every_step_and_quiet_silences_it(tmp_path: Path) -> None:
     assert loud.exit_code == 0, loud.stderr
     steps = _status(loud.stderr, "train cli-ibp")
     assert [int(m["done"]) for m in steps] == list(range(1, 7)) and steps[-1]["total"] == "6"
+    assert _status(loud.stderr, "train cli-ibp final certification")[-1]["pct"] == "100"
     assert "epoch 1/2" in loud.stderr and "epoch 2/2" in loud.stderr  # the per-epoch lines stay
     assert "train cli-ibp:" not in loud.stdout
     quiet = _invoke(["train", str(tmp_path / "c.toml"), "--out", str(tmp_path / "b"), "--quiet"])
