@@ -50,7 +50,7 @@ def test_ibp_training_raises_certified_robustness(tmp_path: Path, tiny_data: Any
     ibp = relaxlab.get_relaxation("IBP")
     x, y = tiny_data.test_x[:100], tiny_data.test_y[:100]
     before = certify(untrained, x, y, 0.05, [ibp], pgd=False)[0]
-    result = train(config, tmp_path / "ibp", data=tiny_data, progress=False)
+    result = train(config, tmp_path / "ibp", data=tiny_data)
     after = certify(result.model, x, y, 0.05, [ibp], pgd=True)[0]
     assert before.certified <= 0.15
     assert after.certified >= before.certified + 0.3
@@ -77,12 +77,12 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path: Path, tiny_da
         lr_step_every=1,
     )
     with Store(tmp_path / "a.sqlite") as store:
-        full = train(config, tmp_path / "full", data=tiny_data, progress=False, store=store)
+        full = train(config, tmp_path / "full", data=tiny_data, store=store)
     with Store(tmp_path / "b.sqlite") as store:
-        part = train(config, tmp_path / "part", data=tiny_data, progress=False, store=store, stop_after=1)
+        part = train(config, tmp_path / "part", data=tiny_data, store=store, stop_after=1)
         assert not part.finished and len(part.history) == 1
         assert store.run(part.run_id).status == "interrupted"
-        resumed = train(config, tmp_path / "part", data=tiny_data, progress=False, store=store, resume=True)
+        resumed = train(config, tmp_path / "part", data=tiny_data, store=store, resume=True)
         assert resumed.run_id == part.run_id and store.run(part.run_id).status == "done"
         assert [s for s, _ in store.metrics(part.run_id, "train_loss")] == [
             3,
@@ -94,9 +94,9 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path: Path, tiny_da
     full_state, resumed_state = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(full_state[k], resumed_state[k]) for k in full_state)
     with pytest.raises(ValueError, match="different config"):
-        train(config.replace(lr=1e-2), tmp_path / "part", data=tiny_data, progress=False, resume=True)
+        train(config.replace(lr=1e-2), tmp_path / "part", data=tiny_data, resume=True)
     with pytest.raises(ValueError, match="already exists"):
-        train(config, tmp_path / "part", data=tiny_data, progress=False)
+        train(config, tmp_path / "part", data=tiny_data)
 
 
 def test_callbacks_see_every_step(tmp_path: Path, tiny_data: Any) -> None:
@@ -116,7 +116,6 @@ def test_callbacks_see_every_step(tmp_path: Path, tiny_data: Any) -> None:
             config,
             tmp_path / "cb",
             data=tiny_data,
-            progress=False,
             store=store,
             callbacks=[lambda **kw: seen.append(kw)],
         )
@@ -248,7 +247,7 @@ def test_natural_training_learns(tmp_path: Path, tiny_data: Any) -> None:
         eps_train=0.3,
         eps_test=0.01,
     )
-    result = train(config, tmp_path / "nat", data=tiny_data, progress=False)
+    result = train(config, tmp_path / "nat", data=tiny_data)
     assert result.history[-1]["train_loss"] == pytest.approx(result.history[-1]["train_loss_natural"])
     assert result.final["test_accuracy"] >= 0.6
 

@@ -48,6 +48,7 @@ def _certify(store: Store, method: str, certifier: str, cr: float, ckpt: str, ep
             "dataset": "mnist",
             "architecture": "CONV",
             "method_label": method,
+            "n": 100,
         },
     )
     store.log_metrics(run, 0, {"accuracy": 0.9, "pgd": 0.8, "certified": cr})
@@ -62,15 +63,23 @@ def test_report_tables(tmp_path: Path) -> None:
         _certify(store, "CROWN", "IBP", 0.0, "b")
         _certify(store, "CROWN-IBP", "IBP", 0.3, "c")
         _certify(store, "CROWN-IBP", "CROWN-IBP (R)", 0.4, "c")
+        tightness = store.create_run("tightness", {"checkpoint": "nat", "n": 200})
+        store.log_metrics(tightness, 0, {"cr_auc/CROWN": 3.0, "cr_auc/DeepZ": 2.5, "cr_auc/IBP": 1.0,
+                                         "cr_auc/hBox": 1.5, "cr_auc/CROWN-IBP (R)": 2.0})
+        store.finish_run(tightness)
         text = render_markdown(store)
         csv = render_csv(store)
-    assert "| IBP | 90.0 | 80.0 | 50.0 |" in text  # own relaxation: 50, not CROWN's 10
-    assert "| CROWN | 90.0 | 80.0 | 25.0 |" in text
-    assert "| CROWN-IBP | 90.0 | 80.0 | 40.0 |" in text  # the better of its two relaxations
+    assert "| IBP | 100 | 90.0 | 80.0 | 50.0 |" in text  # own relaxation: 50, not CROWN's 10; n images
+    assert "| CROWN | 100 | 90.0 | 80.0 | 25.0 |" in text
+    assert "| CROWN-IBP | 100 | 90.0 | 80.0 | 40.0 |" in text  # the better of its two relaxations
     assert text.index("| IBP |") < text.index("| CROWN |") < text.index("| CROWN-IBP |")  # paper order
-    assert "Table 10 layout" in text and "| IBP | 50.0 | 10.0 |" in text
-    assert csv.splitlines()[0] == "dataset,architecture,eps_test,method,accuracy,pgd,certified,certifier"
-    assert "mnist,CONV,0.30,IBP,90.00,80.00,50.00,IBP" in csv
+    assert "Table 10 layout" in text and "| IBP | 50.0 | 10.0 |" in text and "n = 100 test images." in text
+    section = text[text.index("## Tightness"):]
+    order = [line.split(" | ")[3] for line in section.splitlines() if line.startswith(f"| {tightness} |")]
+    assert order == ["IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)"]  # the paper's order, not alphabetical
+    assert f"| {tightness} | nat | 200 | IBP | 1.00 |" in section
+    assert csv.splitlines()[0] == "dataset,architecture,eps_test,method,n,accuracy,pgd,certified,certifier"
+    assert "mnist,CONV,0.30,IBP,100,90.00,80.00,50.00,IBP" in csv
 
 
 def test_a_damaged_store_is_refused_by_report_in_one_line(tmp_path: Path) -> None:

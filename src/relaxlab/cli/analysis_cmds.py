@@ -14,7 +14,15 @@ from typing import Any
 import click
 
 from relaxlab.cli.format import clear_errors, fail, render_table
-from relaxlab.cli.options import DATA_DIR, THREADS, check_eps, one_relaxation, relaxation_option, select
+from relaxlab.cli.options import (
+    DATA_DIR,
+    QUIET,
+    THREADS,
+    check_eps,
+    one_relaxation,
+    relaxation_option,
+    select,
+)
 from relaxlab.runtime import set_threads
 
 
@@ -53,27 +61,31 @@ SPLIT = click.option("--split", default="test", show_default=True, type=click.Ch
 @SPLIT
 @DATA_DIR
 @THREADS
+@QUIET
 def landscape_cmd(checkpoint: Path, relaxation: tuple[str, ...], eps: float, index: int, output: int | None, loss: bool,
                   radius: float, points: int, shared_direction: str | None, out: Path, split: str,
-                  data_dir: str | None, threads: int | None) -> None:
+                  data_dir: str | None, threads: int | None, quiet: bool) -> None:
     """Bounds along the gradient direction of the first-layer weights (Fig. 5): PNG + CSV."""
     set_threads(threads)
     check_eps(eps)
     chosen = select(relaxation)
     with clear_errors():
+        from relaxlab.cli.progress import Progress
         from relaxlab.experiments.landscape import landscape, plot_landscape, write_csv
 
         model, x, y = _load(checkpoint, split, data_dir)
         if not 0 <= index < x.shape[0]:
             fail(f"--index {index} is out of range: the {split} split has {x.shape[0]} examples")
         xi, yi = x[index : index + 1], int(y[index])
-        result = landscape(
-            model, xi, eps, chosen,
-            output=None if loss else (yi if output is None else output),
-            label=yi if loss else None,
-            radius=radius, points=points, direction_from=shared_direction,
-        )
-        png = plot_landscape(result, out)
+        with Progress("landscape", len(chosen), quiet=quiet, unit="curve") as progress:
+            result = landscape(
+                model, xi, eps, chosen,
+                output=None if loss else (yi if output is None else output),
+                label=yi if loss else None,
+                radius=radius, points=points, direction_from=shared_direction, progress=progress.update,
+            )
+        png = plot_landscape(result, out, title=f"{result.quantity} along the gradient direction, "
+                             f"{split} example {index} (one input), ε = {eps:g}")
         table = write_csv(result, out.with_suffix(".csv"))
     rows = [[k, f"{float(v.min()):.4g}", f"{float(v.max()):.4g}", len(result.jumps[k])] for k, v in result.values.items()]
     click.echo(render_table(["relaxation", "min", "max", "jumps (App. E.2 test)"], rows))

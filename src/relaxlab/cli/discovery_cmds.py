@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import click
 
-from relaxlab.cli.format import fail, render_table
+from relaxlab.cli.format import TABLE_WIDTH, fail, render_table
+from relaxlab.cli.options import QUIET, WIDE
 
 _FAMILY_CHOICES = ("switch", "soft", "interval", "none")
 
@@ -36,9 +38,11 @@ def _relation_summary(result: Any, kind: str) -> str:
               help="Write the new results as a plugin module (install it through the 'relaxlab' entry points).")
 @click.option("--all-dominated", is_flag=True, help="Report every dominated combination, not only registered ones.")
 @click.option("--no-relations", is_flag=True, help="Skip tightness relations to the registered relaxations.")
+@WIDE
+@QUIET
 def discover_command(families: tuple[str, ...], as_json: bool, graph_path: str | None, graph_scope: str,
                      graphml_path: str | None, dot_path: str | None, register: bool, plugin_path: str | None,
-                     all_dominated: bool, no_relations: bool) -> None:
+                     all_dominated: bool, no_relations: bool, wide: bool, quiet: bool) -> None:
     """Discover relaxations: all line combinations -> sound -> non-dominated -> + switch, soft, (R).
 
     Candidate lines come from every installed plugin (hook relaxlab_candidate_lines).
@@ -46,6 +50,7 @@ def discover_command(families: tuple[str, ...], as_json: bool, graph_path: str |
     built from their lines, e.g. 'gen(neg 0..0, unst x..x-l, pos x..x)' (lower..upper per case).
     """
     from relaxlab.api import get_registry
+    from relaxlab.cli.progress import Phases
     from relaxlab.discovery import discover, emit, genealogy
     from relaxlab.properties.soundness import check_soundness
 
@@ -54,7 +59,9 @@ def discover_command(families: tuple[str, ...], as_json: bool, graph_path: str |
     chosen = None if not families else [f for f in families if f != "none"]
     registry = get_registry()
     try:
-        found = discover(registry, families=chosen, relations=not no_relations, all_dominated=all_dominated)
+        with Phases(quiet=quiet, prefix="discover: ") as phases:
+            found = discover(registry, families=chosen, relations=not no_relations, all_dominated=all_dominated,
+                             progress=phases.start)
     except ValueError as error:
         fail(str(error))
     if graph_path or graphml_path or dot_path:
@@ -75,8 +82,10 @@ def discover_command(families: tuple[str, ...], as_json: bool, graph_path: str |
         out["registered"] = registered
         click.echo(json.dumps(out, indent=2, ensure_ascii=False))
         return
-    click.echo("stages: " + " -> ".join(f"{stage} {count}" for stage, count in found.stages)
-               + f"  ({found.seconds:.1f} s)")
+    stages = ("stages: " + " -> ".join(f"{stage} {count}" for stage, count in found.stages)
+              + f"  ({found.seconds:.1f} s)")
+    click.echo(stages if wide else textwrap.fill(stages, width=TABLE_WIDTH, subsequent_indent="  ",
+                                                 break_long_words=False))
     rows = []
     for result in found.results:
         unstable = result.cases[1]
@@ -84,8 +93,12 @@ def discover_command(families: tuple[str, ...], as_json: bool, graph_path: str |
                      "✗S" if result.sensitive else "✓S", f"{unstable.lower}..{unstable.upper}",
                      ", ".join(a for a in result.equivalent_to if a != result.name) or "-",
                      _relation_summary(result, "tighter"), _relation_summary(result, "looser")])
-    click.echo(render_table(["name", "family", "C", "S", "unstable", "aliases", "tighter than", "looser than"], rows))
-    click.echo("")
+    click.echo(f"\nresults ({len(rows)}; C: ✓C continuous, S: ✓S not sensitive; "
+               "tighter/looser than: registered relaxations)")
+    click.echo(render_table(["name", "family", "C", "S", "unstable", "aliases", "tighter than", "looser than"], rows,
+                            width=None if wide else TABLE_WIDTH))
+    if found.rediscovered:
+        click.echo(f"\nregistered relaxations, rediscovered or not ({len(found.rediscovered)}):")
     for item in found.rediscovered:
         click.echo(f"  {item}")
     if found.dominated and all_dominated:

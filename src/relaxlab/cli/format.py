@@ -3,20 +3,61 @@
 from __future__ import annotations
 
 import sqlite3
+import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
 import click
 
+#: Columns a table may take unless a command is asked for ``--wide`` output.
+TABLE_WIDTH = 100
+#: Narrowest a wrapped column gets.
+_MIN_COLUMN = 8
 
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain-text table with aligned columns."""
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, width: int | None = TABLE_WIDTH) -> str:
+    """A plain-text table with aligned columns that fits ``width`` characters.
+
+    When the natural table is wider, the widest columns are narrowed and their cells wrapped
+    onto continuation lines (at spaces, after commas); a word longer than its column is cut.
+
+    :param headers: the column names.
+    :param rows: the cells, one sequence per row.
+    :param width: the most characters a line may take (``None``: no limit, as ``--wide``).
+    :return: the table, lines joined by newlines.
+    """
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    if width is not None:
+        widths = _fit(widths, width - 2 * (len(widths) - 1))
+    lines = []
+    for index, row in enumerate(cells):
+        wrapped = [_wrap(cell, w) for cell, w in zip(row, widths, strict=True)]
+        for k in range(max(len(parts) for parts in wrapped)):
+            parts = [p[k] if k < len(p) else "" for p in wrapped]
+            lines.append("  ".join(c.ljust(w) for c, w in zip(parts, widths, strict=True)).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _fit(widths: list[int], room: int) -> list[int]:
+    """Column widths summing to at most ``room``: the widest columns give up characters first."""
+    widths = list(widths)
+    while sum(widths) > room:
+        widest = max(range(len(widths)), key=lambda i: widths[i])
+        if widths[widest] <= _MIN_COLUMN:
+            break
+        widths[widest] -= 1
+    return widths
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` broken into lines of at most ``width`` characters (after ", " and at spaces)."""
+    if len(text) <= width:
+        return [text]
+    return textwrap.wrap(text, width=width, break_long_words=True, break_on_hyphens=False) or [""]
 
 
 class InputError(click.ClickException):

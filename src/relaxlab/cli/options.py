@@ -50,7 +50,9 @@ def one_relaxation(spec: tuple[str, ...]) -> Any:
 
 THREADS = click.option("--threads", type=click.IntRange(min=1), default=None,
                        help="torch CPU threads (default: torch's choice).")
-QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+QUIET = click.option("--quiet", "-q", is_flag=True,
+                     help="No progress (bar on a terminal, status lines otherwise) or per-epoch lines.")
+WIDE = click.option("--wide", is_flag=True, help="Do not wrap tables at 100 columns.")
 DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                         help="Directory with the dataset files (default: where the run's config says).")
 STORE = click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

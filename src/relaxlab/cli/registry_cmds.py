@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from relaxlab.cli.format import fail, render_table
+from relaxlab.cli.format import TABLE_WIDTH, fail, render_table
+from relaxlab.cli.options import QUIET, WIDE
 
 
 def _registry() -> Any:
@@ -58,9 +59,19 @@ def _flag(value: bool | None, yes: str, no: str) -> str:
     return "?" if value is None else (yes if value else no)
 
 
+def origin_label(module: str) -> str:
+    """The one way ``list`` and ``show`` name where a relaxation comes from.
+
+    :param module: the module of the plugin that registered it (``relaxlab.relaxations.builtin``).
+    :return: ``"built-in"`` for relaxlab's own plugin, else ``"plugin <module>"``.
+    """
+    return "built-in" if module.startswith("relaxlab.") else f"plugin {module}"
+
+
 @click.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects instead of a table.")
-def list_command(as_json: bool) -> None:
+@WIDE
+def list_command(as_json: bool, wide: bool) -> None:
     """List registered relaxations with their derived C/S flags.
 
     Names whose specs are identical are shown once, the others as aliases.
@@ -73,14 +84,15 @@ def list_command(as_json: bool) -> None:
     else:
         rows = [
             [
-                r["name"], ", ".join(r["aliases"]) or "-", r["origin"].removeprefix("relaxlab."),
+                r["name"], ", ".join(r["aliases"]) or "-", origin_label(r["origin"]),
                 _flag(r["continuous"], "✓C", "✗C"), _flag(r["sensitive"], "✗S", "✓S"),
                 r["intermediate"], ", ".join(f"{k}={v:g}" for k, v in r["params"].items()) or "-",
                 "yes" if r["sound"] else "NO",
             ]
             for r in records
         ]
-        click.echo(render_table(["name", "aliases", "origin", "C", "S", "intermediate", "params", "sound"], rows))
+        click.echo(render_table(["name", "aliases", "origin", "C", "S", "intermediate", "params", "sound"], rows,
+                                width=None if wide else TABLE_WIDTH))
     for error in registry.errors:
         click.echo(f"warning: {error}", err=True)
 
@@ -105,7 +117,8 @@ def show_command(name: str, plot_path: str | None) -> None:
         click.echo(f"  reference: {relaxation.reference}")
     if relaxation.name in registry:
         aliases = registry.aliases(relaxation.name)
-        click.echo(f"  origin: plugin {registry.source(relaxation.name)}" + (f"; aliases: {', '.join(aliases)}" if aliases else ""))
+        click.echo(f"  origin: {origin_label(registry.source(relaxation.name))}"
+                   + (f"; aliases: {', '.join(aliases)}" if aliases else ""))
     conditions = {Stability.NEGATIVE: "u <= 0", Stability.UNSTABLE: "l < 0 < u", Stability.POSITIVE: "l >= 0"}
     for stability, case in relaxation.cases():
         click.echo(f"  {str(stability):9s} ({conditions[stability]:9s}): {case}")
@@ -146,12 +159,14 @@ def _verdict(relaxation: Any, counterexample: Any) -> str:
 @click.option("--all", "check_all", is_flag=True, help="Check every registered relaxation.")
 @click.option("--examples", default=300, show_default=True, help="Hypothesis examples per relaxation.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON results.")
-def check_command(names: Sequence[str], check_all: bool, examples: int, as_json: bool) -> None:
+@QUIET
+def check_command(names: Sequence[str], check_all: bool, examples: int, as_json: bool, quiet: bool) -> None:
     """Check soundness exactly at interval end points over hard and random (l, u).
 
     Exit status 1, with a counterexample (case, l, u, x, line value, ReLU value),
     when some relaxation is unsound.
     """
+    from relaxlab.cli.progress import Progress
     from relaxlab.testing import find_unsound_example
 
     if check_all and names:
@@ -162,12 +177,14 @@ def check_command(names: Sequence[str], check_all: bool, examples: int, as_json:
         fail(f"--examples must be at least 1, got {examples}")
     targets = [_lookup(n) for n in (_registry().relaxations.names() if check_all else names)]
     results = []
-    for relaxation in targets:
-        try:
-            counterexample = find_unsound_example(relaxation, max_examples=examples)
-        except Exception as error:  # lines that raise are as bad as unsound ones, and say why
-            counterexample = f"evaluating its lines raised {type(error).__name__}: {error}"
-        results.append((relaxation, counterexample))
+    with Progress("check", len(targets), quiet=quiet, unit="relaxation") as progress:
+        for relaxation in targets:
+            try:
+                counterexample = find_unsound_example(relaxation, max_examples=examples)
+            except Exception as error:  # lines that raise are as bad as unsound ones, and say why
+                counterexample = f"evaluating its lines raised {type(error).__name__}: {error}"
+            results.append((relaxation, counterexample))
+            progress.update()
     if as_json:
         click.echo(json.dumps([
             {"name": r.label, "sound": c is None,

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from relaxlab.cli.format import clear_errors, render_table
-from relaxlab.cli.options import out_dir_option
+from relaxlab.cli.options import QUIET, out_dir_option
 
 
 class SweepFileError(click.ClickException):
@@ -44,7 +44,7 @@ class SweepFileError(click.ClickException):
     help="auto: Ray when installed, else in-process.",
 )
 @click.option("--dry-run", is_flag=True, help="List the runs, their ids and status; train nothing.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@QUIET
 def sweep_cmd(
     sweep_file: Path,
     out_dir: Path | None,
@@ -55,6 +55,7 @@ def sweep_cmd(
     quiet: bool,
 ) -> None:
     """Train and certify every run of SWEEP_FILE (TOML: [base], [grid], [[runs]], seeds, [certify], [select])."""
+    from relaxlab.cli.progress import Phases
     from relaxlab.experiments.executors import make_executor
     from relaxlab.experiments.sweep import STORE_NAME, SweepError, load_sweep, run_status, run_sweep
     from relaxlab.store import Store
@@ -80,7 +81,8 @@ def sweep_cmd(
             click.echo(
                 "Ray is not installed: running one run at a time (pip install 'relaxlab[ray]')", err=True
             )
-        summary = run_sweep(sweep, out_dir, executor, write=None if not quiet else (lambda _line: None))
+        with Phases(quiet=quiet, prefix="sweep: ") as phases:
+            summary = run_sweep(sweep, out_dir, executor, progress=phases.start)
     click.echo(
         f"sweep {sweep.name}: {len(summary.trained)} trained, {len(summary.skipped)} already done, "
         f"{len(summary.failed)} failed in {summary.seconds:.1f} s ({executor.name}); store {summary.store}"

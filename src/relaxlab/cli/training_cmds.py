@@ -6,8 +6,6 @@ its input (names, eps, files) before any work and turns library errors into one 
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +23,6 @@ from relaxlab.cli.options import (
     select,
 )
 from relaxlab.runtime import set_threads
-
-
-def _echo(quiet: bool) -> Callable[[str], None]:
-    return (lambda _line: None) if quiet else (lambda line: click.echo(line, err=True))
 
 
 def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
@@ -72,6 +66,7 @@ def train_cmd(
     quiet: bool,
 ) -> None:
     """Train a network as CONFIG_FILE (TOML) says; checkpoints every epoch."""
+    from relaxlab.cli.progress import Phases
     from relaxlab.store import Store, default_store_path
     from relaxlab.training.config import load_config, validate_names
     from relaxlab.training.trainer import train
@@ -90,7 +85,7 @@ def train_cmd(
 
             callbacks.append(tracking_callback(every=config.track_every))
         set_threads(threads)
-        with Store(store_path) as store:
+        with Store(store_path) as store, Phases(quiet=quiet, prefix="train ") as phases:
             if resume:
                 store.verify()
             result = train(
@@ -99,9 +94,9 @@ def train_cmd(
                 store=store,
                 resume=resume,
                 callbacks=callbacks,
-                progress=None if not quiet else False,
+                progress=phases.start,
                 stop_after=stop_after,
-                log=_echo(quiet),
+                log=phases.write,
             )
     if result.finished:
         click.echo(
@@ -137,6 +132,7 @@ def _test_data(config: dict[str, Any], data_dir: str | None, n: int | None) -> A
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
               help="Images bounded at once (memory vs speed).")
 @THREADS
+@QUIET
 def certify_cmd(
     checkpoints: tuple[Path, ...],
     relaxation: tuple[str, ...],
@@ -147,8 +143,10 @@ def certify_cmd(
     store_path: Path | None,
     batch_size: int,
     threads: int | None,
+    quiet: bool,
 ) -> None:
     """Standard accuracy, PGD accuracy and certified robustness of CHECKPOINTS."""
+    from relaxlab.cli.progress import Progress
     from relaxlab.evaluation.certify import certify, record_results
     from relaxlab.store import Store, default_store_path
     from relaxlab.training.checkpoint import build_model, read_checkpoint
@@ -167,20 +165,23 @@ def certify_cmd(
         set_threads(threads)
         rows = []
         matrix: dict[str, dict[str, float]] = {}
-        for path, config, model in loaded:
+        for number, (path, config, model) in enumerate(loaded, 1):
             run_eps = config.eps_test if eps is None else eps
             use = certifiers or select(config.train_relaxations or ("IBP",))
             dataset, x, y = _test_data(config.to_dict(), data_dir, n)
-            results = certify(
-                model,
-                x,
-                y,
-                run_eps,
-                use,
-                num_classes=dataset.num_classes,
-                pgd=not no_pgd,
-                batch_size=batch_size,
-            )
+            desc = "certify" if len(loaded) == 1 else f"certify {number}/{len(loaded)} ({path})"
+            with Progress(desc, int(y.shape[0]), quiet=quiet, unit="img") as progress:
+                results = certify(
+                    model,
+                    x,
+                    y,
+                    run_eps,
+                    use,
+                    num_classes=dataset.num_classes,
+                    pgd=not no_pgd,
+                    batch_size=batch_size,
+                    progress=progress.update,
+                )
             with Store(store_path or default_store_path(path.parent)) as store:
                 trained = {"dataset": config.dataset, "architecture": config.architecture,
                            "method_label": config.label}
@@ -226,6 +227,7 @@ def certify_cmd(
 @DATA_DIR
 @STORE
 @THREADS
+@QUIET
 def tightness_cmd(
     checkpoint: Path,
     relaxation: tuple[str, ...],
@@ -236,10 +238,12 @@ def tightness_cmd(
     data_dir: str | None,
     store_path: Path | None,
     threads: int | None,
+    quiet: bool,
 ) -> None:
     """CR curves over an eps grid and CR-AUC (trapezoidal) per relaxation: Fig. 2 and Table 6."""
     import json
 
+    from relaxlab.cli.progress import Progress
     from relaxlab.properties.tightness import cr_curves, eps_grid, plot_curves
     from relaxlab.store import Store, default_store_path
     from relaxlab.training.checkpoint import build_model, read_checkpoint
@@ -253,7 +257,9 @@ def tightness_cmd(
         model = build_model(payload, source=f"checkpoint {checkpoint}")
         dataset, x, y = _test_data(config.to_dict(), data_dir, n)
         set_threads(threads)
-        result = cr_curves(model, x, y, grid, relaxations, num_classes=dataset.num_classes)
+        with Progress("tightness", len(grid) * len(relaxations), quiet=quiet, unit="radius") as progress:
+            result = cr_curves(model, x, y, grid, relaxations, num_classes=dataset.num_classes,
+                               progress=progress.update)
         out_dir = out_dir or checkpoint.parent
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_curves(result, out_dir / "tightness.png", title=f"CR curves, {config.name} ({config.dataset})")
@@ -317,19 +323,20 @@ def report_cmd(store_path: Path | None, fmt: str, out_file: Path | None) -> None
 @QUIET
 def paradox_cmd(out_dir: Path, eps: float, quick: bool, seed: int, threads: int | None, quiet: bool) -> None:
     """Train CONV with IBP, hBox, DeepZ, CROWN, CROWN-IBP (R) on the embedded data and print the paradox table."""
+    from relaxlab.cli.progress import Phases
     from relaxlab.experiments.paradox import paradox_markdown, run_paradox
     from relaxlab.store import STORE_NAME
 
     check_eps(eps)
-    with clear_errors():
+    with clear_errors(), Phases(quiet=quiet, prefix="paradox: ") as phases:
         set_threads(threads)
         rows = run_paradox(
             out_dir,
             eps=eps,
             quick=quick,
             seed=seed,
-            progress=not quiet and sys.stderr.isatty(),
-            log=_echo(quiet),
+            progress=phases.start,
+            log=phases.write,
         )
     click.echo(paradox_markdown(rows, eps=eps, n=rows[0].n))
     click.echo(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from attrs import evolve, field, frozen
@@ -251,6 +251,7 @@ def discover(
     families: Iterable[str] | None = None,
     relations: bool = True,
     all_dominated: bool = False,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
 ) -> Discovery:
     """Run the discovery pipeline.
 
@@ -259,6 +260,8 @@ def discover(
     :param families: which of :data:`FAMILIES` to add (default: all).
     :param relations: compute tightness relations to every registered relaxation.
     :param all_dominated: report every dominated combination, not only those equivalent to a registered one.
+    :param progress: called once the results are known with a phase name and their number; it
+        returns the callback called with ``1`` after each result is named, flagged and related.
     :raises ValueError: for an unknown family, or a slot without any sound candidate line.
     """
     chosen = _check_families(families)
@@ -287,9 +290,12 @@ def discover(
 
     naming = _Namer(registered)
     results = []
+    done = progress("results", len(drafts)) if progress is not None else None
     for draft in drafts:
         continuous, sensitive = flags.get(draft.relaxation.name) or fast_flags(draft.relaxation)
         results.append(naming.result(draft, continuous, sensitive, relations=relations))
+        if done is not None:
+            done(1)
     # parents by final names
     rename = {r.generated_name: r.name for r in results}
     results = [evolve(r, parents=tuple(rename.get(p, p) for p in r.parents)) for r in results]

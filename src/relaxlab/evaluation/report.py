@@ -41,6 +41,7 @@ class CertifyRow:
     certified: float
     checkpoint: str
     run_id: int
+    n: int | None = None
 
 
 def certify_rows(store: Store) -> list[CertifyRow]:
@@ -63,6 +64,7 @@ def certify_rows(store: Store) -> list[CertifyRow]:
                 certified=metrics.get("certified", float("nan")),
                 checkpoint=config.get("checkpoint", "?"),
                 run_id=run.id,
+                n=config.get("n"),
             )
         )
     return rows
@@ -110,6 +112,7 @@ def main_table(rows: Sequence[CertifyRow]) -> list[dict[str, Any]]:
                 "pgd": None if row.pgd is None else 100 * row.pgd,
                 "certified": 100 * row.certified,
                 "certifier": row.certifier,
+                "n": row.n,
             }
         )
     return records
@@ -128,6 +131,12 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
+def _n(values: Sequence[int | None]) -> str:
+    """The test images behind some numbers: one count, or the distinct counts joined by '/'."""
+    known = sorted({v for v in values if v is not None})
+    return "/".join(str(v) for v in known) or "?"
+
+
 def render_markdown(store: Store) -> str:
     """The main table (Table 2/11 layout), the train x certify matrices (Table 10) and the train runs."""
     rows = certify_rows(store)
@@ -140,10 +149,10 @@ def render_markdown(store: Store) -> str:
         epses = sorted({r["eps_test"] for r in group})
         methods = sorted({r["method"] for r in group}, key=_order)
         out += [f"## {dataset}, {architecture} (Table 2 / 11 layout; values in %)", ""]
-        header = "| Method | " + " | ".join(f"Acc ε={e:g} | PGD ε={e:g} | CR ε={e:g}" for e in epses) + " |"
-        out += [header, "|---|" + "---:|" * (3 * len(epses))]
+        header = "| Method | n | " + " | ".join(f"Acc ε={e:g} | PGD ε={e:g} | CR ε={e:g}" for e in epses) + " |"
+        out += [header, "|---|---:|" + "---:|" * (3 * len(epses))]
         for method in methods:
-            cells = []
+            cells = [_n([r["n"] for r in group if r["method"] == method])]
             for eps in epses:
                 match = [r for r in group if r["method"] == method and r["eps_test"] == eps]
                 if match:
@@ -157,8 +166,11 @@ def render_markdown(store: Store) -> str:
         certifiers = sorted({c for row in matrix.values() for c in row}, key=_order)
         if max(len(row) for row in matrix.values()) < 2:  # only the diagonal: nothing to add
             continue
+        behind = [r.n for r in rows if (r.dataset, r.architecture, r.eps) == (dataset, architecture, eps)]
         out += [
             f"## {dataset}, {architecture}, ε={eps:g}: CR (%) trained with (rows) × certified with (columns), Table 10 layout",
+            "",
+            f"n = {_n(behind)} test images.",
             "",
         ]
         out += [
@@ -189,15 +201,17 @@ def render_markdown(store: Store) -> str:
     tightness = store.runs(kind="tightness", status="done")
     if tightness:
         out += [
-            "## Tightness (CR-AUC, Table 6 layout)",
+            "## Tightness (CR-AUC, Table 6 layout; relaxations in the paper's order)",
             "",
-            "| id | checkpoint | relaxation | CR-AUC |",
-            "|---:|---|---|---:|",
+            "| id | checkpoint | n | relaxation | CR-AUC |",
+            "|---:|---|---:|---|---:|",
         ]
         for run in tightness:
-            for name, value in sorted(store.final_metrics(run.id).items()):
-                if name.startswith("cr_auc/"):
-                    out.append(f"| {run.id} | {run.config.get('checkpoint')} | {name[7:]} | {value:.2f} |")
+            aucs = {name[7:]: value for name, value in store.final_metrics(run.id).items()
+                    if name.startswith("cr_auc/")}
+            n = _n([run.config.get("n")])
+            for name in sorted(aucs, key=_order):
+                out.append(f"| {run.id} | {run.config.get('checkpoint')} | {n} | {name} | {aucs[name]:.2f} |")
         out.append("")
     return "\n".join(out)
 
@@ -205,7 +219,7 @@ def render_markdown(store: Store) -> str:
 def render_csv(store: Store) -> str:
     """The main-table records as CSV (one row per dataset, architecture, eps, method)."""
     buffer = io.StringIO()
-    fields = ["dataset", "architecture", "eps_test", "method", "accuracy", "pgd", "certified", "certifier"]
+    fields = ["dataset", "architecture", "eps_test", "method", "n", "accuracy", "pgd", "certified", "certifier"]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for record in main_table(certify_rows(store)):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -65,6 +65,7 @@ def landscape(
     direction_from: object | None = None,
     domain: tuple[float, float] | None = (0.0, 1.0),
     points_per_call: int = DEFAULT_POINTS_PER_CALL,
+    progress: Callable[[int], None] | None = None,
 ) -> Landscape:
     """The bound of each relaxation as the moved parameters shift by ``δ ∈ [-radius, radius]``.
 
@@ -81,6 +82,7 @@ def landscape(
     :param direction_from: take every curve's direction from this relaxation's gradient
         instead of each relaxation's own (the same line through parameter space for all).
     :param domain: the input domain the box is clipped to.
+    :param progress: called with ``1`` after each relaxation's curve.
     """
     if points < 2:
         raise ValueError(f"points must be >= 2, got {points}")
@@ -112,6 +114,8 @@ def landscape(
         values[key] = curve
         norms[key] = float(norm[0])
         jumps[key] = [int(i) for i in find_discontinuities(curve)]
+        if progress is not None:
+            progress(1)
     quantity = f"lower bound of output {output}" if output is not None else f"certified loss (label {label})"
     return Landscape(deltas, values, norms, quantity, tuple(names), jumps)
 
@@ -132,7 +136,18 @@ def write_csv(result: Landscape, path: str | Path) -> Path:
 def plot_landscape(
     result: Landscape, path: str | Path, *, title: str | None = None, separate: bool = True
 ) -> Path:
-    """One PNG: a curve per relaxation (one panel each when ``separate``, as in Fig. 5), jumps marked."""
+    """One PNG: a curve per relaxation (one panel each when ``separate``, as in Fig. 5), jumps marked.
+
+    The panels share one y-axis so that the relaxations can be compared; a legend explains the
+    curve and the jump marks.
+
+    :param result: the landscape.
+    :param path: the PNG to write.
+    :param title: the title (default: the quantity along the gradient direction); a line with
+        the number of points and the range of δ is added below it.
+    :param separate: one panel per relaxation (else all curves in one panel).
+    :return: ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,20 +160,34 @@ def plot_landscape(
     if separate and len(keys) > 1:
         cols = min(len(keys), 3)
         rows = -(-len(keys) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
         flat = [ax for row in axes for ax in row]
         for ax, key in zip(flat, keys, strict=False):
             _draw(ax, deltas, result, key)
             ax.set_title(key)
         for ax in flat[len(keys) :]:
             ax.set_visible(False)
+        for ax in flat[1:]:
+            ax.set_ylabel("")
+        legend_ax = flat[0]
     else:
         fig, ax = plt.subplots(figsize=(6, 4))
         for key in keys:
             _draw(ax, deltas, result, key, label=key)
-        ax.legend()
-    fig.suptitle(title or f"{result.quantity} along the gradient direction")
-    fig.tight_layout()
+        legend_ax = ax
+    from matplotlib.lines import Line2D
+
+    handles, labels = legend_ax.get_legend_handles_labels()
+    if separate and len(keys) > 1:
+        handles, labels = [Line2D([], [], lw=1.2)], ["bound (one relaxation per panel)"]
+    handles.append(Line2D([], [], color="grey", alpha=0.4, lw=0.8))
+    labels.append("jump (App. E.2 test)")
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    span = f"δ ∈ [{float(deltas[0]):g}, {float(deltas[-1]):g}]"
+    fig.suptitle(f"{title or f'{result.quantity} along the gradient direction'}\n"
+                 f"{len(deltas)} points, {span}, shared y-axis", fontsize=10)
+    rows_of_legend = -(-len(labels) // 4)
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * rows_of_legend, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -169,6 +198,7 @@ def _draw(ax: object, deltas: object, result: Landscape, key: str, label: str | 
     line = ax.plot(deltas, values, lw=1.2, label=label)[0]  # type: ignore[attr-defined]
     for i in result.jumps[key]:
         ax.axvline(0.5 * (deltas[i] + deltas[i + 1]), color=line.get_color(), alpha=0.25, lw=0.8)  # type: ignore[attr-defined,index]
+    ax.set_xlim(float(deltas[0]), float(deltas[-1]))  # type: ignore[attr-defined,index]
     ax.set_xlabel("δ")  # type: ignore[attr-defined]
     ax.set_ylabel(result.quantity)  # type: ignore[attr-defined]
 

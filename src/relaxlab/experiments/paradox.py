@@ -109,7 +109,7 @@ def run_paradox(
     tightness_eps_max: float = 0.07,
     tightness_points: int = 11,
     tightness_n: int = 200,
-    progress: bool = False,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
     log: Callable[[str], None] = print,
     overrides: dict[str, Any] | None = None,
 ) -> list[ParadoxRow]:
@@ -118,6 +118,10 @@ def run_paradox(
     :param overrides: config keys replaced in every training run (see :func:`paradox_configs`).
     :param tightness_points: radii of the tightness grid in ``[0, tightness_eps_max]``.
     :param tightness_n: test images for the tightness curves.
+    :param progress: called at the start of each piece of work (every training run, the CR
+        curves, every certification) with its name and size; returns the callback called with
+        the units done (steps, curve points, images).
+    :param log: called with one line at the start of each piece of work.
 
     :return: one row per relaxation, in the paper's order.
     """
@@ -130,12 +134,15 @@ def run_paradox(
         models = _train_all(configs, out_dir, store, data, progress=progress, log=log)
         log(f"tightness: CR curves of {len(relaxations)} relaxations at {tightness_points} radii ...")
         aucs = _tightness(models["natural"], data, relaxations, store, out_dir,
-                          eps_max=tightness_eps_max, points=tightness_points, n=tightness_n).auc()
+                          eps_max=tightness_eps_max, points=tightness_points, n=tightness_n,
+                          progress=progress).auc()
         rows = []
         for relaxation in relaxations:
             log(f"certifying the {relaxation.name}-trained network with {relaxation.name} ...")
             config = next(c for c in configs if c.label == relaxation.name)
-            result = certify(models[relaxation.name], data.test_x, data.test_y, eps, [relaxation], pgd=not quick)[0]
+            done = progress(f"certify {relaxation.name}", int(data.test_y.shape[0])) if progress else None
+            result = certify(models[relaxation.name], data.test_x, data.test_y, eps, [relaxation], pgd=not quick,
+                             progress=done)[0]
             record_results(store, [result], checkpoint=out_dir / config.name / CHECKPOINT_NAME,
                            trained=_trained(config), name=f"certify-{config.name}")
             properties = derive(relaxation)
@@ -156,8 +163,8 @@ def _trained(config: TrainConfig) -> dict[str, object]:
 
 
 def _train_all(
-    configs: list[TrainConfig], out_dir: Path, store: Store, data: Data, *, progress: bool,
-    log: Callable[[str], None],
+    configs: list[TrainConfig], out_dir: Path, store: Store, data: Data, *,
+    progress: Callable[[str, int], Callable[[int], None]] | None, log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Train (or reuse the finished run of) every config; the models by label."""
     models = {}
@@ -180,7 +187,7 @@ def _train_all(
 
 def _tightness(
     model: Any, data: Data, relaxations: list[ReluRelaxation], store: Store, out_dir: Path, *,
-    eps_max: float, points: int, n: int,
+    eps_max: float, points: int, n: int, progress: Callable[[str, int], Callable[[int], None]] | None = None,
 ) -> TightnessResult:
     """CR curves on the naturally trained network (App. B.1), recorded and plotted."""
     grid = eps_grid(eps_max, points)
@@ -192,7 +199,9 @@ def _tightness(
     )
     # Tightness is an empirical comparison, not a certificate: float32 bounds on the first
     # ``n`` test images keep it to about a minute on a CPU.
-    result = cr_curves(model, data.test_x[:n], data.test_y[:n], grid, relaxations, dtype=torch.float32)
+    done = progress("tightness", len(relaxations) * len(grid)) if progress is not None else None
+    result = cr_curves(model, data.test_x[:n], data.test_y[:n], grid, relaxations, dtype=torch.float32,
+                       progress=None if done is None else (lambda: done(1)))
     store.log_metrics(run_id, 0, {f"cr_auc/{k}": v for k, v in result.auc().items()})
     store.finish_run(run_id)
     plot_curves(result, out_dir / "tightness.png", title="CR curves, naturally trained CONV (mnist-mini)")
@@ -229,14 +238,21 @@ def paradox_markdown(rows: Sequence[ParadoxRow], *, eps: float, n: int) -> str:
 
 
 def paradox_csv(rows: Sequence[ParadoxRow]) -> str:
-    """The paradox table as CSV."""
-    out = ["relaxation,continuous,sensitive,cr_auc,accuracy,pgd,certified"]
+    """The paradox table as CSV; ``continuous`` and ``not_sensitive`` are True where the table has ✓."""
+    # the flag columns say what the table's ✓ says: True is ✓C (continuous) and ✓S (not sensitive)
+    out = ["relaxation,continuous,not_sensitive,cr_auc,accuracy,pgd,certified,n"]
     for r in rows:
+        not_sensitive = "" if r.sensitive is None else not r.sensitive
         out.append(
-            f"{r.relaxation},{r.continuous},{r.sensitive},{r.cr_auc:.4f},{r.accuracy:.2f},"
-            f"{'' if r.pgd is None else f'{r.pgd:.2f}'},{r.certified:.2f}"
+            f"{r.relaxation},{'' if r.continuous is None else r.continuous},{not_sensitive},{r.cr_auc:.4f},"
+            f"{r.accuracy:.2f},{'' if r.pgd is None else f'{r.pgd:.2f}'},{r.certified:.2f},{r.n}"
         )
     return "\n".join(out) + "\n"
+
+
+def _n_label(rows: Sequence[ParadoxRow]) -> str:
+    counts = sorted({r.n for r in rows})
+    return f"n = {counts[0]}" if len(counts) == 1 else "n = " + "/".join(map(str, counts))
 
 
 def plot_paradox(rows: Sequence[ParadoxRow], path: str | Path, *, eps: float) -> Path:
@@ -247,7 +263,7 @@ def plot_paradox(rows: Sequence[ParadoxRow], path: str | Path, *, eps: float) ->
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(7.5, 4), dpi=120)
     for index, row in enumerate(sorted(rows, key=lambda r: (r.cr_auc, r.certified))):
         marker = "o" if row.continuous else "s"
         color = "tab:green" if not row.sensitive else "tab:red"
@@ -257,11 +273,17 @@ def plot_paradox(rows: Sequence[ParadoxRow], path: str | Path, *, eps: float) ->
         ax.annotate(row.relaxation, (row.cr_auc, row.certified), textcoords="offset points", xytext=offset)
     ax.set_xlabel("tightness: CR-AUC on a naturally trained CONV")
     ax.set_ylabel(f"CR after certified training [%] (ε = {eps:g})")
-    ax.set_title(
-        "CR after certified training against tightness\n"
-        "(o continuous, □ discontinuous; green not sensitive, red sensitive)",
-        fontsize=9,
-    )
+    n = _n_label(rows)
+    ax.set_title(f"CR after certified training against tightness\n{n} test images per CR, ε = {eps:g}", fontsize=9)
+    from matplotlib.lines import Line2D
+
+    def key(marker: str, color: str, text: str) -> Line2D:
+        return Line2D([], [], ls="", marker=marker, color=color, markersize=7, label=text)
+
+    ax.legend(handles=[key("o", "grey", "continuous (✓C)"), key("s", "grey", "discontinuous (✗C)"),
+                       key("o", "tab:green", "not sensitive (✓S)"), key("o", "tab:red", "sensitive (✗S)")],
+              loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8,
+              title="marker: C, colour: S", title_fontsize=8)
     ax.grid(alpha=0.3)
     ax.margins(0.2)
     fig.tight_layout()

@@ -166,10 +166,10 @@ def _execute(task: RunTask, start: float) -> RunOutcome:
     run_dir = Path(task.run_dir)
     resume = (run_dir / CHECKPOINT_NAME).is_file()
     try:
-        result = train(config, run_dir, resume=resume, progress=False, data=full, device="cpu")
+        result = train(config, run_dir, resume=resume, data=full, device="cpu")
     except CheckpointError:  # an unreadable checkpoint from an earlier attempt: start over
         (run_dir / CHECKPOINT_NAME).unlink()
-        result = train(config, run_dir, progress=False, data=full, device="cpu")
+        result = train(config, run_dir, data=full, device="cpu")
     data = subset(full, config)
     n = task.n or int(data.test_y.shape[0])
     relaxations = select_relaxations(list(task.certifiers))

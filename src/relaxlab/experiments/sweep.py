@@ -488,6 +488,7 @@ def run_sweep(
     *,
     write: Callable[[str], None] | None = None,
     tty: bool | None = None,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
 ) -> SweepSummary:
     """Execute the runs of ``sweep`` that the store does not hold as done; record every outcome.
 
@@ -496,6 +497,8 @@ def run_sweep(
     :param executor: where runs execute.
     :param write: where progress lines go (default: stderr).
     :param tty: progress as one updated line (default: when stderr is a terminal).
+    :param progress: instead of those lines: called once with ``"runs"`` and the number of runs
+        to execute; it returns the callback called with ``1`` after each finished (or failed) run.
     :return: which runs trained, failed (with their errors) and were skipped.
     """
     out_dir = Path(out_dir)
@@ -518,20 +521,25 @@ def run_sweep(
             )
             for run in todo
         ]
-        progress = Progress(len(tasks), len(skipped), executor.workers, write=write, tty=tty)
+        finished = progress("runs", len(tasks)) if progress is not None and tasks else None
+        if progress is not None:
+            write, tty = (lambda _line: None), False
+        counts = Progress(len(tasks), len(skipped), executor.workers, write=write, tty=tty)
         trained: list[str] = []
         failed: dict[str, str] = {}
         if tasks:
-            progress.update()
-        for outcome in executor.run(tasks, on_start=lambda _task: progress.update(started=1)):
+            counts.update()
+        for outcome in executor.run(tasks, on_start=lambda _task: counts.update(started=1)):
             record_outcome(store, by_key[outcome.key], outcome, sweep=sweep.name)
+            if finished is not None:
+                finished(1)
             if outcome.status == "done":
                 trained.append(outcome.key)
-                progress.update(done=1)
+                counts.update(done=1)
             else:
                 failed[outcome.key] = outcome.error or "unknown error"
-                progress.update(failed=1)
-        if progress.tty and tasks:
+                counts.update(failed=1)
+        if counts.tty and tasks:
             (write or (lambda line: print(line, file=sys.stderr)))("")
         statuses = {run_status(store, run.key) for run in sweep.runs}
         store.finish_run(sweep_id, "done" if statuses == {"done"} else "failed")

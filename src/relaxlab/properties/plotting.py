@@ -22,25 +22,35 @@ EXAMPLE_BOUNDS = (
 
 
 def plot_relaxation(relaxation: ReluRelaxation, path: str | os.PathLike[str]) -> None:
-    """Draw ReLU and the lower/upper line on each example interval, one panel per case."""
-    fig, axes = plt.subplots(1, len(EXAMPLE_BOUNDS), figsize=(4 * len(EXAMPLE_BOUNDS), 3.6))
+    """Draw ReLU and the lower/upper line on each example interval, one panel per case.
+
+    The panels share their y-axis; the ReLU is a wide grey band under the lines and the upper
+    line is dashed, so that in the stable cases, where all three coincide, each stays visible.
+
+    :param relaxation: the relaxation to draw.
+    :param path: the image to write.
+    """
+    fig, axes = plt.subplots(1, len(EXAMPLE_BOUNDS), figsize=(4 * len(EXAMPLE_BOUNDS), 3.8), sharey=True)
     for ax, (title, lo, hi) in zip(axes, EXAMPLE_BOUNDS, strict=True):
         lb = torch.tensor([lo], dtype=torch.float64)
         ub = torch.tensor([hi], dtype=torch.float64)
         ls, lo_off, us, uo = (float(t) for t in relaxation.coefficients(lb, ub).tensors)
         tl, tu = (float(t) for t in relaxation.transform_bounds(lb, ub))
         xs = torch.linspace(min(lo, tl), max(hi, tu), 200, dtype=torch.float64)
-        ax.plot(xs, xs.clamp_min(0), color="black", lw=2, label="ReLU")
-        ax.plot(xs, ls * xs + lo_off, color="tab:blue", label="lower line")
-        ax.plot(xs, us * xs + uo, color="tab:red", label="upper line")
-        ax.fill_between(xs, ls * xs + lo_off, us * xs + uo, color="tab:purple", alpha=0.12)
-        ax.axvspan(lo, hi, color="grey", alpha=0.08)
+        ax.plot(xs, xs.clamp_min(0), color="grey", lw=7, alpha=0.45, solid_capstyle="butt", zorder=1,
+                label="ReLU")
+        ax.plot(xs, ls * xs + lo_off, color="tab:blue", lw=1.8, zorder=2, label="lower line")
+        ax.plot(xs, us * xs + uo, color="tab:red", lw=1.8, ls=(0, (4, 3)), zorder=3, label="upper line")
+        ax.fill_between(xs, ls * xs + lo_off, us * xs + uo, color="tab:purple", alpha=0.12,
+                        label="relaxation (between the lines)")
+        ax.axvspan(lo, hi, color="grey", alpha=0.08, label="input interval [l, u]")
         ax.set_title(f"{title}: l={lo:g}, u={hi:g}")
         ax.set_xlabel("x")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("y")
-    axes[0].legend(loc="upper left", fontsize=8)
-    fig.suptitle(f"{relaxation.label}")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(f"{relaxation.label}: ReLU and its lower and upper line on example bounds")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -12,7 +12,6 @@ count and device).
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,10 +128,15 @@ def subset(data: Data, config: TrainConfig) -> Data:
     )
 
 
-def _progress(iterable: Any, enabled: bool, **kwargs: Any) -> Any:
-    from tqdm.auto import tqdm
+def steps_per_epoch(config: TrainConfig, n_train: int) -> int:
+    """Optimisation steps in one epoch of ``n_train`` examples (``max_batches`` caps them).
 
-    return tqdm(iterable, disable=not enabled, leave=False, dynamic_ncols=True, **kwargs)
+    :param config: the run's config (batch size, ``max_batches``).
+    :param n_train: training examples.
+    :return: the number of batches of one epoch.
+    """
+    batches = -(-n_train // config.batch_size)
+    return min(batches, config.max_batches) if config.max_batches else batches
 
 
 def _default_device() -> torch.device:
@@ -157,7 +161,7 @@ def train(
     store: Store | None = None,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
-    progress: bool | None = None,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
     stop_after: int | None = None,
     device: torch.device | str | None = None,
     data: Data | None = None,
@@ -172,7 +176,11 @@ def train(
     :param callbacks: called after every optimisation step with keyword arguments ``step``,
         ``model``, ``batch`` (``(x, y)``), ``eps``, ``relaxation`` (the first relaxation of the loss,
         ``None`` for natural training), ``store`` and ``run_id``.
-    :param progress: show tqdm bars (default: when stderr is a terminal).
+    :param progress: called once before the first step with the run's name and the number of
+        optimisation steps this call will take; it returns the callback called with ``1`` after
+        every step; called again for the final certification with ``"<name> final certification"``
+        and the number of test images, its callback then counts images (default: no progress; the
+        CLI passes its reporter).
     :param stop_after: stop after this many finished epochs (simulates an interruption).
     :param device: where to train (default: CUDA when available, else CPU).
     :param data: pre-loaded data of the config's dataset (subset as the config says; default: loaded).
@@ -197,21 +205,21 @@ def train(
     if data.dataset.name != resolved.dataset.name:
         raise ConfigError(f"data of dataset {data.dataset.name!r} given for a config of {config.dataset!r}")
     device = _default_device() if device is None else torch.device(device)
-    progress = sys.stderr.isatty() if progress is None else progress
     state = _start(config, resolved.architecture, data.dataset, payload, checkpoint_path, device)
     if store is not None:
         state.run_id = _open_run(store, state, config, device)
     loop = _Loop(config=config, data=data, relaxations=resolved.relaxations, callbacks=tuple(callbacks),
-                 store=store, progress=progress)
+                 store=store)
     finished = True
     try:
-        epochs = _progress(range(state.epoch, config.epochs), progress, desc=config.name, initial=state.epoch,
-                           total=config.epochs)
-        for epoch in epochs:
+        last = config.epochs if stop_after is None else max(min(stop_after, config.epochs), state.epoch)
+        steps = (last - state.epoch) * steps_per_epoch(config, int(data.train_y.shape[0]))
+        step_done = progress(config.name, steps) if progress is not None else None
+        for epoch in range(state.epoch, config.epochs):
             if stop_after is not None and epoch >= stop_after:
                 finished = False
                 break
-            metrics = loop.epoch(state, epoch)
+            metrics = loop.epoch(state, epoch, step_done)
             state.history.append(metrics)
             if store is not None and state.run_id is not None:
                 store.log_metrics(state.run_id, state.step - 1, metrics)
@@ -224,7 +232,8 @@ def train(
         raise
     final: dict[str, float] = {}
     if finished:
-        final = evaluate(state.model, data, config, resolved.relaxations)
+        images = progress(f"{config.name} final certification", int(data.test_y.shape[0])) if progress else None
+        final = evaluate(state.model, data, config, resolved.relaxations, progress=images)
         if data.val_x is not None and data.val_y is not None:
             held_out = attrs.evolve(data, test_x=data.val_x, test_y=data.val_y)
             final.update({f"val_{k[5:]}": v for k, v in evaluate(state.model, held_out, config,
@@ -301,15 +310,15 @@ class _Loop:
     relaxations: tuple[Any, ...]
     callbacks: tuple[Callback, ...]
     store: Store | None
-    progress: bool
 
-    def epoch(self, state: _State, epoch: int) -> dict[str, float]:
-        """Train one epoch from ``state`` (updated in place); the epoch's metrics."""
+    def epoch(self, state: _State, epoch: int, step_done: Callable[[int], None] | None = None) -> dict[str, float]:
+        """Train one epoch from ``state`` (updated in place); the epoch's metrics.
+
+        :param step_done: called with ``1`` after every optimisation step.
+        """
         config, data = self.config, self.data
         n = int(data.train_y.shape[0])
-        batches = -(-n // config.batch_size)
-        if config.max_batches:
-            batches = min(batches, config.max_batches)
+        batches = steps_per_epoch(config, n)
         lr = learning_rate(config, epoch)
         for group in state.optimizer.param_groups:
             group["lr"] = lr
@@ -318,7 +327,7 @@ class _Loop:
         device = next(state.model.parameters()).device
         sums: dict[str, float] = {}
         count = 0
-        for b in _progress(range(batches), self.progress, desc=f"epoch {epoch + 1}"):
+        for b in range(batches):
             index = order[b * config.batch_size : (b + 1) * config.batch_size]
             x, y = data.train_x[index].to(device), data.train_y[index].to(device)
             values = schedule_at(config, state.step, batches)
@@ -327,6 +336,8 @@ class _Loop:
                 sums[key] = sums.get(key, 0.0) + value * int(y.shape[0])
             count += int(y.shape[0])
             state.step += 1
+            if step_done is not None:
+                step_done(1)
         state.epoch = epoch + 1
         metrics = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
         metrics.update({"epoch": float(epoch + 1), "step": float(state.step - 1), "lr": lr, "eps": values.eps,
@@ -376,11 +387,14 @@ def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> Non
 
 
 def evaluate(
-    model: nn.Module, data: Data, config: TrainConfig, relaxations: Sequence[Any]
+    model: nn.Module, data: Data, config: TrainConfig, relaxations: Sequence[Any],
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Test accuracy and certified robustness at ``eps_test`` with the first training relaxation.
 
     (PGD is left to :mod:`relaxlab.evaluation.certify`; natural training is certified with IBP.)
+
+    :param progress: called with the number of test images done after each batch.
     """
     relaxation = relaxations[0] if relaxations else get_relaxation("IBP")
     was_training = model.training
@@ -393,6 +407,7 @@ def evaluate(
         num_classes=data.dataset.num_classes,
         pgd=False,
         batch_size=config.eval_batch_size,
+        progress=progress,
     )[0]
     model.train(was_training)
     return {"test_accuracy": result.accuracy, "test_certified": result.certified}
