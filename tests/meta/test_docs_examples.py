@@ -81,6 +81,13 @@ PRELUDES: dict[str, str] = {
         " torch.nn.Linear(8, 10))\n"
         "x = torch.rand(3, 1, 2, 2)\nlabels = torch.tensor([0, 1, 2])\n"
     ),
+    "docs/export.md": (
+        "import torch\nimport relaxlab\nfrom relaxlab.engine.export import export_onnx as _export\n"
+        "model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.ReLU(),"
+        " torch.nn.Linear(16, 10)).eval()\n"
+        "_export(model, (1, 28, 28), 'net.onnx')\n"
+        "x, y, eps = torch.rand(2, 1, 28, 28), torch.tensor([3, 1]), 0.1\n"
+    ),
     "docs/references.md": (
         "import torch\n"
         "model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).double()\n"
