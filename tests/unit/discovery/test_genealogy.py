@@ -111,7 +111,7 @@ def test_cli_json_and_graph(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["discover", "--json", "--family", "switch", "--no-relations",
                                       "--graph", str(out)])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     stages = [s["stage"] for s in data["stages"]]
     assert stages[:4] == ["all combinations", "sound", "sound, distinct lines", "non-dominated"]
     assert "+ soft" not in stages and "+ switch" in stages
