@@ -29,11 +29,11 @@ import torch
 from torch import nn
 
 import relaxlab
-from relaxlab.runtime import tune_allocator
 from relaxlab.api import compute_bounds
 from relaxlab.core.relaxer import RelaxationTensors
 from relaxlab.engine import bound_network, margin_spec, parse_network
 from relaxlab.nn import Normalize
+from relaxlab.runtime import tune_allocator
 
 
 def conv_net() -> nn.Sequential:
