@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from relaxlab.cli.format import clear_errors, fail
-from relaxlab.cli.options import DATA_DIR, check_eps
+from relaxlab.cli.options import DATA_DIR, check_eps, load_test_split
 
 
 @click.command("export")
@@ -40,7 +40,6 @@ def export_cmd(
     data_dir: str | None,
 ) -> None:
     """Write CHECKPOINT's network to ONNX and (with --vnnlib) VNN-LIB robustness properties."""
-    from relaxlab.cli.training_cmds import _test_data
     from relaxlab.engine.export import export_onnx, write_vnnlib
     from relaxlab.training.checkpoint import build_model, read_checkpoint
 
@@ -56,7 +55,7 @@ def export_cmd(
         click.echo(f"wrote {onnx_path}")
         if vnnlib_dir is None:
             return
-        dataset, x, y = _test_data(config, data_dir, n)
+        dataset, x, y = load_test_split(config, data_dir, n)
         vnnlib_dir.mkdir(parents=True, exist_ok=True)
         rows = []
         for index in range(int(y.shape[0])):

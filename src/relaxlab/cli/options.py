@@ -81,3 +81,14 @@ def input_file_option(flag: str, dest: str, help_text: str) -> Callable[[Any], A
     """A required input file that must exist (exit 2 with a usage error otherwise)."""
     return click.option(flag, dest, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
                         help=help_text)
+
+
+def load_test_split(config: dict[str, Any], data_dir: str | None, n: int | None) -> tuple[Any, Any, Any]:
+    """``(dataset, x, y)``: the first ``n`` test images of a run's dataset (``--data-dir`` or the run's)."""
+    from relaxlab.api import get_registry
+
+    dataset = get_registry().datasets[config["dataset"]]
+    x, y = dataset.load("test", data_dir if data_dir is not None else config.get("data_dir"))
+    if n:
+        x, y = x[:n], y[:n]
+    return dataset, x, y

@@ -18,6 +18,7 @@ from relaxlab.cli.options import (
     STORE,
     THREADS,
     check_eps,
+    load_test_split,
     out_dir_option,
     relaxation_option,
     select,
@@ -108,16 +109,6 @@ def train_cmd(
         click.echo(f"{config.name}: stopped after epoch {len(result.history)}; resume with --resume")
 
 
-def _test_data(config: dict[str, Any], data_dir: str | None, n: int | None) -> Any:
-    from relaxlab.api import get_registry
-
-    dataset = get_registry().datasets[config["dataset"]]
-    x, y = dataset.load("test", data_dir if data_dir is not None else config.get("data_dir"))
-    if n:
-        x, y = x[:n], y[:n]
-    return dataset, x, y
-
-
 @click.command("certify")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @relaxation_option(
@@ -168,7 +159,7 @@ def certify_cmd(
         for number, (path, config, model) in enumerate(loaded, 1):
             run_eps = config.eps_test if eps is None else eps
             use = certifiers or select(config.train_relaxations or ("IBP",))
-            dataset, x, y = _test_data(config.to_dict(), data_dir, n)
+            dataset, x, y = load_test_split(config.to_dict(), data_dir, n)
             desc = "certify" if len(loaded) == 1 else f"certify {number}/{len(loaded)} ({path})"
             with Progress(desc, int(y.shape[0]), quiet=quiet, unit="img") as progress:
                 results = certify(
@@ -255,7 +246,7 @@ def tightness_cmd(
         payload = read_checkpoint(checkpoint)
         config = from_dict(json.loads(payload["config"]))
         model = build_model(payload, source=f"checkpoint {checkpoint}")
-        dataset, x, y = _test_data(config.to_dict(), data_dir, n)
+        dataset, x, y = load_test_split(config.to_dict(), data_dir, n)
         set_threads(threads)
         with Progress("tightness", len(grid) * len(relaxations), quiet=quiet, unit="radius") as progress:
             result = cr_curves(model, x, y, grid, relaxations, num_classes=dataset.num_classes,
