@@ -17,7 +17,7 @@ from relaxlab.core.relaxer import Relaxer, check_relaxer
 from relaxlab.engine.backsub import Mode, intermediate_bounds
 from relaxlab.engine.box import all_finite, input_box
 from relaxlab.engine.graph import GraphNetwork, bound_model, parse_model
-from relaxlab.engine.network import Network, ReluLayer, UnsupportedNetworkError, check_hooks
+from relaxlab.engine.network import Network, ReluLayer, UnsupportedNetworkError
 
 __all__ = ["compute_bounds"]
 
@@ -79,7 +79,6 @@ def compute_bounds(
                 f"x has shape {tuple(x.shape)} but the network takes (batch, {network.input_shape})"
             )
     elif isinstance(model, nn.Module):
-        check_hooks(model)
         network = parse_model(model, tuple(x.shape[1:]), dtype=x.dtype, device=x.device, clean=x)
     else:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")

@@ -57,7 +57,7 @@ from relaxlab.engine.backsub import (
     default_max_elements,
 )
 from relaxlab.engine.graph_layers import AddNode, CatNode, InputNode
-from relaxlab.engine.network import _CHAIN_TYPES, Network, ReluLayer, parse_network
+from relaxlab.engine.network import _CHAIN_TYPES, Network, ReluLayer, overrides_forward, parse_network
 
 if TYPE_CHECKING:
     from relaxlab.core.relaxer import RelaxationTensors
@@ -126,8 +126,6 @@ class GraphNetwork:
 
 def _is_chain(model: nn.Module) -> bool:
     """Whether the chain engine takes ``model`` as it did before graphs existed (its fast path)."""
-    from relaxlab.engine.graph_trace import overrides_forward
-
     if not isinstance(model, nn.Sequential) or overrides_forward(model, nn.Sequential):
         return False
     chain_types = (*_CHAIN_TYPES, nn.Sequential, nn.Identity)

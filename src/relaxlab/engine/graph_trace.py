@@ -43,7 +43,14 @@ from relaxlab.engine.graph_layers import (
     InputNode,
     channel_view,
 )
-from relaxlab.engine.network import FlattenLayer, ReluLayer, UnsupportedNetworkError, parse_network
+from relaxlab.engine.network import (
+    FlattenLayer,
+    ReluLayer,
+    UnsupportedNetworkError,
+    check_hooks,
+    overrides_forward,
+    parse_network,
+)
 from relaxlab.nn import Normalize
 
 Shape = tuple[int, ...]
@@ -68,11 +75,6 @@ _SUPPORTED = (
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
-
-
-def overrides_forward(module: nn.Module, base: type[nn.Module]) -> bool:
-    """Whether ``type(module)`` defines a ``forward`` other than ``base``'s."""
-    return type(module).forward is not base.forward
 
 
 def _leaf_base(module: nn.Module) -> type[nn.Module] | None:
@@ -346,6 +348,7 @@ def parse_graph(
         statistics (train mode); its values are computed through the graph as it is built.
     :raises UnsupportedNetworkError: naming the node and op that cannot be bounded.
     """
+    check_hooks(model)  # fx traces forward() only: hooks would be silently left out
     shape: Shape = tuple(int(s) for s in input_shape)
     try:
         graph = _Tracer().trace(model)

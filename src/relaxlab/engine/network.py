@@ -324,10 +324,16 @@ def _flatten_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, 
         if isinstance(module, nn.Sequential):
             _check_faithful(module, f"model.{path}")
             yield from _flatten_modules(module, prefix=f"{path}.")
-        elif isinstance(module, nn.Identity) and type(module).forward is nn.Identity.forward:
+        elif isinstance(module, nn.Identity) and not overrides_forward(module, nn.Identity):
+            _check_module_hooks(module, f"model.{path}")  # skipped, but a hook would change the function
             continue
         else:
             yield path, module
+
+
+def overrides_forward(module: nn.Module, base: type[nn.Module]) -> bool:
+    """Whether ``type(module)`` defines a ``forward`` other than ``base``'s."""
+    return type(module).forward is not base.forward
 
 
 def _check_faithful(module: nn.Module, where: str) -> None:
@@ -341,7 +347,7 @@ def _check_faithful(module: nn.Module, where: str) -> None:
     """
     base = next((cls for cls in type(module).__mro__ if cls.__module__.startswith("torch.nn")
                  or cls is Normalize), None)
-    if base is not None and type(module).forward is not base.forward:
+    if base is not None and overrides_forward(module, base):
         raise UnsupportedNetworkError(
             f"{where} ({type(module).__name__}) overrides forward() of {base.__name__}: the engine would bound "
             f"{base.__name__}'s function, not the one the model computes; use {base.__name__} itself"
