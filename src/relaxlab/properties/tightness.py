@@ -345,17 +345,20 @@ def cr_curves(
             ]
         )
     x, y = images[correct], labels[correct]
+    starts = range(0, int(y.shape[0]), batch_size)
+    with torch.no_grad():  # the clean logits of each batch (every sample here is classified correctly)
+        logits = [net(x[i : i + batch_size]) for i in starts]
     n = int(labels.shape[0])
     curves: dict[str, tuple[float, ...]] = {}
     for relaxation in relaxations:
         values = []
         for eps in grid:
             count = 0
-            for i in range(0, int(y.shape[0]), batch_size):
+            for i, z in zip(starts, logits, strict=True):
                 xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-                with torch.no_grad():  # every sample here is classified correctly
+                with torch.no_grad():
                     lb, _ = margin_bounds(net, xb, yb, eps, relaxation, num_classes=num_classes)
-                    count += int(is_certified(lb, net(xb)).sum())
+                    count += int(is_certified(lb, z).sum())
             values.append(100.0 * count / max(n, 1))
             if progress is not None:
                 progress()
