@@ -56,7 +56,6 @@ from relaxlab.properties.directions import (
 #: Coefficients differing by more than this (relative to 1 + their size) across a crossing are a jump.
 JUMP_TOLERANCE = 1e-6
 #: Half-width of the step taken on both sides of a located crossing (relative to the point's size).
-_SIDE_STEP = 1e-9
 _BISECTIONS = 60
 
 
