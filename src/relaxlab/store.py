@@ -253,6 +253,7 @@ class Store:
         name: str | None = None,
         env: Mapping[str, Any] | None = None,
         key: str | None = None,
+        created: float | None = None,
     ) -> int:
         """Record a new run (status ``running``) and return its id.
 
@@ -261,6 +262,7 @@ class Store:
         :param name: human name (default: the config's ``name`` or the kind).
         :param env: environment (default: :func:`environment`).
         :param key: stable identifier of the run (see :meth:`runs`).
+        :param created: UNIX time the run started (default: now), for work recorded after it ran.
         """
         with self._write():
             cursor = self._conn.execute(
@@ -269,7 +271,7 @@ class Store:
                 (
                     kind,
                     name or str(config.get("name", kind)),
-                    time.time(),
+                    time.time() if created is None else created,
                     "running",
                     json.dumps(dict(config), sort_keys=True, default=str),
                     json.dumps(dict(env if env is not None else environment()), sort_keys=True, default=str),

@@ -59,6 +59,47 @@ STORE = click.option("--store", "store_path", type=click.Path(dir_okay=False, pa
                      help="Results database (default: results.sqlite beside the run directories; "
                      "report: $RELAXLAB_STORE or runs/results.sqlite).")
 EPS = click.option("--eps", type=float, default=None, help="l_inf radius in pixel space [0, 1].")
+DEVICE = click.option("--device", default="cpu", show_default=True,
+                      help="Where runs train and certify: cpu, cuda or cuda:N (the runs' ids do not depend on it).")
+
+
+def executor_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--workers``, ``--executor`` and ``--address``: where the runs of the sweep engine execute."""
+    for option in reversed((
+        click.option("--address", default=None,
+                     help="Address of an existing Ray cluster (`ray start --head` prints it)."),
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Runs at the same time (local Ray)."),
+        click.option("--executor", "executor_name", type=click.Choice(["auto", "ray", "inprocess"]),
+                     default="auto", show_default=True, help="auto: Ray when installed, else in-process."),
+    )):
+        command = option(command)
+    return command
+
+
+def start_executor(name: str, workers: int, address: str | None) -> Any:
+    """The executor the options chose; says so when ``--workers`` cannot be honoured without Ray."""
+    from relaxlab.experiments.executors import make_executor
+
+    executor = make_executor(name, workers, address)
+    if name == "auto" and executor.name == "in-process" and workers > 1:
+        click.echo("Ray is not installed: running one run at a time (pip install 'relaxlab[ray]')", err=True)
+    return executor
+
+
+def check_device(device: str) -> str:
+    """``--device`` as torch spells it; a CUDA device on a machine without one is bad input (exit 2)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        fail(f"--device: {error}")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {device}: no CUDA device is available here (torch {torch.__version__}); use --device cpu")
+    if parsed.type not in ("cpu", "cuda"):
+        fail(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    return str(parsed)
 
 
 def check_eps(eps: float, *, maximum: float | None = 1.0) -> float:

@@ -9,11 +9,15 @@ done in the output directory's store are skipped; a failed run is recorded and t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from relaxlab.cli.format import clear_errors, render_table
-from relaxlab.cli.options import QUIET, out_dir_option
+from relaxlab.cli.options import DEVICE, QUIET, check_device, executor_options, out_dir_option, start_executor
+
+if TYPE_CHECKING:
+    from relaxlab.experiments.sweep import SweepSummary
 
 
 class SweepFileError(click.ClickException):
@@ -25,24 +29,8 @@ class SweepFileError(click.ClickException):
 @click.command("sweep")
 @click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
 @out_dir_option("Output directory: one sub-directory per run and results.sqlite (default: runs/<sweep name>).")
-@click.option(
-    "--address", default=None, help="Address of an existing Ray cluster (`ray start --head` prints it)."
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Runs at the same time (local Ray).",
-)
-@click.option(
-    "--executor",
-    "executor_name",
-    type=click.Choice(["auto", "ray", "inprocess"]),
-    default="auto",
-    show_default=True,
-    help="auto: Ray when installed, else in-process.",
-)
+@executor_options
+@DEVICE
 @click.option("--dry-run", is_flag=True, help="List the runs, their ids and status; train nothing.")
 @QUIET
 def sweep_cmd(
@@ -51,12 +39,12 @@ def sweep_cmd(
     address: str | None,
     workers: int,
     executor_name: str,
+    device: str,
     dry_run: bool,
     quiet: bool,
 ) -> None:
     """Train and certify every run of SWEEP_FILE (TOML: [base], [grid], [[runs]], seeds, [certify], [select])."""
     from relaxlab.cli.progress import Phases
-    from relaxlab.experiments.executors import make_executor
     from relaxlab.experiments.sweep import STORE_NAME, SweepError, load_sweep, run_status, run_sweep
     from relaxlab.store import Store
 
@@ -75,21 +63,23 @@ def sweep_cmd(
         click.echo(f"sweep {sweep.name}: {len(rows)} runs -> {out_dir}")
         click.echo(render_table(["id", "status", "run"], rows))
         return
+    device = check_device(device)
     with clear_errors():
-        executor = make_executor(executor_name, workers, address)
-        if executor_name == "auto" and executor.name == "in-process" and workers > 1:
-            click.echo(
-                "Ray is not installed: running one run at a time (pip install 'relaxlab[ray]')", err=True
-            )
+        executor = start_executor(executor_name, workers, address)
         with Phases(quiet=quiet, prefix="sweep: ") as phases:
-            summary = run_sweep(sweep, out_dir, executor, progress=phases.start)
+            summary = run_sweep(sweep, out_dir, executor, progress=phases.start, device=device)
+    finish(f"sweep {sweep.name}", summary, executor.name, f"report: relaxlab report --store {summary.store}")
+
+
+def finish(what: str, summary: SweepSummary, executor: str, last: str) -> None:
+    """The closing lines of a command of the sweep engine: counts, each failure, ``last``; exit 1 on failures."""
     click.echo(
-        f"sweep {sweep.name}: {len(summary.trained)} trained, {len(summary.skipped)} already done, "
-        f"{len(summary.failed)} failed in {summary.seconds:.1f} s ({executor.name}); store {summary.store}"
+        f"{what}: {len(summary.trained)} trained, {len(summary.skipped)} already done, "
+        f"{len(summary.failed)} failed in {summary.seconds:.1f} s ({executor}); store {summary.store}"
     )
     for key, error in summary.failed.items():
         click.echo(f"  failed {key}: {error}")
-    click.echo(f"report: relaxlab report --store {summary.store}")
+    click.echo(last)
     if summary.failed:
         raise SystemExit(1)
 
