@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import networkx as nx
@@ -188,11 +188,23 @@ _EDGE_COLOURS = {"line": "#888888", "case": "#1f77b4", "continuity": "#2ca02c", 
                  "soft": "#9467bd", "interval": "#ff7f0e"}
 
 
-def draw(graph: nx.DiGraph, path: str | Path, *, scope: str = "registered") -> None:
+def draw(
+    graph: nx.DiGraph,
+    path: str | Path,
+    *,
+    scope: str = "registered",
+    nodes: Iterable[str] | None = None,
+    values: Mapping[str, float] | None = None,
+    value_label: str = "",
+) -> None:
     """Draw the genealogy to an image (PNG, SVG, PDF by suffix) with matplotlib.
 
     :param scope: ``"registered"`` draws the relaxations with a registered name (readable);
         ``"all"`` draws every node.
+    :param nodes: draw exactly these nodes (those in the graph) instead of ``scope``.
+    :param values: a number per node (e.g. CR after training): nodes are coloured by it, with
+        a colour bar, and it is printed under the flags; nodes without one are grey.
+    :param value_label: what the values are, for the colour bar.
     """
     if scope not in ("registered", "all"):
         raise ValueError(f"scope must be 'registered' or 'all', got {scope!r}")
@@ -202,7 +214,11 @@ def draw(graph: nx.DiGraph, path: str | Path, *, scope: str = "registered") -> N
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    nodes = [n for n in graph if scope == "all" or graph.nodes[n]["registered"]]
+    if nodes is not None:
+        wanted = set(nodes)
+        nodes = [n for n in graph if n in wanted]
+    else:
+        nodes = [n for n in graph if scope == "all" or graph.nodes[n]["registered"]]
     sub = graph.subgraph(nodes).copy()
     _set_depth(sub)
     layers: dict[int, list[str]] = {}
@@ -228,10 +244,17 @@ def draw(graph: nx.DiGraph, path: str | Path, *, scope: str = "registered") -> N
             "arrowstyle": "-" if same_layer else "-|>", "color": _EDGE_COLOURS[sub.edges[src, dst]["kind"]], "lw": 1.0,
             "alpha": 0.35 if same_layer else 0.8, "shrinkA": 14, "shrinkB": 14,
             "connectionstyle": "arc3,rad=0.25" if same_layer else "arc3,rad=0.05"})
+    shown = {n: v for n, v in (values or {}).items() if n in pos}
+    cmap = matplotlib.colormaps["RdYlGn"]
+    low, high = min(shown.values(), default=0.0), max(shown.values(), default=1.0)
+    norm = matplotlib.colors.Normalize(low, high) if high > low else matplotlib.colors.Normalize(low - 1, high + 1)
     for node, (x, y) in pos.items():
         data = sub.nodes[node]
         face = "gold" if data["base"] else ("#cfe3f7" if data["registered"] else "#eeeeee")
         flags = f"{'✓' if data['continuous'] else '✗'}C {'✗' if data['sensitive'] else '✓'}S"
+        if values is not None:
+            face = cmap(0.15 + 0.7 * norm(shown[node])) if node in shown else "#eeeeee"
+            flags += f"  {shown[node]:.1f}" if node in shown else ""
         text = node if len(node) <= 40 else node[:38] + "…"
         ax.text(x, y, f"{text}\n{flags}", ha="center", va="center", fontsize=8,
                 fontweight="bold" if data["base"] else "normal",
@@ -240,13 +263,20 @@ def draw(graph: nx.DiGraph, path: str | Path, *, scope: str = "registered") -> N
     handles = [Line2D([0], [0], color=c, lw=2, label=k) for k, c in _EDGE_COLOURS.items()]
     ax.legend(handles=handles, loc="upper left", fontsize=8, title="change", frameon=False,
               bbox_to_anchor=(1.0, 1.0))
+    if values is not None:
+        # the colour bar shows the part of the colour map the nodes use (light ends keep labels readable)
+        bar_cmap = matplotlib.colors.ListedColormap(cmap([0.15 + 0.7 * i / 255 for i in range(256)]))
+        bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=bar_cmap), ax=ax, shrink=0.5,
+                           location="left", pad=0.01)
+        bar.set_label(f"{value_label} (grey: none)", fontsize=8)
     xs = [p[0] for p in pos.values()] or [0.0]
     ys = [p[1] for p in pos.values()] or [0.0]
     ax.set_xlim(min(xs) - 1.8, max(xs) + 1.8)
     ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
     ax.set_axis_off()
+    base = "gold" if values is None else "bold"
     ax.set_title("Genealogy of relaxations: column = number of one-line/one-case/family changes from a base "
-                 "relaxation (gold);\nrightmost column: no one-change link", fontsize=9)
+                 f"relaxation ({base});\nrightmost column: no one-change link", fontsize=9)
     fig.tight_layout()
     fig.savefig(str(path), dpi=110)
     plt.close(fig)

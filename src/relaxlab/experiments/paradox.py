@@ -262,12 +262,12 @@ def plot_paradox(rows: Sequence[ParadoxRow], path: str | Path, *, eps: float) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from relaxlab.properties.plotting import flag_legend, flag_style
+
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7.5, 4), dpi=120)
     for index, row in enumerate(sorted(rows, key=lambda r: (r.cr_auc, r.certified))):
-        marker = "o" if row.continuous else "s"
-        color = "tab:green" if not row.sensitive else "tab:red"
-        ax.scatter(row.cr_auc, row.certified, marker=marker, color=color, s=60)
+        ax.scatter(row.cr_auc, row.certified, s=60, **flag_style(row.continuous, row.sensitive))
         # alternate label positions so that neighbouring points stay readable
         offset = (6, 6) if index % 2 == 0 else (6, -14)
         ax.annotate(row.relaxation, (row.cr_auc, row.certified), textcoords="offset points", xytext=offset)
@@ -275,14 +275,7 @@ def plot_paradox(rows: Sequence[ParadoxRow], path: str | Path, *, eps: float) ->
     ax.set_ylabel(f"CR after certified training [%] (ε = {eps:g})")
     n = _n_label(rows)
     ax.set_title(f"CR after certified training against tightness\n{n} test images per CR, ε = {eps:g}", fontsize=9)
-    from matplotlib.lines import Line2D
-
-    def key(marker: str, color: str, text: str) -> Line2D:
-        return Line2D([], [], ls="", marker=marker, color=color, markersize=7, label=text)
-
-    ax.legend(handles=[key("o", "grey", "continuous (✓C)"), key("s", "grey", "discontinuous (✗C)"),
-                       key("o", "tab:green", "not sensitive (✓S)"), key("o", "tab:red", "sensitive (✗S)")],
-              loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8,
+    ax.legend(handles=flag_legend(), loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8,
               title="marker: C, colour: S", title_fontsize=8)
     ax.grid(alpha=0.3)
     ax.margins(0.2)

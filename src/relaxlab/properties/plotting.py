@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from relaxlab.core.relaxation import ReluRelaxation  # noqa: E402
 
@@ -54,3 +55,25 @@ def plot_relaxation(relaxation: ReluRelaxation, path: str | os.PathLike[str]) ->
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+#: How plots of relaxations against a measure show the flags: the marker says continuity (✓C circle,
+#: ✗C square), the colour sensitivity (✓S green, ✗S red); a flag nobody could decide is a grey triangle.
+FLAG_MARKERS = {True: "o", False: "s", None: "^"}
+FLAG_COLOURS = {False: "tab:green", True: "tab:red", None: "tab:grey"}
+
+
+def flag_style(continuous: bool | None, sensitive: bool | None) -> dict[str, str]:
+    """``marker`` and ``color`` of a point for a relaxation with these flags (:data:`FLAG_MARKERS`)."""
+    return {"marker": FLAG_MARKERS[continuous], "color": FLAG_COLOURS[sensitive]}
+
+
+def flag_legend(*, undecided: bool = False) -> list[Line2D]:
+    """Legend entries for every encoding of :func:`flag_style` (``undecided``: also the grey triangle)."""
+
+    def key(marker: str, colour: str, text: str) -> Line2D:
+        return Line2D([], [], ls="", marker=marker, color=colour, markersize=7, label=text)
+
+    handles = [key("o", "grey", "continuous (✓C)"), key("s", "grey", "discontinuous (✗C)"),
+               key("o", "tab:green", "not sensitive (✓S)"), key("o", "tab:red", "sensitive (✗S)")]
+    return [*handles, key("^", "tab:grey", "flag undecided")] if undecided else handles
