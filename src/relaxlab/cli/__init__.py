@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "relaxlab.cli.training_cmds",
     "relaxlab.cli.analysis_cmds",
     "relaxlab.cli.sweep_cmds",
+    "relaxlab.cli.screen_cmds",
     "relaxlab.cli.export_cmds",
 )
 
