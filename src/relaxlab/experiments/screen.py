@@ -727,8 +727,13 @@ def plot_screen(screen: Screen, rows: Sequence[ScreenRow], path: str | Path) -> 
                     capsize=3, linestyle="none", alpha=0.85, **flag_style(c.continuous, c.sensitive))
     front = pareto_front((r.cr_auc, 100 * r.certified.mean) for _, r in shown)  # type: ignore[union-attr]
     if front:
-        xs, ys = zip(*front, strict=True)
-        ax.plot(xs, ys, "--", color="black", linewidth=1, drawstyle="steps-pre" if len(front) > 1 else "default")
+        # the staircase that bounds what the front dominates, from the left of the data to its bottom
+        left = min(r.cr_auc for _, r in shown)  # type: ignore[type-var]
+        bottom = min(100 * r.certified.mean for _, r in shown)  # type: ignore[union-attr]
+        xs = [left, *(x for x, _ in front for _ in (0, 1))]
+        ys = [*(y for _, y in front for _ in (0, 1)), bottom]
+        ax.plot(xs, ys, "--", color="black", linewidth=1, zorder=1)
+        ax.scatter(*zip(*front, strict=True), s=180, facecolors="none", edgecolors="black", linewidths=1)
     # names where they fit, else ranks (the table's #) with the names of the front
     on_front = set(front)
     for index, (rank, row) in enumerate(shown):
@@ -742,7 +747,8 @@ def plot_screen(screen: Screen, rows: Sequence[ScreenRow], path: str | Path) -> 
     handles = [*flag_legend(undecided=undecided),
                Line2D([], [], color="black", marker="|", ls="", markersize=10,
                       label=f"± std over seeds (k = {len(screen.seeds)})"),
-               Line2D([], [], color="black", ls="--", label="Pareto front (no candidate\nboth tighter and certifying more)")]
+               Line2D([], [], color="black", ls="--", marker="o", markerfacecolor="none", markersize=10,
+                      label="Pareto front (no candidate\nboth tighter and certifying more)")]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8,
               title="marker: C, colour: S", title_fontsize=8)
     spec = screen.tightness
