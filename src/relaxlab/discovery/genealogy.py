@@ -255,7 +255,8 @@ def draw(
         if values is not None:
             face = cmap(0.15 + 0.7 * norm(shown[node])) if node in shown else "#eeeeee"
             flags += f"  {shown[node]:.1f}" if node in shown else ""
-        text = node if len(node) <= 40 else node[:38] + "…"
+        suffix = " (R)" if node.endswith(" (R)") else ""  # shortened names keep their family mark
+        text = node if len(node) <= 40 else node[: 38 - len(suffix)] + "…" + suffix
         ax.text(x, y, f"{text}\n{flags}", ha="center", va="center", fontsize=8,
                 fontweight="bold" if data["base"] else "normal",
                 bbox={"boxstyle": "round,pad=0.3", "facecolor": face,

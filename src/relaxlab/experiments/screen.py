@@ -489,7 +489,8 @@ def measure_tightness(
     device: str = "cpu",
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
 ) -> dict[str, float]:
-    """CR-AUC of every candidate on the natural network; each recorded (kind ``tightness``) and reused.
+    """CR-AUC of every candidate on the natural network; each recorded (kind ``tightness``, metric
+    ``cr_auc/<name>`` as ``relaxlab tightness`` writes it, keyed by network, radii and n) and reused.
 
     :return: candidate name -> CR-AUC (empty when the natural network is missing).
     """
@@ -509,7 +510,7 @@ def measure_tightness(
     for name, key in keys.items():
         done = store.runs(kind="tightness", status="done", key=key)
         if done:
-            aucs[name] = store.final_metrics(done[-1].id)["cr_auc"]
+            aucs[name] = store.final_metrics(done[-1].id)[f"cr_auc/{name}"]
     todo = [c for c in screen.candidates if c.name not in aucs]
     if not todo:
         return aucs
@@ -524,7 +525,6 @@ def measure_tightness(
         result = cr_curves(model, images, labels, grid, [get_relaxation(candidate.name)],
                            num_classes=dataset.num_classes, dtype=torch.float32,
                            progress=None if step is None else (lambda: step(1)))
-        curve = result.curves[candidate.name]
         aucs[candidate.name] = result.auc()[candidate.name]
         run_id = store.create_run(
             "tightness",
@@ -533,9 +533,7 @@ def measure_tightness(
              "architecture": config["architecture"], "screen": screen.name},
             name=f"tightness-{candidate.name}", key=keys[candidate.name],
         )
-        for index, (eps, value) in enumerate(zip(grid, curve, strict=True)):
-            store.log_metrics(run_id, index, {"eps": eps, "certified": value})
-        store.log_metrics(run_id, len(grid) - 1, {"cr_auc": aucs[candidate.name]})
+        store.log_metrics(run_id, 0, {f"cr_auc/{candidate.name}": aucs[candidate.name]})  # as relaxlab tightness
         store.finish_run(run_id)
     return aucs
 
@@ -718,7 +716,7 @@ def plot_screen(screen: Screen, rows: Sequence[ScreenRow], path: str | Path) -> 
     from relaxlab.properties.plotting import flag_legend, flag_style
 
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(8.5, 4.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.5, 4.8) if len(rows) <= 10 else (10, 5.6), dpi=120)
     shown = [(rank, r) for rank, r in enumerate(rows, 1) if r.cr_auc is not None and r.certified is not None]
     for _, row in shown:
         c, cr = row.candidate, row.certified
@@ -734,14 +732,14 @@ def plot_screen(screen: Screen, rows: Sequence[ScreenRow], path: str | Path) -> 
         ys = [*(y for _, y in front for _ in (0, 1)), bottom]
         ax.plot(xs, ys, "--", color="black", linewidth=1, zorder=1)
         ax.scatter(*zip(*front, strict=True), s=180, facecolors="none", edgecolors="black", linewidths=1)
-    # names where they fit, else ranks (the table's #) with the names of the front
+    # names where they fit, else the ranks of the table (the front's in bold)
     on_front = set(front)
     for index, (rank, row) in enumerate(shown):
         point = (row.cr_auc, 100 * row.certified.mean)  # type: ignore[union-attr]
         name = row.candidate.name if len(row.candidate.name) <= 30 else row.candidate.name[:28] + "…"
-        text = name if len(shown) <= 10 or point in on_front else str(rank)
         offset = (6, 5) if index % 2 == 0 else (6, -12)
-        ax.annotate(text, point, textcoords="offset points", xytext=offset, fontsize=7)
+        ax.annotate(name if len(shown) <= 10 else str(rank), point, textcoords="offset points", xytext=offset,
+                    fontsize=7, fontweight="bold" if point in on_front else "normal")
 
     undecided = any(r.candidate.continuous is None or r.candidate.sensitive is None for _, r in shown)
     handles = [*flag_legend(undecided=undecided),
@@ -755,7 +753,7 @@ def plot_screen(screen: Screen, rows: Sequence[ScreenRow], path: str | Path) -> 
     ax.set_xlabel(f"tightness: CR-AUC on a naturally trained network (n = {spec.n}, "
                   f"{spec.points} radii in [0, {spec.eps_max:g}])")
     ax.set_ylabel(f"CR after screening training [%] (ε = {screen.sweep.runs[0].eps:g})")
-    labels = "" if len(shown) <= 10 else "; numbers: rank in screen.md"
+    labels = "" if len(shown) <= 10 else "; numbers: rank in screen.md (bold: on the front)"
     ax.set_title(f"Screen {screen.name}: CR against tightness, {len(shown)} of {len(rows)} candidates\n"
                  f"CR with its own relaxation on {_images(screen)}, ε = {screen.sweep.runs[0].eps:g}{labels}", fontsize=9)
     ax.grid(alpha=0.3)

@@ -113,7 +113,7 @@ def test_table_has_every_column_and_aggregates_the_stores_records(screened: Any)
             assert row.seconds is not None and row.seconds.mean == pytest.approx(statistics.fmean(seconds))
             assert all(s > 0 for s in seconds)  # the record spans the run: created when it started
             tightness = store.runs(kind="tightness", status="done")
-            auc = [store.final_metrics(t.id)["cr_auc"] for t in tightness
+            auc = [store.final_metrics(t.id)[f"cr_auc/{row.candidate.name}"] for t in tightness
                    if t.config["relaxation"] == row.candidate.name]
             assert row.cr_auc == pytest.approx(auc[0]) and row.seeds == (0, 1) and row.failed == 0
     markdown = (out / "screen.md").read_text()
