@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from relaxlab.core.relaxer import RelaxationTensors, Relaxer
+from relaxlab.engine import patches as patch_path
 from relaxlab.engine.network import (
     AffineLayer,
     ConvLayer,
@@ -69,7 +70,13 @@ Mode = Literal["auto", "backsub", "interval", "fast"]
 
 
 def _matvec(coef: Tensor, vector: Tensor) -> Tensor:
-    """``(B, S, *shape) · (B, *shape) -> (B, S)``: one batched matrix-vector product."""
+    """``(B, S, *shape) · (B, *shape) -> (B, S)``: one batched matrix-vector product.
+
+    Rows shared by the batch (``(1, S, *shape)``) take one matrix product, written out: a
+    broadcasting ``matmul`` picks its kernel by the grad mode, and the bounds must not.
+    """
+    if coef.shape[0] == 1 and vector.shape[0] != 1:
+        return vector.flatten(1) @ coef[0].flatten(1).T
     return (coef.flatten(2) @ vector.flatten(1).unsqueeze(-1)).squeeze(-1)
 
 
@@ -107,7 +114,9 @@ def _relu_backward(coef: Tensor, bias: Tensor, lines: RelaxationTensors) -> tupl
     lower_slope, upper_slope = lines.lower_slope, lines.upper_slope
     lower_offset, upper_offset = lines.lower_offset, lines.upper_offset
     same_slopes = lower_slope is upper_slope
-    inplace = not torch.is_grad_enabled()
+    # Rows shared by the whole batch (shape (1, S, n)) broadcast against the lines; the in-place
+    # update needs rows of the full batch.
+    inplace = not torch.is_grad_enabled() and coef.shape[0] == lower_slope.shape[0]
     # Split on the side whose offset is non-zero (CROWN: upper offsets only, so neg).
     use_neg = "lower_offset" in zeros and "upper_offset" not in zeros
     if "lower_offset" in zeros and "upper_offset" in zeros:
@@ -133,6 +142,8 @@ def _relu_backward(coef: Tensor, bias: Tensor, lines: RelaxationTensors) -> tupl
     # The same operations in both branches, so that bounds do not depend on the grad mode.
     if inplace:
         return split.mul_(difference).addcmul_(coef, base.unsqueeze(1)), bias
+    if not torch.is_grad_enabled():  # rows shared by the batch: the product is the first full tensor
+        return (split * difference).addcmul_(coef, base.unsqueeze(1)), bias
     return torch.addcmul(split * difference, coef, base.unsqueeze(1)), bias
 
 
@@ -237,11 +248,14 @@ def _rows_lower(
 
 
 def _identity_rows(like: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Rows ``[I; -I]`` over the neurons of ``shape``, as ``(B, 2n, *shape)`` (a broadcast view)."""
+    """Rows ``[I; -I]`` over the neurons of ``shape``, as ``(1, 2n, *shape)``.
+
+    One copy for the whole batch: the affine layers before the first ReLU step pull back the
+    same rows for every example, and that step broadcasts them against each example's lines.
+    """
     n = math.prod(shape)
     eye = torch.eye(n, dtype=like.dtype, device=like.device)
-    both = torch.cat([eye, -eye], dim=0).reshape(2 * n, *shape)
-    return both.unsqueeze(0).expand(like.shape[0], *both.shape)
+    return torch.cat([eye, -eye], dim=0).reshape(1, 2 * n, *shape)
 
 
 def _segment_box(
@@ -279,6 +293,67 @@ def _segment_box(
     return bounds[:, :n].reshape(-1, *out_shape), -bounds[:, n:].reshape(-1, *out_shape)
 
 
+def _split_rows(bounds: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Bounds ``(l, u)`` of the neurons of ``shape`` from the lower bounds of the rows ``[I; -I]``."""
+    n = math.prod(shape)
+    return bounds[:, :n].reshape(-1, *shape), -bounds[:, n:].reshape(-1, *shape)
+
+
+def _stable_reference(
+    segments: Sequence[Sequence[AffineLayer]],
+    index: int,
+    previous: tuple[Tensor, Tensor],
+    relaxation: Relaxer,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Interval bounds of the neurons of ``segments[index]`` and which of them need no rows.
+
+    The box ``[relu(l), relu(u)]`` holds the previous ReLU's outputs whatever the relaxation, and
+    the segment's exact interval image of it bounds the neurons soundly. A neuron needs no row
+    when these bounds prove it stable in every example and the relaxation's lines there are the
+    ReLU itself. ``None`` when the reference would cost a backsubstitution of its own (a
+    segment with more than one non-diagonal layer).
+    """
+    if sum(not layer.is_diagonal for layer in segments[index]) > 1:
+        return None
+    ref_lower, ref_upper = _segment_box(segments, index, previous[0].relu(), previous[1].relu(), None, 1)
+    with torch.no_grad():
+        got = _relaxation_lines(relaxation, ref_lower.detach(), ref_upper.detach())
+        zero = [value == 0 for value in got.tensors]
+        negative = (ref_upper <= 0) & zero[0] & zero[1] & zero[2] & zero[3]
+        one = [got.lower_slope == 1, got.upper_slope == 1]
+        positive = (ref_lower >= 0) & one[0] & zero[1] & one[1] & zero[3]
+        skip = (negative | positive).flatten(1).all(dim=0)
+    return ref_lower, ref_upper, skip
+
+
+def _sparse_box(
+    segments: Sequence[Sequence[AffineLayer]],
+    lines: Sequence[RelaxationTensors],
+    index: int,
+    shape: tuple[int, ...],
+    reference: tuple[Tensor, Tensor, Tensor],
+    lower: Tensor,
+    upper: Tensor,
+    chunk_size: int | None,
+    max_elements: int,
+) -> tuple[Tensor, Tensor]:
+    """Bounds of the neurons of ``segments[index]``: rows for the neurons ``reference`` keeps,
+    its interval bounds for the others."""
+    ref_lower, ref_upper, skip = reference
+    keep = (~skip).nonzero().squeeze(1)
+    kept = keep.numel()
+    if kept == 0:
+        return ref_lower, ref_upper
+    eye = torch.eye(math.prod(shape), dtype=lower.dtype, device=lower.device)[keep]
+    rows = torch.cat([eye, -eye], dim=0).reshape(1, 2 * kept, *shape)
+    widest = _widest(segments, index, 0, math.prod(lower.shape[1:]))
+    chunk = _chunk_rows(lower.shape[0], widest, chunk_size, max_elements)
+    bounds = _rows_lower(segments, lines, index, 0, rows, lower, upper, chunk, elide=True)
+    pre_lower = ref_lower.flatten(1).index_copy(1, keep, bounds[:, :kept])
+    pre_upper = ref_upper.flatten(1).index_copy(1, keep, -bounds[:, kept:])
+    return pre_lower.reshape(ref_lower.shape), pre_upper.reshape(ref_upper.shape)
+
+
 def _relaxation_lines(relaxation: Relaxer, lower: Tensor, upper: Tensor) -> RelaxationTensors:
     """The relaxation's lines at ``[lower, upper]``, with its optional hints."""
     got = relaxation.coefficients(lower, upper)
@@ -308,6 +383,8 @@ def intermediate_bounds(
     mode: Mode = "auto",
     chunk_size: int | None = None,
     max_elements: int | None = None,
+    patches: bool = True,
+    sparse: bool = False,
 ) -> tuple[list[tuple[Tensor, Tensor]], list[RelaxationTensors]]:
     """Pre-activation bounds and relaxation lines of every ReLU layer.
 
@@ -317,6 +394,17 @@ def intermediate_bounds(
     :param mode: ``"auto"`` (from the relaxation), or force ``"backsub"`` / ``"interval"``
         for the intermediate bounds (``"fast"`` behaves as ``"interval"`` here but takes the
         lines' offsets as the box after each ReLU).
+    :param patches: backsubstitute the neurons of a convolution in patches where the layers
+        allow it (:mod:`relaxlab.engine.patches`; the same numbers up to rounding).
+    :param sparse: with backsubstitution, skip the rows of neurons that interval arithmetic from
+        the previous ReLU's bounds proves stable for every example of the batch *and* whose lines
+        there are the ReLU itself (``y = 0`` or ``y = x``); they keep the interval bounds. Only
+        neurons whose stable-case lines read nothing of ``l, u`` are skipped, so the result
+        equals the full computation whenever backsubstitution would also have found them
+        stable; otherwise the exact ReLU replaces a relaxed one (other numbers, still sound: seen
+        for App. H relaxations whose backsubstitution is looser than intervals, e.g. CROWN-0-C).
+        The skipped neurons' own bounds are the (looser) interval ones. Off by default: the
+        relaxation's bounds as defined; an option for speed where many neurons are stable.
     :return: ``[(l, u)]`` with shapes ``(B, *relu_shape)`` and the lines at those bounds, one per ReLU.
     """
     net = _as_network(network, lower)
@@ -337,13 +425,25 @@ def intermediate_bounds(
             )
         else:
             shape = segments[index][-1].out_shape if segments[index] else net.relus[index - 1].out_shape
-            n = math.prod(shape)
-            rows = _identity_rows(lower, shape)
-            widest = _widest(segments, index, 0, input_numel)
-            chunk = _chunk_rows(lower.shape[0], widest, chunk_size, max_elements)
-            bounds = _rows_lower(segments, lines, index, 0, rows, lower, upper, chunk, elide=True)
-            pre_lower = bounds[:, :n].reshape(-1, *shape)
-            pre_upper = -bounds[:, n:].reshape(-1, *shape)
+            use_patches = patches and patch_path.applies(segments, index, 0)
+            reference = (
+                _stable_reference(segments, index, boxes[-1], relaxation) if sparse and not use_patches else None
+            )
+            if use_patches:  # all rows in patches cost less than the unstable rows as full maps
+                bounds = patch_path.patch_bounds(
+                    segments, lines, index, 0, lower, upper, max_elements, _relu_backward, _concretize
+                )
+                pre_lower, pre_upper = _split_rows(bounds, shape)
+            elif reference is not None and bool(reference[2].any()):
+                pre_lower, pre_upper = _sparse_box(
+                    segments, lines, index, shape, reference, lower, upper, chunk_size, max_elements
+                )
+            else:
+                rows = _identity_rows(lower, shape)
+                widest = _widest(segments, index, 0, input_numel)
+                chunk = _chunk_rows(lower.shape[0], widest, chunk_size, max_elements)
+                bounds = _rows_lower(segments, lines, index, 0, rows, lower, upper, chunk, elide=True)
+                pre_lower, pre_upper = _split_rows(bounds, shape)
         relu_lines = _relaxation_lines(relaxation, pre_lower, pre_upper)
         _check_lines(relu_lines, pre_lower, relaxation.name, index)
         boxes.append((pre_lower, pre_upper))
@@ -419,6 +519,8 @@ def bound_network(
     chunk_size: int | None = None,
     max_elements: int | None = None,
     lower_only: bool = False,
+    patches: bool = True,
+    sparse: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Sound lower and upper bounds of ``C·f(x)`` for all ``x`` in ``[lower, upper]``.
 
@@ -440,6 +542,9 @@ def bound_network(
         cache-sized chunks are faster, ``2^26`` elsewhere) and ``2^26`` for the final one.
     :param lower_only: skip the upper bounds of the final specification (half the work of
         the final pass); ``ub`` is then ``+inf``, a trivially sound upper bound.
+    :param patches: see :func:`intermediate_bounds`.
+    :param sparse: see :func:`intermediate_bounds` (only the lines of the skipped neurons reach
+        the result, and they are the ReLU itself).
     :return: ``(lb, ub)``, each ``(B, S)``.
     """
     net = _as_network(network, lower)
@@ -450,7 +555,8 @@ def bound_network(
     resolved = _resolve_mode(relaxation, mode)
     _check_chunking(chunk_size, max_elements)
     boxes, lines = intermediate_bounds(
-        net, lower, upper, relaxation, mode=resolved, chunk_size=chunk_size, max_elements=max_elements
+        net, lower, upper, relaxation, mode=resolved, chunk_size=chunk_size, max_elements=max_elements,
+        patches=patches, sparse=sparse,
     )
     segments = net.segments
     last = len(segments) - 1
