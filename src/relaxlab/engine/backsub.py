@@ -98,6 +98,18 @@ def _segment_backward(segment: Sequence[AffineLayer], coef: Tensor, bias: Tensor
 
 
 def _relu_backward(coef: Tensor, bias: Tensor, lines: RelaxationTensors) -> tuple[Tensor, Tensor]:
+    """Pull lower-bound rows back through a ReLU with the relaxation's lines (:func:`_relu_step`).
+
+    Under autograd the step is one :class:`_ReluStep` node: it saves the rows and the lines and
+    nothing else, and writes its gradient in a few fused passes (instead of saving the sign split
+    and a product of the rows' size, and taking one pass per elementary operation).
+    """
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _ReluStep.apply(coef, bias, *lines.tensors, lines.zeros)
+    return _relu_step(coef, bias, lines)
+
+
+def _relu_step(coef: Tensor, bias: Tensor, lines: RelaxationTensors) -> tuple[Tensor, Tensor]:
     """Pull lower-bound rows back through a ReLU with the relaxation's lines.
 
     To *lower*-bound ``coef·y``, a positive coefficient takes the lower line of ``y``
@@ -145,6 +157,122 @@ def _relu_backward(coef: Tensor, bias: Tensor, lines: RelaxationTensors) -> tupl
     if not torch.is_grad_enabled():  # rows shared by the batch: the product is the first full tensor
         return (split * difference).addcmul_(coef, base.unsqueeze(1)), bias
     return torch.addcmul(split * difference, coef, base.unsqueeze(1)), bias
+
+
+class _ReluStep(torch.autograd.Function):
+    """:func:`_relu_step` as one autograd node, with its gradient written out.
+
+    With ``A`` the slope every row takes, ``D`` the slope difference on the split side (rows
+    ``split = coef·[side]``), ``a`` the offset every row takes and ``d`` the offset difference on
+    the split side (each possibly absent), the step is
+    ``new = coef·A + split·D`` and ``bias' = bias + Σ coef·a + Σ split·d``, so
+
+    - ``∂coef = g·A + [side]·(g·D + g_b·d) + g_b·a``;
+    - ``∂A = Σ_rows g·coef``, ``∂D = Σ_rows g·split``, ``∂a = Σ_rows g_b·coef``, ``∂d = Σ_rows g_b·split``,
+
+    mapped back to the four coefficients of the lines. The side's mask is ``coef >= 0`` (``<= 0``),
+    the subgradient ``clamp`` takes. The forward pass is :func:`_relu_step` itself (the same
+    numbers as without autograd, bitwise).
+    """
+
+    @staticmethod
+    def forward(ctx, coef, bias, lower_slope, lower_offset, upper_slope, upper_offset, zeros):  # type: ignore[override]
+        lines = RelaxationTensors(lower_slope, lower_offset, upper_slope, upper_offset, zeros)
+        new, new_bias = _relu_step(coef, bias, lines)
+        ctx.save_for_backward(coef, lower_slope, lower_offset, upper_slope, upper_offset)
+        ctx.zeros = zeros
+        ctx.shared_bias = bias.shape[0] != new_bias.shape[0]
+        return new, new_bias
+
+    @staticmethod
+    def backward(ctx, grad_new, grad_bias):  # type: ignore[override]
+        coef, lower_slope, lower_offset, upper_slope, upper_offset = ctx.saved_tensors
+        zeros, rows_shape, shape = ctx.zeros, coef.shape, lower_slope.shape
+        # Work on flat rows (N, G, K) and flat lines (N, K).
+        flat = [t.flatten(1) for t in (lower_slope, lower_offset, upper_slope, upper_offset)]
+        for later in range(4):  # keep "the same tensor" where the lines share one
+            for earlier in range(later):
+                if (lower_slope, lower_offset, upper_slope, upper_offset)[later] is (
+                    lower_slope, lower_offset, upper_slope, upper_offset
+                )[earlier]:
+                    flat[later] = flat[earlier]
+                    break
+        inputs = (lower_slope, lower_offset, upper_slope, upper_offset)
+        lower_slope, lower_offset, upper_slope, upper_offset = flat
+        coef, grad_new = coef.flatten(2), grad_new.flatten(2)
+        same_slopes = lower_slope is upper_slope
+        use_neg = "lower_offset" in zeros and "upper_offset" not in zeros
+        # The roles, as _relu_step assigns them: (tensor, coefficient names it stands for with signs).
+        if "lower_offset" in zeros and "upper_offset" in zeros:
+            every_offset, split_offset = None, None
+        elif same_slopes and lower_offset is upper_offset:
+            every_offset, split_offset = ((upper_offset, ((3, 1.0),)), None)
+        elif use_neg:
+            every_offset, split_offset = None, (upper_offset, ((3, 1.0),))
+        elif "upper_offset" in zeros:
+            every_offset, split_offset = None, (lower_offset, ((1, 1.0),))
+        else:
+            every_offset = (upper_offset, ((3, 1.0),))  # a = b_u, d = b_l - b_u
+            split_offset = (lower_offset - upper_offset, ((1, 1.0), (3, -1.0)))
+        if same_slopes:
+            every_slope, split_slope = (lower_slope, ((0, 1.0),)), None
+        elif use_neg:  # A = λ_l, D = λ_u - λ_l
+            every_slope, split_slope = (lower_slope, ((0, 1.0),)), (upper_slope - lower_slope, ((2, 1.0), (0, -1.0)))
+        else:  # A = λ_u, D = λ_l - λ_u
+            every_slope, split_slope = (upper_slope, ((2, 1.0),)), (lower_slope - upper_slope, ((0, 1.0), (2, -1.0)))
+        rows_grad = grad_new is not None
+        bias_grad = grad_bias.unsqueeze(-1)  # (N, G, 1)
+        needs_split = split_slope is not None or split_offset is not None
+        mask = (coef <= 0 if use_neg else coef >= 0) if needs_split else None
+        # ∂coef, in place on one tensor of the rows' size.
+        if rows_grad and split_slope is not None:
+            grad_coef = grad_new * split_slope[0].unsqueeze(1)
+            if split_offset is not None:
+                grad_coef.addcmul_(bias_grad, split_offset[0].unsqueeze(1))
+        elif split_offset is not None:
+            grad_coef = bias_grad * split_offset[0].unsqueeze(1)
+        else:
+            grad_coef = None
+        if grad_coef is not None:
+            grad_coef.mul_(mask)
+        if rows_grad:
+            term = grad_new * every_slope[0].unsqueeze(1)
+            grad_coef = term if grad_coef is None else grad_coef.add_(term)
+        if every_offset is not None:
+            term = bias_grad * every_offset[0].unsqueeze(1)
+            grad_coef = term if grad_coef is None else grad_coef.add_(term)
+        if grad_coef is not None and grad_coef.shape != coef.shape:  # rows shared by the batch
+            grad_coef = grad_coef.sum(0, keepdim=True)
+        if grad_coef is not None:
+            grad_coef = grad_coef.reshape(rows_shape)
+        # Gradients of the four coefficients (summed over the rows).
+        grads: list[Tensor | None] = [None, None, None, None]
+
+        def add(roles: tuple[int, float], value: Tensor) -> None:
+            for index, sign in roles:
+                part = value if sign == 1.0 else -value
+                grads[index] = part if grads[index] is None else grads[index] + part
+
+        if rows_grad:
+            product = grad_new * coef  # (N, G, K)
+            add(every_slope[1], product.sum(1))
+            if split_slope is not None:
+                add(split_slope[1], product.mul_(mask).sum(1))
+        if every_offset is not None:
+            add(every_offset[1], (grad_bias.unsqueeze(1) @ coef.expand(grad_bias.shape[0], *coef.shape[1:])).squeeze(1))
+        if split_offset is not None:
+            split = coef * mask
+            add(split_offset[1], (grad_bias.unsqueeze(1) @ split.expand(grad_bias.shape[0], *split.shape[1:])).squeeze(1))
+        grads = [None if g is None else g.reshape(shape) for g in grads]
+        # A tensor passed for two coefficients (equal lines) gets its gradient once.
+        for later in range(4):
+            for earlier in range(later):
+                if inputs[later] is inputs[earlier] and grads[later] is not None:
+                    grads[earlier] = grads[later] if grads[earlier] is None else grads[earlier] + grads[later]
+                    grads[later] = None
+                    break
+        grad_rest = grad_bias.sum(0, keepdim=True) if ctx.shared_bias else grad_bias
+        return (grad_coef, grad_rest, *grads, None)
 
 
 def _pull_back(
