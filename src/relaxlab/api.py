@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from relaxlab.core.relaxation import ReluRelaxation
 from relaxlab.core.relaxer import Relaxer, check_relaxer
-from relaxlab.engine import bounds as engine_bounds
 from relaxlab.properties.soundness import check_soundness
 from relaxlab.registry import Registry, UnsoundRelaxationError, build_registry
 
@@ -90,4 +89,6 @@ def compute_bounds(
 
     :param options: ``lower_only``, ``mode``, ``chunk_size``, ``max_elements`` (see the engine's).
     """
+    from relaxlab.engine import bounds as engine_bounds  # torch: names resolve without it
+
     return engine_bounds.compute_bounds(model, x, eps, get_relaxation(relaxation), C, domain, **options)

@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from attrs import evolve, field, frozen, validators
 
-from relaxlab.core import evaluate
-from relaxlab.core.evaluate import plan_of
 from relaxlab.core.expr import BOUND_VARIABLES, Const, Expr, ExprLike, as_expr
 from relaxlab.core.stability import Stability
 
@@ -244,6 +242,8 @@ class ReluRelaxation:
         Backsubstitution then stops at every ReLU and equals interval
         arithmetic, so the engine may take its interval fast path.
         """
+        from relaxlab.core.evaluate import plan_of
+
         return plan_of(self).is_interval
 
     @property
@@ -272,10 +272,14 @@ class ReluRelaxation:
     # -- evaluation ---------------------------------------------------------
     def transform_bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them)."""
+        from relaxlab.core import evaluate  # with torch: a spec is plain data until it meets tensors
+
         return evaluate.transform_bounds(self, lower, upper)
 
     def coefficients(self, lower: Tensor, upper: Tensor) -> RelaxationTensors:
         """The lines at raw pre-activation bounds (see :func:`relaxlab.core.evaluate.coefficients`)."""
+        from relaxlab.core import evaluate
+
         return evaluate.coefficients(self, lower, upper)
 
     def __str__(self) -> str:
