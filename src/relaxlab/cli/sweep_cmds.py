@@ -92,6 +92,3 @@ def sweep_cmd(
     click.echo(f"report: relaxlab report --store {summary.store}")
     if summary.failed:
         raise SystemExit(1)
-
-
-COMMANDS = [sweep_cmd]

@@ -333,6 +333,3 @@ def paradox_cmd(out_dir: Path, eps: float, quick: bool, seed: int, threads: int 
     click.echo(
         f"plots: {out_dir / 'tightness.png'}, {out_dir / 'paradox.png'}; store: {out_dir / STORE_NAME}"
     )
-
-
-COMMANDS = [train_cmd, certify_cmd, tightness_cmd, report_cmd, paradox_cmd]
