@@ -17,7 +17,13 @@ For logits ``z`` and label ``y``, ``CE(z, y) = log S`` with ``S = sum_j exp(m_j)
    ``sum_j exp(m_j - s) <= exp(-s) + c·z + sum_{j != y} (exp(u_j - s) - a_j u_j)`` with the one row
    ``c = sum_{j != y} a_j (e_j - e_y)`` over the logits (``a_j >= 0``).
 4. **One row.** The upper bound of ``c·z`` over the box is ``bound_network`` with ``C = -c`` (one
-   row per example, lower bound only), through the relaxation's own backsubstitution.
+   row per example, lower bound only), through the relaxation's own backsubstitution. For an
+   interval relaxation, whose backsubstitution stops at the last ReLU (the engine's fast path),
+   the row is pulled back through the layers after it only, from the box of step 1.
+
+Cost: the relaxation's intermediate bounds are computed once for step 1 and, for a relaxation
+that backsubstitutes the final row (CROWN-IBP (R)), once more inside ``bound_network`` (an
+interval pass: the engine has no entry point that takes intermediate bounds already computed).
 
 The bound is ``s + log max(S', exp(-s))`` with ``S'`` the right-hand side above: ``S' >= exp(-s)``
 holds in exact arithmetic (``S >= exp(m_y) = 1``), so the maximum only guards the logarithm
@@ -139,7 +145,12 @@ def fused_ce_bound(
     others = other_classes(labels, num_classes)
     row = slope.new_zeros(labels.shape[0], num_classes).scatter(1, others, slope)
     row = row - F.one_hot(labels, num_classes).to(slope.dtype) * slope.sum(dim=1, keepdim=True)
-    lb, _ = bound_network(network, lower, upper, relaxation, C=-row.unsqueeze(1), lower_only=True)
+    if relaxation.is_interval:
+        # what bound_network's interval fast path does: the row meets the box after the last ReLU
+        # (the one found above), so only the layers after it are pulled back, and not run twice
+        lb, _ = bound_network(tail, box_lower, box_upper, relaxation, C=-row.unsqueeze(1), lower_only=True)
+    else:
+        lb, _ = bound_network(network, lower, upper, relaxation, C=-row.unsqueeze(1), lower_only=True)
     floor = torch.exp(-shift)
     total = floor + constant - lb[:, 0]
     return shift + torch.log(torch.maximum(total, floor))
