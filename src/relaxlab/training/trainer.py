@@ -3,7 +3,9 @@
 :func:`train` runs a :class:`~relaxlab.training.config.TrainConfig`: it seeds torch, builds the
 architecture, iterates over the training data in an order drawn from a seeded
 ``torch.Generator``, and minimises ``kappa * CE(natural) + (1 - kappa) * CE(worst case) + l1 |W|``
-with Adam under the warm-up / ramp-up schedule. After every epoch it writes an atomic checkpoint
+with Adam under the warm-up / ramp-up schedule (optionally with the gradient of the loss smoothed
+in weight space, :mod:`relaxlab.training.smoothing`, and the robust term fused,
+:mod:`relaxlab.engine.fusion`). After every epoch it writes an atomic checkpoint
 (model, optimizer, both RNG states, history), logs the epoch's metrics to the results store, and
 can be resumed from that checkpoint to exactly the result of an uninterrupted run (same thread
 count and device).
