@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -10,6 +13,14 @@ from hypothesis import HealthCheck, settings
 
 from relaxlab.properties.soundness import check_soundness
 from relaxlab.registry import Registry, build_registry
+
+# The verdict cache (relaxlab.properties.cache) of the whole session, subprocesses included, is a
+# fresh directory: the suite never reads or writes ~/.cache, and starts cold. Set before any test
+# module builds a registry; removed at exit.
+_CACHE_DIR = tempfile.mkdtemp(prefix="relaxlab-test-cache-")
+os.environ["RELAXLAB_CACHE_DIR"] = _CACHE_DIR
+os.environ.pop("RELAXLAB_NO_CACHE", None)
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 
 # Deterministic in CI; `RELAXLAB_HYPOTHESIS_PROFILE=explore` searches much harder locally.
 settings.register_profile(

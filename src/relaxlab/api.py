@@ -4,7 +4,8 @@ Everything below this module takes objects and is wired by its caller; this modu
 wiring once for the user:
 
 - :func:`get_registry` builds the registry of all installed plugins with the soundness check
-  of :mod:`relaxlab.properties.soundness` (the registry itself takes the check as an argument);
+  of :mod:`relaxlab.properties` (the prover's verdict, kept in the verdict cache of
+  :mod:`relaxlab.properties.cache`; the registry itself takes the check as an argument);
 - :func:`get_relaxation` and :func:`select_relaxations` resolve what a user typed, refusing
   relaxations that failed the check;
 - :func:`compute_bounds` is :func:`relaxlab.engine.compute_bounds` with registered names
@@ -19,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from relaxlab.core.relaxation import ReluRelaxation
 from relaxlab.core.relaxer import Relaxer, check_relaxer
-from relaxlab.engine import bounds as engine_bounds
-from relaxlab.properties.soundness import check_soundness
+from relaxlab.properties import check_soundness_cached
 from relaxlab.registry import Registry, UnsoundRelaxationError, build_registry
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def get_registry(*, refresh: bool = False) -> Registry:
     """The process-wide registry (built on first use, soundness-checked; ``refresh=True`` rebuilds it)."""
     global _REGISTRY
     if _REGISTRY is None or refresh:
-        _REGISTRY = build_registry(check=check_soundness)
+        _REGISTRY = build_registry(check=check_soundness_cached)
     return _REGISTRY
 
 
@@ -47,7 +47,7 @@ def register_relaxation(relaxation: ReluRelaxation, source: str = "runtime") -> 
 
     :raises UnsoundRelaxationError: the soundness check refutes it (the reason is in the message).
     """
-    get_registry().relaxations.register(relaxation, source, check=check_soundness)
+    get_registry().relaxations.register(relaxation, source, check=check_soundness_cached)
 
 
 def get_relaxation(relaxation: str | Relaxer, *, allow_unsound: bool = False) -> Any:
@@ -90,4 +90,6 @@ def compute_bounds(
 
     :param options: ``lower_only``, ``mode``, ``chunk_size``, ``max_elements`` (see the engine's).
     """
+    from relaxlab.engine import bounds as engine_bounds  # torch: names resolve without it
+
     return engine_bounds.compute_bounds(model, x, eps, get_relaxation(relaxation), C, domain, **options)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import attrs
 
 from relaxlab.hookspecs import hookimpl
-from relaxlab.nn import Normalize, ResidualBlock
 
 if TYPE_CHECKING:
     from torch import nn
@@ -57,6 +56,7 @@ class Architecture:
         """
         from torch import nn
 
+        from relaxlab.nn import Normalize
 
         shape = tuple(int(s) for s in input_shape)
         if len(shape) != 3 or min(shape) < 1:
@@ -150,6 +150,7 @@ def _resnet_small(input_shape: tuple[int, int, int], num_classes: int) -> list[n
     """CONV 16 3x3 + BN, two residual blocks (16, then 32 with stride 2), AvgPool 2, FC 100, FC classes."""
     from torch import nn
 
+    from relaxlab.nn import ResidualBlock
 
     channels, height, width = input_shape
     for stride in (1, 1, 2):

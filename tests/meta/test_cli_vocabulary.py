@@ -7,7 +7,8 @@ import pytest
 
 from relaxlab.cli import cli
 
-COMMANDS = sorted(cli.commands.items())
+_CONTEXT = click.Context(cli)
+COMMANDS = [(name, cli.get_command(_CONTEXT, name)) for name in cli.list_commands(_CONTEXT)]
 
 
 def _options(command: click.Command) -> list[click.Option]:

@@ -3,8 +3,8 @@
 The import graph of ``src/relaxlab`` is built from the source (``ast``), with three kinds of
 edges: module-level imports, function-local imports (including those under
 ``TYPE_CHECKING``), and module names given as strings (the built-in plugin list, the CLI's
-command modules, the facade's lazy names). Each module belongs to a layer of :data:`LAYERS`;
-an edge into a later layer, or a cycle between packages, fails the test.
+``"module:attribute"`` command table, the facade's lazy names). Each module belongs to a layer
+of :data:`LAYERS`; an edge into a later layer, or a cycle between packages, fails the test.
 ``docs/architecture.md`` draws the same layers.
 """
 
@@ -84,8 +84,10 @@ def import_edges(src: Path) -> list[tuple[str, str, str]]:
                         continue
                     else:
                         targets.append((base, "import"))
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value and node.value in modules:
-                targets = [(node.value, "string")]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value:
+                named = node.value.partition(":")[0]  # "module" or "module:attribute" (the CLI's command table)
+                if named in modules:
+                    targets = [(named, "string")]
             for target, how in targets:
                 if target == "relaxlab" or target.startswith("relaxlab."):
                     edges.append((name, target, how))
@@ -142,6 +144,8 @@ def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
     ({"relaxlab/engine/planted.py": "import relaxlab.training.loss\n"}, "relaxlab.engine.planted -> relaxlab.training"),
     ({"relaxlab/relaxations/planted.py": "PLUGINS = ('relaxlab.experiments.paradox',)\n"},
      "relaxlab.relaxations.planted -> relaxlab.experiments.paradox (string)"),
+    ({"relaxlab/core/planted.py": "COMMAND = 'relaxlab.cli.registry_cmds:list_command'\n"},
+     "relaxlab.core.planted -> relaxlab.cli.registry_cmds (string)"),
     ({"relaxlab/properties/planted.py": "from relaxlab import get_registry\n"},
      "relaxlab.properties.planted -> relaxlab (import)"),
     ({"relaxlab/stray.py": ""}, "in no layer"),

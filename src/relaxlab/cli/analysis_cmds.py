@@ -243,6 +243,3 @@ def tracking_plot_cmd(run_ids: tuple[int, ...], store_path: Path, out: Path) -> 
                    f"{sum(v for _, v in share) / max(len(share), 1):.2f}, mean log-sensitivity "
                    f"{sum(v for _, v in logs) / max(len(logs), 1):.3f}")
     click.echo(f"wrote {path}")
-
-
-COMMANDS = [landscape_cmd, continuity_cmd, sensitivity_cmd, gd_experiment_cmd, tracking_plot_cmd]

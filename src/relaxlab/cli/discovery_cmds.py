@@ -109,6 +109,3 @@ def discover_command(families: tuple[str, ...], as_json: bool, graph_path: str |
         click.echo(f"wrote the genealogy drawing to {graph_path}")
     if register:
         click.echo(f"registered {len(registered)} relaxations in this process")
-
-
-COMMANDS = [discover_command]

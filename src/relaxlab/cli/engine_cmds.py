@@ -206,6 +206,3 @@ def bounds_command(
         count = sum(record["certified"] for record in records)
         click.echo(f"certified: {count}/{len(records)} (every margin lower bound above the tolerance "
                    "of relaxlab.engine.spec.is_certified)")
-
-
-COMMANDS = [bounds_command]

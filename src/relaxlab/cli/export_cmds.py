@@ -64,6 +64,3 @@ def export_cmd(
             rows.append(f"{onnx_path.resolve()},{path.resolve()},{timeout:g}")
         (vnnlib_dir / "instances.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
         click.echo(f"wrote {len(rows)} properties (eps {run_eps:g}) and instances.csv to {vnnlib_dir}")
-
-
-COMMANDS = [export_cmd]

@@ -59,6 +59,17 @@ STORE = click.option("--store", "store_path", type=click.Path(dir_okay=False, pa
                      help="Results database (default: results.sqlite beside the run directories; "
                      "report: $RELAXLAB_STORE or runs/results.sqlite).")
 EPS = click.option("--eps", type=float, default=None, help="l_inf radius in pixel space [0, 1].")
+#: Training options, named as the config keys they override (``None``: the config's value).
+SMOOTHING_SAMPLES = click.option(
+    "--smoothing-samples", type=click.IntRange(min=0), default=None,
+    help="Loss smoothing: average each step's gradient over K weight perturbations (config key "
+    "smoothing_samples; 0: off).")
+SMOOTHING_SIGMA = click.option(
+    "--smoothing-sigma", type=click.FloatRange(min=0), default=None,
+    help="Loss smoothing: standard deviation of the weight perturbations (config key smoothing_sigma).")
+LOSS_FUSION = click.option(
+    "--loss-fusion/--no-loss-fusion", default=None,
+    help="Bound the robust loss with one row per example (config key loss_fusion).")
 DEVICE = click.option("--device", default="cpu", show_default=True,
                       help="Where runs train and certify: cpu, cuda or cuda:N (the runs' ids do not depend on it).")
 

@@ -197,6 +197,3 @@ def check_command(names: Sequence[str], check_all: bool, examples: int, as_json:
             click.echo(f"{relaxation.label}: {verdict}")
     if any(c is not None for _, c in results):
         sys.exit(1)
-
-
-COMMANDS = [list_command, show_command, check_command]

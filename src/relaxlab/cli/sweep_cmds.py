@@ -82,6 +82,3 @@ def finish(what: str, summary: SweepSummary, executor: str, last: str) -> None:
     click.echo(last)
     if summary.failed:
         raise SystemExit(1)
-
-
-COMMANDS = [sweep_cmd]

@@ -14,7 +14,10 @@ import click
 from relaxlab.cli.format import clear_errors, fail, render_table
 from relaxlab.cli.options import (
     DATA_DIR,
+    LOSS_FUSION,
     QUIET,
+    SMOOTHING_SAMPLES,
+    SMOOTHING_SIGMA,
     STORE,
     THREADS,
     check_eps,
@@ -50,6 +53,9 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (TOML value).")
 @DATA_DIR
+@SMOOTHING_SAMPLES
+@SMOOTHING_SIGMA
+@LOSS_FUSION
 @click.option(
     "--stop-after", type=int, default=None, hidden=True, help="Stop after N epochs (simulate interruption)."
 )
@@ -62,11 +68,18 @@ def train_cmd(
     resume: bool,
     sets: tuple[str, ...],
     data_dir: str | None,
+    smoothing_samples: int | None,
+    smoothing_sigma: float | None,
+    loss_fusion: bool | None,
     stop_after: int | None,
     threads: int | None,
     quiet: bool,
 ) -> None:
-    """Train a network as CONFIG_FILE (TOML) says; checkpoints every epoch."""
+    """Train a network as CONFIG_FILE (TOML) says; checkpoints every epoch.
+
+    --smoothing-samples, --smoothing-sigma and --loss-fusion override the config keys of the same
+    names, as --set does.
+    """
     from relaxlab.cli.progress import Phases
     from relaxlab.store import Store, default_store_path
     from relaxlab.training.config import load_config, validate_names
@@ -74,8 +87,9 @@ def train_cmd(
 
     with clear_errors():
         overrides = _parse_sets(sets)
-        if data_dir is not None:
-            overrides["data_dir"] = data_dir
+        options = {"data_dir": data_dir, "smoothing_samples": smoothing_samples,
+                   "smoothing_sigma": smoothing_sigma, "loss_fusion": loss_fusion}
+        overrides.update({key: value for key, value in options.items() if value is not None})
         config = load_config(config_file, **overrides)
         validate_names(config)
         out_dir = out_dir or Path("runs") / config.name
@@ -333,6 +347,3 @@ def paradox_cmd(out_dir: Path, eps: float, quick: bool, seed: int, threads: int 
     click.echo(
         f"plots: {out_dir / 'tightness.png'}, {out_dir / 'paradox.png'}; store: {out_dir / STORE_NAME}"
     )
-
-
-COMMANDS = [train_cmd, certify_cmd, tightness_cmd, report_cmd, paradox_cmd]

@@ -21,11 +21,15 @@ refers to a parameter whose value the relaxation supplies.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, TypeAlias
 
-import torch
 from attrs import field, frozen
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch loads with the first tensor, not with the algebra (the CLI starts without it)
+    import torch
+    from torch import Tensor
 
 #: Names of the two bound variables.
 BOUND_VARIABLES = frozenset({"l", "u"})
@@ -38,8 +42,14 @@ MEMO = "\0memo"
 #: and the clamp keeps gradients finite when ``l/u`` overflows for tiny ``u``.
 _SIGMOID_CLAMP = 80.0
 
-Value = Tensor | float
+Value: TypeAlias = "Tensor | float"
 Environment = Mapping[str, Value]
+
+
+def _is_tensor(value: object) -> bool:
+    """Whether ``value`` is a torch tensor; no tensor exists before torch is imported, so this never imports it."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 class Expr:
@@ -276,7 +286,9 @@ class Div(Expr):
     def evaluate(self, env: Environment) -> Value:
         num = self.numerator.evaluate(env)
         den = self.denominator.evaluate(env)
-        if isinstance(den, Tensor):
+        if _is_tensor(den):
+            import torch
+
             # Keep |den| >= sqrt(tiny): the backward pass divides by den**2, which must not underflow
             # (it would turn gradients into inf/NaN). Clamp before dividing: torch.where evaluates
             # both branches. Only denominators below 1e-19 (float32) / 1e-154 (float64) are affected.
@@ -312,7 +324,9 @@ class Sigmoid(Expr):
 
     def evaluate(self, env: Environment) -> Value:
         value = self.arg.evaluate(env)
-        if isinstance(value, Tensor):
+        if _is_tensor(value):
+            import torch
+
             return torch.sigmoid(value.clamp(-_SIGMOID_CLAMP, _SIGMOID_CLAMP))
         value = max(-_SIGMOID_CLAMP, min(_SIGMOID_CLAMP, value))
         return 1.0 / (1.0 + math.exp(-value))
@@ -347,7 +361,9 @@ class Step(Expr):
 
     def evaluate(self, env: Environment) -> Value:
         value = self.arg.evaluate(env)
-        if isinstance(value, Tensor):
+        if _is_tensor(value):
+            import torch
+
             # floor/ceil have zero gradient; keep the graph so callers can differentiate the rest.
             return torch.floor(value) if self.kind == "floor" else torch.ceil(value)
         return float(math.floor(value) if self.kind == "floor" else math.ceil(value))
@@ -383,7 +399,9 @@ class Ge(Expr):
 
     def evaluate(self, env: Environment) -> Value:
         a, b = self.left.evaluate(env), self.right.evaluate(env)
-        if isinstance(a, Tensor) or isinstance(b, Tensor):
+        if _is_tensor(a) or _is_tensor(b):
+            import torch
+
             return torch.as_tensor(a) >= torch.as_tensor(b)
         return a >= b
 
@@ -415,10 +433,12 @@ class Switch(Expr):
     def evaluate(self, env: Environment) -> Value:
         cond = self.condition.evaluate(env)
         a, b = self.then.evaluate(env), self.otherwise.evaluate(env)
-        if not isinstance(cond, Tensor):
+        if not _is_tensor(cond):
             return a if cond else b
+        import torch
+
         dtype = _dtype(a, b, env)
-        if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        if not _is_tensor(a) and not _is_tensor(b):
             # Constant branches: c·a + (1-c)·b with c in {0, 1} is exact (one term is 0), and
             # cheaper than torch.where; a bool tensor converts fastest through uint8.
             c = cond.view(torch.uint8).to(dtype)
@@ -449,9 +469,11 @@ class Switch(Expr):
 
 
 def _dtype(a: Value, b: Value, env: Environment) -> torch.dtype:
+    import torch
+
     for value in (a, b, *env.values()):
-        if isinstance(value, Tensor) and value.is_floating_point():
-            return value.dtype
+        if _is_tensor(value) and value.is_floating_point():  # type: ignore[union-attr]
+            return value.dtype  # type: ignore[union-attr]
     return torch.get_default_dtype()
 
 

@@ -14,16 +14,16 @@ tensors of that shape, dtype and device.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from attrs import evolve, field, frozen, validators
 
-from relaxlab.core import evaluate
-from relaxlab.core.evaluate import plan_of
-from relaxlab.core.expr import BOUND_VARIABLES, Const, Expr, ExprLike, as_expr
+from relaxlab.core.expr import BOUND_VARIABLES, Const, Expr, ExprLike, Opaque, as_expr
 from relaxlab.core.stability import Stability
 
 if TYPE_CHECKING:
@@ -244,6 +244,8 @@ class ReluRelaxation:
         Backsubstitution then stops at every ReLU and equals interval
         arithmetic, so the engine may take its interval fast path.
         """
+        from relaxlab.core.evaluate import plan_of
+
         return plan_of(self).is_interval
 
     @property
@@ -263,6 +265,23 @@ class ReluRelaxation:
         return (self.negative, self.unstable, self.positive, self.intermediate, self.transform, self.params,
                 tuple(sorted(self.parameters.items())))
 
+    def canonical(self) -> str | None:
+        """The spec as canonical JSON text, or ``None`` when part of it is code rather than data.
+
+        It holds everything that decides what the relaxation computes and how its findings read:
+        the name, the lines of every case, the intermediate mode, the transform, the declared
+        parameters and their values (not ``summary`` or ``reference``). Equal text means an
+        equal spec; the verdict cache (:mod:`relaxlab.properties.cache`) keys on its hash. A
+        spec with an :class:`~relaxlab.core.expr.Opaque` callable, or with a class from outside
+        this package (a plugin's own ``Expr`` or ``Line`` subclass), has no canonical form:
+        its behaviour is code that the text cannot capture.
+        """
+        try:
+            data = _canonical_data(self)
+        except _NotData:
+            return None
+        return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
     def with_params(self, **values: float) -> ReluRelaxation:
         """A copy with some parameters set (validated: a bad value raises ``ValueError``)."""
         if not self.params and values:
@@ -272,11 +291,31 @@ class ReluRelaxation:
     # -- evaluation ---------------------------------------------------------
     def transform_bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them)."""
+        from relaxlab.core import evaluate  # with torch: a spec is plain data until it meets tensors
+
         return evaluate.transform_bounds(self, lower, upper)
 
     def coefficients(self, lower: Tensor, upper: Tensor) -> RelaxationTensors:
         """The lines at raw pre-activation bounds (see :func:`relaxlab.core.evaluate.coefficients`)."""
+        from relaxlab.core import evaluate
+
         return evaluate.coefficients(self, lower, upper)
 
     def __str__(self) -> str:
         return self.label
+
+
+class _NotData(Exception):
+    """A value whose behaviour is code, not data (see :meth:`ReluRelaxation.canonical`)."""
+
+
+def _canonical_data(value: object) -> object:
+    """JSON-ready nested lists: ``[class name, {field: value}]`` for the spec's own attrs classes."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, tuple):
+        return [_canonical_data(item) for item in value]
+    cls = type(value)
+    if cls.__module__ not in (Expr.__module__, __name__) or cls is Opaque or not attrs.has(cls):
+        raise _NotData(cls.__qualname__)
+    return [cls.__qualname__, {f.name: _canonical_data(getattr(value, f.name)) for f in attrs.fields(cls) if f.eq}]

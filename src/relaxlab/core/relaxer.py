@@ -12,9 +12,10 @@ Shapes: ``lower``/``upper`` of any shape; every returned tensor has that shape.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 #: Names of the four coefficients, in order.
 COEFFICIENT_NAMES = ("lower_slope", "lower_offset", "upper_slope", "upper_offset")

@@ -12,9 +12,10 @@ Every element belongs to exactly one case.
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # the convention itself needs no torch; tensors bring it along
+    from torch import Tensor
 
 
 class Stability(enum.Enum):
@@ -72,6 +73,8 @@ class CaseWeights:
         return self._cache[cases]
 
     def _compute(self, cases: frozenset[Stability]) -> Tensor:
+        import torch
+
         if cases == _ABOVE:
             return torch.relu(self._upper).sign_()  # u > 0
         if cases == _NEGATIVE:

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from relaxlab.core.relaxer import RelaxationTensors, Relaxer
+from relaxlab.engine import patches as patch_path
 from relaxlab.engine.network import (
     AffineLayer,
     ConvLayer,
@@ -69,7 +70,13 @@ Mode = Literal["auto", "backsub", "interval", "fast"]
 
 
 def _matvec(coef: Tensor, vector: Tensor) -> Tensor:
-    """``(B, S, *shape) · (B, *shape) -> (B, S)``: one batched matrix-vector product."""
+    """``(B, S, *shape) · (B, *shape) -> (B, S)``: one batched matrix-vector product.
+
+    Rows shared by the batch (``(1, S, *shape)``) take one matrix product, written out: a
+    broadcasting ``matmul`` picks its kernel by the grad mode, and the bounds must not.
+    """
+    if coef.shape[0] == 1 and vector.shape[0] != 1:
+        return vector.flatten(1) @ coef[0].flatten(1).T
     return (coef.flatten(2) @ vector.flatten(1).unsqueeze(-1)).squeeze(-1)
 
 
@@ -91,6 +98,18 @@ def _segment_backward(segment: Sequence[AffineLayer], coef: Tensor, bias: Tensor
 
 
 def _relu_backward(coef: Tensor, bias: Tensor, lines: RelaxationTensors) -> tuple[Tensor, Tensor]:
+    """Pull lower-bound rows back through a ReLU with the relaxation's lines (:func:`_relu_step`).
+
+    Under autograd the step is one :class:`_ReluStep` node: it saves the rows and the lines and
+    nothing else, and writes its gradient in a few fused passes (instead of saving the sign split
+    and a product of the rows' size, and taking one pass per elementary operation).
+    """
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _ReluStep.apply(coef, bias, *lines.tensors, lines.zeros)
+    return _relu_step(coef, bias, lines)
+
+
+def _relu_step(coef: Tensor, bias: Tensor, lines: RelaxationTensors) -> tuple[Tensor, Tensor]:
     """Pull lower-bound rows back through a ReLU with the relaxation's lines.
 
     To *lower*-bound ``coef·y``, a positive coefficient takes the lower line of ``y``
@@ -107,7 +126,9 @@ def _relu_backward(coef: Tensor, bias: Tensor, lines: RelaxationTensors) -> tupl
     lower_slope, upper_slope = lines.lower_slope, lines.upper_slope
     lower_offset, upper_offset = lines.lower_offset, lines.upper_offset
     same_slopes = lower_slope is upper_slope
-    inplace = not torch.is_grad_enabled()
+    # Rows shared by the whole batch (shape (1, S, n)) broadcast against the lines; the in-place
+    # update needs rows of the full batch.
+    inplace = not torch.is_grad_enabled() and coef.shape[0] == lower_slope.shape[0]
     # Split on the side whose offset is non-zero (CROWN: upper offsets only, so neg).
     use_neg = "lower_offset" in zeros and "upper_offset" not in zeros
     if "lower_offset" in zeros and "upper_offset" in zeros:
@@ -133,7 +154,125 @@ def _relu_backward(coef: Tensor, bias: Tensor, lines: RelaxationTensors) -> tupl
     # The same operations in both branches, so that bounds do not depend on the grad mode.
     if inplace:
         return split.mul_(difference).addcmul_(coef, base.unsqueeze(1)), bias
+    if not torch.is_grad_enabled():  # rows shared by the batch: the product is the first full tensor
+        return (split * difference).addcmul_(coef, base.unsqueeze(1)), bias
     return torch.addcmul(split * difference, coef, base.unsqueeze(1)), bias
+
+
+class _ReluStep(torch.autograd.Function):
+    """:func:`_relu_step` as one autograd node, with its gradient written out.
+
+    With ``A`` the slope every row takes, ``D`` the slope difference on the split side (rows
+    ``split = coef·[side]``), ``a`` the offset every row takes and ``d`` the offset difference on
+    the split side (each possibly absent), the step is
+    ``new = coef·A + split·D`` and ``bias' = bias + Σ coef·a + Σ split·d``, so
+
+    - ``∂coef = g·A + [side]·(g·D + g_b·d) + g_b·a``;
+    - ``∂A = Σ_rows g·coef``, ``∂D = Σ_rows g·split``, ``∂a = Σ_rows g_b·coef``, ``∂d = Σ_rows g_b·split``,
+
+    mapped back to the four coefficients of the lines. The side's mask is ``coef >= 0`` (``<= 0``),
+    the subgradient ``clamp`` takes. The forward pass is :func:`_relu_step` itself (the same
+    numbers as without autograd, bitwise).
+    """
+
+    @staticmethod
+    def forward(ctx, coef, bias, lower_slope, lower_offset, upper_slope, upper_offset, zeros):  # type: ignore[override]
+        lines = RelaxationTensors(lower_slope, lower_offset, upper_slope, upper_offset, zeros)
+        new, new_bias = _relu_step(coef, bias, lines)
+        ctx.save_for_backward(coef, lower_slope, lower_offset, upper_slope, upper_offset)
+        ctx.zeros = zeros
+        ctx.shared_bias = bias.shape[0] != new_bias.shape[0]
+        return new, new_bias
+
+    @staticmethod
+    def backward(ctx, grad_new, grad_bias):  # type: ignore[override]
+        coef, lower_slope, lower_offset, upper_slope, upper_offset = ctx.saved_tensors
+        zeros, rows_shape, shape = ctx.zeros, coef.shape, lower_slope.shape
+        # Work on flat rows (N, G, K) and flat lines (N, K).
+        flat = [t.flatten(1) for t in (lower_slope, lower_offset, upper_slope, upper_offset)]
+        for later in range(4):  # keep "the same tensor" where the lines share one
+            for earlier in range(later):
+                if (lower_slope, lower_offset, upper_slope, upper_offset)[later] is (
+                    lower_slope, lower_offset, upper_slope, upper_offset
+                )[earlier]:
+                    flat[later] = flat[earlier]
+                    break
+        inputs = (lower_slope, lower_offset, upper_slope, upper_offset)
+        lower_slope, lower_offset, upper_slope, upper_offset = flat
+        coef, grad_new = coef.flatten(2), grad_new.flatten(2)
+        same_slopes = lower_slope is upper_slope
+        use_neg = "lower_offset" in zeros and "upper_offset" not in zeros
+        # The roles, as _relu_step assigns them: (tensor, coefficient names it stands for with signs).
+        if "lower_offset" in zeros and "upper_offset" in zeros:
+            every_offset, split_offset = None, None
+        elif same_slopes and lower_offset is upper_offset:
+            every_offset, split_offset = ((upper_offset, ((3, 1.0),)), None)
+        elif use_neg:
+            every_offset, split_offset = None, (upper_offset, ((3, 1.0),))
+        elif "upper_offset" in zeros:
+            every_offset, split_offset = None, (lower_offset, ((1, 1.0),))
+        else:
+            every_offset = (upper_offset, ((3, 1.0),))  # a = b_u, d = b_l - b_u
+            split_offset = (lower_offset - upper_offset, ((1, 1.0), (3, -1.0)))
+        if same_slopes:
+            every_slope, split_slope = (lower_slope, ((0, 1.0),)), None
+        elif use_neg:  # A = λ_l, D = λ_u - λ_l
+            every_slope, split_slope = (lower_slope, ((0, 1.0),)), (upper_slope - lower_slope, ((2, 1.0), (0, -1.0)))
+        else:  # A = λ_u, D = λ_l - λ_u
+            every_slope, split_slope = (upper_slope, ((2, 1.0),)), (lower_slope - upper_slope, ((0, 1.0), (2, -1.0)))
+        rows_grad = grad_new is not None
+        bias_grad = grad_bias.unsqueeze(-1)  # (N, G, 1)
+        needs_split = split_slope is not None or split_offset is not None
+        mask = (coef <= 0 if use_neg else coef >= 0) if needs_split else None
+        # ∂coef, in place on one tensor of the rows' size.
+        if rows_grad and split_slope is not None:
+            grad_coef = grad_new * split_slope[0].unsqueeze(1)
+            if split_offset is not None:
+                grad_coef.addcmul_(bias_grad, split_offset[0].unsqueeze(1))
+        elif split_offset is not None:
+            grad_coef = bias_grad * split_offset[0].unsqueeze(1)
+        else:
+            grad_coef = None
+        if grad_coef is not None:
+            grad_coef.mul_(mask)
+        if rows_grad:
+            term = grad_new * every_slope[0].unsqueeze(1)
+            grad_coef = term if grad_coef is None else grad_coef.add_(term)
+        if every_offset is not None:
+            term = bias_grad * every_offset[0].unsqueeze(1)
+            grad_coef = term if grad_coef is None else grad_coef.add_(term)
+        if grad_coef is not None and grad_coef.shape != coef.shape:  # rows shared by the batch
+            grad_coef = grad_coef.sum(0, keepdim=True)
+        if grad_coef is not None:
+            grad_coef = grad_coef.reshape(rows_shape)
+        # Gradients of the four coefficients (summed over the rows).
+        grads: list[Tensor | None] = [None, None, None, None]
+
+        def add(roles: tuple[int, float], value: Tensor) -> None:
+            for index, sign in roles:
+                part = value if sign == 1.0 else -value
+                grads[index] = part if grads[index] is None else grads[index] + part
+
+        if rows_grad:
+            product = grad_new * coef  # (N, G, K)
+            add(every_slope[1], product.sum(1))
+            if split_slope is not None:
+                add(split_slope[1], product.mul_(mask).sum(1))
+        if every_offset is not None:
+            add(every_offset[1], (grad_bias.unsqueeze(1) @ coef.expand(grad_bias.shape[0], *coef.shape[1:])).squeeze(1))
+        if split_offset is not None:
+            split = coef * mask
+            add(split_offset[1], (grad_bias.unsqueeze(1) @ split.expand(grad_bias.shape[0], *split.shape[1:])).squeeze(1))
+        grads = [None if g is None else g.reshape(shape) for g in grads]
+        # A tensor passed for two coefficients (equal lines) gets its gradient once.
+        for later in range(4):
+            for earlier in range(later):
+                if inputs[later] is inputs[earlier] and grads[later] is not None:
+                    grads[earlier] = grads[later] if grads[earlier] is None else grads[earlier] + grads[later]
+                    grads[later] = None
+                    break
+        grad_rest = grad_bias.sum(0, keepdim=True) if ctx.shared_bias else grad_bias
+        return (grad_coef, grad_rest, *grads, None)
 
 
 def _pull_back(
@@ -237,11 +376,14 @@ def _rows_lower(
 
 
 def _identity_rows(like: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Rows ``[I; -I]`` over the neurons of ``shape``, as ``(B, 2n, *shape)`` (a broadcast view)."""
+    """Rows ``[I; -I]`` over the neurons of ``shape``, as ``(1, 2n, *shape)``.
+
+    One copy for the whole batch: the affine layers before the first ReLU step pull back the
+    same rows for every example, and that step broadcasts them against each example's lines.
+    """
     n = math.prod(shape)
     eye = torch.eye(n, dtype=like.dtype, device=like.device)
-    both = torch.cat([eye, -eye], dim=0).reshape(2 * n, *shape)
-    return both.unsqueeze(0).expand(like.shape[0], *both.shape)
+    return torch.cat([eye, -eye], dim=0).reshape(1, 2 * n, *shape)
 
 
 def _segment_box(
@@ -279,6 +421,67 @@ def _segment_box(
     return bounds[:, :n].reshape(-1, *out_shape), -bounds[:, n:].reshape(-1, *out_shape)
 
 
+def _split_rows(bounds: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Bounds ``(l, u)`` of the neurons of ``shape`` from the lower bounds of the rows ``[I; -I]``."""
+    n = math.prod(shape)
+    return bounds[:, :n].reshape(-1, *shape), -bounds[:, n:].reshape(-1, *shape)
+
+
+def _stable_reference(
+    segments: Sequence[Sequence[AffineLayer]],
+    index: int,
+    previous: tuple[Tensor, Tensor],
+    relaxation: Relaxer,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Interval bounds of the neurons of ``segments[index]`` and which of them need no rows.
+
+    The box ``[relu(l), relu(u)]`` holds the previous ReLU's outputs whatever the relaxation, and
+    the segment's exact interval image of it bounds the neurons soundly. A neuron needs no row
+    when these bounds prove it stable in every example and the relaxation's lines there are the
+    ReLU itself. ``None`` when the reference would cost a backsubstitution of its own (a
+    segment with more than one non-diagonal layer).
+    """
+    if sum(not layer.is_diagonal for layer in segments[index]) > 1:
+        return None
+    ref_lower, ref_upper = _segment_box(segments, index, previous[0].relu(), previous[1].relu(), None, 1)
+    with torch.no_grad():
+        got = _relaxation_lines(relaxation, ref_lower.detach(), ref_upper.detach())
+        zero = [value == 0 for value in got.tensors]
+        negative = (ref_upper <= 0) & zero[0] & zero[1] & zero[2] & zero[3]
+        one = [got.lower_slope == 1, got.upper_slope == 1]
+        positive = (ref_lower >= 0) & one[0] & zero[1] & one[1] & zero[3]
+        skip = (negative | positive).flatten(1).all(dim=0)
+    return ref_lower, ref_upper, skip
+
+
+def _sparse_box(
+    segments: Sequence[Sequence[AffineLayer]],
+    lines: Sequence[RelaxationTensors],
+    index: int,
+    shape: tuple[int, ...],
+    reference: tuple[Tensor, Tensor, Tensor],
+    lower: Tensor,
+    upper: Tensor,
+    chunk_size: int | None,
+    max_elements: int,
+) -> tuple[Tensor, Tensor]:
+    """Bounds of the neurons of ``segments[index]``: rows for the neurons ``reference`` keeps,
+    its interval bounds for the others."""
+    ref_lower, ref_upper, skip = reference
+    keep = (~skip).nonzero().squeeze(1)
+    kept = keep.numel()
+    if kept == 0:
+        return ref_lower, ref_upper
+    eye = torch.eye(math.prod(shape), dtype=lower.dtype, device=lower.device)[keep]
+    rows = torch.cat([eye, -eye], dim=0).reshape(1, 2 * kept, *shape)
+    widest = _widest(segments, index, 0, math.prod(lower.shape[1:]))
+    chunk = _chunk_rows(lower.shape[0], widest, chunk_size, max_elements)
+    bounds = _rows_lower(segments, lines, index, 0, rows, lower, upper, chunk, elide=True)
+    pre_lower = ref_lower.flatten(1).index_copy(1, keep, bounds[:, :kept])
+    pre_upper = ref_upper.flatten(1).index_copy(1, keep, -bounds[:, kept:])
+    return pre_lower.reshape(ref_lower.shape), pre_upper.reshape(ref_upper.shape)
+
+
 def _relaxation_lines(relaxation: Relaxer, lower: Tensor, upper: Tensor) -> RelaxationTensors:
     """The relaxation's lines at ``[lower, upper]``, with its optional hints."""
     got = relaxation.coefficients(lower, upper)
@@ -308,6 +511,8 @@ def intermediate_bounds(
     mode: Mode = "auto",
     chunk_size: int | None = None,
     max_elements: int | None = None,
+    patches: bool = True,
+    sparse: bool = False,
 ) -> tuple[list[tuple[Tensor, Tensor]], list[RelaxationTensors]]:
     """Pre-activation bounds and relaxation lines of every ReLU layer.
 
@@ -317,6 +522,17 @@ def intermediate_bounds(
     :param mode: ``"auto"`` (from the relaxation), or force ``"backsub"`` / ``"interval"``
         for the intermediate bounds (``"fast"`` behaves as ``"interval"`` here but takes the
         lines' offsets as the box after each ReLU).
+    :param patches: backsubstitute the neurons of a convolution in patches where the layers
+        allow it (:mod:`relaxlab.engine.patches`; the same numbers up to rounding).
+    :param sparse: with backsubstitution, skip the rows of neurons that interval arithmetic from
+        the previous ReLU's bounds proves stable for every example of the batch *and* whose lines
+        there are the ReLU itself (``y = 0`` or ``y = x``); they keep the interval bounds. Only
+        neurons whose stable-case lines read nothing of ``l, u`` are skipped, so the result
+        equals the full computation whenever backsubstitution would also have found them
+        stable; otherwise the exact ReLU replaces a relaxed one (other numbers, still sound: seen
+        for App. H relaxations whose backsubstitution is looser than intervals, e.g. CROWN-0-C).
+        The skipped neurons' own bounds are the (looser) interval ones. Off by default: the
+        relaxation's bounds as defined; an option for speed where many neurons are stable.
     :return: ``[(l, u)]`` with shapes ``(B, *relu_shape)`` and the lines at those bounds, one per ReLU.
     """
     net = _as_network(network, lower)
@@ -337,13 +553,25 @@ def intermediate_bounds(
             )
         else:
             shape = segments[index][-1].out_shape if segments[index] else net.relus[index - 1].out_shape
-            n = math.prod(shape)
-            rows = _identity_rows(lower, shape)
-            widest = _widest(segments, index, 0, input_numel)
-            chunk = _chunk_rows(lower.shape[0], widest, chunk_size, max_elements)
-            bounds = _rows_lower(segments, lines, index, 0, rows, lower, upper, chunk, elide=True)
-            pre_lower = bounds[:, :n].reshape(-1, *shape)
-            pre_upper = -bounds[:, n:].reshape(-1, *shape)
+            use_patches = patches and patch_path.applies(segments, index, 0)
+            reference = (
+                _stable_reference(segments, index, boxes[-1], relaxation) if sparse and not use_patches else None
+            )
+            if use_patches:  # all rows in patches cost less than the unstable rows as full maps
+                bounds = patch_path.patch_bounds(
+                    segments, lines, index, 0, lower, upper, max_elements, _relu_backward, _concretize
+                )
+                pre_lower, pre_upper = _split_rows(bounds, shape)
+            elif reference is not None and bool(reference[2].any()):
+                pre_lower, pre_upper = _sparse_box(
+                    segments, lines, index, shape, reference, lower, upper, chunk_size, max_elements
+                )
+            else:
+                rows = _identity_rows(lower, shape)
+                widest = _widest(segments, index, 0, input_numel)
+                chunk = _chunk_rows(lower.shape[0], widest, chunk_size, max_elements)
+                bounds = _rows_lower(segments, lines, index, 0, rows, lower, upper, chunk, elide=True)
+                pre_lower, pre_upper = _split_rows(bounds, shape)
         relu_lines = _relaxation_lines(relaxation, pre_lower, pre_upper)
         _check_lines(relu_lines, pre_lower, relaxation.name, index)
         boxes.append((pre_lower, pre_upper))
@@ -419,6 +647,8 @@ def bound_network(
     chunk_size: int | None = None,
     max_elements: int | None = None,
     lower_only: bool = False,
+    patches: bool = True,
+    sparse: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Sound lower and upper bounds of ``C·f(x)`` for all ``x`` in ``[lower, upper]``.
 
@@ -440,6 +670,9 @@ def bound_network(
         cache-sized chunks are faster, ``2^26`` elsewhere) and ``2^26`` for the final one.
     :param lower_only: skip the upper bounds of the final specification (half the work of
         the final pass); ``ub`` is then ``+inf``, a trivially sound upper bound.
+    :param patches: see :func:`intermediate_bounds`.
+    :param sparse: see :func:`intermediate_bounds` (only the lines of the skipped neurons reach
+        the result, and they are the ReLU itself).
     :return: ``(lb, ub)``, each ``(B, S)``.
     """
     net = _as_network(network, lower)
@@ -450,7 +683,8 @@ def bound_network(
     resolved = _resolve_mode(relaxation, mode)
     _check_chunking(chunk_size, max_elements)
     boxes, lines = intermediate_bounds(
-        net, lower, upper, relaxation, mode=resolved, chunk_size=chunk_size, max_elements=max_elements
+        net, lower, upper, relaxation, mode=resolved, chunk_size=chunk_size, max_elements=max_elements,
+        patches=patches, sparse=sparse,
     )
     segments = net.segments
     last = len(segments) - 1

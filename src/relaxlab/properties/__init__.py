@@ -3,52 +3,42 @@
 :func:`derive` gives the flags the paper uses (C: continuous, S: not sensitive)
 with the reasons behind them; :func:`probe` measures the same properties
 black-box. For every built-in both agree with the paper's flags (tests).
+
+:func:`derive` and :func:`check_soundness_cached` (the check the facade's registry runs) keep
+their answers in the verdict cache (:mod:`relaxlab.properties.cache`), keyed by the spec's
+content: a spec seen before is answered without running the prover again, a new or changed one
+runs exactly what :func:`check_soundness` and the derivations run. The modules that compute
+(torch, sympy, the engine) load only then.
 """
 
 from __future__ import annotations
 
 import functools
 
-from attrs import frozen
-
 from relaxlab.core.relaxation import ReluRelaxation
-from relaxlab.properties.continuity import Discontinuity, derive_continuity, probe_continuity
-from relaxlab.properties.sensitivity import SensitivityReason, derive_sensitivity, probe_sensitivity
-from relaxlab.properties.soundness import Counterexample, check_soundness
+from relaxlab.properties import cache
+from relaxlab.properties.findings import Discontinuity, Properties, SensitivityReason
+from relaxlab.properties.soundness import Counterexample, Undecided, check_soundness
+
+#: The classes a cached finding may hold.
+FINDINGS = (Properties, Counterexample, Undecided, Discontinuity, SensitivityReason)
 
 
-@frozen
-class Properties:
-    """What relaxlab derives about one relaxation (at its current parameter values).
-
-    :param continuous: the lines are continuous functions of ``(l, u)`` (✓C in the paper).
-    :param sensitive: some slope varies, or some offset bends, within a piece (✗S in the paper).
-    :param discontinuities: where the lines jump, with their source.
-    :param sensitivity: why it is sensitive.
-    :param counterexample: a soundness violation, if any.
-    :param method: ``"derived"`` (from the spec) or ``"probed"`` (black-box measurements).
-    """
-
-    continuous: bool
-    sensitive: bool
-    discontinuities: tuple[Discontinuity, ...]
-    sensitivity: tuple[SensitivityReason, ...]
-    counterexample: Counterexample | None
-    method: str
-
-    @property
-    def sound(self) -> bool:
-        return self.counterexample is None
-
-    @property
-    def flags(self) -> str:
-        """The paper's notation, e.g. ``✓C ✗S``."""
-        return f"{'✓' if self.continuous else '✗'}C {'✗' if self.sensitive else '✓'}S"
+def check_soundness_cached(relaxation: ReluRelaxation) -> Counterexample | None:
+    """:func:`check_soundness`, its verdict kept in the verdict cache (the prover runs on a miss)."""
+    return cache.remember(relaxation, "soundness", check_soundness, FINDINGS)
 
 
 @functools.lru_cache(maxsize=1024)
 def derive(relaxation: ReluRelaxation) -> Properties:
     """Properties read off the declared expressions; opaque parts fall back to probing."""
+    return cache.remember(relaxation, "derive", _derive, FINDINGS)
+
+
+def _derive(relaxation: ReluRelaxation) -> Properties:
+    from relaxlab.properties.continuity import derive_continuity, probe_continuity
+    from relaxlab.properties.sensitivity import derive_sensitivity, probe_sensitivity
+
     sensitivity = derive_sensitivity(relaxation)
     method = "derived"
     if sensitivity is None:  # opaque callables: only measurement can tell
@@ -60,13 +50,16 @@ def derive(relaxation: ReluRelaxation) -> Properties:
         method = "probed"
     return Properties(
         continuous=not discontinuities, sensitive=bool(sensitivity), discontinuities=tuple(discontinuities),
-        sensitivity=tuple(sensitivity), counterexample=check_soundness(relaxation), method=method,
+        sensitivity=tuple(sensitivity), counterexample=check_soundness_cached(relaxation), method=method,
     )
 
 
 @functools.lru_cache(maxsize=1024)
 def probe(relaxation: ReluRelaxation) -> Properties:
     """The same properties measured black-box from :meth:`coefficients` only."""
+    from relaxlab.properties.continuity import probe_continuity
+    from relaxlab.properties.sensitivity import probe_sensitivity
+
     discontinuities = probe_continuity(relaxation)
     sensitivity = probe_sensitivity(relaxation)
     return Properties(
@@ -75,5 +68,5 @@ def probe(relaxation: ReluRelaxation) -> Properties:
     )
 
 
-__all__ = ["Properties", "derive", "probe", "check_soundness", "Counterexample", "Discontinuity",
-           "SensitivityReason"]
+__all__ = ["Properties", "derive", "probe", "check_soundness", "check_soundness_cached", "Counterexample",
+           "Discontinuity", "SensitivityReason"]

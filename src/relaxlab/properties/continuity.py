@@ -40,7 +40,6 @@ from collections.abc import Iterator, Sequence
 
 import attrs
 import torch
-from attrs import frozen
 from torch import Tensor, nn
 
 from relaxlab.core.expr import Step, Switch
@@ -52,24 +51,12 @@ from relaxlab.properties.directions import (
     bound_value,
     gradient_directions,
 )
+from relaxlab.properties.findings import Discontinuity
 
 #: Coefficients differing by more than this (relative to 1 + their size) across a crossing are a jump.
 JUMP_TOLERANCE = 1e-6
 #: Half-width of the step taken on both sides of a located crossing (relative to the point's size).
 _BISECTIONS = 60
-
-
-@frozen
-class Discontinuity:
-    """A place where the relaxation's lines jump."""
-
-    source: str
-    lower: float
-    upper: float
-    jump: float
-
-    def __str__(self) -> str:
-        return f"{self.source} near l={self.lower:.4g}, u={self.upper:.4g} (jump {self.jump:.3g})"
 
 
 def _coefficients(relaxation: ReluRelaxation, lb: Tensor, ub: Tensor) -> Tensor:

@@ -88,6 +88,7 @@ from relaxlab.core.stability import Stability
 from relaxlab.engine.backsub import intermediate_bounds
 from relaxlab.engine.box import input_box
 from relaxlab.engine.network import ConvLayer, LinearLayer, parse_network
+from relaxlab.properties.findings import SensitivityReason
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -96,18 +97,6 @@ if TYPE_CHECKING:
 #: Differences larger than this (relative) mean "varies"; float64 rounding is ~1e-16.
 VARIATION_TOLERANCE = 1e-8
 
-
-@frozen
-class SensitivityReason:
-    """Why a line makes the relaxation sensitive."""
-
-    case: str
-    side: str  # "lower" or "upper"
-    part: str  # "slope" or "offset"
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.case} {self.side} {self.part}: {self.detail}"
 
 
 def derive_sensitivity(relaxation: ReluRelaxation) -> list[SensitivityReason] | None:

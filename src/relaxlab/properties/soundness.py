@@ -25,13 +25,14 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-import torch
 from attrs import frozen
 
 from relaxlab.core.relaxation import ParamSpec, ReluRelaxation
 from relaxlab.core.stability import classify
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads with the first check, not with the verdict classes
+    import torch
+
     from relaxlab.properties.prover import SoundnessVerdict
 
 #: Relative tolerance of the exact check (float64).
@@ -87,6 +88,8 @@ def find_counterexample(
     relaxation: ReluRelaxation, lower: Sequence[float] | torch.Tensor, upper: Sequence[float] | torch.Tensor
 ) -> Counterexample | None:
     """The first violation over the given pairs ``(l, u)`` (``l <= u``), or ``None``. Exact per pair."""
+    import torch
+
     lb = torch.as_tensor(lower, dtype=torch.float64).reshape(-1)
     ub = torch.as_tensor(upper, dtype=torch.float64).reshape(-1)
     if bool((lb > ub).any()):
@@ -122,6 +125,8 @@ def probe_pairs(max_magnitude: float = 1e4) -> tuple[torch.Tensor, torch.Tensor]
     Exact zeros on either side, widths near 1e-7, magnitudes from 1e-7 to ``max_magnitude``,
     and pairs straddling 0 very unevenly (where ``λ`` is near 0 or 1).
     """
+    import torch
+
     magnitudes = [1e-7, 1e-4, 0.01, 0.3, 1.0, 2.0, 7.5, 100.0, max_magnitude]
     values = sorted({0.0, *magnitudes, *(-m for m in magnitudes)})
     pairs = [(a, b) for a, b in itertools.product(values, values) if a <= b]

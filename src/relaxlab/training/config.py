@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import attrs
 
 from relaxlab.api import get_registry, get_relaxation
 from relaxlab.engine.box import check_eps
+from relaxlab.engine.fusion import check_fusable
 
 if TYPE_CHECKING:
     from relaxlab.architectures import Architecture
@@ -128,6 +130,13 @@ class TrainConfig:
     :param max_batches: stop each epoch after this many batches (0: no limit).
     :param track_every: call the analysis tracking callback every k steps (0: off).
     :param eval_every: certified evaluation on the test subset every k epochs (0: only at the end).
+    :param smoothing_samples: Gaussian loss smoothing in weight space (Balauca et al. 2024): each
+        step's gradient is the mean of the gradients at this many perturbed weights
+        ``theta + smoothing_sigma * eps_i`` (:mod:`relaxlab.training.smoothing`); 0: off.
+    :param smoothing_sigma: the perturbations' standard deviation (> 0 when smoothing is on, 0 when off).
+    :param loss_fusion: bound the robust cross-entropy directly with one backsubstituted row per
+        example instead of one per class (:mod:`relaxlab.engine.fusion`); needs ``elision`` and
+        relaxations whose intermediate bounds are intervals.
     """
 
     name: str = "run"
@@ -161,6 +170,9 @@ class TrainConfig:
     max_batches: int = attrs.field(default=0, validator=_non_negative)
     track_every: int = attrs.field(default=0, validator=_non_negative)
     eval_every: int = attrs.field(default=0, validator=_non_negative)
+    smoothing_samples: int = attrs.field(default=0, validator=_non_negative)
+    smoothing_sigma: float = attrs.field(default=0.0, validator=_non_negative)
+    loss_fusion: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.eps_start > self.eps_train:
@@ -174,6 +186,28 @@ class TrainConfig:
             raise ConfigError(f"lr_factor must be in (0, 1], got {self.lr_factor}")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"name must be a plain directory name, got {self.name!r}")
+        self._check_smoothing()
+        if self.loss_fusion and self.method == "natural":
+            raise ConfigError("loss_fusion bounds the robust loss, which method = 'natural' does not have; "
+                              "choose method 'certified' or 'crown-ibp', or set loss_fusion = false")
+        if self.loss_fusion and not self.elision:
+            raise ConfigError("loss_fusion folds its one row per example into the last layer, as elision does; "
+                              "set elision = true or loss_fusion = false")
+
+    def _check_smoothing(self) -> None:
+        if not math.isfinite(self.smoothing_sigma):
+            raise ConfigError(f"smoothing_sigma must be a finite number, got {self.smoothing_sigma}")
+        if self.smoothing_samples > 0 and self.smoothing_sigma <= 0:
+            raise ConfigError(
+                f"smoothing_sigma must be > 0 when smoothing_samples > 0 (got smoothing_samples = "
+                f"{self.smoothing_samples}, smoothing_sigma = {self.smoothing_sigma}); set smoothing_sigma to the "
+                "noise scale in weight space (e.g. 0.01), or smoothing_samples = 0 to train without smoothing"
+            )
+        if self.smoothing_samples == 0 and self.smoothing_sigma > 0:
+            raise ConfigError(
+                f"smoothing_sigma = {self.smoothing_sigma} has no effect with smoothing_samples = 0 (smoothing "
+                "off); set smoothing_samples > 0 to smooth, or leave smoothing_sigma at 0"
+            )
 
     @property
     def train_relaxations(self) -> tuple[str, ...]:
@@ -190,9 +224,12 @@ class TrainConfig:
         return {"natural": "natural", "crown-ibp": "CROWN-IBP"}.get(self.method, self.relaxation)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (lists for tuples)."""
+        """Plain JSON-able dict (lists for tuples); the keys of :data:`OFF_BY_DEFAULT` only when on."""
         data = attrs.asdict(self)
         data["lr_milestones"] = list(self.lr_milestones)
+        for key, off in OFF_BY_DEFAULT.items():
+            if data[key] == off:
+                del data[key]
         return data
 
     def to_json(self) -> str:
@@ -202,6 +239,12 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` (validated like a fresh config; unknown keys refused)."""
         return from_dict({**self.to_dict(), **changes})
+
+
+#: Options added after runs were recorded, with their "off" value. A config that leaves them off
+#: writes no such key, so its JSON (checkpoints) and its sweep run id stay what they were before
+#: the option existed; reading fills in the default.
+OFF_BY_DEFAULT: dict[str, Any] = {"smoothing_samples": 0, "smoothing_sigma": 0.0, "loss_fusion": False}
 
 
 def valid_keys() -> list[str]:
@@ -307,14 +350,19 @@ class Resolved:
 def validate_names(config: TrainConfig) -> Resolved:
     """The registry's dataset, architecture and relaxations for the config's names.
 
-    :raises ConfigError: an unknown (close names suggested) or unsound name.
+    :raises ConfigError: an unknown (close names suggested) or unsound name; a relaxation that loss
+        fusion does not take (:func:`relaxlab.engine.fusion.check_fusable`) when it is on.
     """
     registry = get_registry()
     try:
-        return Resolved(
+        resolved = Resolved(
             dataset=registry.datasets[config.dataset],
             architecture=registry.architectures[config.architecture],
             relaxations=tuple(get_relaxation(name) for name in config.train_relaxations),
         )
+        if config.loss_fusion:
+            for relaxation in resolved.relaxations:
+                check_fusable(relaxation)
     except (LookupError, ValueError) as error:
         raise ConfigError(str(error)) from error
+    return resolved

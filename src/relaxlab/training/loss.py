@@ -3,23 +3,22 @@
 For a margin specification with rows ``e_y - e_j`` (``j != y``), a relaxation gives lower bounds
 ``lb_j`` on ``z_y - z_j`` over the input box (:func:`relaxlab.engine.spec.margin_bounds`). The
 worst-case logits are ``z_worst[y] = 0`` and ``z_worst[j] = -lb_j``; the certified loss is
-``CE(z_worst, y)``.
+``CE(z_worst, y)``. With loss fusion the certified loss is instead the upper bound of the worst-case
+cross-entropy that :func:`relaxlab.engine.fusion.fused_ce_bound` computes with one row per example.
 
 Shapes: ``B`` batch, ``K`` classes.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from relaxlab.engine.fusion import fused_ce_bound
 from relaxlab.engine.spec import margin_bounds, worst_case_logits
-
-if TYPE_CHECKING:
-    pass
 
 
 def robust_ce(lb: Tensor, others: Tensor, labels: Tensor, num_classes: int) -> Tensor:
@@ -45,12 +44,14 @@ def training_loss(
     num_classes: int,
     elision: bool,
     l1: float,
+    fusion: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """``kappa * CE(natural) + (1 - kappa) * robust + l1 * |W|_1``.
 
     ``robust`` is ``CE(z_worst)`` for one relaxation, or for two relaxations (the CROWN-IBP defense:
     CROWN-IBP (R), IBP) ``beta * CE(z_worst^1) + (1 - beta) * CE(z_worst^2)``. Terms with weight 0
-    are not computed.
+    are not computed. With ``fusion`` each ``CE(z_worst)`` is replaced by the batch mean of the
+    fused bound (:func:`~relaxlab.engine.fusion.fused_ce_bound`).
 
     :return: the loss and its parts as floats (for logging).
     """
@@ -62,7 +63,10 @@ def training_loss(
         weights = (1.0,) if len(relaxations) == 1 else (beta, 1.0 - beta)
         robust = natural.new_zeros(())
         for weight, relaxation in zip(weights, relaxations, strict=True):
-            if weight > 0.0:
+            if weight > 0.0 and fusion:
+                bound = fused_ce_bound(model, x, labels, eps, relaxation, num_classes=num_classes)
+                robust = robust + weight * bound.mean()
+            elif weight > 0.0:
                 # the model is in training mode: no centre check (see engine.bounds.compute_bounds)
                 lb, others = margin_bounds(
                     model, x, labels, eps, relaxation, num_classes=num_classes, elision=elision, check_centre=False

@@ -3,7 +3,9 @@
 :func:`train` runs a :class:`~relaxlab.training.config.TrainConfig`: it seeds torch, builds the
 architecture, iterates over the training data in an order drawn from a seeded
 ``torch.Generator``, and minimises ``kappa * CE(natural) + (1 - kappa) * CE(worst case) + l1 |W|``
-with Adam under the warm-up / ramp-up schedule. After every epoch it writes an atomic checkpoint
+with Adam under the warm-up / ramp-up schedule (optionally with the gradient of the loss smoothed
+in weight space, :mod:`relaxlab.training.smoothing`, and the robust term fused,
+:mod:`relaxlab.engine.fusion`). After every epoch it writes an atomic checkpoint
 (model, optimizer, both RNG states, history), logs the epoch's metrics to the results store, and
 can be resumed from that checkpoint to exactly the result of an uninterrupted run (same thread
 count and device).
@@ -21,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from relaxlab.api import get_relaxation
+from relaxlab.engine.fusion import fusable_network
+from relaxlab.engine.network import UnsupportedNetworkError
 from relaxlab.evaluation.certify import certify
 from relaxlab.store import Store, environment
 from relaxlab.training.checkpoint import (
@@ -30,9 +34,10 @@ from relaxlab.training.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from relaxlab.training.config import ConfigError, TrainConfig, from_dict, validate_names
+from relaxlab.training.config import ConfigError, TrainConfig, from_dict, valid_keys, validate_names
 from relaxlab.training.loss import training_loss
 from relaxlab.training.schedule import ScheduleValues, learning_rate, schedule_at
+from relaxlab.training.smoothing import noise_generator, smoothed_backward, update_running_stats
 
 if TYPE_CHECKING:
     from relaxlab.architectures import Architecture
@@ -147,7 +152,7 @@ def check_resumable(payload: dict[str, Any], config: TrainConfig, path: Path) ->
     """Refuse to resume from a checkpoint of a different run."""
     saved = from_dict(json.loads(payload["config"]))
     if saved != config:
-        diff = {k: (v, getattr(config, k)) for k, v in saved.to_dict().items() if config.to_dict()[k] != v}
+        diff = {k: (getattr(saved, k), getattr(config, k)) for k in valid_keys() if getattr(saved, k) != getattr(config, k)}
         raise CheckpointError(
             f"cannot resume from {path}: it was written by a run with a different config "
             f"(checkpoint vs now: {diff}); use the same config or a new output directory"
@@ -206,6 +211,11 @@ def train(
         raise ConfigError(f"data of dataset {data.dataset.name!r} given for a config of {config.dataset!r}")
     device = _default_device() if device is None else torch.device(device)
     state = _start(config, resolved.architecture, data.dataset, payload, checkpoint_path, device)
+    if config.loss_fusion:
+        try:
+            fusable_network(state.model, torch.zeros(2, *data.dataset.input_shape, device=device))
+        except UnsupportedNetworkError as error:
+            raise ConfigError(f"architecture {config.architecture!r}: {error}") from None
     if store is not None:
         state.run_id = _open_run(store, state, config, device)
     loop = _Loop(config=config, data=data, relaxations=resolved.relaxations, callbacks=tuple(callbacks),
@@ -350,16 +360,30 @@ class _Loop:
 
     def _step(self, state: _State, x: Tensor, y: Tensor, values: ScheduleValues, epoch: int) -> dict[str, float]:
         config = self.config
-        loss, parts = training_loss(
-            state.model, x, y, eps=values.eps, kappa=values.kappa, beta=values.beta, relaxations=self.relaxations,
-            num_classes=self.data.dataset.num_classes, elision=config.elision, l1=config.l1,
-        )
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {float(loss)} at epoch {epoch + 1}, step {state.step}; lower lr or add grad_clip"
+
+        def loss_fn() -> tuple[Tensor, dict[str, float]]:
+            loss, parts = training_loss(
+                state.model, x, y, eps=values.eps, kappa=values.kappa, beta=values.beta,
+                relaxations=self.relaxations, num_classes=self.data.dataset.num_classes, elision=config.elision,
+                l1=config.l1, fusion=config.loss_fusion,
             )
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss became {float(loss)} at epoch {epoch + 1}, step {state.step}; lower lr or add "
+                    "grad_clip" + (" or lower smoothing_sigma" if config.smoothing_samples else "")
+                )
+            return loss, parts
+
+        if config.smoothing_samples:
+            parts = smoothed_backward(
+                state.model, loss_fn, samples=config.smoothing_samples, sigma=config.smoothing_sigma,
+                generator=noise_generator(config.seed, state.step),
+            )
+            update_running_stats(state.model, x)
+        else:
+            loss, parts = loss_fn()
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if config.grad_clip > 0:
             nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
         state.optimizer.step()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,9 +10,9 @@ import torch
 from attrs import evolve
 
 import relaxlab
-from relaxlab.core.expr import Param, Sigmoid
+from relaxlab.core.expr import L, Opaque, Param, Sigmoid, U
 from relaxlab.core.lines import CHORD, EXACT_NEGATIVE, EXACT_POSITIVE, IDENTITY, ZERO
-from relaxlab.core.relaxation import CaseBounds, ParamSpec, ReluRelaxation
+from relaxlab.core.relaxation import BoundsTransform, CaseBounds, Line, ParamSpec, ReluRelaxation, line
 from relaxlab.core.stability import Stability, classify, stability_masks
 
 F64 = torch.float64
@@ -129,6 +130,41 @@ def test_invalid_specs_cannot_be_built() -> None:
     with pytest.raises(ValueError, match="must be >= 0"):
         ReluRelaxation(name="y", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
                        unstable=CaseBounds(IDENTITY, CHORD), params=(ParamSpec("w", -1.0, minimum=0.0),))
+
+
+def test_canonical_text_is_the_spec_and_only_the_spec() -> None:
+    """Equal specs give equal text whatever their docs; every part that decides the lines changes it."""
+    crown = relaxlab.get_relaxation("CROWN")
+    text = crown.canonical()
+    assert text is not None and json.loads(text)[0] == "ReluRelaxation"
+    assert evolve(crown, summary="other words", reference="elsewhere").canonical() == text
+    assert ReluRelaxation(name="CROWN", negative=crown.negative, unstable=crown.unstable,
+                          positive=crown.positive).canonical() == text  # built again: the same text
+    changed = [
+        evolve(crown, name="CROWN-renamed"),  # the name is part of what a counterexample says
+        evolve(crown, intermediate="interval"),
+        evolve(crown, unstable=CaseBounds(ZERO, CHORD)),
+        evolve(crown, transform=BoundsTransform(L - 1.0, U + 1.0)),
+    ]
+    loose = relaxlab.get_relaxation("LooseIBP-C")
+    texts = [r.canonical() for r in changed] + [loose.canonical(), loose.with_params(omega=0.5).canonical()]
+    assert len({text, *texts}) == len(texts) + 1
+
+
+def test_specs_with_code_have_no_canonical_text() -> None:
+    opaque = Line(Opaque("my-slope", lambda env: env["u"] / (env["u"] - env["l"])), 0.0)
+
+    class MyLine(Line):
+        pass
+
+    class MyRelaxation(ReluRelaxation):
+        pass
+
+    crown = relaxlab.get_relaxation("CROWN")
+    assert evolve(crown, unstable=CaseBounds(ZERO, opaque)).canonical() is None
+    assert evolve(crown, unstable=CaseBounds(ZERO, MyLine(crown.unstable.upper.slope, 0.0))).canonical() is None
+    assert MyRelaxation(name="mine", negative=EXACT_NEGATIVE, unstable=CaseBounds(ZERO, line(1.0)),
+                        positive=EXACT_POSITIVE).canonical() is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

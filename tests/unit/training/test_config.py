@@ -54,6 +54,15 @@ def test_unknown_keys_are_refused_with_the_valid_keys_listed(tmp_path: Path) -> 
         ({"epochs": 2, "warmup_epochs": 2, "rampup_epochs": 1}, "exceed epochs"),
         ({"eps_start": 0.3, "eps_train": 0.1}, "eps_start"),
         ({"name": "../x"}, "plain directory name"),
+        ({"smoothing_samples": 4}, r"smoothing_sigma must be > 0 when smoothing_samples > 0 .*set smoothing_sigma"),
+        ({"smoothing_sigma": 0.1}, "has no effect with smoothing_samples = 0"),
+        ({"smoothing_samples": -1, "smoothing_sigma": 0.1}, "smoothing_samples must be >= 0"),
+        ({"smoothing_samples": 2, "smoothing_sigma": -0.1}, "smoothing_sigma must be >= 0"),
+        ({"smoothing_samples": 2, "smoothing_sigma": float("inf")}, "smoothing_sigma must be a finite number"),
+        ({"smoothing_samples": 2.0, "smoothing_sigma": 0.1}, "must be int"),
+        ({"loss_fusion": 1}, "must be bool"),
+        ({"loss_fusion": True, "method": "natural"}, "method = 'natural' does not have"),
+        ({"loss_fusion": True, "elision": False}, "set elision = true or loss_fusion = false"),
     ],
 )
 def test_bad_values_are_refused(data: dict[str, object], message: str) -> None:
@@ -74,6 +83,25 @@ def test_unknown_names_are_refused_with_suggestions() -> None:
 def test_json_round_trip() -> None:
     config = TrainConfig(lr_milestones=(1, 2), relaxation="hBox")
     assert from_dict(__import__("json").loads(config.to_json())) == config
+    on = TrainConfig(smoothing_samples=4, smoothing_sigma=0.01, loss_fusion=True, relaxation="CROWN-IBP (R)")
+    assert from_dict(__import__("json").loads(on.to_json())) == on
+
+
+def test_options_left_off_are_left_out_of_the_json() -> None:
+    """Configs that do not use smoothing or fusion serialise (and hash: sweep ids) as before those keys existed."""
+    data = TrainConfig(smoothing_samples=0, smoothing_sigma=0, loss_fusion=False).to_dict()
+    assert not {"smoothing_samples", "smoothing_sigma", "loss_fusion"} & set(data)
+    assert from_dict(data) == TrainConfig()
+    on = TrainConfig(smoothing_samples=2, smoothing_sigma=0.5, loss_fusion=True).to_dict()
+    assert (on["smoothing_samples"], on["smoothing_sigma"], on["loss_fusion"]) == (2, 0.5, True)
+    assert from_dict({"smoothing_samples": 3, "smoothing_sigma": 1}).smoothing_sigma == 1.0  # TOML's 1
+
+
+def test_loss_fusion_is_refused_for_backsubstitution_relaxations() -> None:
+    with pytest.raises(ConfigError, match="'CROWN' computes them by backsubstitution"):
+        validate_names(TrainConfig(relaxation="CROWN", loss_fusion=True))
+    validate_names(TrainConfig(relaxation="CROWN-IBP (R)", loss_fusion=True))
+    validate_names(TrainConfig(method="crown-ibp", loss_fusion=True))  # CROWN-IBP (R) and IBP
 
 
 def test_schedule_warmup_rampup_and_end() -> None:

@@ -1,0 +1,173 @@
+"""Loss fusion (Xu et al. 2020, App. A.2 and B.3): an upper bound of the worst-case cross-entropy
+from **one** backsubstituted row per example instead of one per class.
+
+For logits ``z`` and label ``y``, ``CE(z, y) = log S`` with ``S = sum_j exp(m_j)`` and the margins
+``m_j = z_j - z_y`` (``m_y = 0``). Over the input box:
+
+1. **Margin intervals** ``l_j <= m_j <= u_j`` by interval arithmetic from the box after the last
+   ReLU, as the relaxation's intermediate bounds give it (``relu(transform_bounds(l, u))`` for an
+   ``intermediate = "interval"`` relaxation such as CROWN-IBP (R); the lines' offsets for an
+   interval relaxation such as IBP). The margin rows are folded into the layers after the last
+   ReLU, whose image of that box is exact (:func:`~relaxlab.engine.backsub.bound_network` on them).
+2. **Shift.** ``s = max(0, max_j u_j)`` (per example, not differentiated: it cancels exactly), so
+   every ``exp`` below is at most 1: ``log S = s + log sum_j exp(m_j - s)``.
+3. **Chords.** ``exp`` is convex, so on ``[l_j - s, u_j - s]`` its chord lies above it:
+   ``exp(m_j - s) <= exp(u_j - s) + a_j (m_j - u_j)``, ``a_j`` the chord's slope
+   (:func:`exp_chord`; the tangent's slope where ``l_j = u_j``). Hence
+   ``sum_j exp(m_j - s) <= exp(-s) + c·z + sum_{j != y} (exp(u_j - s) - a_j u_j)`` with the one row
+   ``c = sum_{j != y} a_j (e_j - e_y)`` over the logits (``a_j >= 0``).
+4. **One row.** The upper bound of ``c·z`` over the box is ``bound_network`` with ``C = -c`` (one
+   row per example, lower bound only), through the relaxation's own backsubstitution. For an
+   interval relaxation, whose backsubstitution stops at the last ReLU (the engine's fast path),
+   the row is pulled back through the layers after it only, from the box of step 1.
+
+Cost: the relaxation's intermediate bounds are computed once for step 1 and, for a relaxation
+that backsubstitutes the final row (CROWN-IBP (R)), once more inside ``bound_network`` (an
+interval pass: the engine has no entry point that takes intermediate bounds already computed).
+
+The bound is ``s + log max(S', exp(-s))`` with ``S'`` the right-hand side above: ``S' >= exp(-s)``
+holds in exact arithmetic (``S >= exp(m_y) = 1``), so the maximum only guards the logarithm
+against rounding, and the bound is never below 0 = min CE. It is sound up to floating-point
+rounding; it may be looser or tighter than the cross-entropy of the worst-case logits from the
+margin bounds (docs/training.md has measurements). For an interval relaxation it is never looser:
+each chord lies below its constant ``exp(u_j - s)`` on the interval.
+
+Which relaxations: those whose intermediate bounds are intervals (``intermediate = "interval"``
+or ``is_interval``). A relaxation that backsubstitutes every intermediate layer (CROWN, DeepZ,
+hBox) is refused: its final rows are a small part of its cost, and :func:`bound_network` would
+compute its intermediate bounds a second time. Chain networks only (the graph engine has no
+single last ReLU to take the margins' box from).
+
+Shapes: ``B`` batch, ``K`` classes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from relaxlab.core.relaxer import Relaxer
+from relaxlab.engine.backsub import bound_network, intermediate_bounds
+from relaxlab.engine.box import PIXEL_DOMAIN, input_box
+from relaxlab.engine.graph import parse_model
+from relaxlab.engine.network import Network, UnsupportedNetworkError
+from relaxlab.engine.spec import margin_spec, other_classes
+
+__all__ = ["check_fusable", "exp_chord", "fusable_network", "fused_ce_bound"]
+
+#: Below this width the chord's slope is computed as ``exp(l)·expm1(w)/w`` (no cancellation);
+#: above it as ``(exp(u) - exp(l))/w`` (no overflow of ``expm1``).
+_NARROW = 1.0
+
+
+def check_fusable(relaxation: Relaxer) -> None:
+    """Refuse a relaxation whose intermediate bounds are not intervals (see the module docstring).
+
+    :raises ValueError: naming the relaxation and what to use instead.
+    """
+    if not relaxation.is_interval and relaxation.intermediate != "interval":
+        raise ValueError(
+            f"loss fusion needs a relaxation whose intermediate bounds are intervals (intermediate = "
+            f"'interval', e.g. CROWN-IBP (R), or an interval relaxation such as IBP); {relaxation.name!r} "
+            f"computes them by backsubstitution (intermediate = {relaxation.intermediate!r}), whose cost "
+            "fusion does not reduce; train it without loss fusion"
+        )
+
+
+def fusable_network(model: nn.Module | Network, x: Tensor) -> Network:
+    """``model`` parsed for ``x``'s shape, dtype and device, refused unless it is a chain.
+
+    :raises UnsupportedNetworkError: a graph (BatchNorm, residual blocks: CNN7, ResNet-S).
+    """
+    network = parse_model(model, tuple(x.shape[1:]), dtype=x.dtype, device=x.device, clean=x)
+    if not isinstance(network, Network):
+        raise UnsupportedNetworkError(
+            "loss fusion needs a chain network (an nn.Sequential of Linear, Conv2d, Flatten, ReLU and "
+            "Normalize, such as FC, CONV, CONV+ and FC-S); this model is a graph (BatchNorm or residual "
+            "blocks); train it without loss fusion"
+        )
+    return network
+
+
+def exp_chord(lower: Tensor, upper: Tensor) -> Tensor:
+    """Slope of the chord of ``exp`` on ``[lower, upper]`` (elementwise; ``exp(lower)`` where they meet).
+
+    The line ``exp(upper) + slope·(t - upper)`` lies above ``exp(t)`` for ``t`` in the interval
+    (``exp`` is convex). A width below 0 (rounding of bounds of a point) counts as 0. Keep
+    ``upper`` small (shifted to ``<= 0``): ``exp(upper)`` is evaluated.
+    """
+    width = (upper - lower).clamp(min=0)
+    narrow = width <= _NARROW
+    # expm1(w)/w, with w = 0 (and the branch not taken) replaced so that no 0/0 reaches autograd
+    safe = torch.where(narrow & (width > 0), width, torch.ones_like(width))
+    ratio = torch.where(width > 0, torch.expm1(safe) / safe, torch.ones_like(width))
+    wide = width.clamp(min=_NARROW)
+    return torch.where(narrow, torch.exp(lower) * ratio, (torch.exp(upper) - torch.exp(upper - wide)) / wide)
+
+
+def fused_ce_bound(
+    model: nn.Module | Network,
+    x: Tensor,
+    labels: Tensor,
+    eps: float | Tensor,
+    relaxation: Relaxer,
+    *,
+    num_classes: int,
+    domain: tuple[float, float] | None = PIXEL_DOMAIN,
+) -> Tensor:
+    """``(B,)`` upper bounds of ``max CE(model(x'), y)`` over the eps-box of each ``x`` (differentiable).
+
+    :param model: a chain ``nn.Sequential`` (or a parsed :class:`Network`); a model in training
+        mode is bounded as it is (no centre check, as in certified training).
+    :param x: ``(B, *input_shape)`` centres; the computation runs in their dtype and device.
+    :param labels: ``(B,)`` classes.
+    :param eps: l_inf radius (a number or a ``(B,)`` tensor, as for ``compute_bounds``).
+    :param relaxation: an interval-intermediate relaxation (:func:`check_fusable`).
+    :param num_classes: ``K``.
+    :param domain: the box is clipped to it (default: pixels in ``[0, 1]``).
+    :raises ValueError: a backsubstitution relaxation; :class:`UnsupportedNetworkError` for a
+        network that is not a chain.
+    """
+    check_fusable(relaxation)
+    network = fusable_network(model, x)
+    lower, upper = input_box(x, eps, domain)
+    # 1. margins m_j = z_j - z_y (rows -(e_y - e_j)) over the box after the last ReLU
+    rows = -margin_spec(labels, num_classes, dtype=x.dtype)
+    tail, box_lower, box_upper = _after_last_relu(network, lower, upper, relaxation)
+    margin_lower, margin_upper = bound_network(tail, box_lower, box_upper, relaxation, C=rows)
+    # 2. shift; 3. chords of exp on [l_j - s, u_j - s]
+    shift = margin_upper.detach().amax(dim=1).clamp(min=0)
+    top = margin_upper - shift.unsqueeze(1)
+    slope = exp_chord(margin_lower - shift.unsqueeze(1), top)
+    constant = (torch.exp(top) - slope * margin_upper).sum(dim=1)
+    # 4. one row c = sum_j a_j (e_j - e_y) over the logits; its upper bound is -lb(-c)
+    others = other_classes(labels, num_classes)
+    row = slope.new_zeros(labels.shape[0], num_classes).scatter(1, others, slope)
+    row = row - F.one_hot(labels, num_classes).to(slope.dtype) * slope.sum(dim=1, keepdim=True)
+    if relaxation.is_interval:
+        # what bound_network's interval fast path does: the row meets the box after the last ReLU
+        # (the one found above), so only the layers after it are pulled back, and not run twice
+        lb, _ = bound_network(tail, box_lower, box_upper, relaxation, C=-row.unsqueeze(1), lower_only=True)
+    else:
+        lb, _ = bound_network(network, lower, upper, relaxation, C=-row.unsqueeze(1), lower_only=True)
+    floor = torch.exp(-shift)
+    total = floor + constant - lb[:, 0]
+    return shift + torch.log(torch.maximum(total, floor))
+
+
+def _after_last_relu(
+    network: Network, lower: Tensor, upper: Tensor, relaxation: Relaxer
+) -> tuple[Network, Tensor, Tensor]:
+    """The layers after the last ReLU as a network, and the box of their input (the relaxation's own)."""
+    relus = network.relus
+    if not relus:
+        return network, lower, upper
+    boxes, lines = intermediate_bounds(network, lower, upper, relaxation)
+    if relaxation.is_interval:  # the interval fast path: the box of the lines' offsets
+        box_lower, box_upper = lines[-1].lower_offset, lines[-1].upper_offset
+    else:
+        t_lower, t_upper = relaxation.transform_bounds(*boxes[-1])
+        box_lower, box_upper = torch.relu(t_lower), torch.relu(t_upper)
+    tail = network.segments[-1]
+    return Network(layers=tail, input_shape=relus[-1].out_shape), box_lower, box_upper
