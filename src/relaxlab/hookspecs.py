@@ -75,7 +75,7 @@ def relaxlab_candidate_transforms() -> Iterable[tuple[str, BoundsTransform, tupl
 
     :return: candidate transforms.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
     return ()
 
