@@ -1,9 +1,10 @@
 """Hook specifications: the complete contract between relaxlab and its plugins.
 
 A plugin is a module (or object) with functions named after these hooks and
-marked with :data:`relaxlab.hookimpl`. Built-in relaxations, candidate lines,
-architectures and datasets are provided by plugins implementing exactly these
-hooks; third-party plugins come in through the ``relaxlab`` entry-point group.
+marked with :data:`relaxlab.hookimpl`. Built-in relaxations, candidate lines and
+transforms, architectures and datasets are provided by plugins implementing
+exactly these hooks; third-party plugins come in through the ``relaxlab``
+entry-point group.
 
 Every hook *returns* values (no registration callbacks): a hook implementation
 is a pure function that tests can call directly. The host records which plugin
@@ -19,7 +20,7 @@ import pluggy
 if TYPE_CHECKING:  # keep this module import-cycle free
     from collections.abc import Iterable
 
-    from relaxlab.core.relaxation import Line, ReluRelaxation
+    from relaxlab.core.relaxation import BoundsTransform, Line, ParamSpec, ReluRelaxation
 
 hookspec = pluggy.HookspecMarker("relaxlab")
 #: Marks a plugin's hook implementations (re-exported as ``relaxlab.hookimpl``).
@@ -54,6 +55,25 @@ def relaxlab_candidate_lines() -> Iterable[tuple[str, str, Line]]:
     are sound for that case, so an unsound candidate never reaches a result.
 
     :return: candidate lines.
+
+    .. versionadded:: 0.1
+    """
+    return ()
+
+
+@hookspec
+def relaxlab_candidate_transforms() -> Iterable[tuple[str, BoundsTransform, tuple[ParamSpec, ...]]]:
+    """Return candidate bounds transforms for relaxation discovery.
+
+    Each item is ``(name, transform, params)``: a short readable label
+    (``"loose-C"``) used in generated relaxation names, a
+    :class:`~relaxlab.core.relaxation.BoundsTransform` that widens ``[l, u]``
+    before the ReLU, and the :class:`~relaxlab.core.relaxation.ParamSpec` of
+    every parameter its expressions use. Discovery proves that each transform
+    widens (one that does not is left out with its counterexample) and applies
+    it to every relaxation it keeps, at each value of its parameter grid.
+
+    :return: candidate transforms.
 
     .. versionadded:: 0.1
     """

@@ -36,7 +36,8 @@ import pluggy
 from attrs import define, field, frozen
 
 from relaxlab import hookspecs
-from relaxlab.core.relaxation import Line, ReluRelaxation
+from relaxlab.core.expr import BOUND_VARIABLES
+from relaxlab.core.relaxation import BoundsTransform, Line, ParamSpec, ReluRelaxation
 
 #: A soundness check: ``None`` for a sound relaxation, else something whose ``str`` says why not.
 SoundnessCheck = Callable[[ReluRelaxation], object | None]
@@ -250,6 +251,25 @@ class CandidateLine:
     source: str
 
 
+@frozen
+class CandidateTransform:
+    """A candidate bounds transform for discovery, with its parameters and the plugin that contributed it.
+
+    :raises ValueError: when the transform uses a parameter ``params`` does not declare.
+    """
+
+    name: str
+    transform: BoundsTransform
+    params: tuple[ParamSpec, ...] = field(converter=tuple)
+    source: str
+
+    def __attrs_post_init__(self) -> None:
+        used = (self.transform.lower.variables() | self.transform.upper.variables()) - BOUND_VARIABLES
+        undeclared = used - {p.name for p in self.params}
+        if undeclared:
+            raise ValueError(f"candidate transform {self.name!r} uses undeclared parameter(s) {sorted(undeclared)}")
+
+
 @define
 class Registry:
     """Everything the installed plugins provide."""
@@ -258,6 +278,7 @@ class Registry:
     architectures: NamedRegistry[Any] = field(factory=lambda: NamedRegistry("architecture"))
     datasets: NamedRegistry[Any] = field(factory=lambda: NamedRegistry("dataset"))
     candidate_lines: list[CandidateLine] = field(factory=list)
+    candidate_transforms: list[CandidateTransform] = field(factory=list)
     errors: list[PluginError] = field(factory=list)
     plugins: list[str] = field(factory=list)
 
@@ -355,6 +376,12 @@ def build_registry(
                                  "(name, 'lower'|'upper'|'both', Line)"):
         name, side, ln = item
         registry.candidate_lines.append(CandidateLine(name, side, ln, source))
+    for source, item in _collect(pm, "relaxlab_candidate_transforms", errors, _is_candidate_transform,
+                                 "(name, BoundsTransform, (ParamSpec, ...))"):
+        try:
+            registry.candidate_transforms.append(CandidateTransform(*item, source))
+        except ValueError as error:
+            errors.append(PluginError(source, str(error)))
     if check is not None:
         for name, relaxation in list(registry.relaxations._items.items()):
             try:
@@ -371,6 +398,12 @@ def build_registry(
 def _is_candidate(item: Any) -> bool:
     return (isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str)
             and item[1] in ("lower", "upper", "both") and isinstance(item[2], Line))
+
+
+def _is_candidate_transform(item: Any) -> bool:
+    return (isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str)
+            and isinstance(item[1], BoundsTransform) and isinstance(item[2], (tuple, list))
+            and all(isinstance(p, ParamSpec) for p in item[2]))
 
 
 def _add(target: NamedRegistry[Any], item: Any, source: str, errors: list[PluginError]) -> None:

@@ -15,6 +15,21 @@ from relaxlab.cli.options import QUIET, WIDE
 _FAMILY_CHOICES = ("switch", "soft", "interval", "none")
 
 
+def _grid(items: tuple[str, ...]) -> dict[str, tuple[float, ...]] | None:
+    """``--grid omega=0.5,1 --grid F=1,10`` as ``{"omega": (0.5, 1.0), "F": (1.0, 10.0)}``."""
+    grid: dict[str, tuple[float, ...]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        try:
+            parsed = tuple(float(v) for v in values.split(",") if v.strip())
+        except ValueError:
+            parsed = ()
+        if not sep or not name.strip() or not parsed:
+            fail(f"--grid expects PARAM=V1,V2,... (e.g. omega=0.5,1,2), got {item!r}")
+        grid[name.strip()] = parsed
+    return grid or None
+
+
 def _relation_summary(result: Any, kind: str) -> str:
     names = [n for n, t in result.relations.items() if t.overall == kind and n not in result.equivalent_to]
     return ", ".join(names) or "-"
@@ -23,6 +38,11 @@ def _relation_summary(result: Any, kind: str) -> str:
 @click.command("discover")
 @click.option("--family", "families", multiple=True, type=click.Choice(_FAMILY_CHOICES),
               help="Families to add to the non-dominated combinations (repeatable; default: all; 'none': no family).")
+@click.option("--transform", "transform_names", multiple=True, metavar="NAME",
+              help="Bounds transforms to apply to every result (repeatable; default: all candidates, "
+                   "e.g. loose-C, loose-DC; 'none': no transform).")
+@click.option("--grid", "grid_items", multiple=True, metavar="PARAM=V1,V2,...",
+              help="Values of a transform parameter, each applied (repeatable; default: omega=1, F=1).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (stages, results, dominated, ...).")
 @click.option("--graph", "graph_path", type=click.Path(dir_okay=False, writable=True),
               help="Draw the genealogy to this image (PNG/SVG/PDF by suffix).")
@@ -40,28 +60,35 @@ def _relation_summary(result: Any, kind: str) -> str:
 @click.option("--no-relations", is_flag=True, help="Skip tightness relations to the registered relaxations.")
 @WIDE
 @QUIET
-def discover_command(families: tuple[str, ...], as_json: bool, graph_path: str | None, graph_scope: str,
+def discover_command(families: tuple[str, ...], transform_names: tuple[str, ...], grid_items: tuple[str, ...],
+                     as_json: bool, graph_path: str | None, graph_scope: str,
                      graphml_path: str | None, dot_path: str | None, register: bool, plugin_path: str | None,
                      all_dominated: bool, no_relations: bool, wide: bool, quiet: bool) -> None:
-    """Discover relaxations: all line combinations -> sound -> non-dominated -> + switch, soft, (R).
+    """Discover relaxations: all line combinations -> sound -> non-dominated -> + switch, soft, (R) -> + transforms.
 
-    Candidate lines come from every installed plugin (hook relaxlab_candidate_lines).
-    Results equal to a registered relaxation carry its name; the others get a name
-    built from their lines, e.g. 'gen(neg 0..0, unst x..x-l, pos x..x)' (lower..upper per case).
+    Candidate lines and bounds transforms come from every installed plugin (hooks
+    relaxlab_candidate_lines, relaxlab_candidate_transforms). Results equal to a registered
+    relaxation carry its name (LooseIBP-C); the others get a name built from their lines and
+    transform, e.g. 'gen(neg 0..0, unst x..x-l, pos x..x) + loose-C' (lower..upper per case).
     """
     from relaxlab.api import get_registry
     from relaxlab.cli.progress import Phases
-    from relaxlab.discovery import discover, emit, genealogy
+    from relaxlab.discovery import discover, emit, genealogy, transforms
     from relaxlab.properties.soundness import check_soundness
 
     if "none" in families and len(families) > 1:
         fail("--family none cannot be combined with other families")
+    if "none" in transform_names and len(transform_names) > 1:
+        fail("--transform none cannot be combined with other transforms")
     chosen = None if not families else [f for f in families if f != "none"]
+    grid = _grid(grid_items)
     registry = get_registry()
     try:
+        widenings = None if not transform_names else transforms.choose(registry.candidate_transforms,
+                                                                       transform_names)
         with Phases(quiet=quiet, prefix="discover: ") as phases:
-            found = discover(registry, families=chosen, relations=not no_relations, all_dominated=all_dominated,
-                             progress=phases.start)
+            found = discover(registry, transforms=widenings, grid=grid, families=chosen, relations=not no_relations,
+                             all_dominated=all_dominated, progress=phases.start)
     except ValueError as error:
         fail(str(error))
     if graph_path or graphml_path or dot_path:
@@ -84,8 +111,11 @@ def discover_command(families: tuple[str, ...], as_json: bool, graph_path: str |
         return
     stages = ("stages: " + " -> ".join(f"{stage} {count}" for stage, count in found.stages)
               + f"  ({found.seconds:.1f} s)")
-    click.echo(stages if wide else textwrap.fill(stages, width=TABLE_WIDTH, subsequent_indent="  ",
-                                                 break_long_words=False))
+    if found.transforms:
+        stages += "\ntransforms: " + ", ".join(t.label for t in found.transforms)
+    click.echo(stages if wide else "\n".join(
+        textwrap.fill(part, width=TABLE_WIDTH, subsequent_indent="  ", break_long_words=False)
+        for part in stages.splitlines()))
     rows = []
     for result in found.results:
         unstable = result.cases[1]

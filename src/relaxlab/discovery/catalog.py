@@ -60,7 +60,10 @@ class CatalogLine:
 
 @frozen
 class Rejection:
-    """A catalog line left out of one case, and why (a counterexample, or the line it duplicates)."""
+    """A catalog line left out of one case, and why (a counterexample, or the line it duplicates).
+
+    A candidate transform left out has ``side="transform"`` and ``case="all"``.
+    """
 
     token: str
     side: str
@@ -69,6 +72,8 @@ class Rejection:
     reason: str
 
     def __str__(self) -> str:
+        if self.side == "transform":
+            return f"transform {self.token!r}: {self.kind}: {self.reason}"
         return f"{self.side} line {self.token!r} in case {self.case}: {self.kind}: {self.reason}"
 
 
@@ -97,6 +102,11 @@ class Catalog:
         raise KeyError(f"no {side} catalog line {token!r}")
 
 
+def safe_token(name: str, default: str = "line") -> str:
+    """``name`` with the characters generated relaxation names reserve replaced (``0.9u`` -> ``0_9u``)."""
+    return _TOKEN_BAD.sub("_", name.replace(" ", "")) or default
+
+
 def _tokens(names: Sequence[tuple[str, Line]]) -> dict[tuple[str, Line], str]:
     """Safe, unique tokens; the same (name, line) always gets the same token."""
     tokens: dict[tuple[str, Line], str] = {}
@@ -104,7 +114,7 @@ def _tokens(names: Sequence[tuple[str, Line]]) -> dict[tuple[str, Line], str]:
     for name, ln in names:
         if (name, ln) in tokens:
             continue
-        base = _TOKEN_BAD.sub("_", name.replace(" ", "")) or "line"
+        base = safe_token(name)
         token, k = base, 2
         while token in used and used[token] != ln:
             token, k = f"{base}_{k}", k + 1

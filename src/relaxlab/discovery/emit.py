@@ -27,14 +27,24 @@ from relaxlab.core.expr import (
     Switch,
     Var,
 )
-from relaxlab.core.relaxation import CaseBounds, Line, ParamSpec, ReluRelaxation
+from relaxlab.core.relaxation import BoundsTransform, CaseBounds, Line, ParamSpec, ReluRelaxation
 from relaxlab.discovery.pipeline import Discovery, Result
 from relaxlab.registry import Registry, SoundnessCheck
 
 
 def new_results(discovery: Discovery) -> list[Result]:
-    """Kept results that no registered relaxation equals (the genuinely new ones)."""
-    return [r for r in discovery.results if not r.equivalent_to]
+    """Kept results that no registered relaxation equals (the genuinely new ones), one per name.
+
+    A transform applied at several grid values gives results with one name and different
+    parameter values: they are one parametrized relaxation, kept once (at the first values found).
+    """
+    seen: set[str] = set()
+    out = []
+    for result in discovery.results:
+        if not result.equivalent_to and result.relaxation.name not in seen:
+            seen.add(result.relaxation.name)
+            out.append(result)
+    return out
 
 
 def register_results(
@@ -47,7 +57,7 @@ def register_results(
     """
     names = []
     for result in results:
-        if result.name in registry.relaxations:
+        if result.relaxation.name in registry.relaxations:
             continue
         registry.relaxations.register(result.relaxation, source, check=check)
         names.append(result.name)
@@ -93,10 +103,14 @@ def _param_source(spec: ParamSpec) -> str:
             f"maximum={spec.maximum!r}, description={spec.description!r})")
 
 
+def _transform_source(transform: BoundsTransform | None) -> str:
+    if transform is None:
+        return "None"
+    return f"BoundsTransform({expr_source(transform.lower)}, {expr_source(transform.upper)})"
+
+
 def relaxation_source(relaxation: ReluRelaxation) -> str:
-    """Python source for a :class:`ReluRelaxation` without a transform."""
-    if relaxation.transform is not None:
-        raise ValueError(f"{relaxation.name}: relaxations with a bounds transform are not written by discovery")
+    """Python source for a :class:`ReluRelaxation`."""
     params = ", ".join(_param_source(p) for p in relaxation.params)
     return (
         "ReluRelaxation(\n"
@@ -105,6 +119,7 @@ def relaxation_source(relaxation: ReluRelaxation) -> str:
         f"    unstable={_case_source(relaxation.unstable)},\n"
         f"    positive={_case_source(relaxation.positive)},\n"
         f"    intermediate={relaxation.intermediate!r},\n"
+        f"    transform={_transform_source(relaxation.transform)},\n"
         f"    params=({params}{',' if relaxation.params else ''}),\n"
         f"    values={relaxation.values!r},\n"
         f"    summary={relaxation.summary or 'Found by relaxlab discover.'!r},\n"
@@ -134,7 +149,7 @@ from collections.abc import Iterable
 
 import relaxlab
 from relaxlab.core.expr import Add, Const, Div, Ge, L, Mul, Named, Param, Sigmoid, Step, Switch, U
-from relaxlab.core.relaxation import CaseBounds, Line, ParamSpec, ReluRelaxation
+from relaxlab.core.relaxation import BoundsTransform, CaseBounds, Line, ParamSpec, ReluRelaxation
 
 RELAXATIONS: tuple[ReluRelaxation, ...] = (
 {body}{"," if results else ""}

@@ -16,24 +16,32 @@ from cached per-line pieces with the *same criteria*:
   neighbouring cases' lines agree on both sides of the boundary (compared at
   points ``1e-12`` apart, with :data:`~relaxlab.properties.continuity.JUMP_TOLERANCE`);
   inside a case a line can only jump at its own switches and floor/ceil steps,
-  which are located by bisection between sample points of the case.
+  which are located by bisection between sample points of the case;
+- with a **bounds transform** ``[l', u'] = T(l, u)``: continuous when the lines are (as
+  functions of ``(l', u')``, the criterion above) and ``T`` is (it can only jump at its own
+  steps, located the same way); sensitive as
+  :func:`~relaxlab.properties.sensitivity.derive_sensitivity` says of the lines with ``T``
+  substituted. A jump of the lines or of ``T`` is a jump of the relaxation when the widened
+  bounds reach it, as they do for the built-in transforms (``[l - ω, u + ω]`` and the
+  floor/ceil widening reach every ``(l', u')`` up to scale).
 
-``tests/unit/test_discovery_flags.py`` checks that these flags equal
+``tests/unit/discovery/test_pipeline.py`` checks that these flags equal
 :func:`~relaxlab.properties.derive`'s for generated and registered relaxations.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from relaxlab.core.relaxation import Line, ReluRelaxation
+from relaxlab.core.expr import Expr
+from relaxlab.core.relaxation import BoundsTransform, Line, ReluRelaxation
 from relaxlab.core.stability import Stability
 from relaxlab.discovery.catalog import probe_relaxation
-from relaxlab.properties import derive
 from relaxlab.properties.continuity import JUMP_TOLERANCE
 from relaxlab.properties.sensitivity import derive_sensitivity, probe_sensitivity
 from relaxlab.properties.tightness import case_pairs
@@ -148,29 +156,50 @@ def line_sensitive(line: Line, stability: Stability) -> bool:
     return any(r.case == str(stability) and r.side == "lower" for r in probe_sensitivity(probe))
 
 
-def fast_flags(relaxation: ReluRelaxation) -> tuple[bool, bool]:
-    """``(continuous, sensitive)`` of a relaxation without a bounds transform, from per-line pieces.
+def transform_jumps(transform: BoundsTransform, params: tuple[tuple[str, float], ...] = ()) -> bool:
+    """Whether ``transform`` jumps for some ``(l, u)`` (at one of its floor/ceil steps or switches).
 
-    Falls back to :func:`relaxlab.properties.derive` for a relaxation with a transform.
+    Its two expressions are the same in every case, so only jumps inside a case can occur; they
+    are located as a line's are (:func:`internal_jump`, with the bounds ``(l', u')`` in place of
+    slope and offset).
     """
-    if relaxation.transform is not None:
-        props = derive(relaxation)
-        return props.continuous, props.sensitive
+    pseudo = Line(transform.lower, transform.upper)
+    return any(internal_jump(pseudo, stability, params) for stability in Stability)
+
+
+def fast_flags(relaxation: ReluRelaxation, *, lines_continuous: bool | None = None) -> tuple[bool, bool]:
+    """``(continuous, sensitive)`` of a relaxation, from per-line pieces (and its transform's steps).
+
+    :param lines_continuous: the continuity of its lines when already known (from the same
+        lines without the transform): only the transform's steps are then looked at.
+    """
     reasons = derive_sensitivity(relaxation)
     sensitive = bool(reasons) if reasons is not None else bool(probe_sensitivity(relaxation))
-    params = tuple(sorted(relaxation.parameters.items()))
+    values = relaxation.parameters
+    transform = relaxation.transform
+    if lines_continuous is not None and transform is not None:
+        jumps = transform_jumps(transform, _used((transform.lower, transform.upper), values))
+        return lines_continuous and not jumps, sensitive
     continuous = True
     for stability, case in relaxation.cases():
         for ln in case.lines():
-            if internal_jump(ln, stability, params):
+            if internal_jump(ln, stability, _used(ln.expressions(), values)):
                 continuous = False
     for boundary, first, second in BOUNDARIES:
         for a, b in zip(relaxation.case(first).lines(), relaxation.case(second).lines(), strict=True):
             if not traces_match(
-                boundary_trace(a, first, boundary, params),
-                boundary_trace(b, second, boundary, params),
+                boundary_trace(a, first, boundary, _used(a.expressions(), values)),
+                boundary_trace(b, second, boundary, _used(b.expressions(), values)),
                 boundary,
                 first,
             ):
                 continuous = False
+    if transform is not None and transform_jumps(transform, _used((transform.lower, transform.upper), values)):
+        continuous = False
     return continuous, sensitive
+
+
+def _used(exprs: Iterable[Expr], values: dict[str, float]) -> tuple[tuple[str, float], ...]:
+    """The parameter values the expressions use (what the per-line caches are keyed by)."""
+    names = frozenset().union(*(e.variables() for e in exprs))
+    return tuple(sorted((k, v) for k, v in values.items() if k in names))

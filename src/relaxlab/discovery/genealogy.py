@@ -11,10 +11,14 @@ comparison points of :mod:`relaxlab.properties.tightness`), and an edge
 - ``continuity``: only stable-case lines differ, in both stable cases, and they make
   a discontinuous ``A`` continuous (CROWN-0-Tria → CROWN-0-Tria-C; one direction);
 - ``switch`` / ``soft`` / ``interval``: the family changes of discovery (the two
-  parents → their switch → its soft version; any relaxation → its (R) variant).
+  parents → their switch → its soft version; any relaxation → its (R) variant);
+- ``transform``: the same lines on widened bounds (IBP → LooseIBP-C, hBox → hBox + loose-C).
 
-Edges only join relaxations with the same intermediate mode, except the
-``interval`` ones. A family label replaces a line/case label on the same edge.
+Lines of a relaxation with a bounds transform are identified as declared (on the widened
+bounds), so line/case/continuity edges join relaxations with the same transform and parameter
+values as they join plain ones. Edges only join relaxations with the same intermediate mode and
+transform, except the ``interval`` and ``transform`` ones. A family label replaces a
+line/case label on the same edge.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import networkx as nx
+from attrs import evolve
 
 from relaxlab.core.relaxation import ReluRelaxation
 from relaxlab.core.stability import Stability
@@ -35,7 +40,7 @@ from relaxlab.properties.tightness import effective_intermediate, profile, value
 
 #: The paper's base relaxations (Table 2), highlighted in drawings.
 BASE_RELAXATIONS = ("IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)")
-EDGE_KINDS = ("line", "case", "continuity", "switch", "soft", "interval")
+EDGE_KINDS = ("line", "case", "continuity", "switch", "soft", "interval", "transform")
 _SYMMETRIC = ("line", "case")
 
 
@@ -47,7 +52,8 @@ class _LineIds:
         self.labels: dict[tuple[int, int], str] = {}
 
     def ids(self, relaxation: ReluRelaxation, labels: Iterable[str] | None = None) -> tuple[int, ...]:
-        values = profile(relaxation)
+        plain = relaxation if relaxation.transform is None else evolve(relaxation, transform=None)
+        values = profile(plain)  # the lines as declared, on the (widened) bounds they are given
         out = []
         label_list = list(labels) if labels is not None else [None] * len(SLOTS)
         for k, ((stability, side), label) in enumerate(zip(SLOTS, label_list, strict=True)):
@@ -63,6 +69,16 @@ class _LineIds:
         return tuple(out)
 
 
+def _widening(relaxation: ReluRelaxation) -> str:
+    """The transform and the values of the parameters it uses (``""`` without one)."""
+    transform = relaxation.transform
+    if transform is None:
+        return ""
+    used = transform.lower.variables() | transform.upper.variables()
+    values = ", ".join(f"{k}={v:g}" for k, v in relaxation.parameters.items() if k in used)
+    return f"{transform} ({values})" if values else str(transform)
+
+
 def _slot_text(k: int) -> str:
     stability, side = SLOTS[k]
     return f"{stability} {side}"
@@ -72,38 +88,42 @@ def genealogy(discovery: Discovery, registered: Iterable[ReluRelaxation] = ()) -
     """The genealogy graph of a discovery run (plus ``registered`` relaxations it did not produce).
 
     Node attributes: ``family``, ``registered`` (a registered name), ``base``, ``aliases``,
-    ``generated_name``, ``continuous``, ``sensitive``, ``intermediate``, ``depth`` (edges from a base
-    relaxation). Edge attributes: ``kind`` (one of :data:`EDGE_KINDS`) and ``label``.
+    ``generated_name``, ``continuous``, ``sensitive``, ``intermediate``, ``transform`` (the
+    widening and its parameter values, or ``""``), ``depth`` (edges from a base relaxation).
+    Edge attributes: ``kind`` (one of :data:`EDGE_KINDS`) and ``label``.
     """
     graph = nx.DiGraph()
     ids = _LineIds()
     slots: dict[str, tuple[int, ...]] = {}
-    modes: dict[str, str] = {}
+    modes: dict[str, tuple[str, str]] = {}  # (effective intermediate mode, widening): edges join equal ones
     for result in discovery.results:
         labels = [t for c in result.cases for t in (c.lower, c.upper)]
         slots[result.name] = ids.ids(result.relaxation, labels)
-        modes[result.name] = effective_intermediate(result.relaxation)
+        modes[result.name] = (effective_intermediate(result.relaxation), _widening(result.relaxation))
         graph.add_node(result.name, family=result.family, registered=bool(result.equivalent_to),
                        base=result.name in BASE_RELAXATIONS, aliases=", ".join(result.equivalent_to),
                        generated_name=result.generated_name, continuous=result.continuous,
-                       sensitive=result.sensitive, intermediate=modes[result.name])
+                       sensitive=result.sensitive, intermediate=modes[result.name][0],
+                       transform=modes[result.name][1])
     known = {alias for r in discovery.results for alias in r.equivalent_to}
     for relaxation in registered:
         if relaxation.name in known or relaxation.name in graph:
             continue
         slots[relaxation.name] = ids.ids(relaxation)
-        modes[relaxation.name] = effective_intermediate(relaxation)
+        modes[relaxation.name] = (effective_intermediate(relaxation), _widening(relaxation))
         continuous, sensitive = fast_flags(relaxation)
         graph.add_node(relaxation.name, family="registered", registered=True,
                        base=relaxation.name in BASE_RELAXATIONS, aliases=relaxation.name,
                        generated_name="", continuous=continuous, sensitive=sensitive,
-                       intermediate=modes[relaxation.name])
+                       intermediate=modes[relaxation.name][0], transform=modes[relaxation.name][1])
 
     def label(k: int, i: int) -> str:
         return ids.labels[(k, i)]
 
     stable = {k for k, (s, _) in enumerate(SLOTS) if s is not Stability.UNSTABLE}
     for a, b in itertools.permutations(slots, 2):
+        if slots[a] == slots[b] and modes[a][0] == modes[b][0] and not modes[a][1] and modes[b][1]:
+            graph.add_edge(a, b, kind="transform", label=f"bounds widened to {modes[b][1]}")
         if modes[a] != modes[b]:
             continue
         diff = [k for k in range(len(SLOTS)) if slots[a][k] != slots[b][k]]
@@ -185,7 +205,7 @@ def write_dot(graph: nx.DiGraph, path: str | Path) -> None:
 
 
 _EDGE_COLOURS = {"line": "#888888", "case": "#1f77b4", "continuity": "#2ca02c", "switch": "#d62728",
-                 "soft": "#9467bd", "interval": "#ff7f0e"}
+                 "soft": "#9467bd", "interval": "#ff7f0e", "transform": "#8c564b"}
 
 
 def draw(
@@ -276,8 +296,8 @@ def draw(
     ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
     ax.set_axis_off()
     base = "gold" if values is None else "bold"
-    ax.set_title("Genealogy of relaxations: column = number of one-line/one-case/family changes from a base "
-                 f"relaxation ({base});\nrightmost column: no one-change link", fontsize=9)
+    ax.set_title("Genealogy of relaxations: column = number of one-line/one-case/family/transform changes from a "
+                 f"base relaxation ({base});\nrightmost column: no one-change link", fontsize=9)
     fig.tight_layout()
     fig.savefig(str(path), dpi=110)
     plt.close(fig)

@@ -1,4 +1,4 @@
-"""The discovery pipeline: catalog → sound → non-dominated → families → named, related results.
+"""The discovery pipeline: catalog → sound → non-dominated → families → transforms → named, related results.
 
 :func:`discover` runs every stage and returns a :class:`Discovery` with the
 count after each stage, the results (with flags, tightness relations to every
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from attrs import evolve, field, frozen
@@ -28,16 +28,18 @@ from relaxlab.discovery.families import (
 )
 from relaxlab.discovery.flags import fast_flags
 from relaxlab.discovery.search import Enumeration, enumerate_combinations
+from relaxlab.discovery.transforms import TransformSetting, settings
 from relaxlab.properties.soundness import check_soundness
 from relaxlab.properties.tightness import (
     Tightness,
     compare,
+    compare_many,
     effective_intermediate,
     line_values,
     profile,
     values_equal,
 )
-from relaxlab.registry import CandidateLine, Registry
+from relaxlab.registry import CandidateLine, CandidateTransform, Registry
 
 #: Families :func:`discover` can add, in the order they are built.
 FAMILIES = ("switch", "soft", "interval")
@@ -67,15 +69,20 @@ class CaseLines:
 class Result:
     """One discovered relaxation.
 
-    :param name: the registered name when equivalent to a registered relaxation, else the generated name.
-    :param generated_name: the name built from its lines (stable: the same spec always gets it).
-    :param relaxation: the relaxation, carrying ``name``.
-    :param family: ``"combination"``, ``"switch"``, ``"soft"`` or ``"interval"``.
+    :param name: the registered name when equivalent to a registered relaxation, else the generated name;
+        with the parameter values where they are not the defaults (``LooseIBP-C(omega=0.5)``).
+    :param generated_name: the name built from its lines and transform (stable: the same spec always gets it).
+    :param relaxation: the relaxation, carrying ``name`` (its ``label``).
+    :param family: ``"combination"``, ``"switch"``, ``"soft"`` or ``"interval"`` (of its lines, with or
+        without a transform).
     :param cases: its lines per case.
     :param continuous: ✓C.
     :param sensitive: ✗S.
-    :param equivalent_to: registered relaxations with numerically the same lines and intermediate mode.
+    :param equivalent_to: registered relaxations with numerically the same lines, transform and intermediate
+        mode (at this result's parameter values: ``LooseIBP-C`` for ``LooseIBP-C(omega=0.5)``).
     :param parents: names of the results it was built from (families).
+    :param transform: the bounds transform setting it uses (``loose-C(omega=1)``), or ``""``.
+    :param untransformed: the result with the same lines and no transform, or ``""``.
     :param status: ``"kept"`` or ``"dominated"``.
     :param dominated_by: for a dominated one, the kept results that dominate it.
     :param relations: per registered relaxation, how this result compares (see :mod:`relaxlab.properties.tightness`).
@@ -93,6 +100,8 @@ class Result:
     status: str = "kept"
     dominated_by: tuple[str, ...] = ()
     relations: dict[str, Tightness] = field(factory=dict)
+    transform: str = ""
+    untransformed: str = ""
 
     @property
     def flags(self) -> str:
@@ -110,6 +119,8 @@ class Result:
             "sensitive": self.sensitive,
             "equivalent_to": list(self.equivalent_to),
             "parents": list(self.parents),
+            "transform": self.transform,
+            "untransformed": self.untransformed,
         }
         if self.status == "dominated":
             out["dominated_by"] = list(self.dominated_by)
@@ -143,8 +154,9 @@ class Discovery:
     :param results: kept results and families (status ``"kept"``), in pipeline order.
     :param dominated: dominated combinations equivalent to a registered relaxation (or all, with ``all_dominated``).
     :param rediscovered: one entry per registered relaxation.
-    :param rejected: catalog lines left out of a case, and why.
+    :param rejected: catalog lines left out of a case, and candidate transforms left out, and why.
     :param seconds: wall time of the run.
+    :param transforms: the transform settings applied (each candidate at each grid point).
     """
 
     catalog: Catalog
@@ -156,6 +168,7 @@ class Discovery:
     rejected: tuple[Rejection, ...]
     families: tuple[str, ...]
     seconds: float
+    transforms: tuple[TransformSetting, ...] = ()
 
     def get(self, name: str) -> Result:
         """A result (kept or dominated) by its name, generated name or an equivalent registered name."""
@@ -168,6 +181,7 @@ class Discovery:
         return {
             "stages": [{"stage": s, "count": c} for s, c in self.stages],
             "families": list(self.families),
+            "transforms": [t.as_dict() for t in self.transforms],
             "results": [r.as_dict(relations=relations) for r in self.results],
             "dominated": [r.as_dict(relations=relations) for r in self.dominated],
             "rediscovered": [
@@ -201,7 +215,14 @@ class _Draft:
     relaxation: ReluRelaxation  # named with the generated name
     labels: tuple[tuple[str, str], ...]  # per case: (name label, unused)
     tokens: tuple[tuple[str, str], ...]  # per case: (lower token, upper token)
-    parents: tuple[str, ...] = ()
+    parents: tuple[str, ...] = ()  # keys of the drafts it was built from
+    transform: str = ""  # the transform setting's label
+    untransformed: str = ""  # key of the draft without the transform
+
+    @property
+    def key(self) -> str:
+        """The generated name with non-default parameter values: unique among drafts."""
+        return self.relaxation.label
 
 
 def _combination_draft(lines: Sequence[CatalogLine]) -> _Draft:
@@ -228,7 +249,18 @@ def _family_draft(family: str, then: _Draft, other: _Draft, unstable: CaseBounds
         a if a == b else f"{word}({a}, {b})" for a, b in zip(then.tokens[k], other.tokens[k], strict=True)
     )
     tokens = (then.tokens[0], token_pair, then.tokens[2])
-    return _Draft(family, relaxation, labels, tokens, (then.relaxation.name, other.relaxation.name))  # type: ignore[arg-type]
+    return _Draft(family, relaxation, labels, tokens, (then.key, other.key))  # type: ignore[arg-type]
+
+
+def _transformed_drafts(drafts: Sequence[_Draft], setting: TransformSetting) -> list[_Draft]:
+    """Every draft on the bounds ``setting`` widens to: ``<name> + <transform>``, parents widened alike."""
+    widened = {d.key: setting.apply(d.relaxation, f"{d.relaxation.name} + {setting.token}") for d in drafts}
+    keys = {key: relaxation.label for key, relaxation in widened.items()}
+    return [
+        _Draft(d.family, widened[d.key], d.labels, d.tokens, tuple(keys.get(p, p) for p in d.parents),
+               setting.label, d.key)
+        for d in drafts
+    ]
 
 
 # -- the pipeline ---------------------------------------------------------------------------------
@@ -248,6 +280,8 @@ def discover(
     registry: Registry,
     *,
     candidates: Iterable[CandidateLine] | None = None,
+    transforms: Iterable[CandidateTransform] | None = None,
+    grid: Mapping[str, Sequence[float]] | None = None,
     families: Iterable[str] | None = None,
     relations: bool = True,
     all_dominated: bool = False,
@@ -257,15 +291,20 @@ def discover(
 
     :param registry: where candidate lines and the registered relaxations come from (e.g. :func:`relaxlab.get_registry`).
     :param candidates: candidate lines to use instead of the registry's.
+    :param transforms: candidate bounds transforms to use instead of the registry's (``[]``: none).
+    :param grid: parameter values to apply the transforms at, ``{name: values}``, replacing those of
+        :data:`relaxlab.discovery.transforms.DEFAULT_GRID` (ω = 1, F = 1) for the parameters it names.
     :param families: which of :data:`FAMILIES` to add (default: all).
     :param relations: compute tightness relations to every registered relaxation.
     :param all_dominated: report every dominated combination, not only those equivalent to a registered one.
     :param progress: called once the results are known with a phase name and their number; it
         returns the callback called with ``1`` after each result is named, flagged and related.
-    :raises ValueError: for an unknown family, or a slot without any sound candidate line.
+    :raises ValueError: for an unknown family, a slot without any sound candidate line, or a grid
+        parameter no transform declares or a value out of its range.
     """
     chosen = _check_families(families)
     start = time.perf_counter()
+    widenings, refused = settings(registry.candidate_transforms if transforms is None else transforms, grid)
     registered = [
         r
         for name, r in ((n, registry.relaxations[n]) for n in registry.relaxations.names())
@@ -286,21 +325,31 @@ def discover(
         for d, i in zip(drafts, kept_idx, strict=True)
     }
     drafts = _add_families(drafts, chosen, stages)
+    if widenings:
+        plain = list(drafts)
+        for setting in widenings:
+            drafts += _transformed_drafts(plain, setting)
+        stages.append(("+ transforms", len(drafts) - len(plain)))
     _check_sound(drafts)
 
     naming = _Namer(registered)
     results = []
     done = progress("results", len(drafts)) if progress is not None else None
+    lines_continuous: dict[str, bool] = {}  # plain drafts come first: widened ones reuse their lines' flag
     for draft in drafts:
-        continuous, sensitive = flags.get(draft.relaxation.name) or fast_flags(draft.relaxation)
+        continuous, sensitive = flags.get(draft.relaxation.name) or fast_flags(
+            draft.relaxation, lines_continuous=lines_continuous.get(draft.untransformed))
+        if not draft.transform:
+            lines_continuous[draft.key] = continuous
         results.append(naming.result(draft, continuous, sensitive, relations=relations))
         if done is not None:
             done(1)
     # parents by final names
     rename = {r.generated_name: r.name for r in results}
-    results = [evolve(r, parents=tuple(rename.get(p, p) for p in r.parents)) for r in results]
+    results = [evolve(r, parents=tuple(rename.get(p, p) for p in r.parents),
+                      untransformed=rename.get(r.untransformed, r.untransformed)) for r in results]
     stages.append(("total", len(results)))
-    dominated = _dominated(enumeration, results, registered, naming, all_dominated=all_dominated,
+    dominated = _dominated(enumeration, results, registered, naming, widenings, all_dominated=all_dominated,
                            relations=relations)
     return Discovery(
         catalog,
@@ -309,9 +358,10 @@ def discover(
         tuple(results),
         tuple(dominated),
         tuple(_rediscoveries(registered, results, dominated)),
-        catalog.rejected,
+        (*catalog.rejected, *refused),
         chosen,
         time.perf_counter() - start,
+        tuple(widenings),
     )
 
 
@@ -344,7 +394,7 @@ def _add_families(drafts: list[_Draft], chosen: tuple[str, ...], stages: list[tu
     if "interval" in chosen:
         intervals = [
             _Draft("interval", interval_variant(d.relaxation, f"{d.relaxation.name} (R)"), d.labels, d.tokens,
-                   (d.relaxation.name,))
+                   (d.key,))
             for d in drafts
             # all slopes zero: backsubstitution already is interval arithmetic
             if effective_intermediate(d.relaxation) != "interval"
@@ -362,37 +412,70 @@ def _check_sound(drafts: list[_Draft]) -> None:
 
 
 def _dominated(
-    enumeration: Enumeration, results: list[Result], registered: list[ReluRelaxation], naming: _Namer, *,
-    all_dominated: bool, relations: bool,
+    enumeration: Enumeration, results: list[Result], registered: list[ReluRelaxation], naming: _Namer,
+    widenings: Sequence[TransformSetting], *, all_dominated: bool, relations: bool,
 ) -> list[Result]:
-    """Dominated combinations (all, or those equal to a registered relaxation) with their dominators."""
+    """Dominated combinations (all, or those equal to a registered relaxation) with their dominators.
+
+    A registered relaxation with a bounds transform is matched by its lines and reported with its
+    transform and parameter values, when the transform is one of ``widenings``'.
+    """
     kept_names = {r.generated_name: r.name for r in results}
     if all_dominated:
-        wanted = enumeration.dominated.nonzero().flatten().tolist()
+        wanted: list[tuple[int, TransformSetting | None]] = [
+            (int(i), None) for i in enumeration.dominated.nonzero().flatten()]
     else:
-        wanted = sorted({i for r in registered for i in _matching_combinations(enumeration, r)
-                         if bool(enumeration.dominated[i])})
+        found: dict[tuple[int, TransformSetting | None], None] = {}
+        for relaxation in registered:
+            setting = _setting_of(relaxation, widenings)
+            if relaxation.transform is not None and setting is None:
+                continue
+            lines = evolve(relaxation, transform=None) if setting is not None else relaxation
+            for i in _matching_combinations(enumeration, lines):
+                if bool(enumeration.dominated[i]):
+                    found[(i, setting)] = None
+        wanted = sorted(found, key=lambda item: (item[0], item[1].label if item[1] is not None else ""))
     dominated = []
-    for i in wanted:
+    for i, setting in wanted:
         draft = _combination_draft(enumeration.lines(i))
-        by = tuple(
-            kept_names[_combination_draft(enumeration.lines(j)).relaxation.name]
-            for j in enumeration.dominators(i)
-        )
-        result = naming.result(
-            draft, bool(enumeration.continuous[i]), bool(enumeration.sensitive[i]), relations=relations
-        )
+        dominators = [_combination_draft(enumeration.lines(j)) for j in enumeration.dominators(i)]
+        if setting is not None:
+            draft = _transformed_drafts([draft], setting)[0]
+            dominators = [_transformed_drafts([d], setting)[0] for d in dominators]
+        by = tuple(kept_names.get(d.key, d.key) for d in dominators)
+        if setting is None:
+            continuous, sensitive = bool(enumeration.continuous[i]), bool(enumeration.sensitive[i])
+        else:
+            continuous, sensitive = fast_flags(draft.relaxation)
+        result = naming.result(draft, continuous, sensitive, relations=relations)
         dominated.append(evolve(result, status="dominated", dominated_by=by))
     return dominated
+
+
+def _setting_of(relaxation: ReluRelaxation, widenings: Sequence[TransformSetting]) -> TransformSetting | None:
+    """A setting with ``relaxation``'s transform at its parameter values, when discovery has that transform."""
+    if relaxation.transform is None:
+        return None
+    for setting in widenings:
+        if setting.transform == relaxation.transform:
+            return setting.at({k: relaxation.parameters.get(k, v) for k, v in setting.values})
+    return None
 
 
 def _rediscoveries(
     registered: list[ReluRelaxation], results: list[Result], dominated: list[Result]
 ) -> list[Rediscovery]:
-    """What became of every registered relaxation: kept, dominated, or not found."""
+    """What became of every registered relaxation: kept, dominated, or not found.
+
+    Among several results equal to it (a transform at several grid values), the one at its own
+    parameter values is named.
+    """
     out = []
     for relaxation in registered:
-        found = next((r for r in (*results, *dominated) if relaxation.name in r.equivalent_to), None)
+        matches = [r for r in (*results, *dominated) if relaxation.name in r.equivalent_to]
+        same_values = [r for r in matches
+                       if all(r.relaxation.parameters.get(k) == v for k, v in relaxation.parameters.items())]
+        found = (same_values or matches or [None])[0]
         if found is None:
             out.append(Rediscovery(relaxation.name, "not found", None))
         elif found.status == "kept":
@@ -420,12 +503,14 @@ class _Namer:
 
     def __init__(self, registered: list[ReluRelaxation]) -> None:
         self.registered = registered
+        self.profiles = [(profile(r), effective_intermediate(r)) for r in registered]
 
     def result(self, draft: _Draft, continuous: bool, sensitive: bool, *, relations: bool) -> Result:
         relaxation = draft.relaxation
-        related = {r.name: compare(relaxation, r) for r in self.registered}
-        same = tuple(n for n, t in related.items() if t.overall == "equal" and t.same_intermediate)
-        name = same[0] if same else relaxation.name
+        verdicts = compare_many(profile(relaxation), effective_intermediate(relaxation), self.profiles)
+        related = {r.name: t for r, t in zip(self.registered, verdicts, strict=True)}
+        same = tuple(r.name for r in self.registered if _equal(relaxation, r, related[r.name]))
+        named = evolve(relaxation, name=same[0]) if same else relaxation
         cases = tuple(
             CaseLines(str(s), lower, upper, str(case.lower), str(case.upper))
             for s, (lower, upper), (_, case) in zip(Stability, draft.tokens, relaxation.cases(), strict=True)
@@ -433,9 +518,9 @@ class _Namer:
         if not relations:
             related = {}
         return Result(
-            name=name,
-            generated_name=relaxation.name,
-            relaxation=evolve(relaxation, name=name),
+            name=named.label,
+            generated_name=draft.key,
+            relaxation=named,
             family=draft.family,
             cases=cases,
             continuous=continuous,
@@ -443,4 +528,18 @@ class _Namer:
             equivalent_to=same,
             parents=draft.parents,
             relations=related,
+            transform=draft.transform,
+            untransformed=draft.untransformed,
         )
+
+
+def _equal(relaxation: ReluRelaxation, registered: ReluRelaxation, tightness: Tightness) -> bool:
+    """Numerically the same lines (and transform) and intermediate mode, at ``relaxation``'s parameter values.
+
+    ``tightness`` compares with ``registered`` at its own values; where they share parameters with
+    other values (LooseIBP-C at ω = 0.5 and the registered ω = 1), it is compared again at these.
+    """
+    shared = {k: v for k, v in relaxation.parameters.items() if k in registered.parameters}
+    if any(registered.parameters[k] != v for k, v in shared.items()):
+        tightness = compare(relaxation, registered.with_params(**shared))
+    return tightness.overall == "equal" and tightness.same_intermediate

@@ -13,7 +13,10 @@ the tolerance of :func:`~relaxlab.properties.soundness.find_counterexample` (the
 check), so that a proved relaxation never fails the sampled one. With a transform the case
 and the lines are taken on the transformed bounds ``(l', u')`` while ``x`` ranges over the raw
 ``[l, u]`` (as in the sampled check), and a separate part (``side="transform"``) proves that
-it widens: ``l' <= l + tol`` and ``u' >= u - tol``.
+it widens: ``l' <= l + tol`` and ``u' >= u - tol``. Once it is proved, a line proved sound for
+every ``(l', u')`` of its case at every scale needs nothing more (``[l, u]`` lies inside
+``[l', u']``), so its part is the transform-free proof; only other lines are proved through the
+transform.
 
 **How.** Each gap is brought into an exact normal form (:mod:`relaxlab.core.rational`:
 rational functions, exact cancellation, switches resolved branch by branch, sigmoid and
@@ -158,7 +161,7 @@ class PartVerdict:
     :param domain: where it is proved (or was searched).
     :param boxes: boxes examined.
     :param counterexample: the re-verified violation, for ``counterexample``.
-    :param note: for ``undecided`` and ``sampled``: why.
+    :param note: for ``undecided`` and ``sampled``: why; for ``proved``: how, where it is not the plain proof.
     """
 
     case: str
@@ -172,7 +175,7 @@ class PartVerdict:
     def __str__(self) -> str:
         head = f"{self.case} {self.side}: {self.outcome}"
         if self.outcome == PROVED:
-            return f"{head} on {self.domain} ({self.boxes} boxes)"
+            return f"{head} on {self.domain} ({self.boxes} boxes)" + (f", {self.note}" if self.note else "")
         if self.outcome == COUNTEREXAMPLE:
             return f"{head}: {self.counterexample}"
         if self.outcome == SAMPLED:
@@ -863,12 +866,19 @@ def _prove(relaxation: ReluRelaxation, budget: int, bound: float) -> SoundnessVe
         return parameter_ranges(relaxation.params, values, used)
 
     parts = []
+    widens = False
     if transform is not None:
-        parts.append(prove_part(None, "transform", None, transform, ranges(t_exprs), budget=budget, bound=bound))
+        widening = prove_part(None, "transform", None, transform, ranges(t_exprs), budget=budget, bound=bound)
+        parts.append(widening)
+        widens = widening.outcome == PROVED
     for stability, case in relaxation.cases():
         for side, ln in (("lower", case.lower), ("upper", case.upper)):
-            exprs = [*ln.expressions(), *t_exprs]
-            parts.append(prove_part(stability, side, ln, transform, ranges(exprs), budget=budget, bound=bound))
+            part = _proved_on_every_pair(stability, side, ln, ranges(list(ln.expressions())), budget, bound) \
+                if widens else None
+            if part is None:
+                exprs = [*ln.expressions(), *t_exprs]
+                part = prove_part(stability, side, ln, transform, ranges(exprs), budget=budget, bound=bound)
+            parts.append(part)
     counterexample = None
     confirmed_parts = []
     for part in parts:
@@ -888,6 +898,23 @@ def _prove(relaxation: ReluRelaxation, budget: int, bound: float) -> SoundnessVe
     if counterexample is None and any(p.outcome == SAMPLED for p in confirmed_parts):
         counterexample = sampled_check(relaxation, max_magnitude=bound)
     return SoundnessVerdict(relaxation.name, tuple(confirmed_parts), counterexample)
+
+
+def _proved_on_every_pair(stability: Stability, side: str, line: Line, ranges: tuple[ParamRange, ...],
+                          budget: int, bound: float) -> PartVerdict | None:
+    """The part of a line under a proved widening, from the line alone, or ``None``.
+
+    A line sound for *every* ``(l', u')`` of its case (at every scale) is sound on the widened
+    bounds whatever the transform: the case is decided on ``(l', u')`` and ``x`` ranges over
+    ``[l, u]``, inside ``[l', u']``. That proof does not depend on the transform (it is shared by
+    every relaxation with these lines, and cached), and it is what decides lines like ``λx - λl``,
+    whose composition with a parametrized transform leaves the branch and bound undecided. A line
+    proved only on ``|l'|, |u'| <= bound`` does not cover widened bounds beyond it: ``None``.
+    """
+    alone = prove_part(stability, side, line, None, ranges, budget=budget, bound=bound)
+    if alone.outcome != PROVED or alone.domain is None or not alone.domain.scale_invariant:
+        return None
+    return evolve(alone, note="on every (l', u') of the case, so on the widened bounds")
 
 
 def _renamed(verdict: SoundnessVerdict, name: str) -> SoundnessVerdict:

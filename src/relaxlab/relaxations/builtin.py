@@ -126,13 +126,16 @@ OMEGA = ParamSpec("omega", 1.0, minimum=0.0, description="looseness ω: how far 
 FREQUENCY = ParamSpec("F", 1.0, minimum=0.0, strict=True, description="frequency F of the floor/ceil steps")
 _OMEGA, _F = Param("omega"), Param("F")
 
+#: ``[l - ω, u + ω]``: the continuous widening of LooseIBP-C.
+LOOSE_C = BoundsTransform(L - _OMEGA, U + _OMEGA)
+#: ``[l - ω(⌈Fl⌉ - Fl), u + ω(Fu - ⌊Fu⌋)]``: the floor/ceil widening of LooseIBP-DC, with steps every 1/F.
+LOOSE_DC = BoundsTransform(L - _OMEGA * (ceil(_F * L) - _F * L), U + _OMEGA * (_F * U - floor(_F * U)))
+
 LOOSE_IBP_C = evolve(
-    IBP, name="LooseIBP-C", transform=BoundsTransform(L - _OMEGA, U + _OMEGA), params=(OMEGA,),
+    IBP, name="LooseIBP-C", transform=LOOSE_C, params=(OMEGA,),
     summary="IBP on [l - ω, u + ω]: continuous, looser than IBP.", reference=f"{PAPER}, Sec. 6")
 LOOSE_IBP_DC = evolve(
-    IBP, name="LooseIBP-DC",
-    transform=BoundsTransform(L - _OMEGA * (ceil(_F * L) - _F * L), U + _OMEGA * (_F * U - floor(_F * U))),
-    params=(OMEGA, FREQUENCY),
+    IBP, name="LooseIBP-DC", transform=LOOSE_DC, params=(OMEGA, FREQUENCY),
     summary="IBP on [l - ω(⌈Fl⌉ - Fl), u + ω(Fu - ⌊Fu⌋)]: discontinuous, tighter than LooseIBP-C.",
     reference=f"{PAPER}, Sec. 6")
 
@@ -168,3 +171,15 @@ CANDIDATE_LINES = (
 @hookimpl
 def relaxlab_candidate_lines() -> Iterable[tuple[str, str, object]]:
     return CANDIDATE_LINES
+
+
+#: Candidate bounds transforms for discovery (Sec. 6): (name, transform, parameters).
+CANDIDATE_TRANSFORMS = (
+    ("loose-C", LOOSE_C, (OMEGA,)),
+    ("loose-DC", LOOSE_DC, (OMEGA, FREQUENCY)),
+)
+
+
+@hookimpl
+def relaxlab_candidate_transforms() -> Iterable[tuple[str, BoundsTransform, tuple[ParamSpec, ...]]]:
+    return CANDIDATE_TRANSFORMS

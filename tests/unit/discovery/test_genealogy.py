@@ -13,11 +13,9 @@ from click.testing import CliRunner
 
 from relaxlab import hookspecs
 from relaxlab.cli import cli
-from relaxlab.discovery import discover
 from relaxlab.discovery.emit import new_results, plugin_source
-from relaxlab.discovery.genealogy import draw, genealogy, to_dot, write_graphml
+from relaxlab.discovery.genealogy import draw, to_dot, write_graphml
 from relaxlab.properties.soundness import check_soundness
-from relaxlab.registry import build_registry
 
 #: (from, to, kind) as App. H describes Fig. 10.
 FIG10 = [
@@ -34,18 +32,13 @@ FIG10 = [
 
 
 @pytest.fixture(scope="module")
-def registry():  # noqa: ANN201
-    return build_registry(load_entry_points=False)
+def found(discovered):  # noqa: ANN001, ANN201
+    return discovered
 
 
 @pytest.fixture(scope="module")
-def found(registry):  # noqa: ANN001, ANN201
-    return discover(registry)
-
-
-@pytest.fixture(scope="module")
-def graph(found, registry):  # noqa: ANN001, ANN201
-    return genealogy(found, registry.relaxations.values())
+def graph(discovered_graph):  # noqa: ANN001, ANN201
+    return discovered_graph
 
 
 @pytest.mark.parametrize(("source", "target", "kind"), FIG10)
@@ -71,6 +64,14 @@ def test_nodes_bases_and_depth(graph, found) -> None:  # noqa: ANN001
     assert bases == {"IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)"}
     assert graph.nodes["CROWN-0"]["depth"] == 1
     assert graph.nodes["CROWN-0-Tria-C"]["depth"] == 2
+
+
+def test_the_documented_graph_size_is_that_of_a_run(graph) -> None:  # noqa: ANN001
+    text = " ".join((Path(__file__).resolve().parents[3] / "docs" / "discovery.md").read_text().split())
+    transforms = sum(1 for _, _, kind in graph.edges(data="kind") if kind == "transform")
+    size = (f"hold all {graph.number_of_nodes():,} nodes and {graph.number_of_edges():,} edges "
+            f"({transforms} of them `transform`)").replace(",", " ")
+    assert size in text
 
 
 def test_exports_and_drawing(graph, tmp_path: Path) -> None:  # noqa: ANN001

@@ -12,6 +12,7 @@ from relaxlab.core.lines import CHORD, EXACT_NEGATIVE, EXACT_POSITIVE, KAPPA, LA
 from relaxlab.core.relaxation import BoundsTransform, CaseBounds, Line, ParamSpec, ReluRelaxation, line
 from relaxlab.core.stability import Stability
 from relaxlab.discovery.catalog import check_line
+from relaxlab.properties import prover
 from relaxlab.properties.prover import (
     COUNTEREXAMPLE,
     PROVED,
@@ -137,6 +138,36 @@ def test_a_transform_that_narrows_only_for_some_omega_is_refused() -> None:
     assert sampled_check(relaxation) is None
     found = check_soundness(relaxation)
     assert found is not None and found.side == "transform" and 6.0 <= dict(found.params)["omega"] <= 6.1
+
+
+def test_lines_sound_at_every_scale_are_proved_on_any_widening() -> None:
+    """CROWN's lines on [l - ω, u + ω]: the chord composed with the widening leaves the branch and
+    bound undecided, but a line sound for every (l', u') of its case is sound on the widened bounds."""
+    loose = relaxlab.get_relaxation("LooseIBP-C")
+    crown = evolve(relaxlab.get_relaxation("CROWN"), name="CROWN widened", transform=loose.transform,
+                   params=loose.params)
+    chord = prove_part(Stability.UNSTABLE, "upper", CHORD, loose.transform,
+                       (prover.ParamRange("omega", 0.0, 1e3),), budget=300)
+    assert chord.outcome == UNDECIDED  # through the transform: not decided
+    verdict = prove_soundness(crown)
+    assert verdict.outcome == PROVED, str(verdict)
+    assert verdict.part("all", "transform").outcome == PROVED
+    upper = verdict.part("unstable", "upper")
+    assert upper.domain.scale_invariant and "widened bounds" in str(upper)
+    assert check_soundness(crown) is None
+
+
+def test_a_line_sound_only_on_the_widened_bounds_is_proved_through_the_transform() -> None:
+    omega = Param("omega")
+    loose = relaxlab.get_relaxation("LooseIBP-C")
+    # y >= l' + ω is y >= l on [l - ω, u + ω]: sound there, and unsound for ω > 0 without the widening
+    relaxation = _relaxation("lower l plus omega", CaseBounds(line(0.0, L + omega), UPPER),
+                             transform=loose.transform, params=loose.params)
+    verdict = prove_soundness(relaxation)
+    assert verdict.outcome == PROVED, str(verdict)
+    assert not verdict.part("unstable", "lower").domain.scale_invariant  # proved through the transform
+    assert "widened bounds" in str(verdict.part("unstable", "upper"))  # proved on its own
+    _confirm(evolve(relaxation, transform=None), check_soundness(evolve(relaxation, transform=None)))
 
 
 def test_opaque_lines_are_sampled_not_proved() -> None:

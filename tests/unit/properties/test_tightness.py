@@ -13,10 +13,12 @@ from relaxlab.core.stability import Stability, stability_masks
 from relaxlab.properties.tightness import (
     case_pairs,
     compare,
+    compare_many,
     comparison_pairs,
     effective_intermediate,
     equivalent,
     line_values,
+    profile,
     values_equal,
 )
 
@@ -76,3 +78,13 @@ def test_comparison_pairs_cover_every_case_and_values_are_lines() -> None:
     expected = torch.stack((3 * lb, lb, 2 * ub + lb), dim=-1)
     assert values_equal(values, expected, Stability.UNSTABLE)
     assert not values_equal(values, line_values(UPPER, Stability.UNSTABLE), Stability.UNSTABLE)
+
+
+def test_batched_comparison_equals_one_at_a_time_across_batches() -> None:
+    # every registered relaxation (more than fit in one batch) against hBox, in order
+    others = [relaxlab.get_relaxation(n) for n in relaxlab.get_registry().relaxations.names()]
+    hbox = _get("hBox")
+    batched = compare_many(profile(hbox), effective_intermediate(hbox),
+                           [(profile(o), effective_intermediate(o)) for o in others])
+    assert len(others) > 12 and batched == [compare(hbox, o) for o in others]
+    assert {t.overall for t in batched} >= {"equal", "tighter", "looser", "incomparable"}
