@@ -35,7 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bounds": ("relaxlab.cli.engine_cmds:bounds_command",
                "Bound a network's outputs (or margins) for every input within EPS (l_inf) of INPUT."),
     "discover": ("relaxlab.cli.discovery_cmds:discover_command",
-                 "Discover relaxations: all line combinations -> sound -> non-dominated -> + switch, soft, (R)."),
+                 "Discover relaxations: all line combinations -> sound -> non-dominated -> + switch, soft, (R) "
+                 "-> + transforms."),
     "train": ("relaxlab.cli.training_cmds:train_cmd",
               "Train a network as CONFIG_FILE (TOML) says; checkpoints every epoch."),
     "certify": ("relaxlab.cli.training_cmds:certify_cmd",

@@ -130,7 +130,9 @@ def discover_command(families: tuple[str, ...], transform_names: tuple[str, ...]
     if found.rediscovered:
         click.echo(f"\nregistered relaxations, rediscovered or not ({len(found.rediscovered)}):")
     for item in found.rediscovered:
-        click.echo(f"  {item}")
+        line = f"  {item}"
+        click.echo(line if wide else textwrap.fill(line, width=TABLE_WIDTH, subsequent_indent="    ",
+                                                   break_long_words=False))
     if found.dominated and all_dominated:
         click.echo(f"\n{len(found.dominated)} dominated combinations (see --json for their dominators)")
     if plugin_path:
