@@ -47,6 +47,7 @@ from relaxlab.engine.network import (
     ConvLayer,
     LinearLayer,
     Network,
+    box_through_diagonal,
     parse_network,
 )
 
@@ -186,20 +187,14 @@ class _ReluStep(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_new, grad_bias):  # type: ignore[override]
-        coef, lower_slope, lower_offset, upper_slope, upper_offset = ctx.saved_tensors
-        zeros, rows_shape, shape = ctx.zeros, coef.shape, lower_slope.shape
-        # Work on flat rows (N, G, K) and flat lines (N, K).
-        flat = [t.flatten(1) for t in (lower_slope, lower_offset, upper_slope, upper_offset)]
-        for later in range(4):  # keep "the same tensor" where the lines share one
-            for earlier in range(later):
-                if (lower_slope, lower_offset, upper_slope, upper_offset)[later] is (
-                    lower_slope, lower_offset, upper_slope, upper_offset
-                )[earlier]:
-                    flat[later] = flat[earlier]
-                    break
-        inputs = (lower_slope, lower_offset, upper_slope, upper_offset)
-        lower_slope, lower_offset, upper_slope, upper_offset = flat
-        coef, grad_new = coef.flatten(2), grad_new.flatten(2)
+        coef, *inputs = ctx.saved_tensors
+        zeros, rows_shape, shape = ctx.zeros, coef.shape, inputs[0].shape
+        # first[j]: the first coefficient passed as the same tensor as coefficient j (equal lines
+        # may share one); the flat copies keep that sharing, and its gradient is returned once.
+        first = [next(i for i in range(4) if inputs[i] is inputs[j]) for j in range(4)]
+        flat = [t.flatten(1) for t in inputs]  # lines (N, K); rows below (N, G, K)
+        lower_slope, lower_offset, upper_slope, upper_offset = (flat[first[j]] for j in range(4))
+        coef, grad_new = coef.flatten(2), grad_new.flatten(2)  # autograd passes zeros for unused outputs
         same_slopes = lower_slope is upper_slope
         use_neg = "lower_offset" in zeros and "upper_offset" not in zeros
         # The roles, as _relu_step assigns them: (tensor, coefficient names it stands for with signs).
@@ -220,31 +215,24 @@ class _ReluStep(torch.autograd.Function):
             every_slope, split_slope = (lower_slope, ((0, 1.0),)), (upper_slope - lower_slope, ((2, 1.0), (0, -1.0)))
         else:  # A = λ_u, D = λ_l - λ_u
             every_slope, split_slope = (upper_slope, ((2, 1.0),)), (lower_slope - upper_slope, ((0, 1.0), (2, -1.0)))
-        rows_grad = grad_new is not None
         bias_grad = grad_bias.unsqueeze(-1)  # (N, G, 1)
         needs_split = split_slope is not None or split_offset is not None
         mask = (coef <= 0 if use_neg else coef >= 0) if needs_split else None
         # ∂coef, in place on one tensor of the rows' size.
-        if rows_grad and split_slope is not None:
-            grad_coef = grad_new * split_slope[0].unsqueeze(1)
-            if split_offset is not None:
-                grad_coef.addcmul_(bias_grad, split_offset[0].unsqueeze(1))
-        elif split_offset is not None:
-            grad_coef = bias_grad * split_offset[0].unsqueeze(1)
-        else:
-            grad_coef = None
-        if grad_coef is not None:
-            grad_coef.mul_(mask)
-        if rows_grad:
-            term = grad_new * every_slope[0].unsqueeze(1)
-            grad_coef = term if grad_coef is None else grad_coef.add_(term)
+        grad_coef = grad_new * every_slope[0].unsqueeze(1)
+        if split_slope is not None or split_offset is not None:
+            if split_slope is not None:
+                on_side = grad_new * split_slope[0].unsqueeze(1)
+                if split_offset is not None:
+                    on_side.addcmul_(bias_grad, split_offset[0].unsqueeze(1))
+            else:
+                on_side = bias_grad * split_offset[0].unsqueeze(1)
+            grad_coef.add_(on_side.mul_(mask))
         if every_offset is not None:
-            term = bias_grad * every_offset[0].unsqueeze(1)
-            grad_coef = term if grad_coef is None else grad_coef.add_(term)
-        if grad_coef is not None and grad_coef.shape != coef.shape:  # rows shared by the batch
+            grad_coef.addcmul_(bias_grad, every_offset[0].unsqueeze(1))
+        if grad_coef.shape != coef.shape:  # rows shared by the batch
             grad_coef = grad_coef.sum(0, keepdim=True)
-        if grad_coef is not None:
-            grad_coef = grad_coef.reshape(rows_shape)
+        grad_coef = grad_coef.reshape(rows_shape)
         # Gradients of the four coefficients (summed over the rows).
         grads: list[Tensor | None] = [None, None, None, None]
 
@@ -253,24 +241,20 @@ class _ReluStep(torch.autograd.Function):
                 part = value if sign == 1.0 else -value
                 grads[index] = part if grads[index] is None else grads[index] + part
 
-        if rows_grad:
-            product = grad_new * coef  # (N, G, K)
-            add(every_slope[1], product.sum(1))
-            if split_slope is not None:
-                add(split_slope[1], product.mul_(mask).sum(1))
+        product = grad_new * coef  # (N, G, K)
+        add(every_slope[1], product.sum(1))
+        if split_slope is not None:
+            add(split_slope[1], product.mul_(mask).sum(1))
         if every_offset is not None:
             add(every_offset[1], (grad_bias.unsqueeze(1) @ coef.expand(grad_bias.shape[0], *coef.shape[1:])).squeeze(1))
         if split_offset is not None:
             split = coef * mask
             add(split_offset[1], (grad_bias.unsqueeze(1) @ split.expand(grad_bias.shape[0], *split.shape[1:])).squeeze(1))
+        for j in range(4):  # a tensor passed for two coefficients gets its gradient once
+            if first[j] != j and grads[j] is not None:
+                grads[first[j]] = grads[j] if grads[first[j]] is None else grads[first[j]] + grads[j]
+                grads[j] = None
         grads = [None if g is None else g.reshape(shape) for g in grads]
-        # A tensor passed for two coefficients (equal lines) gets its gradient once.
-        for later in range(4):
-            for earlier in range(later):
-                if inputs[later] is inputs[earlier] and grads[later] is not None:
-                    grads[earlier] = grads[later] if grads[earlier] is None else grads[earlier] + grads[later]
-                    grads[later] = None
-                    break
         grad_rest = grad_bias.sum(0, keepdim=True) if ctx.shared_bias else grad_bias
         return (grad_coef, grad_rest, *grads, None)
 
@@ -340,15 +324,7 @@ def _rows_lower(
         segments[start] = segments[start][:-1]
     else:
         elided = None
-    # Diagonal layers at the input side (normalisation, flatten) map a box onto a box: move the
-    # box forward through them instead of pulling every row back (fewer passes over the rows).
-    leading = 0
-    while leading < len(segments[stop]) and segments[stop][leading].is_diagonal:
-        layer = segments[stop][leading]
-        mapped_lower, mapped_upper = layer.forward(lower), layer.forward(upper)
-        lower, upper = torch.minimum(mapped_lower, mapped_upper), torch.maximum(mapped_lower, mapped_upper)
-        leading += 1
-    segments[stop] = segments[stop][leading:]
+    lower, upper, segments[stop] = box_through_diagonal(segments[stop], lower, upper)
     # A convolution next to the box is pulled back in polyphase order and the box is laid out
     # to match (concretisation sums over positions, so their order is free): this saves
     # interleaving and cropping the largest coefficient tensor.
@@ -375,15 +351,36 @@ def _rows_lower(
     return torch.cat(results, dim=1)
 
 
-def _identity_rows(like: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Rows ``[I; -I]`` over the neurons of ``shape``, as ``(1, 2n, *shape)``.
+def _identity_rows(like: Tensor, shape: tuple[int, ...], keep: Tensor | None = None) -> Tensor:
+    """Rows ``[I; -I]`` over the neurons of ``shape`` (only those ``keep`` indexes, if given), as
+    ``(1, 2n, *shape)``.
 
     One copy for the whole batch: the affine layers before the first ReLU step pull back the
     same rows for every example, and that step broadcasts them against each example's lines.
     """
-    n = math.prod(shape)
-    eye = torch.eye(n, dtype=like.dtype, device=like.device)
-    return torch.cat([eye, -eye], dim=0).reshape(1, 2 * n, *shape)
+    eye = torch.eye(math.prod(shape), dtype=like.dtype, device=like.device)
+    if keep is not None:
+        eye = eye[keep]
+    return torch.cat([eye, -eye], dim=0).reshape(1, 2 * eye.shape[0], *shape)
+
+
+def _neuron_rows_lower(
+    segments: Sequence[Sequence[AffineLayer]],
+    lines: Sequence[RelaxationTensors],
+    index: int,
+    shape: tuple[int, ...],
+    lower: Tensor,
+    upper: Tensor,
+    chunk_size: int | None,
+    max_elements: int,
+    keep: Tensor | None = None,
+) -> Tensor:
+    """Lower bounds ``(B, 2n)`` of the rows ``[I; -I]`` over the neurons of ``segments[index]``
+    (only those ``keep`` indexes, if given), backsubstituted as full maps to the input box."""
+    rows = _identity_rows(lower, shape, keep)
+    widest = _widest(segments, index, 0, math.prod(lower.shape[1:]))
+    chunk = _chunk_rows(lower.shape[0], widest, chunk_size, max_elements)
+    return _rows_lower(segments, lines, index, 0, rows, lower, upper, chunk, elide=True)
 
 
 def _segment_box(
@@ -472,11 +469,7 @@ def _sparse_box(
     kept = keep.numel()
     if kept == 0:
         return ref_lower, ref_upper
-    eye = torch.eye(math.prod(shape), dtype=lower.dtype, device=lower.device)[keep]
-    rows = torch.cat([eye, -eye], dim=0).reshape(1, 2 * kept, *shape)
-    widest = _widest(segments, index, 0, math.prod(lower.shape[1:]))
-    chunk = _chunk_rows(lower.shape[0], widest, chunk_size, max_elements)
-    bounds = _rows_lower(segments, lines, index, 0, rows, lower, upper, chunk, elide=True)
+    bounds = _neuron_rows_lower(segments, lines, index, shape, lower, upper, chunk_size, max_elements, keep)
     pre_lower = ref_lower.flatten(1).index_copy(1, keep, bounds[:, :kept])
     pre_upper = ref_upper.flatten(1).index_copy(1, keep, -bounds[:, kept:])
     return pre_lower.reshape(ref_lower.shape), pre_upper.reshape(ref_upper.shape)
@@ -545,7 +538,6 @@ def intermediate_bounds(
     boxes: list[tuple[Tensor, Tensor]] = []
     lines: list[RelaxationTensors] = []
     box_lower, box_upper = lower, upper
-    input_numel = math.prod(net.input_shape)
     for index in range(len(segments) - 1):
         if index == 0 or resolved in ("interval", "fast"):
             pre_lower, pre_upper = _segment_box(
@@ -567,10 +559,7 @@ def intermediate_bounds(
                     segments, lines, index, shape, reference, lower, upper, chunk_size, max_elements
                 )
             else:
-                rows = _identity_rows(lower, shape)
-                widest = _widest(segments, index, 0, input_numel)
-                chunk = _chunk_rows(lower.shape[0], widest, chunk_size, max_elements)
-                bounds = _rows_lower(segments, lines, index, 0, rows, lower, upper, chunk, elide=True)
+                bounds = _neuron_rows_lower(segments, lines, index, shape, lower, upper, chunk_size, max_elements)
                 pre_lower, pre_upper = _split_rows(bounds, shape)
         relu_lines = _relaxation_lines(relaxation, pre_lower, pre_upper)
         _check_lines(relu_lines, pre_lower, relaxation.name, index)

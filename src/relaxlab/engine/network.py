@@ -23,7 +23,7 @@ device), so bounds stay differentiable with respect to the weights.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -162,6 +162,24 @@ class ConvLayer:
         grid = F.pad(values, (p_w, w * s_w - p_w - width, p_h, h * s_h - p_h - height))
         grid = grid.reshape(values.shape[0], channels, h, s_h, w, s_w).permute(0, 1, 3, 5, 2, 4)
         return grid.reshape(values.shape[0], -1)
+
+
+def box_through_diagonal(
+    layers: Sequence[AffineLayer], lower: Tensor, upper: Tensor
+) -> tuple[Tensor, Tensor, tuple[AffineLayer, ...]]:
+    """Move a box forward through the leading diagonal layers of ``layers`` (normalisation, flatten).
+
+    A diagonal layer maps a box onto a box, so the box is moved instead of pulling every row back
+    through the layer (fewer passes over the rows).
+
+    :return: the box after those layers, and the layers that remain.
+    """
+    leading = 0
+    while leading < len(layers) and layers[leading].is_diagonal:
+        mapped_lower, mapped_upper = layers[leading].forward(lower), layers[leading].forward(upper)
+        lower, upper = torch.minimum(mapped_lower, mapped_upper), torch.maximum(mapped_lower, mapped_upper)
+        leading += 1
+    return lower, upper, tuple(layers[leading:])
 
 
 def transposed_conv(

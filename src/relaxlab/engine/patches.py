@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from relaxlab.core.relaxer import RelaxationTensors
-from relaxlab.engine.network import AffineLayer, ConvLayer, transposed_conv
+from relaxlab.engine.network import AffineLayer, ConvLayer, box_through_diagonal, transposed_conv
 
 #: Rows per position pulled back together, at least (a budget below one row per position is exceeded).
 _MIN_GROUPS = 8
@@ -120,11 +120,7 @@ def patch_bounds(
     :param relu_step: the ReLU step of full backsubstitution (rows ``(N, G, K)``, lines ``(N, K)``).
     :param concretize: the concretisation of full backsubstitution.
     """
-    layers = list(segments[stop])
-    while layers[0].is_diagonal:
-        layer = layers.pop(0)
-        mapped_lower, mapped_upper = layer.forward(lower), layer.forward(upper)
-        lower, upper = torch.minimum(mapped_lower, mapped_upper), torch.maximum(mapped_lower, mapped_upper)
+    lower, upper, layers = box_through_diagonal(segments[stop], lower, upper)
     convs: list[ConvLayer] = [layers[0]] + [segments[i][0] for i in range(stop + 1, start + 1)]  # type: ignore[list-item]
     top = convs[-1]
     channels, n_h, n_w = top.out_shape
