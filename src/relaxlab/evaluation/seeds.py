@@ -8,6 +8,8 @@ From these:
 - :func:`seed_table` groups runs that differ only in the seed into a *cell* and gives mean ± std
   (sample standard deviation, n - 1) and n of accuracy, PGD accuracy and CR per cell and
   certifier (the layout of the paper's Tables 4 and 9);
+- :func:`looseness_table` lays the cells of parameterised relaxations out as the paper's Table 4:
+  one row per relaxation and its other parameters, one column per looseness ω;
 - :func:`select` picks, within each group of cells that differ only in the ``over`` keys, the
   cell with the best mean *validation* metric (ties: the first in sweep order) and reports that
   cell's *test* numbers. The test set is never looked at to choose.
@@ -222,6 +224,77 @@ def select(points: Sequence[SweepPoint], over: Sequence[str], metric: str = "cer
     return selections
 
 
+#: The parameter Table 4 puts in its columns: the looseness of the LooseIBP family.
+LOOSENESS = "omega"
+
+
+@attrs.frozen(kw_only=True)
+class LoosenessTable:
+    """CR (own certifier, mean ± std over seeds) of a sweep's relaxations by looseness: Table 4's layout.
+
+    :param columns: the looseness values, ascending.
+    :param rows: row label -> looseness -> CR; a row is a relaxation with its other parameters
+        (``LooseIBP-DC(F=10)``) and the other varying keys of its cell.
+    :param references: cells without the looseness parameter (``IBP``), label -> CR.
+    """
+
+    columns: tuple[float, ...]
+    rows: dict[str, dict[float, Stat]]
+    references: dict[str, Stat]
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def looseness_table(rows: Sequence[SeedRow], parameter: str = LOOSENESS) -> LoosenessTable | None:
+    """Table 4's layout of a seeds table, or ``None`` when fewer than two looseness values were run.
+
+    Only cells that vary ``relaxation`` take part, each with its own certifier (the relaxation it
+    trained with); names carry their parameters (``LooseIBP-DC(F=10, omega=0.5)``), and a
+    parameter left out has its declared default.
+    """
+    from relaxlab.api import get_relaxation  # the facade's registry resolves names with parameters
+
+    table: dict[str, dict[float, Stat]] = {}
+    references: dict[str, Stat] = {}
+    for row in rows:
+        cell = dict(row.cell)
+        name = cell.pop("relaxation", None)
+        if not isinstance(name, str):
+            continue
+        relaxation = get_relaxation(name, allow_unsound=True)
+        if row.certifier != name and get_relaxation(row.certifier, allow_unsound=True).label != relaxation.label:
+            continue  # certified with another relaxation than its own
+        values = relaxation.parameters
+        rest = [f"{k}={v}" for k, v in cell.items()]
+        if parameter not in values:
+            references[", ".join([name, *rest])] = row.certified
+            continue
+        others = [f"{k}={_number(v)}" for k, v in values.items() if k != parameter]
+        label = relaxation.name + (f"({', '.join(others)})" if others else "")
+        table.setdefault(", ".join([label, *rest]), {})[values[parameter]] = row.certified
+    columns = tuple(sorted({v for cells in table.values() for v in cells}))
+    if len(columns) < 2:
+        return None
+    return LoosenessTable(columns=columns, rows=table, references=references)
+
+
+def _render_looseness(table: LoosenessTable) -> list[str]:
+    out = [
+        "### CR by looseness ω (Table 4 layout; own certifier, mean ± std over seeds, in %)",
+        "",
+        "| relaxation | " + " | ".join(f"ω = {_number(c)}" for c in table.columns) + " |",
+        "|---|" + "---:|" * len(table.columns),
+    ]
+    for label, cells in table.rows.items():
+        out.append(f"| {label} | " + " | ".join(cells[c].format() if c in cells else "" for c in table.columns) + " |")
+    out.append("")
+    if table.references:
+        out += ["Without looseness: " + "; ".join(f"{k} {v.format()}" for k, v in table.references.items()) + ".", ""]
+    return out
+
+
 def _cells_text(params: Params) -> list[str]:
     return [str(list(v)) if isinstance(v, tuple) else str(v) for _, v in params]
 
@@ -255,6 +328,8 @@ def render_sweeps(store: Store) -> list[str]:
                 ]
                 out.append("| " + " | ".join(cells) + " |")
             out.append("")
+            if "relaxation" in keys and (loose := looseness_table(rows)) is not None:
+                out += _render_looseness(loose)
         spec = sweep.get("select")
         if spec and points:
             over = spec["over"]

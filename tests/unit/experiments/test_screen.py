@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +60,6 @@ n = 30
 """
 
 BASE: dict[str, Any] = {"candidates": {"names": ["IBP"]}, "schedule": {"architecture": "FC-S", "epochs": 1}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fresh_registry_afterwards() -> Iterator[None]:
-    """Screens register their generated candidates in the process's registry; later tests get a fresh one."""
-    yield
-    get_registry(refresh=True)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from relaxlab.evaluation.report import render_markdown
-from relaxlab.evaluation.seeds import SWEEP_KIND, aggregate, seed_table, select, sweep_points
+from relaxlab.evaluation.seeds import SWEEP_KIND, aggregate, looseness_table, seed_table, select, sweep_points
 from relaxlab.experiments.executors import InProcessExecutor, make_executor
 from relaxlab.experiments.sweep import SweepError, load_sweep, parse_sweep
 from relaxlab.store import SCHEMA_VERSION, Store, StoreError
@@ -184,6 +184,43 @@ def test_selection_uses_validation_only_and_reports_test_numbers(tmp_path: Path)
     assert by_accuracy == {"IBP": (("lr", 0.2),), "CROWN": (("lr", 0.1),)}
     assert "## Sweep fake: 8/8 runs done (done)" in text
     assert "| IBP | 0.1 | IBP | 2 | 45.0 ± 7.1 | 2 | 75.0 ± 7.1 | — | 40.0 ± 14.1 |" in text
+
+
+def test_looseness_sweeps_are_laid_out_as_table_4(tmp_path: Path) -> None:
+    # (relaxation as the sweep file names it, seed) -> CR; the certifier is written as its label
+    crs = {
+        ("IBP", 0): 0.60, ("IBP", 1): 0.62,
+        ("LooseIBP-C(omega=0.5)", 0): 0.50, ("LooseIBP-C(omega=0.5)", 1): 0.54,
+        ("LooseIBP-C", 0): 0.40, ("LooseIBP-C", 1): 0.44,  # omega left out: its default, 1
+        ("LooseIBP-DC(omega=0.5, F=10)", 0): 0.52, ("LooseIBP-DC(omega=0.5, F=10)", 1): 0.50,
+        ("LooseIBP-DC(F=10, omega=1)", 0): 0.30, ("LooseIBP-DC(F=10, omega=1)", 1): 0.20,
+    }
+    labels = {"LooseIBP-DC(omega=0.5, F=10)": "LooseIBP-DC(F=10, omega=0.5)", "LooseIBP-DC(F=10, omega=1)": "LooseIBP-DC(F=10)"}
+    with Store(tmp_path / "r.sqlite") as store:
+        runs = []
+        for (relaxation, seed), cr in crs.items():
+            key = f"{relaxation}-{seed}"
+            store.finish_run(store.create_run("train", TrainConfig(relaxation=relaxation, seed=seed).to_dict(), key=key))
+            certify = store.create_run("certify", {"certifier": labels.get(relaxation, relaxation), "sweep": "t4"}, key=key)
+            store.log_metrics(certify, 0, {"accuracy": 0.9, "certified": cr})
+            store.finish_run(certify)
+            runs.append({"key": key, "params": {"relaxation": relaxation, "seed": seed}})
+        record = {"name": "t4", "varying": ["relaxation", "seed"], "runs": runs, "select": None}
+        store.finish_run(store.create_run(SWEEP_KIND, record, name="t4", key="sweep-t4"))
+        rows = seed_table(sweep_points(store, record))
+        text = render_markdown(store)
+    table = looseness_table(rows)
+    assert table is not None and table.columns == (0.5, 1.0)
+    assert list(table.rows) == ["LooseIBP-C", "LooseIBP-DC(F=10)"]
+    assert table.rows["LooseIBP-C"][0.5].mean == pytest.approx(0.52)
+    assert table.rows["LooseIBP-C"][1.0].mean == pytest.approx(0.42)
+    assert table.rows["LooseIBP-DC(F=10)"][1.0].std == pytest.approx(statistics.stdev([0.30, 0.20]))
+    assert list(table.references) == ["IBP"] and table.references["IBP"].mean == pytest.approx(0.61)
+    assert "| relaxation | ω = 0.5 | ω = 1 |" in text
+    assert "| LooseIBP-DC(F=10) | 51.0 ± 1.4 | 25.0 ± 7.1 |" in text
+    assert "Without looseness: IBP 61.0 ± 1.4." in text
+    # one looseness value is no table; nor are relaxations without the parameter
+    assert looseness_table([r for r in rows if dict(r.cell)["relaxation"] in ("IBP", "LooseIBP-C")]) is None
 
 
 # --------------------------------------------------------------------------- store schema
