@@ -61,7 +61,7 @@ SLOW: dict[tuple[str, str], str] = {
     ("docs/training.md", "relaxlab paradox"): "six trainings, tightness and certification (minutes)",
     ("docs/experiments.md", "relaxlab sweep examples/table4.toml --workers"): "a grid of trainings",
     ("docs/experiments.md", "relaxlab report --store runs/table4"): "reads the sweep's store",
-    ("docs/screening.md", "relaxlab screen examples/screen.toml --workers"): "172 trainings (1 to 1.5 hours on 2 cores)",
+    ("docs/screening.md", "relaxlab screen examples/screen.toml --workers"): "514 trainings (about an hour on 2 cores, docs/results.md)",
     ("docs/analysis.md", "for r in IBP hBox DeepZ CROWN"): "four trainings with tracking",
     ("docs/analysis.md", "relaxlab tracking-plot"): "reads the tracked trainings",
     ("docs/analysis.md", "relaxlab gd-experiment"): "searches 60 seeds",

@@ -10,6 +10,8 @@ From these:
   certifier (the layout of the paper's Tables 4 and 9);
 - :func:`looseness_table` lays the cells of parameterised relaxations out as the paper's Table 4:
   one row per relaxation and its other parameters, one column per looseness ω;
+- :func:`compare_with_reference` sets every relaxation's CR against IBP's in the same setting,
+  saying whether the difference exceeds the seeds' spread (the paradox, measured);
 - :func:`select` picks, within each group of cells that differ only in the ``over`` keys, the
   cell with the best mean *validation* metric (ties: the first in sweep order) and reports that
   cell's *test* numbers. The test set is never looked at to choose.
@@ -247,17 +249,31 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def looseness_table(rows: Sequence[SeedRow], parameter: str = LOOSENESS) -> LoosenessTable | None:
-    """Table 4's layout of a seeds table, or ``None`` when fewer than two looseness values were run.
+@attrs.frozen(kw_only=True)
+class OwnRow:
+    """A cell of the seeds table certified with the relaxation it trained with.
 
-    Only cells that vary ``relaxation`` take part, each with its own certifier (the relaxation it
-    trained with); names carry their parameters (``LooseIBP-DC(F=10, omega=0.5)``), and a
-    parameter left out has its declared default.
+    :param relaxation: the relaxation object (parameters resolved, defaults filled in).
+    :param name: the relaxation as the sweep file names it.
+    :param rest: the cell's other varying keys as ``key=value`` texts.
+    :param certified: CR over seeds.
+    """
+
+    relaxation: Any
+    name: str
+    rest: tuple[str, ...]
+    certified: Stat
+
+
+def own_rows(rows: Sequence[SeedRow]) -> list[OwnRow]:
+    """The rows of cells that vary ``relaxation``, each with its own certifier only, in table order.
+
+    Names carry their parameters (``LooseIBP-DC(F=10, omega=0.5)``); the certifier may be written
+    differently (its label, parameters in another order) and still be the cell's own relaxation.
     """
     from relaxlab.api import get_relaxation  # the facade's registry resolves names with parameters
 
-    table: dict[str, dict[float, Stat]] = {}
-    references: dict[str, Stat] = {}
+    out = []
     for row in rows:
         cell = dict(row.cell)
         name = cell.pop("relaxation", None)
@@ -266,18 +282,104 @@ def looseness_table(rows: Sequence[SeedRow], parameter: str = LOOSENESS) -> Loos
         relaxation = get_relaxation(name, allow_unsound=True)
         if row.certifier != name and get_relaxation(row.certifier, allow_unsound=True).label != relaxation.label:
             continue  # certified with another relaxation than its own
-        values = relaxation.parameters
-        rest = [f"{k}={v}" for k, v in cell.items()]
+        rest = tuple(f"{k}={v}" for k, v in cell.items())
+        out.append(OwnRow(relaxation=relaxation, name=name, rest=rest, certified=row.certified))
+    return out
+
+
+def looseness_table(rows: Sequence[SeedRow], parameter: str = LOOSENESS) -> LoosenessTable | None:
+    """Table 4's layout of a seeds table, or ``None`` when fewer than two looseness values were run.
+
+    Cells take part as :func:`own_rows` gives them; a parameter a name leaves out has its declared
+    default.
+    """
+    table: dict[str, dict[float, Stat]] = {}
+    references: dict[str, Stat] = {}
+    for own in own_rows(rows):
+        values = own.relaxation.parameters
         if parameter not in values:
-            references[", ".join([name, *rest])] = row.certified
+            references[", ".join([own.name, *own.rest])] = own.certified
             continue
         others = [f"{k}={_number(v)}" for k, v in values.items() if k != parameter]
-        label = relaxation.name + (f"({', '.join(others)})" if others else "")
-        table.setdefault(", ".join([label, *rest]), {})[values[parameter]] = row.certified
+        label = own.relaxation.name + (f"({', '.join(others)})" if others else "")
+        table.setdefault(", ".join([label, *own.rest]), {})[values[parameter]] = own.certified
     columns = tuple(sorted({v for cells in table.values() for v in cells}))
     if len(columns) < 2:
         return None
     return LoosenessTable(columns=columns, rows=table, references=references)
+
+
+#: The relaxation the paradox compares every other with.
+REFERENCE = "IBP"
+
+
+@attrs.frozen(kw_only=True)
+class Comparison:
+    """The reference relaxation's CR against another's, in one setting (the other varying keys).
+
+    :param difference: mean CR of the reference minus the other's (a fraction; > 0: the reference
+        certifies more).
+    :param spread: the sum of the two sample standard deviations (``None`` when either has a
+        single seed: no spread to compare with).
+    """
+
+    name: str
+    other: str
+    rest: tuple[str, ...]
+    reference: Stat
+    against: Stat
+    difference: float
+    spread: float | None
+
+    @property
+    def verdict(self) -> str:
+        """Whether the difference exceeds the seeds' spread, and which way."""
+        if self.spread is None:
+            return "one seed: no spread"
+        if abs(self.difference) <= self.spread:
+            return "within the spread"
+        return f"{self.name} {'better' if self.difference > 0 else 'worse'}, beyond the spread"
+
+
+def compare_with_reference(rows: Sequence[SeedRow], reference: str = REFERENCE) -> list[Comparison]:
+    """Every other relaxation's CR against ``reference``'s in the same setting (own certifiers).
+
+    "Beyond the spread" means the means differ by more than the two standard deviations added: the
+    ``mean ± std`` ranges do not overlap. With three seeds this is a plain reading of the numbers,
+    not a significance test.
+    """
+    owns = own_rows(rows)
+    refs = {o.rest: o for o in owns if o.relaxation.label == reference}
+    out = []
+    for own in owns:
+        ref = refs.get(own.rest)
+        if ref is None or own is ref:
+            continue
+        stds = (ref.certified.std, own.certified.std)
+        spread = None if None in stds else sum(s for s in stds if s is not None)
+        out.append(Comparison(name=reference, other=own.name, rest=own.rest, reference=ref.certified, against=own.certified,
+                              difference=ref.certified.mean - own.certified.mean, spread=spread))
+    return out
+
+
+def _render_comparison(comparisons: Sequence[Comparison], reference: str) -> list[str]:
+    out = [
+        f"### {reference} against each other relaxation (own certifiers, CR in %)",
+        "",
+        f"Difference: mean CR of {reference} minus the other's; spread: the two sample standard deviations "
+        "added (beyond it, the mean ± std ranges do not overlap).",
+        "",
+        "| relaxation | " + "".join(f"{k.split('=')[0]} | " for k in comparisons[0].rest)
+        + f"CR | {reference} CR | difference | spread | verdict |",
+        "|---|" + "---|" * len(comparisons[0].rest) + "---:|---:|---:|---:|---|",
+    ]
+    for c in comparisons:
+        values = [r.split("=", 1)[1] for r in c.rest]
+        out.append(f"| {c.other} | " + "".join(f"{v} | " for v in values) + f"{c.against.format()} | "
+                   f"{c.reference.format()} | {100 * c.difference:+.1f} | "
+                   f"{'—' if c.spread is None else f'{100 * c.spread:.1f}'} | {c.verdict} |")
+    out.append("")
+    return out
 
 
 def _render_looseness(table: LoosenessTable) -> list[str]:
@@ -330,6 +432,8 @@ def render_sweeps(store: Store) -> list[str]:
             out.append("")
             if "relaxation" in keys and (loose := looseness_table(rows)) is not None:
                 out += _render_looseness(loose)
+            if "relaxation" in keys and (comparisons := compare_with_reference(rows)):
+                out += _render_comparison(comparisons, REFERENCE)
         spec = sweep.get("select")
         if spec and points:
             over = spec["over"]

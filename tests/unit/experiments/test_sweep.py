@@ -7,11 +7,20 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import torch
 
 from relaxlab.evaluation.report import render_markdown
-from relaxlab.evaluation.seeds import SWEEP_KIND, aggregate, looseness_table, seed_table, select, sweep_points
+from relaxlab.evaluation.seeds import (
+    SWEEP_KIND,
+    aggregate,
+    compare_with_reference,
+    looseness_table,
+    seed_table,
+    select,
+    sweep_points,
+)
 from relaxlab.experiments.executors import InProcessExecutor, make_executor
 from relaxlab.experiments.sweep import SweepError, load_sweep, parse_sweep
 from relaxlab.store import SCHEMA_VERSION, Store, StoreError
@@ -160,6 +169,26 @@ def test_seeds_aggregate_to_mean_std_and_n(tmp_path: Path) -> None:
     single = aggregate([0.25])
     assert (single.mean, single.std, single.n, single.format()) == (0.25, None, 1, "25.0")
     assert aggregate([0.1, 0.3]).format() == f"20.0 ± {100 * statistics.stdev([0.1, 0.3]):.1f}"
+
+
+def test_every_relaxation_is_set_against_ibp_in_its_own_setting(tmp_path: Path) -> None:
+    with Store(tmp_path / "r.sqlite") as store:
+        rows = seed_table(sweep_points(store, _fake_sweep(store)))
+        text = render_markdown(store)
+    comparisons = {c.rest: c for c in compare_with_reference(rows)}
+    assert set(comparisons) == {("lr=0.1",), ("lr=0.2",)}  # CROWN against IBP at each lr, never across
+    for lr, comparison in ((0.1, comparisons[("lr=0.1",)]), (0.2, comparisons[("lr=0.2",)])):
+        ibp = [NUMBERS[("IBP", lr, s)][1] for s in (0, 1)]
+        crown = [NUMBERS[("CROWN", lr, s)][1] for s in (0, 1)]
+        assert comparison.other == "CROWN"
+        assert comparison.difference == pytest.approx(statistics.fmean(ibp) - statistics.fmean(crown))
+        assert comparison.spread == pytest.approx(statistics.stdev(ibp) + statistics.stdev(crown))
+    # lr 0.1: 17.5 points apart with 17.7 of spread; lr 0.2: 45 points apart with 7.1
+    assert comparisons[("lr=0.1",)].verdict == "within the spread"
+    assert comparisons[("lr=0.2",)].verdict == "IBP better, beyond the spread"
+    assert "| CROWN | 0.2 | 12.5 ± 3.5 | 57.5 ± 3.5 | +45.0 | 7.1 | IBP better, beyond the spread |" in text
+    one_seed = [attrs.evolve(r, certified=aggregate([r.certified.mean])) for r in rows]
+    assert {c.verdict for c in compare_with_reference(one_seed)} == {"one seed: no spread"}
 
 
 def test_selection_uses_validation_only_and_reports_test_numbers(tmp_path: Path) -> None:
