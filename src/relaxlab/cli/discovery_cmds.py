@@ -74,7 +74,7 @@ def discover_command(families: tuple[str, ...], transform_names: tuple[str, ...]
     from relaxlab.api import get_registry
     from relaxlab.cli.progress import Phases
     from relaxlab.discovery import discover, emit, genealogy, transforms
-    from relaxlab.properties.soundness import check_soundness
+    from relaxlab.properties import check_soundness_cached
 
     if "none" in families and len(families) > 1:
         fail("--family none cannot be combined with other families")
@@ -102,7 +102,7 @@ def discover_command(families: tuple[str, ...], transform_names: tuple[str, ...]
     new = emit.new_results(found)
     if plugin_path:
         Path(plugin_path).write_text(emit.plugin_source(new), encoding="utf-8")
-    registered = emit.register_results(new, registry, check_soundness) if register else []
+    registered = emit.register_results(new, registry, check_soundness_cached) if register else []
 
     if as_json:
         out = found.as_dict(relations=not no_relations)

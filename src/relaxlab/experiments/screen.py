@@ -56,7 +56,7 @@ from relaxlab.experiments.sweep import (
     run_sweep,
 )
 from relaxlab.properties import derive
-from relaxlab.properties.soundness import check_soundness
+from relaxlab.properties import check_soundness_cached
 from relaxlab.properties.tightness import cr_curves, eps_grid
 from relaxlab.registry import Registry
 from relaxlab.store import Store
@@ -224,7 +224,7 @@ def parse_screen(
     discovery = discover(registry, relations=False)
     candidates = _candidates(selection, discovery, registry)
     register_results([discovery.get(c.name) for c in candidates if c.relaxation.name not in registry.relaxations],
-                     registry, check_soundness, source="relaxlab screen")
+                     registry, check_soundness_cached, source="relaxlab screen")
     sweep_data = {
         "name": screen_name,
         "base": {**schedule, "method": "certified"},
