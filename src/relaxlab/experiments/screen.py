@@ -55,8 +55,7 @@ from relaxlab.experiments.sweep import (
     run_status,
     run_sweep,
 )
-from relaxlab.properties import derive
-from relaxlab.properties import check_soundness_cached
+from relaxlab.properties import check_soundness_cached, derive
 from relaxlab.properties.tightness import cr_curves, eps_grid
 from relaxlab.registry import Registry
 from relaxlab.store import Store
