@@ -355,11 +355,17 @@ def _plugin_provided(name: str, registry: Registry) -> bool:
     return name in relaxations and relaxations.source(name) in registry.plugins
 
 
+def _bounds_text(relaxation: ReluRelaxation) -> str:
+    """The widened interval a relaxation's lines are taken on (``[l - omega, u + omega]``), else ``""``."""
+    return "" if relaxation.transform is None else str(relaxation.transform)
+
+
 def _from_result(result: Result, registry: Registry) -> Candidate:
     return Candidate(
         name=result.name,
         relaxation=result.relaxation,
         lines=tuple(f"{case.lower}..{case.upper}" for case in result.cases),  # type: ignore[arg-type]
+        bounds=_bounds_text(result.relaxation),
         continuous=result.continuous,
         sensitive=result.sensitive,
         family=result.family,
@@ -389,7 +395,7 @@ def _by_name(text: str, discovery: Discovery, registry: Registry) -> Candidate:
         name=label,
         relaxation=relaxation,
         lines=tuple(f"{case.lower}..{case.upper}" for _, case in relaxation.cases()),  # type: ignore[arg-type]
-        bounds="" if relaxation.transform is None else str(relaxation.transform),
+        bounds=_bounds_text(relaxation),
         continuous=properties.continuous,
         sensitive=properties.sensitive,
         family="registered",

@@ -203,6 +203,17 @@ def test_families_exclude_and_registered_names_with_parameters() -> None:
     assert loose.bounds == "[l - omega, u + omega]" and loose.flags == ("✓C", "✓S")
 
 
+def test_discovered_candidates_on_widened_bounds_show_them() -> None:
+    candidates = {"names": ["LooseIBP-C", "LooseIBP-DC", "IBP"]}
+    screen = parse_screen({**BASE, "candidates": candidates}, name="s")
+    by_name = {c.name: c for c in screen.candidates}
+    # discovery's own results (LooseIBP rediscovered): the bounds come from the result's transform
+    assert {c.family for c in screen.candidates} == {"combination"}
+    assert by_name["LooseIBP-C"].bounds == "[l - omega, u + omega]"
+    assert by_name["LooseIBP-DC"].bounds == "[l - omega*(⌈Fl⌉ - Fl), u + omega*(Fu - ⌊Fu⌋)]"
+    assert by_name["IBP"].bounds == ""
+
+
 def test_pareto_front_keeps_the_points_nothing_beats_in_both() -> None:
     points = [(1.0, 50.0), (2.0, 40.0), (1.5, 30.0), (3.0, 40.0), (0.5, 50.0), (3.0, 10.0)]
     assert pareto_front(points) == [(1.0, 50.0), (3.0, 40.0)]
