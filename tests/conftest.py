@@ -67,16 +67,15 @@ def _registry_as_before() -> Iterator[None]:
     from relaxlab import api
 
     before = api._REGISTRY
-    saved = None
-    if before is not None:
-        table = before.relaxations
-        saved = (dict(table._items), dict(table._sources), dict(table._keys), dict(table.unsound))
-    yield
-    if before is None or saved is None:
+    if before is None:
+        yield
         api._REGISTRY = None  # built during the module: the next one builds its own
         return
     table = before.relaxations
-    for current, old in zip((table._items, table._sources, table._keys, table.unsound), saved, strict=True):
+    contents = (table._items, table._sources, table._keys, table.unsound)
+    saved = [dict(d) for d in contents]
+    yield
+    for current, old in zip(contents, saved, strict=True):
         current.clear()
         current.update(old)
     api._REGISTRY = before

@@ -255,14 +255,19 @@ class OwnRow:
 
     :param relaxation: the relaxation object (parameters resolved, defaults filled in).
     :param name: the relaxation as the sweep file names it.
-    :param rest: the cell's other varying keys as ``key=value`` texts.
+    :param rest: the cell's other varying keys and their values.
     :param certified: CR over seeds.
     """
 
     relaxation: Any
     name: str
-    rest: tuple[str, ...]
+    rest: Params
     certified: Stat
+
+    @property
+    def setting(self) -> list[str]:
+        """The other varying keys as ``key=value`` texts."""
+        return [f"{k}={v}" for k, v in self.rest]
 
 
 def own_rows(rows: Sequence[SeedRow]) -> list[OwnRow]:
@@ -282,8 +287,7 @@ def own_rows(rows: Sequence[SeedRow]) -> list[OwnRow]:
         relaxation = get_relaxation(name, allow_unsound=True)
         if row.certifier != name and get_relaxation(row.certifier, allow_unsound=True).label != relaxation.label:
             continue  # certified with another relaxation than its own
-        rest = tuple(f"{k}={v}" for k, v in cell.items())
-        out.append(OwnRow(relaxation=relaxation, name=name, rest=rest, certified=row.certified))
+        out.append(OwnRow(relaxation=relaxation, name=name, rest=tuple(cell.items()), certified=row.certified))
     return out
 
 
@@ -298,11 +302,11 @@ def looseness_table(rows: Sequence[SeedRow], parameter: str = LOOSENESS) -> Loos
     for own in own_rows(rows):
         values = own.relaxation.parameters
         if parameter not in values:
-            references[", ".join([own.name, *own.rest])] = own.certified
+            references[", ".join([own.name, *own.setting])] = own.certified
             continue
         others = [f"{k}={_number(v)}" for k, v in values.items() if k != parameter]
         label = own.relaxation.name + (f"({', '.join(others)})" if others else "")
-        table.setdefault(", ".join([label, *own.rest]), {})[values[parameter]] = own.certified
+        table.setdefault(", ".join([label, *own.setting]), {})[values[parameter]] = own.certified
     columns = tuple(sorted({v for cells in table.values() for v in cells}))
     if len(columns) < 2:
         return None
@@ -325,7 +329,7 @@ class Comparison:
 
     name: str
     other: str
-    rest: tuple[str, ...]
+    rest: Params
     reference: Stat
     against: Stat
     difference: float
@@ -369,13 +373,12 @@ def _render_comparison(comparisons: Sequence[Comparison], reference: str) -> lis
         f"Difference: mean CR of {reference} minus the other's; spread: the two sample standard deviations "
         "added (beyond it, the mean ± std ranges do not overlap).",
         "",
-        "| relaxation | " + "".join(f"{k.split('=')[0]} | " for k in comparisons[0].rest)
+        "| relaxation | " + "".join(f"{k} | " for k, _ in comparisons[0].rest)
         + f"CR | {reference} CR | difference | spread | verdict |",
         "|---|" + "---|" * len(comparisons[0].rest) + "---:|---:|---:|---:|---|",
     ]
     for c in comparisons:
-        values = [r.split("=", 1)[1] for r in c.rest]
-        out.append(f"| {c.other} | " + "".join(f"{v} | " for v in values) + f"{c.against.format()} | "
+        out.append(f"| {c.other} | " + "".join(f"{v} | " for v in _cells_text(c.rest)) + f"{c.against.format()} | "
                    f"{c.reference.format()} | {100 * c.difference:+.1f} | "
                    f"{'—' if c.spread is None else f'{100 * c.spread:.1f}'} | {c.verdict} |")
     out.append("")
@@ -430,10 +433,11 @@ def render_sweeps(store: Store) -> list[str]:
                 ]
                 out.append("| " + " | ".join(cells) + " |")
             out.append("")
-            if "relaxation" in keys and (loose := looseness_table(rows)) is not None:
-                out += _render_looseness(loose)
-            if "relaxation" in keys and (comparisons := compare_with_reference(rows)):
-                out += _render_comparison(comparisons, REFERENCE)
+            if "relaxation" in keys:
+                if (loose := looseness_table(rows)) is not None:
+                    out += _render_looseness(loose)
+                if comparisons := compare_with_reference(rows):
+                    out += _render_comparison(comparisons, REFERENCE)
         spec = sweep.get("select")
         if spec and points:
             over = spec["over"]

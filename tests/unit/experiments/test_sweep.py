@@ -176,16 +176,16 @@ def test_every_relaxation_is_set_against_ibp_in_its_own_setting(tmp_path: Path) 
         rows = seed_table(sweep_points(store, _fake_sweep(store)))
         text = render_markdown(store)
     comparisons = {c.rest: c for c in compare_with_reference(rows)}
-    assert set(comparisons) == {("lr=0.1",), ("lr=0.2",)}  # CROWN against IBP at each lr, never across
-    for lr, comparison in ((0.1, comparisons[("lr=0.1",)]), (0.2, comparisons[("lr=0.2",)])):
+    assert set(comparisons) == {(("lr", 0.1),), (("lr", 0.2),)}  # CROWN against IBP at each lr, never across
+    for lr, comparison in ((0.1, comparisons[(("lr", 0.1),)]), (0.2, comparisons[(("lr", 0.2),)])):
         ibp = [NUMBERS[("IBP", lr, s)][1] for s in (0, 1)]
         crown = [NUMBERS[("CROWN", lr, s)][1] for s in (0, 1)]
         assert comparison.other == "CROWN"
         assert comparison.difference == pytest.approx(statistics.fmean(ibp) - statistics.fmean(crown))
         assert comparison.spread == pytest.approx(statistics.stdev(ibp) + statistics.stdev(crown))
     # lr 0.1: 17.5 points apart with 17.7 of spread; lr 0.2: 45 points apart with 7.1
-    assert comparisons[("lr=0.1",)].verdict == "within the spread"
-    assert comparisons[("lr=0.2",)].verdict == "IBP better, beyond the spread"
+    assert comparisons[(("lr", 0.1),)].verdict == "within the spread"
+    assert comparisons[(("lr", 0.2),)].verdict == "IBP better, beyond the spread"
     assert "| CROWN | 0.2 | 12.5 ± 3.5 | 57.5 ± 3.5 | +45.0 | 7.1 | IBP better, beyond the spread |" in text
     one_seed = [attrs.evolve(r, certified=aggregate([r.certified.mean])) for r in rows]
     assert {c.verdict for c in compare_with_reference(one_seed)} == {"one seed: no spread"}
