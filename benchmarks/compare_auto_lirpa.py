@@ -290,12 +290,12 @@ def compare_case(family: str, seed: int, eps: float, conv_mode: str, check_defau
     records = []
     for name, (method, interm_name) in METHODS.items():
         start = time.perf_counter()
-        lb, ub = relaxlab.compute_bounds(model, x, eps, name, C=C, domain=DOMAIN)
+        lb, ub = (b.detach() for b in relaxlab.compute_bounds(model, x, eps, name, C=C, domain=DOMAIN))
         ours: Bounds = (lb, ub, [relaxlab.compute_bounds(cut, x, eps, interm_name, domain=DOMAIN) for cut in cuts])
         ours_s = time.perf_counter() - start
         start = time.perf_counter()
         module = _auto_lirpa.bounded_module(body, x_n, options)
-        a_lb, a_ub = _auto_lirpa.compute_bounds(module, x_n, lower_n, upper_n, C, method)
+        a_lb, a_ub = (b.detach() for b in _auto_lirpa.compute_bounds(module, x_n, lower_n, upper_n, C, method))
         theirs: Bounds = (a_lb, a_ub, _auto_lirpa.relu_input_bounds(module))
         theirs_s = time.perf_counter() - start
         if name == "IBP":
@@ -322,7 +322,7 @@ def compare_case(family: str, seed: int, eps: float, conv_mode: str, check_defau
             # auto_LiRPA's default options (sparse intermediate bounds with its interval reference)
             default = _auto_lirpa.bounded_module(body, x_n, {"conv_mode": conv_mode})
             d_lb, d_ub = _auto_lirpa.compute_bounds(default, x_n, lower_n, upper_n, C, method)
-            record["default_gap"] = max(float((d_lb - lb).max()), float((ub - d_ub).max()))
+            record["default_gap"] = max(float((d_lb.detach() - lb).max()), float((ub - d_ub.detach()).max()))
         records.append(record)
     return records
 
