@@ -173,6 +173,19 @@ class Count:
         self.elementwise.append({"what": what, "entries": entries, "traversals": traversals, "backward": backward,
                                  "flops": flops_per_entry * entries})
 
+    def largest(self, step: bool, most: int = 4) -> list[str]:
+        """The ``most`` largest counted items: products by FLOPs, elementwise passes by bytes."""
+        flops: dict[str, float] = defaultdict(float)
+        moved: dict[str, float] = defaultdict(float)
+        for p in self.products:
+            flops[p["what"]] += p["flops"] * (1 + (p["grads"] if step else 0))
+        for e in self.elementwise:
+            moved[e["what"]] += BYTES * e["entries"] * (e["traversals"] + (e["backward"] if step else 0))
+        top = sorted(flops.items(), key=lambda item: -item[1])[:most]
+        top_moved = sorted(moved.items(), key=lambda item: -item[1])[:most]
+        return ([f"{what} {value / 1e9:.2f} GFLOP" for what, value in top]
+                + [f"{what} {value / 1e9:.2f} GB" for what, value in top_moved])
+
     def totals(self, step: bool) -> dict[str, float]:
         flops = sum(p["flops"] * (1 + (p["grads"] if step else 0)) for p in self.products)
         product_bytes = sum(p["bytes"] * (1 + (p["grads"] if step else 0)) for p in self.products)
@@ -407,11 +420,14 @@ def runners(model: nn.Module, x: Tensor, C: Tensor, method: str) -> dict[str, Ca
     return {"bound": bound, "step": step}
 
 
-def executed_flops(run: Callable[[], None]) -> float:
+def executed(run: Callable[[], None]) -> tuple[float, float]:
+    """``(FLOPs of the products, bytes of every non-view aten op)`` of one run, as executed."""
     counter = FlopCounterMode(display=False)
     with counter:
         run()
-    return float(counter.get_total_flops())
+    with Traffic() as traffic:
+        run()
+    return float(counter.get_total_flops()), traffic.bytes
 
 
 PRODUCT_OPS = ("mm", "bmm", "addmm", "addmv", "mv", "dot", "baddbmm", "conv", "matmul", "linear", "einsum")
@@ -500,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--breakdown", action="store_true", help="print the largest counted items of every row")
     parser.add_argument("--json", help="write every row here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -515,19 +532,23 @@ def main(argv: list[str] | None = None) -> int:
             for phase in ("bound", "step"):
                 totals = count.totals(step=phase == "step")
                 seconds = best_time(run[phase], args.repeats)
-                executed = executed_flops(run[phase])
+                executed_flops, executed_bytes = executed(run[phase])
                 machine = sum(
                     machine_seconds(p["shape"], p["flops"] * (1 + (p["grads"] if phase == "step" else 0)))
                     for p in count.products
                 )
                 row = {"net": arch, "method": method, "phase": phase, **totals, "seconds": seconds,
-                       "torch_flops": executed, "machine_product_s": machine,
+                       "largest": count.largest(step=phase == "step"),
+                       "torch_flops": executed_flops, "torch_bytes": executed_bytes, "machine_product_s": machine,
                        "elementwise_floor_s": totals["elementwise_bytes"] / memory_rate}
                 if not args.no_profile:
                     row["profile"] = profile(run[phase])
                 rows.append(row)
                 print(f"# {arch} {method} {phase}: {seconds:.3f} s", file=sys.stderr, flush=True)
     report(rows, load, os.getloadavg(), memory_rate)
+    if args.breakdown:
+        for row in rows:
+            print(f"{row['net']} {row['method']} {row['phase']}: " + "; ".join(row["largest"]))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"load": [load, os.getloadavg()], "bandwidth": memory_rate, "rows": rows}, handle, indent=1)
@@ -537,23 +558,28 @@ def main(argv: list[str] | None = None) -> int:
 def report(rows: list[dict], load_start: tuple, load_end: tuple, memory_rate: float) -> None:
     print(f"roofline, one thread, batch {BATCH}, float32; elementwise bandwidth {memory_rate / 1e9:.1f} GB/s")
     print(load_note(load_start, load_end))
-    header = (f"{'net':<6}{'method':<14}{'phase':<6}{'GFLOP':>8}{'torch':>7}{'GB prod':>8}{'GB elem':>8}{'time s':>8}"
-              f"{'GFLOP/s':>8}{'mach s':>8}{'elem s':>8}  {'profile: products / elementwise / rest (s)':<44}")
+    header = (f"{'net':<6}{'method':<14}{'phase':<6}{'GFLOP':>8}{'torch':>7}{'GB prod':>8}{'GB elem':>8}{'torch':>7}{'time s':>8}"
+              f"{'GFLOP/s':>8}{'mach s':>8}{'elem s':>8}{'roof/time':>10}  {'profile: products / elementwise / rest':<40}")
     print(header)
     print("-" * len(header))
     for row in rows:
         gflop = row["product_flops"] / 1e9
         prof = row.get("profile")
-        split = (f"{prof['products']:.3f} / {prof['elementwise']:.3f} / {prof['rest']:.3f} of {prof['wall']:.3f}"
-                 if prof else "")
+        split = (f"{100 * prof['products'] / prof['wall']:3.0f}% / {100 * prof['elementwise'] / prof['wall']:3.0f}% / "
+                 f"{100 * prof['rest'] / prof['wall']:3.0f}% of {prof['wall']:.3f} s" if prof else "")
+        roof = row["machine_product_s"] + row["elementwise_floor_s"]
         print(f"{row['net']:<6}{row['method']:<14}{row['phase']:<6}{gflop:>8.2f}{gflop / max(row['torch_flops'] / 1e9, 1e-12):>7.2f}"
-              f"{row['product_bytes'] / 1e9:>8.2f}{row['elementwise_bytes'] / 1e9:>8.2f}{row['seconds']:>8.3f}"
-              f"{gflop / row['seconds']:>8.1f}{row['machine_product_s']:>8.3f}{row['elementwise_floor_s']:>8.3f}  {split}")
+              f"{row['product_bytes'] / 1e9:>8.2f}{row['elementwise_bytes'] / 1e9:>8.2f}"
+              f"{(row['product_bytes'] + row['elementwise_bytes']) / max(row['torch_bytes'], 1.0):>7.2f}{row['seconds']:>8.3f}"
+              f"{gflop / row['seconds']:>8.1f}{row['machine_product_s']:>8.3f}{row['elementwise_floor_s']:>8.3f}"
+              f"{roof / row['seconds']:>10.2f}  {split}")
     print("GFLOP: products counted (model in the docstring); torch: counted / FlopCounterMode's executed products;\n"
-          "GB prod / GB elem: bytes of the products and of the elementwise passes counted; time: best of the runs;\n"
+          "GB prod / GB elem: bytes of the products and of the elementwise passes counted; torch: their sum / the bytes\n"
+          "every non-view aten op of one run read and wrote (a dispatch-mode tally); time: best of the runs;\n"
           "GFLOP/s: counted product FLOPs / time; mach s: the counted products at the machine's rate for their shapes;\n"
-          "elem s: the counted elementwise bytes at the measured bandwidth; profile: torch.profiler self CPU time of\n"
-          "aten products, of the other aten ops, and the rest of the wall time (Python, dispatch, profiler overhead).")
+          "elem s: the counted elementwise bytes at the measured bandwidth; roof/time: (mach s + elem s) / time, the share\n"
+          "of the time the counted work needs at the machine's rates; profile: torch.profiler self CPU time of aten\n"
+          "products, of the other aten ops, and the rest of the profiled wall time (Python, dispatch, profiler overhead).")
 
 
 if __name__ == "__main__":
