@@ -434,8 +434,7 @@ PRODUCT_OPS = ("mm", "bmm", "addmm", "addmv", "mv", "dot", "baddbmm", "conv", "m
 
 
 def profile(run: Callable[[], None]) -> dict[str, float]:
-    """Self CPU seconds of one run: products, other aten ops, and the rest of its wall time."""
-    run()
+    """Self CPU seconds of one (warm) run: products, other aten ops, and the rest of its wall time."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
