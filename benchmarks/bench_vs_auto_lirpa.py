@@ -31,8 +31,10 @@ Before any timing, each side's lower bounds (under ``no_grad``) must agree to 1e
 Timing: one warm-up call per side, then ``--repeats`` rounds, each timing both sides in turn
 (alternating which goes first); min and median wall time per side, the ratio of the minima and
 the median of the per-round ratios. The process's CPU time is recorded beside (``--json``).
-Peak memory (rows marked ``peak``): each side runs one step in a subprocess of its own, and the
-growth of its peak resident set (``ru_maxrss``) over the set before the step is reported.
+Peak memory (rows marked ``peak``): each side runs one step in a subprocess of its own (address
+space capped at ``--memory-gib``); reported are the process's peak resident set (``VmHWM``; not
+``ru_maxrss``, which a child inherits from its parent at fork) and its growth over the resident
+set before the step.
 
 Timings from a machine shared with other work are preliminary; the load average at the start and
 the end is printed with the table.
@@ -164,10 +166,14 @@ _auto_lirpa.require()
 row, side = sys.argv[1], sys.argv[2]
 sides = bench.Sides(row, json.loads(sys.argv[5]))
 run = sides.relaxlab_run if side == "relaxlab" else sides.auto_run
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def status(key):  # kB; VmHWM is this process's own peak (ru_maxrss inherits the parent's at fork)
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
+
+before = status("VmRSS")
 try:
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = status("VmHWM")
     print(json.dumps({"before_MiB": before / 1024, "peak_MiB": peak / 1024, "step_MiB": (peak - before) / 1024}))
 except MemoryError:
     print(json.dumps({"error": "out of memory"}))
@@ -195,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auto-defaults", action="store_true", help="also time auto_LiRPA with its default options")
     parser.add_argument("--memory-gib", type=int, default=10, help="address-space cap of the memory subprocesses")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory subprocesses, no timing")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     _auto_lirpa.require()
@@ -203,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for row in args.rows:
         record: dict = {"row": row, "arch": ROWS[row][0], "relaxation": ROWS[row][1], "kind": ROWS[row][3]}
+        if args.memory_only:
+            if ROWS[row][4]:
+                record["memory"] = {side: peak_memory(row, side, args.memory_gib, _auto_lirpa.DEFINITION)
+                                    for side in ("relaxlab", "auto_LiRPA")}
+                print(f"{row}: " + json.dumps(record["memory"]))
+            continue
         sides = Sides(row, _auto_lirpa.DEFINITION)
         record["rel_diff"] = sides.check()
         runs: dict[str, Callable[[], None]] = {"relaxlab": sides.relaxlab_run, "auto_LiRPA": sides.auto_run}
@@ -255,7 +268,8 @@ def _print(results: list[dict], repeats: int, load_start: tuple, load_end: tuple
         elif "rel_diff_defaults" in record:
             extra.append(f"auto_LiRPA defaults: bounds differ by {record['rel_diff_defaults']:.2g}, not timed")
         for side, mem in record.get("memory", {}).items():
-            extra.append(f"{side} peak +{mem['step_MiB']:.0f} MiB" if "step_MiB" in mem else f"{side}: {mem['error']}")
+            extra.append(f"{side} peak {mem['peak_MiB']:.0f} MiB (+{mem['step_MiB']:.0f} in the step)"
+                         if "step_MiB" in mem else f"{side}: {mem['error']}")
         print(f"{label:<34}{_ms(ours['min']) + ' / ' + _ms(ours['median']):>20}"
               f"{_ms(theirs['min']) + ' / ' + _ms(theirs['median']):>22}{ours['min'] / theirs['min']:>10.2f}"
               f"{paired:>11.2f}{ours['cpu_min'] / theirs['cpu_min']:>10.2f}{record['rel_diff']:>10.1g}  {'; '.join(extra)}")
