@@ -58,7 +58,7 @@ def verify_cmd(
         answers = verify.read_expected(expected) if expected is not None else None
         set_threads(threads)
     done: list[Any] = []
-    with Progress("verify", len(instances), quiet=quiet or len(instances) == 1, unit="instance") as progress:
+    with Progress("verify", len(instances), quiet=quiet, unit="instance") as progress:
 
         def report(outcome: Any) -> None:
             done.append(outcome)
@@ -103,19 +103,21 @@ def _instances(inputs: tuple[Path, ...], timeout: float | None) -> list[Any]:
 
 
 def _summary_table(summaries: list[Any], results: list[Any], answers: dict[Any, Any] | None) -> str:
-    headers = ["benchmark", "instances", "unsat", "sat", "unknown", "timeout", "error", "decided by", "time (s)"]
+    """One row per benchmark: counts of each answer, time, the competition's counts, what decided."""
+    headers = ["benchmark", "n", "unsat", "sat", "unknown", "timeout", "error", "time (s)"]
     if answers is not None:
-        headers += ["competition UNSAT", "competition SAT"]
+        headers.append("VNN-COMP unsat/sat")
+    headers.append("decided by")
     rows = []
     for summary in summaries:
-        methods = ", ".join(f"{name} {count}" for name, count in sorted(summary.methods.items())) or "-"
         row: list[object] = [summary.benchmark or "-", summary.instances,
                              *(summary.counts[status] for status in ("unsat", "sat", "unknown", "timeout", "error")),
-                             methods, f"{summary.seconds:.1f}"]
+                             f"{summary.seconds:.1f}"]
         if answers is not None:
             keys = [(r.instance.benchmark, r.instance.network.name, r.instance.prop.name)
                     for r in results if r.instance.benchmark == summary.benchmark]
             consensus = [answers.get(key, ("unknown", 0, 0))[0] for key in keys]
-            row += [consensus.count("UNSAT"), consensus.count("SAT")]
+            row.append(f"{consensus.count('UNSAT')}/{consensus.count('SAT')}")
+        row.append(", ".join(f"{name} {count}" for name, count in sorted(summary.methods.items())) or "-")
         rows.append(row)
     return render_table(headers, rows)

@@ -40,6 +40,7 @@ uses it.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -47,6 +48,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 from attrs import field, frozen
 from torch import Tensor
@@ -192,15 +194,13 @@ def _round_up(value: Fraction) -> float:
 # --- reading -------------------------------------------------------------------------------
 
 
-@frozen
-class _Token:
+class _Token(NamedTuple):
     text: str
     line: int
     column: int
 
 
-@frozen
-class _List:
+class _List(NamedTuple):
     items: tuple[_Token | _List, ...]
     line: int
     column: int
@@ -209,22 +209,26 @@ class _List:
 _Node = _Token | _List
 
 
-@frozen
-class _Linear:
+class _Linear(NamedTuple):
     """``sum coefficients[name]·name + constant``."""
 
     coefficients: dict[str, Fraction]
     constant: Fraction
 
 
-@frozen
-class _Literal:
+class _Literal(NamedTuple):
     """One atom of a formula: an input bound ``(i, is_upper, value)`` or an output atom (or a constant truth)."""
 
     node: _Node
     bound: tuple[int, bool, Fraction] | None = None
     atom: Atom | None = None
     truth: bool | None = None
+
+
+@functools.lru_cache(maxsize=4096)
+def _fraction(text: str) -> Fraction:
+    """The exact value of a number token (files repeat a few numbers many times)."""
+    return Fraction(text)
 
 
 class _Reader:
@@ -342,16 +346,27 @@ class _Reader:
         if any(literal.truth is False for literal in common):
             terms = []  # a constant false atom holds everywhere: nothing is feasible
         base = self.bounds(common, [None] * num_inputs, [None] * num_inputs)
-        regions: dict[tuple[tuple[Fraction, ...], tuple[Fraction, ...]], list[tuple[Atom, ...]]] = {}
+        base_key = (tuple(base[0]), tuple(base[1]))
+        base_list: list[tuple[Atom, ...]] | None = None
+        regions: dict[tuple[tuple[Fraction | None, ...], tuple[Fraction | None, ...]], list[tuple[Atom, ...]]] = {}
         for term in terms:
             if any(literal.truth is False for literal in term):
                 continue
-            lower, upper = self.bounds(term, list(base[0]), list(base[1]))
-            self.check_bounded(lower, upper)
-            if any(lo > hi for lo, hi in zip(lower, upper, strict=True)):  # type: ignore[operator]
+            if any(literal.bound is not None for literal in term):
+                lower, upper = self.bounds(term, list(base[0]), list(base[1]))
+                key = (tuple(lower), tuple(upper))
+            else:
+                key = base_key
+            self.check_bounded(*key)
+            if any(lo > hi for lo, hi in zip(*key, strict=True)):  # type: ignore[operator]
                 continue  # an empty box
             conjunction = tuple(literal.atom for literal in [*common, *term] if literal.atom is not None)
-            regions.setdefault((tuple(lower), tuple(upper)), []).append(conjunction)  # type: ignore[arg-type]
+            if key is base_key:  # a large box hashes slowly: look the common one up once
+                if base_list is None:
+                    base_list = regions.setdefault(key, [])
+                base_list.append(conjunction)
+            else:
+                regions.setdefault(key, []).append(conjunction)
         return Property(num_inputs, num_outputs,
                         tuple(Region(InputBox(*ends), tuple(d)) for ends, d in regions.items()))
 
@@ -372,7 +387,7 @@ class _Reader:
                 lower[index] = value if end is None else max(end, value)
         return lower, upper
 
-    def check_bounded(self, lower: list[Fraction | None], upper: list[Fraction | None]) -> None:
+    def check_bounded(self, lower: Sequence[Fraction | None], upper: Sequence[Fraction | None]) -> None:
         for index in range(len(lower)):
             for ends, word in ((lower, "lower"), (upper, "upper")):
                 if ends[index] is None:
@@ -437,7 +452,7 @@ class _Reader:
     def linear(self, node: _Node) -> _Linear:
         if isinstance(node, _Token):
             if _NUMBER.match(node.text):
-                return _Linear({}, Fraction(node.text))
+                return _Linear({}, _fraction(node.text))
             if node.text in self.declared:
                 return _Linear({node.text: Fraction(1)}, Fraction(0))
             if _VARIABLE.match(node.text):

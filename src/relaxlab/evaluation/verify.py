@@ -59,6 +59,7 @@ __all__ = [
     "Result",
     "Stage",
     "contradictions",
+    "onnx_input_shape",
     "read_expected",
     "read_instances",
     "relaxation_bound",
@@ -266,7 +267,7 @@ def _network(model: nn.Module, input_shape: Sequence[int]) -> _Network:
     return _Network(model, model64, shape, int(out.reshape(1, -1).shape[1]), dtype)
 
 
-def _input_shape(path: Path) -> tuple[int, ...]:
+def onnx_input_shape(path: str | Path) -> tuple[int, ...]:
     """The shape of one input, from the ONNX graph's input (its first dimension is the batch)."""
     import onnx
 
@@ -286,7 +287,7 @@ def _input_shape(path: Path) -> tuple[int, ...]:
 def _load_network(path: Path) -> _Network:
     from relaxlab.engine.onnx_loader import load_onnx
 
-    return _network(load_onnx(path).float().eval(), _input_shape(path))
+    return _network(load_onnx(path).float().eval(), onnx_input_shape(path))
 
 
 def _rows(conjunction: Sequence[Atom], num_outputs: int) -> tuple[Tensor, Tensor]:
