@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 from relaxlab.engine.vnnlib import Atom, InputBox, Property, Region
-from relaxlab.evaluation.verify import AttackStage, resolve_stage, verify_property
+from relaxlab.evaluation.verify import AttackStage, SplitStage, relaxation_bound, resolve_stage, verify_property
 from relaxlab.reference.milp import MILP_ATOL, MILP_RTOL, milp_bounds
 
-PLAN = [resolve_stage("IBP"), resolve_stage("CROWN"), AttackStage(rounds=1, starts=4, steps=20)]
+PLAN = [resolve_stage("IBP"), resolve_stage("CROWN"), AttackStage(rounds=1, starts=4, steps=20),
+        SplitStage("split", relaxation_bound("CROWN"), batch=32, max_boxes=256)]
 values = st.floats(-1.0, 1.0, allow_nan=False).map(lambda v: round(v, 3))
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "STATUSES",
     "AttackStage",
     "BoundStage",
+    "SplitStage",
     "Counterexample",
     "Deadline",
     "Instance",
@@ -74,14 +75,18 @@ __all__ = [
 
 #: Every answer, as the competition words them.
 STATUSES = ("unsat", "sat", "unknown", "timeout", "error")
-#: The default plan: cheap bounds, then the attack (expensive bound stages go after it).
-DEFAULT_PLAN = ("IBP", "CROWN", "PGD")
+#: The default plan: cheap bounds, the attack, then input splitting (for few inputs only).
+DEFAULT_PLAN = ("IBP", "CROWN", "PGD", "split")
 #: Gradient steps of the multiplier optimisation of one conjunction set, per bound stage.
 MULTIPLIER_STEPS = 20
 #: PGD rounds of the attack stage; starts per conjunction in each round; steps per start.
 ATTACK_ROUNDS = 3
 ATTACK_STARTS = 8
 ATTACK_STEPS = 100
+#: The split stage: most inputs, sub-boxes per bound computation, sub-boxes in all.
+SPLIT_MAX_INPUTS = 16
+SPLIT_BATCH = 256
+SPLIT_MAX_BOXES = 200_000
 
 
 # --- values ----------------------------------------------------------------------------------
@@ -174,13 +179,13 @@ class Deadline:
 
 
 class BoundFn(Protocol):
-    """Sound lower bounds of ``C·model(x)`` for every ``x`` in the box ``[lower, upper]``.
+    """Sound lower bounds of ``C·model(x)`` for every ``x`` in each box ``[lower[i], upper[i]]``.
 
     :param model: the network in float64, eval mode.
-    :param lower: ``(1, *input_shape)`` float64 lower ends of the box; ``upper`` likewise.
-    :param C: ``(S, K)`` float64 rows over the ``K`` outputs.
+    :param lower: ``(B, *input_shape)`` float64 lower ends of ``B`` boxes; ``upper`` likewise.
+    :param C: ``(S, K)`` float64 rows over the ``K`` outputs, the same for every box.
     :param deadline: a long computation may stop early when it expires, returning any sound bound.
-    :return: ``(S,)`` lower bounds (differentiable in ``C`` where the stage allows the
+    :return: ``(B, S)`` lower bounds (differentiable in ``C`` where the stage allows the
         multiplier optimisation).
     """
 
@@ -213,7 +218,31 @@ class AttackStage:
     seed: int = 0
 
 
-Stage = BoundStage | AttackStage
+@frozen
+class SplitStage:
+    """Branch and bound on the input box, for networks with few inputs (ACAS Xu has 5).
+
+    Every open conjunction is bounded over sub-boxes, a batch at a time; a sub-box where some
+    conjunction stays open is halved along the input whose width times the gradient at its
+    centre is largest. A conjunction is refuted when it is refuted on every leaf: the leaves
+    cover the box exactly (the halves share their cut), so this is sound by construction. The
+    centre of every sub-box is also tried as a counterexample.
+
+    :param name: how results name it.
+    :param bound: the bound used on each sub-box (:class:`BoundFn`, batched over the sub-boxes).
+    :param max_inputs: inputs above this skip the stage (splitting does not scale with dimension).
+    :param batch: sub-boxes bounded at once.
+    :param max_boxes: sub-boxes bounded in all before the stage gives up.
+    """
+
+    name: str
+    bound: BoundFn
+    max_inputs: int = SPLIT_MAX_INPUTS
+    batch: int = SPLIT_BATCH
+    max_boxes: int = SPLIT_MAX_BOXES
+
+
+Stage = BoundStage | AttackStage | SplitStage
 
 
 def relaxation_bound(relaxation: object) -> BoundFn:
@@ -225,18 +254,21 @@ def relaxation_bound(relaxation: object) -> BoundFn:
         centre = (lower + upper) / 2
         lb, _ = compute_bounds(model, centre, upper - lower, relaxation, C=C, domain=(lower, upper),  # type: ignore[arg-type]
                                lower_only=True)
-        return lb[0]
+        return lb
 
     return bound
 
 
 def resolve_stage(name: str) -> Stage:
-    """The stage called ``name``: ``"PGD"`` is the attack, any other name a registered relaxation.
+    """The stage called ``name``: ``"PGD"`` the attack, ``"split"`` input splitting with CROWN, any other
+    name a registered relaxation.
 
     :raises LookupError: an unknown name (the registry's message, with close matches).
     """
     if name.upper() == "PGD":
         return AttackStage()
+    if name.lower() == "split":
+        return SplitStage("split", relaxation_bound("CROWN"))
     from relaxlab.api import get_relaxation
 
     relaxation = get_relaxation(name)
@@ -323,15 +355,22 @@ class _RegionWork:
         with torch.no_grad():
             self.centre_outputs = network.model64((self.lower + self.upper) / 2).reshape(1, -1)
 
-    def refuted(self, margins: Tensor) -> Tensor:
-        """Which margins (lower bounds of ``λ·(C·y - b)``) exceed the certification tolerance."""
-        return is_certified(margins.reshape(-1, 1), self.centre_outputs.expand(margins.numel(), -1))
+    def refuted(self, lb: Tensor, offsets: Tensor) -> Tensor:
+        """Which rows are refuted: ``lb - offsets`` (a lower bound of ``λ·(C·y - b)``) above the tolerance.
+
+        The tolerance is :func:`~relaxlab.engine.spec.is_certified`'s, relative to the larger of the
+        outputs at the box centre and the row's constant.
+        """
+        scale = torch.cat([self.centre_outputs.expand(lb.numel(), -1), offsets.detach().abs().reshape(-1, 1)], 1)
+        return is_certified((lb - offsets).reshape(-1, 1), scale)
 
 
 def _bound_step(stage: BoundStage, work: _RegionWork, network: _Network, deadline: Deadline) -> bool:
     """Refute what ``stage`` can of ``work``'s open conjunctions; whether multipliers were needed."""
     rows, offsets, owners = [], [], []
     for index in work.open:
+        if not work.rows[index][1].numel():
+            continue  # no atom: nothing to refute (any input of the box is a counterexample)
         C, b = work.rows[index]
         rows.append(C)
         offsets.append(b)
@@ -340,9 +379,11 @@ def _bound_step(stage: BoundStage, work: _RegionWork, network: _Network, deadlin
             rows.append(C.mean(0, keepdim=True))
             offsets.append(b.mean(0, keepdim=True))
             owners.append(index)
+    if not rows:
+        return False
     with torch.no_grad():
-        lb = stage.bound(network.model64, work.lower, work.upper, torch.cat(rows), deadline)
-    refuted = work.refuted(lb - torch.cat(offsets))
+        lb = stage.bound(network.model64, work.lower, work.upper, torch.cat(rows), deadline)[0]
+    refuted = work.refuted(lb, torch.cat(offsets))
     done = {owner for owner, hit in zip(owners, refuted.tolist(), strict=True) if hit}
     work.open = [index for index in work.open if index not in done]
     several = [index for index in work.open if len(work.rows[index][1]) > 1]
@@ -373,11 +414,12 @@ def _optimise_multipliers(
             break
         weights = torch.softmax(theta.masked_fill(~mask, -torch.inf), dim=1)
         rows = torch.einsum("da,dak->dk", weights[alive], C[alive])
-        margins = stage.bound(network.model64, work.lower, work.upper, rows, deadline) \
-            - (weights[alive] * b[alive]).sum(1)
-        if not margins.requires_grad:
+        lb = stage.bound(network.model64, work.lower, work.upper, rows, deadline)[0]
+        offsets = (weights[alive] * b[alive]).sum(1)
+        if not lb.requires_grad:
             break  # the stage's bound is not differentiable in C: nothing to optimise
-        hit = work.refuted(margins.detach())
+        margins = lb - offsets
+        hit = work.refuted(lb.detach(), offsets.detach())
         if not bool(hit.all()):
             optimiser.zero_grad()
             (-margins[~hit].sum()).backward()
@@ -418,6 +460,8 @@ def _confirm(x: Tensor, conjunction: Sequence[Atom], region: Region, network: _N
     with torch.no_grad():
         own = network.model(point.reshape(1, *network.input_shape)).reshape(-1).tolist()
         wide = network.model64(point.double().reshape(1, *network.input_shape)).reshape(-1).tolist()
+    if not all(math.isfinite(v) for v in [*own, *wide]):
+        return None
     if all(atom.holds(own) and atom.holds(wide) for atom in conjunction):
         return Counterexample(tuple(inputs), tuple(own))
     return None
@@ -437,7 +481,7 @@ def _attack(stage: AttackStage, work: _RegionWork, network: _Network, deadline: 
     dtype = network.dtype
     lo = torch.tensor(lower, dtype=dtype).reshape(1, *shape)
     hi = torch.tensor(upper, dtype=dtype).reshape(1, *shape)
-    width = max(len(work.rows[i][1]) for i in work.open)
+    width = max(1, *(len(work.rows[i][1]) for i in work.open))
     count = len(work.open) * stage.starts
     C = torch.zeros(count, width, network.num_outputs, dtype=dtype)
     b = torch.zeros(count, width, dtype=dtype)
@@ -468,6 +512,65 @@ def _attack(stage: AttackStage, work: _RegionWork, network: _Network, deadline: 
     return None
 
 
+def _split(stage: SplitStage, work: _RegionWork, network: _Network, deadline: Deadline) -> Counterexample | None:
+    """Branch and bound on one box (see :class:`SplitStage`); refuted conjunctions leave ``work.open``."""
+    chosen = [index for index in work.open if work.rows[index][1].numel()]
+    if math.prod(network.input_shape) > stage.max_inputs or not chosen:
+        return None
+    rows, offsets, owners, is_atom = [], [], [], []
+    for position, index in enumerate(chosen):
+        C, b = work.rows[index]
+        rows += [C, C.mean(0, keepdim=True)]  # the atoms, then their average
+        offsets += [b, b.mean(0, keepdim=True)]
+        owners += [position] * (len(b) + 1)
+        is_atom += [True] * len(b) + [False]
+    C, b = torch.cat(rows), torch.cat(offsets)
+    owner, atom = torch.tensor(owners), torch.tensor(is_atom)
+    belongs = owner.unsqueeze(0) == torch.arange(len(chosen)).unsqueeze(1)  # (D, S)
+    pending_lo, pending_hi = work.lower, work.upper
+    pending = torch.ones(1, len(chosen), dtype=torch.bool)  # which conjunctions are open on each sub-box
+    bounded = 0
+    while pending.shape[0] and not deadline.expired() and bounded < stage.max_boxes:
+        lo, hi, mask = pending_lo[-stage.batch:], pending_hi[-stage.batch:], pending[-stage.batch:]  # depth first
+        pending_lo, pending_hi, pending = (pending_lo[:-stage.batch], pending_hi[:-stage.batch],
+                                           pending[:-stage.batch])
+        with torch.no_grad():
+            lb = stage.bound(network.model64, lo, hi, C, deadline)
+        bounded += lo.shape[0]
+        refuted = work.refuted(lb.reshape(-1), b.repeat(lo.shape[0])).reshape(lo.shape[0], -1)  # (n, S)
+        mask = mask & ~(refuted.unsqueeze(1) & belongs).any(2)
+        keep = mask.any(1)
+        lo, hi, mask = lo[keep], hi[keep], mask[keep]
+        if not lo.shape[0]:
+            continue
+        centre = ((lo + hi) / 2).requires_grad_(True)
+        values = network.model64(centre).reshape(lo.shape[0], -1) @ C.T - b  # (n, S): every row at the centres
+        violation = values.detach().unsqueeze(1).masked_fill(~(belongs & atom), -math.inf).amax(2)  # (n, D)
+        for box, position in ((violation <= 0) & mask).nonzero().tolist():  # a centre that violates: confirm it
+            found = _confirm(centre[box].detach(), work.region.disjuncts[chosen[position]], work.region, network)
+            if found is not None:
+                return found
+        # halve each sub-box along the input of largest width x |gradient of its open conjunctions' averages|
+        averages = values.unsqueeze(1).masked_fill(~(belongs & ~atom), 0.0).sum(2)  # (n, D)
+        (grad,) = torch.autograd.grad((averages * mask).sum(), centre)
+        width = (hi - lo).reshape(lo.shape[0], -1)
+        score = width * grad.reshape(lo.shape[0], -1).abs()
+        dim = torch.where(score.amax(1, keepdim=True) > 0, score, width).argmax(1)
+        flat_lo, flat_hi = lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)
+        picked = torch.arange(lo.shape[0])
+        cut = ((flat_lo + flat_hi) / 2)[picked, dim]  # both halves hold the cut: they cover the sub-box
+        left_hi, right_lo = flat_hi.clone(), flat_lo.clone()
+        left_hi[picked, dim] = cut
+        right_lo[picked, dim] = cut
+        pending_lo = torch.cat([pending_lo, lo, right_lo.reshape(lo.shape)])
+        pending_hi = torch.cat([pending_hi, left_hi.reshape(hi.shape), hi])
+        pending = torch.cat([pending, mask, mask])
+    still = pending.any(0)
+    refuted_all = {index for index, open_ in zip(chosen, still.tolist(), strict=True) if not open_}
+    work.open = [index for index in work.open if index not in refuted_all]
+    return None
+
+
 def verify_property(
     model: nn.Module,
     prop: Property,
@@ -478,8 +581,8 @@ def verify_property(
 ) -> Result:
     """Answer a property of a torch network (see the module docstring).
 
-    :param model: the network; its own forward pass (in its dtype) confirms counterexamples,
-        bounds are computed on a float64 copy.
+    :param model: the network, put in eval mode; its own forward pass (in its dtype) confirms
+        counterexamples, bounds are computed on a float64 copy.
     :param prop: the property (:func:`relaxlab.engine.vnnlib.read_vnnlib`).
     :param input_shape: the shape of one input (default: ``(prop.num_inputs,)``).
     :param timeout: seconds allowed.
@@ -568,8 +671,8 @@ def _run_plan(
                 continue
             if deadline.expired():
                 return result("timeout", reason=f"time limit reached during {stage.name}")
-            if isinstance(stage, AttackStage):
-                found = _attack(stage, work, network, deadline)
+            if isinstance(stage, (AttackStage, SplitStage)):
+                found = (_attack if isinstance(stage, AttackStage) else _split)(stage, work, network, deadline)  # type: ignore[operator]
                 if found is not None:
                     return result("sat", stage.name, counterexample=found)
             else:

@@ -21,6 +21,7 @@ from relaxlab.evaluation.verify import (
     Deadline,
     Instance,
     Result,
+    SplitStage,
     contradictions,
     read_expected,
     read_instances,
@@ -71,6 +72,22 @@ def test_a_conjunction_refuted_only_by_optimised_multipliers() -> None:
     assert verify_property(model, prop, plan=[IBP, QUICK_PGD]).status == "unknown"
     plain = BoundStage("CROWN", relaxation_bound("CROWN"), multipliers=False)
     assert verify_property(model, prop, plan=[plain]).status == "unknown"
+
+
+def test_input_splitting_refutes_every_leaf_and_finds_counterexamples_at_centres() -> None:
+    model = linear_net([[0.0], [2.0], [-1.0]], [0.5, 0.0, 0.0])
+    prop = box_property([-1.0], [1.0], [TWO_ATOMS], 3)  # no lambda needed once x is split at 1/4
+    split = SplitStage("split", relaxation_bound("IBP"))
+    assert verify_property(model, prop, plan=[split]).method == "split"
+    identity = linear_net([[1.0]], [0.0])
+    needle = box_property([-1.0], [1.0], [[Atom([(0, -1)], Fraction(-9, 10))]], 1)  # y >= 0.9: x >= 0.9
+    found = verify_property(identity, needle, plan=[split])
+    assert found.status == "sat" and found.method == "split"
+    assert found.counterexample is not None and found.counterexample.inputs[0] >= 0.9
+    few = SplitStage("split", relaxation_bound("IBP"), max_inputs=0)
+    assert verify_property(model, prop, plan=[few]).status == "unknown"  # skipped: too many inputs
+    tiny = SplitStage("split", relaxation_bound("IBP"), max_boxes=1)
+    assert verify_property(model, prop, plan=[tiny]).status == "unknown"  # gave up, proved nothing
 
 
 def test_unsat_needs_every_disjunct_over_every_box() -> None:
@@ -125,6 +142,8 @@ def test_an_empty_conjunction_is_violated_anywhere_and_no_input_is_safe() -> Non
     model = linear_net([[1.0]], [0.0])
     anything = verify_property(model, box_property([0.0], [1.0], [[]], 1))
     assert anything.status == "sat" and anything.counterexample is not None
+    third = Property(1, 1, [Region(InputBox([Fraction(1, 3)], [Fraction(1, 3)]), [[]])])  # no float inside
+    assert verify_property(model, third).status == "unknown"
     nothing = parse_vnnlib("(declare-const X_0 Real)(declare-const Y_0 Real)"
                            "(assert (<= X_0 0))(assert (>= X_0 1))(assert (<= Y_0 0))")
     assert verify_property(model, nothing).method == "empty"
@@ -139,7 +158,7 @@ def _slow_stage(seconds: float, value: float, calls: list[str]) -> BoundStage:
     def bound(model: nn.Module, lower: Tensor, upper: Tensor, C: Tensor, deadline: Deadline) -> Tensor:
         calls.append("slow")
         time.sleep(seconds)
-        return torch.full((C.shape[0],), value, dtype=torch.float64)
+        return torch.full((lower.shape[0], C.shape[0]), value, dtype=torch.float64)
 
     return BoundStage("slow", bound, multipliers=False)
 
