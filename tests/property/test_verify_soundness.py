@@ -21,7 +21,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from relaxlab.engine.vnnlib import Atom, InputBox, Property, Region
-from relaxlab.evaluation.verify import AttackStage, SplitStage, relaxation_bound, resolve_stage, verify_property
+from relaxlab.evaluation.verify import (
+    AttackStage,
+    SplitStage,
+    relaxation_bound,
+    resolve_stage,
+    verify_property,
+)
 from relaxlab.reference.milp import MILP_ATOL, MILP_RTOL, milp_bounds
 
 PLAN = [resolve_stage("IBP"), resolve_stage("CROWN"), AttackStage(rounds=1, starts=4, steps=20),

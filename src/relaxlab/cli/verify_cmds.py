@@ -21,8 +21,8 @@ from relaxlab.cli.options import QUIET, THREADS, out_dir_option
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds per instance (default: the csv's column; 300 for one instance).")
 @click.option("--stages", default=None,
-              help="Comma list, run in order: registered relaxation names (bounds) and PGD (the attack) "
-                   "[default: IBP,CROWN,PGD].")
+              help="Comma list, run in order: registered relaxation names (bounds), PGD (the attack), split "
+                   "(input splitting, few inputs only) [default: IBP,CROWN,PGD,split].")
 @click.option("--results", "results_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="One instance: write the competition's result file here.")
 @out_dir_option("Write results.csv and one competition result file per instance here.")
