@@ -96,7 +96,7 @@ def certify(
             right = logits.argmax(1) == y
             correct += int(right.sum())
             for i, relaxation in enumerate(relaxations):
-                lb, _ = margin_bounds(net, x, y, eps, relaxation, num_classes=num_classes)
+                lb, _ = margin_bounds(net, x, y, eps, relaxation, num_classes=num_classes, rigorous=True)
                 certified[i] += int((right & is_certified(lb, logits)).sum())
         if pgd:
             robust += int(pgd_robust(net, x, y, eps).sum())
