@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from relaxlab.cli.format import TABLE_WIDTH, clear_errors, render_table
-from relaxlab.cli.options import DATA_DIR, QUIET, THREADS, WIDE, relaxation_option, select
+from relaxlab.cli.format import clear_errors, render_table
+from relaxlab.cli.options import DATA_DIR, QUIET, THREADS, relaxation_option, select
 
 
 @click.command("table10")
@@ -34,11 +34,10 @@ from relaxlab.cli.options import DATA_DIR, QUIET, THREADS, WIDE, relaxation_opti
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
               help="Images bounded at once (memory vs speed).")
 @THREADS
-@WIDE
 @QUIET
 def table10_cmd(out: Path, relaxation: tuple[str, ...], nets: tuple[str, ...], n: int, eps: float,
                 networks_dir: Path | None, data_dir: str | None, show: bool, batch_size: int,
-                threads: int | None, wide: bool, quiet: bool) -> None:
+                threads: int | None, quiet: bool) -> None:
     """Certify the paper's 12 released MNIST networks with each relaxation (Table 10); print the matrix."""
     from relaxlab.cli.options import check_eps
     from relaxlab.cli.progress import Progress, duration
@@ -71,7 +70,7 @@ def table10_cmd(out: Path, relaxation: tuple[str, ...], nets: tuple[str, ...], n
     headers, rows = table10_rows(record, names, n, networks=networks)
     click.echo(f"CR (%) at eps={record.eps:g} on the first {n} MNIST test images: ours (paper's Table 10; "
                "Acc: Table 11)")
-    click.echo(render_table(headers, rows, width=None if wide else TABLE_WIDTH))
+    click.echo(render_table(headers, rows, width=None))  # a matrix is read across: never wrapped
     cells = [cell for network in networks for name in names if (cell := record.cell(network.name, name))]
     if cells:
         seconds = sum(cell.seconds for cell in cells)
