@@ -68,6 +68,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "matrix."),
     "export": ("relaxlab.cli.export_cmds:export_cmd",
                "Write CHECKPOINT's network to ONNX and (with --vnnlib) VNN-LIB robustness properties."),
+    "verify": ("relaxlab.cli.verify_cmds:verify_cmd",
+               "Answer VNN-COMP instances: NET.onnx PROP.vnnlib, or instances.csv files (unsat, sat, unknown, timeout)."),
 }
 
 
