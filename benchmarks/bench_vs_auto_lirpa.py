@@ -30,7 +30,11 @@ Before any timing, each side's lower bounds (under ``no_grad``) must agree to 1e
 
 Timing: one warm-up call per side, then ``--repeats`` rounds, each timing both sides in turn
 (alternating which goes first); min and median wall time per side, the ratio of the minima and
-the median of the per-round ratios. The process's CPU time is recorded beside (``--json``).
+the median of the per-round ratios, and the ratio of the minimal process CPU times (on a shared
+machine the least disturbed by other work). Both sides run in one process with glibc's allocator
+tuned as the ``relaxlab`` command line tunes it (``relaxlab.runtime.tune_allocator``; it keeps
+freed blocks instead of faulting them in again; ``--no-tune-allocator`` leaves it). The column
+``target`` is issue 24's.
 Peak memory (rows marked ``peak``): each side runs one step in a subprocess of its own (address
 space capped at ``--memory-gib``); reported are the process's peak resident set (``VmHWM``; not
 ``ru_maxrss``, which a child inherits from its parent at fork) and its growth over the resident
@@ -62,6 +66,7 @@ from _machine import load_note  # noqa: E402
 
 import relaxlab  # noqa: E402
 from relaxlab.engine.spec import margin_spec  # noqa: E402
+from relaxlab.runtime import tune_allocator  # noqa: E402
 
 BATCH, EPS, DOMAIN, NUM_CLASSES = 100, 0.1, (0.0, 1.0), 10
 MEAN, STD = [0.1307], [0.3081]
@@ -75,6 +80,9 @@ ROWS: dict[str, tuple[str, str, str, str, bool]] = {
     "conv-crown-ibp": ("CONV", "CROWN-IBP (R)", "CROWN-IBP", "step", False),
     "conv-ibp": ("CONV", "IBP", "IBP", "bound", False),
 }
+#: issue 24's targets: of the ratio relaxlab / auto_LiRPA (steps), of bound / forward pass (IBP)
+TARGETS = {"fc-crown": "<= 0.5", "conv-crown": "keep 0.23", "convp-crown": "keep 0.29, <= 4 GB",
+           "fc-crown-ibp": "<= 0.6", "conv-crown-ibp": "<= 0.4", "conv-ibp": "bound/fwd <= 2.5x"}
 
 
 def problem(arch: str) -> tuple[nn.Module, Tensor, Tensor, Tensor]:
@@ -162,6 +170,8 @@ resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 import torch
 torch.set_num_threads(1)
 import bench_vs_auto_lirpa as bench, _auto_lirpa
+if sys.argv[6] == "1":
+    bench.tune_allocator()
 _auto_lirpa.require()
 row, side = sys.argv[1], sys.argv[2]
 sides = bench.Sides(row, json.loads(sys.argv[5]))
@@ -180,12 +190,13 @@ except MemoryError:
 """
 
 
-def peak_memory(row: str, side: str, memory_gib: int, options: dict) -> dict:
-    """One step of one side in a subprocess: the growth of its peak resident set."""
+def peak_memory(row: str, side: str, memory_gib: int, options: dict, tuned: bool = False) -> dict:
+    """One step of one side in a subprocess (allocator tuned as in the parent): the growth of its peak
+    resident set."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-c", _MEMORY_CELL, row, side, str(memory_gib), str(Path(__file__).resolve().parent),
-         json.dumps(options)],
+         json.dumps(options), "1" if tuned else "0"],
         env=env, capture_output=True, text=True, check=False,
     )
     lines = done.stdout.strip().splitlines()
@@ -203,16 +214,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory subprocesses, no timing")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-tune-allocator", action="store_true",
+                        help="leave glibc's allocator as it is (by default it is tuned as the relaxlab CLI tunes it)")
     args = parser.parse_args(argv)
     _auto_lirpa.require()
     torch.set_num_threads(1)
+    tuned = not args.no_tune_allocator and tune_allocator()
     load_start = os.getloadavg()
     results = []
     for row in args.rows:
         record: dict = {"row": row, "arch": ROWS[row][0], "relaxation": ROWS[row][1], "kind": ROWS[row][3]}
         if args.memory_only:
             if ROWS[row][4]:
-                record["memory"] = {side: peak_memory(row, side, args.memory_gib, _auto_lirpa.DEFINITION)
+                record["memory"] = {side: peak_memory(row, side, args.memory_gib, _auto_lirpa.DEFINITION, tuned)
                                     for side in ("relaxlab", "auto_LiRPA")}
                 print(f"{row}: " + json.dumps(record["memory"]))
             continue
@@ -231,24 +245,25 @@ def main(argv: list[str] | None = None) -> int:
         else:
             record["times"] = interleaved(runs, args.repeats)
         if ROWS[row][4] and not args.no_memory:
-            record["memory"] = {side: peak_memory(row, side, args.memory_gib, _auto_lirpa.DEFINITION)
+            record["memory"] = {side: peak_memory(row, side, args.memory_gib, _auto_lirpa.DEFINITION, tuned)
                                 for side in ("relaxlab", "auto_LiRPA")}
         results.append(record)
         print(f"# {row}: done", file=sys.stderr, flush=True)
     load_end = os.getloadavg()
-    _print(results, args.repeats, load_start, load_end)
+    _print(results, args.repeats, load_start, load_end, tuned)
     if args.json:
         args.json.write_text(json.dumps({"load_start": load_start, "load_end": load_end, "rows": results}, indent=1))
     return 0
 
 
-def _print(results: list[dict], repeats: int, load_start: tuple, load_end: tuple) -> None:
+def _print(results: list[dict], repeats: int, load_start: tuple, load_end: tuple, tuned: bool) -> None:
     print(f"relaxlab vs auto_LiRPA, one thread, batch {BATCH}, eps {EPS}, float32, 9 margin rows; min / median of "
           f"{repeats} paired rounds (wall); ratio min: of the minima; paired med: median of the per-round ratios; "
-          f"cpu ratio: of the minimal process CPU times")
+          f"cpu ratio: of the minimal process CPU times; torch {torch.__version__}, glibc allocator "
+          f"{'tuned (relaxlab.runtime.tune_allocator, as the relaxlab CLI; both sides)' if tuned else 'untuned'}")
     print(load_note(load_start, load_end))
     header = (f"{'row':<34}{'relaxlab min/med':>20}{'auto_LiRPA min/med':>22}{'ratio min':>10}{'paired med':>11}"
-              f"{'cpu ratio':>10}{'rel diff':>10}  extra")
+              f"{'cpu ratio':>10}{'rel diff':>10}  {'target':<19}extra")
     print(header)
     print("-" * len(header))
     for record in results:
@@ -272,7 +287,8 @@ def _print(results: list[dict], repeats: int, load_start: tuple, load_end: tuple
                          if "step_MiB" in mem else f"{side}: {mem['error']}")
         print(f"{label:<34}{_ms(ours['min']) + ' / ' + _ms(ours['median']):>20}"
               f"{_ms(theirs['min']) + ' / ' + _ms(theirs['median']):>22}{ours['min'] / theirs['min']:>10.2f}"
-              f"{paired:>11.2f}{ours['cpu_min'] / theirs['cpu_min']:>10.2f}{record['rel_diff']:>10.1g}  {'; '.join(extra)}")
+              f"{paired:>11.2f}{ours['cpu_min'] / theirs['cpu_min']:>10.2f}{record['rel_diff']:>10.1g}  "
+              f"{TARGETS[record['row']]:<19}{'; '.join(extra)}")
 
 
 def _ms(seconds: float) -> str:

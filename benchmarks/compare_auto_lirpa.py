@@ -14,8 +14,8 @@ running statistics and affine parameters, negative scales included, eval mode).
 
 Families (random widths per seed; 3-channel inputs, a leading ``relaxlab.nn.Normalize``):
 
-- ``fc``: Flatten, 2-3 Linear+ReLU, Linear (the chain engine);
-- ``conv``: 2 Conv2d+ReLU (stride 1 or 2), Flatten, Linear+ReLU, Linear (the chain engine);
+- ``fc``: Flatten, 2-3 Linear+ReLU, Linear;
+- ``conv``: 2 Conv2d+ReLU (stride 1 or 2), Flatten, Linear+ReLU, Linear;
 - ``resnet``: Conv+ReLU, 2-3 residual blocks ``relu(conv(relu(conv(x))) + s(x))`` with ``s`` the
   identity or a 1x1 convolution (stride 2 blocks), with or without BatchNorm, FC head;
 - ``resnet-s``: the registered ``ResNet-S`` architecture on 3x8x8;
@@ -219,7 +219,7 @@ _LAYERS = (nn.Linear, nn.Conv2d, nn.Flatten, nn.ReLU, Normalize, nn.modules.batc
 def truncations(model: nn.Module) -> list[nn.Module]:
     """One module per ReLU (in order): the network up to that ReLU's input.
 
-    A ``Sequential`` of plain layers is sliced (a chain stays on the chain engine); anything else
+    A ``Sequential`` of plain layers is sliced (read module by module, without tracing); anything else
     is cut with ``torch.fx``.
     """
     if isinstance(model, nn.Sequential) and all(isinstance(child, _LAYERS) for child in model):

@@ -10,8 +10,8 @@ lower bounds under ``torch.no_grad()``; *step*: the lower bounds, the robust cro
 ``backward()`` with the model in training mode. Only the public API runs the engine
 (``relaxlab.compute_bounds``).
 
-**How the counts are derived** (``Count``; from the layer shapes and the engine's algorithm as of
-main fcb1c38, chain engine, ``engine/backsub.py`` and ``engine/patches.py``). ``B`` batch, ``S = 9``
+**How the counts are derived** (``Count``; from the layer shapes and the one engine's algorithm,
+``engine/bounder.py``, ``engine/relu_step.py`` and ``engine/patches.py``; docs/engine.md). ``B`` batch, ``S = 9``
 rows, ``n_k`` neurons of layer ``k``, ``MAC(L)`` the multiply-adds of layer ``L`` for one example
 (``Linear``: ``n_in·n_out``; ``Conv2d``: ``C_out·H_out·W_out·C_in·k_h·k_w``). One MAC = 2 FLOPs.
 
@@ -19,7 +19,7 @@ rows, ``n_k`` neurons of layer ``k``, ``MAC(L)`` the multiply-adds of layer ``L`
   ReLU, whose segment has one non-diagonal layer): centre and radius through each affine layer,
   ``W c`` and ``|W| r``: 2 products of ``B·MAC(L)``; plus elementwise passes over ``B·n`` for the
   centre/radius (10 traversals of the input, 6 of the output).
-- *Rows pulled back* ("backsub", ``_rows_lower``): ``R`` rows per example start at a layer's output.
+- *Rows pulled back* ("backsub", ``Bounder.rows_lower``): ``R`` rows per example start at a layer's output.
   A trailing ``Linear`` is *elided* into the rows first: ``rows @ W``, ``R·n_out·n_in`` MACs, once
   for the whole batch for the identity rows ``[I; -I]`` of intermediate bounds (``R = 2n``, rows
   shared by the batch until the first ReLU step), ``B·S·K·n_in`` for the margins. Then, down to the
@@ -39,8 +39,10 @@ rows, ``n_k`` neurons of layer ``k``, ``MAC(L)`` the multiply-adds of layer ``L`
 - *Step*: every product is differentiated with respect to each operand that needs a gradient
   (weights, and rows once they depend on weights; not the input box, the margins or the identity
   rows): one more product of the same size per such operand. The ReLU step's hand-written
-  backward (``_ReluStep.backward``) makes 23 traversals of the rows tensor for CROWN (17 for
-  DeepZ); the concretisation's backward 6; the interval passes' about twice their forward.
+  backward (``_ReluStep.backward``) makes about 30 traversals of the rows tensor for CROWN (24
+  for DeepZ), the concretisation's (``_Concretize.backward``) 10 and no product (products only
+  for the gradient of a box that needs one: the interval boxes of IBP's final step); the
+  interval passes' about twice their forward.
 - *Bytes*: products read both operands and write the result once (4 bytes an entry, no reuse
   across products); elementwise passes read/write 4 bytes an entry per traversal (masks 1).
 - *Lines*: evaluating the relaxation's lines at ``B·n`` neurons; its traversals per neuron are
@@ -87,7 +89,7 @@ from relaxlab.nn import Normalize  # noqa: E402
 
 BATCH, EPS, DOMAIN, NUM_CLASSES, SPECS = 100, 0.1, (0.0, 1.0), 10, 9
 MEAN, STD = [0.1307], [0.3081]
-#: the engine's CPU budget of one coefficient tensor (elements) for intermediate rows (backsub.py)
+#: the engine's CPU budget of one coefficient tensor (elements) for intermediate rows (bounder.py)
 MAX_ELEMENTS_CPU = 1 << 21
 BYTES = 4
 
@@ -197,7 +199,7 @@ class Count:
 
 
 RELU_STEP = {  # traversals of the rows tensor: forward (full rows), forward (shared rows), backward
-    "CROWN": (8, 3, 23), "CROWN-IBP (R)": (8, 3, 23), "DeepZ": (5, 2, 17),
+    "CROWN": (8, 3, 30), "CROWN-IBP (R)": (8, 3, 30), "DeepZ": (5, 2, 24),
 }
 
 
@@ -216,7 +218,7 @@ def count_interval(count: Count, segment: list[Layer], batch: int, first: bool) 
 
 def count_rows(count: Count, segments: list[list[Layer]], start: int, rows: int, batch: int, method: str,
                *, shared: bool, chunk: int) -> None:
-    """Rows ``R`` on the output of ``segments[start]`` pulled back to the input box (``_rows_lower``)."""
+    """Rows ``R`` on the output of ``segments[start]`` pulled back to the input box (``Bounder.rows_lower``)."""
     step_fwd, step_shared, step_bwd = RELU_STEP[method]
     layers = [list(segment) for segment in segments[: start + 1]]
     width = {True: 1, False: batch}
@@ -268,8 +270,8 @@ def count_rows(count: Count, segments: list[list[Layer]], start: int, rows: int,
                       (n * rows * first_conv.n_out, math.prod(first_conv.weight), n * rows * phases),
                       ("conv_t", n * min(rows, chunk), first_conv), 2 - is_shared)
     for what in ("concretise: c·u", "concretise: max(c,0)·(l-u)"):
-        count.product(what, n * rows * box, (n * rows * box, batch * box, n * rows), ("mv", n * min(rows, chunk), box), 1)
-    count.passes("concretise: clamp", n * rows * box, 2, 6)
+        count.product(what, n * rows * box, (n * rows * box, batch * box, n * rows), ("mv", n * min(rows, chunk), box), 0)
+    count.passes("concretise: clamp", n * rows * box, 2, 10)
 
 
 def count_patches(count: Count, segments: list[list[Layer]], start: int, batch: int, method: str) -> None:
@@ -301,8 +303,8 @@ def count_patches(count: Count, segments: list[list[Layer]], start: int, batch: 
         count.product("patches: conv bias", rows * k_out, (rows * k_out, k_out, rows), ("mv", rows, k_out), 2)
     box = sizes[-1]
     for what in ("patches: concretise c·u", "patches: concretise max(c,0)·(l-u)"):
-        count.product(what, rows * box, (rows * box, batch * positions * box, rows), ("mv", rows, box), 1)
-    count.passes("patches: concretise clamp", rows * box, 2, 6)
+        count.product(what, rows * box, (rows * box, batch * positions * box, rows), ("mv", rows, box), 0)
+    count.passes("patches: concretise clamp", rows * box, 2, 10)
     count.passes("patches: windows of lines and box", batch * positions * sum(sizes), 6, 0)
 
 
