@@ -180,10 +180,11 @@ BUILTINS: tuple[ReluRelaxation, ...] = (
     HBOX_DIAG, HBOX_DIAG_C, HBOX_SWITCH,
     DEEPZ_BOX, DEEPZ_DIAG, DEEPZ_DIAG_C, DEEPZ_SWITCH, DEEPZ_SOFT, DEEPZ_IBP,
     CROWN_0, CROWN_1, CROWN_0_C, CROWN_1_C, CROWN_0_TRIA, CROWN_1_TRIA, CROWN_0_TRIA_C, CROWN_1_TRIA_C,
-    CROWN_SOFT, CROWN_SOFT_IBP, CROWN_ALPHA,
+    CROWN_SOFT, CROWN_SOFT_IBP,
     LOOSE_IBP_C, LOOSE_IBP_DC,
-    # beyond the paper's table: the hybrid zonotope of the paper's code (forward mode)
-    HBOX_HYBRID, HBOX_DIAG_HYBRID, HBOX_DIAG_C_HYBRID, HBOX_SWITCH_HYBRID,
+    # beyond the paper's table: the hybrid zonotope of the paper's code (forward mode); CROWN's
+    # lower slope as a parameter (optimised: alpha-CROWN)
+    HBOX_HYBRID, HBOX_DIAG_HYBRID, HBOX_DIAG_C_HYBRID, HBOX_SWITCH_HYBRID, CROWN_ALPHA,
 )
 
 
