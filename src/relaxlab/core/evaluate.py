@@ -22,6 +22,7 @@ from torch import Tensor
 
 from relaxlab.core.expr import MEMO, Const, Div, Expr, Mul, Opaque, Var
 from relaxlab.core.relaxer import COEFFICIENT_NAMES, RelaxationTensors
+from relaxlab.core.scaling import BOUNDED_DOMAIN, line_is_scale_invariant, transform_is_scale_invariant
 from relaxlab.core.stability import ALL_CASES, CaseWeights, Stability
 
 if TYPE_CHECKING:
@@ -49,12 +50,15 @@ class Plan:
         is shared).
     :param parameters: current parameter values, defaults filled in.
     :param is_interval: every line of every case has slope identically 0.
+    :param bound: ``|l|, |u| <= bound`` is where the relaxation's soundness is proved when some line
+        or its transform is not scale invariant (:mod:`relaxlab.core.scaling`); ``None``: everywhere.
     """
 
     groups: tuple[Groups | str, ...]
     first_equal: tuple[int, ...]
     parameters: dict[str, float]
     is_interval: bool
+    bound: float | None = None
 
 
 _PLANS: dict[int, tuple[weakref.ReferenceType[Any], Plan]] = {}
@@ -72,17 +76,42 @@ def plan_of(relaxation: ReluRelaxation) -> Plan:
         first_equal=tuple(groups.index(g) for g in groups),
         parameters=dict(relaxation.values),
         is_interval=all(ln.slope.is_zero() for _, case in relaxation.cases() for ln in case.lines()),
+        bound=None if _scale_invariant(relaxation) else BOUNDED_DOMAIN,
     )
     _PLANS[key] = (weakref.ref(relaxation, lambda _ref, key=key: _PLANS.pop(key, None)), plan)
     return plan
 
 
+class OutsideProvedDomainError(ValueError):
+    """Bounds beyond the domain a relaxation's soundness is proved on (its lines are not scale invariant)."""
+
+
+def _check_domain(relaxation: ReluRelaxation, plan: Plan, lower: Tensor, upper: Tensor) -> None:
+    """Refuse bounds beyond ``plan.bound`` (before any line is evaluated on them)."""
+    if plan.bound is None or lower.numel() == 0:
+        return
+    magnitude = torch.maximum(-lower.amin(), upper.amax())
+    if torch.compiler.is_compiling():
+        torch._assert_async(magnitude <= plan.bound, f"{relaxation.name}: bounds beyond |l|, |u| <= {plan.bound:g}")
+        return
+    if bool(magnitude > plan.bound):
+        raise OutsideProvedDomainError(
+            f"relaxation {relaxation.name!r} is proved sound only for pre-activation bounds with |l|, |u| <= "
+            f"{plan.bound:g} (its lines or transform are not scale invariant), and bounds of magnitude "
+            f"{float(magnitude):.4g} reached one of its ReLUs; use a scale-invariant relaxation or a smaller eps")
+
+
 def transform_bounds(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
-    """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them)."""
+    """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them).
+
+    :raises OutsideProvedDomainError: bounds beyond the domain the relaxation is proved on.
+    """
+    plan = plan_of(relaxation)
+    _check_domain(relaxation, plan, lower, upper)
     transform = relaxation.transform
     if transform is None:
         return lower, upper
-    env = {"l": lower, "u": upper, **plan_of(relaxation).parameters}
+    env = {"l": lower, "u": upper, **plan.parameters}
     return _broadcast(transform.lower.evaluate(env), lower), _broadcast(transform.upper.evaluate(env), upper)
 
 
@@ -91,12 +120,13 @@ def coefficients(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -> Re
 
     For every ``x`` in ``[lower, upper]``:
     ``lower_slope·x + lower_offset <= relu(x) <= upper_slope·x + upper_offset``.
-    Differentiable; never NaN for finite ``lower <= upper``. A coefficient that is the same
+    Differentiable; never NaN for finite ``lower <= upper``. Refuses bounds beyond the domain the
+    relaxation is proved on (:class:`OutsideProvedDomainError`). A coefficient that is the same
     constant in every case comes back as an expanded (zero-copy) tensor. Traceable by
     ``torch.compile`` (plain values only).
     """
     plan = plan_of(relaxation)
-    lb, ub = transform_bounds(relaxation, lower, upper)
+    lb, ub = transform_bounds(relaxation, lower, upper)  # (checks the domain)
     weights = CaseWeights(lb, ub)
     params = plan.parameters
     envs: dict[frozenset[Stability], dict[str, Any]] = {}
@@ -170,6 +200,12 @@ def coefficients(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -> Re
     return RelaxationTensors(*out, zeros=frozenset(zeros))
 
 
+
+
+def _scale_invariant(relaxation: ReluRelaxation) -> bool:
+    transform = relaxation.transform
+    return all(line_is_scale_invariant(ln.slope, ln.offset) for _, case in relaxation.cases() for ln in case.lines()) \
+        and (transform is None or transform_is_scale_invariant(transform.lower, transform.upper))
 
 
 def _constant_factor(expr: Expr) -> tuple[float, Expr]:

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from attrs import field, frozen
 
+from relaxlab.core.rounding import round32_down, round32_up
+
 if TYPE_CHECKING:  # torch loads with the first tensor, not with the algebra (the CLI starts without it)
     import torch
     from torch import Tensor
@@ -398,11 +400,14 @@ class Ge(Expr):
     right: Expr
 
     def evaluate(self, env: Environment) -> Value:
+        # Compared exactly: a number meeting a float32 tensor is replaced by the float32 that
+        # decides the same way (the smallest float32 >= it on the right, the largest <= it on
+        # the left), never by its nearest float32 (4.1 would become 4.0999999).
         a, b = self.left.evaluate(env), self.right.evaluate(env)
-        if _is_tensor(a) or _is_tensor(b):
-            import torch
-
-            return torch.as_tensor(a) >= torch.as_tensor(b)
+        if _is_tensor(a) and not _is_tensor(b):
+            return a >= _threshold(b, a, up=True)
+        if _is_tensor(b) and not _is_tensor(a):
+            return _threshold(a, b, up=False) >= b
         return a >= b
 
     def children(self) -> tuple[Expr, ...]:
@@ -466,6 +471,17 @@ class Switch(Expr):
 
     def __str__(self) -> str:
         return f"({self.then} if {self.condition} else {self.otherwise})"
+
+
+def _threshold(number: Value, tensor: Tensor, *, up: bool) -> Value:
+    """A number that ``tensor`` compares with as it would with the exact ``number``."""
+    import torch
+
+    if tensor.dtype == torch.float64:
+        return number
+    if tensor.dtype == torch.float32:
+        return round32_up(float(number)) if up else round32_down(float(number))
+    raise TypeError(f"conditions are evaluated in float32 or float64, not {tensor.dtype}")
 
 
 def _dtype(a: Value, b: Value, env: Environment) -> torch.dtype:

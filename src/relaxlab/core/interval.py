@@ -24,10 +24,8 @@ Per node:
   and by the ±80 clamp of :class:`~relaxlab.core.expr.Sigmoid` (values below ``σ(-80)`` or
   above ``σ(80)`` widen to 0 or 1);
 - floor, ceil: exact on the end points;
-- conditions: ``[1, 1]`` or ``[0, 0]`` where decided on the whole box, else ``[0, 1]``; a side
-  that does not depend on ``l, u`` is also taken at its float32 rounding, because
-  :class:`~relaxlab.core.expr.Ge` compares a tensor with ``torch.as_tensor(number)``, which
-  rounds the number to the default dtype;
+- conditions: ``[1, 1]`` or ``[0, 0]`` where decided on the whole box, else ``[0, 1]``
+  (:class:`~relaxlab.core.expr.Ge` compares exactly);
 - switches: the branch where the condition is decided, else the hull of both branches;
 - named sub-expressions: their body (evaluated once per call);
 - opaque callables: nothing is known about them, so ``(-∞, ∞)``.
@@ -36,13 +34,11 @@ Per node:
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Mapping
 
 from attrs import frozen
 
 from relaxlab.core.expr import (
-    BOUND_VARIABLES,
     Add,
     Const,
     Div,
@@ -341,21 +337,8 @@ def decide(left: Bounds, right: Bounds) -> bool | None:
 
 
 def _decide_condition(condition: Ge, box: Mapping[str, Bounds], memo: dict[int, Bounds]) -> bool | None:
-    sides = []
-    for side in (condition.left, condition.right):
-        bounds = enclose_bounds(side, box, memo)
-        if not side.variables() & BOUND_VARIABLES:
-            # Ge.evaluate compares a tensor with torch.as_tensor(number), which rounds the number to
-            # the default dtype (float32): the side may be compared at its float32 rounding
-            bounds = hull(bounds, (_float32(bounds[0]), _float32(bounds[1])))
-        sides.append(bounds)
-    return decide(sides[0], sides[1])
-
-
-def _float32(value: float) -> float:
-    if not math.isfinite(value) or abs(value) >= 3.4028234663852886e38:
-        return value if not math.isfinite(value) else math.copysign(INF, value)
-    return struct.unpack("f", struct.pack("f", value))[0]
+    # Ge.evaluate compares exactly (a number is never rounded against a tensor)
+    return decide(enclose_bounds(condition.left, box, memo), enclose_bounds(condition.right, box, memo))
 
 
 # -- the interval extension of expressions --------------------------------------------------------

@@ -18,6 +18,20 @@ into a normal form where such cancellations happen exactly:
 per variable; atoms are enclosed from their arguments), evaluating each polynomial in
 several forms (monomial sum, and Horner in each variable) and intersecting them, all
 with the outward rounding of :mod:`relaxlab.core.interval`.
+
+**Floating-point models.** With an :class:`~relaxlab.core.rounding.Arithmetic`, a
+:class:`Symbolic` gives the normal form of an expression *as the evaluator computes it* in that
+arithmetic rather than of its real value: every rounded operation multiplies its exact result by
+``1 + δ`` with an atom ``δ ∈ [-unit, unit]`` (one per distinct exact result: the same value always rounds
+the same way), constants are their float values, a division by a tensor is multiplied by ``1 + γ``, an atom
+``γ = |d|/max(|d|, guard) - 1`` (0 wherever the denominator ``d`` is clear of the guard of
+:class:`~relaxlab.core.expr.Div`), and the arguments of sigmoids and floors also get a second
+form that divides by the guarded denominator ``copysign(max(|d|, guard), d)`` as an atom (bounded
+where the first form is not; an atom is enclosed by both); sigmoids are atoms of the computed argument
+widened by the library's error, floor and ceil are exact. Which operations round where follows
+:meth:`~relaxlab.core.expr.Expr.evaluate`: an operation on ``l`` or ``u`` (a tensor) rounds in
+the arithmetic, one on numbers only (parameters, constants) in float64, and a number meeting a
+tensor is first rounded to the arithmetic; conditions compare exactly.
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ from relaxlab.core.expr import (
     Var,
 )
 from relaxlab.core.interval import Bounds
+from relaxlab.core.rounding import FLOAT64, Arithmetic
 
 #: A monomial: ``((variable, exponent), ...)`` sorted by variable, exponents >= 1.
 Monomial = tuple[tuple[int, int], ...]
@@ -53,7 +68,9 @@ ONE_MONOMIAL: Monomial = ()
 #: Variable indices of the bounds; parameters follow, then atoms.
 L_INDEX, U_INDEX = 0, 1
 _DIVISION_STEPS = 400
-ATOM_KINDS = ("sigmoid", "frac_floor", "frac_ceil")
+ATOM_KINDS = ("sigmoid", "sigmoid64", "frac_floor", "frac_ceil", "round", "round64", "guard", "guarded")
+#: Relative error allowed for the library's sigmoid (torch's, or ``math.exp``) in a floating-point model.
+SIGMOID_UNITS = 8.0
 
 
 class NotRational(ValueError):
@@ -294,43 +311,101 @@ def _coefficient_bounds(coef: Fraction) -> Bounds:
     return (iv.down(value), iv.up(value))
 
 
+Terms = list[tuple[Bounds, Monomial]]
+#: ``(variable, [(power, terms, groupings of those terms)])``: the terms grouped by powers of a variable.
+Grouping = tuple[int, list[tuple[int, Terms, list["Grouping"]]]]
+
+
+def _groupings(terms: Terms, variables: Iterable[int], nested: Iterable[int] = ()) -> list[Grouping]:
+    """Horner groupings of ``terms`` in each of ``variables``; each group's terms grouped again in ``nested``."""
+    out: list[Grouping] = []
+    if len(terms) <= 1:
+        return out
+    present = {var for _, mono in terms for var, _ in mono}
+    nested = tuple(nested)
+    for var in sorted(present.intersection(variables)):
+        by_power: dict[int, Terms] = {}
+        for coef, mono in terms:
+            exps = dict(mono)
+            power = exps.pop(var, 0)
+            by_power.setdefault(power, []).append((coef, tuple(sorted(exps.items()))))
+        if len(by_power) > 1 or 0 not in by_power:
+            inner_vars = [v for v in nested if v != var]
+            out.append((var, [(power, group, _groupings(group, inner_vars)) for power, group in sorted(by_power.items())]))
+    return out
+
+
 class _CompiledPoly:
-    """A polynomial prepared for repeated enclosure: its terms, and its Horner groupings."""
+    """A polynomial prepared for repeated enclosure: its terms, and its Horner groupings.
 
-    __slots__ = ("terms", "groups", "constant", "sign")
+    Grouped in each variable but those in ``skip`` (rounding errors: small, centred, not worth it),
+    and each group again in each other variable among ``nested`` (two levels: ``ω + ω·δ - l·δ'``
+    needs ``l`` then ``ω`` to show it is at least ``-|l|·|δ'|``).
+    """
 
-    def __init__(self, poly: Poly) -> None:
+    __slots__ = ("terms", "groups", "constant", "sign", "factor", "shifted")
+
+    def __init__(self, poly: Poly, nested: Iterable[int] = (), skip: Iterable[int] = (),
+                 shift: Iterable[int] = ()) -> None:
         self.sign: int | None = None  # known sign on the whole domain, if any
+        #: ``(fact, cofactor)`` with ``poly = fact·cofactor`` and ``fact`` known to be >= 0 on the domain
+        self.factor: tuple[Poly, Poly] | None = None
         self.terms = [(_coefficient_bounds(c), m) for m, c in poly.items()]
         value = constant_value(poly)
         self.constant = None if value is None else _coefficient_bounds(value)
-        self.groups: list[tuple[int, list[tuple[int, list[tuple[Bounds, Monomial]]]]]] = []
-        if len(self.terms) > 1:
-            for var in sorted(variables_of(poly)):
-                by_power: dict[int, list[tuple[Bounds, Monomial]]] = {}
-                for coef, mono in self.terms:
-                    exps = dict(mono)
-                    power = exps.pop(var, 0)
-                    by_power.setdefault(power, []).append((coef, tuple(sorted(exps.items()))))
-                if len(by_power) > 1 or 0 not in by_power:
-                    self.groups.append((var, sorted(by_power.items())))
+        nested, skip = tuple(nested), frozenset(skip)
+        self.groups = _groupings(self.terms, variables_of(poly) - skip, nested)
+        #: The same polynomial in ``v + 1`` for the variables ``v`` of ``shift`` (guard atoms, in [-1, 0]):
+        #: ``a + a·γ`` is ``a·ρ`` there, which a product of signs encloses where the sum cannot.
+        shifted = [var for var in shift if var in variables_of(poly)]
+        self.shifted: tuple[tuple[int, ...], _CompiledPoly] | None = None
+        if shifted:
+            moved = poly
+            for var in shifted:
+                moved = _shift(moved, var, Fraction(-1))
+            self.shifted = (tuple(shifted), _CompiledPoly(moved, nested, skip))
 
     def enclose(self, box: Sequence[Bounds]) -> Bounds:
         """Monomial sum ∩ Horner in each variable ∩ (degree >= 2) Taylor shift to the box's lower corner."""
         if self.constant is not None:
             return self.constant
-        best = _sum_terms(self.terms, box)
-        for var, by_power in self.groups:
-            total: Bounds = (0.0, 0.0)
-            inner_bounds = []
-            for power, terms in by_power:
-                inner = _sum_terms(terms, box)
-                inner_bounds.append((power, inner))
-                total = iv.add(total, inner if power == 0 else iv.mul(iv.power(box[var], power), inner))
-            best = iv.intersect(best, total)
-            if by_power[-1][0] >= 2:
-                best = iv.intersect(best, _shifted(inner_bounds, box[var]))
-        return best
+        bounds = _enclose_terms(self.terms, self.groups, box)
+        if self.shifted is not None:
+            variables, compiled = self.shifted
+            moved = list(box)
+            for var in variables:
+                moved[var] = (box[var][0] + 1.0, box[var][1] + 1.0)  # exact: the ends are 0 and -1
+            bounds = iv.intersect(bounds, compiled.enclose(moved))
+        return bounds
+
+
+def _shift(poly: Poly, var: int, by: Fraction) -> Poly:
+    """``poly`` with ``var`` replaced by ``var + by`` (exactly)."""
+    out: Poly = {}
+    for mono, coef in poly.items():
+        exps = dict(mono)
+        power = exps.pop(var, 0)
+        rest = tuple(sorted(exps.items()))
+        for k in range(power + 1):  # (v + by)^power = sum C(power, k) v^k by^(power - k)
+            term = coef * math.comb(power, k) * by ** (power - k)
+            mono_k = rest if k == 0 else _mono_mul(rest, ((var, k),))
+            _accumulate(out, mono_k, term)
+    return out
+
+
+def _enclose_terms(terms: Terms, groups: list[Grouping], box: Sequence[Bounds]) -> Bounds:
+    best = _sum_terms(terms, box)
+    for var, by_power in groups:
+        total: Bounds = (0.0, 0.0)
+        inner_bounds = []
+        for power, inner_terms, inner_groups in by_power:
+            inner = _enclose_terms(inner_terms, inner_groups, box) if inner_groups else _sum_terms(inner_terms, box)
+            inner_bounds.append((power, inner))
+            total = iv.add(total, inner if power == 0 else iv.mul(iv.power(box[var], power), inner))
+        best = iv.intersect(best, total)
+        if by_power[-1][0] >= 2:
+            best = iv.intersect(best, _shifted(inner_bounds, box[var]))
+    return best
 
 
 def _shifted(coefficients: Sequence[tuple[int, Bounds]], var: Bounds) -> Bounds:
@@ -370,17 +445,27 @@ def _sum_terms(terms: Iterable[tuple[Bounds, Monomial]], box: Sequence[Bounds]) 
 # -- expressions to normal forms ----------------------------------------------------------------------
 
 
+_ONE = Rational({ONE_MONOMIAL: Fraction(1)})
+
+
 class Symbolic:
     """Normal forms of expressions over a fixed set of variables, with a shared table of atoms.
 
     :param params: parameter names; they get the variable indices ``2, 3, ...`` in this order.
     """
 
-    def __init__(self, params: Sequence[str], nonnegative: Iterable[Poly] = ()) -> None:
+    def __init__(self, params: Sequence[str], nonnegative: Iterable[Poly] = (),
+                 arithmetic: Arithmetic | None = None) -> None:
+        #: ``None``: normal forms of real values; else of the values computed in this arithmetic.
+        self.arithmetic = arithmetic
+        #: Atom index -> a second normal form of its argument (the same value): its enclosure is
+        #: intersected with the first one's (a floating-point model's divisions by guarded denominators).
+        self.alternatives: dict[int, Rational] = {}
         self.params = tuple(params)
         #: Polynomials known to be >= 0 on the whole domain (``u - l``), by their monic form: the sign
         #: of the monic form. Enclosures of any multiple of one are clipped at 0.
         self._signs: dict[object, int] = {}
+        self._facts = [dict(poly) for poly in nonnegative]
         for poly in nonnegative:
             monic, lead = _monic(poly)
             self._signs[monic] = 1 if lead > 0 else -1
@@ -423,7 +508,114 @@ class Symbolic:
         :raises NotRational: for opaque callables and divisions by exactly 0.
         :raises KeyError: for a condition missing from ``assignment``.
         """
+        if self.arithmetic is not None:
+            value, tensor = self._convert_float(expr, bounds, assignment or {}, {})
+            return self._to_tensor(value, tensor)
         return self._convert(expr, bounds, assignment or {}, {})
+
+    def convert_margin(self, condition: Ge, bounds: Mapping[str, Rational],
+                       assignment: Mapping[Ge, bool] | None = None) -> Rational:
+        """``left - right`` of a condition: it holds where this is ``>= 0``.
+
+        In a floating-point model the two sides are the values computed and their difference is
+        exact (:class:`~relaxlab.core.expr.Ge` compares them exactly, a number without rounding).
+        """
+        if self.arithmetic is None:
+            return self.convert(condition.left - condition.right, bounds, assignment)
+        memo: dict[tuple[int, bool], tuple[Rational, bool]] = {}
+        left, _ = self._convert_float(condition.left, bounds, assignment or {}, memo)
+        right, _ = self._convert_float(condition.right, bounds, assignment or {}, memo)
+        return left - right
+
+    # -- the floating-point model ---------------------------------------------------------------
+    def _rounded(self, value: Rational, tensor: bool) -> Rational:
+        """``value`` rounded once: in the arithmetic (``tensor``) or in float64 (Python numbers)."""
+        exact = constant_value(value.num) if value.is_polynomial() else None
+        if exact is not None and _representable(exact, self.arithmetic if tensor else FLOAT64):
+            return value
+        # r·(1 + δ): written with δ, not θ = 1 + δ, so that the exact parts cancel exactly (r - r·θ is -r·δ)
+        return value * (_ONE + rational_variable(self.atom("round" if tensor else "round64", value)))
+
+    def _to_tensor(self, value: Rational, tensor: bool) -> Rational:
+        """A computed number as a tensor of the arithmetic sees it (rounded to it, unless float64)."""
+        if tensor or self.arithmetic is FLOAT64:
+            return value
+        return self._rounded(value, True)
+
+    def _convert_float(self, expr: Expr, bounds: Mapping[str, Rational], assignment: Mapping[Ge, bool],
+                       memo: dict[tuple[int, bool], tuple[Rational, bool]], guarded: bool = False) -> tuple[Rational, bool]:
+        """``(value, is a tensor)`` of ``expr`` as computed (see the module docstring).
+
+        :param guarded: divide by guarded denominators as atoms (else by the denominator times a
+            guard factor): two forms of one value, the first exact where denominators are clear of
+            the guard, the second bounded where they are not.
+        """
+        if isinstance(expr, Const):
+            return rational_constant(expr.value), False
+        if isinstance(expr, Var):
+            return bounds[expr.name], True
+        if isinstance(expr, Param):
+            return rational_variable(self.param_index[expr.name]), False
+        if isinstance(expr, Named):
+            key = (id(expr), guarded)
+            if key not in memo:
+                memo[key] = self._convert_float(expr.body, bounds, assignment, memo, guarded)
+            return memo[key]
+        if isinstance(expr, (Add, Mul, Div)):
+            (a, ta), (b, tb) = (self._convert_float(child, bounds, assignment, memo, guarded)
+                                  for child in expr.children())
+            tensor = ta or tb
+            if tensor:
+                a, b = self._to_tensor(a, ta), self._to_tensor(b, tb)
+            if isinstance(expr, Add):
+                return (a + b if a.is_zero() or b.is_zero() else self._rounded(a + b, tensor)), tensor
+            if isinstance(expr, Mul):
+                return (a * b if _exact_factor(a) or _exact_factor(b) else self._rounded(a * b, tensor)), tensor
+            if tb and guarded:  # Div.evaluate divides by copysign(max(|b|, guard), b): an atom, enclosed as that
+                quotient = a / rational_variable(self.atom("guarded", b))
+            elif tb:  # the same value as (a/b)·(1 + γ), 1 + γ = |b|/max(|b|, guard): γ = 0 clear of the guard
+                quotient = a / b * (_ONE + rational_variable(self.atom("guard", b)))
+            else:
+                quotient = a / b
+            return (quotient if _exact_factor(b) else self._rounded(quotient, tensor)), tensor
+        if isinstance(expr, (Sigmoid, Step)):
+            argument, tensor = self._convert_float(expr.arg, bounds, assignment, memo, guarded)
+            if isinstance(expr, Sigmoid) and argument.is_zero():
+                return rational_constant(Fraction(1, 2)), tensor
+            kind = ("sigmoid" if tensor else "sigmoid64") if isinstance(expr, Sigmoid) else f"frac_{expr.kind}"
+            alternative = None
+            if not guarded and (kind, argument.key) not in self._atom_index:  # (its atoms come first)
+                alternative = self._convert_float(expr.arg, bounds, assignment, {}, True)[0]
+            index = self.atom(kind, argument)
+            if alternative is not None:
+                self.alternatives[index] = alternative
+            if isinstance(expr, Sigmoid):
+                return rational_variable(index), tensor
+            # floor and ceil of a float are exact: the argument less or plus its fractional part
+            if expr.kind == "floor":
+                return argument - rational_variable(index), tensor
+            return argument + rational_variable(index), tensor
+        if isinstance(expr, Switch):
+            _, t_cond = self._tensor_condition(expr.condition, bounds, assignment, memo, guarded)
+            branch, tensor = self._convert_float(expr.then if assignment[expr.condition] else expr.otherwise,
+                                                 bounds, assignment, memo, guarded)
+            if t_cond or tensor:  # a tensor switch returns the branch as a tensor of the arithmetic
+                return self._to_tensor(branch, tensor), True
+            return branch, False
+        if isinstance(expr, Ge):
+            _, tensor = self._tensor_condition(expr, bounds, assignment, memo, guarded)
+            return rational_constant(1.0 if assignment[expr] else 0.0), tensor
+        if isinstance(expr, Opaque):
+            raise NotRational(f"opaque callable {expr.name}")
+        raise NotRational(f"no normal form for {type(expr).__name__} nodes")
+
+    def _tensor_condition(self, condition: Ge, bounds: Mapping[str, Rational], assignment: Mapping[Ge, bool],
+                          memo: dict[tuple[int, bool], tuple[Rational, bool]], guarded: bool) -> tuple[None, bool]:
+        """Whether a condition is a tensor (its value is then a tensor too)."""
+        tensor = False
+        for side in (condition.left, condition.right):
+            tensor = self._convert_float(side, bounds, assignment, memo, guarded)[1] or tensor
+        return None, tensor
 
     def _convert(self, expr: Expr, bounds: Mapping[str, Rational], assignment: Mapping[Ge, bool],
                  memo: dict[int, Rational]) -> Rational:
@@ -465,11 +657,17 @@ class Symbolic:
         raise NotRational(f"no normal form for {type(expr).__name__} nodes")
 
     # -- enclosures --------------------------------------------------------------------------------
+    def _atom_bounds(self, kind: str, argument: Bounds) -> Bounds:
+        return _atom_bounds(kind, argument, self.arithmetic)
+
     def complete(self, box: Sequence[Bounds]) -> list[Bounds]:
         """``box`` (intervals of ``l``, ``u``, parameters) extended by the enclosures of all atoms."""
         full = list(box[: self.base_size])
-        for kind, argument in self.atoms:
-            full.append(_atom_bounds(kind, self.enclose(argument, full)))
+        for index, (kind, argument) in enumerate(self.atoms, start=self.base_size):
+            bounds = self.enclose(argument, full)
+            if index in self.alternatives:
+                bounds = iv.intersect(bounds, self.enclose(self.alternatives[index], full))
+            full.append(self._atom_bounds(kind, bounds))
         return full
 
     def enclose(self, value: Rational, box: Sequence[Bounds], *, facts: bool = True) -> Bounds:
@@ -488,17 +686,36 @@ class Symbolic:
         key = freeze(poly)
         compiled = self._compiled.get(key)
         if compiled is None:
-            compiled = self._compiled[key] = _CompiledPoly(poly)
+            kinds = {i: kind for i, (kind, _) in enumerate(self.atoms, self.base_size)}
+            compiled = self._compiled[key] = _CompiledPoly(
+                poly, range(self.base_size), skip=(i for i, k in kinds.items() if k in ("round", "round64")),
+                shift=(i for i, k in kinds.items() if k == "guard"))
             if self._signs and compiled.constant is None:
                 monic, lead = _monic(poly)
                 sign = self._signs.get(monic)
                 compiled.sign = None if sign is None else (sign if lead > 0 else -sign)
+                if compiled.sign is None:
+                    # a multiple of a fact (a computed u - l: (u - l)·(1 + δ)): its sign is the
+                    # fact's times the cofactor's, which the enclosure of the cofactor tells
+                    for fact in self._facts:
+                        cofactor = divide_exact(poly, fact)
+                        if cofactor is not None and constant_value(cofactor) is None:
+                            compiled.factor = (fact, cofactor)
+                            break
         bounds = compiled.enclose(box)
         if not facts:
             return bounds
-        if compiled.sign == 1:
+        sign = compiled.sign
+        if compiled.factor is not None:
+            fact, cofactor = compiled.factor
+            fact_bounds = self._enclose_poly(fact, box)
+            cofactor_bounds = self._enclose_poly(cofactor, box)
+            bounds = iv.intersect(bounds, iv.mul(fact_bounds, cofactor_bounds))
+            if cofactor_bounds[0] >= 0.0 or cofactor_bounds[1] <= 0.0:
+                sign = (1 if fact_bounds[0] >= 0.0 else -1) * (1 if cofactor_bounds[0] >= 0.0 else -1)
+        if sign == 1:
             return (max(bounds[0], 0.0), max(bounds[1], 0.0))
-        if compiled.sign == -1:
+        if sign == -1:
             return (min(bounds[0], 0.0), min(bounds[1], 0.0))
         return bounds
 
@@ -509,9 +726,49 @@ def _monic(poly: Poly) -> tuple[frozenset[tuple[Monomial, Fraction]], Fraction]:
     return freeze(poly_scale(poly, 1 / lead)), lead
 
 
-def _atom_bounds(kind: str, argument: Bounds) -> Bounds:
+def _representable(value: Fraction, arithmetic: Arithmetic | None) -> bool:
+    """Whether ``value`` is a float of ``arithmetic`` (then rounding it changes nothing)."""
+    as_float = float(value)
+    return Fraction(as_float) == value and (arithmetic is None or arithmetic.round(as_float) == as_float)
+
+
+def _exact_factor(value: Rational) -> bool:
+    """A constant power of two (or 0): multiplying or dividing by it is exact."""
+    exact = constant_value(value.num) if value.is_polynomial() else None
+    if exact is None:
+        return False
+    if exact == 0:
+        return True
+    magnitude = abs(exact)
+    return magnitude.numerator & (magnitude.numerator - 1) == 0 and magnitude.denominator & (
+        magnitude.denominator - 1) == 0
+
+
+def _widened(bounds: Bounds, relative: float) -> Bounds:
+    lo, hi = bounds
+    return (max(0.0, iv.down(lo - relative * abs(lo))), min(1.0, iv.up(hi + relative * abs(hi))))
+
+
+def _atom_bounds(kind: str, argument: Bounds, arithmetic: Arithmetic | None = None) -> Bounds:
     if kind == "sigmoid":
-        return iv.sigmoid(argument)
+        bounds = iv.sigmoid(argument)
+        return bounds if arithmetic is None else _widened(bounds, SIGMOID_UNITS * arithmetic.unit)
+    if kind == "sigmoid64":
+        return _widened(iv.sigmoid(argument), SIGMOID_UNITS * FLOAT64.unit)
+    if kind in ("round", "round64"):  # the relative error δ of one rounding
+        unit = FLOAT64.unit if kind == "round64" or arithmetic is None else arithmetic.unit
+        return (-unit, unit)
+    if kind == "guard":  # |d|/max(|d|, guard) - 1
+        guard = (arithmetic or FLOAT64).guard
+        return (0.0, 0.0) if argument[0] > guard or argument[1] < -guard else (-1.0, 0.0)
+    if kind == "guarded":  # copysign(max(|d|, guard), d): never in (-guard, guard)
+        guard = (arithmetic or FLOAT64).guard
+        lo, hi = argument
+        if lo >= 0.0:
+            return (max(lo, guard), max(hi, guard))
+        if hi < 0.0:
+            return (min(lo, -guard), min(hi, -guard))
+        return iv.WHOLE
     lo, hi = argument
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return (0.0, 1.0)

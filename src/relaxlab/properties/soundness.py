@@ -2,11 +2,12 @@
 
 For one pair ``(l, u)`` the check is exact: ``relu(x) - line(x)`` is piecewise
 linear in ``x`` with its only kink at 0, so its extremes on ``[l, u]`` are at
-``l``, ``u`` or ``0``. A relaxation is unsound when some line is on the wrong
-side of the ReLU at one of those points, beyond a tolerance of
-``TOLERANCE·(1 + |l| + |u|)`` (float64 evaluation). A widening transform must
-really widen (``l' <= l``, ``u' >= u``), or interval intermediate bounds would
-not contain the ReLU's range.
+``l``, ``u`` or ``0``. A relaxation is unsound when some line, with the coefficients the
+library computes in float32 or float64 (:func:`find_counterexample` takes the arithmetic),
+is on the wrong side of the ReLU at one of those points beyond the line tolerance of
+:mod:`relaxlab.core.rounding` (``256·unit·(|l| + |u|)`` plus a tiny absolute term; the gap is
+computed exactly). A widening transform must really widen (``l' <= l``, ``u' >= u``), or
+interval intermediate bounds would not contain the ReLU's range.
 
 :func:`check_soundness` (what the registry, ``relaxlab check`` and discovery use) runs the
 prover of :mod:`relaxlab.properties.prover` (:func:`prove_soundness` gives its full
@@ -14,7 +15,7 @@ verdict): every stability case and side proved by interval branch and bound over
 ``(l, u)`` and every parameter value in range, counterexamples re-verified exactly; a part
 it cannot decide is refused, never passed. Lines with opaque callables cannot be proved
 and fall back to :func:`sampled_check`: the exact check on a deterministic grid of hard
-pairs (exact zeros, widths near 1e-7, magnitudes up to 1e4) at the extremes of every
+pairs (exact zeros, widths near 1e-7, magnitudes up to 1e8) at the extremes of every
 parameter; :mod:`relaxlab.testing` adds Hypothesis search.
 """
 
@@ -23,21 +24,20 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from attrs import frozen
 
 from relaxlab.core.relaxation import ParamSpec, ReluRelaxation
+from relaxlab.core.rounding import FLOAT64, arithmetic
+from relaxlab.core.scaling import BOUNDED_DOMAIN
 from relaxlab.core.stability import classify
 
 if TYPE_CHECKING:  # torch loads with the first check, not with the verdict classes
     import torch
 
     from relaxlab.properties.prover import SoundnessVerdict
-
-#: Relative tolerance of the exact check (float64).
-TOLERANCE = 1e-9
-
 
 @frozen
 class Counterexample:
@@ -52,11 +52,15 @@ class Counterexample:
     line_value: float
     relu_value: float
     params: tuple[tuple[str, float], ...] = ()
+    #: The arithmetic the lines were evaluated in (``"float32"`` or ``"float64"``).
+    arithmetic: str = "float64"
 
     def __str__(self) -> str:
         where = f"case {self.case}, l={self.lower!r}, u={self.upper!r}"
         if self.params:
             where += ", " + ", ".join(f"{k}={v!r}" for k, v in self.params)
+        if self.arithmetic != FLOAT64.name:
+            where += f" (in {self.arithmetic})"
         if self.side == "transform":
             return f"{where}: the transform narrows the bounds to [{self.line_value!r}, {self.relu_value!r}]"
         op = ">" if self.side == "lower" else "<"
@@ -66,6 +70,7 @@ class Counterexample:
         return {
             "relaxation": self.relaxation, "case": self.case, "side": self.side, "l": self.lower, "u": self.upper,
             "x": self.x, "line_value": self.line_value, "relu_value": self.relu_value, "params": dict(self.params),
+            "arithmetic": self.arithmetic,
         }
 
 
@@ -85,45 +90,72 @@ class Undecided(Counterexample):
 
 
 def find_counterexample(
-    relaxation: ReluRelaxation, lower: Sequence[float] | torch.Tensor, upper: Sequence[float] | torch.Tensor
+    relaxation: ReluRelaxation, lower: Sequence[float] | torch.Tensor, upper: Sequence[float] | torch.Tensor,
+    dtype: str | torch.dtype = "float64",
 ) -> Counterexample | None:
-    """The first violation over the given pairs ``(l, u)`` (``l <= u``), or ``None``. Exact per pair."""
+    """The first violation over the given pairs ``(l, u)`` (``l <= u``), or ``None``. Exact per pair.
+
+    :param dtype: the arithmetic the relaxation is evaluated in (``"float32"`` or ``"float64"``, or
+        the torch dtype); the pairs are rounded to it first. A violation is a gap beyond the line
+        tolerance of :mod:`relaxlab.core.rounding`, confirmed in exact arithmetic.
+    """
     import torch
 
-    lb = torch.as_tensor(lower, dtype=torch.float64).reshape(-1)
-    ub = torch.as_tensor(upper, dtype=torch.float64).reshape(-1)
-    if bool((lb > ub).any()):
+    kind = arithmetic(str(dtype))
+    lb64 = torch.as_tensor(lower, dtype=torch.float64).reshape(-1)
+    ub64 = torch.as_tensor(upper, dtype=torch.float64).reshape(-1)
+    if bool((lb64 > ub64).any()):
         raise ValueError("find_counterexample needs l <= u for every pair")
-    tol = TOLERANCE * (1.0 + lb.abs() + ub.abs())
+    working = getattr(torch, kind.name)
+    lb, ub = lb64.to(working), ub64.to(working)
     params = tuple(sorted(relaxation.parameters.items()))
-    tl, tu = relaxation.transform_bounds(lb, ub)
-    narrowed = (tl > lb + tol) | (tu < ub - tol)
-    if bool(narrowed.any()):
-        i = int(narrowed.nonzero()[0, 0])
-        return Counterexample(relaxation.name, str(classify(float(tl[i]), float(tu[i]))), "transform",
-                              float(lb[i]), float(ub[i]), float("nan"), float(tl[i]), float(tu[i]), params)
-    ls, lo, us, uo = relaxation.coefficients(lb, ub).tensors
-    zero = torch.zeros_like(lb)
-    points = (lb, ub, torch.where((lb < 0) & (ub > 0), zero, lb))
+    # screened in float64 (the gap as computed has rounding of its own), then confirmed exactly
+    lb64, ub64 = lb.double(), ub.double()
+    tol = kind.relative * (lb64.abs() + ub64.abs()) + kind.absolute
+    tl, tu = (t.double() for t in relaxation.transform_bounds(lb, ub))
+
+    def case(i: int) -> str:
+        return str(classify(float(tl[i]), float(tu[i])))
+
+    narrowed = ~((tl <= lb64 + 2 * tol) & (tu >= ub64 - 2 * tol))
+    for i in narrowed.nonzero().flatten().tolist():
+        slack = kind.exact_tolerance(Fraction(float(lb64[i])), Fraction(float(ub64[i])))
+        if not (math.isfinite(float(tl[i])) and math.isfinite(float(tu[i]))) or (
+                Fraction(float(tl[i])) - Fraction(float(lb64[i])) > slack
+                or Fraction(float(ub64[i])) - Fraction(float(tu[i])) > slack):
+            return Counterexample(relaxation.name, case(i), "transform", float(lb64[i]), float(ub64[i]),
+                                  float("nan"), float(tl[i]), float(tu[i]), params, kind.name)
+    ls, lo, us, uo = (c.double() for c in relaxation.coefficients(lb, ub).tensors)
+    zero = torch.zeros_like(lb64)
+    points = (lb64, ub64, torch.where((lb64 < 0) & (ub64 > 0), zero, lb64))
     for x in points:
         relu = x.clamp_min(0)
-        for side, value in (("lower", ls * x + lo), ("upper", us * x + uo)):
+        for side, slope, offset in (("lower", ls, lo), ("upper", us, uo)):
+            value = slope * x + offset
             gap = value - relu if side == "lower" else relu - value
-            violated = ~(gap <= tol)  # NaN counts as a violation
-            if bool(violated.any()):
-                i = int(violated.nonzero()[0, 0])
-                return Counterexample(
-                    relaxation.name, str(classify(float(tl[i]), float(tu[i]))), side, float(lb[i]), float(ub[i]),
-                    float(x[i]), float(value[i]), float(relu[i]), params,
-                )
+            for i in (~(gap <= tol / 2)).nonzero().flatten().tolist():  # NaN counts as a violation
+                exact = _exact_gap(side, float(slope[i]), float(offset[i]), float(x[i]))
+                slack = kind.exact_tolerance(Fraction(float(lb64[i])), Fraction(float(ub64[i])))
+                if exact is None or exact > slack:
+                    return Counterexample(relaxation.name, case(i), side, float(lb64[i]), float(ub64[i]),
+                                          float(x[i]), float(value[i]), float(relu[i]), params, kind.name)
     return None
+
+
+def _exact_gap(side: str, slope: float, offset: float, x: float) -> Fraction | None:
+    """How far the line is on the wrong side of ``relu(x)``, exactly; ``None`` for a non-finite coefficient."""
+    if not (math.isfinite(slope) and math.isfinite(offset)):
+        return None
+    value = Fraction(slope) * Fraction(x) + Fraction(offset)
+    relu = max(Fraction(x), Fraction(0))
+    return value - relu if side == "lower" else relu - value
 
 
 def probe_pairs(max_magnitude: float = 1e4) -> tuple[torch.Tensor, torch.Tensor]:
     """A deterministic grid of hard ``(l, u)`` pairs covering all three cases.
 
-    Exact zeros on either side, widths near 1e-7, magnitudes from 1e-7 to ``max_magnitude``,
-    and pairs straddling 0 very unevenly (where ``λ`` is near 0 or 1).
+    Exact zeros on either side, widths near 1e-7, magnitudes from 1e-7 to ``max_magnitude`` (never
+    beyond), and pairs straddling 0 very unevenly (where ``λ`` is near 0 or 1).
     """
     import torch
 
@@ -135,7 +167,8 @@ def probe_pairs(max_magnitude: float = 1e4) -> tuple[torch.Tensor, torch.Tensor]
             pairs.append((centre - width / 2, centre + width / 2))
             pairs.append((centre, centre + width))
             pairs.append((centre - width, centre))
-    lower, upper = zip(*pairs, strict=True)
+    # all within |l|, |u| <= max_magnitude: where relaxations that are not scale invariant are proved and evaluated
+    lower, upper = zip(*(p for p in pairs if max(abs(p[0]), abs(p[1])) <= max_magnitude), strict=True)
     return torch.tensor(lower, dtype=torch.float64), torch.tensor(upper, dtype=torch.float64)
 
 
@@ -167,7 +200,7 @@ def parameter_settings(relaxation: ReluRelaxation) -> Iterable[ReluRelaxation]:
         yield relaxation.with_params(**dict(zip(names, combination, strict=True)))
 
 
-def sampled_check(relaxation: ReluRelaxation, *, max_magnitude: float = 1e4) -> Counterexample | None:
+def sampled_check(relaxation: ReluRelaxation, *, max_magnitude: float = BOUNDED_DOMAIN) -> Counterexample | None:
     """The sampled check: exact on the probe grid, at every parameter probe; the first violation or ``None``.
 
     Only as good as its samples (a violation confined to a window of ``u`` or of a parameter
@@ -186,7 +219,8 @@ def prove_soundness(relaxation: ReluRelaxation, *, budget: int | None = None,
     """The prover's full verdict (:func:`relaxlab.properties.prover.prove_soundness`).
 
     :param budget: boxes per part before a part is ``undecided`` (default: the prover's).
-    :param bound: ``|l|, |u|`` domain where the lines are not scale invariant (default ``1e4``).
+    :param bound: ``|l|, |u|`` domain where the lines are not scale invariant (default
+        :data:`~relaxlab.core.scaling.BOUNDED_DOMAIN`, where the evaluator allows them).
     """
     from relaxlab.properties import prover
 
@@ -194,7 +228,7 @@ def prove_soundness(relaxation: ReluRelaxation, *, budget: int | None = None,
                                   bound=bound if bound is not None else prover.DEFAULT_BOUND)
 
 
-def check_soundness(relaxation: ReluRelaxation, *, max_magnitude: float = 1e4) -> Counterexample | None:
+def check_soundness(relaxation: ReluRelaxation, *, max_magnitude: float = BOUNDED_DOMAIN) -> Counterexample | None:
     """``None`` when ``relaxation`` is proved sound (or, for opaque lines, passes sampling); else why not.
 
     Runs :func:`prove_soundness` over ``|l|, |u| <= max_magnitude`` (all scales where the lines
