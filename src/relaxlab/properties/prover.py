@@ -892,6 +892,17 @@ def prove_soundness(relaxation: ReluRelaxation, *, budget: int = DEFAULT_BUDGET,
     return _renamed(cached, relaxation.name)
 
 
+def parts_proved(relaxation: ReluRelaxation) -> bool:
+    """Whether every part of ``relaxation`` is proved (the branch and bound of :func:`prove_soundness` with
+    its defaults, without the probe grid: no tensor is made unless a violation needs confirming).
+
+    What the verdict cache asks before it believes a cached "sound" (:mod:`relaxlab.properties.cache`).
+    """
+    if any(e.is_opaque() for e in relaxation.expressions()):
+        return False
+    return all(part.outcome == PROVED for part in _parts(relaxation, DEFAULT_BUDGET, DEFAULT_BOUND))
+
+
 def _parts(relaxation: ReluRelaxation, budget: int, bound: float) -> list[PartVerdict]:
     """The verdict of every part: the transform's widening (if any), then each case and side."""
     values = relaxation.parameters
@@ -975,4 +986,4 @@ def _renamed(verdict: SoundnessVerdict, name: str) -> SoundnessVerdict:
 
 __all__ = ["PROVED", "COUNTEREXAMPLE", "UNDECIDED", "SAMPLED", "OUTCOMES", "DEFAULT_BOUND", "DEFAULT_BUDGET",
            "PARAM_CLIP", "Domain", "ParamRange", "PartVerdict", "SoundnessVerdict", "homogeneity", "parameter_ranges",
-           "prove_part", "prove_soundness"]
+           "parts_proved", "prove_part", "prove_soundness"]
