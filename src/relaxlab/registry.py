@@ -181,6 +181,8 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
         for part in filter(None, (p.strip() for p in match["args"].split(","))):
             key, _, raw = part.partition("=")
             key = key.strip()
+            if key in values:
+                raise ValueError(f"{base.name}: parameter {key!r} is given twice in {name!r}; give each parameter once")
             try:
                 values[key] = float(raw)
             except ValueError:
@@ -191,6 +193,18 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
             if reason is not None:
                 raise UnsoundRelaxationError(f"relaxation {setting.label!r} is unsound: {reason}")
         return setting
+
+    def add(self, item: ReluRelaxation, source: str) -> None:
+        """Add a relaxation; a name that reads as a parameter setting is refused (see :func:`check_relaxation_name`)."""
+        check_relaxation_name(item.name, source)
+        super().add(item, source)
+
+    def soundness(self, name: str) -> str:
+        """``"proved"``, ``"sampled"`` (opaque lines: the check could only sample them) or ``"unsound"``."""
+        canonical = self.resolve(name)
+        if canonical in self.unsound:
+            return "unsound"
+        return "sampled" if is_sampled(self._items[canonical]) else "proved"
 
     @property
     def sampled(self) -> frozenset[str]:
@@ -247,6 +261,19 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
         canonical = self.resolve(name)
         key = self._items[canonical].spec_key()
         return next(n for n, r in self._items.items() if r.spec_key() == key)
+
+
+def check_relaxation_name(name: str, source: str) -> None:
+    """Refuse a relaxation name in parameter syntax: ``LooseIBP-C(omega=0.5)`` would be read by :meth:`get`
+    as LooseIBP-C at omega = 0.5, never as the relaxation registered under that name.
+
+    :raises RegistryError: naming the plugin and the fix.
+    """
+    if _PARAMS.match(name):
+        raise RegistryError(
+            f"relaxation {name!r} from plugin {source!r} is named like a parameter setting (name(key=value)), which "
+            "look-up reads as parameters of another relaxation; rename it without '=' inside parentheses"
+        )
 
 
 def is_sampled(relaxation: ReluRelaxation) -> bool:
