@@ -1,32 +1,66 @@
 """Evaluating a relaxation's lines on tensors: the coefficient evaluator.
 
 A :class:`~relaxlab.core.relaxation.ReluRelaxation` is plain data; this module turns it into
-numbers. For each relaxation an *evaluation plan* is derived once (cases with equal
-expressions merged, constant factors folded, ``max(l, 0)``/``max(u, 0)`` offsets recognised)
-and kept outside the spec, keyed by the spec object's identity (a dictionary look-up that
-``torch.compile`` traces; hashing a tree of expressions on every call would not be free).
+numbers (the spec's own ``coefficients`` and ``transform_bounds`` call it; it knows the spec only
+as :class:`Spec`, what it reads of one). For each relaxation an *evaluation plan* is derived once
+(cases with equal expressions merged, constant factors folded, ``max(l, 0)``/``max(u, 0)``
+offsets recognised) and kept outside the spec, in a bounded cache keyed by the spec's value (its
+hash is computed once per spec: ``ReluRelaxation`` caches it); ``torch.compile`` traces through it.
 
 Shapes: every function takes ``lower``/``upper`` of any shape and returns tensors of that
-shape, dtype and device.
+shape, dtype and device. torch is imported when the first tensor is evaluated, not with the spec.
 """
 
 from __future__ import annotations
 
 import functools
-import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
 from attrs import frozen
-from torch import Tensor
 
-from relaxlab.core.expr import MEMO, Const, Div, Expr, Mul, Opaque, Var
+from relaxlab.core import expr as ex
 from relaxlab.core.relaxer import COEFFICIENT_NAMES, RelaxationTensors
 from relaxlab.core.scaling import BOUNDED_DOMAIN, line_is_scale_invariant, transform_is_scale_invariant
 from relaxlab.core.stability import ALL_CASES, CaseWeights, Stability
 
 if TYPE_CHECKING:
-    from relaxlab.core.relaxation import CaseBounds, ReluRelaxation
+    from torch import Tensor
+
+
+class SpecLine(Protocol):
+    """A line: ``slope·x + offset``."""
+
+    slope: ex.Expr
+    offset: ex.Expr
+
+    def expressions(self) -> tuple[ex.Expr, ex.Expr]: ...
+
+
+class SpecCase(Hashable, Protocol):
+    """The lower and upper line of one stability case."""
+
+    def lines(self) -> tuple[SpecLine, SpecLine]: ...
+
+
+class SpecTransform(Protocol):
+    lower: ex.Expr
+    upper: ex.Expr
+
+
+class Spec(Hashable, Protocol):
+    """What the evaluator reads of a relaxation (a :class:`~relaxlab.core.relaxation.ReluRelaxation`)."""
+
+    name: str
+    negative: SpecCase
+    unstable: SpecCase
+    positive: SpecCase
+    transform: SpecTransform | None
+    values: tuple[tuple[str, float], ...]
+
+    def cases(self) -> Sequence[tuple[Stability, SpecCase]]: ...
+
+    def expressions(self) -> Iterator[ex.Expr]: ...
 
 # A point inside each case where every declared expression is well defined. Elements not in
 # a case are evaluated there, so that no NaN/inf from an unselected case can reach a gradient.
@@ -61,33 +95,27 @@ class Plan:
     bound: float | None = None
 
 
-_PLANS: dict[int, tuple[weakref.ReferenceType[Any], Plan]] = {}
-
-
-def plan_of(relaxation: ReluRelaxation) -> Plan:
-    """The evaluation plan of ``relaxation`` (derived on first use, then looked up by identity)."""
-    key = id(relaxation)
-    entry = _PLANS.get(key)
-    if entry is not None and entry[0]() is relaxation:
-        return entry[1]
+@functools.lru_cache(maxsize=4096)
+def plan_of(relaxation: Spec) -> Plan:
+    """The evaluation plan of ``relaxation`` (derived on first use, then looked up by the spec's value)."""
     groups = _evaluation_plan(relaxation.negative, relaxation.unstable, relaxation.positive)
-    plan = Plan(
+    return Plan(
         groups=groups,
         first_equal=tuple(groups.index(g) for g in groups),
         parameters=dict(relaxation.values),
         is_interval=all(ln.slope.is_zero() for _, case in relaxation.cases() for ln in case.lines()),
         bound=None if _scale_invariant(relaxation) else BOUNDED_DOMAIN,
     )
-    _PLANS[key] = (weakref.ref(relaxation, lambda _ref, key=key: _PLANS.pop(key, None)), plan)
-    return plan
 
 
 class OutsideProvedDomainError(ValueError):
     """Bounds beyond the domain a relaxation's soundness is proved on (its lines are not scale invariant)."""
 
 
-def _check_domain(relaxation: ReluRelaxation, plan: Plan, lower: Tensor, upper: Tensor) -> None:
+def _check_domain(relaxation: Spec, plan: Plan, lower: Tensor, upper: Tensor) -> None:
     """Refuse bounds beyond ``plan.bound`` (before any line is evaluated on them)."""
+    import torch
+
     if plan.bound is None or lower.numel() == 0:
         return
     magnitude = torch.maximum(-lower.amin(), upper.amax())
@@ -101,7 +129,7 @@ def _check_domain(relaxation: ReluRelaxation, plan: Plan, lower: Tensor, upper: 
             f"{float(magnitude):.4g} reached one of its ReLUs; use a scale-invariant relaxation or a smaller eps")
 
 
-def transform_bounds(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+def transform_bounds(relaxation: Spec, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
     """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them).
 
     :raises OutsideProvedDomainError: bounds beyond the domain the relaxation is proved on.
@@ -112,10 +140,12 @@ def transform_bounds(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -
     if transform is None:
         return lower, upper
     env = {"l": lower, "u": upper, **plan.parameters}
-    return _broadcast(transform.lower.evaluate(env), lower), _broadcast(transform.upper.evaluate(env), upper)
+    memo: dict[int, Any] = {}
+    return (_broadcast(transform.lower.evaluate(env, memo), lower),
+            _broadcast(transform.upper.evaluate(env, memo), upper))
 
 
-def coefficients(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -> RelaxationTensors:
+def coefficients(relaxation: Spec, lower: Tensor, upper: Tensor) -> RelaxationTensors:
     """The lines of ``relaxation`` at raw pre-activation bounds; the case is chosen per element.
 
     For every ``x`` in ``[lower, upper]``:
@@ -125,13 +155,15 @@ def coefficients(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -> Re
     constant in every case comes back as an expanded (zero-copy) tensor. Traceable by
     ``torch.compile`` (plain values only).
     """
+    import torch
+
     plan = plan_of(relaxation)
     lb, ub = transform_bounds(relaxation, lower, upper)  # (checks the domain)
     weights = CaseWeights(lb, ub)
     params = plan.parameters
-    envs: dict[frozenset[Stability], dict[str, Any]] = {}
+    envs: dict[frozenset[Stability], tuple[dict[str, Any], dict[int, Any]]] = {}
 
-    def environment(cases: frozenset[Stability], partial: bool) -> dict[str, Any]:
+    def environment(cases: frozenset[Stability], partial: bool) -> tuple[dict[str, Any], dict[int, Any]]:
         # Partial expressions (divisions, opaque callables) are evaluated with the elements
         # outside their cases moved to a point inside one of them, so that no inf from a
         # division there can reach the result or a gradient (0·inf is NaN). Exact for
@@ -145,7 +177,7 @@ def coefficients(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -> Re
                 outside = 1.0 - weight
                 l_env = (lb * weight).add_(outside, alpha=rep_l)
                 u_env = (ub * weight).add_(outside, alpha=rep_u)
-            envs[key] = {"l": l_env, "u": u_env, **params, MEMO: {}}
+            envs[key] = ({"l": l_env, "u": u_env, **params}, {})
         return envs[key]
 
     out: list[Tensor] = []
@@ -164,15 +196,15 @@ def coefficients(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -> Re
         # to 1, which is exact (1·v + 0·w = v) and on CPU much faster than torch.where. After
         # the first term the sum is accumulated in place (addcmul_: one pass per case), and a
         # constant factor c of c·E rides along as addcmul's scalar (c·1·E rounds as c·E does).
-        total: Tensor | float = 0.0
+        total: Any = 0.0
         owned = False  # whether total is a tensor of our own, safe to update in place
         for cases, scale, factor, partial in groups:
             weight = weights[cases]
-            value = factor.evaluate(environment(cases, partial))
+            value = factor.evaluate(*environment(cases, partial))
             if weight is None:
                 total = value if scale == 1.0 else value * scale
                 break
-            if not isinstance(value, Tensor):
+            if not isinstance(value, torch.Tensor):
                 constant = scale * value
                 if constant == 0.0:
                     continue
@@ -191,7 +223,7 @@ def coefficients(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -> Re
                 total.addcmul_(weight, value, value=scale)
             else:
                 total, owned = torch.addcmul(total, weight, value, value=scale), True
-        if isinstance(total, Tensor):
+        if isinstance(total, torch.Tensor):
             out.append(_broadcast(total, lb))
         else:
             if total == 0.0:
@@ -202,57 +234,66 @@ def coefficients(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -> Re
 
 
 
-def _scale_invariant(relaxation: ReluRelaxation) -> bool:
+def _scale_invariant(relaxation: Spec) -> bool:
     transform = relaxation.transform
     return all(line_is_scale_invariant(ln.slope, ln.offset) for _, case in relaxation.cases() for ln in case.lines()) \
         and (transform is None or transform_is_scale_invariant(transform.lower, transform.upper))
 
 
-def _constant_factor(expr: Expr) -> tuple[float, Expr]:
+def _constant_factor(expr: ex.Expr) -> tuple[float, ex.Expr]:
     """``(c, E)`` with ``expr = c·E`` evaluating to the same floats as ``c * E.evaluate()``.
 
     Factors ±1 anywhere in a product are pulled out (IEEE products are sign-symmetric, so
     ``(-a)·b`` is exactly ``-(a·b)``); any other constant only at the top.
     """
-    sign, inner = _split_sign(expr)
-    if isinstance(inner, Mul):
-        if isinstance(inner.left, Const):
+    sign, inner = SIGN_SPLIT(expr)
+    if isinstance(inner, ex.Mul):
+        if isinstance(inner.left, ex.Const):
             return sign * inner.left.value, inner.right
-        if isinstance(inner.right, Const):
+        if isinstance(inner.right, ex.Const):
             return sign * inner.right.value, inner.left
     return sign, inner
 
 
-def _split_sign(expr: Expr) -> tuple[float, Expr]:
-    if not isinstance(expr, Mul):
-        return 1.0, expr
-    for const, other in ((expr.left, expr.right), (expr.right, expr.left)):
-        if isinstance(const, Const) and const.value in (1.0, -1.0):
-            sign, inner = _split_sign(other)
-            return const.value * sign, inner
-    left_sign, left = _split_sign(expr.left)
-    right_sign, right = _split_sign(expr.right)
-    if left is expr.left and right is expr.right:
-        return 1.0, expr
-    return left_sign * right_sign, Mul(left, right)
+class SignSplit(ex.Interpretation[tuple[float, ex.Expr]]):
+    """``(s, E)`` with ``expr = s·E``, ``s = ±1`` collected from the factors ±1 of products (exact)."""
+
+    def _whole(self, node: ex.Expr) -> tuple[float, ex.Expr]:
+        return 1.0, node
+
+    const = var = param = add = div = sigmoid = step = ge = switch = named = opaque = _whole  # type: ignore[assignment]
+
+    def mul(self, node: ex.Mul) -> tuple[float, ex.Expr]:
+        for const, other in ((node.left, node.right), (node.right, node.left)):
+            if isinstance(const, ex.Const) and const.value in (1.0, -1.0):
+                sign, inner = self(other)
+                return const.value * sign, inner
+        left_sign, left = self(node.left)
+        right_sign, right = self(node.right)
+        if left is node.left and right is node.right:
+            return 1.0, node
+        return left_sign * right_sign, ex.Mul(left, right)
+
+
+SIGN_SPLIT = SignSplit()
 
 #: ``(cases, c, E, partial)`` groups of one coefficient: the cases sharing an expression ``c·E``.
-Groups = tuple[tuple[frozenset[Stability], float, Expr, bool], ...]
+Groups = tuple[tuple[frozenset[Stability], float, ex.Expr, bool], ...]
 
 
 #: Coefficients that are ``max(v, 0)`` of a bound ``v`` by the case convention (for ``l <= u``):
 #: ``u`` where ``u > 0`` (UNSTABLE and POSITIVE), else 0; ``l`` on POSITIVE, else 0 (``l > 0``
 #: implies POSITIVE, and ``l = 0`` gives 0 either way). IBP's offsets, computed as one relu.
 _RELU_PATTERNS = {
-    frozenset({(frozenset({Stability.NEGATIVE}), Const(0.0)),
-               (frozenset({Stability.UNSTABLE, Stability.POSITIVE}), Var("u"))}): "u",
-    frozenset({(frozenset({Stability.NEGATIVE, Stability.UNSTABLE}), Const(0.0)),
-               (frozenset({Stability.POSITIVE}), Var("l"))}): "l",
+    frozenset({(frozenset({Stability.NEGATIVE}), ex.Const(0.0)),
+               (frozenset({Stability.UNSTABLE, Stability.POSITIVE}), ex.U)}): "u",
+    frozenset({(frozenset({Stability.NEGATIVE, Stability.UNSTABLE}), ex.Const(0.0)),
+               (frozenset({Stability.POSITIVE}), ex.L)}): "l",
 }
 
 
 @functools.lru_cache(maxsize=4096)
-def _evaluation_plan(negative: CaseBounds, unstable: CaseBounds, positive: CaseBounds) -> tuple[Groups | str, ...]:
+def _evaluation_plan(negative: SpecCase, unstable: SpecCase, positive: SpecCase) -> tuple[Groups | str, ...]:
     """For each of the four coefficients, the stability cases grouped by equal expressions.
 
     A group that covers every case needs no weight; ``partial`` marks expressions that may be
@@ -262,7 +303,7 @@ def _evaluation_plan(negative: CaseBounds, unstable: CaseBounds, positive: CaseB
     plans = []
     cases = dict(zip(Stability, (negative, unstable, positive), strict=True))
     for index in range(4):
-        grouped: dict[Expr, set[Stability]] = {}
+        grouped: dict[ex.Expr, set[Stability]] = {}
         for stability, case in cases.items():
             expr = case.lines()[index // 2].expressions()[index % 2]
             grouped.setdefault(expr, set()).add(stability)
@@ -273,7 +314,7 @@ def _evaluation_plan(negative: CaseBounds, unstable: CaseBounds, positive: CaseB
         groups = []
         for expr, members in grouped.items():
             frozen_members = frozenset(members)
-            partial = frozen_members != ALL_CASES and any(isinstance(node, (Div, Opaque)) for node in expr.walk())
+            partial = frozen_members != ALL_CASES and any(isinstance(node, (ex.Div, ex.Opaque)) for node in expr.walk())
             scale, factor = _constant_factor(expr)
             groups.append((frozen_members, scale, factor, partial))
         # The group covering all cases (if any) is the whole answer; evaluate it first.
@@ -283,7 +324,9 @@ def _evaluation_plan(negative: CaseBounds, unstable: CaseBounds, positive: CaseB
 
 
 def _broadcast(value: Any, like: Tensor) -> Tensor:
-    if isinstance(value, Tensor):
+    import torch
+
+    if isinstance(value, torch.Tensor):
         if value.dtype != like.dtype:
             value = value.to(like.dtype)
         return value if value.shape == like.shape else value.expand_as(like)

@@ -40,22 +40,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 
+from relaxlab.core import expr as ex
 from relaxlab.core import interval as iv
-from relaxlab.core.expr import (
-    Add,
-    Const,
-    Div,
-    Expr,
-    Ge,
-    Mul,
-    Named,
-    Opaque,
-    Param,
-    Sigmoid,
-    Step,
-    Switch,
-    Var,
-)
 from relaxlab.core.interval import Bounds
 from relaxlab.core.rounding import FLOAT64, Arithmetic
 
@@ -499,9 +485,11 @@ class Symbolic:
                 todo.extend(self.atoms[var - self.base_size][1].variables())
         return frozenset(out)
 
-    def convert(self, expr: Expr, bounds: Mapping[str, Rational],
-                assignment: Mapping[Ge, bool] | None = None) -> Rational:
+    def convert(self, expr: ex.Expr, bounds: Mapping[str, Rational],
+                assignment: Mapping[ex.Ge, bool] | None = None) -> Rational:
         """The normal form of ``expr`` with ``l``/``u`` replaced by ``bounds`` and switches resolved.
+
+        In a floating-point model (``arithmetic`` given), of the value as computed (see the module docstring).
 
         :param bounds: normal forms for ``"l"`` and ``"u"``.
         :param assignment: the truth of every condition of a switch in ``expr``.
@@ -509,12 +497,12 @@ class Symbolic:
         :raises KeyError: for a condition missing from ``assignment``.
         """
         if self.arithmetic is not None:
-            value, tensor = self._convert_float(expr, bounds, assignment or {}, {})
-            return self._to_tensor(value, tensor)
-        return self._convert(expr, bounds, assignment or {}, {})
+            value, tensor = FloatForm(self, bounds, assignment or {})(expr)
+            return self.to_tensor(value, tensor)
+        return RealForm(self, bounds, assignment or {})(expr)
 
-    def convert_margin(self, condition: Ge, bounds: Mapping[str, Rational],
-                       assignment: Mapping[Ge, bool] | None = None) -> Rational:
+    def convert_margin(self, condition: ex.Ge, bounds: Mapping[str, Rational],
+                       assignment: Mapping[ex.Ge, bool] | None = None) -> Rational:
         """``left - right`` of a condition: it holds where this is ``>= 0``.
 
         In a floating-point model the two sides are the values computed and their difference is
@@ -522,13 +510,11 @@ class Symbolic:
         """
         if self.arithmetic is None:
             return self.convert(condition.left - condition.right, bounds, assignment)
-        memo: dict[tuple[int, bool], tuple[Rational, bool]] = {}
-        left, _ = self._convert_float(condition.left, bounds, assignment or {}, memo)
-        right, _ = self._convert_float(condition.right, bounds, assignment or {}, memo)
-        return left - right
+        form = FloatForm(self, bounds, assignment or {})
+        return form(condition.left)[0] - form(condition.right)[0]
 
     # -- the floating-point model ---------------------------------------------------------------
-    def _rounded(self, value: Rational, tensor: bool) -> Rational:
+    def rounded(self, value: Rational, tensor: bool) -> Rational:
         """``value`` rounded once: in the arithmetic (``tensor``) or in float64 (Python numbers)."""
         exact = constant_value(value.num) if value.is_polynomial() else None
         if exact is not None and _representable(exact, self.arithmetic if tensor else FLOAT64):
@@ -536,125 +522,11 @@ class Symbolic:
         # r·(1 + δ): written with δ, not θ = 1 + δ, so that the exact parts cancel exactly (r - r·θ is -r·δ)
         return value * (_ONE + rational_variable(self.atom("round" if tensor else "round64", value)))
 
-    def _to_tensor(self, value: Rational, tensor: bool) -> Rational:
+    def to_tensor(self, value: Rational, tensor: bool) -> Rational:
         """A computed number as a tensor of the arithmetic sees it (rounded to it, unless float64)."""
         if tensor or self.arithmetic is FLOAT64:
             return value
-        return self._rounded(value, True)
-
-    def _convert_float(self, expr: Expr, bounds: Mapping[str, Rational], assignment: Mapping[Ge, bool],
-                       memo: dict[tuple[int, bool], tuple[Rational, bool]], guarded: bool = False) -> tuple[Rational, bool]:
-        """``(value, is a tensor)`` of ``expr`` as computed (see the module docstring).
-
-        :param guarded: divide by guarded denominators as atoms (else by the denominator times a
-            guard factor): two forms of one value, the first exact where denominators are clear of
-            the guard, the second bounded where they are not.
-        """
-        if isinstance(expr, Const):
-            return rational_constant(expr.value), False
-        if isinstance(expr, Var):
-            return bounds[expr.name], True
-        if isinstance(expr, Param):
-            return rational_variable(self.param_index[expr.name]), False
-        if isinstance(expr, Named):
-            key = (id(expr), guarded)
-            if key not in memo:
-                memo[key] = self._convert_float(expr.body, bounds, assignment, memo, guarded)
-            return memo[key]
-        if isinstance(expr, (Add, Mul, Div)):
-            (a, ta), (b, tb) = (self._convert_float(child, bounds, assignment, memo, guarded)
-                                  for child in expr.children())
-            tensor = ta or tb
-            if tensor:
-                a, b = self._to_tensor(a, ta), self._to_tensor(b, tb)
-            if isinstance(expr, Add):
-                return (a + b if a.is_zero() or b.is_zero() else self._rounded(a + b, tensor)), tensor
-            if isinstance(expr, Mul):
-                return (a * b if _exact_factor(a) or _exact_factor(b) else self._rounded(a * b, tensor)), tensor
-            if tb and guarded:  # Div.evaluate divides by copysign(max(|b|, guard), b): an atom, enclosed as that
-                quotient = a / rational_variable(self.atom("guarded", b))
-            elif tb:  # the same value as (a/b)·(1 + γ), 1 + γ = |b|/max(|b|, guard): γ = 0 clear of the guard
-                quotient = a / b * (_ONE + rational_variable(self.atom("guard", b)))
-            else:
-                quotient = a / b
-            return (quotient if _exact_factor(b) else self._rounded(quotient, tensor)), tensor
-        if isinstance(expr, (Sigmoid, Step)):
-            argument, tensor = self._convert_float(expr.arg, bounds, assignment, memo, guarded)
-            if isinstance(expr, Sigmoid) and argument.is_zero():
-                return rational_constant(Fraction(1, 2)), tensor
-            kind = ("sigmoid" if tensor else "sigmoid64") if isinstance(expr, Sigmoid) else f"frac_{expr.kind}"
-            alternative = None
-            if not guarded and (kind, argument.key) not in self._atom_index:  # (its atoms come first)
-                alternative = self._convert_float(expr.arg, bounds, assignment, {}, True)[0]
-            index = self.atom(kind, argument)
-            if alternative is not None:
-                self.alternatives[index] = alternative
-            if isinstance(expr, Sigmoid):
-                return rational_variable(index), tensor
-            # floor and ceil of a float are exact: the argument less or plus its fractional part
-            if expr.kind == "floor":
-                return argument - rational_variable(index), tensor
-            return argument + rational_variable(index), tensor
-        if isinstance(expr, Switch):
-            _, t_cond = self._tensor_condition(expr.condition, bounds, assignment, memo, guarded)
-            branch, tensor = self._convert_float(expr.then if assignment[expr.condition] else expr.otherwise,
-                                                 bounds, assignment, memo, guarded)
-            if t_cond or tensor:  # a tensor switch returns the branch as a tensor of the arithmetic
-                return self._to_tensor(branch, tensor), True
-            return branch, False
-        if isinstance(expr, Ge):
-            _, tensor = self._tensor_condition(expr, bounds, assignment, memo, guarded)
-            return rational_constant(1.0 if assignment[expr] else 0.0), tensor
-        if isinstance(expr, Opaque):
-            raise NotRational(f"opaque callable {expr.name}")
-        raise NotRational(f"no normal form for {type(expr).__name__} nodes")
-
-    def _tensor_condition(self, condition: Ge, bounds: Mapping[str, Rational], assignment: Mapping[Ge, bool],
-                          memo: dict[tuple[int, bool], tuple[Rational, bool]], guarded: bool) -> tuple[None, bool]:
-        """Whether a condition is a tensor (its value is then a tensor too)."""
-        tensor = False
-        for side in (condition.left, condition.right):
-            tensor = self._convert_float(side, bounds, assignment, memo, guarded)[1] or tensor
-        return None, tensor
-
-    def _convert(self, expr: Expr, bounds: Mapping[str, Rational], assignment: Mapping[Ge, bool],
-                 memo: dict[int, Rational]) -> Rational:
-        if isinstance(expr, Const):
-            return rational_constant(expr.value)
-        if isinstance(expr, Var):
-            return bounds[expr.name]
-        if isinstance(expr, Param):
-            return rational_variable(self.param_index[expr.name])
-        if isinstance(expr, Add):
-            return self._convert(expr.left, bounds, assignment, memo) + self._convert(expr.right, bounds, assignment, memo)
-        if isinstance(expr, Mul):
-            return self._convert(expr.left, bounds, assignment, memo) * self._convert(expr.right, bounds, assignment, memo)
-        if isinstance(expr, Div):
-            num = self._convert(expr.numerator, bounds, assignment, memo)
-            return num / self._convert(expr.denominator, bounds, assignment, memo)
-        if isinstance(expr, Named):
-            key = id(expr)
-            if key not in memo:
-                memo[key] = self._convert(expr.body, bounds, assignment, memo)
-            return memo[key]
-        if isinstance(expr, Sigmoid):
-            argument = self._convert(expr.arg, bounds, assignment, memo)
-            if argument.is_zero():
-                return rational_constant(Fraction(1, 2))  # σ(0) = 1/2 exactly
-            return rational_variable(self.atom("sigmoid", argument))
-        if isinstance(expr, Step):
-            argument = self._convert(expr.arg, bounds, assignment, memo)
-            if expr.kind == "floor":
-                return argument - rational_variable(self.atom("frac_floor", argument))
-            return argument + rational_variable(self.atom("frac_ceil", argument))
-        if isinstance(expr, Switch):
-            branch = expr.then if assignment[expr.condition] else expr.otherwise
-            return self._convert(branch, bounds, assignment, memo)
-        if isinstance(expr, Ge):
-            return rational_constant(1.0 if assignment[expr] else 0.0)
-        if isinstance(expr, Opaque):
-            raise NotRational(f"opaque callable {expr.name}")
-        raise NotRational(f"no normal form for {type(expr).__name__} nodes")
+        return self.rounded(value, True)
 
     # -- enclosures --------------------------------------------------------------------------------
     def _atom_bounds(self, kind: str, argument: Bounds) -> Bounds:
@@ -718,6 +590,163 @@ class Symbolic:
         if sign == -1:
             return (min(bounds[0], 0.0), min(bounds[1], 0.0))
         return bounds
+
+
+class RealForm(ex.Interpretation[Rational]):
+    """The exact normal form of an expression's real value (see :meth:`Symbolic.convert`)."""
+
+    def __init__(self, symbolic: Symbolic, bounds: Mapping[str, Rational], assignment: Mapping[ex.Ge, bool]) -> None:
+        self.symbolic = symbolic
+        self.bounds = bounds
+        self.assignment = assignment
+        self.memo: dict[int, Rational] = {}
+
+    def const(self, node: ex.Const) -> Rational:
+        return rational_constant(node.value)
+
+    def var(self, node: ex.Var) -> Rational:
+        return self.bounds[node.name]
+
+    def param(self, node: ex.Param) -> Rational:
+        return rational_variable(self.symbolic.param_index[node.name])
+
+    def add(self, node: ex.Add) -> Rational:
+        return self(node.left) + self(node.right)
+
+    def mul(self, node: ex.Mul) -> Rational:
+        return self(node.left) * self(node.right)
+
+    def div(self, node: ex.Div) -> Rational:
+        return self(node.numerator) / self(node.denominator)
+
+    def sigmoid(self, node: ex.Sigmoid) -> Rational:
+        argument = self(node.arg)
+        if argument.is_zero():
+            return rational_constant(Fraction(1, 2))  # σ(0) = 1/2 exactly
+        return rational_variable(self.symbolic.atom("sigmoid", argument))
+
+    def step(self, node: ex.Step) -> Rational:
+        argument = self(node.arg)
+        if node.kind == "floor":
+            return argument - rational_variable(self.symbolic.atom("frac_floor", argument))
+        return argument + rational_variable(self.symbolic.atom("frac_ceil", argument))
+
+    def ge(self, node: ex.Ge) -> Rational:
+        return rational_constant(1.0 if self.assignment[node] else 0.0)
+
+    def switch(self, node: ex.Switch) -> Rational:
+        return self(node.then if self.assignment[node.condition] else node.otherwise)
+
+    def named(self, node: ex.Named) -> Rational:
+        key = id(node)  # the nodes outlive the memo: it lives for one conversion
+        if key not in self.memo:
+            self.memo[key] = self(node.body)
+        return self.memo[key]
+
+    def opaque(self, node: ex.Opaque) -> Rational:
+        raise NotRational(f"opaque callable {node.name}")
+
+
+class FloatForm(ex.Interpretation[tuple[Rational, bool]]):
+    """``(value, is a tensor)``: the normal form of an expression's value as computed in the
+    arithmetic of ``symbolic`` (see the module docstring).
+
+    :param guarded: divide by guarded denominators as atoms (else by the denominator times a
+        guard factor): two forms of one value, the first exact where denominators are clear of
+        the guard, the second bounded where they are not (atoms get both, :attr:`Symbolic.alternatives`).
+    """
+
+    def __init__(self, symbolic: Symbolic, bounds: Mapping[str, Rational], assignment: Mapping[ex.Ge, bool],
+                 guarded: bool = False) -> None:
+        self.symbolic = symbolic
+        self.bounds = bounds
+        self.assignment = assignment
+        self.guarded = guarded
+        self.memo: dict[int, tuple[Rational, bool]] = {}
+
+    def const(self, node: ex.Const) -> tuple[Rational, bool]:
+        return rational_constant(node.value), False
+
+    def var(self, node: ex.Var) -> tuple[Rational, bool]:
+        return self.bounds[node.name], True
+
+    def param(self, node: ex.Param) -> tuple[Rational, bool]:
+        return rational_variable(self.symbolic.param_index[node.name]), False
+
+    def _operands(self, node: ex.Add | ex.Mul | ex.Div) -> tuple[Rational, Rational, bool, bool]:
+        (a, ta), (b, tb) = (self(child) for child in node.children())
+        if ta or tb:  # a number meeting a tensor is rounded to the arithmetic first
+            a, b = self.symbolic.to_tensor(a, ta), self.symbolic.to_tensor(b, tb)
+        return a, b, ta, tb
+
+    def add(self, node: ex.Add) -> tuple[Rational, bool]:
+        a, b, ta, tb = self._operands(node)
+        tensor = ta or tb
+        return (a + b if a.is_zero() or b.is_zero() else self.symbolic.rounded(a + b, tensor)), tensor
+
+    def mul(self, node: ex.Mul) -> tuple[Rational, bool]:
+        a, b, ta, tb = self._operands(node)
+        tensor = ta or tb
+        return (a * b if _exact_factor(a) or _exact_factor(b) else self.symbolic.rounded(a * b, tensor)), tensor
+
+    def div(self, node: ex.Div) -> tuple[Rational, bool]:
+        a, b, ta, tb = self._operands(node)
+        tensor = ta or tb
+        if tb and self.guarded:  # Div.evaluate divides by copysign(max(|b|, guard), b): an atom, enclosed as that
+            quotient = a / rational_variable(self.symbolic.atom("guarded", b))
+        elif tb:  # the same value as (a/b)·(1 + γ), 1 + γ = |b|/max(|b|, guard): γ = 0 clear of the guard
+            quotient = a / b * (_ONE + rational_variable(self.symbolic.atom("guard", b)))
+        else:
+            quotient = a / b
+        return (quotient if _exact_factor(b) else self.symbolic.rounded(quotient, tensor)), tensor
+
+    def _atom(self, node: ex.Sigmoid | ex.Step, kind: str) -> tuple[int, Rational, bool]:
+        """The atom of ``kind`` of the node's computed argument (with its guarded form, made first)."""
+        argument, tensor = self(node.arg)
+        symbolic = self.symbolic
+        alternative = None
+        if not self.guarded and (kind, argument.key) not in symbolic._atom_index:  # (its atoms come first)
+            alternative = FloatForm(symbolic, self.bounds, self.assignment, guarded=True)(node.arg)[0]
+        index = symbolic.atom(kind, argument)
+        if alternative is not None:
+            symbolic.alternatives[index] = alternative
+        return index, argument, tensor
+
+    def sigmoid(self, node: ex.Sigmoid) -> tuple[Rational, bool]:
+        argument, tensor = self(node.arg)
+        if argument.is_zero():
+            return rational_constant(Fraction(1, 2)), tensor
+        index, _, tensor = self._atom(node, "sigmoid" if tensor else "sigmoid64")
+        return rational_variable(index), tensor
+
+    def step(self, node: ex.Step) -> tuple[Rational, bool]:
+        # floor and ceil of a float are exact: the argument less or plus its fractional part
+        index, argument, tensor = self._atom(node, f"frac_{node.kind}")
+        if node.kind == "floor":
+            return argument - rational_variable(index), tensor
+        return argument + rational_variable(index), tensor
+
+    def _tensor_condition(self, condition: ex.Ge) -> bool:
+        return self(condition.left)[1] or self(condition.right)[1]
+
+    def ge(self, node: ex.Ge) -> tuple[Rational, bool]:
+        return rational_constant(1.0 if self.assignment[node] else 0.0), self._tensor_condition(node)
+
+    def switch(self, node: ex.Switch) -> tuple[Rational, bool]:
+        t_cond = self._tensor_condition(node.condition)
+        branch, tensor = self(node.then if self.assignment[node.condition] else node.otherwise)
+        if t_cond or tensor:  # a tensor switch returns the branch as a tensor of the arithmetic
+            return self.symbolic.to_tensor(branch, tensor), True
+        return branch, False
+
+    def named(self, node: ex.Named) -> tuple[Rational, bool]:
+        key = id(node)  # the nodes outlive the memo: it lives for one conversion
+        if key not in self.memo:
+            self.memo[key] = self(node.body)
+        return self.memo[key]
+
+    def opaque(self, node: ex.Opaque) -> tuple[Rational, bool]:
+        raise NotRational(f"opaque callable {node.name}")
 
 
 def _monic(poly: Poly) -> tuple[frozenset[tuple[Monomial, Fraction]], Fraction]:

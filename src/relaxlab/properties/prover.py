@@ -69,13 +69,7 @@ from fractions import Fraction
 from attrs import evolve, frozen
 
 from relaxlab.core import interval as iv
-from relaxlab.core.expr import (
-    BOUND_VARIABLES,
-    MEMO,
-    Expr,
-    Ge,
-    Switch,
-)
+from relaxlab.core.expr import BOUND_VARIABLES, Expr, Ge, Switch
 from relaxlab.core.interval import Bounds
 from relaxlab.core.rational import (
     L_INDEX,
@@ -569,10 +563,11 @@ def _verify(task: _Task, lower: float, upper: float, params: dict[str, float],
     if not lower <= upper:
         return None
     tol = arithmetic.exact_tolerance(Fraction(lower), Fraction(upper))
-    env = {"l": lb, "u": ub, **params, MEMO: {}}
+    env = {"l": lb, "u": ub, **params}
     if task.transform is not None:
-        tl = _as_float(task.transform.lower.evaluate(env), arithmetic)
-        tu = _as_float(task.transform.upper.evaluate({**env, MEMO: {}}), arithmetic)
+        memo: dict[int, object] = {}
+        tl = _as_float(task.transform.lower.evaluate(env, memo), arithmetic)
+        tu = _as_float(task.transform.upper.evaluate(env, memo), arithmetic)
     else:
         tl, tu = lower, upper
     pairs = tuple(sorted(params.items()))
@@ -586,7 +581,7 @@ def _verify(task: _Task, lower: float, upper: float, params: dict[str, float],
     assert task.line is not None
     if classify(tl, tu) is not task.stability:
         return None
-    line_env = {"l": torch.tensor([tl], dtype=dtype), "u": torch.tensor([tu], dtype=dtype), **params, MEMO: {}}
+    line_env = {"l": torch.tensor([tl], dtype=dtype), "u": torch.tensor([tu], dtype=dtype), **params}
     slope, offset = (_as_float(v, arithmetic) for v in task.line.evaluate(line_env))
     if not (math.isfinite(slope) and math.isfinite(offset)):
         return Counterexample("", str(task.stability), task.side, lower, upper, lower, math.nan, max(lower, 0.0),
