@@ -95,7 +95,7 @@ from relaxlab.core.scaling import (
     transform_is_scale_invariant,
 )
 from relaxlab.core.stability import Stability, classify
-from relaxlab.properties.soundness import Counterexample
+from relaxlab.properties.pointwise import Counterexample, find_counterexample, probe_pairs, sampled_check
 
 PROVED, COUNTEREXAMPLE, UNDECIDED, SAMPLED = "proved", "counterexample", "undecided", "sampled"
 OUTCOMES = (PROVED, COUNTEREXAMPLE, UNDECIDED, SAMPLED)
@@ -926,8 +926,6 @@ def _parts(relaxation: ReluRelaxation, budget: int, bound: float) -> list[PartVe
 
 
 def _prove(relaxation: ReluRelaxation, budget: int, bound: float) -> SoundnessVerdict:
-    from relaxlab.properties.soundness import find_counterexample, probe_pairs, sampled_check
-
     values = relaxation.parameters
     parts = _parts(relaxation, budget, bound)
     counterexample = None
