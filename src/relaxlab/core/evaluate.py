@@ -14,7 +14,8 @@ shape, dtype and device. torch is imported when the first tensor is evaluated, n
 from __future__ import annotations
 
 import functools
-from collections.abc import Hashable, Iterator, Sequence
+import math
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from attrs import frozen
@@ -48,6 +49,17 @@ class SpecTransform(Protocol):
     upper: ex.Expr
 
 
+class SpecParam(Protocol):
+    """A declared parameter (a :class:`~relaxlab.core.relaxation.ParamSpec`)."""
+
+    name: str
+    default: float
+    minimum: float | None
+    strict: bool
+
+    def proved_range(self, current: float) -> tuple[float, float]: ...
+
+
 class Spec(Hashable, Protocol):
     """What the evaluator reads of a relaxation (a :class:`~relaxlab.core.relaxation.ReluRelaxation`)."""
 
@@ -57,6 +69,7 @@ class Spec(Hashable, Protocol):
     positive: SpecCase
     transform: SpecTransform | None
     values: tuple[tuple[str, float], ...]
+    params: tuple[SpecParam, ...]
 
     def cases(self) -> Sequence[tuple[Stability, SpecCase]]: ...
 
@@ -129,23 +142,72 @@ def _check_domain(relaxation: Spec, plan: Plan, lower: Tensor, upper: Tensor) ->
             f"{float(magnitude):.4g} reached one of its ReLUs; use a scale-invariant relaxation or a smaller eps")
 
 
-def transform_bounds(relaxation: Spec, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+def transform_bounds(relaxation: Spec, lower: Tensor, upper: Tensor,
+                     values: Mapping[str, Tensor | float] | None = None) -> tuple[Tensor, Tensor]:
     """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them).
 
+    :param values: per-element parameter values overriding the spec's (see :func:`coefficients`).
     :raises OutsideProvedDomainError: bounds beyond the domain the relaxation is proved on.
     """
     plan = plan_of(relaxation)
+    return _transform(relaxation, plan, lower, upper, _parameters(relaxation, plan, values, lower))
+
+
+def _transform(relaxation: Spec, plan: Plan, lower: Tensor, upper: Tensor,
+               params: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
     _check_domain(relaxation, plan, lower, upper)
     transform = relaxation.transform
     if transform is None:
         return lower, upper
-    env = {"l": lower, "u": upper, **plan.parameters}
+    env = {"l": lower, "u": upper, **params}
     memo: dict[int, Any] = {}
     return (_broadcast(transform.lower.evaluate(env, memo), lower),
             _broadcast(transform.upper.evaluate(env, memo), upper))
 
 
-def coefficients(relaxation: Spec, lower: Tensor, upper: Tensor) -> RelaxationTensors:
+def _parameters(relaxation: Spec, plan: Plan, values: Mapping[str, Tensor | float] | None,
+                like: Tensor) -> Mapping[str, Any]:
+    """The parameter environment: the spec's values, overridden by ``values`` (checked, in ``like``'s dtype).
+
+    A value outside the range the prover covers (:meth:`~relaxlab.core.relaxation.ParamSpec.proved_range`
+    of the spec's own setting), not finite, or not broadcastable to ``like`` is refused by name.
+    """
+    if not values:
+        return plan.parameters
+    import torch
+
+    specs = {p.name: p for p in relaxation.params}
+    params: dict[str, Any] = dict(plan.parameters)
+    for name, value in values.items():
+        spec = specs.get(name)
+        if spec is None:
+            known = ", ".join(sorted(specs)) or "none"
+            raise ValueError(f"{relaxation.name} has no parameter {name!r} (its parameters: {known})")
+        if isinstance(value, torch.Tensor):
+            value = value.to(dtype=like.dtype, device=like.device)  # differentiable; evaluated as the bounds are
+            try:
+                fits = torch.broadcast_shapes(value.shape, like.shape) == like.shape
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise ValueError(f"{relaxation.name}: values of {name!r} have shape {tuple(value.shape)}, "
+                                 f"which does not broadcast to the bounds' shape {tuple(like.shape)}")
+            lo_value, hi_value = (float(v) for v in torch.aminmax(value.detach())) if value.numel() else (
+                spec.default, spec.default)
+        else:
+            lo_value = hi_value = value = float(value)
+        lo, hi = spec.proved_range(plan.parameters[name])
+        if not (math.isfinite(lo_value) and math.isfinite(hi_value)) or lo_value < lo or hi_value > hi or (
+                spec.strict and spec.minimum is not None and lo_value <= lo):
+            bracket = "(" if spec.strict and spec.minimum is not None else "["
+            raise ValueError(f"{relaxation.name}: values of {name!r} span [{lo_value:g}, {hi_value:g}], outside "
+                             f"{bracket}{lo:g}, {hi:g}], where its soundness is proved; clamp them into it")
+        params[name] = value
+    return params
+
+
+def coefficients(relaxation: Spec, lower: Tensor, upper: Tensor,
+                 values: Mapping[str, Tensor | float] | None = None) -> RelaxationTensors:
     """The lines of ``relaxation`` at raw pre-activation bounds; the case is chosen per element.
 
     For every ``x`` in ``[lower, upper]``:
@@ -154,13 +216,19 @@ def coefficients(relaxation: Spec, lower: Tensor, upper: Tensor) -> RelaxationTe
     relaxation is proved on (:class:`OutsideProvedDomainError`). A coefficient that is the same
     constant in every case comes back as an expanded (zero-copy) tensor. Traceable by
     ``torch.compile`` (plain values only).
+
+    :param values: per-element parameter values: parameter names to tensors broadcastable to
+        ``lower`` (or numbers), overriding the spec's values; gradients flow to them (optimised
+        per-neuron parameters). They are evaluated in ``lower``'s dtype and must lie in the range
+        the prover covers (:meth:`~relaxlab.core.relaxation.ParamSpec.proved_range`), else
+        ``ValueError``; checking costs one reduction and one synchronisation per parameter.
     """
     import torch
 
     plan = plan_of(relaxation)
-    lb, ub = transform_bounds(relaxation, lower, upper)  # (checks the domain)
+    params = _parameters(relaxation, plan, values, lower)
+    lb, ub = _transform(relaxation, plan, lower, upper, params)  # (checks the domain)
     weights = CaseWeights(lb, ub)
-    params = plan.parameters
     envs: dict[frozenset[Stability], tuple[dict[str, Any], dict[int, Any]]] = {}
 
     def environment(cases: frozenset[Stability], partial: bool) -> tuple[dict[str, Any], dict[int, Any]]:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _\-().,+=/λκ·]*$"
 
 INTERMEDIATE_MODES = ("backsub", "interval")
+#: Unbounded parameter ranges are proved (and per-element values allowed) within ``[-PARAM_CLIP, PARAM_CLIP]``.
+PARAM_CLIP = 1e3
 
 def _format_coefficient(expr: Expr) -> str:
     text = str(expr)
@@ -145,6 +147,16 @@ class ParamSpec:
                 f"{relaxation}: parameter {self.name} must be <= {_fmt(self.maximum)}, got {_fmt(value)}"
             )
         return value
+
+    def proved_range(self, current: float, clip: float = PARAM_CLIP) -> tuple[float, float]:
+        """``(lo, hi)``: the values the prover covers for this parameter when its setting is ``current``.
+
+        The declared range, with an unbounded end clipped to ``±clip`` (widened to contain the
+        default and ``current``); ``lo`` itself is excluded when the minimum is strict.
+        """
+        lo = self.minimum if self.minimum is not None else min(-clip, self.default, current)
+        hi = self.maximum if self.maximum is not None else max(clip, self.default, current, lo)
+        return float(lo), float(hi)
 
 
 def _fmt(value: float) -> str:
@@ -298,13 +310,22 @@ class ReluRelaxation:
         return evolve(self, values={**dict(self.values), **values})
 
     # -- evaluation ---------------------------------------------------------
-    def transform_bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
-        """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them)."""
-        return evaluate.transform_bounds(self, lower, upper)
+    def transform_bounds(self, lower: Tensor, upper: Tensor,
+                         values: Mapping[str, Tensor | float] | None = None) -> tuple[Tensor, Tensor]:
+        """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them).
 
-    def coefficients(self, lower: Tensor, upper: Tensor) -> RelaxationTensors:
-        """The lines at raw pre-activation bounds (see :func:`relaxlab.core.evaluate.coefficients`)."""
-        return evaluate.coefficients(self, lower, upper)
+        :param values: per-element parameter values (see :func:`relaxlab.core.evaluate.coefficients`).
+        """
+        return evaluate.transform_bounds(self, lower, upper, values)
+
+    def coefficients(self, lower: Tensor, upper: Tensor,
+                     values: Mapping[str, Tensor | float] | None = None) -> RelaxationTensors:
+        """The lines at raw pre-activation bounds (see :func:`relaxlab.core.evaluate.coefficients`).
+
+        :param values: parameter names to per-element values (tensors broadcastable to ``lower``)
+            overriding this spec's; gradients flow to them.
+        """
+        return evaluate.coefficients(self, lower, upper, values)
 
     def __str__(self) -> str:
         return self.label

@@ -86,7 +86,7 @@ from relaxlab.core.rational import (
     split_affine,
     variable,
 )
-from relaxlab.core.relaxation import BoundsTransform, Line, ParamSpec, ReluRelaxation
+from relaxlab.core.relaxation import PARAM_CLIP, BoundsTransform, Line, ParamSpec, ReluRelaxation
 from relaxlab.core.rounding import ARITHMETICS, FLOAT64, Arithmetic
 from relaxlab.core.scaling import (
     BOUNDED_DOMAIN,
@@ -101,8 +101,6 @@ PROVED, COUNTEREXAMPLE, UNDECIDED, SAMPLED = "proved", "counterexample", "undeci
 OUTCOMES = (PROVED, COUNTEREXAMPLE, UNDECIDED, SAMPLED)
 #: ``|l|, |u| <= DEFAULT_BOUND`` where the lines are not scale invariant (the evaluator refuses bounds beyond it).
 DEFAULT_BOUND = BOUNDED_DOMAIN
-#: Unbounded parameter ranges are clipped to ``[-PARAM_CLIP, PARAM_CLIP]``.
-PARAM_CLIP = 1e3
 #: Boxes per part before giving up (``undecided``).
 DEFAULT_BUDGET = 3000
 #: More switch conditions than this in one part: ``undecided`` (2**n branch assignments).
@@ -127,9 +125,8 @@ class ParamRange:
 
     @classmethod
     def of(cls, spec: ParamSpec, current: float, clip: float = PARAM_CLIP) -> ParamRange:
-        lo = spec.minimum if spec.minimum is not None else min(-clip, spec.default, current)
-        hi = spec.maximum if spec.maximum is not None else max(clip, spec.default, current, lo)
-        return cls(spec.name, float(lo), float(hi), spec.strict and spec.minimum is not None)
+        lo, hi = spec.proved_range(current, clip)
+        return cls(spec.name, lo, hi, spec.strict and spec.minimum is not None)
 
     def __str__(self) -> str:
         return f"{self.name} ∈ {'(' if self.open_lo else '['}{self.lo:g}, {self.hi:g}]"
