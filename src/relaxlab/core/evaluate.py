@@ -99,6 +99,8 @@ class Plan:
     :param is_interval: every line of every case has slope identically 0.
     :param bound: ``|l|, |u| <= bound`` is where the relaxation's soundness is proved when some line
         or its transform is not scale invariant (:mod:`relaxlab.core.scaling`); ``None``: everywhere.
+    :param computed_apart: parameters in a sub-expression of parameters only (``θ/2000``, other than a
+        sign change): as numbers it is computed in float64, as per-element tensors in the bounds' dtype.
     """
 
     groups: tuple[Groups | str, ...]
@@ -106,6 +108,7 @@ class Plan:
     parameters: dict[str, float]
     is_interval: bool
     bound: float | None = None
+    computed_apart: frozenset[str] = frozenset()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -118,7 +121,23 @@ def plan_of(relaxation: Spec) -> Plan:
         parameters=dict(relaxation.values),
         is_interval=all(ln.slope.is_zero() for _, case in relaxation.cases() for ln in case.lines()),
         bound=None if _scale_invariant(relaxation) else BOUNDED_DOMAIN,
+        computed_apart=_computed_apart(relaxation),
     )
+
+
+def _computed_apart(relaxation: Spec) -> frozenset[str]:
+    """Parameters in a sub-expression of parameters only, other than a bare parameter or its negation."""
+    params = {p.name for p in relaxation.params}
+    names: set[str] = set()
+    for expr in relaxation.expressions():
+        for node in expr.walk():
+            used = node.variables()
+            if not used or not used <= params or isinstance(node, (ex.Param, ex.Named)):
+                continue
+            sign, inner = SIGN_SPLIT(node)
+            if not isinstance(inner, (ex.Param, ex.Named)):
+                names |= used
+    return frozenset(names)
 
 
 class OutsideProvedDomainError(ValueError):
@@ -184,6 +203,10 @@ def _parameters(relaxation: Spec, plan: Plan, values: Mapping[str, Tensor | floa
             known = ", ".join(sorted(specs)) or "none"
             raise ValueError(f"{relaxation.name} has no parameter {name!r} (its parameters: {known})")
         if isinstance(value, torch.Tensor):
+            if name in plan.computed_apart and like.dtype != torch.float64:
+                # the prover models a sub-expression of numbers in float64; per element it would be in like's dtype
+                raise ValueError(f"{relaxation.name}: per-element values of {name!r} need float64 bounds (it is "
+                                 f"combined with other parameters or constants before it meets the bounds)")
             value = value.to(dtype=like.dtype, device=like.device)  # differentiable; evaluated as the bounds are
             try:
                 fits = torch.broadcast_shapes(value.shape, like.shape) == like.shape
@@ -221,7 +244,9 @@ def coefficients(relaxation: Spec, lower: Tensor, upper: Tensor,
         ``lower`` (or numbers), overriding the spec's values; gradients flow to them (optimised
         per-neuron parameters). They are evaluated in ``lower``'s dtype and must lie in the range
         the prover covers (:meth:`~relaxlab.core.relaxation.ParamSpec.proved_range`), else
-        ``ValueError``; checking costs one reduction and one synchronisation per parameter.
+        ``ValueError``; checking costs one reduction and one synchronisation per parameter. A
+        parameter combined with others or with constants before it meets the bounds (``θ/2000``)
+        takes per-element values in float64 only: the prover computes that part as numbers do.
     """
     import torch
 

@@ -7,7 +7,7 @@ import torch
 from attrs import evolve
 
 import relaxlab
-from relaxlab.core.expr import Param
+from relaxlab.core.expr import Param, U
 from relaxlab.core.relaxation import PARAM_CLIP, CaseBounds, ParamSpec, ReluRelaxation, line
 from relaxlab.core.stability import Stability, stability_masks
 
@@ -100,3 +100,25 @@ def test_values_keep_the_bounds_dtype_and_broadcast() -> None:
     unstable = stability_masks(lower, upper)[Stability.UNSTABLE]
     expected = per_row.to(F64).expand_as(lower)
     assert torch.equal(lines.lower_slope[unstable], expected[unstable])
+
+
+def test_a_parameter_combined_before_it_meets_the_bounds_takes_values_in_float64_only() -> None:
+    """``u·(1 - θ/2000)``: as a number θ/2000 is computed in float64 (what the prover models); per
+    element it would be rounded in float32, so float32 bounds are refused and float64 ones served."""
+    crown = relaxlab.get_relaxation("CROWN")
+    theta = Param("theta")
+    spec = evolve(crown, name="theta-upper", negative=CaseBounds(line(0.0, 0.0), line(0.0, U * (1.0 - theta / 2000.0))),
+                  params=(ParamSpec("theta", 0.0, minimum=0.0, maximum=1000.0),), values=())
+    lower64, upper64 = _bounds(F64, 8)
+    lower64, upper64 = lower64 - 20.0, upper64 - 10.0  # all negative: the case with θ
+    got = spec.coefficients(lower64, upper64, values={"theta": torch.full_like(lower64, 500.0)})
+    assert torch.equal(got.upper_offset, spec.with_params(theta=500.0).coefficients(lower64, upper64).upper_offset)
+    with pytest.raises(ValueError, match="per-element values of 'theta' need float64 bounds"):
+        spec.coefficients(lower64.float(), upper64.float(), values={"theta": torch.full_like(lower64, 500.0)})
+    # a bare parameter, or its negation (exact), meets the bounds directly: any dtype
+    lower32, upper32 = lower64.float(), upper64.float()
+    assert _alpha_crown().coefficients(lower32, upper32, values={"alpha": torch.full_like(lower32, 0.5)}
+                                       ).lower_slope.dtype == torch.float32
+    loose = relaxlab.get_relaxation("LooseIBP-C")  # -ω: a sign change, exact
+    assert loose.transform_bounds(lower32, upper32, values={"omega": torch.full_like(lower32, 2.0)})[0].dtype         == torch.float32
+
