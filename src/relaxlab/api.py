@@ -58,7 +58,8 @@ def get_relaxation(relaxation: str | Relaxer, *, allow_unsound: bool = False) ->
     """Resolve a name (with optional parameters) or pass a relaxation object through.
 
     :raises UnknownNameError: for an unknown name, with close matches suggested.
-    :raises UnsoundRelaxationError: for a registered relaxation that failed the soundness check.
+    :raises UnsoundRelaxationError: for a registered relaxation that failed the soundness check, or that
+        passed it only by sampling (opaque lines: not proved; ``allow_unsound=True`` takes it anyway).
     :raises TypeError: an object without the :class:`~relaxlab.core.relaxer.Relaxer` contract.
     """
     if not isinstance(relaxation, str):
@@ -69,6 +70,12 @@ def get_relaxation(relaxation: str | Relaxer, *, allow_unsound: bool = False) ->
         raise UnsoundRelaxationError(
             f"relaxation {found.name!r} (plugin {relaxations.source(found.name)!r}) is unsound and cannot be used: "
             f"{relaxations.unsound[found.name]}"
+        )
+    if not allow_unsound and found.name in relaxations.sampled:
+        raise UnsoundRelaxationError(
+            f"relaxation {found.name!r} (plugin {relaxations.source(found.name)!r}) is only sampled, not proved "
+            "sound (its lines are opaque callables), and is not used for bounds; declare its lines with "
+            "relaxlab.core.expr so they can be proved, or pass allow_unsound=True to use it anyway"
         )
     return found
 

@@ -54,7 +54,7 @@ BUILTIN_PLUGINS = (
 PAPER_RELAXATIONS = ("IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)")
 #: Words :meth:`RelaxationRegistry.select` understands besides names.
 SELECTORS = {
-    "all": "every registered relaxation, aliases folded, unsound ones left out",
+    "all": "every registered relaxation, aliases folded, unsound and sampled (unproved) ones left out",
     "paper": f"the paper's five: {', '.join(PAPER_RELAXATIONS)}",
 }
 
@@ -161,9 +161,18 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
     kind: str = "relaxation"
     #: name -> counterexample text, for relaxations whose lines fail the exact check.
     unsound: dict[str, str] = field(factory=dict)
+    #: The soundness check relaxations were admitted with; :meth:`get` runs it on every new parameter setting.
+    check: SoundnessCheck | None = None
 
     def get(self, name: str) -> ReluRelaxation:
-        """Look up ``name``, optionally with parameters: ``LooseIBP-DC(F=10, omega=0.5)``."""
+        """Look up ``name``, optionally with parameters: ``LooseIBP-DC(F=10, omega=0.5)``.
+
+        A setting of the parameters is checked as the registered relaxation was (its proof covers the
+        declared range up to a clip, and the new values may lie beyond it), so what comes back with
+        parameters is never unproved.
+
+        :raises UnsoundRelaxationError: the check refutes (or cannot prove) the relaxation at those values.
+        """
         match = _PARAMS.match(name)
         if match is None:
             return self[name]
@@ -171,11 +180,36 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
         values: dict[str, float] = {}
         for part in filter(None, (p.strip() for p in match["args"].split(","))):
             key, _, raw = part.partition("=")
+            key = key.strip()
+            if key in values:
+                raise ValueError(f"{base.name}: parameter {key!r} is given twice in {name!r}; give each parameter once")
             try:
-                values[key.strip()] = float(raw)
+                values[key] = float(raw)
             except ValueError:
-                raise ValueError(f"{base.name}: parameter {key.strip()!r} needs a number, got {raw.strip()!r}") from None
-        return base.with_params(**values)
+                raise ValueError(f"{base.name}: parameter {key!r} needs a number, got {raw.strip()!r}") from None
+        setting = base.with_params(**values)
+        if self.check is not None and setting != base and base.name not in self.unsound:
+            reason = self.check(setting)
+            if reason is not None:
+                raise UnsoundRelaxationError(f"relaxation {setting.label!r} is unsound: {reason}")
+        return setting
+
+    def add(self, item: ReluRelaxation, source: str) -> None:
+        """Add a relaxation; a name that reads as a parameter setting is refused (see :func:`check_relaxation_name`)."""
+        check_relaxation_name(item.name, source)
+        super().add(item, source)
+
+    def soundness(self, name: str) -> str:
+        """``"proved"``, ``"sampled"`` (opaque lines: the check could only sample them) or ``"unsound"``."""
+        canonical = self.resolve(name)
+        if canonical in self.unsound:
+            return "unsound"
+        return "sampled" if is_sampled(self._items[canonical]) else "proved"
+
+    @property
+    def sampled(self) -> frozenset[str]:
+        """Names whose soundness can only be sampled (opaque lines: never proved), unless found unsound."""
+        return frozenset(n for n, r in self._items.items() if n not in self.unsound and is_sampled(r))
 
     def aliases(self, name: str) -> list[str]:
         """Other names whose spec is identical to ``name``'s."""
@@ -200,7 +234,9 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
             for item in split_names(part):
                 word = item.lower()
                 if word == "all":
-                    names += [n for n in self._items if n not in self.unsound and self.primary(n) == n]
+                    unproved = self.sampled
+                    names += [n for n in self._items
+                              if n not in self.unsound and n not in unproved and self.primary(n) == n]
                 elif word == "paper":
                     names += list(PAPER_RELAXATIONS)
                 else:
@@ -225,6 +261,24 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
         canonical = self.resolve(name)
         key = self._items[canonical].spec_key()
         return next(n for n, r in self._items.items() if r.spec_key() == key)
+
+
+def check_relaxation_name(name: str, source: str) -> None:
+    """Refuse a relaxation name in parameter syntax: ``LooseIBP-C(omega=0.5)`` would be read by :meth:`get`
+    as LooseIBP-C at omega = 0.5, never as the relaxation registered under that name.
+
+    :raises RegistryError: naming the plugin and the fix.
+    """
+    if _PARAMS.match(name):
+        raise RegistryError(
+            f"relaxation {name!r} from plugin {source!r} is named like a parameter setting (name(key=value)), which "
+            "look-up reads as parameters of another relaxation; rename it without '=' inside parentheses"
+        )
+
+
+def is_sampled(relaxation: ReluRelaxation) -> bool:
+    """Whether a check can only sample ``relaxation``: some expression of it is an opaque callable."""
+    return any(expr.is_opaque() for expr in relaxation.expressions())
 
 
 def split_names(text: str) -> list[str]:
@@ -383,6 +437,7 @@ def build_registry(
         except ValueError as error:
             errors.append(PluginError(source, str(error)))
     if check is not None:
+        registry.relaxations.check = check
         for name, relaxation in list(registry.relaxations._items.items()):
             try:
                 reason = check(relaxation)
@@ -392,6 +447,7 @@ def build_registry(
                 registry.relaxations.unsound[name] = str(reason)
                 errors.append(PluginError(registry.relaxations.source(name),
                                           f"relaxation {name!r} is unsound: {reason}"))
+
     return registry
 
 

@@ -45,7 +45,8 @@ def relaxation_record(name: str) -> dict[str, Any]:
         "origin": registry.source(name),
         "continuous": continuous,
         "sensitive": sensitive,
-        "sound": name not in registry.unsound,
+        "sound": registry.soundness(name) == "proved",
+        "soundness": registry.soundness(name),
         "intermediate": relaxation.intermediate,
         "params": {p.name: relaxation.parameters[p.name] for p in relaxation.params},
         "transform": None if relaxation.transform is None else str(relaxation.transform),
@@ -87,7 +88,7 @@ def list_command(as_json: bool, wide: bool) -> None:
                 r["name"], ", ".join(r["aliases"]) or "-", origin_label(r["origin"]),
                 _flag(r["continuous"], "✓C", "✗C"), _flag(r["sensitive"], "✗S", "✓S"),
                 r["intermediate"], ", ".join(f"{k}={v:g}" for k, v in r["params"].items()) or "-",
-                "yes" if r["sound"] else "NO",
+                {"proved": "yes", "sampled": "sampled", "unsound": "NO"}[r["soundness"]],
             ]
             for r in records
         ]
@@ -108,6 +109,7 @@ def show_command(name: str, plot_path: str | None) -> None:
     """
     from relaxlab.core.stability import Stability
     from relaxlab.properties import derive
+    from relaxlab.registry import is_sampled
 
     relaxation = _lookup(name)
     registry = _registry().relaxations
@@ -128,7 +130,8 @@ def show_command(name: str, plot_path: str | None) -> None:
     click.echo(f"  intermediate bounds: {mode}")
     for spec in relaxation.params:
         click.echo(f"  parameter {spec.name} = {relaxation.parameters[spec.name]:g} ({spec.description})")
-    click.echo(f"  properties: {props.flags}, {'sound' if props.sound else 'UNSOUND'}")
+    sampled = "sound (sampled, not proved)" if is_sampled(relaxation) else "sound"
+    click.echo(f"  properties: {props.flags}, {sampled if props.sound else 'UNSOUND'}")
     for item in props.discontinuities:
         click.echo(f"    discontinuous: {item}")
     for reason in props.sensitivity:
@@ -167,6 +170,7 @@ def check_command(names: Sequence[str], check_all: bool, examples: int, as_json:
     when some relaxation is unsound.
     """
     from relaxlab.cli.progress import Progress
+    from relaxlab.registry import is_sampled
     from relaxlab.testing import find_unsound_example
 
     if check_all and names:
@@ -187,7 +191,8 @@ def check_command(names: Sequence[str], check_all: bool, examples: int, as_json:
             progress.update()
     if as_json:
         click.echo(json.dumps([
-            {"name": r.label, "sound": c is None,
+            {"name": r.label, "sound": c is None and not is_sampled(r),
+             "soundness": "unsound" if c is not None else "sampled" if is_sampled(r) else "proved",
              "counterexample": None if c is None else (c if isinstance(c, str) else c.as_dict())}
             for r, c in results
         ], indent=2, ensure_ascii=False))
