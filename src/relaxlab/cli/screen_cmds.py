@@ -61,7 +61,7 @@ def screen_cmd(screen_file: Path, out_dir: Path | None, address: str | None, wor
     if dry_run:
         statuses: dict[str, str] = {}
         if (out_dir / STORE_NAME).is_file():
-            with Store(out_dir / STORE_NAME) as store:
+            with clear_errors(), Store(out_dir / STORE_NAME, readonly=True) as store:  # a dry run writes nothing
                 statuses = {run.key: run_status(store, run.key) for run in screen.sweep.runs}
         click.echo(f"screen {screen.name}: {len(screen.candidates)} candidates x {len(screen.seeds)} seeds"
                    f"{' + 1 natural run' if screen.natural else ''} = {len(screen.sweep.runs)} runs -> {out_dir}")

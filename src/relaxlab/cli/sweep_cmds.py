@@ -57,7 +57,7 @@ def sweep_cmd(
     if dry_run:
         statuses: dict[str, str] = {}
         if store_path.is_file():
-            with Store(store_path) as store:
+            with clear_errors(), Store(store_path, readonly=True) as store:  # a dry run writes nothing
                 statuses = {run.key: run_status(store, run.key) for run in sweep.runs}
         rows = [(run.key, statuses.get(run.key, "pending"), run.label) for run in sweep.runs]
         click.echo(f"sweep {sweep.name}: {len(rows)} runs -> {out_dir}")
@@ -79,6 +79,9 @@ def finish(what: str, summary: SweepSummary, executor: str, last: str) -> None:
     )
     for key, error in summary.failed.items():
         click.echo(f"  failed {key}: {error}")
+    if summary.elsewhere:
+        click.echo(f"  {len(summary.elsewhere)} run(s) left to another process training them on this store: "
+                   f"{', '.join(summary.elsewhere)}")
     click.echo(last)
     if summary.failed:
         raise SystemExit(1)

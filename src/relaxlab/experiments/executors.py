@@ -1,7 +1,9 @@
 """Executors: where the runs of a sweep execute, behind one small interface.
 
 An :class:`Executor` takes :class:`~relaxlab.experiments.runs.RunTask` values and yields their
-:class:`~relaxlab.experiments.runs.RunOutcome` values as they finish (in any order). Both
+:class:`~relaxlab.experiments.runs.RunOutcome` values as they finish (in any order). It takes a
+task from the iterable only when a worker is free for it, so whoever hands the tasks over (a sweep,
+which claims each run in its store as it goes) decides at the last moment. Both
 executors run the same function, :func:`~relaxlab.experiments.runs.execute_run`, so the same task
 gives the same outcome wherever it ran:
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import importlib.util
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from relaxlab.experiments.runs import RunOutcome, RunTask, execute_run
@@ -44,11 +46,11 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def run(
-        self, tasks: Sequence[RunTask], on_start: Callable[[RunTask], None] | None = None
+        self, tasks: Iterable[RunTask], on_start: Callable[[RunTask], None] | None = None
     ) -> Iterator[RunOutcome]:
         """Run ``tasks``; yield one outcome per task as each finishes.
 
-        :param tasks: the runs to execute.
+        :param tasks: the runs to execute, taken one by one as workers become free.
         :param on_start: called when a task is handed to a worker (for progress).
         """
 
@@ -62,7 +64,7 @@ class InProcessExecutor(Executor):
         super().__init__(1)
 
     def run(
-        self, tasks: Sequence[RunTask], on_start: Callable[[RunTask], None] | None = None
+        self, tasks: Iterable[RunTask], on_start: Callable[[RunTask], None] | None = None
     ) -> Iterator[RunOutcome]:
         """Run each task in turn (see :meth:`Executor.run`)."""
         for task in tasks:
@@ -118,21 +120,27 @@ class RayExecutor(Executor):
         return True
 
     def run(
-        self, tasks: Sequence[RunTask], on_start: Callable[[RunTask], None] | None = None
+        self, tasks: Iterable[RunTask], on_start: Callable[[RunTask], None] | None = None
     ) -> Iterator[RunOutcome]:
-        """Submit every task, then yield outcomes as Ray finishes them (see :meth:`Executor.run`)."""
+        """Keep ``workers`` tasks submitted; yield outcomes as Ray finishes them (see :meth:`Executor.run`)."""
         import ray
 
         started = self._start(ray)
         remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
         pending: dict[Any, RunTask] = {}
-        try:
-            for task in tasks:
+        source = iter(tasks)
+
+        def submit() -> None:  # fill the free workers
+            while len(pending) < self.workers:
+                task = next(source, None)
+                if task is None:
+                    return
                 pending[remote.remote(task)] = task
-            for task in list(pending.values())[: self.workers]:
                 if on_start is not None:
                     on_start(task)
-            queued = list(pending.values())[self.workers :]
+
+        try:
+            submit()
             while pending:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
                 task = pending.pop(ref)
@@ -140,9 +148,8 @@ class RayExecutor(Executor):
                     outcome = ray.get(ref)
                 except Exception as error:  # noqa: BLE001 - a crashed worker fails its run only
                     outcome = RunOutcome.failure(task.key, error)
+                submit()  # the next task starts while this outcome is recorded
                 yield outcome
-                if queued and on_start is not None:  # Ray hands the freed CPU to the next task
-                    on_start(queued.pop(0))
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)

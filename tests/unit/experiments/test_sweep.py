@@ -88,6 +88,12 @@ def test_base_config_file_and_certify_defaults(tmp_path: Path) -> None:
         ({"runs": [{"lr": 0.1}, {"lr": 0.1}]}, "is the same run as lr=0.1, seed 0"),
         ({"runs": {"lr": 0.1}}, "write each as [[runs]]"),
         ({"base": 3}, "`base` must be a table"),
+        ({"name": ".."}, "`name` must be a plain name"),  # the output directory would be runs/.. itself
+        ({"name": "."}, "`name` must be a plain name"),
+        ({"name": "a\\b"}, "`name` must be a plain name"),
+        ({"seeds": [2**64]}, "seeds"),
+        ({"grid": {"lr": [float("nan")]}}, "lr must be a finite number > 0"),
+        ({"grid": {"lr_milestones": [[-1]]}}, "lr_milestones must be"),
     ],
 )
 def test_invalid_sweeps_name_the_key_and_the_fix(data: dict[str, Any], message: str) -> None:
