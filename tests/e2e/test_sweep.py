@@ -139,11 +139,11 @@ def test_interrupted_between_runs_resumes(tmp_path: Path, uninterrupted: Any) ->
 def test_on_local_ray_interrupted_resumed_equals_in_process(tmp_path: Path, uninterrupted: Any) -> None:
     import ray
 
-    from relaxlab.experiments.executors import RayExecutor
+    from relaxlab.experiments.executors import RayExecutor, start_local_ray
 
     sweep = load_sweep(_write(tmp_path))
     # one local Ray for both calls (the executor reuses a running Ray and leaves it running)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    start_local_ray(ray, 2)
     try:
         with pytest.raises(KeyboardInterrupt):
             run_sweep(sweep, tmp_path / "out", StopAfter(RayExecutor(2), 1), write=lambda _line: None)

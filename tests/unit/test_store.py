@@ -171,19 +171,11 @@ def test_report_reads_a_file_without_writing_into_it(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- resuming never rewrites another run
 
-TINY_TRAIN = """
-name = "tiny"
-architecture = "FC-S"
-epochs = 2
-rampup_epochs = 1
-eps_train = 0.02
-eps_test = 0.02
-batch_size = 50
-max_batches = 1
-train_subset = 50
-test_subset = 10
-seed = {seed}
-"""
+def _tiny(seed: int) -> str:
+    """A train config of two epochs of one batch (FC-S), seeded ``seed``."""
+    from tests.e2e.test_bad_values import TINY
+
+    return TINY.replace("epochs = 1", "epochs = 2\nrampup_epochs = 1") + f"seed = {seed}\n"
 
 
 def test_resume_into_a_store_where_the_run_id_is_another_run_is_refused(tmp_path: Path) -> None:
@@ -195,8 +187,8 @@ def test_resume_into_a_store_where_the_run_id_is_another_run_is_refused(tmp_path
 
     runner = CliRunner()
     mine, other = tmp_path / "mine.toml", tmp_path / "other.toml"
-    mine.write_text(TINY_TRAIN.format(seed=0))
-    other.write_text(TINY_TRAIN.format(seed=7))
+    mine.write_text(_tiny(0))
+    other.write_text(_tiny(7))
     interrupted = runner.invoke(cli, ["train", str(mine), "--out", str(tmp_path / "a" / "tiny"), "-q",
                                       "--store", str(tmp_path / "a.sqlite"), "--stop-after", "1"])
     assert interrupted.exit_code == 0, interrupted.output

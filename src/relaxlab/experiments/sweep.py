@@ -424,6 +424,49 @@ def record_outcome(
     return train_id
 
 
+#: A sweep that would train more runs than this is confirmed first (``relaxlab sweep`` asks, or takes ``--yes``).
+LARGE_SWEEP = 1000
+
+
+@attrs.frozen(kw_only=True)
+class SweepPlan:
+    """What :func:`run_sweep` would do, read from the store without writing to it.
+
+    :param todo: runs to train.
+    :param done: runs the store holds as done.
+    :param seconds_per_run: mean wall time of the done runs (training and certification), ``None``
+        when none is done.
+    """
+
+    todo: int
+    done: int
+    seconds_per_run: float | None
+
+    def describe(self, workers: int) -> str:
+        """``N runs to train`` with a time estimate at ``workers`` runs at once, or why there is none."""
+        text = f"{self.todo:,} runs to train"
+        if self.done:
+            text += f" ({self.done:,} done)"
+        if self.seconds_per_run is None:
+            return text + "; no time estimate yet (no run of this sweep has finished in its store)"
+        total = self.seconds_per_run * self.todo / max(workers, 1)
+        return (text + f"; about {_duration(total)} with {workers} at a time "
+                       f"({self.seconds_per_run:.0f} s per run, the mean of the {self.done:,} done)")
+
+
+def plan(sweep: Sweep, out_dir: str | Path) -> SweepPlan:
+    """How many runs of ``sweep`` :func:`run_sweep` would train into ``out_dir``, and how long they took so far."""
+    path = Path(out_dir) / STORE_NAME
+    if not path.is_file():
+        return SweepPlan(todo=len(sweep.runs), done=0, seconds_per_run=None)
+    with Store(path, readonly=True) as store:
+        done = {r.key: r for r in store.runs(kind="train", status="done") if r.finished is not None}
+    times = [done[run.key].finished - done[run.key].created for run in sweep.runs  # type: ignore[operator]
+             if run.key in done]
+    return SweepPlan(todo=len(sweep.runs) - len(times), done=len(times),
+                     seconds_per_run=sum(times) / len(times) if times else None)
+
+
 def _open_sweep_record(store: Store, sweep: Sweep) -> int:
     with store.transaction():  # two sweeps starting at once make one record
         existing = store.runs(kind=SWEEP_KIND, key=sweep.key)

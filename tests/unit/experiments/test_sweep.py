@@ -339,3 +339,34 @@ def test_nothing_below_experiments_imports_it_and_ray_is_imported_lazily() -> No
             assert not [n for n in names if n.startswith("relaxlab.experiments")], path
         top_level = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
         assert "ray" not in top_level, path
+
+
+# --------------------------------------------------------------------------- large sweeps
+
+
+def test_a_large_sweep_is_not_started_without_a_word(tmp_path: Path) -> None:
+    """More than LARGE_SWEEP runs to train: the count and an estimate first, and without a terminal to
+    confirm on, a refusal naming --yes (nothing is created)."""
+    from click.testing import CliRunner
+
+    from relaxlab.cli import cli
+    from relaxlab.experiments.sweep import LARGE_SWEEP, SweepPlan, plan
+
+    values = ", ".join(f"{1e-4 * (i + 1):.6g}" for i in range(LARGE_SWEEP + 1))
+    (tmp_path / "big.toml").write_text(f'[base]\narchitecture = "FC-S"\nepochs = 1\n[grid]\nlr = [{values}]\n')
+    result = CliRunner().invoke(cli, ["sweep", str(tmp_path / "big.toml"), "--out", str(tmp_path / "out"),
+                                      "--executor", "inprocess"])
+    assert result.exit_code == 2, result.output
+    assert f"{LARGE_SWEEP + 1:,} runs to train" in result.output and "--yes" in result.output
+    assert "no time estimate yet" in result.output
+    assert not (tmp_path / "out").exists()
+    # the estimate comes from the runs the store holds as done
+    sweep = parse_sweep({"base": BASE, "seeds": [0, 1, 2]}, name="s")
+    with Store(tmp_path / "s" / "results.sqlite") as store:
+        run = store.create_run("train", {}, key=sweep.runs[0].key, created=1000.0)
+        store.finish_run(run)
+        store._conn.execute("UPDATE runs SET finished = 1030.0 WHERE id = ?", (run,))
+        store._conn.commit()
+    planned = plan(sweep, tmp_path / "s")
+    assert planned == SweepPlan(todo=2, done=1, seconds_per_run=30.0)
+    assert "about 0m30s with 2 at a time (30 s per run, the mean of the 1 done)" in planned.describe(2)
