@@ -18,12 +18,10 @@ from relaxlab.api import extended_registry, get_registry
 from relaxlab.discovery import FAMILIES, discover
 from relaxlab.experiments.files import check_keys, load_file, plain_name, table
 from relaxlab.experiments.screen.candidates import choose
-from relaxlab.experiments.screen.model import NATURAL, Screen, ScreenError, Selection, TightnessSpec
+from relaxlab.experiments.screen.model import NATURAL, SOURCE, Screen, ScreenError, Selection, TightnessSpec
 from relaxlab.experiments.sweep import SweepError, parse_sweep, resolve_base
 from relaxlab.training.config import ConfigError, from_dict, valid_keys
 
-#: The plugin name the generated candidates are known under.
-SOURCE = "relaxlab screen"
 SCREEN_KEYS = ("name", "seeds", "candidates", "schedule", "certify", "tightness")
 CANDIDATE_KEYS = ("discovered", "families", "names", "exclude")
 CERTIFY_KEYS = ("n", "eps", "pgd")
@@ -37,7 +35,6 @@ SET_BY_SCREEN = {
     "method": "every candidate trains with method 'certified' (the screen adds the natural run for tightness)",
     "relaxation": "list the candidates in [candidates] (names, families or discovered = true)",
 }
-
 
 
 def _unknown(table: Mapping[str, Any], valid: Sequence[str], where: str) -> None:

@@ -14,6 +14,8 @@ from relaxlab.training.config import ConfigError
 
 #: Label of the naturally trained run in the sweep's records (its ``relaxation`` parameter).
 NATURAL = "natural"
+#: The plugin name the generated candidates are known under (:func:`relaxlab.api.extended_registry`).
+SOURCE = "relaxlab screen"
 
 
 class ScreenError(ConfigError):

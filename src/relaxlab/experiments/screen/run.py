@@ -8,9 +8,7 @@ from pathlib import Path
 
 import attrs
 
-from relaxlab.api import extended_registry
 from relaxlab.experiments.executors import Executor
-from relaxlab.experiments.screen.file import SOURCE
 from relaxlab.experiments.screen.formats import screen_csv, screen_json, screen_markdown
 from relaxlab.experiments.screen.model import Screen
 from relaxlab.experiments.screen.plots import plot_genealogy, plot_screen
@@ -53,8 +51,7 @@ def run_screen(
     """
     out_dir = Path(out_dir)
     summary = run_sweep(screen.sweep, out_dir, executor, progress=progress, device=device)
-    # CR-AUC certifies with each candidate by name, the generated ones among them
-    with Store(out_dir / STORE_NAME) as store, extended_registry(screen.sweep.relaxations, source=SOURCE):
+    with Store(out_dir / STORE_NAME) as store:
         aucs = measure_tightness(screen, out_dir, store, device=device, progress=progress)
         rows = screen_rows(screen, store, aucs)
     markdown = screen_markdown(screen, rows)

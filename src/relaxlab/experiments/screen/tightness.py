@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from relaxlab.api import get_registry, get_relaxation
-from relaxlab.experiments.screen.model import Screen
+from relaxlab.api import extended_registry, get_registry, get_relaxation
+from relaxlab.experiments.screen.model import SOURCE, Screen
 from relaxlab.experiments.sweep import run_status
 from relaxlab.properties.tightness import cr_curves, eps_grid
 from relaxlab.store import Store
@@ -71,23 +71,25 @@ def measure_tightness(
         return aucs
     config = checkpoint_config(path)
     dataset = get_registry().datasets[config["dataset"]]
-    images, labels = dataset.load("test", config.get("data_dir"))
-    images, labels = images[: spec.n].to(device), labels[: spec.n].to(device)
+    images, labels = dataset.load("test", config.get("data_dir"), n=spec.n)
+    images, labels = images.to(device), labels.to(device)
     model = load_model(path).to(device)
     step = progress("tightness", len(todo) * len(grid)) if progress is not None else None
-    for candidate in todo:
-        # an empirical comparison, not a certificate: float32 bounds, as relaxlab tightness and paradox
-        result = cr_curves(model, images, labels, grid, [get_relaxation(candidate.name)],
-                           num_classes=dataset.num_classes, dtype=torch.float32,
-                           progress=None if step is None else (lambda: step(1)))
-        aucs[candidate.name] = result.auc()[candidate.name]
-        run_id = store.create_run(
-            "tightness",
-            {"checkpoint": str(path), "relaxation": candidate.name, "eps_max": spec.eps_max,
-             "points": spec.points, "n": result.n, "dataset": config["dataset"],
-             "architecture": config["architecture"], "screen": screen.name},
-            name=f"tightness-{candidate.name}", key=keys[candidate.name],
-        )
-        store.log_metrics(run_id, 0, {f"cr_auc/{candidate.name}": aucs[candidate.name]})  # as relaxlab tightness
-        store.finish_run(run_id)
+    # certified with each candidate by name, the generated ones known for this block only
+    with extended_registry(screen.sweep.relaxations, source=SOURCE):
+        for candidate in todo:
+            # an empirical comparison, not a certificate: float32 bounds, as relaxlab tightness and paradox
+            result = cr_curves(model, images, labels, grid, [get_relaxation(candidate.name)],
+                               num_classes=dataset.num_classes, dtype=torch.float32,
+                               progress=None if step is None else (lambda: step(1)))
+            aucs[candidate.name] = result.auc()[candidate.name]
+            run_id = store.create_run(
+                "tightness",
+                {"checkpoint": str(path), "relaxation": candidate.name, "eps_max": spec.eps_max,
+                 "points": spec.points, "n": result.n, "dataset": config["dataset"],
+                 "architecture": config["architecture"], "screen": screen.name},
+                name=f"tightness-{candidate.name}", key=keys[candidate.name],
+            )
+            store.log_metrics(run_id, 0, {f"cr_auc/{candidate.name}": aucs[candidate.name]})  # as relaxlab tightness
+            store.finish_run(run_id)
     return aucs
