@@ -1,13 +1,14 @@
-"""The SQLite results store and the paper-style report."""
+"""The SQLite results store (runs, metrics, claims, schema versions, transactions) and the paper-style report."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from relaxlab.evaluation.report import render_csv, render_markdown
-from relaxlab.store import Store, StoreError, open_store
+from relaxlab.store import SCHEMA_VERSION, Store, StoreError, open_store
 
 
 def test_runs_and_metrics_round_trip(tmp_path: Path) -> None:
@@ -272,3 +273,43 @@ def test_an_outcome_is_recorded_once_however_often_it_arrives(tmp_path: Path) ->
         first = record_outcome(store, run, outcome)
         assert record_outcome(store, run, outcome) == first  # a second process finishing the same run
         assert [(r.kind, r.status) for r in store.runs()] == [("train", "done")]
+
+
+# --------------------------------------------------------------------------- schema versions and transactions
+
+OLD_SCHEMA = """
+CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, name TEXT NOT NULL,
+    created REAL NOT NULL, finished REAL, status TEXT NOT NULL, config TEXT NOT NULL, environment TEXT NOT NULL);
+CREATE TABLE metrics (run_id INTEGER NOT NULL REFERENCES runs(id), step INTEGER NOT NULL, name TEXT NOT NULL,
+    value REAL NOT NULL);
+INSERT INTO runs VALUES (1, 'train', 'old', 0.0, 1.0, 'done', '{"relaxation": "IBP"}', '{}');
+INSERT INTO metrics VALUES (1, 0, 'loss', 2.5);
+"""
+
+
+def test_a_store_from_before_versioning_migrates_and_a_newer_one_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "old.sqlite")
+    conn.executescript(OLD_SCHEMA)
+    conn.close()
+    with Store(tmp_path / "old.sqlite") as store:
+        (old,) = store.runs()
+        assert (old.name, old.key, old.error, store.metrics(1, "loss")) == ("old", None, None, [(0, 2.5)])
+        new = store.create_run("train", {}, key="k")
+        store.finish_run(new, "failed", error="boom")
+        assert store.runs(key="k")[0].error == "boom"
+    conn = sqlite3.connect(tmp_path / "old.sqlite")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this relaxlab understands"):
+        Store(tmp_path / "old.sqlite")
+
+
+def test_transaction_is_all_or_nothing(tmp_path: Path) -> None:
+    with Store(tmp_path / "r.sqlite") as store:
+        with pytest.raises(RuntimeError), store.transaction():
+            run = store.create_run("train", {}, key="k")
+            store.log_metric(run, 0, "x", 1.0)
+            raise RuntimeError
+        assert store.runs() == [] and store.query("SELECT COUNT(*) FROM metrics") == [(0,)]

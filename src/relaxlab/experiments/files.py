@@ -4,13 +4,13 @@ Each kind of file has its own error class (a :class:`~relaxlab.training.config.C
 every helper takes it, so a message names the file's kind, the key and the fix the same way for
 all of them: :func:`load_file` reads a file (missing, unreadable, not UTF-8, not TOML: one line)
 and prefixes what its parser refuses with the file's name; :func:`check_keys` refuses unknown keys
-with close names suggested; :func:`table` reads a ``[table]``; :func:`plain_name` checks a name that
-becomes a directory name.
+with close names suggested; :func:`subtable` reads a ``[table]``; :func:`plain_name` checks a name that
+becomes a directory name; :func:`name_list` reads a name or a list of names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,17 +39,18 @@ def load_file(
         raise error(f"{what} {path}: {problem}") from problem
 
 
-def check_keys(keys: Sequence[str], valid: Sequence[str], where: str, error: type[ConfigError]) -> None:
+def check_keys(keys: Iterable[str], valid: Sequence[str], where: str, error: type[ConfigError]) -> None:
     """Refuse the keys not in ``valid``, suggesting close ones.
 
+    :param keys: the keys given (a table itself: its keys).
     :param where: the table, for the message (``"[certify]"``, ``"top level"``).
     """
-    unknown = unknown_keys(keys, valid)
+    unknown = unknown_keys(list(keys), valid)
     if unknown:
         raise error(f"{where}: unknown key(s) {unknown}; valid keys: {', '.join(valid)}")
 
 
-def table(data: Mapping[str, Any], key: str, error: type[ConfigError]) -> dict[str, Any]:
+def subtable(data: Mapping[str, Any], key: str, error: type[ConfigError]) -> dict[str, Any]:
     """The table ``[key]`` of ``data`` (empty when absent)."""
     value = data.get(key, {})
     if not isinstance(value, dict):
@@ -63,3 +64,12 @@ def plain_name(value: Any, error: type[ConfigError]) -> str:
     if not isinstance(value, str) or not value or "/" in value or "\\" in value or value in (".", ".."):
         raise error(f"`name` must be a plain name (it names the output directory runs/<name>), got {value!r}")
     return value
+
+
+def name_list(value: Any) -> list[str] | None:
+    """A name or a list of names (``"IBP"``, ``["IBP", "CROWN"]``) as a list; ``None`` when ``value`` is
+    anything else (a number, a table, an empty name), for the caller to refuse in its own words."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
+        return None
+    return names

@@ -30,7 +30,7 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ import attrs
 from relaxlab.api import select_relaxations
 from relaxlab.evaluation.seeds import SWEEP_KIND
 from relaxlab.experiments.executors import Executor
-from relaxlab.experiments.files import check_keys, load_file, plain_name, table
+from relaxlab.experiments.files import check_keys, load_file, name_list, plain_name, subtable
 from relaxlab.experiments.runs import CertifySpec, RunOutcome, RunTask
 from relaxlab.store import Store, keep_claims_alive, process_owner
 from relaxlab.training.config import (
@@ -148,12 +148,8 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _unknown(keys: Sequence[str], valid: Sequence[str], where: str) -> None:
-    check_keys(keys, valid, where, SweepError)
-
-
 def _check_train_keys(table: Mapping[str, Any], where: str) -> None:
-    _unknown(list(table), [*valid_keys(), *(["config"] if where == "[base]" else [])], where)
+    check_keys(table, [*valid_keys(), *(["config"] if where == "[base]" else [])], where, SweepError)
     for key, why in RESERVED.items():
         if key in table:
             raise SweepError(f"{where}: `{key}` is set by the sweep; {why}")
@@ -182,13 +178,12 @@ def _certifiers(spec: CertifySpec, config: TrainConfig) -> tuple[str, ...]:
 
 
 def _parse_certify(table: Mapping[str, Any]) -> CertifySpec:
-    _unknown(list(table), CERTIFY_KEYS, "[certify]")
-    relaxations = table.get("relaxations", ["own"])
-    if isinstance(relaxations, str):
-        relaxations = [relaxations]
-    if not relaxations or not all(isinstance(r, str) and r for r in relaxations):
+    check_keys(table, CERTIFY_KEYS, "[certify]", SweepError)
+    given = table.get("relaxations", ["own"])
+    relaxations = name_list(given)
+    if not relaxations:
         raise SweepError(
-            f"[certify] relaxations must be a non-empty list of names (or 'own', 'paper', 'all'), got {relaxations!r}"
+            f"[certify] relaxations must be a non-empty list of names (or 'own', 'paper', 'all'), got {given!r}"
         )
     n = table.get("n", 0)
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -223,7 +218,7 @@ def _parse_seeds(data: Mapping[str, Any], default: int) -> list[int]:
 
 def _points(data: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     """The grid's cartesian product and the explicit runs, as key -> value overrides; the varying keys."""
-    grid = table(data, "grid", SweepError)
+    grid = subtable(data, "grid", SweepError)
     _check_train_keys(grid, "[grid]")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
@@ -274,25 +269,23 @@ def load_sweep(path: str | Path) -> Sweep:
 
 def parse_sweep(data: Mapping[str, Any], *, name: str, source: str = "", root: Path | None = None) -> Sweep:
     """Validate a sweep given as a mapping (the parsed TOML); see :func:`load_sweep`."""
-    _unknown(list(data), SWEEP_KEYS, "top level")
+    check_keys(data, SWEEP_KEYS, "top level", SweepError)
     sweep_name = plain_name(data.get("name", name), SweepError)
-    base = table(data, "base", SweepError)
+    base = subtable(data, "base", SweepError)
     _check_train_keys(base, "[base]")
     base_config = resolve_base(base, root)
     points, varying = _points(data)
     seeds = _parse_seeds(data, default=0)
-    certify = _parse_certify(table(data, "certify", SweepError))
+    certify = _parse_certify(subtable(data, "certify", SweepError))
     select = None
     if "select" in data:
-        chosen = table(data, "select", SweepError)
-        _unknown(list(chosen), SELECT_KEYS, "[select]")
-        over = chosen.get("over")
-        if isinstance(over, str):
-            over = [over]
-        if not isinstance(over, list) or not over or not all(k in varying for k in over):
+        chosen = subtable(data, "select", SweepError)
+        check_keys(chosen, SELECT_KEYS, "[select]", SweepError)
+        over = name_list(chosen.get("over"))
+        if not over or not all(k in varying for k in over):
             raise SweepError(
                 f"[select] over must list keys that vary in [grid] or [[runs]] ({', '.join(varying) or 'none vary'}); "
-                f"got {over!r}"
+                f"got {chosen.get('over')!r}"
             )
         metric = chosen.get("metric", "certified")
         if metric not in SELECT_METRICS:

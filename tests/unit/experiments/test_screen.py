@@ -185,6 +185,8 @@ def test_a_fresh_registry_gets_the_generated_relaxation_from_the_task(screened: 
         ({**BASE, "candidates": {}}, "[candidates] selects nothing: set discovered = true"),
         ({**BASE, "candidates": {"families": ["swich"]}}, "[candidates] families: unknown family 'swich'"),
         ({**BASE, "candidates": {"names": ["CROWM"]}}, "unknown relaxation 'CROWM'"),
+        ({**BASE, "candidates": {"names": 3}}, "[candidates] names must be a list of names"),
+        ({**BASE, "candidates": {"names": ["IBP", ""]}}, "[candidates] names must be a list of names"),
         ({**BASE, "candidates": {"names": ["IBP"], "exclude": ["CROWN"]}},
          "[candidates] exclude: 'CROWN' is not among the candidates"),
     ],

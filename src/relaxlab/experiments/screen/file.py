@@ -8,7 +8,7 @@ the sweep that trains them, the generated ones known by name only while the swee
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import attrs
 
 from relaxlab.api import extended_registry, get_registry
 from relaxlab.discovery import FAMILIES, discover
-from relaxlab.experiments.files import check_keys, load_file, plain_name, table
+from relaxlab.experiments.files import check_keys, load_file, name_list, plain_name, subtable
 from relaxlab.experiments.screen.candidates import choose
 from relaxlab.experiments.screen.model import NATURAL, SOURCE, Screen, ScreenError, Selection, TightnessSpec
 from relaxlab.experiments.sweep import SweepError, parse_sweep, resolve_base
@@ -37,21 +37,11 @@ SET_BY_SCREEN = {
 }
 
 
-def _unknown(table: Mapping[str, Any], valid: Sequence[str], where: str) -> None:
-    check_keys(list(table), valid, where, ScreenError)
-
-
-def _table(data: Mapping[str, Any], key: str) -> dict[str, Any]:
-    return table(data, key, ScreenError)
-
-
 def _names(table: Mapping[str, Any], key: str) -> list[str]:
-    value = table.get(key, [])
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ScreenError(f"[candidates] {key} must be a list of names, e.g. {key} = [\"IBP\"]; got {value!r}")
-    return value
+    names = name_list(table.get(key, []))
+    if names is None:
+        raise ScreenError(f"[candidates] {key} must be a list of names, e.g. {key} = [\"IBP\"]; got {table[key]!r}")
+    return names
 
 
 def load_screen(path: str | Path, *, data_dir: str | None = None) -> Screen:
@@ -78,14 +68,14 @@ def parse_screen(
     The generated candidates are soundness-checked (as a plugin's relaxations are) and known by name
     while the sweep is built; this process's registry is not changed.
     """
-    _unknown(data, SCREEN_KEYS, "top level")
+    check_keys(data, SCREEN_KEYS, "top level", ScreenError)
     screen_name = plain_name(data.get("name", name), ScreenError)
     seeds = data.get("seeds", [0])
-    schedule = _schedule(_table(data, "schedule"), root, data_dir)
-    certify = {"pgd": False, **_table(data, "certify")}  # PGD is not what a screen ranks by
-    _unknown(certify, CERTIFY_KEYS, "[certify]")
-    tightness = _tightness_spec(_table(data, "tightness"), root)
-    selection = _selection(_table(data, "candidates"))
+    schedule = _schedule(subtable(data, "schedule", ScreenError), root, data_dir)
+    certify = {"pgd": False, **subtable(data, "certify", ScreenError)}  # PGD is not what a screen ranks by
+    check_keys(certify, CERTIFY_KEYS, "[certify]", ScreenError)
+    tightness = _tightness_spec(subtable(data, "tightness", ScreenError), root)
+    selection = _selection(subtable(data, "candidates", ScreenError))
     registry = get_registry()
     discovery = discover(registry, relations=False)
     candidates = choose(selection, discovery, registry)
@@ -125,7 +115,7 @@ def parse_screen(
 
 def _schedule(table: Mapping[str, Any], root: Path | None, data_dir: str | None) -> dict[str, Any]:
     """The ``[schedule]`` keys (over its config file), checked as a certified run with IBP would be."""
-    _unknown(table, [*valid_keys(), "config"], "[schedule]")
+    check_keys(table, [*valid_keys(), "config"], "[schedule]", ScreenError)
     for key, why in SET_BY_SCREEN.items():
         if key in table:
             raise ScreenError(f"[schedule]: `{key}` is set by the screen; {why}")
@@ -141,7 +131,7 @@ def _schedule(table: Mapping[str, Any], root: Path | None, data_dir: str | None)
 
 
 def _tightness_spec(table: Mapping[str, Any], root: Path | None) -> TightnessSpec:
-    _unknown(table, TIGHTNESS_KEYS, "[tightness]")
+    check_keys(table, TIGHTNESS_KEYS, "[tightness]", ScreenError)
     spec = TightnessSpec()
     eps_max = table.get("eps_max", spec.eps_max)
     if isinstance(eps_max, bool) or not isinstance(eps_max, int | float) or not 0 < eps_max <= 1:
@@ -168,7 +158,7 @@ def _tightness_spec(table: Mapping[str, Any], root: Path | None) -> TightnessSpe
 
 def _selection(table: Mapping[str, Any]) -> Selection:
     """The ``[candidates]`` table checked as far as it can be without discovery."""
-    _unknown(table, CANDIDATE_KEYS, "[candidates]")
+    check_keys(table, CANDIDATE_KEYS, "[candidates]", ScreenError)
     discovered = table.get("discovered", False)
     if not isinstance(discovered, bool):
         raise ScreenError(f"[candidates] discovered must be true or false, got {discovered!r}")
