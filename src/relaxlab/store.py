@@ -540,7 +540,7 @@ class Store:
 
     def runs(self, kind: str | None = None, status: str | None = None, key: str | None = None) -> list[Run]:
         """All runs (optionally of one kind / status / key), oldest first."""
-        query, args = f"SELECT {self._columns} FROM runs WHERE 1=1", []
+        query, args = f"SELECT {self._columns} FROM runs WHERE 1=1", list[str]()
         for column, value in (("kind", kind), ("status", status), ("key", key)):
             if value is not None:
                 query, args = query + f" AND {column} = ?", [*args, value]

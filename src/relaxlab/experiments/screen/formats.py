@@ -99,15 +99,16 @@ def screen_csv(rows: Sequence[ScreenRow]) -> str:
     def number(value: float | None, scale: float = 1.0) -> str:
         return "" if value is None else f"{scale * value:.4f}"
 
+    def mean_std(stat: Stat | None, scale: float = 1.0) -> list[str]:
+        return ["", ""] if stat is None else [number(stat.mean, scale), number(stat.std, scale)]
+
     for rank, row in enumerate(rows, 1):
         c = row.candidate
         writer.writerow([
             rank, c.name, c.family, *c.lines, c.bounds, "" if c.continuous is None else c.continuous,
             "" if c.sensitive is None else not c.sensitive, number(row.cr_auc),
-            number(row.certified and row.certified.mean, 100), number(row.certified and row.certified.std, 100),
-            len(row.seeds), number(row.accuracy and row.accuracy.mean, 100),
-            number(row.accuracy and row.accuracy.std, 100), number(row.seconds and row.seconds.mean),
-            number(row.seconds and row.seconds.std), row.failed,
+            *mean_std(row.certified, 100), len(row.seeds), *mean_std(row.accuracy, 100),
+            *mean_std(row.seconds), row.failed,
         ])
     return out.getvalue()
 
