@@ -76,27 +76,34 @@ def _command(pid: int) -> str:
 
 @needs_ray
 @needs_proc
-def test_a_local_ray_listens_on_the_loopback_only() -> None:
+def test_a_local_ray_listens_on_the_loopback_only(tmp_path: Path) -> None:
     """Every socket that the driver and the processes of the local Ray it starts (GCS server, raylet,
     workers, agents) listen on is a loopback address, while a task runs."""
     import ray
 
     if ray.is_initialized():
         pytest.skip("a Ray is already running in this process")
+    started, stop = tmp_path / "started", tmp_path / "stop"
     executor = RayExecutor(1)
     assert executor._start(ray)
     try:
         @ray.remote(num_cpus=1)
-        def busy() -> int:
-            time.sleep(4)
+        def busy() -> int:  # runs until the test has looked (however loaded the machine is)
+            started.write_text(str(os.getpid()))
+            deadline = time.monotonic() + 120
+            while not stop.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
             return os.getpid()
 
         ref = busy.remote()
-        time.sleep(2)
+        deadline = time.monotonic() + 120
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         listening = _listening()
         sockets = _sockets_of(_descendants(os.getpid()))
         seen = {(pid, listening[inode]) for pid, inodes in sockets.items() for inode in inodes if inode in listening}
         commands = {pid: _command(pid) for pid, _ in seen}
+        stop.touch()
         worker = ray.get(ref)
     finally:
         ray.shutdown()
