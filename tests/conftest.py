@@ -6,7 +6,6 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,31 +54,6 @@ os.environ["RELAXLAB_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 def registry() -> Registry:
     """The built-in plugins only, soundness-checked as the facade does."""
     return build_registry(load_entry_points=False, check=check_soundness)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _registry_as_before() -> Iterator[None]:
-    """Whatever a test module registers in the process-wide registry is gone after it.
-
-    Screens and sweeps register generated relaxations by name (``relaxlab.register_relaxation``);
-    without this, what one module registered would change what later modules see, and the suite's
-    result would depend on the order of its modules.
-    """
-    from relaxlab import api
-
-    before = api._REGISTRY
-    if before is None:
-        yield
-        api._REGISTRY = None  # built during the module: the next one builds its own
-        return
-    table = before.relaxations
-    contents = (table._items, table._sources, table._keys, table.unsound)
-    saved = [dict(d) for d in contents]
-    yield
-    for current, old in zip(contents, saved, strict=True):
-        current.clear()
-        current.update(old)
-    api._REGISTRY = before
 
 
 #: Where the paper's released MNIST networks are looked for: $RELAXLAB_PARADOX_PRETRAINED, then the

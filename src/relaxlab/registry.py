@@ -256,6 +256,17 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
                 raise UnsoundRelaxationError(f"relaxation {relaxation.name!r} is unsound: {reason}")
         self.add(relaxation, source)
 
+    def extended(
+        self, relaxations: Iterable[ReluRelaxation], source: str, check: SoundnessCheck | None = None
+    ) -> RelaxationRegistry:
+        """A new table: this one's relaxations, sources and findings, plus ``relaxations`` (each as
+        :meth:`register` adds it); this table is not changed."""
+        table = RelaxationRegistry(items=dict(self._items), sources=dict(self._sources), keys=dict(self._keys),
+                                   unsound=dict(self.unsound))
+        for relaxation in relaxations:
+            table.register(relaxation, source, check=check)
+        return table
+
     def primary(self, name: str) -> str:
         """The first-registered name among ``name`` and its aliases."""
         canonical = self.resolve(name)

@@ -212,3 +212,26 @@ def test_sampled_relaxations_are_shown_as_sampled_and_not_used_for_bounds(monkey
     records = {r["name"]: r for r in json.loads(CliRunner().invoke(list_command, ["--json"]).output)}
     assert records["acme-Opaque"]["soundness"] == "sampled" and records["acme-Opaque"]["sound"] is False
     assert records["CROWN"]["soundness"] == "proved" and records["CROWN"]["sound"] is True
+
+
+def test_an_extended_registry_lasts_for_its_block_and_changes_nothing() -> None:
+    """``api.extended_registry`` is how library code uses relaxations no plugin provides: known by name
+    inside the block (nested blocks see the outer ones'), checked as a plugin's, gone after it, and the
+    process-wide registry is never touched (issue 26: no hidden state)."""
+    before = relaxlab.get_registry()
+    names = set(before.relaxations)
+    other = ReluRelaxation(name="acme-Good-2", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
+                           unstable=GOOD.unstable)
+    with api.extended_registry([GOOD], source="test") as extended:
+        assert relaxlab.get_relaxation("acme-good") is GOOD and extended.relaxations.source("acme-Good") == "test"
+        with api.extended_registry([GOOD, other], source="inner"):
+            assert relaxlab.get_relaxation("acme-Good-2") is other
+            assert relaxlab.get_registry().relaxations.source("acme-Good") == "test"  # held already: kept
+        assert "acme-Good-2" not in relaxlab.get_registry().relaxations
+        with pytest.raises(RuntimeError), api.extended_registry([other], source="x"):
+            raise RuntimeError  # the block's end restores the registry before it, however it ends
+        assert "acme-Good-2" not in relaxlab.get_registry().relaxations
+    assert relaxlab.get_registry() is before and set(before.relaxations) == names
+    with pytest.raises(UnsoundRelaxationError, match="acme-Unsound"), api.extended_registry([UNSOUND], source="x"):
+        pass
+    assert "acme-Unsound" not in relaxlab.get_registry().relaxations

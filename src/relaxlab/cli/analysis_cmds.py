@@ -230,7 +230,7 @@ def tracking_plot_cmd(run_ids: tuple[int, ...], store_path: Path, out: Path) -> 
         from relaxlab.experiments.tracking import plot_tracking, tracked_curves
         from relaxlab.store import open_store
 
-        with open_store(store_path) as store:
+        with open_store(store_path, readonly=True) as store:  # a plot never writes into what it reads
             curves = tracked_curves(store, list(run_ids))
         empty = [k for k, v in curves.items() if not any(v.values())]
         if len(empty) == len(curves):

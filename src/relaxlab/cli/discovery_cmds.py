@@ -101,7 +101,10 @@ def discover_command(families: tuple[str, ...], transform_names: tuple[str, ...]
             genealogy.write_dot(graph, dot_path)
     new = emit.new_results(found)
     if plugin_path:
-        Path(plugin_path).write_text(emit.plugin_source(new), encoding="utf-8")
+        try:
+            Path(plugin_path).write_text(emit.plugin_source(new), encoding="utf-8")
+        except OSError as error:
+            fail(f"--emit-plugin {plugin_path}: cannot write it ({error.strerror or error}); choose a writable file")
     registered = emit.register_results(new, registry, check_soundness_cached) if register else []
 
     if as_json:

@@ -164,7 +164,7 @@ def bounds_command(
     try:
         with torch.no_grad():
             lb, ub = compute_bounds(model, x, eps, relax, C=C, domain=domain)
-    except (UnsupportedNetworkError, ValueError, TypeError) as error:
+    except (UnsupportedNetworkError, ValueError, TypeError, OverflowError) as error:  # overflow: eps too large
         fail(str(error))
     certified = is_certified(lb, outputs) if labels is not None else None
     records: list[dict[str, Any]] = []

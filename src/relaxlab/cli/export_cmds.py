@@ -8,6 +8,7 @@ per test image (the l_inf box clipped to [0, 1], the negated robustness spec) an
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -46,6 +47,8 @@ def export_cmd(
     with clear_errors():
         if n < 1:
             fail(f"--n must be at least 1, got {n}")
+        if not (math.isfinite(timeout) and timeout > 0):  # only written into instances.csv: no library checks it
+            fail(f"--timeout must be a finite number of seconds > 0, got {timeout}")
         payload = read_checkpoint(checkpoint)
         config = json.loads(payload["config"])
         model = build_model(payload, source=f"checkpoint {checkpoint}")

@@ -150,7 +150,5 @@ def load_test_split(config: dict[str, Any], data_dir: str | None, n: int | None)
     from relaxlab.api import get_registry
 
     dataset = get_registry().datasets[config["dataset"]]
-    x, y = dataset.load("test", data_dir if data_dir is not None else config.get("data_dir"))
-    if n:
-        x, y = x[:n], y[:n]
+    x, y = dataset.load("test", data_dir if data_dir is not None else config.get("data_dir"), n=n)
     return dataset, x, y

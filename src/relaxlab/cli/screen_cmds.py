@@ -23,7 +23,7 @@ from relaxlab.cli.options import (
     out_dir_option,
     start_executor,
 )
-from relaxlab.cli.sweep_cmds import finish
+from relaxlab.cli.sweep_cmds import YES, confirm_size, finish
 
 
 @click.command("screen")
@@ -34,10 +34,11 @@ from relaxlab.cli.sweep_cmds import finish
 @DEVICE
 @DATA_DIR
 @click.option("--dry-run", is_flag=True, help="List the candidates and the runs' status; train nothing.")
+@YES
 @WIDE
 @QUIET
 def screen_cmd(screen_file: Path, out_dir: Path | None, address: str | None, workers: int, executor_name: str,
-               device: str, data_dir: str | None, dry_run: bool, wide: bool, quiet: bool) -> None:
+               device: str, data_dir: str | None, dry_run: bool, yes: bool, wide: bool, quiet: bool) -> None:
     """Train every candidate of SCREEN_FILE with k seeds, certify it with its own relaxation, rank them.
 
     SCREEN_FILE (TOML): seeds, [candidates] (discovered = true, families, names, exclude),
@@ -47,7 +48,7 @@ def screen_cmd(screen_file: Path, out_dir: Path | None, address: str | None, wor
     """
     from relaxlab.cli.progress import Phases
     from relaxlab.experiments.screen import TABLE_HEADERS, ScreenError, load_screen, run_screen, table_cells
-    from relaxlab.experiments.sweep import STORE_NAME, run_status
+    from relaxlab.experiments.sweep import STORE_NAME, plan, run_status
     from relaxlab.store import Store
 
     width = None if wide else TABLE_WIDTH
@@ -61,7 +62,7 @@ def screen_cmd(screen_file: Path, out_dir: Path | None, address: str | None, wor
     if dry_run:
         statuses: dict[str, str] = {}
         if (out_dir / STORE_NAME).is_file():
-            with Store(out_dir / STORE_NAME) as store:
+            with clear_errors(), Store(out_dir / STORE_NAME, readonly=True) as store:  # a dry run writes nothing
                 statuses = {run.key: run_status(store, run.key) for run in screen.sweep.runs}
         click.echo(f"screen {screen.name}: {len(screen.candidates)} candidates x {len(screen.seeds)} seeds"
                    f"{' + 1 natural run' if screen.natural else ''} = {len(screen.sweep.runs)} runs -> {out_dir}")
@@ -74,6 +75,7 @@ def screen_cmd(screen_file: Path, out_dir: Path | None, address: str | None, wor
                                 rows, width=width))
         return
     with clear_errors():
+        confirm_size(f"screen {screen.name}", plan(screen.sweep, out_dir), workers, yes)
         executor = start_executor(executor_name, workers, address)
         with Phases(quiet=quiet, prefix="screen: ") as phases:
             report = run_screen(screen, out_dir, executor, device=device, progress=phases.start)

@@ -8,16 +8,17 @@ done in the output directory's store are skipped; a failed run is recorded and t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from relaxlab.cli.format import clear_errors, render_table
+from relaxlab.cli.format import clear_errors, fail, render_table
 from relaxlab.cli.options import DEVICE, QUIET, check_device, executor_options, out_dir_option, start_executor
 
 if TYPE_CHECKING:
-    from relaxlab.experiments.sweep import SweepSummary
+    from relaxlab.experiments.sweep import SweepPlan, SweepSummary
 
 
 class SweepFileError(click.ClickException):
@@ -26,12 +27,32 @@ class SweepFileError(click.ClickException):
     exit_code = 2
 
 
+#: ``--yes``: start a large sweep without asking.
+YES = click.option("--yes", "-y", is_flag=True,
+                   help="Start without asking, however many runs there are (more than 1,000 ask first).")
+
+
+def confirm_size(what: str, plan: SweepPlan, workers: int, yes: bool) -> None:
+    """Ask before training more than :data:`~relaxlab.experiments.sweep.LARGE_SWEEP` runs (the count and an
+    estimate); without a terminal to ask on, refuse unless ``--yes``."""
+    from relaxlab.experiments.sweep import LARGE_SWEEP
+
+    if yes or plan.todo <= LARGE_SWEEP:
+        return
+    question = f"{what}: {plan.describe(workers)}"
+    if not sys.stdin.isatty():
+        fail(f"{question}; pass --yes to start it (or make the grid smaller)")
+    if not click.confirm(f"{question}. Start?", default=False, err=True):
+        raise SystemExit(1)
+
+
 @click.command("sweep")
 @click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
 @out_dir_option("Output directory: one sub-directory per run and results.sqlite (default: runs/<sweep name>).")
 @executor_options
 @DEVICE
 @click.option("--dry-run", is_flag=True, help="List the runs, their ids and status; train nothing.")
+@YES
 @QUIET
 def sweep_cmd(
     sweep_file: Path,
@@ -41,11 +62,12 @@ def sweep_cmd(
     executor_name: str,
     device: str,
     dry_run: bool,
+    yes: bool,
     quiet: bool,
 ) -> None:
     """Train and certify every run of SWEEP_FILE (TOML: [base], [grid], [[runs]], seeds, [certify], [select])."""
     from relaxlab.cli.progress import Phases
-    from relaxlab.experiments.sweep import STORE_NAME, SweepError, load_sweep, run_status, run_sweep
+    from relaxlab.experiments.sweep import STORE_NAME, SweepError, load_sweep, plan, run_status, run_sweep
     from relaxlab.store import Store
 
     try:
@@ -57,7 +79,7 @@ def sweep_cmd(
     if dry_run:
         statuses: dict[str, str] = {}
         if store_path.is_file():
-            with Store(store_path) as store:
+            with clear_errors(), Store(store_path, readonly=True) as store:  # a dry run writes nothing
                 statuses = {run.key: run_status(store, run.key) for run in sweep.runs}
         rows = [(run.key, statuses.get(run.key, "pending"), run.label) for run in sweep.runs]
         click.echo(f"sweep {sweep.name}: {len(rows)} runs -> {out_dir}")
@@ -65,6 +87,7 @@ def sweep_cmd(
         return
     device = check_device(device)
     with clear_errors():
+        confirm_size(f"sweep {sweep.name}", plan(sweep, out_dir), workers, yes)
         executor = start_executor(executor_name, workers, address)
         with Phases(quiet=quiet, prefix="sweep: ") as phases:
             summary = run_sweep(sweep, out_dir, executor, progress=phases.start, device=device)
@@ -79,6 +102,9 @@ def finish(what: str, summary: SweepSummary, executor: str, last: str) -> None:
     )
     for key, error in summary.failed.items():
         click.echo(f"  failed {key}: {error}")
+    if summary.elsewhere:
+        click.echo(f"  {len(summary.elsewhere)} run(s) left to another process training them on this store: "
+                   f"{', '.join(summary.elsewhere)}")
     click.echo(last)
     if summary.failed:
         raise SystemExit(1)

@@ -310,7 +310,7 @@ def report_cmd(store_path: Path | None, fmt: str, out_file: Path | None) -> None
     path = store_path or default_store_path()
     if not path.is_file():
         fail(f"no results database at {path}; run `relaxlab train` / `certify` first or pass --store")
-    with clear_errors(), Store(path) as store:
+    with clear_errors(), Store(path, readonly=True) as store:  # a report never writes into what it reads
         store.verify()
         text = render_markdown(store) if fmt == "markdown" else render_csv(store)
     if out_file:

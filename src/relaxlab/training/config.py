@@ -56,13 +56,33 @@ def _radius(name: str) -> Any:
 
 
 def _non_negative(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{attribute.name} must be a finite number >= 0, got {value}")
     if value < 0:
         raise ConfigError(f"{attribute.name} must be >= 0, got {value}")
 
 
 def _positive(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, float) and not math.isfinite(value):  # nan <= 0 is false: say it
+        raise ConfigError(f"{attribute.name} must be a finite number > 0, got {value}")
     if value <= 0:
         raise ConfigError(f"{attribute.name} must be > 0, got {value}")
+
+
+#: The seeds torch accepts (``torch.manual_seed``).
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _seed(_instance: Any, _attribute: Any, value: int) -> None:
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise ConfigError(f"seed must be an integer in [-2**63, 2**64 - 1] (what torch can seed with), got {value}")
+
+
+def _milestones(_instance: Any, _attribute: Any, value: tuple[int, ...]) -> None:
+    if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in value):
+        raise ConfigError(
+            f"lr_milestones must be epochs, integers >= 0 (the epoch at which the new rate starts), got {list(value)}"
+        )
 
 
 def _validation_size(_instance: Any, _attribute: Any, value: int | float) -> None:
@@ -156,13 +176,13 @@ class TrainConfig:
     elision: bool = True
     lr: float = attrs.field(default=5e-4, validator=_positive)
     lr_schedule: str = attrs.field(default="constant", validator=_one_of(LR_SCHEDULES))
-    lr_milestones: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    lr_milestones: tuple[int, ...] = attrs.field(default=(), converter=tuple, validator=_milestones)
     lr_step_every: int = attrs.field(default=20, validator=_positive)
     lr_factor: float | None = None
     l1: float = attrs.field(default=0.0, validator=_non_negative)
     batch_size: int = attrs.field(default=100, validator=_positive)
     eval_batch_size: int = attrs.field(default=200, validator=_positive)
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=_seed)
     grad_clip: float = attrs.field(default=0.0, validator=_non_negative)
     validation: int | float = attrs.field(default=0, converter=_no_zero_float, validator=_validation_size)
     train_subset: int = attrs.field(default=0, validator=_non_negative)
@@ -310,9 +330,14 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     :raises ConfigError: the file is missing or not valid TOML.
     """
     try:
-        return tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
     except FileNotFoundError as error:
         raise ConfigError(f"{what} {path} does not exist") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {error.start}: {error.reason}); "
+                          "save it as UTF-8, as TOML requires") from error
+    except OSError as error:
+        raise ConfigError(f"{what} {path} cannot be read: {error.strerror or error}") from error
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{what} {path} is not valid TOML: {error}") from error
 

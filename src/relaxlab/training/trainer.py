@@ -293,7 +293,7 @@ def _start(
 def _open_run(store: Store, state: _State, config: TrainConfig, device: torch.device) -> int:
     """The run's id in the store: the interrupted run reopened, or a new one with the history so far."""
     if state.run_id is not None and any(r.id == state.run_id for r in store.runs(kind="train")):
-        store.reopen_run(state.run_id)
+        store.reopen_run(state.run_id, config=config.to_dict())  # refused when the id is another run here
         # metrics are logged at global step indices; drop what the interrupted run logged after
         # its last checkpoint (the resumed run logs it again, identically)
         store.delete_metrics_from(state.run_id, state.step)
