@@ -8,7 +8,7 @@ For logits ``z`` and label ``y``, ``CE(z, y) = log S`` with ``S = sum_j exp(m_j)
    ReLU, as the relaxation's intermediate bounds give it (``relu(transform_bounds(l, u))`` for an
    ``intermediate = "interval"`` relaxation such as CROWN-IBP (R); the lines' offsets for an
    interval relaxation such as IBP). The margin rows are folded into the layers after the last
-   ReLU, whose image of that box is exact (:func:`~relaxlab.engine.backsub.bound_network` on them).
+   ReLU, whose image of that box is exact (the rows pulled back to those boxes).
 2. **Shift.** ``s = max(0, max_j u_j)`` (per example, not differentiated: it cancels exactly), so
    every ``exp`` below is at most 1: ``log S = s + log sum_j exp(m_j - s)``.
 3. **Chords.** ``exp`` is convex, so on ``[l_j - s, u_j - s]`` its chord lies above it:
