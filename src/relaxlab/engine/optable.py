@@ -897,6 +897,14 @@ def _input(node: OnnxNode, k: int) -> Any:
     return node.inputs[k] if k < len(node.inputs) else None
 
 
+def _operand(node: OnnxNode) -> Any:
+    """The first input (a constant or a computed tensor), which every node type but ``Constant`` has."""
+    value = _input(node, 0)
+    if value is None:
+        raise _refuse(node, "has no input")
+    return value
+
+
 def _tensor(node: OnnxNode, k: int, what: str) -> OnnxTensor:
     value = _input(node, k)
     if not isinstance(value, OnnxTensor):
@@ -1050,7 +1058,7 @@ def _binary_rule(kind: str) -> OnnxBuild:
 
 
 def _neg_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
-    x = _input(node, 0)
+    x = _operand(node)
     if isinstance(x, np.ndarray):
         return -_numeric(node, x, "operand").astype(x.dtype)
     x = _tensor(node, 0, "operand")
@@ -1059,7 +1067,7 @@ def _neg_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
 
 
 def _relu_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
-    x = _input(node, 0)
+    x = _operand(node)
     if isinstance(x, np.ndarray):
         return np.maximum(_numeric(node, x, "operand"), 0.0).astype(x.dtype)
     x = _tensor(node, 0, "operand")
@@ -1067,9 +1075,7 @@ def _relu_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
 
 
 def _identity_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
-    if _input(node, 0) is None:
-        raise _refuse(node, "has no input")
-    return node.inputs[0]
+    return _operand(node)
 
 
 def _dropout_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
@@ -1083,7 +1089,7 @@ def _dropout_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
 
 def _cast_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
     to = _attr_int(node, "to", 0)
-    x = _input(node, 0)
+    x = _operand(node)
     if to not in ONNX_DTYPES:
         raise _refuse(node, f"cast to element type {to} is not supported")
     if isinstance(x, np.ndarray):
@@ -1347,7 +1353,7 @@ def _reshaped(builder: NetworkBuilder, node: OnnxNode, value: Any, out: Sequence
 
 
 def _flatten_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
-    value = _input(node, 0)
+    value = _operand(node)
     shape = onnx_shape(builder, value)
     axis = _attr_int(node, "axis", 1)
     if not -len(shape) <= axis <= len(shape):
@@ -1357,9 +1363,7 @@ def _flatten_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
 
 
 def _reshape_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
-    value = _input(node, 0)
-    if value is None:
-        raise _refuse(node, "has no input")
+    value = _operand(node)
     shape = onnx_shape(builder, value)
     if node.opset < 5:
         target = _attr_ints(node, "shape", None)
@@ -1400,7 +1404,7 @@ def _axes(node: OnnxNode, k: int) -> list[int] | None:
 
 
 def _squeeze_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
-    value = _input(node, 0)
+    value = _operand(node)
     shape = onnx_shape(builder, value)
     axes = _axes(node, 1)
     if axes is None:
@@ -1412,7 +1416,7 @@ def _squeeze_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
 
 
 def _unsqueeze_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
-    value = _input(node, 0)
+    value = _operand(node)
     shape = onnx_shape(builder, value)
     axes = _axes(node, 1)
     if not axes:
@@ -1428,7 +1432,7 @@ def _unsqueeze_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
 
 
 def _transpose_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
-    value = _input(node, 0)
+    value = _operand(node)
     shape = onnx_shape(builder, value)
     perm = _attr_ints(node, "perm", list(range(len(shape)))[::-1])
     assert perm is not None
@@ -1479,7 +1483,7 @@ def _slice_axes(builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, ranges: 
 
 
 def _slice_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
-    value = _input(node, 0)
+    value = _operand(node)
     shape = onnx_shape(builder, value)
     if node.opset < 10:
         starts, ends = _attr_ints(node, "starts", None), _attr_ints(node, "ends", None)
@@ -1511,7 +1515,7 @@ def _slice_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
 
 
 def _gather_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
-    value = _input(node, 0)
+    value = _operand(node)
     shape = onnx_shape(builder, value)
     indices = _constant_input(node, 1, "indices")
     if indices.dtype.kind not in "iu":
@@ -1537,18 +1541,14 @@ def _gather_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
 
 
 def _shape_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
-    value = _input(node, 0)
-    if value is None:
-        raise _refuse(node, "has no input")
+    value = _operand(node)
     shape = onnx_shape(builder, value)
     start, end = _attr_int(node, "start", 0), _attr_int(node, "end", len(shape))
     return np.array(shape[slice(start, end)], dtype=np.int64)
 
 
 def _size_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
-    if _input(node, 0) is None:
-        raise _refuse(node, "has no input")
-    return np.array(math.prod(onnx_shape(builder, node.inputs[0])), dtype=np.int64)
+    return np.array(math.prod(onnx_shape(builder, _operand(node))), dtype=np.int64)
 
 
 def _constant_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
@@ -1578,7 +1578,7 @@ def _pad_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
     mode = _attr_str(node, "mode", "constant")
     if mode != "constant":
         raise _refuse(node, f"mode={mode!r} is not supported (only 'constant')")
-    value = _input(node, 0)
+    value = _operand(node)
     shape = onnx_shape(builder, value)
     if node.opset < 11:
         pads, fill, axes = _attr_ints(node, "pads", None), _attr_float(node, "value", 0.0), None

@@ -410,6 +410,7 @@ def _refusals() -> list[object]:
          [i64("s", [100000, 100000])], [1, 4], f"more than the {ONNX_MAX_ELEMENTS}"),
         ("constant-string", [helper.make_node("Constant", [], ["k"], value_string="a"), _node("Add", ["x", "k"])],
          [], [1, 4], "attribute value_string not supported"),
+        ("missing-input", [_node("Flatten", [""])], [], [1, 4], "has no input"),
         ("other-domain", [helper.make_node("Relu", ["x"], ["y"], name="r", domain="com.microsoft")], [], [1, 4],
          "domain 'com.microsoft'"),
     ]
