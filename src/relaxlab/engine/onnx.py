@@ -55,9 +55,13 @@ def _line(error: BaseException) -> str:
 
 
 def _where(index: int, node: Any) -> str:
-    label = f" {node.name!r}" if node.name else ""
+    """``ONNX node 3 'fc1' (Gemm)``; a node without a name is named by its first output:
+    ``ONNX node 3 (Gemm, unnamed, writes 'h')``."""
     kind = node.op_type if isinstance(node.op_type, str) and node.op_type.isidentifier() else repr(node.op_type)
-    return f"ONNX node {index}{label} ({kind})"
+    if node.name:
+        return f"ONNX node {index} {node.name!r} ({kind})"
+    written = next((name for name in node.output if name), None)
+    return f"ONNX node {index} ({kind}, unnamed{f', writes {written!r}' if written else ''})"
 
 
 def _load(path: str | os.PathLike[str], *, external: bool = True) -> Any:
@@ -212,13 +216,14 @@ def _read(model: Any, source: str) -> tuple[Network, torch.dtype]:
         raise OnnxLoadError(f"the ONNX graph must have exactly one output, found {len(graph.output)}")
     output = graph.output[0].name
     opset = _opset(model)
+    dtype = torch.float64 if elem_type == _DOUBLE else torch.float32
     builder = NetworkBuilder(shape, dtype=torch.float64)
     values: dict[str, Any] = dict(constants)
     values[value.name] = OnnxTensor(0, batched)
     for index in sorted(_needed(graph, output)):
         node = graph.node[index]
         where = _where(index, node)
-        result = _read_node(builder, node, where, values, opset)
+        result = _read_node(builder, node, where, values, opset, dtype)
         for position, name in enumerate(node.output):
             if not name:
                 continue
@@ -238,14 +243,15 @@ def _read(model: Any, source: str) -> tuple[Network, torch.dtype]:
         network = fuse_biases(builder.build(result.node))
     except UnsupportedNetworkError as error:
         raise OnnxLoadError(f"{source}: {_line(error)}") from error
-    return network, torch.float64 if elem_type == _DOUBLE else torch.float32
+    return network, dtype
 
 
 def _as_node(builder: NetworkBuilder, value: OnnxTensor, shape: Shape) -> int:
     return reshape(builder, value.node, tuple(shape), "output")
 
 
-def _read_node(builder: NetworkBuilder, node: Any, where: str, values: dict[str, Any], opset: int) -> Any:
+def _read_node(builder: NetworkBuilder, node: Any, where: str, values: dict[str, Any], opset: int,
+               dtype: torch.dtype) -> Any:
     if node.domain not in ("", "ai.onnx"):
         raise OnnxLoadError(f"{where}: operator domain {node.domain!r} is not supported")
     rule = ONNX.get(node.op_type)
@@ -276,6 +282,7 @@ def _read_node(builder: NetworkBuilder, node: Any, where: str, values: dict[str,
             result = np.asarray(result)
         for added in builder.nodes[first:]:
             check_size(added.out_shape, where)
+            _check_finite(added.op, dtype, where)
         if isinstance(result, np.ndarray):
             check_size(result.shape, where)
     except OnnxLoadError:
@@ -288,6 +295,13 @@ def _read_node(builder: NetworkBuilder, node: Any, where: str, values: dict[str,
     if result is None:
         raise OnnxLoadError(f"{where} computes nothing")
     return result
+
+
+def _check_finite(op: Any, dtype: torch.dtype, where: str) -> None:
+    """Refuse, by the ONNX node, a constant the reader derived that overflows the file's dtype (``alpha·B``)."""
+    for field, tensor in op.tensors().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor.to(dtype)).all()):
+            raise OnnxLoadError(f"{where}: its {field} overflows {dtype}")
 
 
 def _merged_bias(op: Any, offset: Tensor) -> Tensor | None:

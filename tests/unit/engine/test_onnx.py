@@ -321,6 +321,8 @@ def _refusals() -> list[object]:
     i64 = lambda name, values: _init(name, values, np.int64)  # noqa: E731
     cases = [
         ("unknown-op", [_node("Sigmoid", ["x"])], [], [1, 4], r"ONNX node 0 'sigmoid0' \(Sigmoid\) is not supported"),
+        ("unnamed-node", [helper.make_node("Sigmoid", ["x"], ["y"])], [], [1, 4],
+         r"^ONNX node 0 \(Sigmoid, unnamed, writes 'y'\) is not supported"),
         ("unknown-attribute", [_node("Relu", ["x"], alpha=0.1)], [], [1, 4], "attribute alpha not supported"),
         ("conv-dilations", [_node("Conv", ["x", "w"], dilations=[2, 2])], [w(2, 2, 2, 2)], [1, 2, 5, 5],
          r"dilations=\[2, 2\]"),
@@ -377,6 +379,8 @@ def _refusals() -> list[object]:
         ("gemm-of-computed", [helper.make_node("Relu", ["x"], ["r"]), _node("Gemm", ["x", "r"], transB=1)], [],
          [1, 4], "product of two computed tensors"),
         ("constant-over-x", [_node("Div", ["c", "x"])], [_init("c", 1.0)], [1, 4], "not affine"),
+        ("derived-constant-overflows", [_node("Gemm", ["x", "w"], alpha=1e30)], [_init("w", np.full((2, 2), 1e10))],
+         [1, 2], r"its weight overflows torch.float32"),
         ("divide-by-zero", [_node("Div", ["x", "c"])], [_init("c", [1.0, 0.0])], [1, 2], "divides by 0"),
         ("nan-weight", [_node("MatMul", ["x", "w"])], [_init("w", [[np.nan], [1.0]])], [1, 2], "NaN/inf"),
         ("broadcast-enlarges", [_node("Add", ["x", "c"])], [_init("c", np.ones((3, 1)))], [1, 4],
@@ -424,7 +428,11 @@ def test_refusals_name_the_node(nodes: list, inits: list, in_shape: list, messag
     with pytest.raises(OnnxLoadError, match=message) as error:
         load_onnx(path)
     text = str(error.value)
-    assert "\n" not in text and text.startswith("ONNX node "), text
+    assert "\n" not in text, text
+    named = [f"ONNX node {index} '{node.name}' ({node.op_type})" if node.name
+             else f"ONNX node {index} ({node.op_type}, unnamed, writes '{node.output[0]}')"
+             for index, node in enumerate(nodes)]
+    assert any(text.startswith(f"{name}:") or text.startswith(f"{name} ") for name in named), text
 
 
 @pytest.mark.parametrize(
