@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import attrs
 import torch
@@ -78,9 +78,9 @@ def default_max_elements(device: torch.device) -> int:
     return DEFAULT_MAX_ELEMENTS_CPU if device.type == "cpu" else DEFAULT_MAX_ELEMENTS
 
 
-@attrs.frozen
-class Propagation:
-    """How one bound computation runs: ``intermediate`` and ``final`` each one of the modes above."""
+class Propagation(NamedTuple):
+    """How one bound computation runs: ``intermediate`` and ``final`` each one of the modes above.
+    (A named tuple: ``torch.compile`` traces its construction, which it does not for attrs classes.)"""
 
     intermediate: str
     final: str
