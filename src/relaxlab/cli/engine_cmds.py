@@ -14,10 +14,10 @@ from relaxlab.cli.options import input_file_option, one_relaxation, relaxation_o
 
 
 def load_model_file(path: Path) -> Any:
-    """An ``nn.Sequential`` from an ``.onnx`` file or a relaxlab ``.pt`` checkpoint."""
+    """A module from an ``.onnx`` file or a relaxlab ``.pt`` checkpoint."""
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        from relaxlab.engine.onnx_loader import OnnxLoadError, load_onnx
+        from relaxlab.engine.onnx import OnnxLoadError, load_onnx
 
         try:
             return load_onnx(path)
