@@ -43,8 +43,6 @@ ROOT_BASICS = {"hookimpl", "__version__"}
 #: Cycles between files of one package that are known and being removed: each entry is the set of
 #: modules of one cycle, with why it is allowed for now (the engine is the lead's, issue 26).
 KNOWN_FILE_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"relaxlab.engine.onnx_graph", "relaxlab.engine.onnx_loader"}):
-        "the ONNX reader: a chain in onnx_loader, a DAG in onnx_graph (one op table is the fix)",
     frozenset({"relaxlab.engine.bounder", "relaxlab.engine.patches"}):
         "patches annotates the Bounder that calls it (an import under TYPE_CHECKING; a Protocol is the fix)",
 }
