@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # keep this module import-cycle free
     from collections.abc import Iterable
 
     from relaxlab.core.relaxation import BoundsTransform, Line, ParamSpec, ReluRelaxation
-    from relaxlab.objectives import Objective
 
 hookspec = pluggy.HookspecMarker("relaxlab")
 #: Marks a plugin's hook implementations (re-exported as ``relaxlab.hookimpl``).
@@ -111,7 +110,7 @@ def relaxlab_datasets() -> Iterable[Any]:
 
 
 @hookspec
-def relaxlab_objectives() -> Iterable[Objective]:
+def relaxlab_objectives() -> Iterable[Any]:
     """Return training objectives usable by name (``relaxlab train --objective NAME``).
 
     Each item is a :class:`relaxlab.objectives.Objective`: a name, declared parameters

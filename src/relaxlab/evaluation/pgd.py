@@ -101,9 +101,10 @@ def pgd(
         best_loss = torch.full(labels.shape, -torch.inf, dtype=x.dtype, device=x.device)
         length = step_size
         for step in range(steps + 1):
-            current = current.detach().requires_grad_(steps > step)
-            logits = model(current)
-            loss = F.cross_entropy(logits, labels, reduction="none")
+            current = current.detach().requires_grad_(step < steps)
+            with torch.set_grad_enabled(step < steps):  # the last iterate is only evaluated
+                logits = model(current)
+                loss = F.cross_entropy(logits, labels, reduction="none")
             robust &= (logits.argmax(1) == labels).detach()
             better = loss.detach() > best_loss
             best_loss = torch.where(better, loss.detach(), best_loss)

@@ -232,8 +232,14 @@ class TrainConfig:
 
     @property
     def objective_label(self) -> str:
-        """The objective as reports show it: ``CROWN-IBP`` for the defense, ``-`` for natural training."""
-        return {"natural": "-", "crown-ibp": "CROWN-IBP"}.get(self.method, self.objective)
+        """The objective as reports show it (``SABR(lambda=0.6)`` as the registry spells it), ``CROWN-IBP``
+        for the defense, ``-`` for natural training."""
+        if self.method != "certified":
+            return {"natural": "-", "crown-ibp": "CROWN-IBP"}[self.method]
+        try:
+            return get_registry().objectives.get(self.objective).label
+        except (LookupError, ValueError):  # not installed here: as the config spells it
+            return self.objective
 
     @property
     def label(self) -> str:

@@ -25,6 +25,8 @@ def test_the_objective_is_a_config_key_left_out_of_the_json_at_its_default() -> 
     assert validate_names(config).objective.parameters["lambda"] == 0.6
     assert validate_names(TrainConfig(method="crown-ibp")).objective.name == "CROWN-IBP"
     assert TrainConfig(method="crown-ibp").objective_label == "CROWN-IBP"
+    assert TrainConfig(objective="sabr (lambda = 0.6)").objective_label == "SABR(lambda=0.6)"  # as reports show it
+    assert TrainConfig(method="natural").objective_label == "-"
     assert validate_names(TrainConfig(method="natural")).objective is None
 
 

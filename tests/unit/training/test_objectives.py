@@ -151,7 +151,7 @@ def test_the_adversarial_ends_are_adversarial_training(objective: str) -> None:
     loss, parts = _loss(model, objective)
     expected = _adversarial(model)
     if objective.startswith("CC"):  # CE of the margins z_y - z_j equals CE of the logits up to rounding
-        assert float(loss) == pytest.approx(float(expected), rel=1e-12, abs=0.0)
+        assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-12, abs=0.0)
     else:
         assert torch.equal(loss.detach(), expected.detach()) and parts["loss_adversarial"] == float(expected.detach())
         assert "loss_certified" not in parts  # the bound is not computed at α = 0
