@@ -99,14 +99,16 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path: Path, tiny_da
         train(config, tmp_path / "part", data=tiny_data)
 
 
-@pytest.mark.parametrize("objective", ["SABR(lambda=0.5, steps=3)", "MTL-IBP(alpha=0.5, steps=2)"])
+@pytest.mark.parametrize(("objective", "augment"), [("SABR(lambda=0.5, steps=3)", "none"),
+                                                   ("MTL-IBP(alpha=0.5, steps=2)", "flip-crop")])
 def test_resume_with_an_attacking_objective_is_bitwise_the_uninterrupted_run(
-    tmp_path: Path, tiny_data: Any, objective: str
+    tmp_path: Path, tiny_data: Any, objective: str, augment: str
 ) -> None:
-    """The attacks' random starts come from a generator seeded per step: nothing to save, nothing lost."""
+    """The attacks' random starts and the augmentation come from generators seeded per step: nothing
+    to save, nothing lost."""
     config = TrainConfig(name="o", architecture="FC-S", relaxation="CROWN-IBP (R)", objective=objective, epochs=3,
                          rampup_epochs=1, eps_train=0.1, eps_test=0.1, kappa_start=0.5, kappa_end=0.0,
-                         batch_size=50, train_subset=150, test_subset=30, lr=1e-3)
+                         batch_size=50, train_subset=150, test_subset=30, lr=1e-3, augment=augment)
     full = train(config, tmp_path / "full", data=tiny_data)
     train(config, tmp_path / "part", data=tiny_data, stop_after=1)
     train(config, tmp_path / "part", data=tiny_data, stop_after=2, resume=True)

@@ -21,6 +21,7 @@ import attrs
 from relaxlab.api import get_registry, get_relaxation
 from relaxlab.engine.box import check_eps
 from relaxlab.engine.fusion import check_fusable
+from relaxlab.training.augment import AUGMENTATIONS
 
 if TYPE_CHECKING:
     from relaxlab.architectures import Architecture
@@ -139,6 +140,9 @@ class TrainConfig:
         step's gradient is the mean of the gradients at this many perturbed weights
         ``theta + smoothing_sigma * eps_i`` (:mod:`relaxlab.training.smoothing`); 0: off.
     :param smoothing_sigma: the perturbations' standard deviation (> 0 when smoothing is on, 0 when off).
+    :param augment: data augmentation of training batches: ``none`` or ``flip-crop`` (CTBench's CIFAR
+        augmentation: random horizontal flip, random crop from the image edge-padded by 2 pixels;
+        :mod:`relaxlab.training.augment`), drawn per step from a generator seeded by ``(seed, step)``.
     :param loss_fusion: bound the robust cross-entropy directly with one backsubstituted row per
         example instead of one per class (:mod:`relaxlab.engine.fusion`); needs ``elision`` and
         relaxations whose intermediate bounds are intervals.
@@ -179,6 +183,7 @@ class TrainConfig:
     smoothing_samples: int = attrs.field(default=0, validator=_non_negative)
     smoothing_sigma: float = attrs.field(default=0.0, validator=_non_negative)
     loss_fusion: bool = False
+    augment: str = attrs.field(default="none", validator=_one_of(AUGMENTATIONS))
 
     def __attrs_post_init__(self) -> None:
         if self.eps_start > self.eps_train:
@@ -268,7 +273,7 @@ class TrainConfig:
 #: writes no such key, so its JSON (checkpoints) and its sweep run id stay what they were before
 #: the option existed; reading fills in the default.
 OFF_BY_DEFAULT: dict[str, Any] = {"smoothing_samples": 0, "smoothing_sigma": 0.0, "loss_fusion": False,
-                                   "objective": "kappa-mix"}
+                                   "objective": "kappa-mix", "augment": "none"}
 
 
 def valid_keys() -> list[str]:

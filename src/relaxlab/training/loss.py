@@ -19,7 +19,6 @@ Shapes: ``B`` batch, ``K`` classes.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import attrs
@@ -44,17 +43,6 @@ def l1_penalty(model: nn.Module) -> Tensor:
     """Sum of absolute weights of all Linear and Conv2d layers (biases excluded)."""
     terms = [m.weight.abs().sum() for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
     return torch.stack(terms).sum()
-
-
-def attack_seed(seed: int, step: int) -> int:
-    """The seed of the attacks' random starts at global step ``step`` of a run seeded ``seed``.
-
-    A hash, unrelated to the other streams of the same seed (initialisation, data order,
-    smoothing noise); a resumed run draws the starts of an uninterrupted one with nothing in
-    the checkpoint.
-    """
-    digest = hashlib.sha256(f"relaxlab attack starts: seed {seed}, step {step}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 @attrs.define(eq=False)
@@ -162,7 +150,8 @@ def training_loss(
         the natural cross-entropy, κ = 1).
     :param objective: what to minimise; default: the paper's κ-mix for one relaxation, the
         CROWN-IBP defense for the pair (CROWN-IBP (R), IBP).
-    :param generator: source of the attacks' random starts (:func:`attack_seed`); default: seeded 0.
+    :param generator: source of the attacks' random starts (the trainer seeds it with
+        :func:`~relaxlab.training.schedule.step_seed`); default: seeded 0.
     :return: the loss and its parts (``loss``, ``accuracy``, ``loss_natural``, and the objective's).
     """
     if objective is None:

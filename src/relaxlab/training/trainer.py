@@ -29,6 +29,7 @@ from relaxlab.engine.fusion import fusable_network
 from relaxlab.engine.network import UnsupportedNetworkError
 from relaxlab.evaluation.certify import certify
 from relaxlab.store import Store, environment
+from relaxlab.training.augment import flip_crop
 from relaxlab.training.checkpoint import (
     CheckpointError,
     build_model,
@@ -37,8 +38,8 @@ from relaxlab.training.checkpoint import (
     save_checkpoint,
 )
 from relaxlab.training.config import ConfigError, TrainConfig, from_dict, valid_keys, validate_names
-from relaxlab.training.loss import attack_seed, training_loss
-from relaxlab.training.schedule import ScheduleValues, learning_rate, schedule_at
+from relaxlab.training.loss import training_loss
+from relaxlab.training.schedule import ScheduleValues, learning_rate, schedule_at, step_seed
 from relaxlab.training.smoothing import noise_generator, smoothed_backward, update_running_stats
 
 if TYPE_CHECKING:
@@ -344,6 +345,8 @@ class _Loop:
         for b in range(batches):
             index = order[b * config.batch_size : (b + 1) * config.batch_size]
             x, y = data.train_x[index].to(device), data.train_y[index].to(device)
+            if config.augment == "flip-crop":
+                x = flip_crop(x, torch.Generator().manual_seed(step_seed("augmentation", config.seed, state.step)))
             values = schedule_at(config, state.step, batches)
             parts = self._step(state, x, y, values, epoch)
             for key, value in parts.items():
@@ -364,7 +367,7 @@ class _Loop:
 
     def _step(self, state: _State, x: Tensor, y: Tensor, values: ScheduleValues, epoch: int) -> dict[str, float]:
         config = self.config
-        starts = torch.Generator().manual_seed(attack_seed(config.seed, state.step))
+        starts = torch.Generator().manual_seed(step_seed("attack starts", config.seed, state.step))
 
         def loss_fn() -> tuple[Tensor, dict[str, float]]:
             loss, parts = training_loss(
