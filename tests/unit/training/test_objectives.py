@@ -160,8 +160,8 @@ def test_the_adversarial_ends_are_adversarial_training(objective: str) -> None:
 @pytest.mark.parametrize("relaxation", ["IBP", "CROWN"])
 def test_the_mixtures_are_their_formulas(relaxation: str) -> None:
     model = _net()
-    certified, _ = _loss(model, "kappa-mix", relaxation)
-    adversarial = _adversarial(model)
+    certified = _loss(model, "kappa-mix", relaxation)[0].detach()
+    adversarial = _adversarial(model).detach()
     alpha = 0.3
     mtl, parts = _loss(model, f"MTL-IBP(alpha={alpha})", relaxation)
     assert parts["loss_certified"] == float(certified) and parts["loss_adversarial"] == float(adversarial)
@@ -174,7 +174,7 @@ def test_the_mixtures_are_their_formulas(relaxation: str) -> None:
     point_logits = model(_adversarial_point(model))
     margins = point_logits.gather(1, y.unsqueeze(1)) - point_logits.gather(1, others)
     worst = torch.zeros(8, 3, dtype=F64).scatter(1, others, -(alpha * lb + (1 - alpha) * margins))
-    assert float(cc) == pytest.approx(float(F.cross_entropy(worst, y)), rel=1e-12)
+    assert float(cc) == pytest.approx(float(F.cross_entropy(worst, y).detach()), rel=1e-12)
 
 
 def _adversarial_point(model: nn.Module) -> Tensor:
