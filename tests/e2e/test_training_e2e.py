@@ -182,7 +182,7 @@ def test_cli_train_certify_report_and_bad_input(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["report", "--store", str(store_path)])
     assert result.exit_code == 0 and "| IBP | " in result.output
     assert f"{100 * ibp_cr:.1f} |" in result.output.split("| IBP | ")[1].splitlines()[0]
-    assert "| 1 | cli-ibp | mnist-mini | FC-S | IBP | 2 | done |" in result.output
+    assert "| 1 | cli-ibp | mnist-mini | FC-S | IBP | kappa-mix | 2 | done |" in result.output
 
     # bad input, refused before any work
     (tmp_path / "bad.toml").write_text(TINY_TOML.replace('"IBP"', '"CROWM"'))

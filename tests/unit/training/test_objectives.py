@@ -165,16 +165,16 @@ def test_the_mixtures_are_their_formulas(relaxation: str) -> None:
     alpha = 0.3
     mtl, parts = _loss(model, f"MTL-IBP(alpha={alpha})", relaxation)
     assert parts["loss_certified"] == float(certified) and parts["loss_adversarial"] == float(adversarial)
-    assert float(mtl) == pytest.approx(alpha * float(certified) + (1 - alpha) * float(adversarial), rel=1e-14)
+    assert float(mtl.detach()) == pytest.approx(alpha * float(certified) + (1 - alpha) * float(adversarial), rel=1e-14)
     exp, _ = _loss(model, f"EXP-IBP(alpha={alpha})", relaxation)
-    assert float(exp) == pytest.approx(float(certified) ** alpha * float(adversarial) ** (1 - alpha), rel=1e-12)
+    assert float(exp.detach()) == pytest.approx(float(certified) ** alpha * float(adversarial) ** (1 - alpha), rel=1e-12)
     cc, _ = _loss(model, f"CC-IBP(alpha={alpha})", relaxation)
     x, y = _batch()
     lb, others = margin_bounds(model, x, y, 0.2, relaxlab.get_relaxation(relaxation), num_classes=3)
     point_logits = model(_adversarial_point(model))
     margins = point_logits.gather(1, y.unsqueeze(1)) - point_logits.gather(1, others)
     worst = torch.zeros(8, 3, dtype=F64).scatter(1, others, -(alpha * lb + (1 - alpha) * margins))
-    assert float(cc) == pytest.approx(float(F.cross_entropy(worst, y).detach()), rel=1e-12)
+    assert float(cc.detach()) == pytest.approx(float(F.cross_entropy(worst, y).detach()), rel=1e-12)
 
 
 def _adversarial_point(model: nn.Module) -> Tensor:
@@ -187,7 +187,7 @@ def _adversarial_point(model: nn.Module) -> Tensor:
 @functools.cache
 def _expressive(objective: str, alpha: float) -> float:
     attack = "steps=1, step_size=10, attack_eps_factor=1"  # FGSM from a random start, inside the ε-box
-    return float(_loss(_net(), f"{objective}(alpha={alpha!r}, {attack})", "CROWN")[0])
+    return float(_loss(_net(), f"{objective}(alpha={alpha!r}, {attack})", "CROWN")[0].detach())
 
 
 @pytest.mark.parametrize("objective", ["MTL-IBP", "CC-IBP", "EXP-IBP"])
@@ -201,13 +201,34 @@ def test_the_expressive_losses_lie_between_the_adversarial_and_the_certified_los
     assert low - 1e-12 <= _expressive(objective, alpha) <= high + 1e-12
 
 
+@given(alpha=st.floats(0.0, 1.0))
+def test_mtl_and_exp_ibp_are_their_combinations_and_cc_ibp_is_convex_in_alpha(alpha: float) -> None:
+    """For every α, with the same attack (the same seeded start): MTL-IBP is exactly the convex
+    combination of its ends, EXP-IBP the geometric one (De Palma et al., Sec. 3), and CC-IBP,
+    a cross-entropy (convex) of margins affine in α, lies below the chord of its ends."""
+    cert_mtl, adv_mtl = _expressive("MTL-IBP", 1.0), _expressive("MTL-IBP", 0.0)
+    assert _expressive("MTL-IBP", alpha) == pytest.approx(alpha * cert_mtl + (1 - alpha) * adv_mtl, rel=1e-12, abs=0.0)
+    cert_exp, adv_exp = _expressive("EXP-IBP", 1.0), _expressive("EXP-IBP", 0.0)
+    assert _expressive("EXP-IBP", alpha) == pytest.approx(cert_exp**alpha * adv_exp ** (1 - alpha), rel=1e-12, abs=0.0)
+    cert_cc, adv_cc = _expressive("CC-IBP", 1.0), _expressive("CC-IBP", 0.0)
+    assert _expressive("CC-IBP", alpha) <= alpha * cert_cc + (1 - alpha) * adv_cc + 1e-12
+
+
 def test_kappa_one_computes_no_robust_term_and_kappa_mixes_every_objective() -> None:
     model = _net()
     for objective in ("kappa-mix", "SABR(lambda=0.5)", "MTL-IBP(alpha=0.5)", "CC-IBP(alpha=0.5)", "EXP-IBP"):
         loss, parts = _loss(model, objective, kappa=1.0)
         assert set(parts) == {"loss", "loss_natural", "accuracy"}, objective
         loss, parts = _loss(model, objective, kappa=0.25)
-        assert float(loss) == pytest.approx(0.25 * parts["loss_natural"] + 0.75 * parts["loss_robust"], rel=1e-14)
+        assert float(loss.detach()) == pytest.approx(0.25 * parts["loss_natural"] + 0.75 * parts["loss_robust"], rel=1e-14)
+
+
+def _small_box_loss(model: nn.Module, y: Tensor, small_lower: Tensor, small_upper: Tensor, relaxation: str) -> float:
+    """The certified cross-entropy over a box, bounded directly (its centre and half-width, no domain)."""
+    lb, _ = relaxlab.compute_bounds(model, (small_lower + small_upper) / 2, (small_upper - small_lower) / 2,
+                                    relaxation, C=margin_spec(y, 3, dtype=F64))
+    worst = torch.zeros(len(y), 3, dtype=F64).scatter(1, other_classes(y, 3), -lb)
+    return float(F.cross_entropy(worst, y).detach())
 
 
 def test_sabr_without_an_attack_propagates_the_small_box_around_the_clean_point() -> None:
@@ -217,12 +238,30 @@ def test_sabr_without_an_attack_propagates_the_small_box_around_the_clean_point(
     lower, upper = (x - 0.2).clamp(min=0.0), (x + 0.2).clamp(max=1.0)
     centre = sabr_centre(x, lower, upper, 0.05)
     small_lower, small_upper = torch.max(centre - 0.05, lower), torch.min(centre + 0.05, upper)
-    # bound the small box directly: its centre and half-width, no domain
-    lb, _ = relaxlab.compute_bounds(model, (small_lower + small_upper) / 2, (small_upper - small_lower) / 2, "CROWN",
-                                    C=margin_spec(y, 3, dtype=F64))
-    worst = torch.zeros(8, 3, dtype=F64).scatter(1, other_classes(y, 3), -lb)
-    assert float(loss) == pytest.approx(float(F.cross_entropy(worst, y)), rel=1e-10)
-    assert float(loss) < float(_loss(model, "kappa-mix", "CROWN")[0])  # a quarter of the box: a smaller loss
+    assert float(loss.detach()) == pytest.approx(_small_box_loss(model, y, small_lower, small_upper, "CROWN"), rel=1e-10)
+    assert float(loss.detach()) < float(_loss(model, "kappa-mix", "CROWN")[0].detach())  # a quarter of the box: a smaller loss
+
+
+def test_sabr_propagates_the_small_box_around_the_pgd_point_inside_the_eps_box() -> None:
+    """SABR with its attack: the PGD point (the one PGD, the same seeded start, SABR's step decay)
+    is the box's centre wherever the small box fits inside the ε-box, the box never leaves the
+    ε-box, and the loss is the relaxation's certified loss over that box."""
+    model = _net()
+    eps, lam, steps = 0.2, 0.3, 5
+    loss, _ = _loss(model, f"SABR(lambda={lam}, steps={steps})", "DeepZ", eps=eps)
+    x, y = _batch()
+    lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+    point = pgd(model, x, y, lower, upper, steps=steps, step_size=0.5 * eps, start="random",
+                generator=torch.Generator().manual_seed(3), decay_at=sabr_decay(steps)).point
+    radius = lam * eps
+    centre = sabr_centre(point, lower, upper, radius)
+    small_lower, small_upper = torch.max(centre - radius, lower), torch.min(centre + radius, upper)
+    assert bool(((lower <= small_lower) & (small_lower <= small_upper) & (small_upper <= upper)).all())
+    fits = (point - lower >= radius) & (upper - point >= radius)
+    assert bool(fits.any()) and bool((centre[fits] == point[fits]).all())
+    assert bool(((small_upper - small_lower)[fits] - 2 * radius).abs().le(1e-12).all())
+    assert not torch.equal(centre, sabr_centre(x, lower, upper, radius))  # the attack moved the box
+    assert float(loss.detach()) == pytest.approx(_small_box_loss(model, y, small_lower, small_upper, "DeepZ"), rel=1e-10)
 
 
 def test_sabr_decays_its_steps_as_published() -> None:
