@@ -189,7 +189,7 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
         parts = [spec] if isinstance(spec, str) else list(spec)
         names: list[str] = []
         for part in parts:
-            for item in _split_names(part):
+            for item in split_names(part):
                 word = item.lower()
                 if word == "all":
                     names += [n for n in self._items if n not in self.unsound and self.primary(n) == n]
@@ -256,7 +256,7 @@ class ObjectiveRegistry(NamedRegistry[Objective]):
         return base.with_params(**values) if values is not None else base
 
 
-def _split_names(text: str) -> list[str]:
+def split_names(text: str) -> list[str]:
     """Split a comma list, keeping commas inside parentheses (``LooseIBP-DC(F=10, omega=0.5)``)."""
     out, depth, current = [], 0, ""
     for char in text:

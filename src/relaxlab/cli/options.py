@@ -40,6 +40,16 @@ def select(spec: tuple[str, ...]) -> list[Any]:
         fail(str(error))
 
 
+def select_methods(spec: tuple[str, ...]) -> list[Any]:
+    """:func:`select`, where an item may also be ``opt:NAME`` (its parameters optimised per neuron)."""
+    from relaxlab.api import select_methods as api_select_methods
+
+    try:
+        return api_select_methods(list(spec))
+    except (LookupError, ValueError, TypeError) as error:
+        fail(str(error))
+
+
 def one_relaxation(spec: tuple[str, ...]) -> Any:
     """The single relaxation a command that takes one was given."""
     chosen = select(spec)

@@ -13,13 +13,13 @@ from pathlib import Path
 import click
 
 from relaxlab.cli.format import clear_errors, render_table
-from relaxlab.cli.options import DATA_DIR, QUIET, THREADS, relaxation_option, select
+from relaxlab.cli.options import DATA_DIR, QUIET, THREADS, relaxation_option, select_methods
 
 
 @click.command("table10")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The record (JSON): per cell one bit per test image; continued when it exists.")
-@relaxation_option(default="paper", help_text="Certifying relaxation(s), the columns")
+@relaxation_option(default="paper", help_text="Certifying relaxation(s), the columns (opt:NAME: its parameters optimised per neuron)")
 @click.option("--net", "nets", multiple=True,
               help="Released network(s), the rows: a file stem (mnist_CONV_zono), FC or CONV; repeatable "
               "(default: all twelve).")
@@ -46,7 +46,7 @@ def table10_cmd(out: Path, relaxation: tuple[str, ...], nets: tuple[str, ...], n
 
     with clear_errors():
         eps = check_eps(eps)
-        relaxations = select(relaxation)
+        relaxations = select_methods(relaxation)
         networks = select_released(nets)
         if show:
             record = load_record(out) if out.exists() else Table10Record(eps=eps)

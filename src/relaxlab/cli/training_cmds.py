@@ -25,6 +25,7 @@ from relaxlab.cli.options import (
     out_dir_option,
     relaxation_option,
     select,
+    select_methods,
 )
 from relaxlab.runtime import set_threads
 
@@ -129,7 +130,7 @@ def train_cmd(
 @click.command("certify")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @relaxation_option(
-    help_text="Certifying relaxation(s); several print the Table 10 matrix. "
+    help_text="Certifying relaxation(s), opt:NAME for its parameters optimised per neuron; several print the Table 10 matrix. "
     "Default: each model's training relaxation(s) (IBP for natural training)"
 )
 @click.option("--eps", type=float, default=None, help="Radius in [0, 1] (default: the run's eps_test).")
@@ -163,7 +164,7 @@ def certify_cmd(
     with clear_errors():
         if eps is not None:
             check_eps(eps)
-        certifiers = select(relaxation) if relaxation else None
+        certifiers = select_methods(relaxation) if relaxation else None
         loaded = []
         for path in checkpoints:  # check every file before any work
             payload = read_checkpoint(path)
