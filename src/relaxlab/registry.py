@@ -38,6 +38,7 @@ from attrs import define, field, frozen
 from relaxlab import hookspecs
 from relaxlab.core.expr import BOUND_VARIABLES
 from relaxlab.core.relaxation import BoundsTransform, Line, ParamSpec, ReluRelaxation
+from relaxlab.objectives import Objective
 
 #: A soundness check: ``None`` for a sound relaxation, else something whose ``str`` says why not.
 SoundnessCheck = Callable[[ReluRelaxation], object | None]
@@ -49,6 +50,7 @@ BUILTIN_PLUGINS = (
     "relaxlab.relaxations.builtin",
     "relaxlab.architectures",
     "relaxlab.data.datasets",
+    "relaxlab.objectives",
 )
 #: The paper's five relaxations (Table 1/2), in the paper's order: what ``paper`` selects.
 PAPER_RELAXATIONS = ("IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)")
@@ -173,20 +175,9 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
 
         :raises UnsoundRelaxationError: the check refutes (or cannot prove) the relaxation at those values.
         """
-        match = _PARAMS.match(name)
-        if match is None:
-            return self[name]
-        base = self[match["name"]]
-        values: dict[str, float] = {}
-        for part in filter(None, (p.strip() for p in match["args"].split(","))):
-            key, _, raw = part.partition("=")
-            key = key.strip()
-            if key in values:
-                raise ValueError(f"{base.name}: parameter {key!r} is given twice in {name!r}; give each parameter once")
-            try:
-                values[key] = float(raw)
-            except ValueError:
-                raise ValueError(f"{base.name}: parameter {key!r} needs a number, got {raw.strip()!r}") from None
+        base, values = parse_parameters(name, self)
+        if values is None:
+            return base
         setting = base.with_params(**values)
         if self.check is not None and setting != base and base.name not in self.unsound:
             reason = self.check(setting)
@@ -292,6 +283,46 @@ def is_sampled(relaxation: ReluRelaxation) -> bool:
     return any(expr.is_opaque() for expr in relaxation.expressions())
 
 
+def parse_parameters(text: str, registry: NamedRegistry[T]) -> tuple[T, dict[str, float] | None]:
+    """``NAME(key=value, ...)`` as the registered item and the values (``None``: a plain name).
+
+    :raises UnknownNameError: an unknown name; ``ValueError``: a value that is not a number.
+    """
+    match = _PARAMS.match(text)
+    if match is None:
+        return registry[text], None
+    base = registry[match["name"]]
+    values: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in match["args"].split(","))):
+        key, _, raw = part.partition("=")
+        if key.strip() in values:
+            raise ValueError(f"{base.name}: parameter {key.strip()!r} is given twice in {text!r}; "  # type: ignore[attr-defined]
+                             "give each parameter once")
+        try:
+            values[key.strip()] = float(raw)
+        except ValueError:
+            raise ValueError(
+                f"{base.name}: parameter {key.strip()!r} needs a number, got {raw.strip()!r}"  # type: ignore[attr-defined]
+            ) from None
+    return base, values
+
+
+@define
+class ObjectiveRegistry(NamedRegistry[Objective]):
+    """Training objectives by name (:mod:`relaxlab.objectives`)."""
+
+    kind: str = "objective"
+
+    def get(self, name: str) -> Objective:
+        """Look up ``name``, optionally with parameters: ``SABR(lambda=0.6)`` (values checked here).
+
+        :raises UnknownNameError: an unknown name (close matches suggested); ``ValueError``: a
+            parameter the objective does not have, or a value outside its range.
+        """
+        base, values = parse_parameters(name, self)
+        return base.with_params(**values) if values is not None else base
+
+
 def split_names(text: str) -> list[str]:
     """Split a comma list, keeping commas inside parentheses (``LooseIBP-DC(F=10, omega=0.5)``)."""
     out, depth, current = [], 0, ""
@@ -342,6 +373,7 @@ class Registry:
     relaxations: RelaxationRegistry = field(factory=RelaxationRegistry)
     architectures: NamedRegistry[Any] = field(factory=lambda: NamedRegistry("architecture"))
     datasets: NamedRegistry[Any] = field(factory=lambda: NamedRegistry("dataset"))
+    objectives: ObjectiveRegistry = field(factory=ObjectiveRegistry)
     candidate_lines: list[CandidateLine] = field(factory=list)
     candidate_transforms: list[CandidateTransform] = field(factory=list)
     errors: list[PluginError] = field(factory=list)
@@ -437,6 +469,9 @@ def build_registry(
     for source, dataset in _collect(pm, "relaxlab_datasets", errors,
                                     lambda d: isinstance(getattr(d, "name", None), str), "an object with a name"):
         _add(registry.datasets, dataset, source, errors)
+    for source, objective in _collect(pm, "relaxlab_objectives", errors,
+                                      lambda o: isinstance(o, Objective), "an Objective"):
+        _add(registry.objectives, objective, source, errors)
     for source, item in _collect(pm, "relaxlab_candidate_lines", errors, _is_candidate,
                                  "(name, 'lower'|'upper'|'both', Line)"):
         name, side, ln = item

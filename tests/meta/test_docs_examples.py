@@ -60,6 +60,9 @@ SMALL: tuple[tuple[str, str], ...] = (
 #: (document, start of the command) -> why it is only run in the slow suite.
 SLOW: dict[tuple[str, str], str] = {
     ("docs/training.md", "relaxlab paradox"): "six trainings, tightness and certification (minutes)",
+    ("docs/training.md", "relaxlab sweep examples/objectives_grid.toml --workers"):
+        "54 trainings on MNIST (about 100 minutes on 2 cores, examples/objectives_grid.toml)",
+    ("docs/training.md", "relaxlab report --store runs/objectives-grid"): "reads the grid's store",
     ("docs/experiments.md", "relaxlab sweep examples/table4.toml --workers"): "a grid of trainings",
     ("docs/experiments.md", "relaxlab report --store runs/table4"): "reads the sweep's store",
     ("docs/screening.md", "relaxlab screen examples/screen.toml --workers"): "514 trainings (about an hour on 2 cores, docs/results.md)",
@@ -198,7 +201,8 @@ def run_console(block: Block, where: Path, *, include_slow: bool) -> list[str]:
             continue
         if "relaxlab" not in step.command.split()[:1] and not step.command.startswith("for "):
             continue  # pip, npm, apt-get, ray, configs/run_results.sh, cd: outside relaxlab
-        if step.command.startswith("relaxlab ") and "results" in block.doc and not _has_mnist():
+        needs_mnist = "results" in block.doc or "MNIST" in (slow_reason(block.doc, step.command) or "")
+        if step.command.startswith("relaxlab ") and needs_mnist and not _has_mnist():
             pytest.skip("needs the MNIST files of docs/results.md (step 1)")
         if step.command.startswith("relaxlab table10") and "--show" not in step.command and not _has_released():
             pytest.skip("needs the paper's released networks ($RELAXLAB_PARADOX_PRETRAINED)")

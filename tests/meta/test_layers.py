@@ -26,7 +26,7 @@ SRC = ROOT / "src"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("relaxlab.core", "relaxlab.nn", "relaxlab.runtime", "relaxlab.examples")),
     ("registry", ("relaxlab.hookspecs", "relaxlab.registry", "relaxlab.relaxations", "relaxlab.architectures",
-                  "relaxlab.data")),
+                  "relaxlab.data", "relaxlab.objectives")),
     ("engine", ("relaxlab.engine",)),
     ("reference", ("relaxlab.reference",)),
     ("properties", ("relaxlab.properties",)),

@@ -71,13 +71,18 @@ def origin_label(module: str) -> str:
 
 @click.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects instead of a table.")
+@click.option("--objectives", is_flag=True, help="List the training objectives (relaxlab train --objective) instead.")
 @WIDE
-def list_command(as_json: bool, wide: bool) -> None:
+def list_command(as_json: bool, objectives: bool, wide: bool) -> None:
     """List registered relaxations with their derived C/S flags.
 
-    Names whose specs are identical are shown once, the others as aliases.
+    Names whose specs are identical are shown once, the others as aliases. With --objectives, the
+    training objectives with their parameters (defaults) and origin.
     """
     registry = _registry()
+    if objectives:
+        _list_objectives(registry, as_json, wide)
+        return
     names = [n for n in registry.relaxations.names() if registry.relaxations.primary(n) == n]
     records = [relaxation_record(n) for n in names]
     if as_json:
@@ -93,6 +98,22 @@ def list_command(as_json: bool, wide: bool) -> None:
             for r in records
         ]
         click.echo(render_table(["name", "aliases", "origin", "C", "S", "intermediate", "params", "sound"], rows,
+                                width=None if wide else TABLE_WIDTH))
+    for error in registry.errors:
+        click.echo(f"warning: {error}", err=True)
+
+
+def _list_objectives(registry: Any, as_json: bool, wide: bool) -> None:
+    from relaxlab.objectives import describe, format_value
+
+    records = [{**describe(o), "origin": registry.objectives.source(o.name)} for o in registry.objectives.values()]
+    if as_json:
+        click.echo(json.dumps(records, indent=2, ensure_ascii=False))
+    else:
+        rows = [[r["name"], ", ".join(f"{k}={format_value(v)}" for k, v in r["params"].items()) or "-",
+                 origin_label(r["origin"]), "yes" if r["attack"] else "no", "yes" if r["fusable"] else "no",
+                 r["summary"]] for r in records]
+        click.echo(render_table(["name", "parameters (defaults)", "origin", "attack", "fusion", "summary"], rows,
                                 width=None if wide else TABLE_WIDTH))
     for error in registry.errors:
         click.echo(f"warning: {error}", err=True)

@@ -53,6 +53,8 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
     "--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint."
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (TOML value).")
+@click.option("--objective", default=None, metavar="NAME",
+              help="Training objective, parameters allowed: 'SABR(lambda=0.6)' (relaxlab list --objectives).")
 @DATA_DIR
 @SMOOTHING_SAMPLES
 @SMOOTHING_SIGMA
@@ -68,6 +70,7 @@ def train_cmd(
     store_path: Path | None,
     resume: bool,
     sets: tuple[str, ...],
+    objective: str | None,
     data_dir: str | None,
     smoothing_samples: int | None,
     smoothing_sigma: float | None,
@@ -78,8 +81,8 @@ def train_cmd(
 ) -> None:
     """Train a network as CONFIG_FILE (TOML) says; checkpoints every epoch.
 
-    --smoothing-samples, --smoothing-sigma and --loss-fusion override the config keys of the same
-    names, as --set does.
+    --objective, --smoothing-samples, --smoothing-sigma and --loss-fusion override the config keys of
+    the same names, as --set does.
     """
     from relaxlab.cli.progress import Phases
     from relaxlab.store import Store, default_store_path
@@ -88,7 +91,7 @@ def train_cmd(
 
     with clear_errors():
         overrides = _parse_sets(sets)
-        options = {"data_dir": data_dir, "smoothing_samples": smoothing_samples,
+        options = {"objective": objective, "data_dir": data_dir, "smoothing_samples": smoothing_samples,
                    "smoothing_sigma": smoothing_sigma, "loss_fusion": loss_fusion}
         overrides.update({key: value for key, value in options.items() if value is not None})
         config = load_config(config_file, **overrides)
@@ -190,7 +193,7 @@ def certify_cmd(
                 )
             with Store(store_path or default_store_path(path.parent)) as store:
                 trained = {"dataset": config.dataset, "architecture": config.architecture,
-                           "method_label": config.label}
+                           "method_label": config.label, "objective": config.objective_label}
                 record_results(store, results, checkpoint=path, trained=trained, name=f"certify-{config.name}")
             for result in results:
                 pgd = "—" if result.pgd is None else f"{100 * result.pgd:.2f}"

@@ -1,7 +1,7 @@
 """Paper-style tables from the results store: Table 2 / Table 11 layout and the Table 10 matrix.
 
 Rows are training methods (the relaxation a model was trained with, ``CROWN-IBP`` for the defense,
-``natural``), columns are standard accuracy, PGD accuracy and certified robustness (in %) per
+``natural``) and the training objective (``kappa-mix``, ``SABR(lambda=0.6)``, ...), columns are standard accuracy, PGD accuracy and certified robustness (in %) per
 ``eps_test``, grouped by dataset and architecture. CR in the main table is the model certified
 with its own training relaxation; for the CROWN-IBP defense the better of CROWN-IBP (R) and IBP
 (the two relaxations it trains with), for natural training the best certifier recorded.
@@ -36,6 +36,7 @@ class CertifyRow:
     method: str
     eps: float
     certifier: str
+    objective: str = "kappa-mix"
     accuracy: float
     pgd: float | None
     certified: float
@@ -57,6 +58,7 @@ def certify_rows(store: Store) -> list[CertifyRow]:
                 dataset=config.get("dataset", "?"),
                 architecture=config.get("architecture", "?"),
                 method=config.get("method_label", "?"),
+                objective=config.get("objective", _objective_before(config.get("method_label", "?"))),
                 eps=float(config.get("eps", 0.0)),
                 certifier=config.get("certifier", "?"),
                 accuracy=metrics.get("accuracy", float("nan")),
@@ -68,6 +70,11 @@ def certify_rows(store: Store) -> list[CertifyRow]:
             )
         )
     return rows
+
+
+def _objective_before(method: str) -> str:
+    """The objective of a record written before objectives were recorded (the paper's or the defense)."""
+    return {"CROWN-IBP": "CROWN-IBP", "natural": "-"}.get(method, "kappa-mix")
 
 
 def _own(method: str, certifier: str) -> bool:
@@ -83,24 +90,25 @@ def _order(method: str) -> tuple[int, str]:
 
 
 def main_table(rows: Sequence[CertifyRow]) -> list[dict[str, Any]]:
-    """Table 2 / 11 records: per (dataset, architecture, method, eps) the latest checkpoint's numbers."""
+    """Table 2 / 11 records: per (dataset, architecture, method, objective, eps) the latest checkpoint's numbers."""
     # the latest record per (setting, checkpoint, certifier) ...
-    latest: dict[tuple[str, str, str, float, str, str], CertifyRow] = {}
+    latest: dict[tuple[str, str, str, str, float, str, str], CertifyRow] = {}
     for row in sorted(rows, key=lambda r: r.run_id):
         if _own(row.method, row.certifier):
-            latest[(row.dataset, row.architecture, row.method, row.eps, row.checkpoint, row.certifier)] = row
+            key = (row.dataset, row.architecture, row.method, row.objective, row.eps, row.checkpoint, row.certifier)
+            latest[key] = row
     # ... then per setting the most recently certified checkpoint, and its best own certifier
-    newest: dict[tuple[str, str, str, float], str] = {}
-    for key6, row in sorted(latest.items(), key=lambda kv: kv[1].run_id):
-        newest[key6[:4]] = row.checkpoint
-    best: dict[tuple[str, str, str, float], CertifyRow] = {}
-    for key6, row in latest.items():
-        key = key6[:4]
+    newest: dict[tuple[str, str, str, str, float], str] = {}
+    for key7, row in sorted(latest.items(), key=lambda kv: kv[1].run_id):
+        newest[key7[:5]] = row.checkpoint
+    best: dict[tuple[str, str, str, str, float], CertifyRow] = {}
+    for key7, row in latest.items():
+        key = key7[:5]
         if row.checkpoint == newest[key] and (key not in best or row.certified > best[key].certified):
             best[key] = row
     records = []
-    for (dataset, architecture, method, eps), row in sorted(
-        best.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3], _order(kv[0][2]))
+    for (dataset, architecture, method, objective, eps), row in sorted(
+        best.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][4], _order(kv[0][2]), kv[0][3])
     ):
         records.append(
             {
@@ -108,6 +116,7 @@ def main_table(rows: Sequence[CertifyRow]) -> list[dict[str, Any]]:
                 "architecture": architecture,
                 "eps_test": eps,
                 "method": method,
+                "objective": objective,
                 "accuracy": 100 * row.accuracy,
                 "pgd": None if row.pgd is None else 100 * row.pgd,
                 "certified": 100 * row.certified,
@@ -147,20 +156,22 @@ def render_markdown(store: Store) -> str:
         groups.setdefault((record["dataset"], record["architecture"]), []).append(record)
     for (dataset, architecture), group in groups.items():
         epses = sorted({r["eps_test"] for r in group})
-        methods = sorted({r["method"] for r in group}, key=_order)
+        methods = sorted({(r["method"], r["objective"]) for r in group}, key=lambda m: (_order(m[0]), m[1]))
         out += [f"## {dataset}, {architecture} (Table 2 / 11 layout; values in %)", ""]
-        header = "| Method | n | " + " | ".join(f"Acc ε={e:g} | PGD ε={e:g} | CR ε={e:g}" for e in epses) + " |"
-        out += [header, "|---|---:|" + "---:|" * (3 * len(epses))]
-        for method in methods:
-            cells = [_n([r["n"] for r in group if r["method"] == method])]
+        header = ("| Method | Objective | n | " + " | ".join(f"Acc ε={e:g} | PGD ε={e:g} | CR ε={e:g}" for e in epses)
+                  + " |")
+        out += [header, "|---|---|---:|" + "---:|" * (3 * len(epses))]
+        for method, objective in methods:
+            mine = [r for r in group if (r["method"], r["objective"]) == (method, objective)]
+            cells = [_n([r["n"] for r in mine])]
             for eps in epses:
-                match = [r for r in group if r["method"] == method and r["eps_test"] == eps]
+                match = [r for r in mine if r["eps_test"] == eps]
                 if match:
                     r = match[0]
                     cells += [_fmt(r["accuracy"]), _fmt(r["pgd"]), _fmt(r["certified"])]
                 else:
                     cells += ["", "", ""]
-            out.append(f"| {method} | " + " | ".join(cells) + " |")
+            out.append(f"| {method} | {objective} | " + " | ".join(cells) + " |")
         out.append("")
     for (dataset, architecture, eps), matrix in matrix_table(rows).items():
         certifiers = sorted({c for row in matrix.values() for c in row}, key=_order)
@@ -186,16 +197,18 @@ def render_markdown(store: Store) -> str:
         out += [
             "## Training runs",
             "",
-            "| id | name | dataset | arch | method | epochs | status |",
-            "|---:|---|---|---|---|---:|---|",
+            "| id | name | dataset | arch | method | objective | epochs | status |",
+            "|---:|---|---|---|---|---|---:|---|",
         ]
         for run in trains:
             c = run.config
             label = {"natural": "natural", "crown-ibp": "CROWN-IBP"}.get(
                 c.get("method", ""), c.get("relaxation", "?")
             )
+            objective = c.get("objective", _objective_before(label))
             out.append(
-                f"| {run.id} | {run.name} | {c.get('dataset')} | {c.get('architecture')} | {label} | {c.get('epochs')} | {run.status} |"
+                f"| {run.id} | {run.name} | {c.get('dataset')} | {c.get('architecture')} | {label} | {objective} "
+                f"| {c.get('epochs')} | {run.status} |"
             )
         out.append("")
     tightness = store.runs(kind="tightness", status="done")
@@ -217,9 +230,10 @@ def render_markdown(store: Store) -> str:
 
 
 def render_csv(store: Store) -> str:
-    """The main-table records as CSV (one row per dataset, architecture, eps, method)."""
+    """The main-table records as CSV (one row per dataset, architecture, eps, method, objective)."""
     buffer = io.StringIO()
-    fields = ["dataset", "architecture", "eps_test", "method", "n", "accuracy", "pgd", "certified", "certifier"]
+    fields = ["dataset", "architecture", "eps_test", "method", "objective", "n", "accuracy", "pgd", "certified",
+              "certifier"]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for record in main_table(certify_rows(store)):

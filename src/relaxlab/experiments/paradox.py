@@ -159,7 +159,8 @@ def run_paradox(
 
 
 def _trained(config: TrainConfig) -> dict[str, object]:
-    return {"dataset": config.dataset, "architecture": config.architecture, "method_label": config.label}
+    return {"dataset": config.dataset, "architecture": config.architecture, "method_label": config.label,
+            "objective": config.objective_label}
 
 
 def _train_all(

@@ -156,11 +156,14 @@ def _check_train_keys(table: Mapping[str, Any], where: str) -> None:
 
 
 def _canonical(config: TrainConfig) -> TrainConfig:
-    """Names as the registry spells them (``ibp`` -> ``IBP``), so equal runs get equal ids."""
+    """Names as the registry spells them (``ibp`` -> ``IBP``, ``sabr(lambda=0.1)`` -> ``SABR``), so equal
+    runs get equal ids."""
     resolved = validate_names(config)
     changes: dict[str, Any] = {"dataset": resolved.dataset.name, "architecture": resolved.architecture.name}
     if config.method == "certified":
         changes["relaxation"] = resolved.relaxations[0].label
+        assert resolved.objective is not None
+        changes["objective"] = resolved.objective.label
     return config.replace(**changes)
 
 
@@ -399,6 +402,7 @@ def record_outcome(
                     "dataset": run.config.dataset,
                     "architecture": run.config.architecture,
                     "method_label": run.config.label,
+                    "objective": run.config.objective_label,
                     "n": result.n,
                     "val_n": result.val_n,
                     "sweep": sweep,

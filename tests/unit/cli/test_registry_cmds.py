@@ -17,7 +17,7 @@ def test_list_json_has_every_primary_relaxation_with_paper_flags() -> None:
     records = {r["name"]: r for r in json.loads(result.stdout)}
     for record in records.values():
         assert set(record) >= {"name", "aliases", "continuous", "sensitive", "intermediate", "params"}
-        assert record["intermediate"] in ("backsub", "interval")
+        assert record["intermediate"] in ("backsub", "interval", "forward")
     listed = set(records) | {a for r in records.values() for a in r["aliases"]}
     assert set(PAPER_FLAGS) <= listed
     for name, (continuous, sensitive) in PAPER_FLAGS.items():

@@ -92,7 +92,8 @@ def parse_screen(
             sweep = parse_sweep(sweep_data, name=screen_name, source=source)
         natural = None
         if tightness.checkpoint is None:
-            natural_base = {**schedule, "method": "natural", "warmup_epochs": 0, "rampup_epochs": 0,
+            natural_base = {**{k: v for k, v in schedule.items() if k != "objective"}, "method": "natural",
+                            "warmup_epochs": 0, "rampup_epochs": 0,
                             "kappa_start": 1.0, "kappa_end": 1.0}
             natural_sweep = parse_sweep({"base": natural_base, "seeds": sweep_data["seeds"][:1],
                                          "certify": sweep_data["certify"]}, name=screen_name)
