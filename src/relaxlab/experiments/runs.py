@@ -185,7 +185,7 @@ def register_missing(relaxations: tuple[ReluRelaxation, ...]) -> None:
             register_relaxation(relaxation, source="sweep")
 
 
-def _steps(progress: Callable[[float], None] | None) -> Callable[[str, int], Callable[[int], None]] | None:
+def step_shares(progress: Callable[[float], None] | None) -> Callable[[str, int], Callable[[int], None]] | None:
     """:func:`~relaxlab.training.trainer.train`'s progress protocol turned into shares of the training steps."""
     if progress is None:
         return None
@@ -246,10 +246,10 @@ def _execute(task: RunTask, start: float, progress: Callable[[float], None] | No
     run_dir = Path(task.run_dir)
     resume = (run_dir / CHECKPOINT_NAME).is_file()
     try:
-        result = train(config, run_dir, resume=resume, data=full, device=task.device, progress=_steps(progress))
+        result = train(config, run_dir, resume=resume, data=full, device=task.device, progress=step_shares(progress))
     except CheckpointError:  # an unreadable checkpoint from an earlier attempt: start over
         (run_dir / CHECKPOINT_NAME).unlink()
-        result = train(config, run_dir, data=full, device=task.device, progress=_steps(progress))
+        result = train(config, run_dir, data=full, device=task.device, progress=step_shares(progress))
     data = subset(full, config)
     n = task.n or int(data.test_y.shape[0])
     relaxations = select_relaxations(list(task.certifiers))

@@ -217,3 +217,22 @@ def test_sweep_reports_runs(tmp_path: Path) -> None:
     assert within, loud.stderr  # the bar moved while the run trained, before it finished
     quiet = _invoke([*args, str(tmp_path / "out2"), "--quiet"])
     assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_a_worker_reports_its_share_through_a_file(tmp_path: Path) -> None:
+    """Ray workers write the share of their training steps done; the driver reads it (a sweep's bar moves)."""
+    from relaxlab.experiments.runs import progress_file, read_progress, step_shares
+
+    path = tmp_path / "run" / "progress"
+    assert read_progress(path) is None
+    phase = step_shares(progress_file(path, every=0))
+    assert phase is not None
+    step = phase("cli-ibp", 4)
+    step(1)
+    assert read_progress(path) == 0.25
+    step(3)
+    assert read_progress(path) == 1.0
+    phase("cli-ibp final certification", 100)(100)  # certification is not training: the share stays
+    assert read_progress(path) == 1.0
+    path.write_text("junk")
+    assert read_progress(path) is None

@@ -106,3 +106,17 @@ def test_export_writes_instances_relative_to_their_folder(run: Path, tmp_path: P
     bad = CliRunner().invoke(cli, ["export", str(run / "checkpoint.pt"), "--onnx", str(tmp_path / "x.onnx"),
                                    "--timeout", "nan"])
     assert bad.exit_code == 2 and "--timeout must be" in bad.output
+
+
+def test_sweep_takes_data_dir_as_every_data_command_does(tmp_path: Path) -> None:
+    """The message of a run whose data is missing says "--data-dir": sweep takes it, into every run's config."""
+    from relaxlab.experiments.sweep import load_sweep
+
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('name = "s"\n[base]\narchitecture = "FC-S"\nepochs = 1\n[grid]\nrelaxation = ["IBP", "hBox"]\n')
+    assert {run.config.data_dir for run in load_sweep(sweep, data_dir="/data/mnist").runs} == {"/data/mnist"}
+    plain = CliRunner().invoke(cli, ["sweep", str(sweep), "--out", str(tmp_path / "o"), "--dry-run"])
+    moved = CliRunner().invoke(cli, ["sweep", str(sweep), "--out", str(tmp_path / "o"), "--dry-run",
+                                     "--data-dir", str(tmp_path)])
+    assert plain.exit_code == moved.exit_code == 0
+    assert plain.output.splitlines()[3:] != moved.output.splitlines()[3:]  # data_dir is part of a run's id
