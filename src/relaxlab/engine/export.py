@@ -4,14 +4,9 @@
   the dynamo exporter needs ``onnxscript``), batch dimension dynamic, the model in eval mode
   (BatchNorm with its running statistics); :func:`relaxlab.engine.onnx_loader.load_onnx` reads
   the file back.
-- :func:`write_vnnlib`: the l_inf box around ``x`` clipped to the domain, and the *negation* of
-  robustness as VNN-COMP expects it: the property holds (a counterexample exists) when some
-  other class scores at least as high as the label,
-  ``(assert (or (and (>= Y_j Y_label)) ...))``. A verifier answering ``unsat`` proves robustness.
-
-Inputs are declared ``X_0 .. X_{n-1}`` in the row-major (C order) flattening of one input of
-shape ``input_shape``, outputs ``Y_0 .. Y_{K-1}``. Numbers are written with ``repr`` of the
-float64 value (round-trips exactly).
+- :func:`write_vnnlib` (its home is :mod:`relaxlab.engine.vnnlib`, with the reader; imported
+  here for the callers of this module): the l_inf box around ``x`` clipped to the domain, and
+  the *negation* of robustness as VNN-COMP expects it.
 """
 
 from __future__ import annotations
@@ -21,7 +16,11 @@ import warnings
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
+
+from relaxlab.engine.vnnlib import write_vnnlib
+
+__all__ = ["export_onnx", "write_vnnlib"]
 
 
 def export_onnx(
@@ -60,55 +59,3 @@ def export_onnx(
     finally:
         model.to(original_dtype)
         model.train(was_training)
-
-
-def _number(value: float) -> str:
-    return repr(float(value))
-
-
-def write_vnnlib(
-    path: str | os.PathLike[str],
-    x: Tensor,
-    eps: float,
-    label: int,
-    num_classes: int,
-    domain: tuple[float, float] = (0.0, 1.0),
-) -> None:
-    """Write the local robustness property of one input as a VNN-LIB file.
-
-    :param path: the ``.vnnlib`` file to write.
-    :param x: one input (any shape, no batch dimension), inside ``domain``.
-    :param eps: the l_inf radius, ``>= 0``.
-    :param label: the class that must stay on top, ``0 <= label < num_classes``.
-    :param num_classes: the number of network outputs ``K``.
-    :param domain: ``(lo, hi)`` the box is clipped to.
-    :raises ValueError: for a bad radius, label or domain.
-    """
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if not 0 <= label < num_classes or num_classes < 2:
-        raise ValueError(f"label {label} must lie in [0, {num_classes}) with at least 2 classes")
-    lo, hi = float(domain[0]), float(domain[1])
-    if lo > hi:
-        raise ValueError(f"domain lower end exceeds its upper end: {domain!r}")
-    flat = x.detach().to(torch.float64).reshape(-1).cpu()
-    lower = (flat - eps).clamp(min=lo, max=hi).tolist()
-    upper = (flat + eps).clamp(min=lo, max=hi).tolist()
-    lines = [
-        f"; local robustness of one input: l_inf radius {_number(eps)} clipped to [{_number(lo)}, {_number(hi)}], "
-        f"label {label}",
-        "; the property is the negation of robustness: unsat = robust",
-        "",
-    ]
-    lines += [f"(declare-const X_{i} Real)" for i in range(len(lower))]
-    lines.append("")
-    lines += [f"(declare-const Y_{j} Real)" for j in range(num_classes)]
-    lines += ["", "; input box"]
-    for i, (low, high) in enumerate(zip(lower, upper, strict=True)):
-        lines.append(f"(assert (<= X_{i} {_number(high)}))")
-        lines.append(f"(assert (>= X_{i} {_number(low)}))")
-    lines += ["", f"; some class scores at least as high as label {label}", "(assert (or"]
-    lines += [f"    (and (>= Y_{j} Y_{label}))" for j in range(num_classes) if j != label]
-    lines.append("))")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")

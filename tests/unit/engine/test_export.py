@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -16,10 +14,11 @@ from torch import Tensor, nn
 import relaxlab
 from relaxlab.api import compute_bounds
 from relaxlab.cli import cli
-from relaxlab.engine.export import export_onnx, write_vnnlib
+from relaxlab.engine.export import export_onnx
 from relaxlab.engine.graph import GraphNetwork, parse_model
 from relaxlab.engine.onnx_graph import OnnxGraph
 from relaxlab.engine.onnx_loader import load_onnx
+from relaxlab.engine.vnnlib import Atom, read_vnnlib
 from tests.unit.test_architectures_graph import save_resnet_checkpoint, with_batch_statistics
 
 
@@ -89,63 +88,6 @@ def test_export_then_load_gives_the_same_bounds(
                 torch.testing.assert_close(a, b, atol=1e-12 * scale, rtol=0)
 
 
-# -- VNN-LIB -------------------------------------------------------------------------------------
-
-
-def _parse_sexpressions(text: str) -> list:
-    """A tiny s-expression reader: comments (``;``) dropped, atoms as strings, lists as lists."""
-    tokens = re.findall(r"\(|\)|[^\s()]+", re.sub(r";[^\n]*", "", text))
-    stack: list[list] = [[]]
-    for token in tokens:
-        if token == "(":
-            stack.append([])
-        elif token == ")":
-            done = stack.pop()
-            stack[-1].append(done)
-        else:
-            stack[-1].append(token)
-    assert len(stack) == 1, "unbalanced parentheses"
-    return stack[0]
-
-
-def _read_vnnlib(path: Path) -> tuple[dict[str, tuple[float, float]], list[str], list]:
-    """``({X_i: (lo, hi)}, declared outputs, the output disjunction)``."""
-    box: dict[str, list[float]] = {}
-    outputs, disjunction = [], None
-    for expression in _parse_sexpressions(path.read_text()):
-        head = expression[0]
-        if head == "declare-const":
-            assert expression[2] == "Real"
-            if expression[1].startswith("X_"):
-                box[expression[1]] = [-np.inf, np.inf]
-            else:
-                outputs.append(expression[1])
-            continue
-        assert head == "assert"
-        body = expression[1]
-        if body[0] in ("<=", ">=") and body[1].startswith("X_"):
-            box[body[1]][1 if body[0] == "<=" else 0] = float(body[2])
-        else:
-            assert disjunction is None
-            disjunction = body
-    return {k: (v[0], v[1]) for k, v in box.items()}, outputs, disjunction
-
-
-def test_vnnlib_box_and_negated_robustness_spec(tmp_path: Path) -> None:
-    x = torch.tensor([[0.0, 0.95], [0.5, 1.0 / 3.0]], dtype=torch.float64)
-    write_vnnlib(tmp_path / "p.vnnlib", x, 0.1, label=2, num_classes=4)
-    box, outputs, disjunction = _read_vnnlib(tmp_path / "p.vnnlib")
-    assert list(box) == [f"X_{i}" for i in range(4)]
-    flat = x.reshape(-1).tolist()
-    for i, value in enumerate(flat):
-        assert box[f"X_{i}"] == (max(value - 0.1, 0.0), min(value + 0.1, 1.0))  # exact: repr round-trips
-    assert outputs == ["Y_0", "Y_1", "Y_2", "Y_3"]
-    assert disjunction[0] == "or"
-    assert disjunction[1:] == [["and", [">=", f"Y_{j}", "Y_2"]] for j in (0, 1, 3)]
-    with pytest.raises(ValueError, match="label"):
-        write_vnnlib(tmp_path / "q.vnnlib", x, 0.1, label=4, num_classes=4)
-
-
 def test_export_command(tmp_path: Path) -> None:
     torch.manual_seed(0)
     resnet = relaxlab.get_registry().architectures["ResNet-S"].build((1, 28, 28), 10, [0.1], [0.3])
@@ -162,13 +104,13 @@ def test_export_command(tmp_path: Path) -> None:
     assert len(instances) == 3 and all(line.endswith(",60") for line in instances)
     images, labels = relaxlab.get_registry().datasets["mnist-mini"].load("test", None)
     for index in range(3):
-        box, outputs, disjunction = _read_vnnlib(vnnlib_dir / f"prop_{index}.vnnlib")
+        prop = read_vnnlib(vnnlib_dir / f"prop_{index}.vnnlib")
         flat = images[index].reshape(-1).double()
-        assert len(box) == 784 and len(outputs) == 10
-        lows = torch.tensor([box[f"X_{i}"][0] for i in range(784)], dtype=torch.float64)
+        assert (prop.num_inputs, prop.num_outputs, len(prop.regions)) == (784, 10, 1)
+        lows = torch.tensor([float(v) for v in prop.regions[0].box.lower], dtype=torch.float64)
         torch.testing.assert_close(lows, (flat - 0.05).clamp(0, 1), atol=0, rtol=0)
         label = int(labels[index])
-        assert {term[1][1] for term in disjunction[1:]} == {f"Y_{j}" for j in range(10) if j != label}
-        assert {term[1][2] for term in disjunction[1:]} == {f"Y_{label}"}
+        assert prop.regions[0].disjuncts == tuple(
+            (Atom(sorted([(label, 1), (j, -1)]), 0),) for j in range(10) if j != label)
     bad = CliRunner().invoke(cli, [*args[:4], "--eps", "2"])
     assert bad.exit_code != 0 and "eps must be in [0, 1]" in bad.output
