@@ -59,7 +59,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "Train every candidate of SCREEN_FILE with k seeds, certify it with its own relaxation, rank them."),
     "export": ("relaxlab.cli.export_cmds:export_command",
                "Write CHECKPOINT's network to ONNX and (with --vnnlib) VNN-LIB robustness properties."),
-    "verify": ("relaxlab.cli.verify_cmds:verify_cmd",
+    "verify": ("relaxlab.cli.verify_cmds:verify_command",
                "Answer VNN-COMP instances: NET.onnx PROP.vnnlib, or instances.csv files (unsat, sat, unknown, timeout)."),
 }
 
