@@ -206,7 +206,7 @@ def _targets(spec: tuple[str, ...], check_all: bool) -> list[Any]:
               help="Check every registered relaxation, each spec once (its aliases named beside it).")
 @click.option("--sample", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also search N random (l, u, parameter) settings per relaxation with Hypothesis "
-              "(slow: about 0.2 s per 100 per relaxation; 0: the proof alone).")
+              "(slow: about 0.7 s of CPU per 100 per relaxation; 0: the proof alone).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON results.")
 @QUIET
 @positional_names("check")
