@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import hypothesis.configuration
 import pytest
@@ -84,3 +85,27 @@ def _registry_as_before() -> Iterator[None]:
         current.clear()
         current.update(old)
     api._REGISTRY = before
+
+
+#: Where the paper's released MNIST networks are looked for: $RELAXLAB_PARADOX_PRETRAINED, then the
+#: shared directory beside the main checkout (``../shared``) and this machine's.
+_RELEASED_CANDIDATES = (os.environ.get("RELAXLAB_PARADOX_PRETRAINED", ""),
+                        str(Path(__file__).resolve().parents[1].parent / "shared" / "paradox-pretrained"),
+                        "/work/shared/paradox-pretrained")
+
+
+@pytest.fixture(scope="session")
+def released_dir() -> Path:
+    """The directory of the paper's 12 released ``mnist_*.pt`` files (the test skips without them)."""
+    for candidate in filter(None, _RELEASED_CANDIDATES):
+        if (Path(candidate) / "mnist_FC_box.pt").is_file():
+            return Path(candidate)
+    pytest.skip("the paper's released networks are not here (set $RELAXLAB_PARADOX_PRETRAINED)")
+
+
+@pytest.fixture(scope="session")
+def embedded_test() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1,000 test images of ``mnist-mini`` (the first 1,000 of MNIST test) and their labels."""
+    from relaxlab.data.datasets import BUILTIN_DATASETS
+
+    return next(d for d in BUILTIN_DATASETS if d.name == "mnist-mini").load("test")

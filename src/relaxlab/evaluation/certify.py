@@ -55,6 +55,31 @@ def _batches(n: int, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
+def certified_mask(
+    net: nn.Module,
+    x: Tensor,
+    labels: Tensor,
+    eps: float,
+    relaxation: ReluRelaxation,
+    *,
+    num_classes: int = 10,
+    logits: Tensor | None = None,
+) -> Tensor:
+    """``(B,)`` which samples are certified: classified correctly and every margin's lower bound over
+    the eps-box (clipped to [0, 1]) accepted by :func:`~relaxlab.engine.spec.is_certified`.
+
+    :param net: the network, in the dtype of ``x`` (float64 for the tolerance to be wide).
+    :param x: ``(B, C, H, W)`` in [0, 1]; ``labels`` ``(B,)``.
+    :param logits: ``net(x)`` when already computed.
+    """
+    with torch.no_grad():
+        if logits is None:
+            logits = net(x)
+        right = logits.argmax(1) == labels
+        lb, _ = margin_bounds(net, x, labels, eps, relaxation, num_classes=num_classes)
+        return right & is_certified(lb, logits)
+
+
 def certify(
     model: nn.Module,
     images: Tensor,
@@ -96,8 +121,8 @@ def certify(
             right = logits.argmax(1) == y
             correct += int(right.sum())
             for i, relaxation in enumerate(relaxations):
-                lb, _ = margin_bounds(net, x, y, eps, relaxation, num_classes=num_classes)
-                certified[i] += int((right & is_certified(lb, logits)).sum())
+                mask = certified_mask(net, x, y, eps, relaxation, num_classes=num_classes, logits=logits)
+                certified[i] += int(mask.sum())
         if pgd:
             robust += int(pgd_robust(net, x, y, eps).sum())
         if progress is not None:
