@@ -31,7 +31,7 @@ from torch import nn
 import relaxlab
 from relaxlab.api import compute_bounds
 from relaxlab.core.relaxer import RelaxationTensors
-from relaxlab.engine import bound_network, margin_spec, parse_network
+from relaxlab.engine import bound_network, margin_spec, parse_model
 from relaxlab.nn import Normalize
 from relaxlab.runtime import tune_allocator
 
@@ -52,7 +52,7 @@ def conv_net() -> nn.Sequential:
 class _HandIBP:
     """Diagnostic stand-in: IBP's lines written directly in torch (what the expression evaluator costs)."""
 
-    name, intermediate, is_interval = "IBP (hand-written lines)", "interval", True
+    name, intermediate, final, is_interval = "IBP (hand-written lines)", "interval", "backsub", True
 
     def transform_bounds(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return lower, upper
@@ -105,7 +105,7 @@ def main() -> None:
     labels = torch.randint(0, 10, (args.batch,), device=device)
     spec = margin_spec(labels, 10).to(device)
     eps, domain = 0.1, (0.0, 1.0)
-    network = parse_network(model, (1, 28, 28))
+    network = parse_model(model, (1, 28, 28))
     ibp, crown_ibp, crown = (relaxlab.get_relaxation(n) for n in ("IBP", "CROWN-IBP (R)", "CROWN"))
 
     def sync() -> None:

@@ -26,7 +26,6 @@ from relaxlab.registry import Registry, UnsoundRelaxationError, build_registry
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from relaxlab.engine.graph import GraphNetwork
     from relaxlab.engine.network import Network
 
 __all__ = ["compute_bounds", "get_registry", "get_relaxation", "register_relaxation", "select_relaxations"]
@@ -76,7 +75,7 @@ def select_relaxations(spec: str | list[str] | tuple[str, ...]) -> list[ReluRela
 
 
 def compute_bounds(
-    model: nn.Module | Network | GraphNetwork,
+    model: nn.Module | Network,
     x: Tensor,
     eps: float | Tensor,
     relaxation: str | Relaxer,

@@ -74,8 +74,7 @@ _KINDS = {"c": "complex numbers", "U": "strings", "S": "bytes", "O": "Python obj
 
 def _batched(model: Any, x: Any) -> Any:
     """``x`` with a batch dimension: as given if the model accepts it, else with one added."""
-    from relaxlab.engine.graph import parse_model
-    from relaxlab.engine.network import UnsupportedNetworkError
+    from relaxlab.engine import UnsupportedNetworkError, parse_model
 
     try:
         parse_model(model, tuple(x.shape[1:]), clean=x)
@@ -171,8 +170,8 @@ def bounds_command(
     """Bound a network's outputs (or margins) for every input within EPS (l_inf) of INPUT."""
     import torch
 
+    from relaxlab.engine import UnsupportedNetworkError
     from relaxlab.engine.bounds import compute_bounds
-    from relaxlab.engine.network import UnsupportedNetworkError
 
     if not relaxation:
         fail("give the relaxation(s) with -r/--relaxation, e.g. -r CROWN or -r paper")

@@ -53,6 +53,7 @@ def relaxation_record(name: str) -> dict[str, Any]:
         "sensitive": sensitive,
         "sound": name not in registry.unsound,
         "intermediate": relaxation.intermediate,
+        "final": relaxation.final,
         "params": {p.name: relaxation.parameters[p.name] for p in relaxation.params},
         "transform": None if relaxation.transform is None else str(relaxation.transform),
         "cases": {str(s): str(c) for s, c in relaxation.cases()},
@@ -113,6 +114,11 @@ def list_command(as_json: bool, wide: bool) -> None:
         click.echo(f"warning: {error}", err=True)
 
 
+#: How ``show`` words a propagation mode (``ReluRelaxation.intermediate`` / ``.final``, docs/engine.md).
+_MODES = {"backsub": "full backsubstitution", "interval": "interval arithmetic",
+          "forward": "forward affine forms with a box part (hybrid zonotope)"}
+
+
 @click.command("show")
 @relaxation_option(help_text="The relaxation(s) to show, e.g. 'LooseIBP-DC(F=10, omega=0.5)'")
 @plot_option("Write a PNG of ReLU and both lines for each case on example bounds (one relaxation).")
@@ -155,8 +161,7 @@ def _show(relaxation: Any, plot_path: Path | None) -> None:
         click.echo(f"  {str(stability):9s} ({conditions[stability]:9s}): {case}")
     if relaxation.transform is not None:
         click.echo(f"  before each ReLU, [l, u] becomes {relaxation.transform}")
-    mode = "full backsubstitution" if relaxation.intermediate == "backsub" else "interval arithmetic"
-    click.echo(f"  intermediate bounds: {mode}")
+    click.echo(f"  intermediate bounds: {_MODES[relaxation.intermediate]}; final bounds: {_MODES[relaxation.final]}")
     for spec in relaxation.params:
         click.echo(f"  parameter {spec.name} = {relaxation.parameters[spec.name]:g} ({spec.description})")
     click.echo(f"  properties: {props.flags}, {'sound' if props.sound else 'UNSOUND'}")

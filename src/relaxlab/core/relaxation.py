@@ -34,7 +34,10 @@ if TYPE_CHECKING:
 #: Readable names: letters, digits, spaces and ``-_().,+=/`` (``CROWN-IBP (R)``, ``LooseIBP-DC``).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _\-().,+=/λκ·]*$"
 
-INTERMEDIATE_MODES = ("backsub", "interval")
+#: How the bounds of every ReLU's input are obtained (docs/engine.md, "Propagation").
+INTERMEDIATE_MODES = ("backsub", "interval", "forward")
+#: How the final specification is bounded.
+FINAL_MODES = ("backsub", "forward")
 
 def _format_coefficient(expr: Expr) -> str:
     text = str(expr)
@@ -164,8 +167,13 @@ class ReluRelaxation:
     :param negative: lines for ``u <= 0``.
     :param unstable: lines for ``l < 0 < u``.
     :param positive: lines for ``l >= 0`` (and ``u > 0``).
-    :param intermediate: ``"backsub"`` (intermediate bounds by full backsubstitution) or
-        ``"interval"`` (by interval arithmetic, the "(R)" variants).
+    :param intermediate: how the input bounds of every ReLU are obtained: ``"backsub"`` (full
+        backsubstitution to the input box), ``"interval"`` (interval arithmetic, the "(R)"
+        variants) or ``"forward"`` (forward affine forms of the input with a box part: the hybrid
+        zonotope of the paper's code, linear bound propagation).
+    :param final: how the final specification is bounded: ``"backsub"`` or ``"forward"`` (the
+        rows applied to the forward forms after the last ReLUs). A relaxation whose lines all
+        have slope 0 (IBP) is interval arithmetic either way.
     :param transform: optional widening of ``[l, u]`` before the ReLU; lines and the
         stability case are then evaluated on the widened bounds.
     :param params: declared parameters.
@@ -179,6 +187,7 @@ class ReluRelaxation:
     unstable: CaseBounds
     positive: CaseBounds
     intermediate: str = field(default="backsub", validator=validators.in_(INTERMEDIATE_MODES))
+    final: str = field(default="backsub", validator=validators.in_(FINAL_MODES))
     transform: BoundsTransform | None = None
     params: tuple[ParamSpec, ...] = field(default=(), converter=tuple)
     values: tuple[tuple[str, float], ...] = field(default=(), converter=lambda v: tuple(sorted(dict(v).items())))
@@ -262,7 +271,7 @@ class ReluRelaxation:
 
     def spec_key(self) -> tuple[Any, ...]:
         """Everything but the name and docs: two relaxations with equal keys are aliases."""
-        return (self.negative, self.unstable, self.positive, self.intermediate, self.transform, self.params,
+        return (self.negative, self.unstable, self.positive, self.intermediate, self.final, self.transform, self.params,
                 tuple(sorted(self.parameters.items())))
 
     def canonical(self) -> str | None:

@@ -49,8 +49,10 @@ class Relaxer(Protocol):
     """What the engine needs from a relaxation, and nothing more.
 
     - ``name``: for messages;
-    - ``intermediate``: ``"backsub"`` (bounds of every ReLU's input by full backsubstitution) or
-      ``"interval"`` (by interval arithmetic, the "(R)" variants);
+    - ``intermediate``: how the bounds of every ReLU's input are obtained: ``"backsub"`` (full
+      backsubstitution), ``"interval"`` (interval arithmetic, the "(R)" variants) or ``"forward"``
+      (forward affine forms with a box part: the hybrid zonotope, linear bound propagation);
+    - ``final``: how the final specification is bounded, ``"backsub"`` or ``"forward"``;
     - ``is_interval``: every line has slope 0 everywhere, so the engine may take its interval
       fast path (same numbers up to rounding);
     - ``transform_bounds(lower, upper)``: the bounds the lines are evaluated on (a widening, or
@@ -63,6 +65,8 @@ class Relaxer(Protocol):
     @property
     def intermediate(self) -> str: ...
     @property
+    def final(self) -> str: ...
+    @property
     def is_interval(self) -> bool: ...
     def transform_bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]: ...
     def coefficients(self, lower: Tensor, upper: Tensor) -> RelaxationTensors: ...
@@ -72,7 +76,8 @@ def check_relaxer(relaxation: object) -> Relaxer:
     """``relaxation`` itself when it has the contract, else a ``TypeError`` naming what it lacks."""
     if isinstance(relaxation, Relaxer):
         return relaxation
-    missing = [name for name in ("name", "intermediate", "is_interval", "transform_bounds", "coefficients")
+    missing = [name for name in ("name", "intermediate", "final", "is_interval", "transform_bounds",
+                                                   "coefficients")
                if not hasattr(relaxation, name)]
     raise TypeError(
         f"relaxation must be a name or a relaxation object; {type(relaxation).__name__} lacks {missing}"

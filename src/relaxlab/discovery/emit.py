@@ -119,6 +119,7 @@ def relaxation_source(relaxation: ReluRelaxation) -> str:
         f"    unstable={_case_source(relaxation.unstable)},\n"
         f"    positive={_case_source(relaxation.positive)},\n"
         f"    intermediate={relaxation.intermediate!r},\n"
+        f"    final={relaxation.final!r},\n"
         f"    transform={_transform_source(relaxation.transform)},\n"
         f"    params=({params}{',' if relaxation.params else ''}),\n"
         f"    values={relaxation.values!r},\n"

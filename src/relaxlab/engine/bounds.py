@@ -1,7 +1,7 @@
 """The engine's checked entry point: bounds of a model's outputs over an input box.
 
 :func:`compute_bounds` checks every input (radius, centres, domain, specification, network)
-before any work, parses the model and runs :func:`~relaxlab.engine.backsub.bound_network`.
+before any work, parses the model once and runs the engine (:mod:`relaxlab.engine.bounder`).
 It takes relaxation *objects*; the facade :func:`relaxlab.compute_bounds` is this function
 with registered names resolved first.
 """
@@ -14,10 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from relaxlab.core.relaxer import Relaxer, check_relaxer
-from relaxlab.engine.backsub import Mode, intermediate_bounds
+from relaxlab.engine.bounder import Bounder, Mode, bounder, spec_matrix
 from relaxlab.engine.box import all_finite, input_box
-from relaxlab.engine.graph import GraphNetwork, bound_model, parse_model
-from relaxlab.engine.network import Network, ReluLayer, UnsupportedNetworkError
+from relaxlab.engine.network import Network
+from relaxlab.engine.ops import UnsupportedNetworkError
+from relaxlab.engine.parse import parse_model
 
 __all__ = ["compute_bounds"]
 
@@ -35,6 +36,7 @@ def compute_bounds(
     chunk_size: int | None = None,
     max_elements: int | None = None,
     check_centre: bool = True,
+    rigorous: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Sound bounds of ``C·model(x')`` for every ``x'`` with ``|x' - x|_inf <= eps`` (in ``domain``).
 
@@ -44,10 +46,10 @@ def compute_bounds(
                                         C=margin_spec(y, 10), domain=(0.0, 1.0))
         certified = is_certified(lb, model(x))  # relaxlab.engine.spec: with the tolerance
 
-    :param model: an ``nn.Sequential`` of ``Linear``, ``Conv2d``, ``Flatten``, ``ReLU`` and
-        :class:`relaxlab.nn.Normalize` (the chain engine), any other module that ``torch.fx``
-        traces into supported ops (the graph engine, :mod:`relaxlab.engine.graph`; ``BatchNorm``
-        in train mode uses the statistics of ``x``), or an already parsed network.
+    :param model: any module the op table covers (:mod:`relaxlab.engine.optable`: an
+        ``nn.Sequential`` is read module by module, other modules are traced with ``torch.fx``;
+        ``BatchNorm`` in train mode uses the statistics of ``x``), or an already parsed
+        :class:`~relaxlab.engine.network.Network`.
     :param x: ``(B, *input_shape)`` centres; the computation runs in ``x``'s dtype and device.
     :param eps: l_inf radius: a number, a ``(B,)`` tensor (per example) or a tensor of ``x``'s shape.
     :param relaxation: a relaxation object (:class:`~relaxlab.core.relaxer.Relaxer`);
@@ -56,14 +58,18 @@ def compute_bounds(
     :param domain: ``(lo, hi)`` the box is clipped to (e.g. ``(0, 1)`` for pixels).
     :param lower_only: compute only the lower bounds (half the final backsubstitution; what
         certified training needs); the upper bound returned is then ``+inf``, trivially sound.
-    :param mode: see :func:`~relaxlab.engine.backsub.bound_network`.
+    :param mode: see :func:`~relaxlab.engine.bounder.bound_network`.
     :param chunk_size: see :func:`relaxlab.engine.bound_network`.
     :param max_elements: see :func:`relaxlab.engine.bound_network`.
-    :param check_centre: check, at the cost of one forward pass, that ``C·model(x)`` lies inside the
-        bounds (an error if not: the engine would have bounded another function). Skipped for a
-        model in training mode (its forward may be stochastic or update batch statistics), for a
-        parsed network, and in float32, where the rounding of large weights can exceed any fixed
-        tolerance (the structural refusals of the parser hold in every dtype).
+    :param check_centre: check that the engine bounds the function the model computes (an error
+        if not): in every dtype, the parsed network and the model replayed in float64 must agree
+        at ``x`` (:func:`check_replay`, two forward passes); in float64 also ``C·model(x)`` must
+        lie inside the bounds. Skipped for a model in training mode (its forward may be stochastic
+        or update batch statistics) and for a parsed network.
+    :param rigorous: bounds that hold in the floating-point arithmetic used, not only in the reals:
+        the box is rounded outward and every bound widened by a bound on its rounding error
+        (:meth:`~relaxlab.engine.bounder.Bounder.rounding_margin`). What certification and
+        verification use; training does not need it.
     :return: ``(lb, ub)``, each ``(B, S)``.
     :raises OverflowError: non-finite bounds from finite inputs (never NaN in the output).
     :raises ValueError: (before any work) for bad ``eps``, ``x``, ``C``, ``domain``; an
@@ -71,8 +77,8 @@ def compute_bounds(
         mismatches and NaN/inf weights.
     """
     resolved = check_relaxer(relaxation)
-    lower, upper = input_box(x, eps, domain)
-    if isinstance(model, (Network, GraphNetwork)):
+    lower, upper = input_box(x, eps, domain, outward=rigorous)
+    if isinstance(model, Network):
         network = model
         if tuple(x.shape[1:]) != network.input_shape:
             raise UnsupportedNetworkError(
@@ -98,35 +104,61 @@ def compute_bounds(
         C = C.to(dtype=x.dtype, device=x.device)
     if network.output_dim == 0 or math.prod(network.input_shape) == 0:
         raise ValueError("the network has an empty input or output")
-    lb, ub = bound_model(
-        network, lower, upper, resolved, C, mode=mode, chunk_size=chunk_size, max_elements=max_elements,
-        lower_only=lower_only,
-    )
+    run = bounder(network, lower, upper, resolved, mode=mode, chunk_size=chunk_size, max_elements=max_elements,
+                  rigorous=rigorous)
+    spec = spec_matrix(C, x.shape[0], network.output_dim, lower)
+    lb, ub = run.bound(spec, lower_only, max_elements)
     if not (all_finite(lb) and (lower_only or all_finite(ub))):
         raise OverflowError(
             f"the bounds of {resolved.name} overflow {x.dtype} although the inputs are finite, "
-            f"{_first_overflow(network, lower, upper, resolved, mode)}: the weights or eps are too large for "
+            f"{_first_overflow(run)}: the weights or eps are too large for "
             f"{x.dtype}; {'compute in float64 or ' if x.dtype != torch.float64 else ''}rescale the network"
         )
-    if check_centre and isinstance(model, nn.Module) and not isinstance(model, (Network, GraphNetwork)) \
-            and not model.training and x.dtype == torch.float64:
-        _check_centre(model, x, C, lb, ub)
+    if check_centre and isinstance(model, nn.Module) and not model.training:
+        check_replay(model, network, x)
+        if x.dtype == torch.float64:
+            _check_centre(model, x, C, lb, ub)
     return lb, ub
 
 
-def _first_overflow(
-    network: Network | GraphNetwork, lower: Tensor, upper: Tensor, relaxation: Relaxer, mode: Mode
-) -> str:
+def _first_overflow(run: Bounder) -> str:
     """Where bounds first stop being finite (only computed to word an error)."""
-    if isinstance(network, GraphNetwork):
-        return "inside the graph"
-    with torch.no_grad():
-        boxes, _ = intermediate_bounds(network, lower, upper, relaxation, mode="backsub" if mode == "auto" else mode)
-    relus = [i for i, layer in enumerate(network.layers) if isinstance(layer, ReluLayer)]
-    for index, (lb, ub) in zip(relus, boxes, strict=True):
+    for index in run.net.relus:
+        lb, ub = run.pre[index]
         if not (all_finite(lb) and all_finite(ub)):
-            return f"first at the input of layer {index} (ReLU, {type(network.layers[index - 1]).__name__} before it)"
+            source = run.net.nodes[index].inputs[0]
+            return f"first at the input of {run.net.describe(index)} ({run.net.describe(source)} before it)"
     return "in the last affine layer"
+
+
+def check_replay(model: nn.Module, network: Network, x: Tensor) -> None:
+    """The parsed network must compute what the model computes at ``x``, replayed in float64.
+
+    Both run in float64 whatever the dtype of the bounds (the model through
+    ``torch.func.functional_call`` with float64 copies of its parameters and buffers, so the model
+    itself is left as it is): a difference beyond the rounding of two orders of the same operations
+    means the network is not the model's function (a forward changed on an instance, a crafted
+    buffer, a hook installed behind the parser's back), and nothing is certified with it.
+    """
+    x64 = x.detach().to(torch.float64)
+    state = {name: t.detach().to(torch.float64) if t.is_floating_point() else t
+             for name, t in (*model.named_parameters(), *model.named_buffers())}
+    with torch.no_grad():
+        try:
+            want = torch.func.functional_call(model, state, (x64,)).reshape(x.shape[0], -1)
+        except RuntimeError as error:  # a model that cannot run in float64 (a float32 constant inside)
+            raise UnsupportedNetworkError(
+                f"the model cannot be replayed in float64 to check the parsed network ({error}); "
+                "bound it with check_centre=False only if you trust the parse"
+            ) from None
+        got = network.cast(torch.float64).forward(x64).reshape(x.shape[0], -1)
+    tolerance = 1e-9 * (1.0 + want.abs().amax(dim=1, keepdim=True))
+    if bool(((got - want).abs() > tolerance).any()):
+        raise UnsupportedNetworkError(
+            f"the network the engine read differs from what model(x) computes (by {float((got - want).abs().max()):.3g} "
+            "in a float64 replay): the bounds would be of another function; check for a forward assigned to an "
+            "instance, hooks, or layers whose forward differs from the standard one"
+        )
 
 
 def _check_centre(model: nn.Module, x: Tensor, C: Tensor | None, lb: Tensor, ub: Tensor) -> None:

@@ -96,12 +96,28 @@ def input_box(
     x: Tensor,
     eps: float | Tensor,
     domain: tuple[float | Tensor, float | Tensor] | None = None,
+    *,
+    outward: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The l_inf box ``[x - eps, x + eps]``, clipped to ``domain = (lo, hi)`` when given.
 
+    :param outward: move each end one floating-point step outward, so that the box holds the real
+        ``[x - eps, x + eps]`` whatever ``x - eps`` rounded to (rigorous bounds).
     :raises ValueError: for a NaN/negative/infinite ``eps``, a non-finite ``x``, a domain with
         ``lo > hi`` or an ``x`` outside the domain.
     """
+    lower, upper = _input_box(x, eps, domain)
+    if outward:
+        lower = torch.nextafter(lower, torch.full_like(lower, -math.inf))
+        upper = torch.nextafter(upper, torch.full_like(upper, math.inf))
+    return lower, upper
+
+
+def _input_box(
+    x: Tensor,
+    eps: float | Tensor,
+    domain: tuple[float | Tensor, float | Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}")
     if x.dtype not in SUPPORTED_DTYPES:

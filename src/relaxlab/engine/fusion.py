@@ -8,7 +8,7 @@ For logits ``z`` and label ``y``, ``CE(z, y) = log S`` with ``S = sum_j exp(m_j)
    ReLU, as the relaxation's intermediate bounds give it (``relu(transform_bounds(l, u))`` for an
    ``intermediate = "interval"`` relaxation such as CROWN-IBP (R); the lines' offsets for an
    interval relaxation such as IBP). The margin rows are folded into the layers after the last
-   ReLU, whose image of that box is exact (:func:`~relaxlab.engine.backsub.bound_network` on them).
+   ReLU, whose image of that box is exact (the rows pulled back to those boxes).
 2. **Shift.** ``s = max(0, max_j u_j)`` (per example, not differentiated: it cancels exactly), so
    every ``exp`` below is at most 1: ``log S = s + log sum_j exp(m_j - s)``.
 3. **Chords.** ``exp`` is convex, so on ``[l_j - s, u_j - s]`` its chord lies above it:
@@ -21,9 +21,8 @@ For logits ``z`` and label ``y``, ``CE(z, y) = log S`` with ``S = sum_j exp(m_j)
    interval relaxation, whose backsubstitution stops at the last ReLU (the engine's fast path),
    the row is pulled back through the layers after it only, from the box of step 1.
 
-Cost: the relaxation's intermediate bounds are computed once for step 1 and, for a relaxation
-that backsubstitutes the final row (CROWN-IBP (R)), once more inside ``bound_network`` (an
-interval pass: the engine has no entry point that takes intermediate bounds already computed).
+Cost: the relaxation's intermediate bounds are computed once (one
+:class:`~relaxlab.engine.bounder.Bounder` serves steps 1 and 4).
 
 The bound is ``s + log max(S', exp(-s))`` with ``S'`` the right-hand side above: ``S' >= exp(-s)``
 holds in exact arithmetic (``S >= exp(m_y) = 1``), so the maximum only guards the logarithm
@@ -35,8 +34,8 @@ each chord lies below its constant ``exp(u_j - s)`` on the interval.
 Which relaxations: those whose intermediate bounds are intervals (``intermediate = "interval"``
 or ``is_interval``). A relaxation that backsubstitutes every intermediate layer (CROWN, DeepZ,
 hBox) is refused: its final rows are a small part of its cost, and :func:`bound_network` would
-compute its intermediate bounds a second time. Chain networks only (the graph engine has no
-single last ReLU to take the margins' box from).
+compute its intermediate bounds a second time. Any network the engine accepts: on a graph the
+margins are bounded from the boxes after *every* ReLU (the stops of interval propagation).
 
 Shapes: ``B`` batch, ``K`` classes.
 """
@@ -48,13 +47,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from relaxlab.core.relaxer import Relaxer
-from relaxlab.engine.backsub import bound_network, intermediate_bounds
+from relaxlab.engine.bounder import Bounder, propagation
 from relaxlab.engine.box import PIXEL_DOMAIN, input_box
-from relaxlab.engine.graph import parse_model
-from relaxlab.engine.network import Network, UnsupportedNetworkError
+from relaxlab.engine.network import Network
+from relaxlab.engine.parse import parse_model
 from relaxlab.engine.spec import margin_spec, other_classes
 
-__all__ = ["check_fusable", "exp_chord", "fusable_network", "fused_ce_bound"]
+__all__ = ["check_fusable", "exp_chord", "fused_ce_bound"]
 
 #: Below this width the chord's slope is computed as ``exp(l)·expm1(w)/w`` (no cancellation);
 #: above it as ``(exp(u) - exp(l))/w`` (no overflow of ``expm1``).
@@ -73,21 +72,6 @@ def check_fusable(relaxation: Relaxer) -> None:
             f"computes them by backsubstitution (intermediate = {relaxation.intermediate!r}), whose cost "
             "fusion does not reduce; train it without loss fusion"
         )
-
-
-def fusable_network(model: nn.Module | Network, x: Tensor) -> Network:
-    """``model`` parsed for ``x``'s shape, dtype and device, refused unless it is a chain.
-
-    :raises UnsupportedNetworkError: a graph (BatchNorm, residual blocks: CNN7, ResNet-S).
-    """
-    network = parse_model(model, tuple(x.shape[1:]), dtype=x.dtype, device=x.device, clean=x)
-    if not isinstance(network, Network):
-        raise UnsupportedNetworkError(
-            "loss fusion needs a chain network (an nn.Sequential of Linear, Conv2d, Flatten, ReLU and "
-            "Normalize, such as FC, CONV, CONV+ and FC-S); this model is a graph (BatchNorm or residual "
-            "blocks); train it without loss fusion"
-        )
-    return network
 
 
 def exp_chord(lower: Tensor, upper: Tensor) -> Tensor:
@@ -118,24 +102,28 @@ def fused_ce_bound(
 ) -> Tensor:
     """``(B,)`` upper bounds of ``max CE(model(x'), y)`` over the eps-box of each ``x`` (differentiable).
 
-    :param model: a chain ``nn.Sequential`` (or a parsed :class:`Network`); a model in training
-        mode is bounded as it is (no centre check, as in certified training).
+    :param model: any module the engine accepts (or a parsed :class:`Network`); a model in
+        training mode is bounded as it is (no centre check, as in certified training).
     :param x: ``(B, *input_shape)`` centres; the computation runs in their dtype and device.
     :param labels: ``(B,)`` classes.
     :param eps: l_inf radius (a number or a ``(B,)`` tensor, as for ``compute_bounds``).
     :param relaxation: an interval-intermediate relaxation (:func:`check_fusable`).
     :param num_classes: ``K``.
     :param domain: the box is clipped to it (default: pixels in ``[0, 1]``).
-    :raises ValueError: a backsubstitution relaxation; :class:`UnsupportedNetworkError` for a
-        network that is not a chain.
+    :raises ValueError: a backsubstitution relaxation.
     """
     check_fusable(relaxation)
-    network = fusable_network(model, x)
+    network = model if isinstance(model, Network) else parse_model(
+        model, tuple(x.shape[1:]), dtype=x.dtype, device=x.device, clean=x)
     lower, upper = input_box(x, eps, domain)
-    # 1. margins m_j = z_j - z_y (rows -(e_y - e_j)) over the box after the last ReLU
+    run = Bounder(network, lower, upper, relaxation, propagation(relaxation))
+    after_relus = run.stops  # the input and every ReLU, whose boxes the intermediate bounds gave
+    # 1. margins m_j = z_j - z_y (rows -(e_y - e_j)) over the boxes after the ReLUs
     rows = -margin_spec(labels, num_classes, dtype=x.dtype)
-    tail, box_lower, box_upper = _after_last_relu(network, lower, upper, relaxation)
-    margin_lower, margin_upper = bound_network(tail, box_lower, box_upper, relaxation, C=rows)
+    out = len(network.nodes) - 1
+    both = torch.cat([rows, -rows], dim=1).reshape(x.shape[0], 2 * rows.shape[1], *network.output_shape)
+    bounds = run.rows_lower(out, both, after_relus, run.max_elements)
+    margin_lower, margin_upper = bounds[:, : rows.shape[1]], -bounds[:, rows.shape[1]:]
     # 2. shift; 3. chords of exp on [l_j - s, u_j - s]
     shift = margin_upper.detach().amax(dim=1).clamp(min=0)
     top = margin_upper - shift.unsqueeze(1)
@@ -145,29 +133,9 @@ def fused_ce_bound(
     others = other_classes(labels, num_classes)
     row = slope.new_zeros(labels.shape[0], num_classes).scatter(1, others, slope)
     row = row - F.one_hot(labels, num_classes).to(slope.dtype) * slope.sum(dim=1, keepdim=True)
-    if relaxation.is_interval:
-        # what bound_network's interval fast path does: the row meets the box after the last ReLU
-        # (the one found above), so only the layers after it are pulled back, and not run twice
-        lb, _ = bound_network(tail, box_lower, box_upper, relaxation, C=-row.unsqueeze(1), lower_only=True)
-    else:
-        lb, _ = bound_network(network, lower, upper, relaxation, C=-row.unsqueeze(1), lower_only=True)
+    # the relaxation's own final stage: to the same boxes for an interval relaxation, through every
+    # ReLU to the input box for an interval-intermediate one
+    lb, _ = run.bound(-row.unsqueeze(1), lower_only=True)
     floor = torch.exp(-shift)
     total = floor + constant - lb[:, 0]
     return shift + torch.log(torch.maximum(total, floor))
-
-
-def _after_last_relu(
-    network: Network, lower: Tensor, upper: Tensor, relaxation: Relaxer
-) -> tuple[Network, Tensor, Tensor]:
-    """The layers after the last ReLU as a network, and the box of their input (the relaxation's own)."""
-    relus = network.relus
-    if not relus:
-        return network, lower, upper
-    boxes, lines = intermediate_bounds(network, lower, upper, relaxation)
-    if relaxation.is_interval:  # the interval fast path: the box of the lines' offsets
-        box_lower, box_upper = lines[-1].lower_offset, lines[-1].upper_offset
-    else:
-        t_lower, t_upper = relaxation.transform_bounds(*boxes[-1])
-        box_lower, box_upper = torch.relu(t_lower), torch.relu(t_upper)
-    tail = network.segments[-1]
-    return Network(layers=tail, input_shape=relus[-1].out_shape), box_lower, box_upper

@@ -1,91 +1,156 @@
-"""Bounds of every neuron of a convolution by backsubstitution in *patches*.
+"""Bounds of every neuron of a convolutional node by backsubstitution in *patches*.
 
-The row of neuron ``(c, i, j)`` of a convolution's output, pulled back through the convolution,
-is the kernel ``W[c]`` placed at the window of position ``(i, j)``: it is zero outside a small
-receptive field. Backsubstitution with full maps (:mod:`relaxlab.engine.backsub`) multiplies
-those zeros through every further layer; here each row is kept as its window only:
+The row of neuron ``(c, i, j)`` of a convolutional node is zero outside a small receptive
+field on every earlier node. Full maps (:mod:`relaxlab.engine.bounder`) carry those zeros
+through every layer; here each row is kept as its window only:
 
-- a row is a *patch*: coefficients of shape ``(C, h, w)`` on a layer, together with the origin of
-  its window (position ``(i, j)`` starts at ``(i·S - P, j·S - P)`` of that layer, ``S`` and ``P``
-  the stride and padding accumulated so far);
-- through a ReLU, the lines are read at the window (``F.unfold`` of the lines); the step is
-  the same arithmetic as for full maps, with the windows in the batch dimension;
-- through a convolution, a patch ``(C_out, h, w)`` becomes ``(C_in, (h - 1)·s + k, (w - 1)·s + k)``
-  by a transposed convolution of the patch alone, with ``S ← S·s`` and ``P ← P·s + p``;
-- at the input, the box is read at the windows the same way and the rows are concretised.
+- a row on a node is a *patch*: coefficients of shape ``(C, h, w)``, together with the window's
+  geometry, shared by all rows of the computation: position ``(i, j)`` of the top node starts
+  its window at ``(i·S - O, j·S - O)`` of that node (``S`` the stride, ``O`` the origin);
+- through a :class:`~relaxlab.engine.ops.PatchOp` (convolutions, per-channel scales and shifts)
+  a patch is mapped by the operation's ``patch_linear`` and the window grows by
+  ``patch_geometry``; the constant an operation adds is read at the window (zero outside the map);
+- through a ReLU, the lines are read at the window (``F.unfold``); the step is the same as for
+  full maps (:func:`relaxlab.engine.relu_step.relu_backward`), with the windows in the batch
+  dimension; through a sum, each operand gets the patch;
+- where two paths meet (a residual connection), their windows are aligned (same stride: the
+  union of the windows, zero-padded) and summed;
+- at the input box (moved through leading diagonal layers), the box is read at the windows and
+  the rows concretised.
 
-Positions of a window outside the layer (padding) read zero lines and a zero box: they add
-nothing, exactly as the convolution's zero padding. The numbers equal those of full maps up to
-float rounding (the same products, summed in another order).
+Positions of a window outside a map (padding) read zero lines, constants and boxes: they add
+nothing, exactly as zero padding. The numbers equal those of full maps up to float rounding.
 
-Shapes: ``B`` batch, ``L`` window positions (the convolution's output height × width), ``G`` rows
-per position (a sign and an output channel), ``K`` entries of a patch. A patch tensor is
-``(B·L, G, K)``: the positions ride in the batch dimension, so that the ReLU step and the
-concretisation of :mod:`relaxlab.engine.backsub` apply unchanged.
+Shapes: ``B`` batch, ``L`` positions of the top node (height × width), ``G`` rows per position
+(a sign and a channel), ``K`` entries of a patch. A patch tensor is ``(N, G, K)`` with ``N = B·L``,
+or ``N = 1`` while the rows are still the same for every example and position.
 
-Applies where every segment between the convolution and the input box is one convolution (after
-the diagonal layers next to the input, which move the box instead); elsewhere the caller uses
-full maps.
+Used for the intermediate bounds of a node when every node between it and the input box is a
+patch operation, a ReLU or a sum, with three-dimensional maps, and when the patches are
+smaller than full maps (:func:`applies`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from relaxlab.core.relaxer import RelaxationTensors
-from relaxlab.engine.network import AffineLayer, ConvLayer, box_through_diagonal, transposed_conv
+from relaxlab.engine.ops import PatchOp, Relu, Sum
+from relaxlab.engine.relu_step import concretize, relu_backward
+
+if TYPE_CHECKING:
+    from relaxlab.engine.bounder import Bounder
 
 #: Rows per position pulled back together, at least (a budget below one row per position is exceeded).
 _MIN_GROUPS = 8
 
-ReluStep = Callable[[Tensor, Tensor, RelaxationTensors], tuple[Tensor, Tensor]]
-Concretize = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+Pair = tuple[int, int]
+Geometry = tuple[Pair, Pair, Pair]  # size, stride, origin
 
 
-def applies(segments: Sequence[Sequence[AffineLayer]], start: int, stop: int) -> bool:
-    """Whether the rows of ``segments[start]``'s neurons can be pulled back to the input in patches.
-
-    ``segments[stop]`` may begin with diagonal layers (they move the box); every segment from
-    ``stop`` to ``start`` must otherwise be exactly one convolution.
-    """
-    if start <= stop:
-        return False
-    for index in range(stop, start + 1):
-        layers = list(segments[index])
-        if index == stop:
-            while layers and layers[0].is_diagonal:
-                layers.pop(0)
-        if len(layers) != 1 or not isinstance(layers[0], ConvLayer):
-            return False
-    return True
-
-
-def _windows(values: Tensor, size: tuple[int, int], stride: tuple[int, int], origin: tuple[int, int],
-             count: tuple[int, int]) -> Tensor:
-    """``values`` ``(B, C, H, W)`` read at ``count`` windows of ``size``: ``(B·L, C·h·w)``.
-
-    Window ``(i, j)`` starts at ``(i·S_h - P_h, j·S_w - P_w)``; positions outside the map read 0.
-    """
-    (h, w), (s_h, s_w), (p_h, p_w), (n_h, n_w) = size, stride, origin, count
+def windows(values: Tensor, geometry: Geometry, count: Pair) -> Tensor:
+    """``values`` ``(b, C, H, W)`` read at ``count`` windows: ``(b·L, C·h·w)``, zero outside the map."""
+    (h, w), (s_h, s_w), (p_h, p_w) = geometry
+    n_h, n_w = count
     height, width = values.shape[-2:]
-    # Pad (or crop, with negative amounts) so that exactly n_h x n_w windows fit.
-    right_h, right_w = (n_h - 1) * s_h + h - p_h - height, (n_w - 1) * s_w + w - p_w - width
-    padded = F.pad(values, (p_w, right_w, p_h, right_h))
-    columns = F.unfold(padded, (h, w), stride=(s_h, s_w))  # (B, C·h·w, L)
+    # Rows -p_h .. (n_h - 1)·s_h + h - p_h of the map are read (columns likewise); pad with zeros
+    # wherever that range leaves the map, then cut it out.
+    end_h, end_w = (n_h - 1) * s_h + h - p_h, (n_w - 1) * s_w + w - p_w
+    top, left = max(0, p_h), max(0, p_w)
+    padded = F.pad(values, (left, max(0, end_w - width), top, max(0, end_h - height)))
+    padded = padded[..., top - p_h : top + end_h, left - p_w : left + end_w]
+    columns = F.unfold(padded, (h, w), stride=(s_h, s_w))  # (b, C·h·w, L)
     return columns.transpose(1, 2).reshape(-1, columns.shape[1])
 
 
-def _lines_at(lines: RelaxationTensors, **window: tuple[int, int]) -> RelaxationTensors:
+def _union(a: Geometry, b: Geometry) -> Geometry | None:
+    """The smallest window holding both (same stride), or ``None``."""
+    if a[1] != b[1]:
+        return None
+    origin = (max(a[2][0], b[2][0]), max(a[2][1], b[2][1]))
+    end = (max(a[0][0] - a[2][0], b[0][0] - b[2][0]), max(a[0][1] - a[2][1], b[0][1] - b[2][1]))
+    return ((end[0] + origin[0], end[1] + origin[1]), a[1], origin)
+
+
+def _embed(patches: Tensor, channels: int, inner: Geometry, outer: Geometry) -> Tensor:
+    """Patches on window ``inner`` written into the larger window ``outer`` (zeros elsewhere)."""
+    if inner == outer:
+        return patches
+    (h, w), _, (o_h, o_w) = inner
+    (big_h, big_w), _, (big_oh, big_ow) = outer
+    top, left = big_oh - o_h, big_ow - o_w
+    shaped = patches.reshape(*patches.shape[:2], channels, h, w)
+    padded = F.pad(shaped, (left, big_w - w - left, top, big_h - h - top))
+    return padded.reshape(*patches.shape[:2], -1)
+
+
+def _plan(bounder: Bounder, index: int) -> tuple[dict[int, Geometry], list[int], dict[int, object]] | None:
+    """Geometry of every node between ``index`` and the input box, in reverse order, or ``None``."""
+    net = bounder.net
+    stops = {k: v for k, v in bounder.effective_stops(bounder.stops).items() if not v.phases}
+    top_shape = net.nodes[index].out_shape
+    if len(top_shape) != 3 or index in stops:
+        return None
+    geometry: dict[int, Geometry] = {index: ((1, 1), (1, 1), (0, 0))}
+    order: list[int] = []
+    for node_index in range(index, -1, -1):
+        if node_index not in geometry:
+            continue
+        order.append(node_index)
+        node = net.nodes[node_index]
+        if len(node.out_shape) != 3:
+            return None
+        if node_index in stops:
+            continue
+        op = node.op
+        here = geometry[node_index]
+        if isinstance(op, PatchOp) and len(node.inputs) == 1:
+            if not getattr(op, "per_channel", True):
+                return None
+            below = op.patch_geometry(*here)
+        elif isinstance(op, Relu | Sum):
+            below = here
+        else:
+            return None
+        for source in node.inputs:
+            merged = below if source not in geometry else _union(geometry[source], below)
+            if merged is None:
+                return None
+            geometry[source] = merged
+    if not any(i in stops for i in order):
+        return None
+    return geometry, order, stops
+
+
+def applies(bounder: Bounder, index: int) -> bool:
+    """Whether the rows of ``index``'s neurons go back to the input box in patches, and patches are smaller.
+
+    Every node between must be a patch operation, a ReLU or a sum on ``(C, H, W)`` maps, paths that
+    meet must have the same stride, and the patches summed over the nodes must be no larger than
+    the maps they stand for (else full maps cost less).
+    """
+    plan = _plan(bounder, index)
+    if plan is None:
+        return False
+    geometry, order, _ = plan
+    net = bounder.net
+    patch = sum(net.nodes[i].out_shape[0] * geometry[i][0][0] * geometry[i][0][1] for i in order)
+    full = sum(math.prod(net.nodes[i].out_shape) for i in order)
+    return patch <= full
+
+
+def _lines_at(lines: RelaxationTensors, geometry: Geometry, count: Pair) -> RelaxationTensors:
     """The lines read at the windows; fields that are one tensor stay one tensor."""
     read: dict[int, Tensor] = {}
 
     def at(value: Tensor) -> Tensor:
         if id(value) not in read:
-            read[id(value)] = _windows(value, **window)
+            read[id(value)] = windows(value, geometry, count)
         return read[id(value)]
 
     return RelaxationTensors(
@@ -93,91 +158,83 @@ def _lines_at(lines: RelaxationTensors, **window: tuple[int, int]) -> Relaxation
     )
 
 
-def _transfer(conv: ConvLayer, size: tuple[int, int], new_size: tuple[int, int]) -> Tensor:
-    """The matrix ``(C_out·h·w, C_in·h'·w')`` that pulls a patch back through ``conv``."""
-    channels = conv.out_shape[0]
-    units = torch.eye(channels * size[0] * size[1], dtype=conv.weight.dtype, device=conv.weight.device)
-    moved = transposed_conv(units.reshape(-1, channels, *size), conv.weight, conv.stride, (0, 0), new_size)
-    return moved.reshape(units.shape[0], -1)
+def _add_constant(bias: Tensor, patches: Tensor, constant: Tensor, batch: int, positions: int) -> Tensor:
+    """``bias + Σ_k patches·constant`` with ``constant`` ``(L, K)`` read at the windows; bias ``(B·L, G)``."""
+    groups = patches.shape[1]
+    if patches.shape[0] == 1:
+        extra = (constant @ patches[0].T).reshape(1, positions, groups)
+    else:
+        extra = torch.einsum("blgk,lk->blg", patches.reshape(batch, positions, groups, -1), constant)
+    return (bias.reshape(batch, positions, groups) + extra).reshape(batch * positions, groups)
 
 
-def patch_bounds(
-    segments: Sequence[Sequence[AffineLayer]],
-    lines: Sequence[RelaxationTensors],
-    start: int,
-    stop: int,
-    lower: Tensor,
-    upper: Tensor,
-    max_elements: int,
-    relu_step: ReluStep,
-    concretize: Concretize,
-) -> Tensor:
-    """Lower bounds ``(B, 2n)`` of the rows ``[I; -I]`` over the neurons of ``segments[start]``.
-
-    :param lower: ``(B, *input_shape)`` box at the input of ``segments[stop]``; ``upper`` likewise.
-    :param lines: ``lines[i]`` relaxes the ReLU after ``segments[i]``.
-    :param max_elements: budget for one patch tensor ``(B·L, G, K)``.
-    :param relu_step: the ReLU step of full backsubstitution (rows ``(N, G, K)``, lines ``(N, K)``).
-    :param concretize: the concretisation of full backsubstitution.
-    """
-    lower, upper, layers = box_through_diagonal(segments[stop], lower, upper)
-    convs: list[ConvLayer] = [layers[0]] + [segments[i][0] for i in range(stop + 1, start + 1)]  # type: ignore[list-item]
-    top = convs[-1]
-    channels, n_h, n_w = top.out_shape
-    batch, positions = lower.shape[0], n_h * n_w
-    # Patch geometry on the input of each convolution, from the top down: size, stride, origin.
-    geometry: list[tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = []
-    size, stride, origin = (1, 1), (1, 1), (0, 0)
-    widest = 1
-    for conv in reversed(convs):
-        k_h, k_w = conv.weight.shape[-2:]
-        size = ((size[0] - 1) * conv.stride[0] + k_h, (size[1] - 1) * conv.stride[1] + k_w)
-        origin = (origin[0] * conv.stride[0] + conv.padding[0], origin[1] * conv.stride[1] + conv.padding[1])
-        stride = (stride[0] * conv.stride[0], stride[1] * conv.stride[1])
-        geometry.append((size, stride, origin))
-        widest = max(widest, conv.in_shape[0] * size[0] * size[1])
+def patch_bounds(bounder: Bounder, index: int) -> Tensor:
+    """Lower bounds ``(B, 2n)`` of the rows ``[I; -I]`` over the neurons of node ``index``."""
+    plan = _plan(bounder, index)
+    assert plan is not None
+    geometry, order, stops = plan
+    net = bounder.net
+    channels, n_h, n_w = net.nodes[index].out_shape
     count = (n_h, n_w)
-    # The lines of each ReLU between the convolutions, read at their windows once for all rows.
-    relu_lines = [
-        _lines_at(lines[stop + depth], size=geometry[len(convs) - 2 - depth][0],
-                  stride=geometry[len(convs) - 2 - depth][1], origin=geometry[len(convs) - 2 - depth][2],
-                  count=count)
-        for depth in range(len(convs) - 1)
-    ]
-    box_size, box_stride, box_origin = geometry[-1]
-    box_lower = _windows(lower, box_size, box_stride, box_origin, count)
-    box_upper = _windows(upper, box_size, box_stride, box_origin, count)
-    # A patch through a convolution is a linear map of its K entries: one (K_in, K_out) matrix
-    # per convolution (the transposed convolution of each unit patch), applied as a matmul.
-    transfers = {
-        depth: _transfer(convs[depth], geometry[len(convs) - 2 - depth][0], geometry[len(convs) - 1 - depth][0])
-        for depth in range(len(convs) - 1)
-    }
+    lower = bounder.input_box[0]
+    batch, positions = lower.shape[0], n_h * n_w
+    # What every chunk reads: lines and boxes at the windows, constants at the windows, geometries of
+    # each edge (the operand's window before alignment).
+    relu_lines = {i: _lines_at(bounder.lines[i], geometry[i], count) for i in order
+                  if isinstance(net.nodes[i].op, Relu) and i not in stops}
+    boxes = {i: (windows(stops[i].lower, geometry[i], count), windows(stops[i].upper, geometry[i], count))
+             for i in order if i in stops}
+    constants: dict[int, Tensor] = {}
+    edge: dict[int, Geometry] = {}
+    for i in order:
+        op = net.nodes[i].op
+        if i in stops:
+            continue
+        if isinstance(op, PatchOp):
+            offset = op.offset_map()
+            if offset is not None:
+                constants[i] = windows(offset.unsqueeze(0), geometry[i], count)
+            edge[i] = op.patch_geometry(*geometry[i])
+        else:
+            edge[i] = geometry[i]
+    widest = max(net.nodes[i].out_shape[0] * geometry[i][0][0] * geometry[i][0][1] for i in order)
     groups = 2 * channels
-    # At least a few rows per position: the lines read at the windows are as large as one row.
-    chunk = max(_MIN_GROUPS, max_elements // max(1, batch * positions * widest))
-    weight = top.weight.reshape(channels, -1)
+    chunk = max(_MIN_GROUPS, bounder.max_elements // max(1, batch * positions * widest))
+    dtype, device = lower.dtype, lower.device
     results = []
     for first in range(0, groups, chunk):
-        rows = torch.arange(first, min(groups, first + chunk), device=lower.device)
-        signs = torch.where(rows < channels, 1.0, -1.0).to(weight.dtype)
-        kernel = weight[rows % channels] * signs.unsqueeze(1)  # (G, K)
-        # The rows are the same for every example and position until the first ReLU step
-        # broadcasts them (its sign split then runs on the kernel, not on every copy).
-        coef = kernel.unsqueeze(0)
-        if top.bias is not None:
-            bias = (top.bias[rows % channels] * signs).unsqueeze(0)
-        else:
-            bias = coef.new_zeros(1, len(rows))
-        for depth in range(len(convs) - 2, -1, -1):
-            coef, bias = relu_step(coef, bias, relu_lines[depth])
-            conv = convs[depth]
-            (h, w), _, _ = geometry[len(convs) - 2 - depth]
-            new_h, new_w = geometry[len(convs) - 1 - depth][0]
-            if conv.bias is not None:
-                bias = bias + coef @ conv.bias.repeat_interleave(h * w)
-            coef = coef @ transfers[depth]
-        results.append(concretize(coef, bias, box_lower, box_upper))
+        rows = torch.arange(first, min(groups, first + chunk), device=device)
+        signs = torch.where(rows < channels, 1.0, -1.0).to(dtype)
+        start = torch.zeros(len(rows), channels, dtype=dtype, device=device)
+        start[torch.arange(len(rows), device=device), rows % channels] = signs
+        pending: dict[int, list[tuple[Tensor, Geometry]]] = {index: [(start.unsqueeze(0), geometry[index])]}
+        bias = lower.new_zeros(batch * positions, len(rows))
+        reached = []
+        for i in order:
+            node = net.nodes[i]
+            parts = pending.pop(i)
+            width = node.out_shape[0]
+            current = parts[0][0] if len(parts) == 1 and parts[0][1] == geometry[i] else sum(
+                _embed(p, width, g, geometry[i]) for p, g in parts)
+            if i in stops:
+                reached.append((current, i))
+                continue
+            op = node.op
+            if isinstance(op, Relu):
+                current, bias = relu_backward(current, bias, relu_lines[i])
+                passed = [(current, geometry[i])]
+            elif isinstance(op, Sum):
+                passed = [(current if c == 1.0 else current * c, geometry[i]) for c in op.coefficients]
+            else:
+                assert isinstance(op, PatchOp)
+                if i in constants:
+                    bias = _add_constant(bias, current, constants[i], batch, positions)
+                current = op.patch_linear(current, geometry[i][0], edge[i][0])
+                passed = [(current, edge[i])]
+            for source, part in zip(node.inputs, passed, strict=True):
+                pending.setdefault(source, []).append(part)
+        for current, i in reached:  # the constants are complete only now
+            bias = concretize(current, bias, *boxes[i])
+        results.append(bias)
     bounds = torch.cat(results, dim=1)  # (B·L, 2C), position-major
     return bounds.reshape(batch, positions, groups).transpose(1, 2).reshape(batch, groups * positions)
-

@@ -77,6 +77,7 @@ def margin_bounds(
     domain: tuple[float, float] | None = PIXEL_DOMAIN,
     elision: bool = True,
     check_centre: bool = True,
+    rigorous: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Lower bounds on the margins ``z_y - z_j`` over the eps-box of ``x``, and the class ``j`` of each row.
 
@@ -85,14 +86,16 @@ def margin_bounds(
 
     :param domain: the box is clipped to it (default: pixels in ``[0, 1]``).
     :param check_centre: see :func:`~relaxlab.engine.bounds.compute_bounds`.
+    :param rigorous: see :func:`~relaxlab.engine.bounds.compute_bounds` (certification sets it).
     :return: ``(lb, others)``, both ``(B, K-1)``; ``others[b, r]`` is the class of row ``r``.
     """
     if elision:
         spec = margin_spec(labels, num_classes, dtype=x.dtype)
         lb, _ = compute_bounds(model, x, eps, relaxation, C=spec, domain=domain, lower_only=True,
-                               check_centre=check_centre)
+                               check_centre=check_centre, rigorous=rigorous)
         return lb, other_classes(labels, num_classes)
-    lower, upper = compute_bounds(model, x, eps, relaxation, domain=domain, check_centre=check_centre)
+    lower, upper = compute_bounds(model, x, eps, relaxation, domain=domain, check_centre=check_centre,
+                                  rigorous=rigorous)
     others = other_classes(labels, num_classes)
     return lower.gather(1, labels.unsqueeze(1)) - upper.gather(1, others), others
 

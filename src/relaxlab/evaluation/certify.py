@@ -66,7 +66,9 @@ def certified_mask(
     logits: Tensor | None = None,
 ) -> Tensor:
     """``(B,)`` which samples are certified: classified correctly and every margin's lower bound over
-    the eps-box (clipped to [0, 1]) accepted by :func:`~relaxlab.engine.spec.is_certified`.
+    the eps-box (clipped to [0, 1]) accepted by :func:`~relaxlab.engine.spec.is_certified`. The bounds
+    are rigorous (``rigorous=True``: the box rounded outward, every bound widened by a bound on its
+    rounding error), so a certificate holds in the floating-point arithmetic used.
 
     :param net: the network, in the dtype of ``x`` (float64 for the tolerance to be wide).
     :param x: ``(B, C, H, W)`` in [0, 1]; ``labels`` ``(B,)``.
@@ -76,7 +78,7 @@ def certified_mask(
         if logits is None:
             logits = net(x)
         right = logits.argmax(1) == labels
-        lb, _ = margin_bounds(net, x, labels, eps, relaxation, num_classes=num_classes)
+        lb, _ = margin_bounds(net, x, labels, eps, relaxation, num_classes=num_classes, rigorous=True)
         return right & is_certified(lb, logits)
 
 

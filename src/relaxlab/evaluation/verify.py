@@ -250,10 +250,11 @@ def relaxation_bound(relaxation: object) -> BoundFn:
     from relaxlab.api import compute_bounds
 
     def bound(model: nn.Module, lower: Tensor, upper: Tensor, C: Tensor, deadline: Deadline) -> Tensor:
-        # centre and a radius of the full width, clipped to the box: exactly [lower, upper]
+        # centre and a radius of the full width, clipped to the box: exactly [lower, upper], rounded
+        # outward, and bounds that hold in floating point (rigorous): an unsat claim rests on them
         centre = (lower + upper) / 2
         lb, _ = compute_bounds(model, centre, upper - lower, relaxation, C=C, domain=(lower, upper),  # type: ignore[arg-type]
-                               lower_only=True)
+                               lower_only=True, rigorous=True)
         return lb
 
     return bound

@@ -2,10 +2,10 @@
 
 The analyses evaluate a bound at hundreds of parameter vectors ``θ + t·d`` (Sec. 4.3, 5.1 and
 App. E.2 of the paper). Instead of one engine call per point, the fully connected layers that
-move become :class:`BatchedLinearLayer`\\ s, whose weights carry a leading batch dimension: the
-engine then bounds every (input, parameter point) pair of a batch in one call, with the same
-backsubstitution code (the layer contract of :mod:`relaxlab.engine.network`). Networks whose
-moved parameters are not in ``nn.Linear`` layers fall back to one engine call per point.
+move become :class:`~relaxlab.engine.ops.Linear` operations with per-example weights (a leading
+batch dimension): the engine then bounds every (input, parameter point) pair of a batch in one
+call, on any network it accepts. Networks whose moved parameters are not in ``nn.Linear`` layers
+fall back to one engine call per point.
 
 Shapes: ``P`` points (input, parameter vector) evaluated together; ``S`` specification rows.
 """
@@ -22,30 +22,13 @@ from torch import Tensor, nn
 
 from relaxlab.core.relaxer import check_relaxer
 from relaxlab.engine.bounds import compute_bounds
-from relaxlab.engine.network import LinearLayer, Network, parse_network
+from relaxlab.engine.network import Network
+from relaxlab.engine.ops import Linear
+from relaxlab.engine.parse import parse_model
 from relaxlab.engine.spec import margin_bounds, worst_case_logits
 
 #: Default number of points bounded in one engine call.
 DEFAULT_POINTS_PER_CALL = 128
-
-
-@attrs.frozen(eq=False)
-class BatchedLinearLayer(LinearLayer):
-    """A ``Linear`` layer with one weight matrix per batch element: ``weight`` is ``(P, out, in)``."""
-
-    def forward(self, x: Tensor, offset_scale: float = 1.0) -> Tensor:
-        out = torch.einsum("pi,poi->po", x, self.weight)
-        if self.bias is not None:
-            out = out + (self.bias if offset_scale == 1.0 else self.bias * offset_scale)
-        return out
-
-    def forward_abs(self, r: Tensor) -> Tensor:
-        return torch.einsum("pi,poi->po", r, self.weight.abs())
-
-    def backward(self, coef: Tensor) -> tuple[Tensor, Tensor | None]:
-        new = torch.matmul(coef, self.weight)  # (P, S, out) @ (P, out, in)
-        bias = torch.matmul(coef, self.bias.unsqueeze(-1)).squeeze(-1) if self.bias is not None else None
-        return new, bias
 
 
 def linear_parameter_names(model: nn.Module) -> dict[str, nn.Linear]:
@@ -97,9 +80,9 @@ def batched_network(
     bad = sorted(set(values) - set(owners))
     if bad:
         raise ValueError(f"parameters {bad} are not in nn.Linear layers; only those can be batched")
-    net = parse_network(model, tuple(int(s) for s in input_shape))
+    net = parse_model(model, tuple(int(s) for s in input_shape))
     points = next(iter(values.values())).shape[0]
-    layers = list(net.layers)
+    nodes = list(net.nodes)
     by_module = {id(owner): name for name, owner in owners.items()}
     for module in {id(m): m for m in owners.values()}.values():
         if not any(id(module) == id(owners[n]) for n in values):
@@ -108,18 +91,21 @@ def batched_network(
         weight = values.get(f"{prefix}weight")
         bias = values.get(f"{prefix}bias")
         index = next(
-            (i for i, layer in enumerate(layers) if isinstance(layer, LinearLayer) and layer.weight is module.weight),
+            (i for i, node in enumerate(nodes) if isinstance(node.op, Linear) and node.op.weight is module.weight),
             None,
         )
         if index is None:
             raise ValueError("could not match a Linear layer of the model to the parsed network")
-        layer = layers[index]
+        op = nodes[index].op
+        assert isinstance(op, Linear)
+        if len(op.in_shape) != 1:
+            raise ValueError(f"{net.describe(index)} reads inputs of shape {op.in_shape}; only flat inputs can be batched")
         if weight is None:
             weight = module.weight.unsqueeze(0).expand(points, *module.weight.shape)
         if bias is None and module.bias is not None:
             bias = module.bias.unsqueeze(0).expand(points, *module.bias.shape)
-        layers[index] = BatchedLinearLayer(weight, bias, layer.in_shape, layer.out_shape)
-    return Network(tuple(layers), net.input_shape)
+        nodes[index] = attrs.evolve(nodes[index], op=attrs.evolve(op, weight=weight, bias=bias))
+    return Network(tuple(nodes), net.input_shape)
 
 
 #: ``value_fn(network, x, labels) -> (P,)``: what to follow along a segment (labels may be None).
@@ -188,7 +174,7 @@ def bound_value(
         raise ValueError(f"kappa must be in [0, 1], got {kappa}")
 
     def value(network: Network | nn.Module, x: Tensor, y: Tensor | None) -> Tensor:
-        net = network if isinstance(network, Network) else parse_network(network, tuple(x.shape[1:]))
+        net = network if isinstance(network, Network) else parse_model(network, tuple(x.shape[1:]))
         if output is not None:
             if not 0 <= output < net.output_dim:
                 raise ValueError(f"output {output} is out of range: the network has {net.output_dim} outputs")
@@ -213,7 +199,7 @@ def certified_loss(
     domain: tuple[float, float] | None = None,
 ) -> Tensor:
     """Per-example ``kappa·CE(z, y) + (1 - kappa)·CE(z_worst, y)``, ``(B,)``, differentiable."""
-    net = network if isinstance(network, Network) else parse_network(network, tuple(x.shape[1:]))
+    net = network if isinstance(network, Network) else parse_model(network, tuple(x.shape[1:]))
     lb, others = margin_bounds(net, x, labels, eps, check_relaxer(relaxation), num_classes=net.output_dim,
                                domain=domain)
     loss = F.cross_entropy(worst_case_logits(lb, others, net.output_dim), labels, reduction="none")
@@ -289,7 +275,6 @@ def along_segments(
 
 
 __all__ = [
-    "BatchedLinearLayer",
     "along_segments",
     "batched_network",
     "bound_value",

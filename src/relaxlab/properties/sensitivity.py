@@ -40,7 +40,11 @@ for *any* relaxation from its spec, with the bookkeeping rules the paper uses:
 - ``(l, u)`` of a ReLU come from backsubstitution (``intermediate == "backsub"``: the
   neuron's own class) or from interval arithmetic (``"interval"``: the class of the
   interval bounds, which pass each ReLU as ``[relu(l'), relu(u')]`` with ``(l', u')`` the
-  relaxation's transform).
+  relaxation's transform). Forward propagation (``"forward"``, the hybrid zonotope) is
+  counted as backsubstitution: its forms are the same products of weights and lines along
+  every path, plus box parts ``|W|·r`` of the same degree, so a neuron's bounds have the
+  neuron's own class. The recurrence is about a relaxation's lines and how bounds reach
+  them; it does not see a mode's constant factors (tightness does).
 
 With all layers of width ``M`` and ``B`` ReLU-affine blocks after the first ReLU
 (``B = ⌊L/2⌋ - 1``) this gives 1 for IBP and hBox, ``2·3^B·M^(B+1)`` for DeepZ and CROWN
@@ -85,9 +89,10 @@ from relaxlab.core.expr import (
 from relaxlab.core.relaxation import ReluRelaxation
 from relaxlab.core.relaxer import check_relaxer
 from relaxlab.core.stability import Stability
-from relaxlab.engine.backsub import intermediate_bounds
+from relaxlab.engine.bounder import intermediate_bounds
 from relaxlab.engine.box import input_box
-from relaxlab.engine.network import ConvLayer, LinearLayer, parse_network
+from relaxlab.engine.ops import AffineOp, Conv, Linear, Relu
+from relaxlab.engine.parse import parse_model
 from relaxlab.properties.findings import SensitivityReason
 
 if TYPE_CHECKING:
@@ -452,7 +457,7 @@ def degree_on(
         cases = [tuple(Stability)] * len(fan_ins)
     if len(cases) != len(fan_ins):
         raise ValueError(f"cases has {len(cases)} entries but there are {len(fan_ins)} ReLU layers")
-    if relaxation.intermediate not in ("backsub", "interval"):
+    if relaxation.intermediate not in ("backsub", "interval", "forward"):
         raise ValueError(f"{relaxation.name}: unknown intermediate mode {relaxation.intermediate!r}")
     neuron = box = LINEAR  # the first affine layer: P_1 for every relaxation
     trace: list[tuple[str, DegreeClass]] = [("affine 1", neuron)]
@@ -480,23 +485,35 @@ def paper_degree(relaxation: ReluRelaxation, blocks: int, width: int) -> Sensiti
 
 
 def fan_ins_of(model: nn.Module, input_shape: Sequence[int]) -> list[int]:
-    """The fan-in after every ReLU layer of a network the engine accepts.
+    """The fan-in after every ReLU of a network the engine accepts, in node order.
 
-    A segment of affine layers combines at most ``min(#ReLU outputs, product of the fan-ins of
-    its non-diagonal layers)`` ReLU outputs per neuron (``Linear``: ``in_features``;
-    ``Conv2d``: ``in_channels·kh·kw``).
+    The affine nodes between a ReLU and the next ReLUs combine at most ``min(#ReLU outputs,
+    product of the fan-ins of the non-diagonal operations on a path)`` ReLU outputs per neuron
+    (``Linear``: ``in_features``; ``Conv2d``: ``in_channels/groups·kh·kw``; the largest over paths).
     """
-    net = parse_network(model, tuple(int(s) for s in input_shape))
+    net = parse_model(model, tuple(int(s) for s in input_shape))
+
+    def fan_in(op: AffineOp) -> int:
+        if isinstance(op, Linear):
+            return int(op.weight.shape[-1])
+        if isinstance(op, Conv):
+            return int(op.weight.shape[1] * op.weight.shape[2] * op.weight.shape[3])
+        return 1
+
     fan_ins = []
-    for relu, segment in zip(net.relus, net.segments[1:], strict=True):
-        width = math.prod(relu.out_shape)
-        product = 1
-        for layer in segment:
-            if isinstance(layer, LinearLayer):
-                product *= int(layer.weight.shape[-1])
-            elif isinstance(layer, ConvLayer):
-                product *= int(layer.weight.shape[1] * layer.weight.shape[2] * layer.weight.shape[3])
-        fan_ins.append(max(1, min(width, product)))
+    for relu in net.relus:
+        product = {relu: 1}
+        largest = 1
+        for index in range(relu + 1, len(net.nodes)):
+            node = net.nodes[index]
+            reached = [product[i] for i in node.inputs if i in product]
+            if not reached or isinstance(node.op, Relu):
+                continue
+            assert isinstance(node.op, AffineOp)
+            product[index] = max(reached) * fan_in(node.op)
+            largest = max(largest, product[index])
+        width = math.prod(net.nodes[relu].out_shape)
+        fan_ins.append(max(1, min(width, largest)))
     return fan_ins
 
 

@@ -79,7 +79,34 @@ HBOX_SWITCH = _relaxation(
     CaseBounds(switch_line(CROWN_HEURISTIC, ZERO, IDENTITY), switch_line(CROWN_HEURISTIC, UPPER, SHIFTED)),
     "hBox's box where -l >= u, else hBox-Diag's band.", "App. H")
 
-# -- DeepZ modifications (App. H); Box/Diag/Diag-C/Switch coincide with the hBox ones ----------------
+# -- the hBox family as the paper's code computes it: forward, a hybrid zonotope ------------------------
+#
+# The paper's code propagates hBox, hBox-Diag, hBox-Diag-C and hBox-Switch forward as hybrid zonotopes
+# (``hbox``, ``hdiag``, ``hdiag-c``, ``hswitch``): the new term of an unstable ReLU (the box [0, u], the
+# band's width) becomes a box part that later affine layers carry as |W|·r, while stable neurons and the
+# input's error terms stay symbolic. The text's versions above substitute the same lines during
+# backsubstitution, which keeps every new term symbolic and is tighter (docs/engine.md, "Propagation").
+
+
+def _hybrid(base: ReluRelaxation, name: str, code: str) -> ReluRelaxation:
+    return evolve(
+        base, name=name, intermediate="forward", final="forward",
+        summary=f"{base.name} as the paper's code ({code}) computes it: a hybrid zonotope, the new term of an "
+                "unstable ReLU a box part that later layers carry as |W|·r.",
+        reference=f"{PAPER}, App. H and its released code (domain {code!r})",
+    )
+
+
+HBOX_HYBRID = _hybrid(HBOX, "hBox-Hybrid", "hbox")
+HBOX_DIAG_HYBRID = _hybrid(HBOX_DIAG, "hBox-Diag-Hybrid", "hdiag")
+HBOX_DIAG_C_HYBRID = _hybrid(HBOX_DIAG_C, "hBox-Diag-C-Hybrid", "hdiag-c")
+HBOX_SWITCH_HYBRID = _hybrid(HBOX_SWITCH, "hBox-Switch-Hybrid", "hswitch")
+
+# -- DeepZ modifications (App. H) -----------------------------------------------------------------------
+#
+# The code's zbox, zdiag, zdiag-c and zswitch add a fresh error term per unstable neuron: for parallel
+# lines that is exactly backsubstitution, so these coincide with the text's hBox versions (the registry
+# reports them as aliases); the code's hBox family above does not.
 
 DEEPZ_BOX = evolve(HBOX, name="DeepZ-Box", summary="DeepZ with the box 0 <= y <= u for unstable ReLUs.",
                    reference=f"{PAPER}, App. H")
@@ -143,6 +170,7 @@ LOOSE_IBP_DC = evolve(
 BUILTINS: tuple[ReluRelaxation, ...] = (
     IBP, HBOX, DEEPZ, CROWN, CROWN_IBP,
     HBOX_DIAG, HBOX_DIAG_C, HBOX_SWITCH,
+    HBOX_HYBRID, HBOX_DIAG_HYBRID, HBOX_DIAG_C_HYBRID, HBOX_SWITCH_HYBRID,
     DEEPZ_BOX, DEEPZ_DIAG, DEEPZ_DIAG_C, DEEPZ_SWITCH, DEEPZ_SOFT, DEEPZ_IBP,
     CROWN_0, CROWN_1, CROWN_0_C, CROWN_1_C, CROWN_0_TRIA, CROWN_1_TRIA, CROWN_0_TRIA_C, CROWN_1_TRIA_C,
     CROWN_SOFT, CROWN_SOFT_IBP,

@@ -23,8 +23,6 @@ import torch
 from torch import Tensor, nn
 
 from relaxlab.api import get_relaxation
-from relaxlab.engine.fusion import fusable_network
-from relaxlab.engine.network import UnsupportedNetworkError
 from relaxlab.evaluation.certify import certify
 from relaxlab.store import Store, environment
 from relaxlab.training.checkpoint import (
@@ -211,11 +209,6 @@ def train(
         raise ConfigError(f"data of dataset {data.dataset.name!r} given for a config of {config.dataset!r}")
     device = _default_device() if device is None else torch.device(device)
     state = _start(config, resolved.architecture, data.dataset, payload, checkpoint_path, device)
-    if config.loss_fusion:
-        try:
-            fusable_network(state.model, torch.zeros(2, *data.dataset.input_shape, device=device))
-        except UnsupportedNetworkError as error:
-            raise ConfigError(f"architecture {config.architecture!r}: {error}") from None
     if store is not None:
         state.run_id = _open_run(store, state, config, device, out_dir)
     loop = _Loop(config=config, data=data, relaxations=resolved.relaxations, callbacks=tuple(callbacks),

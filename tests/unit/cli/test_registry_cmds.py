@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from relaxlab.cli import cli
+from relaxlab.core.relaxation import FINAL_MODES, INTERMEDIATE_MODES
 from tests.unit.properties.test_derive import PAPER_FLAGS
 
 
@@ -16,8 +18,8 @@ def test_list_json_has_every_primary_relaxation_with_paper_flags() -> None:
     assert result.exit_code == 0, result.output
     records = {r["name"]: r for r in json.loads(result.stdout)}
     for record in records.values():
-        assert set(record) >= {"name", "aliases", "continuous", "sensitive", "intermediate", "params"}
-        assert record["intermediate"] in ("backsub", "interval")
+        assert set(record) >= {"name", "aliases", "continuous", "sensitive", "intermediate", "final", "params"}
+        assert record["intermediate"] in INTERMEDIATE_MODES and record["final"] in FINAL_MODES
     listed = set(records) | {a for r in records.values() for a in r["aliases"]}
     assert set(PAPER_FLAGS) <= listed
     for name, (continuous, sensitive) in PAPER_FLAGS.items():
@@ -47,6 +49,19 @@ def test_show_with_parameters() -> None:
     result = CliRunner().invoke(cli, ["show", "-r", "LooseIBP-DC(F=10, omega=0.5)"])
     assert result.exit_code == 0, result.output
     assert "LooseIBP-DC(omega=0.5, F=10)" in result.stdout and "before each ReLU" in result.stdout
+
+
+@pytest.mark.parametrize(("name", "modes"), [
+    ("CROWN", "intermediate bounds: full backsubstitution; final bounds: full backsubstitution"),
+    ("CROWN-IBP (R)", "intermediate bounds: interval arithmetic; final bounds: full backsubstitution"),
+    ("hBox-Hybrid", "intermediate bounds: forward affine forms with a box part (hybrid zonotope); final bounds: "
+                    "forward affine forms with a box part (hybrid zonotope)"),
+])
+def test_show_names_how_bounds_propagate(name: str, modes: str) -> None:
+    """``show`` says what the engine runs for the relaxation (its ``intermediate`` and ``final`` modes)."""
+    result = CliRunner().invoke(cli, ["show", "-r", name])
+    assert result.exit_code == 0, result.output
+    assert modes in result.output
 
 
 def test_unknown_names_and_bad_parameters_are_clear_errors() -> None:

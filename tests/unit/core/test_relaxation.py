@@ -126,7 +126,9 @@ def test_invalid_specs_cannot_be_built() -> None:
     with pytest.raises(ValueError, match="not allowed"):
         evolve(relaxlab.get_relaxation("CROWN"), name="bad;name")
     with pytest.raises(ValueError, match="must be in"):
-        evolve(relaxlab.get_relaxation("CROWN"), intermediate="forward")
+        evolve(relaxlab.get_relaxation("CROWN"), intermediate="sideways")
+    with pytest.raises(ValueError, match="must be in"):
+        evolve(relaxlab.get_relaxation("CROWN"), final="interval")
     with pytest.raises(ValueError, match="must be >= 0"):
         ReluRelaxation(name="y", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
                        unstable=CaseBounds(IDENTITY, CHORD), params=(ParamSpec("w", -1.0, minimum=0.0),))

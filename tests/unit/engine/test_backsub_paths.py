@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import relaxlab
-from relaxlab.engine import bound_network, intermediate_bounds, parse_network
+from relaxlab.engine import bound_network, intermediate_bounds, parse_model
 from relaxlab.engine import patches as patch_path
-from relaxlab.engine.backsub import _stable_reference
+from relaxlab.engine.bounder import Bounder, propagation
 
 BACKSUB = ("CROWN", "DeepZ", "hBox", "CROWN-0-C")
 
@@ -67,9 +67,14 @@ def test_patches_apply_to_conv_plus() -> None:
     from relaxlab.architectures import BUILTIN_ARCHITECTURES
 
     conv_plus = next(a for a in BUILTIN_ARCHITECTURES if a.name == "CONV+")
-    network = parse_network(conv_plus.build((1, 28, 28), 10, [0.1307], [0.3081]), (1, 28, 28))
-    assert patch_path.applies(network.segments, 1, 0)
-    assert not patch_path.applies(network.segments, 2, 0)  # the linear layer's rows are dense
+    network = parse_model(conv_plus.build((1, 28, 28), 10, [0.1307], [0.3081]), (1, 28, 28))
+    crown = relaxlab.get_relaxation("CROWN")
+    x = torch.rand(2, 1, 28, 28)
+    run = Bounder(network, x - 0.01, x + 0.01, crown, propagation(crown))
+    convs = [i for i, node in enumerate(network.nodes) if type(node.op).__name__ == "Conv"]
+    linear = next(i for i, node in enumerate(network.nodes) if type(node.op).__name__ == "Linear")
+    assert patch_path.applies(run, convs[1])
+    assert not patch_path.applies(run, linear)  # the linear layer's rows are dense
 
 
 def _stable_net(seed: int) -> nn.Sequential:
@@ -107,10 +112,11 @@ def test_sparse_rows_keep_the_output_bounds(name: str, seed: int) -> None:
     lower, upper = x - 0.05, x + 0.05
     relaxation = relaxlab.get_relaxation(name)
     boxes, _ = intermediate_bounds(model, lower, upper, relaxation, sparse=False)
-    network = parse_network(model, (6,), dtype=torch.float64)
+    network = parse_model(model, (6,), dtype=torch.float64)
+    run = Bounder(network, lower, upper, relaxation, propagation(relaxation))
     skipped, agree = 0, True
     for index in range(1, len(boxes)):
-        reference = _stable_reference(network.segments, index, boxes[index - 1], relaxation)
+        reference = run.stable_reference(2 * index + 1)  # the Linear node before ReLU ``index``
         assert reference is not None
         ref_lower, ref_upper, skip = reference
         skipped += int(skip.sum())
@@ -155,10 +161,12 @@ def test_sparse_rows_keep_lines_that_read_the_bounds() -> None:
     ``[l, u]``, so only its negative neurons (lines 0, 0) may be skipped."""
     model = _stable_net(3)
     x = torch.rand(4, 6, dtype=torch.float64)
-    network = parse_network(model, (6,), dtype=torch.float64)
-    boxes, _ = intermediate_bounds(model, x - 0.05, x + 0.05, relaxlab.get_relaxation("CROWN"))
+    network = parse_model(model, (6,), dtype=torch.float64)
+    crown = relaxlab.get_relaxation("CROWN")
+    run = Bounder(network, x - 0.05, x + 0.05, crown, propagation(crown))
     for name in ("IBP", "CROWN"):
-        reference = _stable_reference(network.segments, 1, boxes[0], relaxlab.get_relaxation(name))
+        run.relaxation = relaxlab.get_relaxation(name)  # the lines judged; the bounds stay CROWN's
+        reference = run.stable_reference(3)
         assert reference is not None
         ref_lower, ref_upper, skip = reference
         positive, negative = (ref_lower >= 0).all(dim=0), (ref_upper <= 0).all(dim=0)
@@ -183,7 +191,7 @@ def test_relu_step_gradient_equals_autograd(
     every arrangement of the lines the step distinguishes (zero offsets, one tensor for two
     coefficients, rows shared by the batch, neuron shapes), and its forward pass is bitwise the same."""
     from relaxlab.core.relaxer import RelaxationTensors
-    from relaxlab.engine.backsub import _relu_step, _ReluStep
+    from relaxlab.engine.relu_step import _relu_step, _ReluStep
 
     generator = torch.Generator().manual_seed(len(shape) + 2 * same_slopes + 4 * same_offsets + 8 * shared_rows)
 
