@@ -9,7 +9,10 @@ wiring once for the user:
 - :func:`get_relaxation` and :func:`select_relaxations` resolve what a user typed, refusing
   relaxations that failed the check;
 - :func:`compute_bounds` is :func:`relaxlab.engine.compute_bounds` with registered names
-  resolved first.
+  resolved first;
+- :func:`optimisation` is the request to optimise a relaxation's parameters per neuron, made only
+  for parameters whose whole range the prover has proved sound; :func:`get_method` and
+  :func:`select_methods` also resolve ``opt:NAME`` (the relaxation with its parameters optimised).
 
 ``relaxlab.get_registry``, ``relaxlab.get_relaxation`` and ``relaxlab.compute_bounds`` are these.
 """
@@ -27,8 +30,10 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from relaxlab.engine.network import Network
+    from relaxlab.engine.optimise import Optimise
 
-__all__ = ["compute_bounds", "get_registry", "get_relaxation", "register_relaxation", "select_relaxations"]
+__all__ = ["compute_bounds", "get_method", "get_registry", "get_relaxation", "optimisation", "register_relaxation",
+           "select_methods", "select_relaxations"]
 
 _REGISTRY: Registry | None = None
 
@@ -92,3 +97,71 @@ def compute_bounds(
     from relaxlab.engine import bounds as engine_bounds  # torch: names resolve without it
 
     return engine_bounds.compute_bounds(model, x, eps, get_relaxation(relaxation), C, domain, **options)
+
+
+def optimisation(relaxation: str | ReluRelaxation, *, steps: int | None = None, lr: float | None = None,
+                 target: float | None = None) -> Optimise:
+    """The request to optimise ``relaxation``'s parameters per neuron (:mod:`relaxlab.engine.optimise`),
+    for ``optimise=`` of :func:`compute_bounds`, certification and verification.
+
+    Only parameters the lines use are optimised, over the range :func:`~relaxlab.properties.prove_soundness`
+    proved them sound on (the declared range; an unbounded end clipped as the prover clips it). Because
+    the proof covers every value of that range, every per-neuron choice the search makes is sound.
+
+    :param steps: gradient steps (default :data:`~relaxlab.engine.optimise.DEFAULT_STEPS`).
+    :param lr: Adam's step size (default :data:`~relaxlab.engine.optimise.DEFAULT_LR`).
+    :param target: rows whose bound reaches it stop pulling (default: none; certification uses 0).
+    :raises ValueError: a relaxation without parameters in its lines, or one the prover has not
+        proved sound over the whole range (its verdict named).
+    """
+    from relaxlab.core.expr import BOUND_VARIABLES
+    from relaxlab.engine import optimise as engine_optimise
+    from relaxlab.properties.prover import parameter_ranges, prove_soundness
+
+    found = get_relaxation(relaxation)
+    if not isinstance(found, ReluRelaxation):
+        raise TypeError(f"only declared relaxations (ReluRelaxation) have parameters to optimise, got {type(found).__name__}")
+    used = frozenset().union(*(e.variables() for e in found.expressions())) - BOUND_VARIABLES
+    if not used:
+        raise ValueError(f"{found.name} has no parameters in its lines to optimise; "
+                         "CROWN-alpha is CROWN with its lower slope as one")
+    verdict = prove_soundness(found)
+    if not verdict.proved:
+        raise ValueError(f"{found.name} is {verdict.outcome}, not proved sound over its parameter ranges; "
+                         "only proved relaxations are optimised (see relaxlab check)")
+    specs = {p.name: p for p in found.params}
+    ranges = [engine_optimise.ParameterRange(specs[r.name], found.parameters[r.name], r.lo, r.hi, r.open_lo)
+              for r in parameter_ranges(found.params, found.parameters, used)]
+    options: dict[str, Any] = {"steps": steps, "lr": lr, "target": target}
+    return engine_optimise.Optimise(ranges, **{k: v for k, v in options.items() if v is not None})
+
+
+def get_method(name: str | Relaxer) -> Any:
+    """What certifies or verifies: a relaxation (:func:`get_relaxation`), or for ``opt:NAME`` an
+    :class:`~relaxlab.engine.optimise.Optimised` (its parameters optimised per neuron, rows that reach
+    0 no longer pulling: the settings of certification and verification)."""
+    from relaxlab.engine.optimise import OPTIMISED_PREFIX, Optimised
+
+    if isinstance(name, str) and name.strip().lower().startswith(OPTIMISED_PREFIX):
+        relaxation = get_relaxation(name.strip()[len(OPTIMISED_PREFIX):].strip())
+        return Optimised(relaxation, optimisation(relaxation, target=0.0))
+    return get_relaxation(name)
+
+
+def select_methods(spec: str | list[str] | tuple[str, ...]) -> list[Any]:
+    """:func:`select_relaxations`, where an item may also be ``opt:NAME`` (:func:`get_method`)."""
+    from relaxlab.engine.optimise import OPTIMISED_PREFIX
+    from relaxlab.registry import split_names
+
+    parts = [spec] if isinstance(spec, str) else list(spec)
+    items = [item for part in parts for item in split_names(part)]
+    methods: list[Any] = []
+    for item in items:
+        if item.lower().startswith(OPTIMISED_PREFIX):
+            methods.append(get_method(item))
+        else:
+            methods += select_relaxations(item)
+    if not methods:
+        select_relaxations(spec)  # the registry's message for an empty selection
+    names = [m.name for m in methods]
+    return [m for i, m in enumerate(methods) if m.name not in names[:i]]

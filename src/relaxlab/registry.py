@@ -197,7 +197,7 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
         parts = [spec] if isinstance(spec, str) else list(spec)
         names: list[str] = []
         for part in parts:
-            for item in _split_names(part):
+            for item in split_names(part):
                 word = item.lower()
                 if word == "all":
                     names += [n for n in self._items if n not in self.unsound and self.primary(n) == n]
@@ -227,7 +227,7 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
         return next(n for n, r in self._items.items() if r.spec_key() == key)
 
 
-def _split_names(text: str) -> list[str]:
+def split_names(text: str) -> list[str]:
     """Split a comma list, keeping commas inside parentheses (``LooseIBP-DC(F=10, omega=0.5)``)."""
     out, depth, current = [], 0, ""
     for char in text:

@@ -72,6 +72,32 @@ def select(spec: tuple[str, ...], *, allow_unsound: bool = False) -> list[Any]:
     return list(unique.values())
 
 
+def select_methods(spec: tuple[str, ...]) -> list[Any]:
+    """:func:`select`, where an item may also be ``opt:NAME``: the relaxation NAME with its parameters
+    optimised per neuron (:func:`relaxlab.api.get_method`). Errors become one clear line."""
+    from relaxlab.api import get_method
+    from relaxlab.engine.optimise import OPTIMISED_PREFIX
+    from relaxlab.registry import split_names
+
+    methods: list[Any] = []
+    for part in spec:
+        # a value with opt: items is split here (commas inside parentheses kept); any other goes to select whole
+        for item in split_names(part) if OPTIMISED_PREFIX in part.lower() else [part]:
+            if item.lower().startswith(OPTIMISED_PREFIX):
+                try:
+                    methods.append(get_method(item))
+                except (LookupError, ValueError, TypeError) as error:
+                    fail(str(error))
+            else:
+                methods += select((item,))
+    if not spec:
+        select(spec)  # the registry's message for an empty selection
+    unique: dict[str, Any] = {}
+    for method in methods:
+        unique.setdefault(method.label, method)
+    return list(unique.values())
+
+
 def discovered(name: str) -> Any:
     """The relaxation ``relaxlab discover`` (default settings) prints as ``name``."""
     try:
@@ -88,6 +114,7 @@ def _discovery() -> Any:
     from relaxlab.discovery import discover
 
     return discover(get_registry(), relations=False)
+
 
 
 def one_relaxation(spec: tuple[str, ...]) -> Any:

@@ -22,7 +22,7 @@ from relaxlab.cli.options import (
     count_option,
     out_dir_option,
     relaxation_option,
-    select,
+    select_methods,
 )
 
 #: The record's name in the ``--out`` directory.
@@ -32,7 +32,7 @@ RECORD = "table10.json"
 @click.command("table10")
 @out_dir_option(f"Directory of the record {RECORD} (per cell one bit per test image; continued when it exists).",
                 default=Path("runs/table10"))
-@relaxation_option(default="paper", help_text="Certifying relaxation(s), the columns")
+@relaxation_option(default="paper", help_text="Certifying relaxation(s), the columns (opt:NAME: its parameters optimised per neuron)")
 @click.option("--net", "nets", multiple=True,
               help="Released network(s), the rows: a file stem (mnist_CONV_zono), FC or CONV; repeatable "
               "(default: all twelve).")
@@ -60,7 +60,7 @@ def table10_command(out_dir: Path, relaxation: tuple[str, ...], nets: tuple[str,
     out = out_dir / RECORD
     with clear_errors():
         eps = check_eps(eps)
-        relaxations = select(relaxation)
+        relaxations = select_methods(relaxation)
         networks = select_released(nets)
         if show:
             record = load_record(out) if out.exists() else Table10Record(eps=eps)

@@ -29,6 +29,7 @@ from relaxlab.cli.options import (
     out_dir_option,
     relaxation_option,
     select,
+    select_methods,
 )
 from relaxlab.cli.progress import interruptible
 from relaxlab.runtime import set_threads
@@ -138,7 +139,7 @@ def train_command(
 @click.command("certify")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @relaxation_option(
-    help_text="Certifying relaxation(s); several print the Table 10 matrix. "
+    help_text="Certifying relaxation(s), opt:NAME for its parameters optimised per neuron; several print the Table 10 matrix. "
     "Default: each model's training relaxation(s) (IBP for natural training)"
 )
 @click.option("--eps", type=float, default=None, help="Radius in [0, 1] (default: the run's eps_test).")
@@ -181,7 +182,7 @@ def certify_command(
     with clear_errors():
         if eps is not None:
             check_eps(eps)
-        certifiers = select(relaxation) if relaxation else None
+        certifiers = select_methods(relaxation) if relaxation else None
         loaded = []
         for path in checkpoints:  # check every file before any work
             payload = read_checkpoint(path)

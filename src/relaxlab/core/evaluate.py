@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import weakref
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,7 +26,7 @@ from relaxlab.core.relaxer import COEFFICIENT_NAMES, RelaxationTensors
 from relaxlab.core.stability import ALL_CASES, CaseWeights, Stability
 
 if TYPE_CHECKING:
-    from relaxlab.core.relaxation import CaseBounds, ReluRelaxation
+    from relaxlab.core.relaxation import CaseBounds, ParamSpec, ReluRelaxation
 
 # A point inside each case where every declared expression is well defined. Elements not in
 # a case are evaluated there, so that no NaN/inf from an unselected case can reach a gradient.
@@ -77,17 +78,26 @@ def plan_of(relaxation: ReluRelaxation) -> Plan:
     return plan
 
 
-def transform_bounds(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
-    """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them)."""
+def transform_bounds(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor,
+                     values: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them).
+
+    :param values: per-neuron parameter values, as in :func:`coefficients`.
+    """
     transform = relaxation.transform
     if transform is None:
         return lower, upper
-    env = {"l": lower, "u": upper, **plan_of(relaxation).parameters}
+    env = {"l": lower, "u": upper, **_parameters(relaxation, values)}
     return _broadcast(transform.lower.evaluate(env), lower), _broadcast(transform.upper.evaluate(env), upper)
 
 
-def coefficients(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -> RelaxationTensors:
+def coefficients(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor,
+                 values: Mapping[str, Tensor] | None = None) -> RelaxationTensors:
     """The lines of ``relaxation`` at raw pre-activation bounds; the case is chosen per element.
+
+    ``values`` maps parameter names to tensors broadcastable to ``lower`` (one value per neuron,
+    e.g. optimised ones, :mod:`relaxlab.engine.optimise`) that replace the relaxation's values
+    for this evaluation; gradients flow to them. The caller keeps them in the declared range.
 
     For every ``x`` in ``[lower, upper]``:
     ``lower_slope·x + lower_offset <= relu(x) <= upper_slope·x + upper_offset``.
@@ -96,9 +106,9 @@ def coefficients(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -> Re
     ``torch.compile`` (plain values only).
     """
     plan = plan_of(relaxation)
-    lb, ub = transform_bounds(relaxation, lower, upper)
+    lb, ub = transform_bounds(relaxation, lower, upper, values)
     weights = CaseWeights(lb, ub)
-    params = plan.parameters
+    params = _parameters(relaxation, values)
     envs: dict[frozenset[Stability], dict[str, Any]] = {}
 
     def environment(cases: frozenset[Stability], partial: bool) -> dict[str, Any]:
@@ -170,6 +180,25 @@ def coefficients(relaxation: ReluRelaxation, lower: Tensor, upper: Tensor) -> Re
     return RelaxationTensors(*out, zeros=frozenset(zeros))
 
 
+
+
+def _parameters(relaxation: ReluRelaxation, values: Mapping[str, Tensor] | None) -> dict[str, Any]:
+    """The parameter environment: the relaxation's values, ``values`` replacing them where given."""
+    parameters = plan_of(relaxation).parameters
+    if not values:
+        return parameters
+    unknown = set(values) - set(parameters)
+    if unknown:
+        raise ValueError(f"{relaxation.name}: no parameter(s) {sorted(unknown)}; it has {sorted(parameters) or 'none'}")
+    return {**parameters, **values}
+
+
+def parameter_start(spec: ParamSpec, value: float, lower: Tensor, upper: Tensor) -> Tensor:
+    """Per-neuron starting values of a parameter at bounds ``[lower, upper]``: its ``start``
+    expression where declared, else ``value``; the caller clips them into the range."""
+    if spec.start is None:
+        return torch.full_like(lower, value)
+    return _broadcast(spec.start.evaluate({"l": lower, "u": upper, MEMO: {}}), lower)
 
 
 def _constant_factor(expr: Expr) -> tuple[float, Expr]:

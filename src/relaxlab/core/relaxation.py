@@ -120,6 +120,9 @@ class ParamSpec:
     :param minimum: smallest admissible value (``None``: unbounded).
     :param strict: whether ``minimum`` itself is excluded (``F > 0``).
     :param description: one line for listings.
+    :param start: where optimisation starts (:mod:`relaxlab.engine.optimise`): an expression of the
+        ReLU's bounds ``l`` and ``u``, evaluated per neuron and clipped into the range (``None``: the
+        parameter's value). Plain evaluation always uses the value.
     """
 
     name: str
@@ -128,6 +131,12 @@ class ParamSpec:
     strict: bool = False
     maximum: float | None = None
     description: str = ""
+    start: Expr | None = field(default=None, validator=lambda self, _, value: self._check_start(value))
+
+    def _check_start(self, value: Expr | None) -> None:
+        if value is not None and not value.variables() <= {"l", "u"}:
+            raise ValueError(f"parameter {self.name}: start may use only l and u, "
+                             f"not {sorted(value.variables() - {'l', 'u'})}")
 
     def validate(self, value: float, relaxation: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -298,17 +307,20 @@ class ReluRelaxation:
         return evolve(self, values={**dict(self.values), **values})
 
     # -- evaluation ---------------------------------------------------------
-    def transform_bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
-        """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them)."""
+    def transform_bounds(self, lower: Tensor, upper: Tensor,
+                         values: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them);
+        ``values``: per-neuron parameter values (see :func:`relaxlab.core.evaluate.coefficients`)."""
         from relaxlab.core import evaluate  # with torch: a spec is plain data until it meets tensors
 
-        return evaluate.transform_bounds(self, lower, upper)
+        return evaluate.transform_bounds(self, lower, upper, values)
 
-    def coefficients(self, lower: Tensor, upper: Tensor) -> RelaxationTensors:
+    def coefficients(self, lower: Tensor, upper: Tensor,
+                     values: Mapping[str, Tensor] | None = None) -> RelaxationTensors:
         """The lines at raw pre-activation bounds (see :func:`relaxlab.core.evaluate.coefficients`)."""
         from relaxlab.core import evaluate
 
-        return evaluate.coefficients(self, lower, upper)
+        return evaluate.coefficients(self, lower, upper, values)
 
     def __str__(self) -> str:
         return self.label

@@ -42,8 +42,8 @@ Shapes: ``B`` batch, ``S`` specification rows, ``K`` network outputs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal, NamedTuple
 
 import attrs
 import torch
@@ -63,6 +63,10 @@ DEFAULT_MAX_ELEMENTS = 1 << 26
 DEFAULT_MAX_ELEMENTS_CPU = 1 << 21
 
 Mode = Literal["auto", "backsub", "interval", "fast", "forward"]
+
+#: ``(relu node index, pre-activation lower, upper) -> {parameter name: (B, *shape) values}``: the
+#: relaxation's parameters per neuron at a ReLU, asked once per ReLU and bound computation.
+ParameterSource = Callable[[int, Tensor, Tensor], Mapping[str, Tensor]]
 MODES = ("auto", "backsub", "interval", "fast", "forward")
 #: How a relaxation may obtain intermediate bounds, and the final bound.
 INTERMEDIATE = ("backsub", "interval", "forward")
@@ -78,9 +82,9 @@ def default_max_elements(device: torch.device) -> int:
     return DEFAULT_MAX_ELEMENTS_CPU if device.type == "cpu" else DEFAULT_MAX_ELEMENTS
 
 
-@attrs.frozen
-class Propagation:
-    """How one bound computation runs: ``intermediate`` and ``final`` each one of the modes above."""
+class Propagation(NamedTuple):
+    """How one bound computation runs: ``intermediate`` and ``final`` each one of the modes above.
+    (A named tuple: ``torch.compile`` traces its construction, which it does not for attrs classes.)"""
 
     intermediate: str
     final: str
@@ -193,6 +197,8 @@ class Bounder:
     :param rigorous: widen every bound the computation makes (pre-activation bounds, the boxes rows
         stop at, the final bounds) by a bound on its floating-point rounding error
         (:meth:`rounding_margin`), so that the bounds hold in the arithmetic used, not only in the reals.
+    :param parameters: per-neuron parameter values of the relaxation at each ReLU
+        (:data:`ParameterSource`, e.g. :mod:`relaxlab.engine.optimise`); default its own values.
     """
 
     def __init__(
@@ -208,8 +214,10 @@ class Bounder:
         patches: bool = True,
         sparse: bool = False,
         rigorous: bool = False,
+        parameters: ParameterSource | None = None,
     ) -> None:
         self.net = net
+        self.parameters = parameters
         self.relaxation = relaxation
         self.how = how
         self.chunk_size = chunk_size
@@ -246,15 +254,21 @@ class Bounder:
             if self.rigorous:
                 margin = self.rounding_margin(source)
                 pre_lower, pre_upper = pre_lower - margin, pre_upper + margin
-            lines = relaxation_lines(self.relaxation, pre_lower, pre_upper)
+            values = self.values_at(index, pre_lower, pre_upper)
+            lines = relaxation_lines(self.relaxation, pre_lower, pre_upper, values)
             check_lines(lines, pre_lower, self.relaxation.name, count)
             self.pre[index] = (pre_lower, pre_upper)
             self.lines[index] = lines
             if self.how.intermediate == "interval":
-                t_lower, t_upper = self.relaxation.transform_bounds(pre_lower, pre_upper)
+                t_lower, t_upper = (self.relaxation.transform_bounds(pre_lower, pre_upper) if values is None
+                                    else self.relaxation.transform_bounds(pre_lower, pre_upper, values))  # type: ignore[call-arg]
                 self.boxes[index] = (torch.relu(t_lower), torch.relu(t_upper))
             elif self.how.intermediate == "fast":
                 self.boxes[index] = (lines.lower_offset, lines.upper_offset)
+
+    def values_at(self, index: int, lower: Tensor, upper: Tensor) -> Mapping[str, Tensor] | None:
+        """The per-neuron parameter values at ReLU ``index`` (``None``: the relaxation's own)."""
+        return None if self.parameters is None else self.parameters(index, lower, upper)
 
     def node_bounds(self, index: int) -> Box:
         """Bounds of a node's output by the intermediate mode (exact images where they apply)."""
@@ -427,7 +441,7 @@ class Bounder:
             if index not in self.lines:  # forward intermediate bounds are read off the forms
                 pre = source.concretize()
                 self.pre[index] = pre
-                lines = relaxation_lines(self.relaxation, *pre)
+                lines = relaxation_lines(self.relaxation, *pre, self.values_at(index, *pre))
                 check_lines(lines, pre[0], self.relaxation.name, sum(1 for r in self.net.relus if r < index))
                 self.lines[index] = lines
             forms = source.relu(self.lines[index])
@@ -669,6 +683,7 @@ def bounder(
     sparse: bool = False,
     clean: Tensor | None = None,
     rigorous: bool = False,
+    parameters: ParameterSource | None = None,
 ) -> Bounder:
     """A :class:`Bounder` with the intermediate bounds computed (the model parsed once, if it is a module).
 
@@ -682,7 +697,7 @@ def bounder(
     how = propagation(relaxation, mode)
     check_chunking(chunk_size, max_elements)
     return Bounder(net, lower, upper, relaxation, how, chunk_size=chunk_size, max_elements=max_elements,
-                   patches=patches, sparse=sparse, rigorous=rigorous)
+                   patches=patches, sparse=sparse, rigorous=rigorous, parameters=parameters)
 
 
 def intermediate_bounds(

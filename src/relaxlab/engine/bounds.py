@@ -9,15 +9,17 @@ with registered names resolved first.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from relaxlab.core.relaxer import Relaxer, check_relaxer
-from relaxlab.engine.bounder import Bounder, Mode, bounder, spec_matrix
+from relaxlab.engine.bounder import Bounder, Mode, ParameterSource, bounder, spec_matrix
 from relaxlab.engine.box import all_finite, input_box
 from relaxlab.engine.network import Network
 from relaxlab.engine.ops import UnsupportedNetworkError
+from relaxlab.engine.optimise import Optimise, optimised_bounds
 from relaxlab.engine.parse import parse_model
 
 __all__ = ["compute_bounds"]
@@ -37,6 +39,8 @@ def compute_bounds(
     max_elements: int | None = None,
     check_centre: bool = True,
     rigorous: bool = False,
+    optimise: Optimise | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sound bounds of ``C·model(x')`` for every ``x'`` with ``|x' - x|_inf <= eps`` (in ``domain``).
 
@@ -70,6 +74,9 @@ def compute_bounds(
         the box is rounded outward and every bound widened by a bound on its rounding error
         (:meth:`~relaxlab.engine.bounder.Bounder.rounding_margin`). What certification and
         verification use; training does not need it.
+    :param optimise: optimise the relaxation's parameters per neuron (:mod:`relaxlab.engine.optimise`;
+        built by :func:`relaxlab.api.optimisation`, which proves the ranges sound first).
+    :param stop: with ``optimise``, checked before each step: true ends the search with the best bounds so far.
     :return: ``(lb, ub)``, each ``(B, S)``.
     :raises OverflowError: non-finite bounds from finite inputs (never NaN in the output).
     :raises ValueError: (before any work) for bad ``eps``, ``x``, ``C``, ``domain``; an
@@ -104,14 +111,22 @@ def compute_bounds(
         C = C.to(dtype=x.dtype, device=x.device)
     if network.output_dim == 0 or math.prod(network.input_shape) == 0:
         raise ValueError("the network has an empty input or output")
-    run = bounder(network, lower, upper, resolved, mode=mode, chunk_size=chunk_size, max_elements=max_elements,
-                  rigorous=rigorous)
+    def make(parameters: ParameterSource | None = None) -> Bounder:
+        return bounder(network, lower, upper, resolved, mode=mode, chunk_size=chunk_size, max_elements=max_elements,
+                       rigorous=rigorous, parameters=parameters)
+
     spec = spec_matrix(C, x.shape[0], network.output_dim, lower)
-    lb, ub = run.bound(spec, lower_only, max_elements)
+    run = None
+    if optimise is None:
+        run = make()
+        lb, ub = run.bound(spec, lower_only, max_elements)
+    else:
+        lb, ub = optimised_bounds(make, spec, optimise, lower_only=lower_only, max_elements=max_elements,
+                                  expired=stop)
     if not (all_finite(lb) and (lower_only or all_finite(ub))):
         raise OverflowError(
             f"the bounds of {resolved.name} overflow {x.dtype} although the inputs are finite, "
-            f"{_first_overflow(run)}: the weights or eps are too large for "
+            f"{_first_overflow(run or make())}: the weights or eps are too large for "
             f"{x.dtype}; {'compute in float64 or ' if x.dtype != torch.float64 else ''}rescale the network"
         )
     if check_centre and isinstance(model, nn.Module) and not model.training:
@@ -136,7 +151,8 @@ def check_replay(model: nn.Module, network: Network, x: Tensor) -> None:
 
     Both run in float64 whatever the dtype of the bounds (the model through
     ``torch.func.functional_call`` with float64 copies of its parameters and buffers, so the model
-    itself is left as it is): a difference beyond the rounding of two orders of the same operations
+    itself is left as it is; a network read in another dtype is read again in float64, since its
+    folded constants are rounded in its dtype): a difference beyond the rounding of two orders of the same operations
     means the network is not the model's function (a forward changed on an instance, a crafted
     buffer, a hook installed behind the parser's back), and nothing is certified with it.
     """
@@ -151,7 +167,11 @@ def check_replay(model: nn.Module, network: Network, x: Tensor) -> None:
                 f"the model cannot be replayed in float64 to check the parsed network ({error}); "
                 "bound it with check_centre=False only if you trust the parse"
             ) from None
-        got = network.cast(torch.float64).forward(x64).reshape(x.shape[0], -1)
+        # A network read in another dtype holds constants rounded there (a BatchNorm folded in
+        # float32): the replay compares the model with its reading in float64 instead.
+        exact = all(t.dtype == torch.float64 for t in network.tensors() if t.is_floating_point())
+        reading = network if exact else parse_model(model, network.input_shape, dtype=torch.float64, device=x.device)
+        got = reading.cast(torch.float64).forward(x64).reshape(x.shape[0], -1)
     tolerance = 1e-9 * (1.0 + want.abs().amax(dim=1, keepdim=True))
     if bool(((got - want).abs() > tolerance).any()):
         raise UnsupportedNetworkError(

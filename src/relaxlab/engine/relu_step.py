@@ -10,6 +10,8 @@ by the whole batch), lines are ``(B, *shape)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
@@ -197,9 +199,12 @@ class _ReluStep(torch.autograd.Function):
         return (grad_coef, grad_rest, *grads, None)
 
 
-def relaxation_lines(relaxation: Relaxer, lower: Tensor, upper: Tensor) -> RelaxationTensors:
-    """The relaxation's lines at ``[lower, upper]``, with its optional hints."""
-    got = relaxation.coefficients(lower, upper)
+def relaxation_lines(relaxation: Relaxer, lower: Tensor, upper: Tensor,
+                     values: Mapping[str, Tensor] | None = None) -> RelaxationTensors:
+    """The relaxation's lines at ``[lower, upper]``, with its optional hints; ``values``: per-neuron
+    parameter values (passed to ``coefficients`` only when given)."""
+    got = relaxation.coefficients(lower, upper) if values is None else relaxation.coefficients(  # type: ignore[call-arg]
+        lower, upper, values=values)
     if isinstance(got, RelaxationTensors):
         return got
     # A hand-written relaxer may return any object with the four fields (and perhaps ``zeros``).

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from relaxlab.core.relaxer import Relaxer
 from relaxlab.engine.bounds import compute_bounds
 from relaxlab.engine.box import PIXEL_DOMAIN
+from relaxlab.engine.optimise import Optimise
 
 #: Absolute and relative tolerance of :func:`is_certified`.
 CERT_ATOL = 1e-6
@@ -78,6 +79,7 @@ def margin_bounds(
     elision: bool = True,
     check_centre: bool = True,
     rigorous: bool = False,
+    optimise: Optimise | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Lower bounds on the margins ``z_y - z_j`` over the eps-box of ``x``, and the class ``j`` of each row.
 
@@ -87,15 +89,16 @@ def margin_bounds(
     :param domain: the box is clipped to it (default: pixels in ``[0, 1]``).
     :param check_centre: see :func:`~relaxlab.engine.bounds.compute_bounds`.
     :param rigorous: see :func:`~relaxlab.engine.bounds.compute_bounds` (certification sets it).
+    :param optimise: see :func:`~relaxlab.engine.bounds.compute_bounds`.
     :return: ``(lb, others)``, both ``(B, K-1)``; ``others[b, r]`` is the class of row ``r``.
     """
     if elision:
         spec = margin_spec(labels, num_classes, dtype=x.dtype)
         lb, _ = compute_bounds(model, x, eps, relaxation, C=spec, domain=domain, lower_only=True,
-                               check_centre=check_centre, rigorous=rigorous)
+                               check_centre=check_centre, rigorous=rigorous, optimise=optimise)
         return lb, other_classes(labels, num_classes)
     lower, upper = compute_bounds(model, x, eps, relaxation, domain=domain, check_centre=check_centre,
-                                  rigorous=rigorous)
+                                  rigorous=rigorous, optimise=optimise)
     others = other_classes(labels, num_classes)
     return lower.gather(1, labels.unsqueeze(1)) - upper.gather(1, others), others
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from relaxlab.engine.box import check_eps
+from relaxlab.engine.optimise import Optimised
 from relaxlab.engine.spec import is_certified, margin_bounds
 from relaxlab.evaluation.pgd import pgd_robust
 
@@ -60,7 +61,7 @@ def certified_mask(
     x: Tensor,
     labels: Tensor,
     eps: float,
-    relaxation: ReluRelaxation,
+    relaxation: ReluRelaxation | Optimised,
     *,
     num_classes: int = 10,
     logits: Tensor | None = None,
@@ -68,7 +69,9 @@ def certified_mask(
     """``(B,)`` which samples are certified: classified correctly and every margin's lower bound over
     the eps-box (clipped to [0, 1]) accepted by :func:`~relaxlab.engine.spec.is_certified`. The bounds
     are rigorous (``rigorous=True``: the box rounded outward, every bound widened by a bound on its
-    rounding error), so a certificate holds in the floating-point arithmetic used.
+    rounding error), so a certificate holds in the floating-point arithmetic used. An
+    :class:`~relaxlab.engine.optimise.Optimised` relaxation (``opt:NAME``) has its parameters optimised
+    per neuron for each batch (sound for every value the search takes: its ranges are proved).
 
     :param net: the network, in the dtype of ``x`` (float64 for the tolerance to be wide).
     :param x: ``(B, C, H, W)`` in [0, 1]; ``labels`` ``(B,)``.
@@ -78,7 +81,11 @@ def certified_mask(
         if logits is None:
             logits = net(x)
         right = logits.argmax(1) == labels
-        lb, _ = margin_bounds(net, x, labels, eps, relaxation, num_classes=num_classes, rigorous=True)
+        if isinstance(relaxation, Optimised):
+            lb, _ = margin_bounds(net, x, labels, eps, relaxation.relaxation, num_classes=num_classes, rigorous=True,
+                                  optimise=relaxation.optimise)
+        else:
+            lb, _ = margin_bounds(net, x, labels, eps, relaxation, num_classes=num_classes, rigorous=True)
         return right & is_certified(lb, logits)
 
 
@@ -87,7 +94,7 @@ def certify(
     images: Tensor,
     labels: Tensor,
     eps: float,
-    relaxations: Sequence[ReluRelaxation],
+    relaxations: Sequence[ReluRelaxation | Optimised],
     *,
     num_classes: int = 10,
     pgd: bool = True,

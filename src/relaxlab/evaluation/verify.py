@@ -17,7 +17,8 @@ satisfy every atom ``c·y <= b`` of some conjunction. The answer is
   ``error`` (with the reason) when the files cannot be read or the network is not supported.
 
 The plan runs **stages**, cheap to expensive (:data:`DEFAULT_PLAN`): bound stages
-(:class:`BoundStage`, any registered relaxation by name, IBP and CROWN by default) work on the
+(:class:`BoundStage`, any registered relaxation by name, ``opt:NAME`` with its parameters optimised
+per neuron; IBP, CROWN and ``opt:CROWN-alpha``, i.e. α-CROWN, by default) work on the
 conjunctions not refuted yet, all atoms of a box batched as the rows of one specification
 matrix ``C``; the attack stage (:class:`AttackStage`, ``"PGD"``) minimises the violation of
 each remaining conjunction over its box from several starts (:func:`relaxlab.evaluation.pgd.pgd_minimize`).
@@ -44,6 +45,7 @@ import torch
 from attrs import field, frozen
 from torch import Tensor, nn
 
+from relaxlab.engine.optimise import Optimise, Optimised
 from relaxlab.engine.spec import is_certified
 from relaxlab.engine.vnnlib import Atom, Property, Region, read_vnnlib, write_text_atomic
 from relaxlab.evaluation.pgd import pgd_minimize
@@ -76,7 +78,7 @@ __all__ = [
 #: Every answer, as the competition words them.
 STATUSES = ("unsat", "sat", "unknown", "timeout", "error")
 #: The default plan: cheap bounds, the attack, then input splitting (for few inputs only).
-DEFAULT_PLAN = ("IBP", "CROWN", "PGD", "split")
+DEFAULT_PLAN = ("IBP", "CROWN", "PGD", "opt:CROWN-alpha", "split")
 #: Gradient steps of the multiplier optimisation of one conjunction set, per bound stage.
 MULTIPLIER_STEPS = 20
 #: PGD rounds of the attack stage; starts per conjunction in each round; steps per start.
@@ -245,8 +247,9 @@ class SplitStage:
 Stage = BoundStage | AttackStage | SplitStage
 
 
-def relaxation_bound(relaxation: object) -> BoundFn:
-    """The :class:`BoundFn` of a relaxation (an object or a registered name), through :func:`relaxlab.compute_bounds`."""
+def relaxation_bound(relaxation: object, optimise: Optimise | None = None) -> BoundFn:
+    """The :class:`BoundFn` of a relaxation (an object or a registered name), through :func:`relaxlab.compute_bounds`;
+    with ``optimise`` its parameters are optimised per neuron until the bound is certain or the deadline passes."""
     from relaxlab.api import compute_bounds
 
     def bound(model: nn.Module, lower: Tensor, upper: Tensor, C: Tensor, deadline: Deadline) -> Tensor:
@@ -254,15 +257,17 @@ def relaxation_bound(relaxation: object) -> BoundFn:
         # outward, and bounds that hold in floating point (rigorous): an unsat claim rests on them
         centre = (lower + upper) / 2
         lb, _ = compute_bounds(model, centre, upper - lower, relaxation, C=C, domain=(lower, upper),  # type: ignore[arg-type]
-                               lower_only=True, rigorous=True)
+                               lower_only=True, rigorous=True, optimise=optimise, stop=deadline.expired)
         return lb
 
     return bound
 
 
 def resolve_stage(name: str) -> Stage:
-    """The stage called ``name``: ``"PGD"`` the attack, ``"split"`` input splitting with CROWN, any other
-    name a registered relaxation.
+    """The stage called ``name``: ``"PGD"`` the attack, ``"split"`` input splitting with CROWN,
+    ``"opt:NAME"`` a registered relaxation with its parameters optimised per neuron
+    (:func:`relaxlab.api.optimisation`; ``opt:CROWN-alpha`` is α-CROWN), any other name a registered
+    relaxation.
 
     :raises LookupError: an unknown name (the registry's message, with close matches).
     """
@@ -270,10 +275,12 @@ def resolve_stage(name: str) -> Stage:
         return AttackStage()
     if name.lower() == "split":
         return SplitStage("split", relaxation_bound("CROWN"))
-    from relaxlab.api import get_relaxation
+    from relaxlab.api import get_method
 
-    relaxation = get_relaxation(name)
-    return BoundStage(relaxation.name, relaxation_bound(relaxation))
+    method = get_method(name)
+    if isinstance(method, Optimised):  # each bound is a search already: no multiplier search around it
+        return BoundStage(method.name, relaxation_bound(method.relaxation, method.optimise), multipliers=False)
+    return BoundStage(method.name, relaxation_bound(method))
 
 
 # --- one instance ----------------------------------------------------------------------------

@@ -147,6 +147,14 @@ CROWN_SOFT = _relaxation("CROWN-Soft", CaseBounds(SOFT_LOWER, CHORD),
                          "CROWN with the soft lower slope κ instead of the 0/1 switch.", "App. H", params=(GAMMA,))
 CROWN_SOFT_IBP = _interval_variant(CROWN_SOFT, "CROWN-Soft-IBP", "CROWN-Soft with interval intermediate bounds.")
 
+#: CROWN's lower slope as a parameter in [0, 1] (alpha = 0 is CROWN-0, 1 is CROWN-1). Optimised per
+#: neuron (``opt:CROWN-alpha``, :mod:`relaxlab.engine.optimise`) it is alpha-CROWN, starting at CROWN's choice.
+ALPHA = ParamSpec("alpha", 1.0, minimum=0.0, maximum=1.0, description="lower slope α of unstable ReLUs",
+                  start=CROWN_LOWER.slope)
+CROWN_ALPHA = _relaxation("CROWN-alpha", CaseBounds(line(Param("alpha"), 0.0), CHORD),
+                          "CROWN with the lower slope a parameter α in [0, 1]; optimised per neuron, alpha-CROWN.",
+                          "Xu et al., 2021 (alpha-CROWN); App. H", params=(ALPHA,))
+
 # -- LooseIBP (Sec. 6, Table 4) ---------------------------------------------------------------------
 
 OMEGA = ParamSpec("omega", 1.0, minimum=0.0, description="looseness ω: how far [l, u] is widened")
@@ -174,8 +182,9 @@ BUILTINS: tuple[ReluRelaxation, ...] = (
     CROWN_0, CROWN_1, CROWN_0_C, CROWN_1_C, CROWN_0_TRIA, CROWN_1_TRIA, CROWN_0_TRIA_C, CROWN_1_TRIA_C,
     CROWN_SOFT, CROWN_SOFT_IBP,
     LOOSE_IBP_C, LOOSE_IBP_DC,
-    # beyond the paper's table: the hybrid zonotope of the paper's code (forward mode)
-    HBOX_HYBRID, HBOX_DIAG_HYBRID, HBOX_DIAG_C_HYBRID, HBOX_SWITCH_HYBRID,
+    # beyond the paper's table: the hybrid zonotope of the paper's code (forward mode); CROWN's
+    # lower slope as a parameter (optimised: alpha-CROWN)
+    HBOX_HYBRID, HBOX_DIAG_HYBRID, HBOX_DIAG_C_HYBRID, HBOX_SWITCH_HYBRID, CROWN_ALPHA,
 )
 
 
