@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import hypothesis.configuration
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -22,6 +23,10 @@ _CACHE_DIR = tempfile.mkdtemp(prefix="relaxlab-test-cache-")
 os.environ["RELAXLAB_CACHE_DIR"] = _CACHE_DIR
 os.environ.pop("RELAXLAB_NO_CACHE", None)
 atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+# Hypothesis keeps what it writes (its constants cache, an example database) there too, not in a
+# `.hypothesis/` of the working tree; a directory the user chose wins.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(_CACHE_DIR, "hypothesis"))
+hypothesis.configuration.set_hypothesis_home_dir(os.environ["HYPOTHESIS_STORAGE_DIRECTORY"])
 
 # Deterministic in CI; `RELAXLAB_HYPOTHESIS_PROFILE=explore` searches much harder locally.
 settings.register_profile(

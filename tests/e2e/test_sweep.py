@@ -84,9 +84,10 @@ class StopAfter(Executor):
         self.inner, self.k = inner, k
 
     def run(
-        self, tasks: Sequence[RunTask], on_start: Callable[[RunTask], None] | None = None
+        self, tasks: Sequence[RunTask], on_start: Callable[[RunTask], None] | None = None,
+        on_progress: Callable[[str, float], None] | None = None,
     ) -> Iterator[RunOutcome]:
-        outcomes = self.inner.run(tasks, on_start)
+        outcomes = self.inner.run(tasks, on_start, on_progress)
         for index, outcome in enumerate(outcomes):
             if index == self.k:
                 outcomes.close()  # what the interrupted driver's generator cleanup does

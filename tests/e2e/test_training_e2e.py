@@ -180,9 +180,10 @@ def test_cli_train_certify_report_and_bad_input(tmp_path: Path) -> None:
         assert sorted(r.config["certifier"] for r in certs) == ["CROWN", "IBP"]
         ibp_cr = next(store.final_metrics(r.id)["certified"] for r in certs if r.config["certifier"] == "IBP")
     result = runner.invoke(cli, ["report", "--store", str(store_path)])
-    assert result.exit_code == 0 and "| IBP | " in result.output
-    assert f"{100 * ibp_cr:.1f} |" in result.output.split("| IBP | ")[1].splitlines()[0]
-    assert "| 1 | cli-ibp | mnist-mini | FC-S | IBP | kappa-mix | 2 | done |" in result.output
+    assert result.exit_code == 0 and "| IBP | kappa-mix | 40 | " in result.output  # training's final certification: 40 images
+    certifications = result.output.split("## All certifications")[1]
+    assert "| IBP | 0.1 | 20 | " in certifications and f"{100 * ibp_cr:.1f} | certify |  |" in certifications
+    assert f"| 1 | cli-ibp | {out} | mnist-mini | FC-S | IBP | kappa-mix | 2 | done |" in result.output
 
     # bad input, refused before any work
     (tmp_path / "bad.toml").write_text(TINY_TOML.replace('"IBP"', '"CROWM"'))

@@ -74,13 +74,14 @@ def test_report_tables(tmp_path: Path) -> None:
     assert "| CROWN | kappa-mix | 100 | 90.0 | 80.0 | 25.0 |" in text  # records without an objective: the paper's
     assert "| CROWN-IBP | CROWN-IBP | 100 | 90.0 | 80.0 | 40.0 |" in text  # the better of its two relaxations
     assert text.index("| IBP |") < text.index("| CROWN |") < text.index("| CROWN-IBP |")  # paper order
-    assert "Table 10 layout" in text and "| IBP | 50.0 | 10.0 |" in text and "n = 100 test images." in text
+    assert "Table 10 layout" in text and "| IBP | 50.0 | 10.0 |" in text and "n = 100 test images (each cell picked" in text
     section = text[text.index("## Tightness"):]
     order = [line.split(" | ")[3] for line in section.splitlines() if line.startswith(f"| {tightness} |")]
     assert order == ["IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)"]  # the paper's order, not alphabetical
     assert f"| {tightness} | nat | 200 | IBP | 1.00 |" in section
-    assert csv.splitlines()[0] == "dataset,architecture,eps_test,method,objective,n,accuracy,pgd,certified,certifier"
-    assert "mnist,CONV,0.30,IBP,kappa-mix,100,90.00,80.00,50.00,IBP" in csv
+    assert csv.splitlines()[0] == ("dataset,architecture,eps_test,method,objective,n,accuracy,pgd,certified,certifier,"
+                                   "network,source,run")
+    assert "mnist,CONV,0.30,IBP,kappa-mix,100,90.00,80.00,50.00,IBP,IBP,certify,1" in csv
 
 
 def test_a_damaged_store_is_refused_by_report_in_one_line(tmp_path: Path) -> None:

@@ -29,9 +29,22 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from relaxlab.experiments.runs import RunOutcome, RunTask, execute_run
+from relaxlab.experiments.runs import (
+    PROGRESS_NAME,
+    RunOutcome,
+    RunTask,
+    execute_run,
+    progress_file,
+    read_progress,
+)
+
+#: ``on_progress(key, share)``: the share of a run's training steps done.
+OnProgress = Callable[[str, float], None]
+#: Seconds the Ray executor waits for a finished run before it reads the runs' progress files.
+POLL_SECONDS = 1.0
 
 #: Names accepted by :func:`make_executor`.
 EXECUTORS = ("auto", "ray", "inprocess")
@@ -55,14 +68,23 @@ class Executor(abc.ABC):
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
 
+    def start(self) -> None:
+        """Get ready to run tasks now rather than in :meth:`run` (nothing to do in process).
+
+        A caller that draws a progress bar starts the executor first, so that what starting
+        prints (Ray's notices) comes before the bar instead of through it.
+        """
+        return None
     @abc.abstractmethod
     def run(
-        self, tasks: Iterable[RunTask], on_start: Callable[[RunTask], None] | None = None
+        self, tasks: Iterable[RunTask], on_start: Callable[[RunTask], None] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> Iterator[RunOutcome]:
         """Run ``tasks``; yield one outcome per task as each finishes.
 
         :param tasks: the runs to execute, taken one by one as workers become free.
         :param on_start: called when a task is handed to a worker (for progress).
+        :param on_progress: called with a run's id and the share of its training steps done, as it trains.
         """
 
 
@@ -75,13 +97,15 @@ class InProcessExecutor(Executor):
         super().__init__(1)
 
     def run(
-        self, tasks: Iterable[RunTask], on_start: Callable[[RunTask], None] | None = None
+        self, tasks: Iterable[RunTask], on_start: Callable[[RunTask], None] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> Iterator[RunOutcome]:
         """Run each task in turn (see :meth:`Executor.run`)."""
         for task in tasks:
             if on_start is not None:
                 on_start(task)
-            yield execute_run(task)
+            report = None if on_progress is None else (lambda share, key=task.key: on_progress(key, share))
+            yield execute_run(task, report)
 
 
 def _ray_available() -> bool:
@@ -174,8 +198,8 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
         ) from None
 
 
-def _ray_task(task: RunTask) -> RunOutcome:  # the body of each Ray task
-    return execute_run(task)
+def _ray_task(task: RunTask) -> RunOutcome:  # the body of each Ray task; its progress goes to a file
+    return execute_run(task, progress_file(Path(task.run_dir) / PROGRESS_NAME))
 
 
 class RayExecutor(Executor):
@@ -199,6 +223,14 @@ class RayExecutor(Executor):
         if address is not None:
             check_address(address)
         self.address = address
+        self._owned: bool | None = None  # None: not started; True: this executor started Ray (shuts it down)
+
+    def start(self) -> None:
+        """Connect to or start Ray now (see :meth:`Executor.start`); a second call does nothing."""
+        import ray
+
+        if self._owned is None:
+            self._owned = self._start(ray)
 
     def _start(self, ray: Any) -> bool:
         """Connect to or start Ray; ``True`` when this call started it (and must shut it down)."""
@@ -220,12 +252,17 @@ class RayExecutor(Executor):
         return True
 
     def run(
-        self, tasks: Iterable[RunTask], on_start: Callable[[RunTask], None] | None = None
+        self, tasks: Iterable[RunTask], on_start: Callable[[RunTask], None] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> Iterator[RunOutcome]:
-        """Keep ``workers`` tasks submitted; yield outcomes as Ray finishes them (see :meth:`Executor.run`)."""
+        """Keep ``workers`` tasks submitted; yield outcomes as Ray finishes them (see :meth:`Executor.run`).
+
+        While it waits, it reads each running task's progress file (:func:`~relaxlab.experiments.runs.
+        progress_file`, written by the worker into the run directory) once a second.
+        """
         import ray
 
-        started = self._start(ray)
+        self.start()
         remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
         pending: dict[Any, RunTask] = {}
         source = iter(tasks)
@@ -235,6 +272,7 @@ class RayExecutor(Executor):
                 task = next(source, None)
                 if task is None:
                     return
+                (Path(task.run_dir) / PROGRESS_NAME).unlink(missing_ok=True)  # not an earlier attempt's share
                 pending[remote.remote(task)] = task
                 if on_start is not None:
                     on_start(task)
@@ -242,8 +280,16 @@ class RayExecutor(Executor):
         try:
             submit()
             while pending:
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=None if on_progress is None else POLL_SECONDS)
+                if not ready:
+                    for task in pending.values():
+                        share = read_progress(Path(task.run_dir) / PROGRESS_NAME)
+                        if share is not None and on_progress is not None:
+                            on_progress(task.key, share)
+                    continue
+                (ref,) = ready
                 task = pending.pop(ref)
+                (Path(task.run_dir) / PROGRESS_NAME).unlink(missing_ok=True)
                 try:
                     outcome = ray.get(ref)
                 except Exception as error:  # noqa: BLE001 - a crashed worker fails its run only
@@ -253,8 +299,9 @@ class RayExecutor(Executor):
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
-            if started:
+            if self._owned:
                 ray.shutdown()
+            self._owned = None
 
 
 def make_executor(kind: str = "auto", workers: int = 1, address: str | None = None) -> Executor:

@@ -8,13 +8,18 @@ pins torch to one thread, makes the relaxations the run needs that a fresh regis
 attempt left there), certifies the network on the test images and on the held-out validation
 images, and returns a :class:`RunOutcome` of plain values. The driver alone writes outcomes to
 the results store, so a worker needs no access to it.
+
+Progress within a run: :func:`execute_run` reports the share of its training steps done to a
+callback (in-process), or to the file :data:`PROGRESS_NAME` in the run directory (a Ray worker:
+:func:`progress_file` writes it, the driver reads it with :func:`read_progress`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +28,11 @@ import attrs
 
 if TYPE_CHECKING:
     from relaxlab.core.relaxation import ReluRelaxation
+
+#: The file in a run directory that holds the share of the run's training steps done (``0.25``).
+PROGRESS_NAME = "progress"
+#: Seconds between two writes of :data:`PROGRESS_NAME`.
+PROGRESS_EVERY = 1.0
 
 #: Fully loaded datasets of this process, by (dataset, data_dir): a worker loads each once.
 _DATA_CACHE: dict[tuple[str, str | None], Any] = {}
@@ -151,22 +161,71 @@ def _full_data(dataset: str, data_dir: str | None) -> Any:
     return _DATA_CACHE[key]
 
 
-def execute_run(task: RunTask) -> RunOutcome:
+def execute_run(task: RunTask, progress: Callable[[float], None] | None = None) -> RunOutcome:
     """Train and certify one run (see the module docstring); an ``Exception`` becomes a failed outcome.
 
     ``KeyboardInterrupt`` and other ``BaseException`` propagate: an interrupted run is not a result.
+
+    :param progress: called with the share of this call's training steps done (0 to 1).
     """
     from relaxlab.api import extended_registry
 
     start = time.monotonic()
     try:
         with one_thread(), extended_registry(task.relaxations, source="sweep"):
-            return _execute(task, start)
+            return _execute(task, start, progress)
     except Exception as error:  # noqa: BLE001 - a failing run is recorded, the sweep goes on
         return RunOutcome.failure(task.key, error, seconds=time.monotonic() - start)
 
 
-def _execute(task: RunTask, start: float) -> RunOutcome:
+def step_shares(progress: Callable[[float], None] | None) -> Callable[[str, int], Callable[[int], None]] | None:
+    """:func:`~relaxlab.training.trainer.train`'s progress protocol turned into shares of the training steps."""
+    if progress is None:
+        return None
+
+    def phase(name: str, total: int) -> Callable[[int], None]:
+        if name.endswith("final certification") or total <= 0:
+            return lambda _done: None
+        done = [0]
+
+        def step(count: int) -> None:
+            done[0] += count
+            progress(min(done[0] / total, 1.0))
+
+        return step
+
+    return phase
+
+
+def progress_file(path: Path, every: float = PROGRESS_EVERY) -> Callable[[float], None]:
+    """A progress callback that writes the share done to ``path`` (atomically, at most every ``every`` s)."""
+    last = [0.0]
+
+    def write(share: float) -> None:
+        now = time.monotonic()
+        if now - last[0] < every and share < 1.0:
+            return
+        last[0] = now
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(f"{share:.4f}\n")
+            os.replace(temporary, path)
+        except OSError:
+            pass  # progress is a courtesy: a full disk or a read-only directory must not fail the run
+
+    return write
+
+
+def read_progress(path: Path) -> float | None:
+    """The share :func:`progress_file` last wrote to ``path`` (``None``: none yet, or unreadable)."""
+    try:
+        return min(max(float(path.read_text()), 0.0), 1.0)
+    except (OSError, ValueError):
+        return None
+
+
+def _execute(task: RunTask, start: float, progress: Callable[[float], None] | None = None) -> RunOutcome:
     from relaxlab.api import select_relaxations
     from relaxlab.evaluation.certify import certify
     from relaxlab.store import environment
@@ -179,10 +238,10 @@ def _execute(task: RunTask, start: float) -> RunOutcome:
     run_dir = Path(task.run_dir)
     resume = (run_dir / CHECKPOINT_NAME).is_file()
     try:
-        result = train(config, run_dir, resume=resume, data=full, device=task.device)
+        result = train(config, run_dir, resume=resume, data=full, device=task.device, progress=step_shares(progress))
     except CheckpointError:  # an unreadable checkpoint from an earlier attempt: start over
         (run_dir / CHECKPOINT_NAME).unlink()
-        result = train(config, run_dir, data=full, device=task.device)
+        result = train(config, run_dir, data=full, device=task.device, progress=step_shares(progress))
     data = subset(full, config)
     n = task.n or int(data.test_y.shape[0])
     relaxations = select_relaxations(list(task.certifiers))

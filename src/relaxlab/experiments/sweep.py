@@ -65,6 +65,9 @@ RESERVED = {
     "seed": "list the seeds in the top-level `seeds = [...]`",
 }
 STORE_NAME = "results.sqlite"
+#: The share of a run that its training steps count for in the progress of :func:`run_sweep` (the
+#: rest is its certification, counted when the run ends).
+TRAINING_SHARE = 0.9
 
 
 class SweepError(ConfigError):
@@ -259,24 +262,29 @@ def resolve_base(table: Mapping[str, Any], root: Path | None) -> dict[str, Any]:
     return resolved
 
 
-def load_sweep(path: str | Path) -> Sweep:
+def load_sweep(path: str | Path, *, data_dir: str | None = None) -> Sweep:
     """Read and validate a sweep file completely (see the module docstring).
 
     :param path: the ``.toml`` sweep file.
+    :param data_dir: the dataset directory of every run (``--data-dir``: ``[base]``'s ``data_dir``).
     :return: the sweep with every run resolved.
     :raises SweepError: any invalid key or value, naming it and the fix.
     """
     return load_file(path, "sweep file", SweepError,
-                     lambda data, path: parse_sweep(data, name=path.stem, source=path.name, root=path.parent))
+                     lambda data, path: parse_sweep(data, name=path.stem, source=path.name, root=path.parent,
+                                                    data_dir=data_dir))
 
 
-def parse_sweep(data: Mapping[str, Any], *, name: str, source: str = "", root: Path | None = None) -> Sweep:
+def parse_sweep(data: Mapping[str, Any], *, name: str, source: str = "", root: Path | None = None,
+                data_dir: str | None = None) -> Sweep:
     """Validate a sweep given as a mapping (the parsed TOML); see :func:`load_sweep`."""
     check_keys(data, SWEEP_KEYS, "top level", SweepError)
     sweep_name = plain_name(data.get("name", name), SweepError)
     base = subtable(data, "base", SweepError)
     _check_train_keys(base, "[base]")
     base_config = resolve_base(base, root)
+    if data_dir is not None:
+        base_config["data_dir"] = data_dir
     points, varying = _points(data)
     seeds = _parse_seeds(data, default=0)
     certify = _parse_certify(subtable(data, "certify", SweepError))
@@ -562,7 +570,7 @@ def run_sweep(
     *,
     write: Callable[[str], None] | None = None,
     tty: bool | None = None,
-    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    progress: Callable[[str, int], Callable[[float], None]] | None = None,
     device: str = "cpu",
 ) -> SweepSummary:
     """Execute the runs of ``sweep`` that the store does not hold as done; record every outcome.
@@ -574,7 +582,8 @@ def run_sweep(
     :param write: where progress lines go (default: stderr).
     :param tty: progress as one updated line (default: when stderr is a terminal).
     :param progress: instead of those lines: called once with ``"runs"`` and the number of runs
-        to execute; it returns the callback called with ``1`` after each finished (or failed) run.
+        to execute; it returns the callback called with the runs just done: shares of a run as its
+        training steps pass (a fraction), the rest of it when it finishes (or fails).
     :return: which runs trained, failed (with their errors), were skipped, and were left to another
         process that claimed them.
     """
@@ -625,10 +634,19 @@ def run_sweep(
 
         if tasks:
             counts.update()
-        for outcome in executor.run(claimed(tasks), on_start=lambda _task: counts.update(started=1)):
+        shares: dict[str, float] = {}
+
+        def advance(key: str, share: float) -> None:  # the bar moves within runs: training is 90 % of a run
+            share = TRAINING_SHARE * share
+            if finished is not None and share > shares.get(key, 0.0):
+                finished(share - shares.get(key, 0.0))
+                shares[key] = share
+
+        for outcome in executor.run(claimed(tasks), on_start=lambda _task: counts.update(started=1),
+                                    on_progress=advance):
             record_outcome(store, by_key[outcome.key], outcome, sweep=sweep.name, owner=owner)
             if finished is not None:
-                finished(1)
+                finished(1.0 - shares.get(outcome.key, 0.0))
             if outcome.status == "done":
                 trained.append(outcome.key)
                 counts.update(done=1)

@@ -214,7 +214,7 @@ def train(
     device = _default_device() if device is None else torch.device(device)
     state = _start(config, resolved.architecture, data.dataset, payload, checkpoint_path, device)
     if store is not None:
-        state.run_id = _open_run(store, state, config, device)
+        state.run_id = _open_run(store, state, config, device, out_dir)
     loop = _Loop(config=config, data=data, relaxations=resolved.relaxations, objective=resolved.objective,
                  callbacks=tuple(callbacks), store=store)
     finished = True
@@ -294,15 +294,20 @@ def _start(
     return state
 
 
-def _open_run(store: Store, state: _State, config: TrainConfig, device: torch.device) -> int:
-    """The run's id in the store: the interrupted run reopened, or a new one with the history so far."""
+def _open_run(store: Store, state: _State, config: TrainConfig, device: torch.device, out_dir: Path) -> int:
+    """The run's id in the store: the interrupted run reopened, or a new one with the history so far.
+
+    The record's config is the run's, plus ``run_dir``: where its checkpoint is (reports tell
+    runs of one config apart by it, and match them to the certifications of that checkpoint).
+    """
     if state.run_id is not None and any(r.id == state.run_id for r in store.runs(kind="train")):
         store.reopen_run(state.run_id, config=config.to_dict())  # refused when the id is another run here
         # metrics are logged at global step indices; drop what the interrupted run logged after
         # its last checkpoint (the resumed run logs it again, identically)
         store.delete_metrics_from(state.run_id, state.step)
         return state.run_id
-    run_id = store.create_run("train", config.to_dict(), name=config.name, env=environment(str(device)))
+    run_id = store.create_run("train", {**config.to_dict(), "run_dir": str(out_dir)}, name=config.name,
+                              env=environment(str(device)))
     for metrics in state.history:
         store.log_metrics(run_id, int(metrics["step"]), metrics)
     return run_id
@@ -418,6 +423,7 @@ def evaluate(
     """Test accuracy and certified robustness at ``eps_test`` with the first training relaxation.
 
     (PGD is left to :mod:`relaxlab.evaluation.certify`; natural training is certified with IBP.)
+    ``test_n`` is the number of test images behind them.
 
     :param progress: called with the number of test images done after each batch.
     """
@@ -435,7 +441,7 @@ def evaluate(
         progress=progress,
     )[0]
     model.train(was_training)
-    return {"test_accuracy": result.accuracy, "test_certified": result.certified}
+    return {"test_accuracy": result.accuracy, "test_certified": result.certified, "test_n": float(result.n)}
 
 
 def _format_epoch(config: TrainConfig, metrics: dict[str, float]) -> str:
