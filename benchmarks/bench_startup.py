@@ -25,8 +25,8 @@ COMMANDS = (
     ("relaxlab --help", ["--help"], None),
     ("relaxlab list", ["list"], "cold"),
     ("relaxlab list", ["list"], "warm"),
-    ("relaxlab show CROWN", ["show", "CROWN"], "cold"),
-    ("relaxlab show CROWN", ["show", "CROWN"], "warm"),
+    ("relaxlab show -r CROWN", ["show", "-r", "CROWN"], "cold"),
+    ("relaxlab show -r CROWN", ["show", "-r", "CROWN"], "warm"),
 )
 
 

@@ -33,5 +33,5 @@ certified|hBox|0.5|5e-5|hbox
 certified|DeepZ|0.0|5e-5|deepz
 certified|CROWN|0.0|0.0|crown
 TABLE
-"$R" report --store "$root/results.sqlite" --out "$root/report.md"
-"$R" report --store "$root/results.sqlite" --format csv --out "$root/report.csv"
+"$R" report --store "$root/results.sqlite" --out "$root"                  # $root/report.md
+"$R" report --store "$root/results.sqlite" --format csv --out "$root"     # $root/report.csv

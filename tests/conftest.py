@@ -6,9 +6,9 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis.configuration
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -23,6 +23,10 @@ _CACHE_DIR = tempfile.mkdtemp(prefix="relaxlab-test-cache-")
 os.environ["RELAXLAB_CACHE_DIR"] = _CACHE_DIR
 os.environ.pop("RELAXLAB_NO_CACHE", None)
 atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+# Hypothesis keeps what it writes (its constants cache, an example database) there too, not in a
+# `.hypothesis/` of the working tree; a directory the user chose wins.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(_CACHE_DIR, "hypothesis"))
+hypothesis.configuration.set_hypothesis_home_dir(os.environ["HYPOTHESIS_STORAGE_DIRECTORY"])
 
 # Deterministic in CI; `RELAXLAB_HYPOTHESIS_PROFILE=explore` searches much harder locally.
 settings.register_profile(
@@ -55,31 +59,6 @@ os.environ["RELAXLAB_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 def registry() -> Registry:
     """The built-in plugins only, soundness-checked as the facade does."""
     return build_registry(load_entry_points=False, check=check_soundness)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _registry_as_before() -> Iterator[None]:
-    """Whatever a test module registers in the process-wide registry is gone after it.
-
-    Screens and sweeps register generated relaxations by name (``relaxlab.register_relaxation``);
-    without this, what one module registered would change what later modules see, and the suite's
-    result would depend on the order of its modules.
-    """
-    from relaxlab import api
-
-    before = api._REGISTRY
-    if before is None:
-        yield
-        api._REGISTRY = None  # built during the module: the next one builds its own
-        return
-    table = before.relaxations
-    contents = (table._items, table._sources, table._keys, table.unsound)
-    saved = [dict(d) for d in contents]
-    yield
-    for current, old in zip(contents, saved, strict=True):
-        current.clear()
-        current.update(old)
-    api._REGISTRY = before
 
 
 #: Where the paper's released MNIST networks are looked for: $RELAXLAB_PARADOX_PRETRAINED, then the

@@ -2,7 +2,7 @@
 
 A plugin is a module (or object) with functions named after these hooks and
 marked with :data:`relaxlab.hookimpl`. Built-in relaxations, candidate lines and
-transforms, architectures and datasets are provided by plugins implementing
+transforms, architectures, datasets and training objectives are provided by plugins implementing
 exactly these hooks; third-party plugins come in through the ``relaxlab``
 entry-point group.
 
@@ -103,6 +103,28 @@ def relaxlab_datasets() -> Iterable[Any]:
     shape, class count, normalisation constants and a loader from a directory.
 
     :return: datasets.
+
+    .. versionadded:: 0.1
+    """
+    return ()
+
+
+@hookspec
+def relaxlab_objectives() -> Iterable[Any]:
+    """Return training objectives usable by name (``relaxlab train --objective NAME``).
+
+    Each item is a :class:`relaxlab.objectives.Objective`: a name, declared parameters
+    (:class:`~relaxlab.core.relaxation.ParamSpec`: default and range; set as
+    ``NAME(param=value)``), and a loss function of an
+    :class:`~relaxlab.objectives.ObjectiveContext` (the model, the batch, the run's relaxation,
+    the schedule's ε, κ and β, bounds over any box inside the ε-box and the attack) and the
+    parameter values, returning the loss and the parts to log. Objectives work with every
+    relaxation: the context computes bounds through the engine for whichever the run trains
+    with. Names are unique across plugins (ignoring case, spaces and punctuation); a clash or
+    a value that is not an ``Objective`` is reported by plugin name and does not affect the
+    others.
+
+    :return: objectives.
 
     .. versionadded:: 0.1
     """

@@ -38,6 +38,7 @@ from attrs import define, field, frozen
 from relaxlab import hookspecs
 from relaxlab.core.expr import BOUND_VARIABLES
 from relaxlab.core.relaxation import BoundsTransform, Line, ParamSpec, ReluRelaxation
+from relaxlab.objectives import Objective
 
 #: A soundness check: ``None`` for a sound relaxation, else something whose ``str`` says why not.
 SoundnessCheck = Callable[[ReluRelaxation], object | None]
@@ -49,12 +50,13 @@ BUILTIN_PLUGINS = (
     "relaxlab.relaxations.builtin",
     "relaxlab.architectures",
     "relaxlab.data.datasets",
+    "relaxlab.objectives",
 )
 #: The paper's five relaxations (Table 1/2), in the paper's order: what ``paper`` selects.
 PAPER_RELAXATIONS = ("IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)")
 #: Words :meth:`RelaxationRegistry.select` understands besides names.
 SELECTORS = {
-    "all": "every registered relaxation, aliases folded, unsound ones left out",
+    "all": "every registered relaxation, aliases folded, unsound and sampled (unproved) ones left out",
     "paper": f"the paper's five: {', '.join(PAPER_RELAXATIONS)}",
 }
 
@@ -161,21 +163,44 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
     kind: str = "relaxation"
     #: name -> counterexample text, for relaxations whose lines fail the exact check.
     unsound: dict[str, str] = field(factory=dict)
+    #: The soundness check relaxations were admitted with; :meth:`get` runs it on every new parameter setting.
+    check: SoundnessCheck | None = None
 
     def get(self, name: str) -> ReluRelaxation:
-        """Look up ``name``, optionally with parameters: ``LooseIBP-DC(F=10, omega=0.5)``."""
-        match = _PARAMS.match(name)
-        if match is None:
-            return self[name]
-        base = self[match["name"]]
-        values: dict[str, float] = {}
-        for part in filter(None, (p.strip() for p in match["args"].split(","))):
-            key, _, raw = part.partition("=")
-            try:
-                values[key.strip()] = float(raw)
-            except ValueError:
-                raise ValueError(f"{base.name}: parameter {key.strip()!r} needs a number, got {raw.strip()!r}") from None
-        return base.with_params(**values)
+        """Look up ``name``, optionally with parameters: ``LooseIBP-DC(F=10, omega=0.5)``.
+
+        A setting of the parameters is checked as the registered relaxation was (its proof covers the
+        declared range up to a clip, and the new values may lie beyond it), so what comes back with
+        parameters is never unproved.
+
+        :raises UnsoundRelaxationError: the check refutes (or cannot prove) the relaxation at those values.
+        """
+        base, values = parse_parameters(name, self)
+        if values is None:
+            return base
+        setting = base.with_params(**values)
+        if self.check is not None and setting != base and base.name not in self.unsound:
+            reason = self.check(setting)
+            if reason is not None:
+                raise UnsoundRelaxationError(f"relaxation {setting.label!r} is unsound: {reason}")
+        return setting
+
+    def add(self, item: ReluRelaxation, source: str) -> None:
+        """Add a relaxation; a name that reads as a parameter setting is refused (see :func:`check_relaxation_name`)."""
+        check_relaxation_name(item.name, source)
+        super().add(item, source)
+
+    def soundness(self, name: str) -> str:
+        """``"proved"``, ``"sampled"`` (opaque lines: the check could only sample them) or ``"unsound"``."""
+        canonical = self.resolve(name)
+        if canonical in self.unsound:
+            return "unsound"
+        return "sampled" if is_sampled(self._items[canonical]) else "proved"
+
+    @property
+    def sampled(self) -> frozenset[str]:
+        """Names whose soundness can only be sampled (opaque lines: never proved), unless found unsound."""
+        return frozenset(n for n, r in self._items.items() if n not in self.unsound and is_sampled(r))
 
     def aliases(self, name: str) -> list[str]:
         """Other names whose spec is identical to ``name``'s."""
@@ -200,7 +225,9 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
             for item in split_names(part):
                 word = item.lower()
                 if word == "all":
-                    names += [n for n in self._items if n not in self.unsound and self.primary(n) == n]
+                    unproved = self.sampled
+                    names += [n for n in self._items
+                              if n not in self.unsound and n not in unproved and self.primary(n) == n]
                 elif word == "paper":
                     names += list(PAPER_RELAXATIONS)
                 else:
@@ -220,11 +247,80 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
                 raise UnsoundRelaxationError(f"relaxation {relaxation.name!r} is unsound: {reason}")
         self.add(relaxation, source)
 
+    def extended(
+        self, relaxations: Iterable[ReluRelaxation], source: str, check: SoundnessCheck | None = None
+    ) -> RelaxationRegistry:
+        """A new table: this one's relaxations, sources and findings, plus ``relaxations`` (each as
+        :meth:`register` adds it); this table is not changed."""
+        table = RelaxationRegistry(items=dict(self._items), sources=dict(self._sources), keys=dict(self._keys),
+                                   unsound=dict(self.unsound))
+        for relaxation in relaxations:
+            table.register(relaxation, source, check=check)
+        return table
+
     def primary(self, name: str) -> str:
         """The first-registered name among ``name`` and its aliases."""
         canonical = self.resolve(name)
         key = self._items[canonical].spec_key()
         return next(n for n, r in self._items.items() if r.spec_key() == key)
+
+
+def check_relaxation_name(name: str, source: str) -> None:
+    """Refuse a relaxation name in parameter syntax: ``LooseIBP-C(omega=0.5)`` would be read by :meth:`get`
+    as LooseIBP-C at omega = 0.5, never as the relaxation registered under that name.
+
+    :raises RegistryError: naming the plugin and the fix.
+    """
+    if _PARAMS.match(name):
+        raise RegistryError(
+            f"relaxation {name!r} from plugin {source!r} is named like a parameter setting (name(key=value)), which "
+            "look-up reads as parameters of another relaxation; rename it without '=' inside parentheses"
+        )
+
+
+def is_sampled(relaxation: ReluRelaxation) -> bool:
+    """Whether a check can only sample ``relaxation``: some expression of it is an opaque callable."""
+    return any(expr.is_opaque() for expr in relaxation.expressions())
+
+
+def parse_parameters(text: str, registry: NamedRegistry[T]) -> tuple[T, dict[str, float] | None]:
+    """``NAME(key=value, ...)`` as the registered item and the values (``None``: a plain name).
+
+    :raises UnknownNameError: an unknown name; ``ValueError``: a value that is not a number.
+    """
+    match = _PARAMS.match(text)
+    if match is None:
+        return registry[text], None
+    base = registry[match["name"]]
+    values: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in match["args"].split(","))):
+        key, _, raw = part.partition("=")
+        if key.strip() in values:
+            raise ValueError(f"{base.name}: parameter {key.strip()!r} is given twice in {text!r}; "  # type: ignore[attr-defined]
+                             "give each parameter once")
+        try:
+            values[key.strip()] = float(raw)
+        except ValueError:
+            raise ValueError(
+                f"{base.name}: parameter {key.strip()!r} needs a number, got {raw.strip()!r}"  # type: ignore[attr-defined]
+            ) from None
+    return base, values
+
+
+@define
+class ObjectiveRegistry(NamedRegistry[Objective]):
+    """Training objectives by name (:mod:`relaxlab.objectives`)."""
+
+    kind: str = "objective"
+
+    def get(self, name: str) -> Objective:
+        """Look up ``name``, optionally with parameters: ``SABR(lambda=0.6)`` (values checked here).
+
+        :raises UnknownNameError: an unknown name (close matches suggested); ``ValueError``: a
+            parameter the objective does not have, or a value outside its range.
+        """
+        base, values = parse_parameters(name, self)
+        return base.with_params(**values) if values is not None else base
 
 
 def split_names(text: str) -> list[str]:
@@ -277,6 +373,7 @@ class Registry:
     relaxations: RelaxationRegistry = field(factory=RelaxationRegistry)
     architectures: NamedRegistry[Any] = field(factory=lambda: NamedRegistry("architecture"))
     datasets: NamedRegistry[Any] = field(factory=lambda: NamedRegistry("dataset"))
+    objectives: ObjectiveRegistry = field(factory=ObjectiveRegistry)
     candidate_lines: list[CandidateLine] = field(factory=list)
     candidate_transforms: list[CandidateTransform] = field(factory=list)
     errors: list[PluginError] = field(factory=list)
@@ -372,6 +469,9 @@ def build_registry(
     for source, dataset in _collect(pm, "relaxlab_datasets", errors,
                                     lambda d: isinstance(getattr(d, "name", None), str), "an object with a name"):
         _add(registry.datasets, dataset, source, errors)
+    for source, objective in _collect(pm, "relaxlab_objectives", errors,
+                                      lambda o: isinstance(o, Objective), "an Objective"):
+        _add(registry.objectives, objective, source, errors)
     for source, item in _collect(pm, "relaxlab_candidate_lines", errors, _is_candidate,
                                  "(name, 'lower'|'upper'|'both', Line)"):
         name, side, ln = item
@@ -383,6 +483,7 @@ def build_registry(
         except ValueError as error:
             errors.append(PluginError(source, str(error)))
     if check is not None:
+        registry.relaxations.check = check
         for name, relaxation in list(registry.relaxations._items.items()):
             try:
                 reason = check(relaxation)
@@ -392,6 +493,7 @@ def build_registry(
                 registry.relaxations.unsound[name] = str(reason)
                 errors.append(PluginError(registry.relaxations.source(name),
                                           f"relaxation {name!r} is unsound: {reason}"))
+
     return registry
 
 

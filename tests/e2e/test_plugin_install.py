@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,9 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _install(source: Path, target: Path) -> None:
+    """pip-install ``source`` into ``target``, building from a copy: the build leaves ``build/`` and
+    ``*.egg-info`` where it builds, and the repository's tree stays as it was."""
+    copy = target.parent / f"{target.name}-source"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(source)],
+         "--target", str(target), str(copy)],
         check=True, capture_output=True, text=True,
     )
 
@@ -50,7 +55,7 @@ def test_example_plugin_is_listed_with_its_origin(example_plugin: Path) -> None:
 
 
 def test_example_plugin_passes_check_and_is_usable_by_the_engine(example_plugin: Path) -> None:
-    result = _run(example_plugin, "-m", "relaxlab", "check", "example-Half-Slope", "--examples", "50")
+    result = _run(example_plugin, "-m", "relaxlab", "check", "-r", "example-Half-Slope", "--sample", "50")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "example-Half-Slope: sound" in result.stdout
     script = textwrap.dedent("""
@@ -108,7 +113,7 @@ def test_an_unsound_plugin_is_caught_with_a_counterexample(tmp_path: Path) -> No
     """))
     target = tmp_path / "site"
     _install(source, target)
-    result = _run(target, "-m", "relaxlab", "check", "acme-Too-Tight", "--json", "--examples", "20")
+    result = _run(target, "-m", "relaxlab", "check", "-r", "acme-Too-Tight", "--json", "--sample", "20")
     assert result.returncode == 1
     [record] = json.loads(result.stdout)
     counterexample = record["counterexample"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,9 +84,10 @@ class StopAfter(Executor):
         self.inner, self.k = inner, k
 
     def run(
-        self, tasks: Sequence[RunTask], on_start: Callable[[RunTask], None] | None = None
+        self, tasks: Sequence[RunTask], on_start: Callable[[RunTask], None] | None = None,
+        on_progress: Callable[[str, float], None] | None = None,
     ) -> Iterator[RunOutcome]:
-        outcomes = self.inner.run(tasks, on_start)
+        outcomes = self.inner.run(tasks, on_start, on_progress)
         for index, outcome in enumerate(outcomes):
             if index == self.k:
                 outcomes.close()  # what the interrupted driver's generator cleanup does
@@ -136,11 +140,11 @@ def test_interrupted_between_runs_resumes(tmp_path: Path, uninterrupted: Any) ->
 def test_on_local_ray_interrupted_resumed_equals_in_process(tmp_path: Path, uninterrupted: Any) -> None:
     import ray
 
-    from relaxlab.experiments.executors import RayExecutor
+    from relaxlab.experiments.executors import RayExecutor, start_local_ray
 
     sweep = load_sweep(_write(tmp_path))
     # one local Ray for both calls (the executor reuses a running Ray and leaves it running)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    start_local_ray(ray, 2)
     try:
         with pytest.raises(KeyboardInterrupt):
             run_sweep(sweep, tmp_path / "out", StopAfter(RayExecutor(2), 1), write=lambda _line: None)
@@ -201,3 +205,26 @@ def test_cli_dry_run_failures_and_bad_files(tmp_path: Path) -> None:
         result = runner.invoke(cli, ["sweep", str(bad), "--out", str(tmp_path / "bad")])
         assert result.exit_code == 2 and message in result.output, (message, result.output)
         assert not (tmp_path / "bad").exists()
+
+
+def test_two_sweeps_on_one_store_train_each_run_once(tmp_path: Path, uninterrupted: Any) -> None:
+    """Two processes started on one sweep and one store share the runs: each run trains once, one record per
+    run id, and both exit 0 (each claims a run before it trains it)."""
+    path = _write(tmp_path)
+    command = [sys.executable, "-m", "relaxlab", "sweep", str(path), "--out", str(tmp_path / "out"),
+               "--executor", "inprocess", "-q"]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(2)]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    trained = [int(re.search(r"(\d+) trained", output)[1]) for output in outputs]  # type: ignore[index]
+    assert sum(trained) == 4, outputs
+    runs, metrics = store_contents(tmp_path / "out" / "results.sqlite")
+    expected_runs, expected_metrics = uninterrupted
+    trains = [run for run in runs if run[0] == "train"]
+    assert len(trains) == 4 and len({run[5] for run in trains}) == 4 and {run[2] for run in trains} == {"done"}
+    assert sorted((run[0], run[1], run[5]) for run in runs if run[0] != "sweep") == sorted(
+        (run[0], run[1], run[5]) for run in expected_runs if run[0] != "sweep")
+    assert len(metrics) == len(expected_metrics)
+    with Store(tmp_path / "out" / "results.sqlite") as store:
+        assert store.claims() == []  # each process released what it held

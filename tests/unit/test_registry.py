@@ -156,3 +156,82 @@ def test_architectures_and_datasets_come_from_plugins_too() -> None:
     assert {"FC", "CONV", "CONV+", "FC-S"} <= set(registry.architectures.names())
     assert {"mnist", "fashion-mnist", "cifar10", "svhn"} <= set(registry.datasets.names())
 
+
+
+# -- issue 27, item 12: what the name resolver must refuse, and "sampled" wherever soundness shows --------
+
+
+def test_a_parameter_given_twice_is_refused_by_name() -> None:
+    relaxations = build_registry(load_entry_points=False).relaxations
+    with pytest.raises(ValueError, match="LooseIBP-C: parameter 'omega' is given twice"):
+        relaxations.get("LooseIBP-C(omega=1,omega=2)")
+    with pytest.raises(ValueError, match="given twice"):
+        relaxations.select("CROWN, LooseIBP-DC(F=10, omega=0.5, F=2)")
+    assert relaxations.get("LooseIBP-C(omega=2)").parameters == {"omega": 2.0}
+
+
+def test_a_relaxation_named_like_a_parameter_setting_is_refused(fake_entry_points: list[FakeEntryPoint]) -> None:
+    crown0 = build_registry(load_entry_points=False).relaxations["CROWN-0"]
+    lookalike = crown0.__class__(name="LooseIBP-C(omega=0.5)", negative=crown0.negative, unstable=crown0.unstable,
+                                 positive=crown0.positive)
+    fake_entry_points.append(FakeEntryPoint("lookalike", _module("lookalike", relaxlab_relaxations=lambda: [lookalike])))
+    registry = build_registry(check=check_soundness)
+    assert "LooseIBP-C(omega=0.5)" not in registry.relaxations.names()
+    assert registry.relaxations.aliases("CROWN-0") == []  # not listed as CROWN-0's alias
+    assert any(e.plugin == "lookalike" and "named like a parameter setting" in e.reason for e in registry.errors)
+    # and the name still means what it says: LooseIBP-C at omega = 0.5
+    assert registry.relaxations.get("LooseIBP-C(omega=0.5)").name == "LooseIBP-C"
+    with pytest.raises(registry_module.RegistryError, match="rename it"):
+        registry.relaxations.register(lookalike, "runtime")
+
+
+def test_sampled_relaxations_are_shown_as_sampled_and_not_used_for_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from relaxlab.cli.registry_cmds import list_command
+    from relaxlab.core.expr import Opaque
+    from relaxlab.core.relaxation import Line
+
+    chord = Opaque("u/(u-l)", lambda env: env["u"] / (env["u"] - env["l"]))
+    opaque = ReluRelaxation(name="acme-Opaque", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
+                            unstable=CaseBounds(ZERO, Line(chord, -chord * Opaque("l", lambda env: env["l"]))))
+    monkeypatch.setattr(api, "_REGISTRY", build_registry(load_entry_points=False, check=check_soundness))
+    api.register_relaxation(opaque)  # passes the sampled check
+    relaxations = api.get_registry().relaxations
+    assert relaxations.soundness("acme-Opaque") == "sampled" and "acme-Opaque" in relaxations.sampled
+    assert relaxations.soundness("CROWN") == "proved"
+    assert "acme-Opaque" not in relaxations.select("all")
+    with pytest.raises(UnsoundRelaxationError, match="only sampled, not proved"):
+        relaxlab.get_relaxation("acme-Opaque")
+    assert relaxlab.get_relaxation("acme-Opaque", allow_unsound=True) is opaque
+    table = CliRunner().invoke(list_command, ["--wide"])
+    row = next(line for line in table.output.splitlines() if line.startswith("acme-Opaque"))
+    assert row.rstrip().endswith("sampled") and "yes" not in row.split()
+    records = {r["name"]: r for r in json.loads(CliRunner().invoke(list_command, ["--json"]).output)}
+    assert records["acme-Opaque"]["soundness"] == "sampled" and records["acme-Opaque"]["sound"] is False
+    assert records["CROWN"]["soundness"] == "proved" and records["CROWN"]["sound"] is True
+
+
+def test_an_extended_registry_lasts_for_its_block_and_changes_nothing() -> None:
+    """``api.extended_registry`` is how library code uses relaxations no plugin provides: known by name
+    inside the block (nested blocks see the outer ones'), checked as a plugin's, gone after it, and the
+    process-wide registry is never touched (issue 26: no hidden state)."""
+    before = relaxlab.get_registry()
+    names = set(before.relaxations)
+    other = ReluRelaxation(name="acme-Good-2", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
+                           unstable=GOOD.unstable)
+    with api.extended_registry([GOOD], source="test") as extended:
+        assert relaxlab.get_relaxation("acme-good") is GOOD and extended.relaxations.source("acme-Good") == "test"
+        with api.extended_registry([GOOD, other], source="inner"):
+            assert relaxlab.get_relaxation("acme-Good-2") is other
+            assert relaxlab.get_registry().relaxations.source("acme-Good") == "test"  # held already: kept
+        assert "acme-Good-2" not in relaxlab.get_registry().relaxations
+        with pytest.raises(RuntimeError), api.extended_registry([other], source="x"):
+            raise RuntimeError  # the block's end restores the registry before it, however it ends
+        assert "acme-Good-2" not in relaxlab.get_registry().relaxations
+    assert relaxlab.get_registry() is before and set(before.relaxations) == names
+    with pytest.raises(UnsoundRelaxationError, match="acme-Unsound"), api.extended_registry([UNSOUND], source="x"):
+        pass
+    assert "acme-Unsound" not in relaxlab.get_registry().relaxations

@@ -13,15 +13,9 @@ import importlib
 import os
 from typing import Any
 
-# OpenMP threads that wait for work sleep instead of spinning: on a machine shared with other
-# CPU-bound work, spinning threads burn the other process's share (the main job took 1,447 s of
-# CPU instead of about 340 s under load, issue 13). Read when torch loads its OpenMP runtime,
-# so it is set before anything imports torch; a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import click
 
-import click  # noqa: E402
-
-from relaxlab.runtime import tune_allocator  # noqa: E402
+from relaxlab.runtime import tune_allocator
 
 #: Every command: name -> (``"module:attribute"`` of the click command, its one-line help as
 #: ``relaxlab --help`` shows it). A test keeps each help equal to the command's own.
@@ -29,46 +23,46 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("relaxlab.cli.registry_cmds:list_command",
              "List registered relaxations with their derived C/S flags."),
     "show": ("relaxlab.cli.registry_cmds:show_command",
-             "Show one relaxation: its lines per case in words, and its derived properties."),
+             "Show relaxations: their lines per case in words, and their derived properties."),
     "check": ("relaxlab.cli.registry_cmds:check_command",
-              "Check soundness exactly at interval end points over hard and random (l, u)."),
+              "Prove soundness: every line on its side of the ReLU over the whole (l, u, parameter) domain."),
     "bounds": ("relaxlab.cli.engine_cmds:bounds_command",
                "Bound a network's outputs (or margins) for every input within EPS (l_inf) of INPUT."),
     "discover": ("relaxlab.cli.discovery_cmds:discover_command",
                  "Discover relaxations: all line combinations -> sound -> non-dominated -> + switch, soft, (R) "
                  "-> + transforms."),
-    "train": ("relaxlab.cli.training_cmds:train_cmd",
+    "train": ("relaxlab.cli.training_cmds:train_command",
               "Train a network as CONFIG_FILE (TOML) says; checkpoints every epoch."),
-    "certify": ("relaxlab.cli.training_cmds:certify_cmd",
+    "certify": ("relaxlab.cli.training_cmds:certify_command",
                 "Standard accuracy, PGD accuracy and certified robustness of CHECKPOINTS."),
-    "tightness": ("relaxlab.cli.training_cmds:tightness_cmd",
+    "tightness": ("relaxlab.cli.training_cmds:tightness_command",
                   "CR curves over an eps grid and CR-AUC (trapezoidal) per relaxation: Fig. 2 and Table 6."),
-    "report": ("relaxlab.cli.training_cmds:report_cmd",
+    "report": ("relaxlab.cli.training_cmds:report_command",
                "Paper-style tables (Table 2 / 11 and Table 10 layouts) from the results store."),
-    "paradox": ("relaxlab.cli.training_cmds:paradox_cmd",
+    "paradox": ("relaxlab.cli.training_cmds:paradox_command",
                 "Train CONV with IBP, hBox, DeepZ, CROWN, CROWN-IBP (R) on the embedded data and print the "
                 "paradox table."),
-    "landscape": ("relaxlab.cli.analysis_cmds:landscape_cmd",
+    "landscape": ("relaxlab.cli.analysis_cmds:landscape_command",
                   "Bounds along the gradient direction of the first-layer weights (Fig. 5): PNG + CSV."),
-    "continuity": ("relaxlab.cli.analysis_cmds:continuity_cmd",
+    "continuity": ("relaxlab.cli.analysis_cmds:continuity_command",
                    "Share of inputs whose bound jumps along a gradient segment (App. E.2)."),
-    "sensitivity": ("relaxlab.cli.analysis_cmds:sensitivity_cmd",
+    "sensitivity": ("relaxlab.cli.analysis_cmds:sensitivity_command",
                     "Theoretical degree and measured log-sensitivity (Sec. 4.3, App. E.2, J)."),
-    "gd-experiment": ("relaxlab.cli.analysis_cmds:gd_experiment_cmd",
+    "gd-experiment": ("relaxlab.cli.analysis_cmds:gd_experiment_command",
                       "Gradient descent on a bound landscape vs IBP (Sec. 4.4, App. D)."),
-    "tracking-plot": ("relaxlab.cli.analysis_cmds:tracking_plot_cmd",
+    "tracking-plot": ("relaxlab.cli.analysis_cmds:tracking_plot_command",
                       "Discontinuity share and log-sensitivity over training (Fig. 6)."),
-    "sweep": ("relaxlab.cli.sweep_cmds:sweep_cmd",
+    "sweep": ("relaxlab.cli.sweep_cmds:sweep_command",
               "Train and certify every run of SWEEP_FILE (TOML: [base], [grid], [[runs]], seeds, [certify], "
               "[select])."),
-    "screen": ("relaxlab.cli.screen_cmds:screen_cmd",
+    "screen": ("relaxlab.cli.screen_cmds:screen_command",
                "Train every candidate of SCREEN_FILE with k seeds, certify it with its own relaxation, rank them."),
-    "table10": ("relaxlab.cli.table10_cmds:table10_cmd",
+    "table10": ("relaxlab.cli.table10_cmds:table10_command",
                 "Certify the paper's 12 released MNIST networks with each relaxation (Table 10); print the "
                 "matrix."),
-    "export": ("relaxlab.cli.export_cmds:export_cmd",
+    "export": ("relaxlab.cli.export_cmds:export_command",
                "Write CHECKPOINT's network to ONNX and (with --vnnlib) VNN-LIB robustness properties."),
-    "verify": ("relaxlab.cli.verify_cmds:verify_cmd",
+    "verify": ("relaxlab.cli.verify_cmds:verify_command",
                "Answer VNN-COMP instances: NET.onnx PROP.vnnlib, or instances.csv files (unsat, sat, unknown, timeout)."),
 }
 
@@ -114,5 +108,14 @@ def cli() -> None:
 
 
 def main() -> None:
-    """Entry point of the ``relaxlab`` script."""
+    """Entry point of the ``relaxlab`` script (and of ``python -m relaxlab``).
+
+    Sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it: OpenMP threads that wait for work
+    then sleep instead of spinning, so on a machine shared with other CPU-bound work they do not
+    burn the other processes' share (the main job took 1,447 s of CPU instead of about 340 s
+    under load, issue 13). It is read when torch loads its OpenMP runtime, which no command has
+    done yet here. Only the program does this: importing :mod:`relaxlab.cli` changes nothing in
+    the process.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cli(prog_name="relaxlab")

@@ -73,71 +73,97 @@ def discover_command(families: tuple[str, ...], transform_names: tuple[str, ...]
     """
     from relaxlab.api import get_registry
     from relaxlab.cli.progress import Phases
-    from relaxlab.discovery import discover, emit, genealogy, transforms
+    from relaxlab.discovery import discover, emit, transforms
     from relaxlab.properties import check_soundness_cached
 
     if "none" in families and len(families) > 1:
         fail("--family none cannot be combined with other families")
     if "none" in transform_names and len(transform_names) > 1:
         fail("--transform none cannot be combined with other transforms")
-    chosen = None if not families else [f for f in families if f != "none"]
     grid = _grid(grid_items)
     registry = get_registry()
     try:
         widenings = None if not transform_names else transforms.choose(registry.candidate_transforms,
                                                                        transform_names)
         with Phases(quiet=quiet, prefix="discover: ") as phases:
-            found = discover(registry, transforms=widenings, grid=grid, families=chosen, relations=not no_relations,
-                             all_dominated=all_dominated, progress=phases.start)
+            found = discover(registry, transforms=widenings, grid=grid,
+                             families=None if not families else [f for f in families if f != "none"],
+                             relations=not no_relations, all_dominated=all_dominated, progress=phases.start)
     except ValueError as error:
         fail(str(error))
-    if graph_path or graphml_path or dot_path:
-        graph = genealogy.genealogy(found, registry.relaxations.values())
-        if graph_path:
-            genealogy.draw(graph, graph_path, scope=graph_scope)
-        if graphml_path:
-            genealogy.write_graphml(graph, graphml_path)
-        if dot_path:
-            genealogy.write_dot(graph, dot_path)
+    _draw(found, registry, graph_path, graph_scope, graphml_path, dot_path)
     new = emit.new_results(found)
     if plugin_path:
-        Path(plugin_path).write_text(emit.plugin_source(new), encoding="utf-8")
+        _write_text(Path(plugin_path), emit.plugin_source(new), "--emit-plugin")
     registered = emit.register_results(new, registry, check_soundness_cached) if register else []
-
     if as_json:
         out = found.as_dict(relations=not no_relations)
         out["registered"] = registered
         click.echo(json.dumps(out, indent=2, ensure_ascii=False))
         return
-    stages = ("stages: " + " -> ".join(f"{stage} {count}" for stage, count in found.stages)
-              + f"  ({found.seconds:.1f} s)")
-    if found.transforms:
-        stages += "\ntransforms: " + ", ".join(t.label for t in found.transforms)
-    click.echo(stages if wide else "\n".join(
-        textwrap.fill(part, width=TABLE_WIDTH, subsequent_indent="  ", break_long_words=False)
-        for part in stages.splitlines()))
-    rows = []
-    for result in found.results:
-        unstable = result.cases[1]
-        rows.append([result.name, result.family, "✓C" if result.continuous else "✗C",
-                     "✗S" if result.sensitive else "✓S", f"{unstable.lower}..{unstable.upper}",
-                     ", ".join(a for a in result.equivalent_to if a != result.name) or "-",
-                     _relation_summary(result, "tighter"), _relation_summary(result, "looser")])
-    click.echo(f"\nresults ({len(rows)}; C: ✓C continuous, S: ✓S not sensitive; "
-               "tighter/looser than: registered relaxations)")
-    click.echo(render_table(["name", "family", "C", "S", "unstable", "aliases", "tighter than", "looser than"], rows,
-                            width=None if wide else TABLE_WIDTH))
-    if found.rediscovered:
-        click.echo(f"\nregistered relaxations, rediscovered or not ({len(found.rediscovered)}):")
-    for item in found.rediscovered:
-        line = f"  {item}"
-        click.echo(line if wide else textwrap.fill(line, width=TABLE_WIDTH, subsequent_indent="    ",
-                                                   break_long_words=False))
-    if found.dominated and all_dominated:
-        click.echo(f"\n{len(found.dominated)} dominated combinations (see --json for their dominators)")
+    _print_listing(found, wide=wide, all_dominated=all_dominated)
     if plugin_path:
         click.echo(f"wrote {len(new)} relaxations as a plugin module to {plugin_path}")
     if graph_path:
         click.echo(f"wrote the genealogy drawing to {graph_path}")
     if register:
         click.echo(f"registered {len(registered)} relaxations in this process")
+
+
+def _write_text(path: Path, text: str, option: str) -> None:
+    """Write a file the user named, a failure as one line naming the option (exit 2)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        fail(f"{option} {path}: cannot write it ({error.strerror or error})")
+
+
+def _draw(found: Any, registry: Any, graph_path: str | None, scope: str, graphml_path: str | None,
+          dot_path: str | None) -> None:
+    """The genealogy as a drawing, GraphML and DOT, each where asked (directories made as needed)."""
+    if not (graph_path or graphml_path or dot_path):
+        return
+    from relaxlab.discovery import genealogy
+
+    graph = genealogy.genealogy(found, registry.relaxations.values())
+    for option, path, write in (("--graph", graph_path, lambda p: genealogy.draw(graph, p, scope=scope)),
+                                ("--graphml", graphml_path, lambda p: genealogy.write_graphml(graph, p)),
+                                ("--dot", dot_path, lambda p: genealogy.write_dot(graph, p))):
+        if path:
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                write(path)
+            except OSError as error:
+                fail(f"{option} {path}: cannot write it ({error.strerror or error})")
+
+
+def _fill(text: str, wide: bool, indent: str = "  ") -> str:
+    """``text`` wrapped at the table width, line by line (as it is with ``--wide``)."""
+    if wide:
+        return text
+    return "\n".join(textwrap.fill(part, width=TABLE_WIDTH, subsequent_indent=indent, break_long_words=False)
+                     for part in text.splitlines())
+
+
+def _print_listing(found: Any, *, wide: bool, all_dominated: bool) -> None:
+    """The stages, the results table (the library's names, flags and lines) and the rediscoveries."""
+    stages = ("stages: " + " -> ".join(f"{stage} {count}" for stage, count in found.stages)
+              + f"  ({found.seconds:.1f} s)")
+    if found.transforms:
+        stages += "\ntransforms: " + ", ".join(t.label for t in found.transforms)
+    click.echo(_fill(stages, wide))
+    rows = [[result.name, result.family, *result.flags.split(), f"{result.cases[1].lower}..{result.cases[1].upper}",
+             ", ".join(a for a in result.equivalent_to if a != result.name) or "-",
+             _relation_summary(result, "tighter"), _relation_summary(result, "looser")]
+            for result in found.results]
+    click.echo("\n" + _fill(f"results ({len(rows)}; C: ✓C continuous, S: ✓S not sensitive; tighter/looser than: "
+                             "registered relaxations; `relaxlab show -r NAME` shows any of them)", wide))
+    click.echo(render_table(["name", "family", "C", "S", "unstable", "aliases", "tighter than", "looser than"], rows,
+                            width=None if wide else TABLE_WIDTH))
+    if found.rediscovered:
+        click.echo(f"\nregistered relaxations, rediscovered or not ({len(found.rediscovered)}):")
+    for item in found.rediscovered:
+        click.echo(_fill(f"  {item}", wide, indent="    "))
+    if found.dominated and all_dominated:
+        click.echo(f"\n{len(found.dominated)} dominated combinations (see --json for their dominators)")

@@ -9,15 +9,15 @@ from typing import Any
 
 import click
 
-from relaxlab.cli.format import fail, render_table
-from relaxlab.cli.options import input_file_option, one_relaxation, relaxation_option
+from relaxlab.cli.format import TABLE_WIDTH, fail, render_table
+from relaxlab.cli.options import DEVICE, WIDE, check_device, input_file_option, relaxation_option, select
 
 
 def load_model_file(path: Path) -> Any:
-    """An ``nn.Sequential`` from an ``.onnx`` file or a relaxlab ``.pt`` checkpoint."""
+    """A module from an ``.onnx`` file or a relaxlab ``.pt`` checkpoint."""
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        from relaxlab.engine.onnx_loader import OnnxLoadError, load_onnx
+        from relaxlab.engine.onnx import OnnxLoadError, load_onnx
 
         try:
             return load_onnx(path)
@@ -91,11 +91,42 @@ def _fmt(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:.6g}"
 
 
+def _margin_rows(outputs: Any, label: int | None) -> tuple[Any, Any, Any]:
+    """``(C, labels, others)`` for ``--spec margins``: the library's margin rows, against ``label`` or the prediction."""
+    import torch
+
+    from relaxlab.engine.spec import margin_spec, other_classes
+
+    if outputs.dim() != 2:
+        fail(f"--spec margins needs a model with flat outputs, got shape {tuple(outputs.shape)}")
+    classes = outputs.shape[1]
+    if label is not None and not 0 <= label < classes:
+        fail(f"--label {label} is not a class of a model with {classes} outputs")
+    labels = outputs.argmax(dim=1) if label is None else torch.full((outputs.shape[0],), label, dtype=torch.long,
+                                                                     device=outputs.device)
+    return margin_spec(labels, classes, dtype=outputs.dtype), labels, other_classes(labels, classes)
+
+
+def _records(lb: Any, ub: Any, outputs: Any, labels: Any, others: Any) -> list[dict[str, Any]]:
+    """One JSON record per example: its bounds and, for margins, the label, the other classes, certified."""
+    from relaxlab.engine.spec import is_certified
+
+    records: list[dict[str, Any]] = [
+        {"index": index, "lower": lb[index].tolist(), "upper": ub[index].tolist()} for index in range(lb.shape[0])
+    ]
+    if labels is not None:
+        certified = is_certified(lb, outputs)
+        for record, label, other, ok in zip(records, labels.tolist(), others.tolist(), certified.tolist(),
+                                            strict=True):
+            record.update(label=label, others=other, certified=ok)
+    return records
+
+
 @click.command("bounds")
 @input_file_option("--model", "model_path", "Network: an .onnx file or a relaxlab .pt checkpoint.")
 @input_file_option("--input", "input_path", "Input point(s): .npy or .pt tensor, one example or a batch.")
 @click.option("--eps", required=True, type=float, help="l_inf radius of the input box.")
-@relaxation_option(help_text="The relaxation, e.g. 'CROWN-IBP (R)' or 'LooseIBP-C(omega=0.5)'")
+@relaxation_option(help_text="The relaxation(s), e.g. 'CROWN-IBP (R)' or 'LooseIBP-C(omega=0.5)'")
 @click.option(
     "--spec",
     type=click.Choice(["identity", "margins"]),
@@ -119,7 +150,10 @@ def _fmt(value: float) -> str:
 )
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64", show_default=True,
               help="Precision of the bound computation.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@DEVICE
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON instead of a table: one object, or a list of one per relaxation when -r selects several.")
+@WIDE
 def bounds_command(
     model_path: Path,
     input_path: Path,
@@ -129,79 +163,52 @@ def bounds_command(
     label: int | None,
     domain: tuple[float, float] | None,
     dtype: str,
+    device: str,
     as_json: bool,
+    wide: bool,
 ) -> None:
     """Bound a network's outputs (or margins) for every input within EPS (l_inf) of INPUT."""
     import torch
 
     from relaxlab.engine import UnsupportedNetworkError
     from relaxlab.engine.bounds import compute_bounds
-    from relaxlab.engine.spec import is_certified, margin_spec
 
     if not relaxation:
-        fail("give the relaxation with -r/--relaxation, e.g. -r CROWN")
-    relax = one_relaxation(relaxation)
+        fail("give the relaxation(s) with -r/--relaxation, e.g. -r CROWN or -r paper")
+    chosen = select(relaxation)
+    device = check_device(device)
     model = load_model_file(model_path)
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
     x = _batched(model, load_input_file(input_path)).to(torch_dtype)
-    model = model.to(torch_dtype)
-    C = None
-    labels: list[int] | None = None
+    model, x = model.to(device=device, dtype=torch_dtype), x.to(device)
     with torch.no_grad():
         outputs = model(x)
-    if spec == "margins":
-        if outputs.dim() != 2:
-            fail(f"--spec margins needs a model with flat outputs, got shape {tuple(outputs.shape)}")
-        classes = outputs.shape[1]
-        if label is not None:
-            if not 0 <= label < classes:
-                fail(f"--label {label} is not a class of a model with {classes} outputs")
-            label_t = torch.full((x.shape[0],), label, dtype=torch.long)
-        else:
-            label_t = outputs.argmax(dim=1)
-        labels = [int(v) for v in label_t]
-        C = margin_spec(label_t, classes, dtype=torch_dtype)
-    try:
-        with torch.no_grad():
-            lb, ub = compute_bounds(model, x, eps, relax, C=C, domain=domain)
-    except (UnsupportedNetworkError, ValueError, TypeError) as error:
-        fail(str(error))
-    certified = is_certified(lb, outputs) if labels is not None else None
-    records: list[dict[str, Any]] = []
-    for index in range(x.shape[0]):
-        record: dict[str, Any] = {
-            "index": index,
-            "lower": [float(v) for v in lb[index]],
-            "upper": [float(v) for v in ub[index]],
-        }
-        if labels is not None:
-            record["label"] = labels[index]
-            record["others"] = [j for j in range(lb.shape[1] + 1) if j != labels[index]]
-            record["certified"] = bool(certified[index])
-        records.append(record)
+    C, labels, others = _margin_rows(outputs, label) if spec == "margins" else (None, None, None)
+    results = []
+    for relax in chosen:
+        try:
+            with torch.no_grad():
+                lb, ub = compute_bounds(model, x, eps, relax, C=C, domain=domain)
+        except (UnsupportedNetworkError, ValueError, TypeError, OverflowError) as error:  # overflow: eps too large
+            fail(str(error))
+        results.append((relax.label, _records(lb.cpu(), ub.cpu(), outputs.cpu(), labels, others)))
     if as_json:
-        payload = {
-            "model": str(model_path),
-            "relaxation": getattr(relax, "label", relax.name),
-            "eps": eps,
-            "domain": list(domain) if domain else None,
-            "spec": spec,
-            "dtype": dtype,
-            "examples": records,
-        }
-        click.echo(json.dumps(payload, indent=2))
+        head = {"model": str(model_path), "eps": eps, "domain": list(domain) if domain else None, "spec": spec,
+                "dtype": dtype}
+        payloads = [{**head, "relaxation": name, "examples": records} for name, records in results]
+        click.echo(json.dumps(payloads[0] if len(payloads) == 1 else payloads, indent=2))
         return
     rows = []
-    for record in records:
-        names = (
-            [f"z{record['label']}-z{j}" for j in record["others"]]
-            if labels is not None
-            else [f"z{j}" for j in range(len(record["lower"]))]
-        )
-        for name, low, high in zip(names, record["lower"], record["upper"], strict=True):
-            rows.append([record["index"], name, _fmt(low), _fmt(high)])
-    click.echo(render_table(["example", "spec", "lower", "upper"], rows))
+    for name, records in results:
+        for record in records:
+            names = ([f"z{record['label']}-z{j}" for j in record["others"]] if labels is not None
+                     else [f"z{j}" for j in range(len(record["lower"]))])
+            for row_name, low, high in zip(names, record["lower"], record["upper"], strict=True):
+                rows.append([name, record["index"], row_name, _fmt(low), _fmt(high)])
+    click.echo(render_table(["relaxation", "example", "spec", "lower", "upper"], rows,
+                            width=None if wide else TABLE_WIDTH))
     if labels is not None:
-        count = sum(record["certified"] for record in records)
-        click.echo(f"certified: {count}/{len(records)} (every margin lower bound above the tolerance "
-                   "of relaxlab.engine.spec.is_certified)")
+        for name, records in results:
+            count = sum(record["certified"] for record in records)
+            click.echo(f"certified: {count}/{len(records)} with {name} (every margin lower bound above the "
+                       "tolerance of relaxlab.engine.spec.is_certified)")

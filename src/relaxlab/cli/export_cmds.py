@@ -2,18 +2,21 @@
 
 Output for external verifiers in the VNN-COMP layout: ``model.onnx``, one ``prop_<i>.vnnlib``
 per test image (the l_inf box clipped to [0, 1], the negated robustness spec) and
-``instances.csv`` (``onnx,vnnlib,timeout`` per line) in the VNN-LIB directory.
+``instances.csv`` (``onnx,vnnlib,timeout`` per line) in the VNN-LIB directory, its paths relative
+to that directory (as VNN-COMP benchmarks have them), so the folder can move as a whole.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 import click
 
 from relaxlab.cli.format import clear_errors, fail
-from relaxlab.cli.options import DATA_DIR, check_eps, load_test_split
+from relaxlab.cli.options import DATA_DIR, check_eps, count_option, load_test_split
 
 
 @click.command("export")
@@ -23,14 +26,12 @@ from relaxlab.cli.options import DATA_DIR, check_eps, load_test_split
 @click.option("--vnnlib", "vnnlib_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for one VNN-LIB robustness property per test image, and instances.csv.")
 @click.option("--eps", type=float, default=None, help="Radius in [0, 1] (default: the run's eps_test).")
+@count_option("Properties for the first N test images.", default=10)
 @click.option(
-    "--n", "n", type=int, default=10, show_default=True, help="Properties for the first N test images."
-)
-@click.option(
-    "--timeout", type=float, default=60.0, show_default=True, help="Per-instance timeout in instances.csv."
+    "--timeout", type=float, default=60.0, show_default=True, help="Per-instance timeout (seconds) in instances.csv."
 )
 @DATA_DIR
-def export_cmd(
+def export_command(
     checkpoint: Path,
     onnx_path: Path,
     vnnlib_dir: Path | None,
@@ -43,6 +44,8 @@ def export_cmd(
     from relaxlab.engine.export import export_onnx, write_vnnlib
     from relaxlab.training.checkpoint import build_model, read_checkpoint
 
+    if not (math.isfinite(timeout) and timeout > 0):
+        fail(f"--timeout must be a number of seconds > 0, got {timeout}")
     with clear_errors():
         if n < 1:
             fail(f"--n must be at least 1, got {n}")
@@ -61,6 +64,11 @@ def export_cmd(
         for index in range(int(y.shape[0])):
             path = vnnlib_dir / f"prop_{index}.vnnlib"
             write_vnnlib(path, x[index], run_eps, int(y[index]), dataset.num_classes)
-            rows.append(f"{onnx_path.resolve()},{path.resolve()},{timeout:g}")
+            rows.append(f"{_relative(onnx_path, vnnlib_dir)},{path.name},{timeout:g}")
         (vnnlib_dir / "instances.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
         click.echo(f"wrote {len(rows)} properties (eps {run_eps:g}) and instances.csv to {vnnlib_dir}")
+
+
+def _relative(path: Path, start: Path) -> str:
+    """``path`` as seen from the directory ``start`` (``../model.onnx``), in the form instances.csv uses."""
+    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import textwrap
 from collections.abc import Iterator, Sequence
@@ -20,7 +21,8 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, wi
     """A plain-text table with aligned columns that fits ``width`` characters.
 
     When the natural table is wider, the widest columns are narrowed and their cells wrapped
-    onto continuation lines (at spaces, after commas); a word longer than its column is cut.
+    onto continuation lines (at spaces, after commas, after the ``/`` of a path); only a word
+    longer than its column with no such place is cut.
 
     :param headers: the column names.
     :param rows: the cells, one sequence per row.
@@ -53,11 +55,17 @@ def _fit(widths: list[int], room: int) -> list[int]:
     return widths
 
 
+class _PathWrapper(textwrap.TextWrapper):
+    """Breaks at spaces and after each ``/`` (paths), never at hyphens (``CROWN-0-Tria``)."""
+
+    wordsep_re = re.compile(r"(\s+|(?<=/)(?=[^\s/]))")
+
+
 def _wrap(text: str, width: int) -> list[str]:
-    """``text`` broken into lines of at most ``width`` characters (after ", " and at spaces)."""
+    """``text`` broken into lines of at most ``width`` characters (at spaces, after ", " and "/")."""
     if len(text) <= width:
         return [text]
-    return textwrap.wrap(text, width=width, break_long_words=True, break_on_hyphens=False) or [""]
+    return _PathWrapper(width=width, break_long_words=True, break_on_hyphens=True).wrap(text) or [""]
 
 
 class InputError(click.ClickException):

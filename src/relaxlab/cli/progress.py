@@ -5,7 +5,11 @@ one-line status at most every :data:`DEFAULT_EVERY` seconds and at every tenth o
 
     certify: 300/500 (60%), 12 s, ETA 8 s
 
-With ``quiet`` nothing at all. Library functions never see this class: they take plain
+Work that ends within :data:`FIRST_LINE_AFTER` seconds prints no status line at all (a fast
+phase has nothing to report). With ``quiet`` nothing at all. Units may be fractions (a sweep
+counts runs, and a run in progress counts as the share of its steps done).
+
+:func:`interruptible` turns Ctrl-C and SIGTERM into one line that says how to resume. Library functions never see this class: they take plain
 callbacks (``progress: Callable[[int], None]``, called with the units just done), and the
 command passes :meth:`Progress.update`, or :meth:`Phases.start` where the library learns the
 size of its work only once it runs (``Callable[[str, int], Callable[[int], None]]``: a phase
@@ -19,16 +23,21 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
-from types import TracebackType
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType, TracebackType
 from typing import Any, TextIO
 
 #: Seconds between two status lines when stderr is not a terminal.
 DEFAULT_EVERY = 10.0
 #: The environment variable that overrides :data:`DEFAULT_EVERY`.
 EVERY_VARIABLE = "RELAXLAB_PROGRESS_EVERY"
+#: Seconds of work before the first status line (less when the interval is shorter).
+FIRST_LINE_AFTER = 2.0
 
 
 def duration(seconds: float) -> str:
@@ -68,6 +77,8 @@ class Progress:
     :param stream: where it goes (default: stderr).
     :param tty: draw a bar (default: when ``stream`` is a terminal).
     :param every: seconds between status lines (default: :func:`status_every`).
+    :param first: seconds of work before the first status line (default: :data:`FIRST_LINE_AFTER`,
+        or ``every`` when that is shorter).
     """
 
     def __init__(
@@ -80,16 +91,18 @@ class Progress:
         stream: TextIO | None = None,
         tty: bool | None = None,
         every: float | None = None,
+        first: float | None = None,
     ) -> None:
         self.desc, self.total, self.quiet, self.unit = desc, total, quiet, unit
         self.stream = stream if stream is not None else sys.stderr
         self.tty = _isatty(self.stream) if tty is None else tty
         self.every = status_every() if every is None else every
-        self.done = 0
+        self.first = min(self.every, FIRST_LINE_AFTER) if first is None else first
+        self.done: float = 0
         self.start = time.monotonic()
         self._last_time = self.start
         self._last_tenth = 0
-        self._last_line_done = -1
+        self._last_line_done: float = -1
         self._bar: Any = None
         self._closed = False
 
@@ -117,7 +130,8 @@ class Progress:
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif finished and not self.quiet and not self.tty and self.done != self._last_line_done:
+        elif finished and not self.quiet and not self.tty and self.done != self._last_line_done and (
+                self._last_line_done >= 0 or time.monotonic() - self.start >= self.first):
             self._emit()
 
     @property
@@ -135,10 +149,10 @@ class Progress:
             self._bar.total = total
             self._bar.refresh()
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: float = 1) -> None:
         """Count ``n`` more units done; show the bar or, when due, a status line.
 
-        :param n: units just finished.
+        :param n: units just finished (a fraction for work counted in shares).
         """
         self.done += n
         if self.quiet:
@@ -147,7 +161,9 @@ class Progress:
             self._bar.update(n)
             return
         now = time.monotonic()
-        tenth = 10 * self.done // self.total if self.total else 0
+        if now - self.start < self.first:
+            return
+        tenth = int(10 * self.done // self.total) if self.total else 0
         if now - self._last_time >= self.every or tenth > self._last_tenth:
             self._emit(now)
 
@@ -170,9 +186,10 @@ class Progress:
         """
         now = time.monotonic() if now is None else now
         elapsed = now - self.start
+        done = f"{self.done:g}" if float(self.done).is_integer() else f"{self.done:.1f}"
         if not self.total:
-            return f"{self.desc}: {self.done} {self.unit} done, {duration(elapsed)}"
-        text = f"{self.desc}: {self.done}/{self.total} ({100 * self.done // self.total}%), {duration(elapsed)}"
+            return f"{self.desc}: {done} {self.unit} done, {duration(elapsed)}"
+        text = f"{self.desc}: {done}/{self.total} ({int(100 * self.done // self.total)}%), {duration(elapsed)}"
         if 0 < self.done < self.total:
             text += f", ETA {duration(elapsed / self.done * (self.total - self.done))}"
         return text
@@ -183,7 +200,7 @@ class Progress:
         self._last_time = now
         self._last_line_done = self.done
         if self.total:
-            self._last_tenth = 10 * self.done // self.total
+            self._last_tenth = int(10 * self.done // self.total)
 
 
 class Phases:
@@ -212,7 +229,7 @@ class Phases:
             self.current.close(finished=kind is None)
             self.current = None
 
-    def start(self, desc: str, total: int) -> Callable[[int], None]:
+    def start(self, desc: str, total: int) -> Callable[[float], None]:
         """Open the reporter of the next phase.
 
         :param desc: the phase's name.
@@ -233,6 +250,38 @@ class Phases:
             self.current.write(line)
         elif not self.quiet:
             print(line, file=self.stream if self.stream is not None else sys.stderr, flush=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program runs so that ``finally`` blocks and atomic writes finish."""
+
+
+@contextmanager
+def interruptible(resume: str, stream: TextIO | None = None) -> Iterator[None]:
+    """Ctrl-C or SIGTERM inside the block: one line that says so and how to go on, exit 130 / 143.
+
+    The work itself stops as an exception would stop it (checkpoints are written atomically, a
+    sweep's store commits each run in one transaction), so nothing finished is lost.
+
+    :param resume: what to do to resume, e.g. ``"rerun the same command"``.
+    :param stream: where the line goes (default: stderr).
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def terminate(signum: int, frame: FrameType | None) -> None:
+            raise Terminated
+
+        previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        print(f"\n{'terminated (SIGTERM)' if terminated else 'interrupted (Ctrl-C)'}: {resume}",
+              file=stream if stream is not None else sys.stderr, flush=True)
+        raise SystemExit(143 if terminated else 130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _isatty(stream: TextIO) -> bool:

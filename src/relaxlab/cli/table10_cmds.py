@@ -2,8 +2,9 @@
 
 A thin layer over :func:`relaxlab.experiments.table10.run_table10`: it reads the MNIST test
 split (``--data-dir``), certifies every released network (``--networks``) with every relaxation
-(``-r``, default the paper's five) on the first ``--n`` images, continuing the record ``--out``,
-and prints the matrix beside the paper's Table 10 (and the clean accuracy beside Table 11's).
+(``-r``, default the paper's five) on the first ``--n`` images, continuing the record
+``table10.json`` in the directory ``--out``, and prints the matrix beside the paper's Table 10
+(and the clean accuracy beside Table 11's).
 """
 
 from __future__ import annotations
@@ -12,19 +13,30 @@ from pathlib import Path
 
 import click
 
-from relaxlab.cli.format import clear_errors, render_table
-from relaxlab.cli.options import DATA_DIR, QUIET, THREADS, relaxation_option, select_methods
+from relaxlab.cli.format import TABLE_WIDTH, clear_errors, render_table
+from relaxlab.cli.options import (
+    DATA_DIR,
+    QUIET,
+    THREADS,
+    WIDE,
+    count_option,
+    out_dir_option,
+    relaxation_option,
+    select_methods,
+)
+
+#: The record's name in the ``--out`` directory.
+RECORD = "table10.json"
 
 
 @click.command("table10")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The record (JSON): per cell one bit per test image; continued when it exists.")
+@out_dir_option(f"Directory of the record {RECORD} (per cell one bit per test image; continued when it exists).",
+                default=Path("runs/table10"))
 @relaxation_option(default="paper", help_text="Certifying relaxation(s), the columns (opt:NAME: its parameters optimised per neuron)")
 @click.option("--net", "nets", multiple=True,
               help="Released network(s), the rows: a file stem (mnist_CONV_zono), FC or CONV; repeatable "
               "(default: all twelve).")
-@click.option("--n", "n", type=click.IntRange(min=1, max=10_000), default=10_000, show_default=True,
-              help="Certify the first N MNIST test images.")
+@count_option("Certify the first N MNIST test images (at most 10,000).", default=10_000)
 @click.option("--eps", type=float, default=0.3, show_default=True, help="l_inf radius in pixel space [0, 1].")
 @click.option("--networks", "networks_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of the released mnist_*.pt files (default: $RELAXLAB_PARADOX_PRETRAINED, "
@@ -34,16 +46,18 @@ from relaxlab.cli.options import DATA_DIR, QUIET, THREADS, relaxation_option, se
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
               help="Images bounded at once (memory vs speed).")
 @THREADS
+@WIDE
 @QUIET
-def table10_cmd(out: Path, relaxation: tuple[str, ...], nets: tuple[str, ...], n: int, eps: float,
-                networks_dir: Path | None, data_dir: str | None, show: bool, batch_size: int,
-                threads: int | None, quiet: bool) -> None:
+def table10_command(out_dir: Path, relaxation: tuple[str, ...], nets: tuple[str, ...], n: int, eps: float,
+                    networks_dir: Path | None, data_dir: str | None, show: bool, batch_size: int,
+                    threads: int | None, wide: bool, quiet: bool) -> None:
     """Certify the paper's 12 released MNIST networks with each relaxation (Table 10); print the matrix."""
     from relaxlab.cli.options import check_eps
     from relaxlab.cli.progress import Progress, duration
     from relaxlab.experiments.released import select_released
     from relaxlab.experiments.table10 import Table10Record, load_record, run_table10, table10_rows
 
+    out = out_dir / RECORD
     with clear_errors():
         eps = check_eps(eps)
         relaxations = select_methods(relaxation)
@@ -70,7 +84,7 @@ def table10_cmd(out: Path, relaxation: tuple[str, ...], nets: tuple[str, ...], n
     headers, rows = table10_rows(record, names, n, networks=networks)
     click.echo(f"CR (%) at eps={record.eps:g} on the first {n} MNIST test images: ours (paper's Table 10; "
                "Acc: Table 11)")
-    click.echo(render_table(headers, rows, width=None))  # a matrix is read across: never wrapped
+    click.echo(render_table(headers, rows, width=None if wide else TABLE_WIDTH))
     cells = [cell for network in networks for name in names if (cell := record.cell(network.name, name))]
     if cells:
         seconds = sum(cell.seconds for cell in cells)

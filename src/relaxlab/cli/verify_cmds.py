@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from relaxlab.cli.format import clear_errors, fail, render_table
-from relaxlab.cli.options import QUIET, THREADS, out_dir_option
+from relaxlab.cli.format import TABLE_WIDTH, clear_errors, fail, render_table
+from relaxlab.cli.options import QUIET, THREADS, WIDE, out_dir_option
 
 
 @click.command("verify")
@@ -30,8 +30,9 @@ from relaxlab.cli.options import QUIET, THREADS, out_dir_option
               help="The competition's answers (benchmark,onnx,vnnlib,consensus,tools_sat,tools_unsat): compare, "
                    "and exit 1 on any contradiction.")
 @THREADS
+@WIDE
 @QUIET
-def verify_cmd(
+def verify_command(
     inputs: tuple[Path, ...],
     timeout: float | None,
     stages: str | None,
@@ -39,6 +40,7 @@ def verify_cmd(
     out_dir: Path | None,
     expected: Path | None,
     threads: int | None,
+    wide: bool,
     quiet: bool,
 ) -> None:
     """Answer VNN-COMP instances: NET.onnx PROP.vnnlib, or instances.csv files (unsat, sat, unknown, timeout)."""
@@ -79,7 +81,7 @@ def verify_cmd(
         write_text_atomic(results_file, verify.result_text(results[0]))
     if len(results) == 1:
         click.echo(verify.result_text(results[0]).rstrip("\n"))
-    click.echo(_summary_table(verify.summarise(results), results, answers))
+    click.echo(_summary_table(verify.summarise(results), results, answers, wide=wide))
     if answers is not None:
         wrong = list(verify.contradictions(results, answers))
         for outcome, why in wrong:
@@ -102,7 +104,8 @@ def _instances(inputs: tuple[Path, ...], timeout: float | None) -> list[Any]:
          + " ".join(str(path) for path in inputs))
 
 
-def _summary_table(summaries: list[Any], results: list[Any], answers: dict[Any, Any] | None) -> str:
+def _summary_table(summaries: list[Any], results: list[Any], answers: dict[Any, Any] | None, *,
+                   wide: bool = False) -> str:
     """One row per benchmark: counts of each answer, time, the competition's counts, what decided."""
     headers = ["benchmark", "n", "unsat", "sat", "unknown", "timeout", "error", "time (s)"]
     if answers is not None:
@@ -120,4 +123,4 @@ def _summary_table(summaries: list[Any], results: list[Any], answers: dict[Any, 
             row.append(f"{consensus.count('UNSAT')}/{consensus.count('SAT')}")
         row.append(", ".join(f"{name} {count}" for name, count in sorted(summary.methods.items())) or "-")
         rows.append(row)
-    return render_table(headers, rows)
+    return render_table(headers, rows, width=None if wide else TABLE_WIDTH)

@@ -16,16 +16,33 @@ relaxations declared with the same lines are recognised as the same.
 
 Names: ``L`` and ``U`` are the variables ``l`` and ``u``; :class:`Param`
 refers to a parameter whose value the relaxation supplies.
+
+**The one dispatch.** What a node *means* is given by an :class:`Interpretation`: a class with one
+method per node type (``const``, ``var``, ``param``, ``add``, ``mul``, ``div``, ``sigmoid``,
+``step``, ``ge``, ``switch``, ``named``, ``opaque``: :data:`NODE_TYPES`), all abstract in the base,
+so an interpretation that forgets one cannot even be made, and a node of a type it does not know
+is refused by name (``TypeError``), never answered with ``None``. Every meaning in relaxlab is one:
+evaluation (:class:`Evaluation`, with an explicit memo of named sub-expressions), the degree,
+substitution, printing and the names used (here), the interval extension
+(:mod:`relaxlab.core.interval`), exact and floating-point normal forms
+(:mod:`relaxlab.core.rational`), homogeneity (:mod:`relaxlab.core.scaling`), the evaluator's sign
+split (:mod:`relaxlab.core.evaluate`), sensitivity's pieces and sympy forms
+(:mod:`relaxlab.properties.sensitivity`) and discovery's code generation
+(:mod:`relaxlab.discovery.emit`); ``tests/unit/core/test_interpretations.py`` checks them all.
 """
 
 from __future__ import annotations
 
+import abc
 import math
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
 
+import attrs
 from attrs import field, frozen
+
+from relaxlab.core.rounding import round32_down, round32_up
 
 if TYPE_CHECKING:  # torch loads with the first tensor, not with the algebra (the CLI starts without it)
     import torch
@@ -34,16 +51,13 @@ if TYPE_CHECKING:  # torch loads with the first tensor, not with the algebra (th
 #: Names of the two bound variables.
 BOUND_VARIABLES = frozenset({"l", "u"})
 
-#: Environment key of an optional memo (a dict) for :class:`Named` sub-expressions: with it,
-#: a name used several times is evaluated once per environment. Never a variable name.
-MEMO = "\0memo"
-
 #: Sigmoid arguments are clamped to this magnitude: sigma(80) differs from 1 by 2e-35,
 #: and the clamp keeps gradients finite when ``l/u`` overflows for tiny ``u``.
 _SIGMOID_CLAMP = 80.0
 
 Value: TypeAlias = "Tensor | float"
 Environment = Mapping[str, Value]
+T = TypeVar("T")
 
 
 def _is_tensor(value: object) -> bool:
@@ -55,38 +69,40 @@ def _is_tensor(value: object) -> bool:
 class Expr:
     """Base of all expression nodes. Supports ``+ - * /`` and unary ``-``."""
 
-    # -- evaluation and analysis (overridden by every node) -----------------
-    def evaluate(self, env: Environment) -> Value:
-        """Value of the expression for ``env`` (``"l"``, ``"u"`` and parameter names)."""
-        raise NotImplementedError
+    # -- meanings (each an Interpretation) ------------------------------------
+    def evaluate(self, env: Environment, memo: dict[int, Value] | None = None) -> Value:
+        """Value of the expression for ``env`` (``"l"``, ``"u"`` and parameter names).
 
-    def children(self) -> tuple[Expr, ...]:
-        return ()
+        :param memo: named sub-expressions already evaluated for this ``env`` (filled as they are):
+            a name used several times (``λ`` in a slope and an offset) is evaluated once.
+        """
+        return Evaluation(env, memo)(self)
 
     def degree(self) -> float | None:
         """Polynomial degree in ``(l, u)`` on each piece; ``inf`` if not polynomial, ``None`` if unknown."""
-        raise NotImplementedError
+        return DEGREE(self)
 
     def substitute(self, mapping: Mapping[str, Expr]) -> Expr:
         """The expression with variables/parameters replaced by expressions."""
-        raise NotImplementedError
+        return Substitution(mapping)(self)
 
-    # -- derived helpers ----------------------------------------------------
+    def variables(self) -> frozenset[str]:
+        """Names of bound variables and parameters the expression mentions."""
+        return NAMES(self)
+
+    def __str__(self) -> str:
+        return TEXT(self)
+
+    # -- structure ----------------------------------------------------------
+    def children(self) -> tuple[Expr, ...]:
+        """The sub-expressions, in field order."""
+        return tuple(getattr(self, name) for name in _child_fields(type(self)))
+
     def walk(self) -> Iterator[Expr]:
         """Every node, depth first, this one included."""
         yield self
         for child in self.children():
             yield from child.walk()
-
-    def variables(self) -> frozenset[str]:
-        """Names of bound variables and parameters the expression mentions."""
-        names: set[str] = set()
-        for node in self.walk():
-            if isinstance(node, (Var, Param)):
-                names.add(node.name)
-            elif isinstance(node, Opaque):
-                names.update(node.uses)
-        return frozenset(names)
 
     def switches(self) -> tuple[Switch, ...]:
         return tuple(node for node in self.walk() if isinstance(node, Switch))
@@ -133,6 +149,16 @@ class Expr:
         return mul(-1.0, self)
 
 
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _child_fields(cls: type) -> tuple[str, ...]:
+    """The fields of a node class that hold sub-expressions (annotated ``Expr`` or ``Ge``)."""
+    if cls not in _CHILD_FIELDS:
+        _CHILD_FIELDS[cls] = tuple(f.name for f in attrs.fields(cls) if f.type in ("Expr", "Ge"))
+    return _CHILD_FIELDS[cls]
+
+
 ExprLike = Expr | float | int
 
 
@@ -157,18 +183,6 @@ class Const(Expr):
 
     value: float
 
-    def evaluate(self, env: Environment) -> Value:
-        return self.value
-
-    def degree(self) -> float | None:
-        return 0
-
-    def substitute(self, mapping: Mapping[str, Expr]) -> Expr:
-        return self
-
-    def __str__(self) -> str:
-        return _fmt_number(self.value)
-
 
 @frozen
 class Var(Expr):
@@ -181,18 +195,6 @@ class Var(Expr):
         if value not in BOUND_VARIABLES:
             raise ValueError(f"Var must be 'l' or 'u', got {value!r}; use Param for parameters")
 
-    def evaluate(self, env: Environment) -> Value:
-        return env[self.name]
-
-    def degree(self) -> float | None:
-        return 1
-
-    def substitute(self, mapping: Mapping[str, Expr]) -> Expr:
-        return mapping.get(self.name, self)
-
-    def __str__(self) -> str:
-        return self.name
-
 
 @frozen
 class Param(Expr):
@@ -200,76 +202,17 @@ class Param(Expr):
 
     name: str
 
-    def evaluate(self, env: Environment) -> Value:
-        try:
-            return env[self.name]
-        except KeyError:
-            raise KeyError(f"no value for parameter {self.name!r}") from None
-
-    def degree(self) -> float | None:
-        return 0
-
-    def substitute(self, mapping: Mapping[str, Expr]) -> Expr:
-        return mapping.get(self.name, self)
-
-    def __str__(self) -> str:
-        return self.name
-
 
 @frozen
 class Add(Expr):
     left: Expr
     right: Expr
 
-    def evaluate(self, env: Environment) -> Value:
-        return self.left.evaluate(env) + self.right.evaluate(env)
-
-    def children(self) -> tuple[Expr, ...]:
-        return (self.left, self.right)
-
-    def degree(self) -> float | None:
-        a, b = self.left.degree(), self.right.degree()
-        return None if a is None or b is None else max(a, b)
-
-    def substitute(self, mapping: Mapping[str, Expr]) -> Expr:
-        return add(self.left.substitute(mapping), self.right.substitute(mapping))
-
-    def __str__(self) -> str:
-        right = str(self.right)
-        if right.startswith("-"):
-            return f"{self.left} - {right[1:]}"
-        return f"{self.left} + {right}"
-
 
 @frozen
 class Mul(Expr):
     left: Expr
     right: Expr
-
-    def evaluate(self, env: Environment) -> Value:
-        return self.left.evaluate(env) * self.right.evaluate(env)
-
-    def children(self) -> tuple[Expr, ...]:
-        return (self.left, self.right)
-
-    def degree(self) -> float | None:
-        a, b = self.left.degree(), self.right.degree()
-        return None if a is None or b is None else a + b
-
-    def substitute(self, mapping: Mapping[str, Expr]) -> Expr:
-        return mul(self.left.substitute(mapping), self.right.substitute(mapping))
-
-    def __str__(self) -> str:
-        if isinstance(self.left, Const) and self.left.value == -1.0:
-            return f"-{_wrap(self.right, Mul)}"
-        return f"{_wrap(self.left, Mul)}{_wrap(self.right, Mul)}" if _juxtapose(self) else (
-            f"{_wrap(self.left, Mul)}*{_wrap(self.right, Mul)}"
-        )
-
-
-def _juxtapose(node: Mul) -> bool:
-    # "λl" reads better than "λ*l" when both factors are single symbols.
-    return all(isinstance(f, (Var, Param, Named)) and len(str(f)) == 1 for f in (node.left, node.right))
 
 
 @frozen
@@ -283,68 +226,12 @@ class Div(Expr):
     numerator: Expr
     denominator: Expr
 
-    def evaluate(self, env: Environment) -> Value:
-        num = self.numerator.evaluate(env)
-        den = self.denominator.evaluate(env)
-        if _is_tensor(den):
-            import torch
-
-            # Keep |den| >= sqrt(tiny): the backward pass divides by den**2, which must not underflow
-            # (it would turn gradients into inf/NaN). Clamp before dividing: torch.where evaluates
-            # both branches. Only denominators below 1e-19 (float32) / 1e-154 (float64) are affected.
-            # copysign(max(|den|, guard), den) is den itself wherever |den| >= guard; it avoids
-            # torch.where, which costs about ten elementwise passes on some CPU builds.
-            guard = math.sqrt(torch.finfo(den.dtype).tiny)
-            den = den.abs().clamp_min(guard).copysign(den)
-        elif den == 0.0:
-            den = math.ulp(0.0)
-        return num / den
-
-    def children(self) -> tuple[Expr, ...]:
-        return (self.numerator, self.denominator)
-
-    def degree(self) -> float | None:
-        a, b = self.numerator.degree(), self.denominator.degree()
-        if a is None or b is None:
-            return None
-        return a if b == 0 else math.inf
-
-    def substitute(self, mapping: Mapping[str, Expr]) -> Expr:
-        return div(self.numerator.substitute(mapping), self.denominator.substitute(mapping))
-
-    def __str__(self) -> str:
-        return f"{_wrap(self.numerator, Div)}/{_wrap(self.denominator, Div, strict=True)}"
-
 
 @frozen
 class Sigmoid(Expr):
     """The logistic function ``1 / (1 + exp(-a))``."""
 
     arg: Expr
-
-    def evaluate(self, env: Environment) -> Value:
-        value = self.arg.evaluate(env)
-        if _is_tensor(value):
-            import torch
-
-            return torch.sigmoid(value.clamp(-_SIGMOID_CLAMP, _SIGMOID_CLAMP))
-        value = max(-_SIGMOID_CLAMP, min(_SIGMOID_CLAMP, value))
-        return 1.0 / (1.0 + math.exp(-value))
-
-    def children(self) -> tuple[Expr, ...]:
-        return (self.arg,)
-
-    def degree(self) -> float | None:
-        inner = self.arg.degree()
-        if inner is None:
-            return None
-        return 0 if inner == 0 else math.inf
-
-    def substitute(self, mapping: Mapping[str, Expr]) -> Expr:
-        return Sigmoid(self.arg.substitute(mapping))
-
-    def __str__(self) -> str:
-        return f"σ({self.arg})"
 
 
 @frozen
@@ -358,28 +245,6 @@ class Step(Expr):
     def _check(self, attribute: object, value: str) -> None:
         if value not in ("floor", "ceil"):
             raise ValueError(f"Step kind must be 'floor' or 'ceil', got {value!r}")
-
-    def evaluate(self, env: Environment) -> Value:
-        value = self.arg.evaluate(env)
-        if _is_tensor(value):
-            import torch
-
-            # floor/ceil have zero gradient; keep the graph so callers can differentiate the rest.
-            return torch.floor(value) if self.kind == "floor" else torch.ceil(value)
-        return float(math.floor(value) if self.kind == "floor" else math.ceil(value))
-
-    def children(self) -> tuple[Expr, ...]:
-        return (self.arg,)
-
-    def degree(self) -> float | None:
-        inner = self.arg.degree()
-        return None if inner is None else 0  # constant on each piece
-
-    def substitute(self, mapping: Mapping[str, Expr]) -> Expr:
-        return Step(self.kind, self.arg.substitute(mapping))
-
-    def __str__(self) -> str:
-        return f"⌊{self.arg}⌋" if self.kind == "floor" else f"⌈{self.arg}⌉"
 
 
 def floor(arg: ExprLike) -> Expr:
@@ -397,29 +262,9 @@ class Ge(Expr):
     left: Expr
     right: Expr
 
-    def evaluate(self, env: Environment) -> Value:
-        a, b = self.left.evaluate(env), self.right.evaluate(env)
-        if _is_tensor(a) or _is_tensor(b):
-            import torch
-
-            return torch.as_tensor(a) >= torch.as_tensor(b)
-        return a >= b
-
-    def children(self) -> tuple[Expr, ...]:
-        return (self.left, self.right)
-
-    def degree(self) -> float | None:
-        return 0
-
-    def substitute(self, mapping: Mapping[str, Expr]) -> Expr:
-        return Ge(self.left.substitute(mapping), self.right.substitute(mapping))
-
     def margin(self, env: Environment) -> Value:
         """``left - right``: the condition holds where this is >= 0."""
         return self.left.evaluate(env) - self.right.evaluate(env)
-
-    def __str__(self) -> str:
-        return f"{self.left} >= {self.right}"
 
 
 @frozen
@@ -429,52 +274,6 @@ class Switch(Expr):
     condition: Ge
     then: Expr
     otherwise: Expr
-
-    def evaluate(self, env: Environment) -> Value:
-        cond = self.condition.evaluate(env)
-        a, b = self.then.evaluate(env), self.otherwise.evaluate(env)
-        if not _is_tensor(cond):
-            return a if cond else b
-        import torch
-
-        dtype = _dtype(a, b, env)
-        if not _is_tensor(a) and not _is_tensor(b):
-            # Constant branches: c·a + (1-c)·b with c in {0, 1} is exact (one term is 0), and
-            # cheaper than torch.where; a bool tensor converts fastest through uint8.
-            c = cond.view(torch.uint8).to(dtype)
-            if (a, b) == (1.0, 0.0):
-                return c
-            if (a, b) == (0.0, 1.0):
-                return 1.0 - c
-            return c * a + (1.0 - c) * b
-        return torch.where(cond, torch.as_tensor(a, dtype=dtype).to(cond.device),
-                           torch.as_tensor(b, dtype=dtype).to(cond.device))
-
-    def children(self) -> tuple[Expr, ...]:
-        return (self.condition, self.then, self.otherwise)
-
-    def degree(self) -> float | None:
-        a, b = self.then.degree(), self.otherwise.degree()
-        return None if a is None or b is None else max(a, b)
-
-    def substitute(self, mapping: Mapping[str, Expr]) -> Expr:
-        return switch(
-            self.condition.substitute(mapping),  # type: ignore[arg-type]
-            self.then.substitute(mapping),
-            self.otherwise.substitute(mapping),
-        )
-
-    def __str__(self) -> str:
-        return f"({self.then} if {self.condition} else {self.otherwise})"
-
-
-def _dtype(a: Value, b: Value, env: Environment) -> torch.dtype:
-    import torch
-
-    for value in (a, b, *env.values()):
-        if _is_tensor(value) and value.is_floating_point():  # type: ignore[union-attr]
-            return value.dtype  # type: ignore[union-attr]
-    return torch.get_default_dtype()
 
 
 def switch(condition: Ge, then: ExprLike, otherwise: ExprLike) -> Expr:
@@ -491,30 +290,6 @@ class Named(Expr):
 
     name: str
     body: Expr
-
-    def evaluate(self, env: Environment) -> Value:
-        # A Named node usually appears several times in a relaxation (λ in a slope and an
-        # offset); with a memo in the environment it is evaluated once per environment.
-        memo = env.get(MEMO)
-        if not isinstance(memo, dict):
-            return self.body.evaluate(env)
-        key = id(self)
-        if key not in memo:
-            memo[key] = self.body.evaluate(env)
-        return memo[key]
-
-    def children(self) -> tuple[Expr, ...]:
-        return (self.body,)
-
-    def degree(self) -> float | None:
-        return self.body.degree()
-
-    def substitute(self, mapping: Mapping[str, Expr]) -> Expr:
-        body = self.body.substitute(mapping)
-        return self if body == self.body else body
-
-    def __str__(self) -> str:
-        return self.name
 
 
 @frozen
@@ -534,29 +309,13 @@ class Opaque(Expr):
     fn: Callable[[Environment], Value] = field(eq=False, repr=False)
     uses: frozenset[str] = frozenset(BOUND_VARIABLES)
 
-    def evaluate(self, env: Environment) -> Value:
-        return self.fn({k: v for k, v in env.items() if k != MEMO} if MEMO in env else env)
 
-    def degree(self) -> float | None:
-        return 0 if not (self.uses & BOUND_VARIABLES) else None
-
-    def substitute(self, mapping: Mapping[str, Expr]) -> Expr:
-        if not (set(mapping) & self.uses):
-            return self
-        captured = dict(mapping)
-        inner = self.fn
-
-        def composed(env: Environment) -> Value:
-            return inner({**env, **{k: v.evaluate(env) for k, v in captured.items()}})
-
-        uses = (self.uses - set(mapping)) | frozenset().union(*(captured[k].variables() for k in captured))
-        return Opaque(f"{self.name}∘({', '.join(f'{k}={v}' for k, v in captured.items())})", composed, uses)
-
-    def __str__(self) -> str:
-        return self.name
+#: Every node type: each :class:`Interpretation` has a method for each (the class name in lower case).
+NODE_TYPES: tuple[type[Expr], ...] = (Const, Var, Param, Add, Mul, Div, Sigmoid, Step, Ge, Switch, Named, Opaque)
 
 
 def _wrap(expr: Expr, parent: type, strict: bool = False) -> str:
+    """``expr`` printed, in parentheses where it binds more loosely than a ``parent`` operand."""
     text = str(expr)
     needs = isinstance(expr, (Add, Switch)) or (strict and isinstance(expr, (Mul, Div)))
     if isinstance(expr, Const) and expr.value < 0:
@@ -621,3 +380,377 @@ def sigmoid(a: ExprLike) -> Expr:
 #: The variables ``l`` and ``u``.
 L = Var("l")
 U = Var("u")
+
+
+# -- the one dispatch ------------------------------------------------------------------------------
+
+_METHODS: dict[type, str] = {cls: cls.__name__.lower() for cls in NODE_TYPES}
+
+
+def _method_name(cls: type) -> str:
+    """The interpretation method for a node class (a subclass of a node type takes its type's)."""
+    name = _METHODS.get(cls)
+    if name is None:
+        name = next((_METHODS[base] for base in cls.__mro__ if base in _METHODS), None)
+        if name is None:
+            raise TypeError(f"{cls.__name__} is not an expression node type (known: "
+                            f"{', '.join(c.__name__ for c in NODE_TYPES)})")
+        _METHODS[cls] = name
+    return name
+
+
+class Interpretation(abc.ABC, Generic[T]):
+    """One meaning of the expression nodes: a method per node type, called through ``self(node)``.
+
+    Every method is abstract here, so a subclass that misses a node type cannot be instantiated;
+    ``self(node)`` of a node whose type is none of :data:`NODE_TYPES` raises ``TypeError`` naming it.
+    State an interpretation needs (an environment, a box, a memo) lives on its instance.
+    """
+
+    def __call__(self, node: Expr) -> T:
+        try:
+            method = _method_name(type(node))
+        except TypeError as error:
+            raise TypeError(f"{type(self).__name__}: {error}") from None
+        return getattr(self, method)(node)  # type: ignore[no-any-return]
+
+    @abc.abstractmethod
+    def const(self, node: Const) -> T: ...
+
+    @abc.abstractmethod
+    def var(self, node: Var) -> T: ...
+
+    @abc.abstractmethod
+    def param(self, node: Param) -> T: ...
+
+    @abc.abstractmethod
+    def add(self, node: Add) -> T: ...
+
+    @abc.abstractmethod
+    def mul(self, node: Mul) -> T: ...
+
+    @abc.abstractmethod
+    def div(self, node: Div) -> T: ...
+
+    @abc.abstractmethod
+    def sigmoid(self, node: Sigmoid) -> T: ...
+
+    @abc.abstractmethod
+    def step(self, node: Step) -> T: ...
+
+    @abc.abstractmethod
+    def ge(self, node: Ge) -> T: ...
+
+    @abc.abstractmethod
+    def switch(self, node: Switch) -> T: ...
+
+    @abc.abstractmethod
+    def named(self, node: Named) -> T: ...
+
+    @abc.abstractmethod
+    def opaque(self, node: Opaque) -> T: ...
+
+
+class Evaluation(Interpretation[Value]):
+    """The value of an expression for one environment: Python numbers or torch tensors (any device).
+
+    :param env: ``"l"``, ``"u"`` and parameter values.
+    :param memo: named sub-expressions evaluated for this ``env``, by node (filled as they are);
+        ``None``: no memo.
+    """
+
+    def __init__(self, env: Environment, memo: dict[int, Value] | None = None) -> None:
+        self.env = env
+        self.memo = memo
+
+    def const(self, node: Const) -> Value:
+        return node.value
+
+    def var(self, node: Var) -> Value:
+        return self.env[node.name]
+
+    def param(self, node: Param) -> Value:
+        try:
+            return self.env[node.name]
+        except KeyError:
+            raise KeyError(f"no value for parameter {node.name!r}") from None
+
+    def add(self, node: Add) -> Value:
+        return self(node.left) + self(node.right)  # type: ignore[operator]
+
+    def mul(self, node: Mul) -> Value:
+        return self(node.left) * self(node.right)  # type: ignore[operator]
+
+    def div(self, node: Div) -> Value:
+        num, den = self(node.numerator), self(node.denominator)
+        if _is_tensor(den):
+            import torch
+
+            # Keep |den| >= sqrt(tiny): the backward pass divides by den**2, which must not underflow
+            # (it would turn gradients into inf/NaN). Clamp before dividing: torch.where evaluates
+            # both branches. Only denominators below 1e-19 (float32) / 1e-154 (float64) are affected.
+            # copysign(max(|den|, guard), den) is den itself wherever |den| >= guard; it avoids
+            # torch.where, which costs about ten elementwise passes on some CPU builds.
+            guard = math.sqrt(torch.finfo(den.dtype).tiny)  # type: ignore[union-attr]
+            den = den.abs().clamp_min(guard).copysign(den)  # type: ignore[union-attr]
+        elif den == 0.0:
+            den = math.ulp(0.0)
+        return num / den  # type: ignore[operator]
+
+    def sigmoid(self, node: Sigmoid) -> Value:
+        value = self(node.arg)
+        if _is_tensor(value):
+            import torch
+
+            return torch.sigmoid(value.clamp(-_SIGMOID_CLAMP, _SIGMOID_CLAMP))  # type: ignore[union-attr]
+        value = max(-_SIGMOID_CLAMP, min(_SIGMOID_CLAMP, value))  # type: ignore[type-var]
+        return 1.0 / (1.0 + math.exp(-value))
+
+    def step(self, node: Step) -> Value:
+        value = self(node.arg)
+        if _is_tensor(value):
+            import torch
+
+            # floor/ceil have zero gradient; keep the graph so callers can differentiate the rest.
+            return torch.floor(value) if node.kind == "floor" else torch.ceil(value)  # type: ignore[arg-type]
+        return float(math.floor(value) if node.kind == "floor" else math.ceil(value))  # type: ignore[arg-type]
+
+    def ge(self, node: Ge) -> Value:
+        # Compared exactly: a number meeting a float32 tensor is replaced by the float32 that
+        # decides the same way (the smallest float32 >= it on the right, the largest <= it on
+        # the left), never by its nearest float32 (4.1 would become 4.0999999).
+        a, b = self(node.left), self(node.right)
+        if _is_tensor(a) and not _is_tensor(b):
+            return a >= _threshold(b, a, up=True)  # type: ignore[operator, arg-type]
+        if _is_tensor(b) and not _is_tensor(a):
+            return _threshold(a, b, up=False) >= b  # type: ignore[operator, arg-type]
+        return a >= b  # type: ignore[operator]
+
+    def switch(self, node: Switch) -> Value:
+        cond = self(node.condition)
+        a, b = self(node.then), self(node.otherwise)
+        if not _is_tensor(cond):
+            return a if cond else b
+        import torch
+
+        dtype = _dtype(a, b, self.env)
+        if not _is_tensor(a) and not _is_tensor(b):
+            # Constant branches: c·a + (1-c)·b with c in {0, 1} is exact (one term is 0), and
+            # cheaper than torch.where; a bool tensor converts fastest through uint8.
+            c = cond.view(torch.uint8).to(dtype)  # type: ignore[union-attr]
+            if (a, b) == (1.0, 0.0):
+                return c
+            if (a, b) == (0.0, 1.0):
+                return 1.0 - c
+            return c * a + (1.0 - c) * b
+        return torch.where(cond, torch.as_tensor(a, dtype=dtype).to(cond.device),  # type: ignore[arg-type, union-attr]
+                           torch.as_tensor(b, dtype=dtype).to(cond.device))  # type: ignore[union-attr]
+
+    def named(self, node: Named) -> Value:
+        # A Named node usually appears several times in a relaxation (λ in a slope and an
+        # offset); with a memo it is evaluated once per environment.
+        if self.memo is None:
+            return self(node.body)
+        key = id(node)  # the nodes outlive the memo: it lives for one environment
+        if key not in self.memo:
+            self.memo[key] = self(node.body)
+        return self.memo[key]
+
+    def opaque(self, node: Opaque) -> Value:
+        return node.fn(self.env)
+
+
+def _threshold(number: Value, tensor: Tensor, *, up: bool) -> Value:
+    """A number that ``tensor`` compares with as it would with the exact ``number``."""
+    import torch
+
+    if tensor.dtype == torch.float64:
+        return number
+    if tensor.dtype == torch.float32:
+        return round32_up(float(number)) if up else round32_down(float(number))
+    raise TypeError(f"conditions are evaluated in float32 or float64, not {tensor.dtype}")
+
+
+def _dtype(a: Value, b: Value, env: Environment) -> torch.dtype:
+    import torch
+
+    for value in (a, b, *env.values()):
+        if _is_tensor(value) and value.is_floating_point():  # type: ignore[union-attr]
+            return value.dtype  # type: ignore[union-attr]
+    return torch.get_default_dtype()
+
+
+class Degree(Interpretation["float | None"]):
+    """Polynomial degree in ``(l, u)`` on each piece; ``inf`` if not polynomial, ``None`` if unknown."""
+
+    def const(self, node: Const) -> float | None:
+        return 0
+
+    def var(self, node: Var) -> float | None:
+        return 1
+
+    def param(self, node: Param) -> float | None:
+        return 0
+
+    def _sum(self, a: Expr, b: Expr) -> float | None:
+        da, db = self(a), self(b)
+        return None if da is None or db is None else max(da, db)
+
+    def add(self, node: Add) -> float | None:
+        return self._sum(node.left, node.right)
+
+    def mul(self, node: Mul) -> float | None:
+        a, b = self(node.left), self(node.right)
+        return None if a is None or b is None else a + b
+
+    def div(self, node: Div) -> float | None:
+        a, b = self(node.numerator), self(node.denominator)
+        if a is None or b is None:
+            return None
+        return a if b == 0 else math.inf
+
+    def sigmoid(self, node: Sigmoid) -> float | None:
+        inner = self(node.arg)
+        if inner is None:
+            return None
+        return 0 if inner == 0 else math.inf
+
+    def step(self, node: Step) -> float | None:
+        return None if self(node.arg) is None else 0  # constant on each piece
+
+    def ge(self, node: Ge) -> float | None:
+        return 0
+
+    def switch(self, node: Switch) -> float | None:
+        return self._sum(node.then, node.otherwise)
+
+    def named(self, node: Named) -> float | None:
+        return self(node.body)
+
+    def opaque(self, node: Opaque) -> float | None:
+        return 0 if not (node.uses & BOUND_VARIABLES) else None
+
+
+class Substitution(Interpretation[Expr]):
+    """The expression with variables/parameters replaced by expressions of ``mapping``."""
+
+    def __init__(self, mapping: Mapping[str, Expr]) -> None:
+        self.mapping = mapping
+
+    def const(self, node: Const) -> Expr:
+        return node
+
+    def var(self, node: Var) -> Expr:
+        return self.mapping.get(node.name, node)
+
+    def param(self, node: Param) -> Expr:
+        return self.mapping.get(node.name, node)
+
+    def add(self, node: Add) -> Expr:
+        return add(self(node.left), self(node.right))
+
+    def mul(self, node: Mul) -> Expr:
+        return mul(self(node.left), self(node.right))
+
+    def div(self, node: Div) -> Expr:
+        return div(self(node.numerator), self(node.denominator))
+
+    def sigmoid(self, node: Sigmoid) -> Expr:
+        return Sigmoid(self(node.arg))
+
+    def step(self, node: Step) -> Expr:
+        return Step(node.kind, self(node.arg))
+
+    def ge(self, node: Ge) -> Expr:
+        return Ge(self(node.left), self(node.right))
+
+    def switch(self, node: Switch) -> Expr:
+        return switch(self(node.condition), self(node.then), self(node.otherwise))  # type: ignore[arg-type]
+
+    def named(self, node: Named) -> Expr:
+        body = self(node.body)
+        return node if body == node.body else body
+
+    def opaque(self, node: Opaque) -> Expr:
+        if not (set(self.mapping) & node.uses):
+            return node
+        captured = dict(self.mapping)
+        inner = node.fn
+
+        def composed(env: Environment) -> Value:
+            return inner({**env, **{k: v.evaluate(env) for k, v in captured.items()}})
+
+        uses = (node.uses - set(captured)) | frozenset().union(*(captured[k].variables() for k in captured))
+        return Opaque(f"{node.name}∘({', '.join(f'{k}={v}' for k, v in captured.items())})", composed, uses)
+
+
+class Names(Interpretation[frozenset[str]]):
+    """The names of bound variables and parameters an expression mentions."""
+
+    def const(self, node: Const) -> frozenset[str]:
+        return frozenset()
+
+    def var(self, node: Var) -> frozenset[str]:
+        return frozenset({node.name})
+
+    def param(self, node: Param) -> frozenset[str]:
+        return frozenset({node.name})
+
+    def _union(self, node: Expr) -> frozenset[str]:
+        return frozenset().union(*(self(child) for child in node.children()))
+
+    add = mul = div = sigmoid = step = ge = switch = named = _union  # type: ignore[assignment]
+
+    def opaque(self, node: Opaque) -> frozenset[str]:
+        return frozenset(node.uses)
+
+
+class Text(Interpretation[str]):
+    """How an expression prints: ``λx - λl``, ``(0 if -l >= u else 1)``, ``σ(γ(l/u - u/l))``."""
+
+    def const(self, node: Const) -> str:
+        return _fmt_number(node.value)
+
+    def var(self, node: Var) -> str:
+        return node.name
+
+    def param(self, node: Param) -> str:
+        return node.name
+
+    def add(self, node: Add) -> str:
+        right = self(node.right)
+        if right.startswith("-"):
+            return f"{self(node.left)} - {right[1:]}"
+        return f"{self(node.left)} + {right}"
+
+    def mul(self, node: Mul) -> str:
+        if isinstance(node.left, Const) and node.left.value == -1.0:
+            return f"-{_wrap(node.right, Mul)}"
+        # "λl" reads better than "λ*l" when both factors are single symbols
+        juxtapose = all(isinstance(f, (Var, Param, Named)) and len(self(f)) == 1 for f in (node.left, node.right))
+        return f"{_wrap(node.left, Mul)}{'' if juxtapose else '*'}{_wrap(node.right, Mul)}"
+
+    def div(self, node: Div) -> str:
+        return f"{_wrap(node.numerator, Div)}/{_wrap(node.denominator, Div, strict=True)}"
+
+    def sigmoid(self, node: Sigmoid) -> str:
+        return f"σ({self(node.arg)})"
+
+    def step(self, node: Step) -> str:
+        return f"⌊{self(node.arg)}⌋" if node.kind == "floor" else f"⌈{self(node.arg)}⌉"
+
+    def ge(self, node: Ge) -> str:
+        return f"{self(node.left)} >= {self(node.right)}"
+
+    def switch(self, node: Switch) -> str:
+        return f"({self(node.then)} if {self(node.condition)} else {self(node.otherwise)})"
+
+    def named(self, node: Named) -> str:
+        return node.name
+
+    def opaque(self, node: Opaque) -> str:
+        return node.name
+
+
+#: The stateless interpretations, made once.
+DEGREE, NAMES, TEXT = Degree(), Names(), Text()

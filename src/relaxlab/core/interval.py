@@ -24,10 +24,8 @@ Per node:
   and by the ±80 clamp of :class:`~relaxlab.core.expr.Sigmoid` (values below ``σ(-80)`` or
   above ``σ(80)`` widen to 0 or 1);
 - floor, ceil: exact on the end points;
-- conditions: ``[1, 1]`` or ``[0, 0]`` where decided on the whole box, else ``[0, 1]``; a side
-  that does not depend on ``l, u`` is also taken at its float32 rounding, because
-  :class:`~relaxlab.core.expr.Ge` compares a tensor with ``torch.as_tensor(number)``, which
-  rounds the number to the default dtype;
+- conditions: ``[1, 1]`` or ``[0, 0]`` where decided on the whole box, else ``[0, 1]``
+  (:class:`~relaxlab.core.expr.Ge` compares exactly);
 - switches: the branch where the condition is decided, else the hull of both branches;
 - named sub-expressions: their body (evaluated once per call);
 - opaque callables: nothing is known about them, so ``(-∞, ∞)``.
@@ -36,27 +34,11 @@ Per node:
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Mapping
 
 from attrs import frozen
 
-from relaxlab.core.expr import (
-    BOUND_VARIABLES,
-    Add,
-    Const,
-    Div,
-    Expr,
-    Ge,
-    Mul,
-    Named,
-    Opaque,
-    Param,
-    Sigmoid,
-    Step,
-    Switch,
-    Var,
-)
+from relaxlab.core import expr as ex
 
 INF = math.inf
 #: ``(lo, hi)`` pairs: the working representation (plain tuples are fast).
@@ -340,28 +322,10 @@ def decide(left: Bounds, right: Bounds) -> bool | None:
     return None
 
 
-def _decide_condition(condition: Ge, box: Mapping[str, Bounds], memo: dict[int, Bounds]) -> bool | None:
-    sides = []
-    for side in (condition.left, condition.right):
-        bounds = enclose_bounds(side, box, memo)
-        if not side.variables() & BOUND_VARIABLES:
-            # Ge.evaluate compares a tensor with torch.as_tensor(number), which rounds the number to
-            # the default dtype (float32): the side may be compared at its float32 rounding
-            bounds = hull(bounds, (_float32(bounds[0]), _float32(bounds[1])))
-        sides.append(bounds)
-    return decide(sides[0], sides[1])
-
-
-def _float32(value: float) -> float:
-    if not math.isfinite(value) or abs(value) >= 3.4028234663852886e38:
-        return value if not math.isfinite(value) else math.copysign(INF, value)
-    return struct.unpack("f", struct.pack("f", value))[0]
-
-
 # -- the interval extension of expressions --------------------------------------------------------
 
 
-def enclose(expr: Expr, box: Mapping[str, Interval | Bounds | float]) -> Interval:
+def enclose(expr: ex.Expr, box: Mapping[str, Interval | Bounds | float]) -> Interval:
     """A sound enclosure of ``expr`` over ``box``.
 
     :param expr: any expression of :mod:`relaxlab.core.expr`.
@@ -370,49 +334,82 @@ def enclose(expr: Expr, box: Mapping[str, Interval | Bounds | float]) -> Interva
     :raises KeyError: for a variable or parameter missing from ``box``.
     """
     bounds = {name: Interval.of(value).bounds for name, value in box.items()}
-    return Interval(*enclose_bounds(expr, bounds, {}))
+    return Interval(*Enclosure(bounds)(expr))
 
 
-def enclose_bounds(expr: Expr, box: Mapping[str, Bounds], memo: dict[int, Bounds]) -> Bounds:
-    """:func:`enclose` on ``(lo, hi)`` pairs; ``memo`` holds named sub-expressions by identity."""
-    if isinstance(expr, Const):
-        return (expr.value, expr.value)
-    if isinstance(expr, (Var, Param)):
+def enclose_bounds(expr: ex.Expr, box: Mapping[str, Bounds], memo: dict[int, Bounds]) -> Bounds:
+    """:func:`enclose` on ``(lo, hi)`` pairs; ``memo`` holds named sub-expressions by node."""
+    return Enclosure(box, memo)(expr)
+
+
+class Enclosure(ex.Interpretation[Bounds]):
+    """The interval extension: a sound ``(lo, hi)`` of each node over ``box`` (see the module docstring).
+
+    :param box: ``(lo, hi)`` of ``"l"``, ``"u"`` and the parameters.
+    :param memo: enclosures of named sub-expressions, by node (for one box).
+    """
+
+    def __init__(self, box: Mapping[str, Bounds], memo: dict[int, Bounds] | None = None) -> None:
+        self.box = box
+        self.memo = {} if memo is None else memo
+
+    def const(self, node: ex.Const) -> Bounds:
+        return (node.value, node.value)
+
+    def var(self, node: ex.Var) -> Bounds:
+        return self._named(node.name)
+
+    def param(self, node: ex.Param) -> Bounds:
+        return self._named(node.name)
+
+    def _named(self, name: str) -> Bounds:
         try:
-            return box[expr.name]
+            return self.box[name]
         except KeyError:
-            raise KeyError(f"no interval for {expr.name!r} in the box") from None
-    if isinstance(expr, Add):
-        return add(enclose_bounds(expr.left, box, memo), enclose_bounds(expr.right, box, memo))
-    if isinstance(expr, Mul):
-        if isinstance(expr.left, Const):
-            return scale(expr.left.value, enclose_bounds(expr.right, box, memo))
-        return mul(enclose_bounds(expr.left, box, memo), enclose_bounds(expr.right, box, memo))
-    if isinstance(expr, Div):
-        return guarded_div(enclose_bounds(expr.numerator, box, memo), enclose_bounds(expr.denominator, box, memo))
-    if isinstance(expr, Sigmoid):
-        return sigmoid(enclose_bounds(expr.arg, box, memo))
-    if isinstance(expr, Step):
-        inner = enclose_bounds(expr.arg, box, memo)
-        return floor_bounds(inner) if expr.kind == "floor" else ceil_bounds(inner)
-    if isinstance(expr, Ge):
-        verdict = _decide_condition(expr, box, memo)
+            raise KeyError(f"no interval for {name!r} in the box") from None
+
+    def add(self, node: ex.Add) -> Bounds:
+        return add(self(node.left), self(node.right))
+
+    def mul(self, node: ex.Mul) -> Bounds:
+        if isinstance(node.left, ex.Const):
+            return scale(node.left.value, self(node.right))
+        return mul(self(node.left), self(node.right))
+
+    def div(self, node: ex.Div) -> Bounds:
+        return guarded_div(self(node.numerator), self(node.denominator))
+
+    def sigmoid(self, node: ex.Sigmoid) -> Bounds:
+        return sigmoid(self(node.arg))
+
+    def step(self, node: ex.Step) -> Bounds:
+        inner = self(node.arg)
+        return floor_bounds(inner) if node.kind == "floor" else ceil_bounds(inner)
+
+    def _decide(self, condition: ex.Ge) -> bool | None:
+        # Ge.evaluate compares exactly (a number is never rounded against a tensor)
+        return decide(self(condition.left), self(condition.right))
+
+    def ge(self, node: ex.Ge) -> Bounds:
+        verdict = self._decide(node)
         return (0.0, 1.0) if verdict is None else ((1.0, 1.0) if verdict else (0.0, 0.0))
-    if isinstance(expr, Switch):
-        verdict = _decide_condition(expr.condition, box, memo)
+
+    def switch(self, node: ex.Switch) -> Bounds:
+        verdict = self._decide(node.condition)
         if verdict is True:
-            return enclose_bounds(expr.then, box, memo)
+            return self(node.then)
         if verdict is False:
-            return enclose_bounds(expr.otherwise, box, memo)
-        return hull(enclose_bounds(expr.then, box, memo), enclose_bounds(expr.otherwise, box, memo))
-    if isinstance(expr, Named):
-        key = id(expr)
-        if key not in memo:
-            memo[key] = enclose_bounds(expr.body, box, memo)
-        return memo[key]
-    if isinstance(expr, Opaque):
+            return self(node.otherwise)
+        return hull(self(node.then), self(node.otherwise))
+
+    def named(self, node: ex.Named) -> Bounds:
+        key = id(node)  # the nodes outlive the memo: it lives for one box
+        if key not in self.memo:
+            self.memo[key] = self(node.body)
+        return self.memo[key]
+
+    def opaque(self, node: ex.Opaque) -> Bounds:
         return WHOLE
-    raise TypeError(f"no interval extension for {type(expr).__name__} nodes")
 
 
 __all__ = ["Interval", "enclose", "enclose_bounds", "down", "up", "two_sum", "two_product", "add", "sub", "mul",

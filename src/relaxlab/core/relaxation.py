@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from attrs import evolve, field, frozen, validators
 
+from relaxlab.core import evaluate
 from relaxlab.core.expr import BOUND_VARIABLES, Const, Expr, ExprLike, Opaque, as_expr
 from relaxlab.core.stability import Stability
 
@@ -38,6 +39,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _\-().,+=/λκ·]*$"
 INTERMEDIATE_MODES = ("backsub", "interval", "forward")
 #: How the final specification is bounded.
 FINAL_MODES = ("backsub", "forward")
+#: Unbounded parameter ranges are proved (and per-element values allowed) within ``[-PARAM_CLIP, PARAM_CLIP]``.
+PARAM_CLIP = 1e3
 
 def _format_coefficient(expr: Expr) -> str:
     text = str(expr)
@@ -54,7 +57,8 @@ class Line:
     offset: Expr = field(converter=as_expr)
 
     def evaluate(self, env: Mapping[str, Any]) -> tuple[Any, Any]:
-        return self.slope.evaluate(env), self.offset.evaluate(env)
+        memo: dict[int, Any] = {}  # a name in both (λ) is evaluated once
+        return self.slope.evaluate(env, memo), self.offset.evaluate(env, memo)
 
     def expressions(self) -> tuple[Expr, Expr]:
         return (self.slope, self.offset)
@@ -156,6 +160,16 @@ class ParamSpec:
             )
         return value
 
+    def proved_range(self, current: float, clip: float = PARAM_CLIP) -> tuple[float, float]:
+        """``(lo, hi)``: the values the prover covers for this parameter when its setting is ``current``.
+
+        The declared range, with an unbounded end clipped to ``±clip`` (widened to contain the
+        default and ``current``); ``lo`` itself is excluded when the minimum is strict.
+        """
+        lo = self.minimum if self.minimum is not None else min(-clip, self.default, current)
+        hi = self.maximum if self.maximum is not None else max(clip, self.default, current, lo)
+        return float(lo), float(hi)
+
 
 def _fmt(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
@@ -168,7 +182,20 @@ def _check_name(instance: object, attribute: object, value: str) -> None:
         )
 
 
-@frozen(kw_only=True)
+def _full_values(values: Any, self_: ReluRelaxation) -> tuple[tuple[str, float], ...]:
+    """Current values with the defaults filled in, sorted: equal settings compare equal however given.
+
+    Unknown names are kept (and refused by the checks after initialisation, with the message).
+    """
+    current = dict(values)
+    full = {p.name: current.get(p.name, p.default) for p in self_.params}
+    full.update({k: v for k, v in current.items() if k not in full})
+    # numbers as floats; anything else stays as given, for the checks to name it
+    return tuple(sorted((k, float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+                        for k, v in full.items()))
+
+
+@frozen(kw_only=True, cache_hash=True)
 class ReluRelaxation:
     """A ReLU relaxation: one :class:`CaseBounds` per stability case.
 
@@ -199,7 +226,7 @@ class ReluRelaxation:
     final: str = field(default="backsub", validator=validators.in_(FINAL_MODES))
     transform: BoundsTransform | None = None
     params: tuple[ParamSpec, ...] = field(default=(), converter=tuple)
-    values: tuple[tuple[str, float], ...] = field(default=(), converter=lambda v: tuple(sorted(dict(v).items())))
+    values: tuple[tuple[str, float], ...] = field(default=(), converter=attrs.Converter(_full_values, takes_self=True))
     summary: str = field(default="", eq=False)
     reference: str = field(default="", eq=False)
 
@@ -221,10 +248,6 @@ class ReluRelaxation:
             specs[key].validate(value, self.name)
         for spec in self.params:
             spec.validate(spec.default, self.name)
-        # Fill in defaults so equal settings compare equal however they were given.
-        current = dict(self.values)
-        full = tuple(sorted((p.name, float(current.get(p.name, p.default))) for p in self.params))
-        object.__setattr__(self, "values", full)
 
     # -- structure ----------------------------------------------------------
     def case(self, stability: Stability) -> CaseBounds:
@@ -262,9 +285,7 @@ class ReluRelaxation:
         Backsubstitution then stops at every ReLU and equals interval
         arithmetic, so the engine may take its interval fast path.
         """
-        from relaxlab.core.evaluate import plan_of
-
-        return plan_of(self).is_interval
+        return evaluate.plan_of(self).is_interval
 
     @property
     def parameters(self) -> dict[str, float]:
@@ -308,18 +329,20 @@ class ReluRelaxation:
 
     # -- evaluation ---------------------------------------------------------
     def transform_bounds(self, lower: Tensor, upper: Tensor,
-                         values: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them);
-        ``values``: per-neuron parameter values (see :func:`relaxlab.core.evaluate.coefficients`)."""
-        from relaxlab.core import evaluate  # with torch: a spec is plain data until it meets tensors
+                         values: Mapping[str, Tensor | float] | None = None) -> tuple[Tensor, Tensor]:
+        """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them).
 
+        :param values: per-element parameter values (see :func:`relaxlab.core.evaluate.coefficients`).
+        """
         return evaluate.transform_bounds(self, lower, upper, values)
 
     def coefficients(self, lower: Tensor, upper: Tensor,
-                     values: Mapping[str, Tensor] | None = None) -> RelaxationTensors:
-        """The lines at raw pre-activation bounds (see :func:`relaxlab.core.evaluate.coefficients`)."""
-        from relaxlab.core import evaluate
+                     values: Mapping[str, Tensor | float] | None = None) -> RelaxationTensors:
+        """The lines at raw pre-activation bounds (see :func:`relaxlab.core.evaluate.coefficients`).
 
+        :param values: parameter names to per-element values (tensors broadcastable to ``lower``)
+            overriding this spec's; gradients flow to them.
+        """
         return evaluate.coefficients(self, lower, upper, values)
 
     def __str__(self) -> str:

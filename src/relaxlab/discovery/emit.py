@@ -12,21 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from relaxlab.core.expr import (
-    Add,
-    Const,
-    Div,
-    Expr,
-    Ge,
-    Mul,
-    Named,
-    Opaque,
-    Param,
-    Sigmoid,
-    Step,
-    Switch,
-    Var,
-)
+from relaxlab.core import expr as ex
 from relaxlab.core.relaxation import BoundsTransform, CaseBounds, Line, ParamSpec, ReluRelaxation
 from relaxlab.discovery.pipeline import Discovery, Result
 from relaxlab.registry import Registry, SoundnessCheck
@@ -64,30 +50,45 @@ def register_results(
     return names
 
 
-def expr_source(expr: Expr) -> str:
+class Source(ex.Interpretation[str]):
+    """Python source that rebuilds an expression node for node (names of :mod:`relaxlab.core.expr`)."""
+
+    def const(self, node: ex.Const) -> str:
+        return f"Const({node.value!r})"
+
+    def var(self, node: ex.Var) -> str:
+        return "L" if node.name == "l" else "U"
+
+    def param(self, node: ex.Param) -> str:
+        return f"Param({node.name!r})"
+
+    def _binary(self, node: ex.Add | ex.Mul | ex.Ge) -> str:
+        return f"{type(node).__name__}({self(node.left)}, {self(node.right)})"
+
+    add = mul = ge = _binary  # type: ignore[assignment]
+
+    def div(self, node: ex.Div) -> str:
+        return f"Div({self(node.numerator)}, {self(node.denominator)})"
+
+    def sigmoid(self, node: ex.Sigmoid) -> str:
+        return f"Sigmoid({self(node.arg)})"
+
+    def step(self, node: ex.Step) -> str:
+        return f"Step({node.kind!r}, {self(node.arg)})"
+
+    def switch(self, node: ex.Switch) -> str:
+        return f"Switch({self(node.condition)}, {self(node.then)}, {self(node.otherwise)})"
+
+    def named(self, node: ex.Named) -> str:
+        return f"Named({node.name!r}, {self(node.body)})"
+
+    def opaque(self, node: ex.Opaque) -> str:
+        raise ValueError(f"cannot write the opaque callable {node.name!r} as source; keep that plugin installed")
+
+
+def expr_source(expr: ex.Expr) -> str:
     """Python source that rebuilds ``expr`` node for node."""
-    if isinstance(expr, Const):
-        return f"Const({expr.value!r})"
-    if isinstance(expr, Var):
-        return "L" if expr.name == "l" else "U"
-    if isinstance(expr, Param):
-        return f"Param({expr.name!r})"
-    if isinstance(expr, (Add, Mul, Ge)):
-        return f"{type(expr).__name__}({expr_source(expr.left)}, {expr_source(expr.right)})"
-    if isinstance(expr, Div):
-        return f"Div({expr_source(expr.numerator)}, {expr_source(expr.denominator)})"
-    if isinstance(expr, Sigmoid):
-        return f"Sigmoid({expr_source(expr.arg)})"
-    if isinstance(expr, Step):
-        return f"Step({expr.kind!r}, {expr_source(expr.arg)})"
-    if isinstance(expr, Switch):
-        return (f"Switch({expr_source(expr.condition)}, {expr_source(expr.then)}, "
-                f"{expr_source(expr.otherwise)})")
-    if isinstance(expr, Named):
-        return f"Named({expr.name!r}, {expr_source(expr.body)})"
-    if isinstance(expr, Opaque):
-        raise ValueError(f"cannot write the opaque callable {expr.name!r} as source; keep that plugin installed")
-    raise TypeError(f"unknown expression node {type(expr).__name__}")
+    return Source()(expr)
 
 
 def _line_source(line: Line) -> str:

@@ -24,6 +24,7 @@ line/case label on the same edge.
 from __future__ import annotations
 
 import itertools
+import textwrap
 from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -251,6 +252,7 @@ def draw(
     height = max(len(m) for m in layers.values()) if layers else 1
     fig, ax = plt.subplots(figsize=(3 + 2.9 * len(layers), 1.5 + 0.62 * height))
     drawn: set[frozenset[str]] = set()
+    kinds: set[str] = set()  # the kinds of change drawn: the legend lists these only
     for a, b, data in sub.edges(data=True):
         key = frozenset((a, b))
         if data["kind"] in _SYMMETRIC and key in drawn:
@@ -259,15 +261,16 @@ def draw(
         src, dst = (a, b) if sub.nodes[a]["depth"] <= sub.nodes[b]["depth"] else (b, a)
         if sub.nodes[dst]["depth"] != sub.nodes[src]["depth"] + 1 or not sub.has_edge(src, dst):
             continue  # draw the layered genealogy only; same-layer links stay in the graph and exports
-        same_layer = False
+        kind = sub.edges[src, dst]["kind"]
+        kinds.add(kind)
         ax.annotate("", xy=pos[dst], xytext=pos[src], arrowprops={
-            "arrowstyle": "-" if same_layer else "-|>", "color": _EDGE_COLOURS[sub.edges[src, dst]["kind"]], "lw": 1.0,
-            "alpha": 0.35 if same_layer else 0.8, "shrinkA": 14, "shrinkB": 14,
-            "connectionstyle": "arc3,rad=0.25" if same_layer else "arc3,rad=0.05"})
+            "arrowstyle": "-|>", "color": _EDGE_COLOURS[kind], "lw": 1.0, "alpha": 0.8, "shrinkA": 14,
+            "shrinkB": 14, "connectionstyle": "arc3,rad=0.05"})
     shown = {n: v for n, v in (values or {}).items() if n in pos}
     cmap = matplotlib.colormaps["RdYlGn"]
     low, high = min(shown.values(), default=0.0), max(shown.values(), default=1.0)
-    norm = matplotlib.colors.Normalize(low, high) if high > low else matplotlib.colors.Normalize(low - 1, high + 1)
+    # one value for every node: one colour, no colour bar (a bar around it would invent a range)
+    norm = matplotlib.colors.Normalize(low, high) if high > low else matplotlib.colors.Normalize(low - 1, low + 1)
     for node, (x, y) in pos.items():
         data = sub.nodes[node]
         face = "gold" if data["base"] else ("#cfe3f7" if data["registered"] else "#eeeeee")
@@ -281,10 +284,11 @@ def draw(
                 fontweight="bold" if data["base"] else "normal",
                 bbox={"boxstyle": "round,pad=0.3", "facecolor": face,
                       "edgecolor": "black" if data["base"] else "#666666"})
-    handles = [Line2D([0], [0], color=c, lw=2, label=k) for k, c in _EDGE_COLOURS.items()]
-    ax.legend(handles=handles, loc="upper left", fontsize=8, title="change", frameon=False,
-              bbox_to_anchor=(1.0, 1.0))
-    if values is not None:
+    handles = [Line2D([0], [0], color=c, lw=2, label=k) for k, c in _EDGE_COLOURS.items() if k in kinds]
+    if handles:
+        ax.legend(handles=handles, loc="upper left", fontsize=8, title="change", frameon=False,
+                  bbox_to_anchor=(1.0, 1.0))
+    if values is not None and high > low:
         # the colour bar shows the part of the colour map the nodes use (light ends keep labels readable)
         bar_cmap = matplotlib.colors.ListedColormap(cmap([0.15 + 0.7 * i / 255 for i in range(256)]))
         bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=bar_cmap), ax=ax, shrink=0.5,
@@ -296,8 +300,15 @@ def draw(
     ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
     ax.set_axis_off()
     base = "gold" if values is None else "bold"
-    ax.set_title("Genealogy of relaxations: column = number of one-line/one-case/family/transform changes from a "
-                 f"base relaxation ({base});\nrightmost column: no one-change link", fontsize=9)
+    title = ("Genealogy of relaxations: column = number of one-line/one-case/family/transform changes from a "
+             f"base relaxation ({base}); rightmost column: no one-change link. ")
+    if not kinds:
+        title += "No one-change link joins two columns here (links within a column are in the GraphML / DOT exports). "
+    if values is not None and shown and high == low:
+        title += f"Every coloured node: {value_label} = {low:.1f}."
+    # wrapped to the figure's width (about 0.55 em per character at 9 pt), so that no line is clipped
+    chars = max(40, int(fig.get_figwidth() * 72 / (9 * 0.55)))
+    fig.suptitle(textwrap.fill(title.strip(), width=chars), fontsize=9)  # centred on the figure, colour bar or not
     fig.tight_layout()
     fig.savefig(str(path), dpi=110)
     plt.close(fig)

@@ -2,7 +2,7 @@
 
 - :func:`export_onnx`: ``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``:
   the dynamo exporter needs ``onnxscript``), batch dimension dynamic, the model in eval mode
-  (BatchNorm with its running statistics); :func:`relaxlab.engine.onnx_loader.load_onnx` reads
+  (BatchNorm with its running statistics); :func:`relaxlab.engine.onnx.load_onnx` reads
   the file back.
 - :func:`write_vnnlib` (its home is :mod:`relaxlab.engine.vnnlib`, with the reader; imported
   here for the callers of this module): the l_inf box around ``x`` clipped to the domain, and

@@ -25,6 +25,8 @@ import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -291,7 +293,15 @@ def batch_norm(builder: NetworkBuilder, module: nn.modules.batchnorm._BatchNorm,
         mean, var = builder.cast(module.running_mean), builder.cast(module.running_var)  # type: ignore[arg-type]
     weight = builder.cast(module.weight) if module.weight is not None else torch.ones_like(mean)
     bias = builder.cast(module.bias) if module.bias is not None else torch.zeros_like(mean)
-    factor = weight / torch.sqrt(var + module.eps)
+    return normalization(builder, source, mean, var, weight, bias, module.eps, where, name)
+
+
+def normalization(builder: NetworkBuilder, source: int, mean: Tensor, var: Tensor, weight: Tensor, bias: Tensor,
+                  eps: float, where: str, name: str) -> int:
+    """``(x - mean) / sqrt(var + eps) · weight + bias`` per channel (dimension 0 of the node's shape): a
+    :class:`~relaxlab.engine.ops.Scale` then a :class:`~relaxlab.engine.ops.Shift`."""
+    shape = builder.shape(source)
+    factor = weight / torch.sqrt(var + eps)
     offset = bias - mean * factor
     for tensor, what in ((factor, "scale (weight / sqrt(var + eps))"), (offset, "shift")):
         if not bool(torch.isfinite(tensor.detach()).all()):
@@ -633,21 +643,27 @@ def _index(builder: NetworkBuilder, source: int, key: Any, where: str, name: str
         at = rest.index(Ellipsis)
         rest = rest[:at] + [slice(None)] * (len(shape) - len(rest) + 1) + rest[at + 1:]
     rest += [slice(None)] * (len(shape) - len(rest))
-    starts, stops, steps, out = [], [], [], []
-    for size, piece in zip(shape, rest, strict=True):
-        start, stop, step = piece.indices(size)
-        if step < 1:
-            raise UnsupportedNetworkError(f"{where}: negative slice steps are not supported")
-        count = max(0, (stop - start + step - 1) // step)
+    ranges = [piece.indices(size) for size, piece in zip(shape, rest, strict=True)]
+    if any(step < 1 for _, _, step in ranges):
+        raise UnsupportedNetworkError(f"{where}: negative slice steps are not supported")
+    return strided_slice(builder, source, ranges, where, name)
+
+
+def strided_slice(builder: NetworkBuilder, source: int, ranges: Sequence[tuple[int, int, int]], where: str,
+                  name: str) -> int:
+    """The node sliced by one ``(start, stop, step)`` per dimension (``0 <= start``, ``stop <= size``, ``step >= 1``)."""
+    shape = builder.shape(source)
+    out = []
+    for size, (start, stop, step) in zip(shape, ranges, strict=True):
+        count = max(0, -(-(stop - start) // step))
         if count == 0:
-            raise UnsupportedNetworkError(f"{where}: the slice {piece} of a dimension of size {size} is empty")
-        starts.append(start)
-        stops.append(stop)
-        steps.append(step)
+            raise UnsupportedNetworkError(f"{where}: the slice {start}:{stop}:{step} of a dimension of size {size} "
+                                          "is empty")
         out.append(count)
     if tuple(out) == shape:
         return source
-    return builder.add(name, Slice(tuple(starts), tuple(stops), tuple(steps), shape, tuple(out)), (source,))
+    starts, stops, steps = (tuple(int(r[k]) for r in ranges) for k in range(3))
+    return builder.add(name, Slice(starts, stops, steps, shape, tuple(out)), (source,))
 
 
 def _getattr_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
@@ -761,17 +777,906 @@ VIEW_FUNCTIONS = frozenset({torch.flatten, torch.reshape, torch.permute, torch.t
                             torch.unsqueeze, operator.getitem})
 
 
+# -- ONNX node types (read by relaxlab.engine.onnx) -----------------------------------------------
+#
+# The reader hands each rule the node's inputs as constants (numpy arrays: initializers and folded
+# constant subgraphs) or as :class:`OnnxTensor` (computed from the network's input). Shapes are
+# ONNX's at batch 1: a graph is read as the function of one example, which the engine evaluates for
+# every example of its batch, so a shape chain (``Shape`` -> ``Gather`` -> ``Concat``) computes a
+# fixed shape whose batch entry is 1. The leading 1 of a computed tensor's ONNX shape (the batch)
+# is left out of its node's shape where :attr:`OnnxTensor.lead` says so: convolutions, pooling and
+# per-channel maps need it left out, and a reshape puts it back where an operation acts on it.
+
+#: The most entries a tensor read from ONNX may have (per example), and the largest constant a rule
+#: may compute: larger ones are refused before anything is allocated (a hostile ``pads=100000``
+#: would otherwise ask for terabytes).
+ONNX_MAX_ELEMENTS = 2**24
+#: The most entries of one max-pooling window (each entry becomes nodes of the maximum).
+ONNX_MAX_POOL_WINDOW = 1024
+
+#: ONNX tensor element types (``TensorProto.DataType``) -> numpy dtypes, for ``Cast`` and constants.
+ONNX_DTYPES: dict[int, Any] = {
+    1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_,
+    10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64,
+}
+_FLOAT_TYPES = (1, 11)  # FLOAT, DOUBLE: what a computed tensor may be cast to (a no-op for the bounds)
+
+
+@attrs.frozen(eq=False)
+class OnnxTensor:
+    """A tensor computed from the network's input: the node that holds it, and whether its ONNX shape
+    has a leading 1 (the batch) that the node's shape leaves out (``lead``)."""
+
+    node: int
+    lead: bool
+
+
+@attrs.frozen(eq=False)
+class OnnxNode:
+    """One ONNX node as a rule sees it.
+
+    :param where: ``ONNX node 3 'conv1' (Conv)``, for messages.
+    :param name: the name of the network nodes it becomes.
+    :param inputs: per ONNX input, a constant (``np.ndarray``), an :class:`OnnxTensor`, or ``None``
+        for an omitted optional input.
+    :param attributes: the node's attributes as Python values (ints, floats, strings, lists, arrays).
+    :param opset: the model's version of the default ONNX domain.
+    """
+
+    where: str
+    name: str
+    inputs: tuple[Any, ...]
+    attributes: dict[str, Any]
+    opset: int
+
+
+#: ``build(builder, node) -> value`` (the node's first output: a constant or an :class:`OnnxTensor`).
+OnnxBuild = Callable[[NetworkBuilder, OnnxNode], Any]
+
+
+@attrs.frozen
+class OnnxRule:
+    """How one ONNX node type is read: ``build``, and the attributes it implements (any other
+    attribute on a node is refused by the reader, naming it, before the rule runs)."""
+
+    build: OnnxBuild
+    attributes: frozenset[str] = frozenset()
+
+
+def _refuse(node: OnnxNode, why: str) -> UnsupportedNetworkError:
+    return UnsupportedNetworkError(f"{node.where}: {why}")
+
+
+def onnx_shape(builder: NetworkBuilder, value: Any) -> Shape:
+    """The ONNX shape (at batch 1) of a constant or an :class:`OnnxTensor`."""
+    if isinstance(value, OnnxTensor):
+        return (1,) * value.lead + builder.shape(value.node)
+    return tuple(int(s) for s in np.shape(value))
+
+
+def check_size(shape: Sequence[int], where: str) -> None:
+    """Refuse a tensor shape with a negative size or more than :data:`ONNX_MAX_ELEMENTS` entries."""
+    if any(int(s) < 0 for s in shape):
+        raise UnsupportedNetworkError(f"{where}: a tensor of shape {tuple(shape)} has a negative size")
+    size = math.prod(int(s) for s in shape)
+    if size > ONNX_MAX_ELEMENTS:
+        raise UnsupportedNetworkError(
+            f"{where}: a tensor of shape {tuple(shape)} has {size} entries, more than the {ONNX_MAX_ELEMENTS} "
+            "the ONNX reader allows (relaxlab.engine.optable.ONNX_MAX_ELEMENTS)"
+        )
+
+
+def _view(builder: NetworkBuilder, value: OnnxTensor, shape: Sequence[int], name: str) -> OnnxTensor:
+    """``value`` with the ONNX shape ``shape`` (as many entries): a reshape; a leading 1 is left out."""
+    shape = tuple(int(s) for s in shape)
+    lead = bool(shape) and shape[0] == 1
+    return OnnxTensor(reshape(builder, value.node, shape[1:] if lead else shape, name), lead)
+
+
+def _leading(builder: NetworkBuilder, node: OnnxNode, value: OnnxTensor) -> OnnxTensor:
+    """``value`` with its leading 1 (the batch) left out of its node's shape."""
+    if value.lead:
+        return value
+    shape = onnx_shape(builder, value)
+    if not shape or shape[0] != 1:
+        raise _refuse(node, f"its input of shape {shape} is not one example (the first dimension, the batch, must be 1)")
+    return _view(builder, value, shape, f"{node.name}.batch")
+
+
+def _explicit(builder: NetworkBuilder, value: OnnxTensor, name: str) -> OnnxTensor:
+    """``value`` with its node's shape the whole ONNX shape (the batch's 1 included)."""
+    if not value.lead:
+        return value
+    return OnnxTensor(reshape(builder, value.node, onnx_shape(builder, value), name), False)
+
+
+# -- reading inputs and attributes ----------------------------------------------------------------
+
+
+def _input(node: OnnxNode, k: int) -> Any:
+    return node.inputs[k] if k < len(node.inputs) else None
+
+
+def _operand(node: OnnxNode) -> Any:
+    """The first input (a constant or a computed tensor), which every node type but ``Constant`` has."""
+    value = _input(node, 0)
+    if value is None:
+        raise _refuse(node, "has no input")
+    return value
+
+
+def _tensor(node: OnnxNode, k: int, what: str) -> OnnxTensor:
+    value = _input(node, k)
+    if not isinstance(value, OnnxTensor):
+        raise _refuse(node, f"its {what} (input {k}) must be computed from the network's input")
+    return value
+
+
+def _constant_input(node: OnnxNode, k: int, what: str) -> np.ndarray:
+    value = _input(node, k)
+    if not isinstance(value, np.ndarray):
+        state = "missing" if value is None else "computed from the network's input"
+        raise _refuse(node, f"its {what} (input {k}) must be a constant, and is {state}")
+    return value
+
+
+def _numeric(node: OnnxNode, value: np.ndarray, what: str) -> np.ndarray:
+    """A real-valued constant as float64."""
+    if value.dtype.kind not in "biuf":
+        raise _refuse(node, f"its {what} has element type {value.dtype}; only real numbers are supported")
+    return np.array(value, dtype=np.float64)  # a copy: torch takes it over
+
+
+def _int_list(node: OnnxNode, value: Any, what: str) -> list[int]:
+    """Integers from an ``INTS`` attribute or an integer constant."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iu" or value.ndim > 1:
+            raise _refuse(node, f"{what} must be a 1-d integer constant, got {value.dtype} of shape {value.shape}")
+        return [int(v) for v in value.reshape(-1)]
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return [int(v) for v in value]
+    raise _refuse(node, f"{what}={value!r} must be a list of integers")
+
+
+def _attr_ints(node: OnnxNode, name: str, default: list[int] | None) -> list[int] | None:
+    value = node.attributes.get(name)
+    return default if value is None else _int_list(node, value, f"attribute {name}")
+
+
+def _attr_int(node: OnnxNode, name: str, default: int) -> int:
+    value = node.attributes.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _refuse(node, f"attribute {name}={value!r} must be an integer")
+    return value
+
+
+def _attr_float(node: OnnxNode, name: str, default: float) -> float:
+    value = node.attributes.get(name, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(float(value)):
+        raise _refuse(node, f"attribute {name}={value!r} must be a finite number")
+    return float(value)
+
+
+def _attr_str(node: OnnxNode, name: str, default: str) -> str:
+    value = node.attributes.get(name, default)
+    if not isinstance(value, str):
+        raise _refuse(node, f"attribute {name}={value!r} must be a string")
+    return value
+
+
+def _axis(node: OnnxNode, axis: int, rank: int, what: str = "axis") -> int:
+    """An axis in ``[-rank, rank)`` as a non-negative index."""
+    if not -rank <= axis < rank:
+        raise _refuse(node, f"{what} {axis} is out of range for a tensor of rank {rank}")
+    return axis % rank
+
+
+def _pair_attr(node: OnnxNode, name: str, default: list[int], minimum: int) -> tuple[int, int]:
+    values = _attr_ints(node, name, default)
+    assert values is not None
+    if len(values) != 2 or min(values) < minimum:
+        raise _refuse(node, f"{name}={values}: a 2-d {node.where.rsplit('(', 1)[-1][:-1]} takes 2 values >= {minimum}")
+    return values[0], values[1]
+
+
+def _broadcast(node: OnnxNode, *shapes: Sequence[int]) -> Shape:
+    try:
+        shape = tuple(int(s) for s in np.broadcast_shapes(*(tuple(s) for s in shapes)))
+    except ValueError:
+        raise _refuse(node, f"operands of shapes {', '.join(str(tuple(s)) for s in shapes)} do not broadcast") from None
+    return shape
+
+
+# -- elementwise ----------------------------------------------------------------------------------
+
+
+def _fold_binary(node: OnnxNode, kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a (kind) b`` of two constants, as ONNX computes it (integer division truncates)."""
+    check_size(_broadcast(node, a.shape, b.shape), node.where)
+    if a.dtype.kind not in "biuf" or b.dtype.kind not in "biuf":
+        raise _refuse(node, f"operands of element types {a.dtype}, {b.dtype}: only real numbers are supported")
+    if kind == "Div" and a.dtype.kind in "iu" and b.dtype.kind in "iu":
+        if bool((b == 0).any()):
+            raise _refuse(node, "divides integers by 0")
+        quotient = np.abs(a) // np.abs(b)
+        return np.asarray(np.where((a < 0) != (b < 0), -quotient, quotient), dtype=np.result_type(a, b))
+    operation = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[kind]
+    with np.errstate(all="ignore"):  # inf/NaN constants are refused where they are used as weights
+        return np.asarray(operation(a, b))
+
+
+def add_constant(builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, constant: np.ndarray, kind: str,
+                 constant_first: bool = False) -> OnnxTensor:
+    """``x + c``, ``x - c``, ``c - x``, ``x · c``, ``x / c`` with a constant ``c`` of any shape that
+    broadcasts onto ``x`` without enlarging it (a leading batch 1 of ``c`` is the batch)."""
+    shape = onnx_shape(builder, x)
+    out = _broadcast(node, shape, constant.shape)
+    if math.prod(out) != math.prod(shape):
+        raise _refuse(node, f"the constant of shape {constant.shape} broadcasts the computed tensor of shape "
+                            f"{shape} to {out}; only constants that keep its shape are supported")
+    if out != shape:  # the constant adds leading dimensions of size 1
+        x = _view(builder, x, out, f"{node.name}.view")
+    padded = _numeric(node, constant, "constant").reshape((1,) * (len(out) - constant.ndim) + constant.shape)
+    value = torch.from_numpy(padded.reshape(padded.shape[1:]) if x.lead else padded)
+    where, name = node.where, node.name
+    if kind == "Add":
+        return OnnxTensor(shift(builder, x.node, value, where, name), x.lead)
+    if kind == "Sub" and constant_first:
+        negated = scale(builder, x.node, torch.tensor(-1.0, dtype=torch.float64), False, where, f"{name}.neg")
+        return OnnxTensor(shift(builder, negated, value, where, name), x.lead)
+    if kind == "Sub":
+        return OnnxTensor(shift(builder, x.node, -value, where, name), x.lead)
+    if kind == "Div" and constant_first:
+        raise _refuse(node, "a constant divided by a computed tensor is not affine")
+    return OnnxTensor(scale(builder, x.node, value, kind == "Div", where, name), x.lead)
+
+
+def _binary_rule(kind: str) -> OnnxBuild:
+    def build(builder: NetworkBuilder, node: OnnxNode) -> Any:
+        if len(node.inputs) != 2 or any(v is None for v in node.inputs):
+            raise _refuse(node, "expects two operands")
+        a, b = node.inputs
+        if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+            return _fold_binary(node, kind, a, b)
+        if isinstance(a, OnnxTensor) and isinstance(b, OnnxTensor):
+            if kind in ("Mul", "Div"):
+                raise _refuse(node, f"a {'product' if kind == 'Mul' else 'quotient'} of two computed tensors is not "
+                                    "affine (only products with constants are supported)")
+            sa, sb = onnx_shape(builder, a), onnx_shape(builder, b)
+            out = _broadcast(node, sa, sb)
+            if not math.prod(out) == math.prod(sa) == math.prod(sb):
+                raise _refuse(node, f"broadcasting computed tensors of shapes {sa} and {sb} is not supported")
+            a, b = _view(builder, a, out, f"{node.name}.a"), _view(builder, b, out, f"{node.name}.b")
+            shape = builder.shape(a.node)
+            return OnnxTensor(builder.add(node.name, Sum((1.0, 1.0 if kind == "Add" else -1.0), shape),
+                                          (a.node, b.node)), a.lead)
+        if isinstance(a, OnnxTensor):
+            return add_constant(builder, node, a, b, kind)
+        return add_constant(builder, node, b, a, kind, constant_first=True)
+
+    return build
+
+
+def _neg_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    x = _operand(node)
+    if isinstance(x, np.ndarray):
+        return -_numeric(node, x, "operand").astype(x.dtype)
+    x = _tensor(node, 0, "operand")
+    return OnnxTensor(scale(builder, x.node, torch.tensor(-1.0, dtype=torch.float64), False, node.where, node.name),
+                      x.lead)
+
+
+def _relu_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    x = _operand(node)
+    if isinstance(x, np.ndarray):
+        return np.maximum(_numeric(node, x, "operand"), 0.0).astype(x.dtype)
+    x = _tensor(node, 0, "operand")
+    return OnnxTensor(relu(builder, x.node, node.name), x.lead)
+
+
+def _identity_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    return _operand(node)
+
+
+def _dropout_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    if _attr_int(node, "is_test", 1) == 0:
+        raise _refuse(node, "is_test=0 (training mode) is random; export the model in inference mode")
+    training = _input(node, 2)
+    if training is not None and (not isinstance(training, np.ndarray) or bool(np.asarray(training).any())):
+        raise _refuse(node, "training_mode is not a constant false; export the model in inference mode")
+    return _identity_rule(builder, node)
+
+
+def _cast_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    to = _attr_int(node, "to", 0)
+    x = _operand(node)
+    if to not in ONNX_DTYPES:
+        raise _refuse(node, f"cast to element type {to} is not supported")
+    if isinstance(x, np.ndarray):
+        with np.errstate(all="ignore"):
+            return x.astype(ONNX_DTYPES[to])
+    if to not in _FLOAT_TYPES:
+        raise _refuse(node, f"a computed tensor cast to {np.dtype(ONNX_DTYPES[to]).name} (only float and double: "
+                            "rounding to integers or half precision is not affine)")
+    return _tensor(node, 0, "operand")
+
+
+# -- products -------------------------------------------------------------------------------------
+
+
+def _linear_last(builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, weight: np.ndarray, name: str) -> OnnxTensor:
+    """``x W^T`` on the last axis of ``x``; ``weight`` is ``(out, in)``."""
+    shape = onnx_shape(builder, x)
+    if not shape or shape[-1] != weight.shape[1]:
+        raise _refuse(node, f"multiplies a tensor of shape {shape} by a matrix with {weight.shape[1]} rows")
+    if x.lead and len(shape) == 1:
+        x = _explicit(builder, x, f"{name}.batch")
+    return OnnxTensor(linear(builder, x.node, torch.from_numpy(np.ascontiguousarray(weight)), None, node.where, name),
+                      x.lead)
+
+
+def _permute(builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, perm: Sequence[int], name: str) -> OnnxTensor:
+    shape = onnx_shape(builder, x)
+    perm = tuple(perm)
+    if sorted(perm) != list(range(len(shape))):
+        raise _refuse(node, f"perm={list(perm)} is not a permutation of the {len(shape)} axes of {shape}")
+    if x.lead and perm[0] == 0:
+        return OnnxTensor(transpose(builder, x.node, tuple(p - 1 for p in perm[1:]), name), True)
+    x = _explicit(builder, x, f"{name}.batch")
+    return OnnxTensor(transpose(builder, x.node, perm, name), False)
+
+
+def _matmul(builder: NetworkBuilder, node: OnnxNode, left: Any, right: Any, alpha: float = 1.0) -> Any:
+    """``alpha · left @ right`` (numpy's ``matmul``) with one operand a constant of rank 1 or 2."""
+    if isinstance(left, np.ndarray) and isinstance(right, np.ndarray):
+        a, b = _numeric(node, left, "operand"), _numeric(node, right, "operand")
+        if a.ndim == 0 or b.ndim == 0 or a.shape[-1] != b.shape[max(b.ndim - 2, 0)]:
+            raise _refuse(node, f"cannot multiply constants of shapes {a.shape} and {b.shape}")
+        rows = a.shape[-2] if a.ndim > 1 else 1
+        check_size((*_broadcast(node, a.shape[:-2], b.shape[:-2]), rows, b.shape[-1] if b.ndim > 1 else 1),
+                   node.where)
+        return alpha * np.matmul(a, b)
+    if isinstance(left, OnnxTensor) and isinstance(right, OnnxTensor):
+        raise _refuse(node, "a product of two computed tensors is not affine (one operand must be a constant)")
+    constant = _numeric(node, left if isinstance(left, np.ndarray) else right, "constant operand") * alpha
+    if constant.ndim not in (1, 2):
+        raise _refuse(node, f"the constant operand has shape {constant.shape}; only 1-d and 2-d constants are supported")
+    if isinstance(right, np.ndarray):  # x @ W
+        x = left
+        shape = onnx_shape(builder, x)
+        if constant.ndim == 1:
+            y = _linear_last(builder, node, x, constant[None, :], node.name)
+            return _view(builder, y, shape[:-1], f"{node.name}.squeeze")
+        return _linear_last(builder, node, x, constant.T, node.name)
+    x = right  # W @ x: x's second-to-last axis is contracted (its only axis when it has one)
+    shape = onnx_shape(builder, x)
+    weight = constant[None, :] if constant.ndim == 1 else constant
+    if len(shape) == 1:
+        y = _linear_last(builder, node, x, weight, node.name)
+        return y if constant.ndim == 2 else _view(builder, y, (), f"{node.name}.squeeze")
+    swap = (*range(len(shape) - 2), len(shape) - 1, len(shape) - 2)
+    y = _linear_last(builder, node, _permute(builder, node, x, swap, f"{node.name}.swap"), weight, node.name)
+    if constant.ndim == 1:
+        return _view(builder, y, (*shape[:-2], shape[-1]), f"{node.name}.squeeze")
+    return _permute(builder, node, y, swap, f"{node.name}.swap_back")
+
+
+def _matmul_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    if len(node.inputs) != 2 or any(v is None for v in node.inputs):
+        raise _refuse(node, "expects two operands")
+    return _matmul(builder, node, node.inputs[0], node.inputs[1])
+
+
+def _gemm_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    a, b, c = _input(node, 0), _input(node, 1), _input(node, 2)
+    if a is None or b is None:
+        raise _refuse(node, "expects A and B")
+    alpha, beta = _attr_float(node, "alpha", 1.0), _attr_float(node, "beta", 1.0)
+    trans_a, trans_b = _attr_int(node, "transA", 0), _attr_int(node, "transB", 0)
+    if trans_a not in (0, 1) or trans_b not in (0, 1):
+        raise _refuse(node, f"transA={trans_a}, transB={trans_b} must be 0 or 1")
+    for value, what in ((a, "A"), (b, "B")):
+        if len(onnx_shape(builder, value)) != 2:
+            raise _refuse(node, f"{what} has shape {onnx_shape(builder, value)}; Gemm takes matrices")
+    if isinstance(a, OnnxTensor):
+        a = _permute(builder, node, a, (1, 0), f"{node.name}.transA") if trans_a else a
+    elif trans_a:
+        a = a.T
+    if isinstance(b, OnnxTensor):
+        b = _permute(builder, node, b, (1, 0), f"{node.name}.transB") if trans_b else b
+    elif trans_b:
+        b = b.T
+    product = _matmul(builder, node, a, b, alpha)
+    if c is None or beta == 0.0:
+        return product
+    if not isinstance(c, np.ndarray):
+        raise _refuse(node, "its C (input 2) must be a constant")
+    bias = _numeric(node, c, "C") * beta
+    if isinstance(product, np.ndarray):
+        return _fold_binary(node, "Add", product, bias)
+    return add_constant(builder, attrs.evolve(node, name=f"{node.name}.C"), product, bias, "Add")
+
+
+# -- convolution, pooling, normalisation ----------------------------------------------------------
+
+
+def _image(builder: NetworkBuilder, node: OnnxNode) -> tuple[OnnxTensor, Shape]:
+    """The first input as ``(C, H, W)`` maps of one example, and its ONNX shape ``(1, C, H, W)``."""
+    x = _tensor(node, 0, "input")
+    shape = onnx_shape(builder, x)
+    if len(shape) != 4:
+        raise _refuse(node, f"expects a 4-d input (N, C, H, W), receives shape {shape} (only 2-d maps are supported)")
+    return _leading(builder, node, x), shape
+
+
+def _pads(node: OnnxNode, size: Sequence[int], kernel: Sequence[int], strides: Sequence[int], same: bool
+          ) -> tuple[int, int, int, int]:
+    """``(top, left, bottom, right)`` from ``pads`` or ``auto_pad`` (``SAME_*`` only where ``same``)."""
+    auto = _attr_str(node, "auto_pad", "NOTSET")
+    if auto == "NOTSET":
+        pads = _attr_ints(node, "pads", [0, 0, 0, 0])
+        assert pads is not None
+        if len(pads) != 4:
+            raise _refuse(node, f"pads={pads}: 2-d maps take 4 pads (top, left, bottom, right)")
+        if min(pads) < 0:
+            raise _refuse(node, f"pads={pads}: negative pads (cropping) are not supported")
+        return pads[0], pads[1], pads[2], pads[3]
+    if "pads" in node.attributes:
+        raise _refuse(node, f"pads and auto_pad={auto} are given together")
+    if auto == "VALID":
+        return 0, 0, 0, 0
+    if auto in ("SAME_UPPER", "SAME_LOWER") and same:
+        begin, end = [], []
+        for length, k, s in zip(size, kernel, strides, strict=True):
+            total = max((-(-length // s) - 1) * s + k - length, 0)
+            small, large = total // 2, total - total // 2
+            begin.append(small if auto == "SAME_UPPER" else large)
+            end.append(large if auto == "SAME_UPPER" else small)
+        return begin[0], begin[1], end[0], end[1]
+    raise _refuse(node, f"auto_pad={auto!r} is not supported (NOTSET and VALID{', SAME_UPPER, SAME_LOWER' if same else ''})")
+
+
+def _check_dilations(node: OnnxNode) -> None:
+    dilations = _attr_ints(node, "dilations", [1, 1])
+    if dilations != [1, 1]:
+        raise _refuse(node, f"dilations={dilations} are not supported (only 1)")
+
+
+def _padded(builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, shape: Shape, pads: tuple[int, int, int, int]
+            ) -> tuple[int, tuple[int, int]]:
+    """The source node and the symmetric padding for a convolution: asymmetric pads become a ``Pad``."""
+    top, left, bottom, right = pads
+    check_size((shape[1], shape[2] + top + bottom, shape[3] + left + right), node.where)
+    if top == bottom and left == right:
+        return x.node, (top, left)
+    return pad(builder, x.node, (left, right, top, bottom), 0.0, node.where, f"{node.name}.pad"), (0, 0)
+
+
+def _conv_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    x, shape = _image(builder, node)
+    weight = _numeric(node, _constant_input(node, 1, "weight"), "weight")
+    if weight.ndim != 4:
+        raise _refuse(node, f"weight of shape {weight.shape}: only 2-d convolutions are supported")
+    out_channels, per_group, k_h, k_w = weight.shape
+    if _attr_ints(node, "kernel_shape", [k_h, k_w]) != [k_h, k_w]:
+        raise _refuse(node, f"kernel_shape={node.attributes['kernel_shape']} differs from the weight's {(k_h, k_w)}")
+    strides = _pair_attr(node, "strides", [1, 1], 1)
+    _check_dilations(node)
+    group = _attr_int(node, "group", 1)
+    if group < 1 or per_group * group != shape[1] or out_channels % group:
+        raise _refuse(node, f"group={group} with a weight of shape {weight.shape} does not fit an input of "
+                            f"{shape[1]} channels")
+    bias = _input(node, 2)
+    if bias is not None:
+        bias = _numeric(node, _constant_input(node, 2, "bias"), "bias")
+        if bias.shape != (out_channels,):
+            raise _refuse(node, f"bias of shape {bias.shape} for {out_channels} output channels")
+    source, padding = _padded(builder, node, x, shape, _pads(node, shape[2:], (k_h, k_w), strides, same=True))
+    out = conv(builder, source, torch.from_numpy(weight), None if bias is None else torch.from_numpy(bias), strides,
+               padding, group, node.where, node.name)
+    return OnnxTensor(out, True)
+
+
+def _pool_settings(node: OnnxNode, shape: Shape) -> tuple[tuple[int, int], tuple[int, int]]:
+    kernel = _attr_ints(node, "kernel_shape", None)
+    if kernel is None or len(kernel) != 2 or min(kernel) < 1:
+        raise _refuse(node, f"kernel_shape={kernel}: 2-d pooling takes 2 positive sizes")
+    strides = _pair_attr(node, "strides", [1, 1], 1)
+    _check_dilations(node)
+    if _attr_int(node, "ceil_mode", 0):
+        raise _refuse(node, "ceil_mode=1 is not supported")
+    return (kernel[0], kernel[1]), strides
+
+
+def _average_pool_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    x, shape = _image(builder, node)
+    kernel, strides = _pool_settings(node, shape)
+    pads = _pads(node, shape[2:], kernel, strides, same=False)
+    if any(pads) and not _attr_int(node, "count_include_pad", 0):
+        raise _refuse(node, "count_include_pad=0 with pads (border windows averaged over fewer entries) is not "
+                            "supported")
+    source, padding = _padded(builder, node, x, shape, pads)
+    out = avg_pool(builder, source, kernel, strides, padding, kernel[0] * kernel[1], node.where, node.name)
+    return OnnxTensor(out, True)
+
+
+def _global_average_pool_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    x, shape = _image(builder, node)
+    kernel = (shape[2], shape[3])
+    return OnnxTensor(avg_pool(builder, x.node, kernel, (1, 1), (0, 0), kernel[0] * kernel[1], node.where, node.name),
+                      True)
+
+
+def _max_pool_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    x, shape = _image(builder, node)
+    kernel, strides = _pool_settings(node, shape)
+    if any(_pads(node, shape[2:], kernel, strides, same=False)):
+        raise _refuse(node, "pads are not supported (max pooling pads with -inf)")
+    if kernel[0] * kernel[1] > ONNX_MAX_POOL_WINDOW:
+        raise _refuse(node, f"a window of {kernel[0] * kernel[1]} entries is more than the "
+                            f"{ONNX_MAX_POOL_WINDOW} the reader allows (relaxlab.engine.optable.ONNX_MAX_POOL_WINDOW)")
+    return OnnxTensor(max_pool(builder, x.node, kernel, strides, node.where, node.name), True)
+
+
+def _batch_norm_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    if _attr_int(node, "training_mode", 0) or not _attr_int(node, "is_test", 1):
+        raise _refuse(node, "training mode normalises with batch statistics; export the model in inference mode")
+    if _attr_int(node, "spatial", 1) != 1:
+        raise _refuse(node, "spatial=0 (statistics per position) is not supported")
+    x = _tensor(node, 0, "input")
+    shape = onnx_shape(builder, x)
+    if len(shape) < 2:
+        raise _refuse(node, f"expects an input (N, C, ...), receives shape {shape}")
+    x = _leading(builder, node, x)
+    stats = []
+    for k, what in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var")):
+        value = _numeric(node, _constant_input(node, k, what), what)
+        if value.size != shape[1]:
+            raise _refuse(node, f"{what} has {value.size} entries for an input of {shape[1]} channels")
+        stats.append(torch.from_numpy(value.reshape(-1)))
+    weight, bias, mean, var = (builder.cast(t) for t in stats)
+    # ONNX stores epsilon as float32; its shortest decimal (1e-05) is the value the exporter was given.
+    eps = float(str(np.float32(_attr_float(node, "epsilon", 1e-5))))
+    return OnnxTensor(normalization(builder, x.node, mean, var, weight, bias, eps, node.where, node.name), True)
+
+
+# -- shapes ---------------------------------------------------------------------------------------
+
+
+def _reshaped(builder: NetworkBuilder, node: OnnxNode, value: Any, out: Sequence[int]) -> Any:
+    """``value`` (a constant or a computed tensor) with the ONNX shape ``out`` (as many entries)."""
+    out = tuple(int(s) for s in out)
+    check_size(out, node.where)
+    if isinstance(value, np.ndarray):
+        return value.reshape(out)
+    return _view(builder, value, out, node.name)
+
+
+def _flatten_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    value = _operand(node)
+    shape = onnx_shape(builder, value)
+    axis = _attr_int(node, "axis", 1)
+    if not -len(shape) <= axis <= len(shape):
+        raise _refuse(node, f"axis={axis} is out of range for a tensor of rank {len(shape)}")
+    axis = axis + len(shape) if axis < 0 else axis
+    return _reshaped(builder, node, value, (math.prod(shape[:axis]), math.prod(shape[axis:])))
+
+
+def _reshape_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    value = _operand(node)
+    shape = onnx_shape(builder, value)
+    if node.opset < 5:
+        target = _attr_ints(node, "shape", None)
+        if target is None:
+            raise _refuse(node, "has no shape attribute")
+    else:
+        target = _int_list(node, _constant_input(node, 1, "shape"), "the target shape")
+    allow_zero = _attr_int(node, "allowzero", 0)
+    out, unknown = [], None
+    for position, size in enumerate(target):
+        if size == -1 and unknown is None:
+            unknown = position
+            out.append(1)
+        elif size == 0 and not allow_zero:
+            if position >= len(shape):
+                raise _refuse(node, f"target {target}: entry {position} copies a dimension {shape} does not have")
+            out.append(shape[position])
+        elif size < 0:
+            raise _refuse(node, f"target {target} is not a shape")
+        else:
+            out.append(size)
+    known = math.prod(out)
+    if unknown is not None:
+        if known == 0 or math.prod(shape) % known:
+            raise _refuse(node, f"cannot reshape {shape} to {target}")
+        out[unknown] = math.prod(shape) // known
+    if math.prod(out) != math.prod(shape):
+        raise _refuse(node, f"cannot reshape {shape} ({math.prod(shape)} entries) to {target}")
+    return _reshaped(builder, node, value, out)
+
+
+def _axes(node: OnnxNode, k: int) -> list[int] | None:
+    """``axes`` from the attribute (before opset 13) or from input ``k``."""
+    if node.opset < 13:
+        return _attr_ints(node, "axes", None)
+    value = _input(node, k)
+    return None if value is None else _int_list(node, _constant_input(node, k, "axes"), "axes")
+
+
+def _squeeze_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    value = _operand(node)
+    shape = onnx_shape(builder, value)
+    axes = _axes(node, 1)
+    if axes is None:
+        return _reshaped(builder, node, value, [s for s in shape if s != 1])
+    drop = {_axis(node, a, len(shape)) for a in axes}
+    if len(drop) != len(axes) or any(shape[a] != 1 for a in drop):
+        raise _refuse(node, f"axes={axes} must name distinct dimensions of size 1 of {shape}")
+    return _reshaped(builder, node, value, [s for i, s in enumerate(shape) if i not in drop])
+
+
+def _unsqueeze_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    value = _operand(node)
+    shape = onnx_shape(builder, value)
+    axes = _axes(node, 1)
+    if not axes:
+        raise _refuse(node, "has no axes")
+    rank = len(shape) + len(axes)
+    inserted = sorted({_axis(node, a, rank) for a in axes})
+    if len(inserted) != len(axes):
+        raise _refuse(node, f"axes={axes} repeat an axis")
+    out = list(shape)
+    for a in inserted:
+        out.insert(a, 1)
+    return _reshaped(builder, node, value, out)
+
+
+def _transpose_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    value = _operand(node)
+    shape = onnx_shape(builder, value)
+    perm = _attr_ints(node, "perm", list(range(len(shape)))[::-1])
+    assert perm is not None
+    if sorted(perm) != list(range(len(shape))):
+        raise _refuse(node, f"perm={perm} is not a permutation of the {len(shape)} axes of {shape}")
+    if isinstance(value, np.ndarray):
+        return np.transpose(value, perm)
+    return _permute(builder, node, value, perm, node.name)
+
+
+def _concat_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    values = list(node.inputs)
+    if not values or any(v is None for v in values):
+        raise _refuse(node, "expects at least one input")
+    if "axis" not in node.attributes:
+        raise _refuse(node, "has no axis")
+    shapes = [onnx_shape(builder, v) for v in values]
+    rank = len(shapes[0])
+    axis = _axis(node, _attr_int(node, "axis", 0), max(rank, 1))
+    if any(len(s) != rank or s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:] for s in shapes):
+        raise _refuse(node, f"concatenates tensors of shapes {shapes} along axis {axis}")
+    out = (*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1:])
+    check_size(out, node.where)
+    if all(isinstance(v, np.ndarray) for v in values):
+        return np.concatenate(values, axis=axis)
+    if not all(isinstance(v, OnnxTensor) for v in values):
+        raise _refuse(node, "concatenates constants with computed tensors (not supported)")
+    if len(values) == 1:
+        return values[0]
+    lead = axis > 0 and all(s[0] == 1 for s in shapes)
+    parts = [_leading(builder, node, v) if lead else _explicit(builder, v, f"{node.name}.batch{k}")
+             for k, v in enumerate(values)]
+    dim = axis - 1 if lead else axis
+    sizes = tuple(builder.shape(p.node)[dim] for p in parts)
+    engine_out = out[1:] if lead else out
+    return OnnxTensor(builder.add(node.name, Cat(dim, sizes, engine_out), tuple(p.node for p in parts)), lead)
+
+
+def _slice_axes(builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, ranges: dict[int, tuple[int, int, int]]
+                ) -> OnnxTensor:
+    """``x`` sliced with ``(start, stop, step)`` per ONNX axis (non-negative, clamped, step >= 1)."""
+    shape = onnx_shape(builder, x)
+    full = [ranges.get(axis, (0, size, 1)) for axis, size in enumerate(shape)]
+    if x.lead and full[0][0] >= full[0][1]:  # the batch's 1, sliced to nothing
+        raise _refuse(node, f"the slice {full[0][0]}:{full[0][1]} of the batch axis (size 1) is empty")
+    engine = full[1:] if x.lead else full  # a leading 1 sliced to its one entry: nothing to do on that axis
+    return OnnxTensor(strided_slice(builder, x.node, engine, node.where, node.name), x.lead)
+
+
+def _slice_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    value = _operand(node)
+    shape = onnx_shape(builder, value)
+    if node.opset < 10:
+        starts, ends = _attr_ints(node, "starts", None), _attr_ints(node, "ends", None)
+        axes, steps = _attr_ints(node, "axes", None), None
+        if starts is None or ends is None:
+            raise _refuse(node, "has no starts or ends")
+    else:
+        starts = _int_list(node, _constant_input(node, 1, "starts"), "starts")
+        ends = _int_list(node, _constant_input(node, 2, "ends"), "ends")
+        axes = None if _input(node, 3) is None else _int_list(node, _constant_input(node, 3, "axes"), "axes")
+        steps = None if _input(node, 4) is None else _int_list(node, _constant_input(node, 4, "steps"), "steps")
+    axes = list(range(len(starts))) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise _refuse(node, f"starts {starts}, ends {ends}, axes {axes} and steps {steps} differ in length")
+    ranges: dict[int, tuple[int, int, int]] = {}
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        axis = _axis(node, axis, len(shape))
+        if axis in ranges:
+            raise _refuse(node, f"axes {axes} repeat an axis")
+        if step < 1:
+            raise _refuse(node, f"step {step}: only positive steps are supported")
+        size = shape[axis]
+        start, end = start + size if start < 0 else start, end + size if end < 0 else end
+        ranges[axis] = (min(max(start, 0), size), min(max(end, 0), size), step)
+    if isinstance(value, np.ndarray):
+        return value[tuple(slice(*ranges.get(a, (None, None, None))) for a in range(len(shape)))]
+    return _slice_axes(builder, node, value, ranges)
+
+
+def _gather_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    value = _operand(node)
+    shape = onnx_shape(builder, value)
+    indices = _constant_input(node, 1, "indices")
+    if indices.dtype.kind not in "iu":
+        raise _refuse(node, f"indices of element type {indices.dtype}")
+    axis = _axis(node, _attr_int(node, "axis", 0), max(len(shape), 1))
+    if not shape:
+        raise _refuse(node, "gathers from a scalar")
+    size = shape[axis]
+    if bool(((indices < -size) | (indices >= size)).any()):
+        raise _refuse(node, f"indices {indices.tolist()} are out of range for axis {axis} of size {size}")
+    indices = np.where(indices < 0, indices + size, indices).astype(np.int64)
+    out = (*shape[:axis], *indices.shape, *shape[axis + 1:])
+    check_size(out, node.where)
+    if isinstance(value, np.ndarray):
+        return np.take(value, indices, axis=axis)
+    flat = indices.reshape(-1)
+    step = int(flat[1] - flat[0]) if flat.size > 1 else 1
+    if flat.size == 0 or step < 1 or bool((np.diff(flat) != step).any()):
+        raise _refuse(node, f"gathering entries {flat.tolist()} of a computed tensor (only increasing, evenly "
+                            "spaced indices: a slice)")
+    sliced = _slice_axes(builder, node, value, {axis: (int(flat[0]), int(flat[-1]) + 1, step)})
+    return _reshaped(builder, attrs.evolve(node, name=f"{node.name}.shape"), sliced, out)
+
+
+def _shape_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    value = _operand(node)
+    shape = onnx_shape(builder, value)
+    start, end = _attr_int(node, "start", 0), _attr_int(node, "end", len(shape))
+    return np.array(shape[slice(start, end)], dtype=np.int64)
+
+
+def _size_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    return np.array(math.prod(onnx_shape(builder, _operand(node))), dtype=np.int64)
+
+
+def _constant_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    if len(node.attributes) != 1:
+        raise _refuse(node, f"expects exactly one value attribute, has {sorted(node.attributes)}")
+    (name, value), = node.attributes.items()
+    if name == "value" and isinstance(value, np.ndarray):
+        return value
+    kinds = {"value_float": (float, np.float32), "value_int": (int, np.int64), "value_floats": (list, np.float32),
+             "value_ints": (list, np.int64)}
+    kind, dtype = kinds.get(name, (None, None))
+    if kind is None or not isinstance(value, kind):
+        raise _refuse(node, f"attribute {name}={value!r} is not a tensor value")
+    return np.array(value, dtype=dtype)
+
+
+def _constant_of_shape_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    shape = _int_list(node, _constant_input(node, 0, "shape"), "the shape")
+    check_size(shape, node.where)
+    fill = node.attributes.get("value", np.zeros(1, dtype=np.float32))
+    if not isinstance(fill, np.ndarray) or fill.size != 1:
+        raise _refuse(node, f"value={fill!r} must be a tensor of one entry")
+    return np.full(shape, fill.reshape(-1)[0], dtype=fill.dtype)
+
+
+def _pad_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
+    mode = _attr_str(node, "mode", "constant")
+    if mode != "constant":
+        raise _refuse(node, f"mode={mode!r} is not supported (only 'constant')")
+    value = _operand(node)
+    shape = onnx_shape(builder, value)
+    if node.opset < 11:
+        pads, fill, axes = _attr_ints(node, "pads", None), _attr_float(node, "value", 0.0), None
+        if pads is None:
+            raise _refuse(node, "has no pads")
+    else:
+        pads = _int_list(node, _constant_input(node, 1, "pads"), "pads")
+        fill_value = _input(node, 2)
+        fill = 0.0
+        if fill_value is not None:
+            fill_array = _numeric(node, _constant_input(node, 2, "constant_value"), "constant_value")
+            if fill_array.size != 1:
+                raise _refuse(node, "constant_value must be one number")
+            fill = float(fill_array.reshape(-1)[0])
+        axes = None if _input(node, 3) is None else _int_list(node, _constant_input(node, 3, "axes"), "axes")
+    axes = list(range(len(shape))) if axes is None else [_axis(node, a, len(shape)) for a in axes]
+    if len(pads) != 2 * len(axes) or len(set(axes)) != len(axes):
+        raise _refuse(node, f"pads {pads} do not give a begin and an end for each of the axes {axes}")
+    if min(pads, default=0) < 0:
+        raise _refuse(node, f"pads {pads}: negative pads (cropping) are not supported")
+    amounts = [(0, 0)] * len(shape)
+    for k, axis in enumerate(axes):
+        amounts[axis] = (pads[k], pads[k + len(axes)])
+    out = [size + begin + end for size, (begin, end) in zip(shape, amounts, strict=True)]
+    check_size(out, node.where)
+    if isinstance(value, np.ndarray):
+        return np.pad(value, amounts, constant_values=fill)
+    x = _tensor(node, 0, "input")
+    if x.lead and amounts[0] != (0, 0):
+        x = _explicit(builder, x, f"{node.name}.batch")
+    engine = amounts[1:] if x.lead else amounts
+    nonzero = [k for k, pair in enumerate(engine) if pair != (0, 0)]
+    if not nonzero:
+        return x
+    torch_pads = tuple(p for begin, end in reversed(engine[nonzero[0]:]) for p in (begin, end))
+    return OnnxTensor(pad(builder, x.node, torch_pads, fill, node.where, node.name), x.lead)
+
+
+_POOL = frozenset({"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides"})
+
+#: ONNX node types (default domain) -> rule. A node of another type, or with an attribute its rule
+#: does not list, is refused by the reader (:mod:`relaxlab.engine.onnx`) naming the node.
+ONNX: dict[str, OnnxRule] = {
+    "Add": OnnxRule(_binary_rule("Add")),
+    "Sub": OnnxRule(_binary_rule("Sub")),
+    "Mul": OnnxRule(_binary_rule("Mul")),
+    "Div": OnnxRule(_binary_rule("Div")),
+    "Neg": OnnxRule(_neg_rule),
+    "Relu": OnnxRule(_relu_rule),
+    "MatMul": OnnxRule(_matmul_rule),
+    "Gemm": OnnxRule(_gemm_rule, frozenset({"alpha", "beta", "transA", "transB"})),
+    "Conv": OnnxRule(_conv_rule, frozenset({"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"})),
+    "AveragePool": OnnxRule(_average_pool_rule, _POOL | {"count_include_pad"}),
+    "GlobalAveragePool": OnnxRule(_global_average_pool_rule),
+    "MaxPool": OnnxRule(_max_pool_rule, _POOL | {"storage_order"}),
+    "BatchNormalization": OnnxRule(_batch_norm_rule,
+                                   frozenset({"epsilon", "momentum", "spatial", "is_test", "training_mode"})),
+    "Flatten": OnnxRule(_flatten_rule, frozenset({"axis"})),
+    "Reshape": OnnxRule(_reshape_rule, frozenset({"allowzero", "shape"})),
+    "Squeeze": OnnxRule(_squeeze_rule, frozenset({"axes"})),
+    "Unsqueeze": OnnxRule(_unsqueeze_rule, frozenset({"axes"})),
+    "Transpose": OnnxRule(_transpose_rule, frozenset({"perm"})),
+    "Concat": OnnxRule(_concat_rule, frozenset({"axis"})),
+    "Slice": OnnxRule(_slice_rule, frozenset({"starts", "ends", "axes"})),
+    "Gather": OnnxRule(_gather_rule, frozenset({"axis"})),
+    "Pad": OnnxRule(_pad_rule, frozenset({"mode", "pads", "value"})),
+    "Identity": OnnxRule(_identity_rule),
+    "Dropout": OnnxRule(_dropout_rule, frozenset({"ratio", "seed", "is_test"})),
+    "Cast": OnnxRule(_cast_rule, frozenset({"to", "saturate"})),
+    "Shape": OnnxRule(_shape_rule, frozenset({"start", "end"})),
+    "Size": OnnxRule(_size_rule),
+    "Constant": OnnxRule(_constant_rule, frozenset({"value", "value_float", "value_floats", "value_int",
+                                                    "value_ints"})),
+    "ConstantOfShape": OnnxRule(_constant_of_shape_rule, frozenset({"value"})),
+}
+
+
 __all__ = [
     "BATCH",
     "FUNCTIONS",
     "METHODS",
     "MODULES",
-    "NodeRef",
+    "ONNX",
+    "ONNX_MAX_ELEMENTS",
+    "ONNX_MAX_POOL_WINDOW",
     "SUPPORTED",
+    "NodeRef",
+    "OnnxNode",
+    "OnnxRule",
+    "OnnxTensor",
+    "add_constant",
     "batch_norm",
     "check_finite",
+    "check_size",
     "conv",
     "linear",
     "max_of",
     "module_rule",
+    "normalization",
+    "onnx_shape",
 ]

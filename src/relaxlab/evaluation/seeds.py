@@ -149,8 +149,8 @@ def seed_table(points: Sequence[SweepPoint]) -> list[SeedRow]:
 def own_certifiers(config: dict[str, Any], recorded: Sequence[str]) -> list[str]:
     """The recorded certifiers that are the run's own training relaxations (all recorded if none is)."""
     method = config.get("method", "certified")
-    own = {"crown-ibp": ["CROWN-IBP (R)", "IBP"], "certified": [config.get("relaxation")]}.get(method, [])
-    return [c for c in recorded if c in own] or list(recorded)
+    own: dict[str, list[Any]] = {"crown-ibp": ["CROWN-IBP (R)", "IBP"], "certified": [config.get("relaxation")]}
+    return [c for c in recorded if c in own.get(method, [])] or list(recorded)
 
 
 @attrs.frozen(kw_only=True)

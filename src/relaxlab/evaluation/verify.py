@@ -45,6 +45,7 @@ import torch
 from attrs import field, frozen
 from torch import Tensor, nn
 
+from relaxlab.engine.onnx import load_onnx
 from relaxlab.engine.optimise import Optimise, Optimised
 from relaxlab.engine.spec import is_certified
 from relaxlab.engine.vnnlib import Atom, Property, Region, read_vnnlib, write_text_atomic
@@ -62,7 +63,6 @@ __all__ = [
     "Result",
     "Stage",
     "contradictions",
-    "onnx_input_shape",
     "read_expected",
     "read_instances",
     "relaxation_bound",
@@ -307,27 +307,9 @@ def _network(model: nn.Module, input_shape: Sequence[int]) -> _Network:
     return _Network(model, model64, shape, int(out.reshape(1, -1).shape[1]), dtype)
 
 
-def onnx_input_shape(path: str | Path) -> tuple[int, ...]:
-    """The shape of one input, from the ONNX graph's input (its first dimension is the batch)."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {init.name for init in graph.initializer}
-    inputs = [value for value in graph.input if value.name not in initializers]
-    if len(inputs) != 1:
-        raise ValueError(f"{path}: the ONNX graph must have one input, found {len(inputs)}")
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
-    if len(dims) == 1 and dims[0] is not None:
-        return (int(dims[0]),)  # a vector input without a batch dimension (the competition's test nets)
-    if len(dims) < 2 or dims[0] not in (None, 1) or any(d is None for d in dims[1:]):
-        raise ValueError(f"{path}: input shape {dims} is not (batch, fixed dimensions...)")
-    return tuple(int(d) for d in dims[1:])  # type: ignore[arg-type]
-
-
 def _load_network(path: Path) -> _Network:
-    from relaxlab.engine.onnx_loader import load_onnx
-
-    return _network(load_onnx(path).float().eval(), onnx_input_shape(path))
+    model = load_onnx(path)
+    return _network(model.float().eval(), model.input_shape)
 
 
 def _rows(conjunction: Sequence[Atom], num_outputs: int) -> tuple[Tensor, Tensor]:

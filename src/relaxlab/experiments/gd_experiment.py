@@ -13,6 +13,7 @@ epoch = one step: there is one input).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -108,8 +109,9 @@ def run_gd(
     domain: tuple[float, float] | None = None,
 ) -> Trajectory:
     """Gradient ascent on ``δ``: ``δ ← δ + lr_t · d(bound)/dδ``, ``lr_t = lr · decay^t``."""
-    if epochs < 0 or lr <= 0 or not 0 < decay <= 1:
-        raise ValueError(f"need lr > 0, 0 < decay <= 1, epochs >= 0; got lr={lr}, decay={decay}, epochs={epochs}")
+    if epochs < 0 or not (math.isfinite(lr) and lr > 0) or not 0 < decay <= 1:  # nan > 0 is false: refused
+        raise ValueError(f"need a finite lr > 0, 0 < decay <= 1, epochs >= 0; got lr={lr}, decay={decay}, "
+                         f"epochs={epochs}")
     resolved = get_relaxation(relaxation)  # type: ignore[arg-type]
     fn = bound_value(resolved, eps, output=output, domain=domain)
     name, d = _single(direction if direction is not None else _direction(model, x, fn))

@@ -14,6 +14,7 @@ import csv
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
@@ -133,74 +134,103 @@ def write_csv(result: Landscape, path: str | Path) -> Path:
     return path
 
 
+#: Colour of the jump marks: one colour for "jump" in every panel, distinct from every curve's.
+JUMP_COLOUR = "#d62728"
+
+
 def plot_landscape(
     result: Landscape, path: str | Path, *, title: str | None = None, separate: bool = True
 ) -> Path:
-    """One PNG: a curve per relaxation (one panel each when ``separate``, as in Fig. 5), jumps marked.
+    """One image: a panel per relaxation with its own y-axis, then one with every curve; jumps marked.
 
-    The panels share one y-axis so that the relaxations can be compared; a legend explains the
-    curve and the jump marks.
+    A landscape is read two ways. Its *shape* (CROWN's jumps, DeepZ's curvature against IBP's
+    straight line) shows only when each curve fills its own panel: one y-axis for curves
+    hundreds apart flattens them all to lines. The *comparison* (which relaxation bounds
+    higher) needs one y-axis: the last panel draws every curve on it. Each jump the App. E.2
+    test finds is a red dashed line through the panel with red dots on the curve either side.
 
     :param result: the landscape.
-    :param path: the PNG to write.
+    :param path: the image to write (PNG when it has no suffix: ``.png`` is added).
     :param title: the title (default: the quantity along the gradient direction); a line with
         the number of points and the range of δ is added below it.
-    :param separate: one panel per relaxation (else all curves in one panel).
-    :return: ``path``.
+    :param separate: a panel per relaxation and the comparison panel (else all curves in one panel).
+    :return: the path written.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     path = Path(path)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(result.values)
     deltas = result.deltas.cpu().numpy()
+    colours = {key: f"C{(i if i < 3 else i + 1) % 10}" for i, key in enumerate(keys)}  # C3 is the jump red
     if separate and len(keys) > 1:
-        cols = min(len(keys), 3)
-        rows = -(-len(keys) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+        panels = len(keys) + 1
+        cols = min(panels, 3)
+        rows = -(-panels // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.3 * rows), squeeze=False)
         flat = [ax for row in axes for ax in row]
         for ax, key in zip(flat, keys, strict=False):
-            _draw(ax, deltas, result, key)
-            ax.set_title(key)
-        for ax in flat[len(keys) :]:
-            ax.set_visible(False)
-        for ax in flat[1:]:
-            ax.set_ylabel("")
-        legend_ax = flat[0]
-    else:
-        fig, ax = plt.subplots(figsize=(6, 4))
+            _draw(ax, deltas, result, key, colours[key])
+            jumps = len(result.jumps[key])
+            ax.set_title(f"{key}: {jumps} jump{'' if jumps == 1 else 's'} (own y-axis)", fontsize=9)
+        comparison = flat[len(keys)]
         for key in keys:
-            _draw(ax, deltas, result, key, label=key)
-        legend_ax = ax
-    from matplotlib.lines import Line2D
-
-    handles, labels = legend_ax.get_legend_handles_labels()
-    if separate and len(keys) > 1:
-        handles, labels = [Line2D([], [], lw=1.2)], ["bound (one relaxation per panel)"]
-    handles.append(Line2D([], [], color="grey", alpha=0.4, lw=0.8))
-    labels.append("jump (App. E.2 test)")
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+            _draw(comparison, deltas, result, key, colours[key], label=key, marks=False)
+        comparison.set_title("all relaxations, one y-axis (comparison)", fontsize=9)
+        comparison.legend(fontsize=7, loc="best")
+        for ax in flat[panels:]:
+            ax.set_visible(False)
+        for index, ax in enumerate(flat[:panels]):
+            if index % cols:
+                ax.set_ylabel("")
+        handles = [Line2D([], [], color="grey", lw=1.2), _jump_handle()]
+        labels = ["bound: own y-axis per panel, the last panel shares one", "jump (App. E.2 test)"]
+        layout = "panels: each relaxation on its own y-axis (shape), the last on one y-axis (comparison)"
+    else:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for key in keys:
+            _draw(ax, deltas, result, key, colours[key], label=key)
+        ax.legend(fontsize=8, loc="best")
+        handles, labels = [_jump_handle()], ["jump (App. E.2 test)"]
+        layout = "one y-axis"
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     span = f"δ ∈ [{float(deltas[0]):g}, {float(deltas[-1]):g}]"
     fig.suptitle(f"{title or f'{result.quantity} along the gradient direction'}\n"
-                 f"{len(deltas)} points, {span}, shared y-axis", fontsize=10)
-    rows_of_legend = -(-len(labels) // 4)
-    fig.tight_layout(rect=(0, 0.04 + 0.03 * rows_of_legend, 1, 1))
+                 f"{len(deltas)} points, {span}; {layout}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _draw(ax: object, deltas: object, result: Landscape, key: str, label: str | None = None) -> None:
+def _jump_handle() -> object:
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color=JUMP_COLOUR, ls="--", lw=1.2, marker="o", markersize=4)
+
+
+def _draw(ax: Any, deltas: Any, result: Landscape, key: str, colour: str, label: str | None = None,
+          marks: bool = True) -> None:
+    """One curve; with ``marks`` its jumps as red dashed lines and red dots either side."""
+    from matplotlib.ticker import MaxNLocator
+
     values = result.values[key].cpu().numpy()
-    line = ax.plot(deltas, values, lw=1.2, label=label)[0]  # type: ignore[attr-defined]
-    for i in result.jumps[key]:
-        ax.axvline(0.5 * (deltas[i] + deltas[i + 1]), color=line.get_color(), alpha=0.25, lw=0.8)  # type: ignore[attr-defined,index]
-    ax.set_xlim(float(deltas[0]), float(deltas[-1]))  # type: ignore[attr-defined,index]
-    ax.set_xlabel("δ")  # type: ignore[attr-defined]
-    ax.set_ylabel(result.quantity)  # type: ignore[attr-defined]
+    ax.plot(deltas, values, lw=1.2, color=colour, label=label)
+    if marks:
+        for i in result.jumps[key]:
+            ax.axvline(0.5 * (deltas[i] + deltas[i + 1]), color=JUMP_COLOUR, ls="--", lw=1.0, alpha=0.8, zorder=1)
+            ax.plot(deltas[i : i + 2], values[i : i + 2], "o", color=JUMP_COLOUR, markersize=3.5, zorder=3)
+    ax.set_xlim(float(deltas[0]), float(deltas[-1]))
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.set_xlabel("δ")
+    ax.set_ylabel(result.quantity)
+    ax.grid(alpha=0.25)
 
 
 __all__ = ["Landscape", "landscape", "plot_landscape", "write_csv"]

@@ -112,9 +112,11 @@ def run_paradox(
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     log: Callable[[str], None] = print,
     overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
 ) -> list[ParadoxRow]:
     """Run the whole experiment into ``out_dir`` (see the module docstring).
 
+    :param device: where every run trains and every network is certified and measured.
     :param overrides: config keys replaced in every training run (see :func:`paradox_configs`).
     :param tightness_points: radii of the tightness grid in ``[0, tightness_eps_max]``.
     :param tightness_n: test images for the tightness curves.
@@ -131,18 +133,18 @@ def run_paradox(
     data = load_data(configs[0])
     relaxations = select_relaxations("paper")
     with Store(out_dir / STORE_NAME) as store:
-        models = _train_all(configs, out_dir, store, data, progress=progress, log=log)
+        models = _train_all(configs, out_dir, store, data, progress=progress, log=log, device=device)
         log(f"tightness: CR curves of {len(relaxations)} relaxations at {tightness_points} radii ...")
         aucs = _tightness(models["natural"], data, relaxations, store, out_dir,
                           eps_max=tightness_eps_max, points=tightness_points, n=tightness_n,
-                          progress=progress).auc()
+                          progress=progress, device=device).auc()
         rows = []
         for relaxation in relaxations:
             log(f"certifying the {relaxation.name}-trained network with {relaxation.name} ...")
             config = next(c for c in configs if c.label == relaxation.name)
             done = progress(f"certify {relaxation.name}", int(data.test_y.shape[0])) if progress else None
-            result = certify(models[relaxation.name], data.test_x, data.test_y, eps, [relaxation], pgd=not quick,
-                             progress=done)[0]
+            result = certify(models[relaxation.name], data.test_x.to(device), data.test_y.to(device), eps,
+                             [relaxation], pgd=not quick, progress=done)[0]
             record_results(store, [result], checkpoint=out_dir / config.name / CHECKPOINT_NAME,
                            trained=_trained(config), name=f"certify-{config.name}")
             properties = derive(relaxation)
@@ -159,14 +161,15 @@ def run_paradox(
 
 
 def _trained(config: TrainConfig) -> dict[str, object]:
-    return {"dataset": config.dataset, "architecture": config.architecture, "method_label": config.label}
+    return {"dataset": config.dataset, "architecture": config.architecture, "method_label": config.label,
+            "objective": config.objective_label}
 
 
 def _train_all(
     configs: list[TrainConfig], out_dir: Path, store: Store, data: Data, *,
-    progress: Callable[[str, int], Callable[[int], None]] | None, log: Callable[[str], None],
+    progress: Callable[[str, int], Callable[[int], None]] | None, log: Callable[[str], None], device: str = "cpu",
 ) -> dict[str, Any]:
-    """Train (or reuse the finished run of) every config; the models by label."""
+    """Train (or reuse the finished run of) every config; the models by label (on ``device``)."""
     models = {}
     for config in configs:
         run_dir = out_dir / config.name
@@ -177,17 +180,19 @@ def _train_all(
                     "--quick?); choose another --out"
                 )
             log(f"{config.label}: reusing the finished run in {run_dir}")
-            models[config.label] = load_model(run_dir / CHECKPOINT_NAME)
+            models[config.label] = load_model(run_dir / CHECKPOINT_NAME).to(device)
             continue
         resume = (run_dir / CHECKPOINT_NAME).exists()
         log(f"training {config.label} ({'resuming' if resume else config.epochs} epochs) ...")
-        models[config.label] = train(config, run_dir, store=store, resume=resume, progress=progress, data=data).model
+        models[config.label] = train(config, run_dir, store=store, resume=resume, progress=progress, data=data,
+                                     device=device).model
     return models
 
 
 def _tightness(
     model: Any, data: Data, relaxations: list[ReluRelaxation], store: Store, out_dir: Path, *,
     eps_max: float, points: int, n: int, progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    device: str = "cpu",
 ) -> TightnessResult:
     """CR curves on the naturally trained network (App. B.1), recorded and plotted."""
     grid = eps_grid(eps_max, points)
@@ -200,7 +205,8 @@ def _tightness(
     # Tightness is an empirical comparison, not a certificate: float32 bounds on the first
     # ``n`` test images keep it to about a minute on a CPU.
     done = progress("tightness", len(relaxations) * len(grid)) if progress is not None else None
-    result = cr_curves(model, data.test_x[:n], data.test_y[:n], grid, relaxations, dtype=torch.float32,
+    result = cr_curves(model, data.test_x[:n].to(device), data.test_y[:n].to(device), grid, relaxations,
+                       dtype=torch.float32,
                        progress=None if done is None else (lambda: done(1)))
     store.log_metrics(run_id, 0, {f"cr_auc/{k}": v for k, v in result.auc().items()})
     store.finish_run(run_id)
@@ -238,13 +244,16 @@ def paradox_markdown(rows: Sequence[ParadoxRow], *, eps: float, n: int) -> str:
 
 
 def paradox_csv(rows: Sequence[ParadoxRow]) -> str:
-    """The paradox table as CSV; ``continuous`` and ``not_sensitive`` are True where the table has ✓."""
-    # the flag columns say what the table's ✓ says: True is ✓C (continuous) and ✓S (not sensitive)
-    out = ["relaxation,continuous,not_sensitive,cr_auc,accuracy,pgd,certified,n"]
+    """The paradox table as CSV, its columns named as in ``paradox.json`` and ``list --json``.
+
+    ``continuous`` and ``sensitive`` are the properties themselves (the table's ✓C is
+    ``continuous = True``, its ✓S is ``sensitive = False``); empty where undecided.
+    """
+    out = ["relaxation,continuous,sensitive,cr_auc,accuracy,pgd,certified,n"]
     for r in rows:
-        not_sensitive = "" if r.sensitive is None else not r.sensitive
         out.append(
-            f"{r.relaxation},{'' if r.continuous is None else r.continuous},{not_sensitive},{r.cr_auc:.4f},"
+            f"{r.relaxation},{'' if r.continuous is None else r.continuous},{'' if r.sensitive is None else r.sensitive},"
+            f"{r.cr_auc:.4f},"
             f"{r.accuracy:.2f},{'' if r.pgd is None else f'{r.pgd:.2f}'},{r.certified:.2f},{r.n}"
         )
     return "\n".join(out) + "\n"
@@ -271,7 +280,7 @@ def plot_paradox(rows: Sequence[ParadoxRow], path: str | Path, *, eps: float) ->
         # alternate label positions so that neighbouring points stay readable
         offset = (6, 6) if index % 2 == 0 else (6, -14)
         ax.annotate(row.relaxation, (row.cr_auc, row.certified), textcoords="offset points", xytext=offset)
-    ax.set_xlabel("tightness: CR-AUC on a naturally trained CONV")
+    ax.set_xlabel("tightness: CR-AUC on a naturally trained CONV (higher = tighter)")
     ax.set_ylabel(f"CR after certified training [%] (ε = {eps:g})")
     n = _n_label(rows)
     ax.set_title(f"CR after certified training against tightness\n{n} test images per CR, ε = {eps:g}", fontsize=9)

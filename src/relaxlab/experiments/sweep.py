@@ -18,6 +18,9 @@ whole file is validated before any work: a bad key or value raises :class:`Sweep
 key and the fix. :func:`run_sweep` skips runs the store already holds as done, hands the others to
 an :class:`~relaxlab.experiments.executors.Executor`, and writes each outcome (train run, certify
 runs, or the failure) to the store in one transaction, so a killed sweep resumes where it stopped.
+Several sweeps may run on one store at once: each claims a run in the store just before handing it
+to a worker (:meth:`relaxlab.store.Store.claim`) and leaves the runs another live process claimed
+to that process, so every run trains once.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,15 +39,15 @@ import attrs
 from relaxlab.api import select_relaxations
 from relaxlab.evaluation.seeds import SWEEP_KIND
 from relaxlab.experiments.executors import Executor
+from relaxlab.experiments.files import check_keys, load_file, name_list, plain_name, subtable
 from relaxlab.experiments.runs import CertifySpec, RunOutcome, RunTask
-from relaxlab.store import Store
+from relaxlab.store import Store, keep_claims_alive, process_owner
 from relaxlab.training.config import (
+    SEED_RANGE,
     ConfigError,
     TrainConfig,
     from_dict,
     load_config,
-    read_toml,
-    unknown_keys,
     valid_keys,
     validate_names,
 )
@@ -62,6 +65,9 @@ RESERVED = {
     "seed": "list the seeds in the top-level `seeds = [...]`",
 }
 STORE_NAME = "results.sqlite"
+#: The share of a run that its training steps count for in the progress of :func:`run_sweep` (the
+#: rest is its certification, counted when the run ends).
+TRAINING_SHARE = 0.9
 
 
 class SweepError(ConfigError):
@@ -145,32 +151,22 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _unknown(keys: Sequence[str], valid: Sequence[str], where: str) -> None:
-    unknown = unknown_keys(keys, valid)
-    if unknown:
-        raise SweepError(f"{where}: unknown key(s) {unknown}; valid keys: {', '.join(valid)}")
-
-
-def _table(data: Mapping[str, Any], key: str, default: Any) -> Any:
-    value = data.get(key, default)
-    if not isinstance(value, dict):
-        raise SweepError(f"`{key}` must be a table ([{key}]), got {value!r}")
-    return value
-
-
 def _check_train_keys(table: Mapping[str, Any], where: str) -> None:
-    _unknown(list(table), [*valid_keys(), *(["config"] if where == "[base]" else [])], where)
+    check_keys(table, [*valid_keys(), *(["config"] if where == "[base]" else [])], where, SweepError)
     for key, why in RESERVED.items():
         if key in table:
             raise SweepError(f"{where}: `{key}` is set by the sweep; {why}")
 
 
 def _canonical(config: TrainConfig) -> TrainConfig:
-    """Names as the registry spells them (``ibp`` -> ``IBP``), so equal runs get equal ids."""
+    """Names as the registry spells them (``ibp`` -> ``IBP``, ``sabr(lambda=0.1)`` -> ``SABR``), so equal
+    runs get equal ids."""
     resolved = validate_names(config)
     changes: dict[str, Any] = {"dataset": resolved.dataset.name, "architecture": resolved.architecture.name}
     if config.method == "certified":
         changes["relaxation"] = resolved.relaxations[0].label
+        assert resolved.objective is not None
+        changes["objective"] = resolved.objective.label
     return config.replace(**changes)
 
 
@@ -188,13 +184,12 @@ def _certifiers(spec: CertifySpec, config: TrainConfig) -> tuple[str, ...]:
 
 
 def _parse_certify(table: Mapping[str, Any]) -> CertifySpec:
-    _unknown(list(table), CERTIFY_KEYS, "[certify]")
-    relaxations = table.get("relaxations", ["own"])
-    if isinstance(relaxations, str):
-        relaxations = [relaxations]
-    if not relaxations or not all(isinstance(r, str) and r for r in relaxations):
+    check_keys(table, CERTIFY_KEYS, "[certify]", SweepError)
+    given = table.get("relaxations", ["own"])
+    relaxations = name_list(given)
+    if not relaxations:
         raise SweepError(
-            f"[certify] relaxations must be a non-empty list of names (or 'own', 'paper', 'all'), got {relaxations!r}"
+            f"[certify] relaxations must be a non-empty list of names (or 'own', 'paper', 'all'), got {given!r}"
         )
     n = table.get("n", 0)
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -212,13 +207,15 @@ def _parse_certify(table: Mapping[str, Any]) -> CertifySpec:
 
 def _parse_seeds(data: Mapping[str, Any], default: int) -> list[int]:
     seeds = data.get("seeds", [default])
+    low, high = SEED_RANGE
     if (
         not isinstance(seeds, list)
         or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and low <= s <= high for s in seeds)
     ):
         raise SweepError(
-            f"`seeds` must be a non-empty list of integers, e.g. seeds = [0, 1, 2]; got {seeds!r}"
+            f"`seeds` must be a non-empty list of integers in [-2**63, 2**64 - 1], e.g. seeds = [0, 1, 2]; "
+            f"got {seeds!r}"
         )
     if len(set(seeds)) != len(seeds):
         raise SweepError(f"`seeds` lists a seed twice: {seeds}; list each seed once")
@@ -227,7 +224,7 @@ def _parse_seeds(data: Mapping[str, Any], default: int) -> list[int]:
 
 def _points(data: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     """The grid's cartesian product and the explicit runs, as key -> value overrides; the varying keys."""
-    grid = _table(data, "grid", {})
+    grid = subtable(data, "grid", SweepError)
     _check_train_keys(grid, "[grid]")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
@@ -265,49 +262,43 @@ def resolve_base(table: Mapping[str, Any], root: Path | None) -> dict[str, Any]:
     return resolved
 
 
-def load_sweep(path: str | Path) -> Sweep:
+def load_sweep(path: str | Path, *, data_dir: str | None = None) -> Sweep:
     """Read and validate a sweep file completely (see the module docstring).
 
     :param path: the ``.toml`` sweep file.
+    :param data_dir: the dataset directory of every run (``--data-dir``: ``[base]``'s ``data_dir``).
     :return: the sweep with every run resolved.
     :raises SweepError: any invalid key or value, naming it and the fix.
     """
-    path = Path(path)
-    try:
-        data = read_toml(path, "sweep file")
-    except ConfigError as error:
-        raise SweepError(str(error)) from error
-    try:
-        return parse_sweep(data, name=path.stem, source=path.name, root=path.parent)
-    except ConfigError as error:
-        raise SweepError(f"sweep file {path}: {error}") from error
+    return load_file(path, "sweep file", SweepError,
+                     lambda data, path: parse_sweep(data, name=path.stem, source=path.name, root=path.parent,
+                                                    data_dir=data_dir))
 
 
-def parse_sweep(data: Mapping[str, Any], *, name: str, source: str = "", root: Path | None = None) -> Sweep:
+def parse_sweep(data: Mapping[str, Any], *, name: str, source: str = "", root: Path | None = None,
+                data_dir: str | None = None) -> Sweep:
     """Validate a sweep given as a mapping (the parsed TOML); see :func:`load_sweep`."""
-    _unknown(list(data), SWEEP_KEYS, "top level")
-    sweep_name = data.get("name", name)
-    if not isinstance(sweep_name, str) or not sweep_name or "/" in sweep_name:
-        raise SweepError(f"`name` must be a plain name, got {sweep_name!r}")
-    base = _table(data, "base", {})
+    check_keys(data, SWEEP_KEYS, "top level", SweepError)
+    sweep_name = plain_name(data.get("name", name), SweepError)
+    base = subtable(data, "base", SweepError)
     _check_train_keys(base, "[base]")
     base_config = resolve_base(base, root)
+    if data_dir is not None:
+        base_config["data_dir"] = data_dir
     points, varying = _points(data)
     seeds = _parse_seeds(data, default=0)
-    certify = _parse_certify(_table(data, "certify", {}))
+    certify = _parse_certify(subtable(data, "certify", SweepError))
     select = None
     if "select" in data:
-        table = _table(data, "select", {})
-        _unknown(list(table), SELECT_KEYS, "[select]")
-        over = table.get("over")
-        if isinstance(over, str):
-            over = [over]
-        if not isinstance(over, list) or not over or not all(k in varying for k in over):
+        chosen = subtable(data, "select", SweepError)
+        check_keys(chosen, SELECT_KEYS, "[select]", SweepError)
+        over = name_list(chosen.get("over"))
+        if not over or not all(k in varying for k in over):
             raise SweepError(
                 f"[select] over must list keys that vary in [grid] or [[runs]] ({', '.join(varying) or 'none vary'}); "
-                f"got {over!r}"
+                f"got {chosen.get('over')!r}"
             )
-        metric = table.get("metric", "certified")
+        metric = chosen.get("metric", "certified")
         if metric not in SELECT_METRICS:
             raise SweepError(f"[select] metric must be one of {list(SELECT_METRICS)}, got {metric!r}")
         select = SelectSpec(over=tuple(over), metric=metric)
@@ -365,16 +356,37 @@ def run_status(store: Store, key: str) -> str:
     return "done" if "done" in statuses else "failed" if "failed" in statuses else "pending"
 
 
-def record_outcome(store: Store, run: SweepRun, outcome: RunOutcome, sweep: str = "") -> int:
+def claim_run(store: Store, key: str, owner: str) -> str | None:
+    """Claim run ``key`` for ``owner`` unless it is done or another live process claimed it (one transaction).
+
+    :return: ``None`` when ``owner`` may train it; else why not: ``done``, or the other claim's owner.
+    """
+    with store.transaction():
+        if run_status(store, key) == "done":
+            return "done"
+        held = store.claim(key, owner)
+        return None if held is None else held.owner
+
+
+def record_outcome(
+    store: Store, run: SweepRun, outcome: RunOutcome, sweep: str = "", owner: str | None = None
+) -> int:
     """Write one outcome (train run with its metrics, certify runs; or the failure) in one transaction.
 
-    Earlier unfinished or failed records of the same run are replaced, so the store holds one
-    attempt per run id.
+    Earlier unfinished or failed records of the same run are replaced, and nothing is added when the
+    store already holds the run as done (another process recorded it), so the store holds one attempt
+    per run id; ``owner``'s claim of the run is released.
 
     :return: the id of the train run record.
     """
     with store.transaction():
-        store.delete_runs(r.id for r in store.runs(key=run.key) if r.status != "done")
+        if owner is not None:
+            store.release(owner, [run.key])
+        earlier = store.runs(key=run.key)
+        done = [r.id for r in earlier if r.kind == "train" and r.status == "done"]
+        if done:
+            return done[0]
+        store.delete_runs(r.id for r in earlier if r.status != "done")
         config = run.config.to_dict()
         # the record spans the run's wall time: created when it started, finished when it was recorded
         train_id = store.create_run("train", config, name=run.key, env=outcome.environment, key=run.key,
@@ -398,6 +410,7 @@ def record_outcome(store: Store, run: SweepRun, outcome: RunOutcome, sweep: str 
                     "dataset": run.config.dataset,
                     "architecture": run.config.architecture,
                     "method_label": run.config.label,
+                    "objective": run.config.objective_label,
                     "n": result.n,
                     "val_n": result.val_n,
                     "sweep": sweep,
@@ -416,12 +429,56 @@ def record_outcome(store: Store, run: SweepRun, outcome: RunOutcome, sweep: str 
     return train_id
 
 
+#: A sweep that would train more runs than this is confirmed first (``relaxlab sweep`` asks, or takes ``--yes``).
+LARGE_SWEEP = 1000
+
+
+@attrs.frozen(kw_only=True)
+class SweepPlan:
+    """What :func:`run_sweep` would do, read from the store without writing to it.
+
+    :param todo: runs to train.
+    :param done: runs the store holds as done.
+    :param seconds_per_run: mean wall time of the done runs (training and certification), ``None``
+        when none is done.
+    """
+
+    todo: int
+    done: int
+    seconds_per_run: float | None
+
+    def describe(self, workers: int) -> str:
+        """``N runs to train`` with a time estimate at ``workers`` runs at once, or why there is none."""
+        text = f"{self.todo:,} runs to train"
+        if self.done:
+            text += f" ({self.done:,} done)"
+        if self.seconds_per_run is None:
+            return text + "; no time estimate yet (no run of this sweep has finished in its store)"
+        total = self.seconds_per_run * self.todo / max(workers, 1)
+        return (text + f"; about {_duration(total)} with {workers} at a time "
+                       f"({self.seconds_per_run:.0f} s per run, the mean of the {self.done:,} done)")
+
+
+def plan(sweep: Sweep, out_dir: str | Path) -> SweepPlan:
+    """How many runs of ``sweep`` :func:`run_sweep` would train into ``out_dir``, and how long they took so far."""
+    path = Path(out_dir) / STORE_NAME
+    if not path.is_file():
+        return SweepPlan(todo=len(sweep.runs), done=0, seconds_per_run=None)
+    with Store(path, readonly=True) as store:
+        done = {r.key: r for r in store.runs(kind="train", status="done") if r.finished is not None}
+    times = [done[run.key].finished - done[run.key].created for run in sweep.runs  # type: ignore[operator]
+             if run.key in done]
+    return SweepPlan(todo=len(sweep.runs) - len(times), done=len(times),
+                     seconds_per_run=sum(times) / len(times) if times else None)
+
+
 def _open_sweep_record(store: Store, sweep: Sweep) -> int:
-    existing = store.runs(kind=SWEEP_KIND, key=sweep.key)
-    if existing:
-        store.reopen_run(existing[0].id)
-        return existing[0].id
-    return store.create_run(SWEEP_KIND, sweep.record(), name=sweep.name, key=sweep.key)
+    with store.transaction():  # two sweeps starting at once make one record
+        existing = store.runs(kind=SWEEP_KIND, key=sweep.key)
+        if existing:
+            store.reopen_run(existing[0].id)
+            return existing[0].id
+        return store.create_run(SWEEP_KIND, sweep.record(), name=sweep.name, key=sweep.key)
 
 
 def _duration(seconds: float) -> str:
@@ -502,6 +559,8 @@ class SweepSummary:
     skipped: tuple[str, ...]
     seconds: float
     store: Path
+    #: runs another live process (a concurrent sweep on the same store) was training
+    elsewhere: tuple[str, ...] = ()
 
 
 def run_sweep(
@@ -511,7 +570,7 @@ def run_sweep(
     *,
     write: Callable[[str], None] | None = None,
     tty: bool | None = None,
-    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    progress: Callable[[str, int], Callable[[float], None]] | None = None,
     device: str = "cpu",
 ) -> SweepSummary:
     """Execute the runs of ``sweep`` that the store does not hold as done; record every outcome.
@@ -523,16 +582,19 @@ def run_sweep(
     :param write: where progress lines go (default: stderr).
     :param tty: progress as one updated line (default: when stderr is a terminal).
     :param progress: instead of those lines: called once with ``"runs"`` and the number of runs
-        to execute; it returns the callback called with ``1`` after each finished (or failed) run.
-    :return: which runs trained, failed (with their errors) and were skipped.
+        to execute; it returns the callback called with the runs just done: shares of a run as its
+        training steps pass (a fraction), the rest of it when it finishes (or fails).
+    :return: which runs trained, failed (with their errors), were skipped, and were left to another
+        process that claimed them.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    with Store(out_dir / STORE_NAME) as store:
+    owner = process_owner()
+    with Store(out_dir / STORE_NAME) as store, keep_claims_alive(out_dir / STORE_NAME, owner):
         sweep_id = _open_sweep_record(store, sweep)
         todo = [run for run in sweep.runs if run_status(store, run.key) != "done"]
-        skipped = tuple(run.key for run in sweep.runs if run not in todo)
+        skipped = [run.key for run in sweep.runs if run not in todo]
         by_key = {run.key: run for run in todo}
         tasks = [
             RunTask(
@@ -554,12 +616,37 @@ def run_sweep(
         counts = Progress(len(tasks), len(skipped), executor.workers, write=write, tty=tty)
         trained: list[str] = []
         failed: dict[str, str] = {}
+        elsewhere: list[str] = []
+
+        def claimed(tasks: list[RunTask]) -> Iterator[RunTask]:
+            """The tasks this process claims, each claimed as the executor takes it."""
+            for task in tasks:
+                holder = claim_run(store, task.key, owner)
+                if holder is None:
+                    yield task
+                    continue
+                (skipped if holder == "done" else elsewhere).append(task.key)
+                counts.total -= 1
+                counts.skipped += holder == "done"
+                counts.update()
+                if finished is not None:
+                    finished(1)
+
         if tasks:
             counts.update()
-        for outcome in executor.run(tasks, on_start=lambda _task: counts.update(started=1)):
-            record_outcome(store, by_key[outcome.key], outcome, sweep=sweep.name)
+        shares: dict[str, float] = {}
+
+        def advance(key: str, share: float) -> None:  # the bar moves within runs: training is 90 % of a run
+            share = TRAINING_SHARE * share
+            if finished is not None and share > shares.get(key, 0.0):
+                finished(share - shares.get(key, 0.0))
+                shares[key] = share
+
+        for outcome in executor.run(claimed(tasks), on_start=lambda _task: counts.update(started=1),
+                                    on_progress=advance):
+            record_outcome(store, by_key[outcome.key], outcome, sweep=sweep.name, owner=owner)
             if finished is not None:
-                finished(1)
+                finished(1.0 - shares.get(outcome.key, 0.0))
             if outcome.status == "done":
                 trained.append(outcome.key)
                 counts.update(done=1)
@@ -569,11 +656,15 @@ def run_sweep(
         if counts.tty and tasks:
             (write or (lambda line: print(line, file=sys.stderr)))("")
         statuses = {run_status(store, run.key) for run in sweep.runs}
-        store.finish_run(sweep_id, "done" if statuses == {"done"} else "failed")
+        if statuses == {"done"}:
+            store.finish_run(sweep_id, "done")
+        elif not elsewhere:  # else the process still training the others finishes the record
+            store.finish_run(sweep_id, "failed")
     return SweepSummary(
         trained=tuple(trained),
         failed=failed,
-        skipped=skipped,
+        skipped=tuple(skipped),
         seconds=time.monotonic() - start,
         store=out_dir / STORE_NAME,
+        elsewhere=tuple(elsewhere),
     )

@@ -23,6 +23,11 @@ writes them down and the next reads them back (``relaxlab list`` then starts wit
   corrupt the file. The newest :data:`MAX_ENTRIES` entries are kept.
 - ``RELAXLAB_NO_CACHE=1`` (any value but empty or ``0``) turns the cache off: nothing is read
   or written, every verdict is computed.
+- **Trust:** the file is untrusted input (its checksum detects torn and corrupt files, it
+  authenticates nothing: anyone who can write the file can recompute it). A soundness verdict is
+  used only after the reading process checked it (:func:`relaxlab.properties.check_soundness_cached`):
+  "sound" only if its own prover proves every part again, a counterexample only if it is one. So a
+  verdict written by a patched prover, or edited into the file, is recomputed, never believed.
 
 Values are JSON: ``None``, numbers, strings, tuples and instances of the attrs classes the
 caller names (a class is found by name among those only, never imported from the file).
@@ -102,12 +107,14 @@ def content_key(relaxation: ReluRelaxation) -> str | None:
 
 
 def remember(relaxation: ReluRelaxation, slot: str, compute: Callable[[ReluRelaxation], T],
-             types: Iterable[type]) -> T:
+             types: Iterable[type], verify: Callable[[ReluRelaxation, T], bool] | None = None) -> T:
     """``compute(relaxation)``, read from the cache when this spec's ``slot`` is there, else stored.
 
     :param slot: what is kept (``"soundness"``, ``"derive"``): one entry holds several.
     :param compute: the function whose result is cached; it runs exactly as uncached on a miss.
     :param types: the attrs classes a value may contain (others are not cached).
+    :param verify: what a value must pass to be used when read, and to be written: the file is
+        untrusted input, and a value that fails is recomputed (and the entry overwritten).
     """
     key = content_key(relaxation) if enabled() else None
     store = _store() if key is not None else None
@@ -115,10 +122,14 @@ def remember(relaxation: ReluRelaxation, slot: str, compute: Callable[[ReluRelax
         return compute(relaxation)
     classes = {cls.__name__: cls for cls in types}
     try:
-        return store.get(key, slot, classes)  # type: ignore[no-any-return]
+        found: T = store.get(key, slot, classes)
+        if verify is None or verify(relaxation, found):
+            return found
     except _Miss:
         pass
     value = compute(relaxation)
+    if verify is not None and not verify(relaxation, value):  # not what the genuine judge would write
+        return value
     try:
         encoded = encode(value, classes)
     except TypeError:  # something the cache cannot hold faithfully: keep it uncached

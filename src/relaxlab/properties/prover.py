@@ -4,48 +4,51 @@
 on ``[l, u]`` iff it lies below ``relu`` at ``x = l``, at ``x = 0`` (when ``l < 0 < u``) and at
 ``x = u``, and a sound upper bound iff it lies above at ``x = l`` and ``x = u`` (``relu`` is
 convex, the line is linear). For each stability case and side (a *part*) this is a statement
-about a region of ``(l, u)`` and the parameter ranges: with ``g`` the *gap* (``relu - line``
-for a lower line, ``line - relu`` for an upper one) at each of those points,
+about a region of ``(l, u)`` and the parameter ranges, made **as computed**: with ``a``, ``b`` the
+coefficients the library's evaluator computes in float32, and again in float64, and ``g`` the
+*gap* (``relu - line`` for a lower line, ``line - relu`` for an upper one) at each of those points,
 
-    ``g(l, u, θ) >= -TOLERANCE·(1 + |l| + |u|)``    for every ``(l, u)`` of the case, every ``θ``,
+    ``g(l, u, θ) >= -tol(l, u)``    for every ``(l, u)`` of the case, every ``θ``,
 
-the tolerance of :func:`~relaxlab.properties.soundness.find_counterexample` (the sampled
-check), so that a proved relaxation never fails the sampled one. With a transform the case
-and the lines are taken on the transformed bounds ``(l', u')`` while ``x`` ranges over the raw
-``[l, u]`` (as in the sampled check), and a separate part (``side="transform"``) proves that
-it widens: ``l' <= l + tol`` and ``u' >= u - tol``. Once it is proved, a line proved sound for
-every ``(l', u')`` of its case at every scale needs nothing more (``[l, u]`` lies inside
-``[l', u']``), so its part is the transform-free proof; only other lines are proved through the
-transform.
+with ``tol`` the line tolerance of the arithmetic (:mod:`relaxlab.core.rounding`: 256 units of
+roundoff relative to ``|l| + |u|``, plus a tiny absolute term). With a transform the case and the
+lines are taken on the transformed bounds ``(l', u')`` as computed while ``x`` ranges over the raw
+``[l, u]``, and a separate part (``side="transform"``) proves that it widens: ``l' <= l + tol`` and
+``u' >= u - tol``. Once that is proved, a line proved sound for every ``(l', u')`` of its case at
+every scale needs nothing more, so its part is the transform-free proof; only other lines are
+proved through the transform.
 
 **How.** Each gap is brought into an exact normal form (:mod:`relaxlab.core.rational`:
 rational functions, exact cancellation, switches resolved branch by branch, sigmoid and
-floor/ceil as bounded atoms), then enclosed over boxes (:mod:`relaxlab.core.interval`,
-outward rounding). A box is *done* when, for every critical point and every branch
-assignment consistent with it, the enclosure of the gap is ``>= -tol`` on it; or when a
-condition that holds on the part of the box that matters (the case, ``l <= u``, the branch
-taken) proves it: ``g - c·m >= -tol`` with ``m >= 0`` the condition's margin and a multiplier
-``c >= 0`` that eliminates a variable both are affine in (so the soft switch ``κ >= λ`` proves
-that its pivoting upper lines stay above the ReLU). ``l <= u`` is a domain fact: enclosures
-of multiples of ``u - l`` are clipped at 0, and boxes that meet the domain at most on the
-diagonal are skipped. Other boxes are split at the midpoint
-of the widest relevant side (relative to its range); boxes are taken alternately worst
-enclosure first and widest first. At every box left open, the centre is evaluated: if its
-(point) enclosure is a violation, the point is **re-verified** by float64 evaluation of the
-relaxation's own lines (the library's semantics) before it is reported.
+floor/ceil as bounded atoms; in a floating-point model every rounding is a factor ``1 + δ``,
+``|δ| <= unit``), first of the real values (what is not proved there is decided there, cheaply),
+then of the values as computed in each arithmetic, then enclosed over boxes
+(:mod:`relaxlab.core.interval`, outward rounding). A box is *done* when, for every critical
+point and every branch assignment consistent with it, the enclosure of the gap is ``>= -tol`` on
+it (where ``l`` and ``u`` keep their signs on the box, ``tol`` is written into the normal form, so
+that an error proportional to ``|l|`` is covered up to ``l = 0``); or when a condition that holds
+on the part of the box that matters (the case, ``l <= u``, the branch taken) proves it:
+``g - c·m >= -tol`` with ``m >= 0`` the condition's margin and a multiplier ``c >= 0`` that
+eliminates a variable both are affine in (so the soft switch ``κ >= λ`` proves that its pivoting
+upper lines stay above the ReLU). ``l <= u`` is a domain fact: enclosures of multiples of
+``u - l`` (a computed ``u - l`` included) are clipped at 0, and boxes that meet the domain at most
+on the diagonal are skipped. Other boxes are split at the midpoint of the widest relevant side
+(relative to its range); boxes are taken alternately worst enclosure first and widest first. At
+every box left open, the centre is evaluated (and, where only the rounding can tell, a point off
+the binary grid, in the arithmetic): a violation is **re-verified** by evaluating the
+relaxation's own lines in that arithmetic, the gap computed exactly, before it is reported.
 
 **Domain.** Where every gap is positively homogeneous of degree 1 in ``(l, u)`` (slopes of
-degree 0, offsets of degree 1, conditions whose sign does not change with scale: all
-built-ins but the LooseIBP ones), ``g(s·l, s·u) = s·g(l, u)`` and the tolerance condition at
-scale ``s`` reads ``g(l, u) >= -TOLERANCE·(1/s + |l| + |u|)``; proving
-``g >= -TOLERANCE·(|l| + |u|)`` on ``max(|l|, |u|) = 1`` (two segments: ``u = 1`` and
-``l = -1``) therefore proves every ``(l, u) != (0, 0)`` at every scale; the one point
-``l = u = 0`` is evaluated exactly by the callers (its float64 check). Otherwise the domain
-is ``|l|, |u| <= bound`` (default ``1e4``). Parameters range over their declared interval
-with unbounded ends clipped to ``±PARAM_CLIP`` (default ``1e3``), widened to contain the
-default and the current value. The statement is about the real-valued expressions
-(divisions as real quotients: points where a denominator is exactly 0 are outside it); their float64
-evaluation differs by rounding, which the tolerance absorbs.
+degree 0, offsets of degree 1, conditions whose sign does not change with scale: all built-ins
+but the LooseIBP ones), the gap scales with ``(l, u)``, in the reals and, outside underflow and
+overflow, in the rounding model (each relative error scales with its value); proving
+``g >= -relative·(|l| + |u|)`` on ``max(|l|, |u|) = 1`` (two segments: ``u = 1`` and ``l = -1``)
+therefore proves every ``(l, u) != (0, 0)`` at every scale; the one point ``l = u = 0`` is
+evaluated by the callers (the probe grid, in both arithmetics). Otherwise the domain is
+``|l|, |u| <= bound`` (default :data:`~relaxlab.core.scaling.BOUNDED_DOMAIN`, 1e8, beyond which
+the evaluator refuses to evaluate such lines). Parameters range over their declared interval with
+unbounded ends clipped to ``±PARAM_CLIP`` (default ``1e3``), widened to contain the default and the
+current value (the registry proves a setting beyond the clip when it is asked for).
 
 **Outcomes** per part: ``proved``; ``counterexample`` (re-verified, concrete point);
 ``undecided`` (box budget spent, or an expression without a normal form: never counted as
@@ -63,26 +66,10 @@ import math
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 
-import torch
 from attrs import evolve, frozen
 
 from relaxlab.core import interval as iv
-from relaxlab.core.expr import (
-    BOUND_VARIABLES,
-    MEMO,
-    Add,
-    Const,
-    Div,
-    Expr,
-    Ge,
-    Mul,
-    Named,
-    Param,
-    Sigmoid,
-    Step,
-    Switch,
-    Var,
-)
+from relaxlab.core.expr import BOUND_VARIABLES, Expr, Ge, Switch
 from relaxlab.core.interval import Bounds
 from relaxlab.core.rational import (
     L_INDEX,
@@ -93,20 +80,27 @@ from relaxlab.core.rational import (
     divide_exact,
     poly_add,
     poly_mul,
+    poly_scale,
     rational_constant,
     rational_variable,
     split_affine,
+    variable,
 )
-from relaxlab.core.relaxation import BoundsTransform, Line, ParamSpec, ReluRelaxation
+from relaxlab.core.relaxation import PARAM_CLIP, BoundsTransform, Line, ParamSpec, ReluRelaxation
+from relaxlab.core.rounding import ARITHMETICS, FLOAT64, Arithmetic
+from relaxlab.core.scaling import (
+    BOUNDED_DOMAIN,
+    homogeneity,
+    line_is_scale_invariant,
+    transform_is_scale_invariant,
+)
 from relaxlab.core.stability import Stability, classify
-from relaxlab.properties.soundness import TOLERANCE, Counterexample
+from relaxlab.properties.pointwise import Counterexample, find_counterexample, probe_pairs, sampled_check
 
 PROVED, COUNTEREXAMPLE, UNDECIDED, SAMPLED = "proved", "counterexample", "undecided", "sampled"
 OUTCOMES = (PROVED, COUNTEREXAMPLE, UNDECIDED, SAMPLED)
-#: ``|l|, |u| <= DEFAULT_BOUND`` where the lines are not scale invariant.
-DEFAULT_BOUND = 1e4
-#: Unbounded parameter ranges are clipped to ``[-PARAM_CLIP, PARAM_CLIP]``.
-PARAM_CLIP = 1e3
+#: ``|l|, |u| <= DEFAULT_BOUND`` where the lines are not scale invariant (the evaluator refuses bounds beyond it).
+DEFAULT_BOUND = BOUNDED_DOMAIN
 #: Boxes per part before giving up (``undecided``).
 DEFAULT_BUDGET = 3000
 #: More switch conditions than this in one part: ``undecided`` (2**n branch assignments).
@@ -114,7 +108,6 @@ MAX_CONDITIONS = 6
 #: A box whose widest relevant side is below this fraction of its range is not split further.
 _MIN_RELATIVE_WIDTH = 1e-12
 _ELIMINATIONS = 24
-_ANY = "any"  # the homogeneity of 0: every degree
 TRANSFORM_CASE = "all"
 
 
@@ -132,9 +125,8 @@ class ParamRange:
 
     @classmethod
     def of(cls, spec: ParamSpec, current: float, clip: float = PARAM_CLIP) -> ParamRange:
-        lo = spec.minimum if spec.minimum is not None else min(-clip, spec.default, current)
-        hi = spec.maximum if spec.maximum is not None else max(clip, spec.default, current, lo)
-        return cls(spec.name, float(lo), float(hi), spec.strict and spec.minimum is not None)
+        lo, hi = spec.proved_range(current, clip)
+        return cls(spec.name, lo, hi, spec.strict and spec.minimum is not None)
 
     def __str__(self) -> str:
         return f"{self.name} ∈ {'(' if self.open_lo else '['}{self.lo:g}, {self.hi:g}]"
@@ -186,56 +178,10 @@ class PartVerdict:
 # -- homogeneity --------------------------------------------------------------------------------------
 
 
-def homogeneity(expr: Expr) -> int | str | None:
-    """The degree ``k`` with ``e(s·l, s·u) = s**k·e(l, u)`` for all ``s > 0``; ``"any"`` for 0; ``None``.
-
-    Parameters do not scale. Conditions only need a sign that scaling keeps (a margin of any degree).
-    """
-    if isinstance(expr, Const):
-        return _ANY if expr.value == 0.0 else 0
-    if isinstance(expr, Param):
-        return 0
-    if isinstance(expr, Var):
-        return 1
-    if isinstance(expr, Named):
-        return homogeneity(expr.body)
-    if isinstance(expr, Add):
-        return _same(homogeneity(expr.left), homogeneity(expr.right))
-    if isinstance(expr, Mul):
-        a, b = homogeneity(expr.left), homogeneity(expr.right)
-        if a == _ANY or b == _ANY:
-            return _ANY
-        return None if a is None or b is None else int(a) + int(b)
-    if isinstance(expr, Div):
-        a, b = homogeneity(expr.numerator), homogeneity(expr.denominator)
-        if a is None or b is None or b == _ANY:
-            return None
-        return _ANY if a == _ANY else int(a) - int(b)
-    if isinstance(expr, (Sigmoid, Step)):
-        return 0 if homogeneity(expr.arg) in (0, _ANY) else None
-    if isinstance(expr, Ge):
-        return 0 if _same(homogeneity(expr.left), homogeneity(expr.right)) is not None else None
-    if isinstance(expr, Switch):
-        if homogeneity(expr.condition) is None:
-            return None
-        return _same(homogeneity(expr.then), homogeneity(expr.otherwise))
-    return None  # opaque
-
-
-def _same(a: int | str | None, b: int | str | None) -> int | str | None:
-    if a is None or b is None:
-        return None
-    if a == _ANY:
-        return b
-    if b == _ANY or a == b:
-        return a
-    return None
-
-
 def _scale_invariant(line: Line | None, transform: BoundsTransform | None) -> bool:
-    if transform is not None and not all(homogeneity(e) in (1, _ANY) for e in (transform.lower, transform.upper)):
+    if transform is not None and not transform_is_scale_invariant(transform.lower, transform.upper):
         return False
-    return line is None or (homogeneity(line.slope) in (0, _ANY) and homogeneity(line.offset) in (1, _ANY))
+    return line is None or line_is_scale_invariant(line.slope, line.offset)
 
 
 # -- obligations --------------------------------------------------------------------------------------
@@ -250,7 +196,7 @@ Elimination = tuple[tuple[tuple[Rational, int], ...], Rational, int]
 class _Obligation:
     """``gap >= -tol`` wherever all ``constraints`` hold; with the variable eliminations that may prove it."""
 
-    __slots__ = ("gap", "constraints", "deps", "x", "_found", "_source")
+    __slots__ = ("gap", "constraints", "deps", "x", "_found", "_source", "_tolerated")
 
     def __init__(self, gap: Rational, constraints: tuple[Constraint, ...], deps: frozenset[int], x: str) -> None:
         self.gap = gap
@@ -259,6 +205,18 @@ class _Obligation:
         self.x = x
         self._found: list[Elimination] = []
         self._source: Iterator[Elimination] | None = None
+        self._tolerated: dict[tuple[int, int, float], Rational] = {}
+
+    def tolerated(self, sign_l: int, sign_u: int, relative: float) -> Rational:
+        """``gap + relative·(|l| + |u|)`` where ``l`` and ``u`` have the given signs: the relative part
+        of the tolerance pointwise, so that an error of ``unit·|l|`` near ``l = 0`` is covered there
+        (the box-wise tolerance, taken at the box's smallest magnitudes, is 0 at a box touching 0)."""
+        key = (sign_l, sign_u, relative)
+        if key not in self._tolerated:
+            weight = Fraction(relative)
+            tol = poly_add(poly_scale(variable(L_INDEX), weight * sign_l), poly_scale(variable(U_INDEX), weight * sign_u))
+            self._tolerated[key] = self.gap + Rational(tol)
+        return self._tolerated[key]
 
     def eliminations(self) -> Iterator[Elimination]:
         """``(factors of c, g - c·m, constraint index)``, ``c = Π factor**power``, two levels deep.
@@ -354,19 +312,18 @@ def _assignments(conditions: Sequence[Ge]) -> Iterator[dict[Ge, bool]]:
         yield dict(zip(conditions, values, strict=True))
 
 
-def _margin(condition: Ge) -> Expr:
-    return condition.left - condition.right
-
-
 # -- faces: where the boxes live ------------------------------------------------------------------------
 
 
 class _Face:
-    """Boxes over the free variables of one chart of the domain, with the obligations there."""
+    """Boxes over the free variables of one chart of the domain, with the obligations there in one arithmetic."""
 
     def __init__(self, name: str, symbolic: Symbolic, root: list[Bounds], free: list[int],
                  obligations: list[_Obligation], width: Rational | None = None) -> None:
         self.name = name
+        #: The arithmetic whose values the obligations are about; their tolerance (float64's for the reals).
+        self.model: Arithmetic | None = symbolic.arithmetic
+        self.arithmetic: Arithmetic = symbolic.arithmetic or FLOAT64
         self.width = width  # u - l where it is not constant: boxes where it is < 0 are outside the domain
         self.symbolic = symbolic
         self.root = root
@@ -375,7 +332,10 @@ class _Face:
 
 
 def _faces(stability: Stability | None, side: str, line: Line | None, transform: BoundsTransform | None,
-           ranges: tuple[ParamRange, ...], scale_invariant: bool, bound: float) -> list[_Face]:
+           ranges: tuple[ParamRange, ...], scale_invariant: bool, bound: float,
+           models: Sequence[Arithmetic | None] = ARITHMETICS) -> list[_Face]:
+    """The charts of the domain, each with the obligations of the part for the values of each model
+    (an arithmetic: the values as computed in it; ``None``: the real values)."""
     params = [r.name for r in ranges]
     param_box = [(r.lo, r.hi) for r in ranges]
     if scale_invariant:  # max(|l|, |u|) = 1 with l <= u: the segments u = 1 and l = -1
@@ -392,15 +352,15 @@ def _faces(stability: Stability | None, side: str, line: Line | None, transform:
     if len(t_conditions) + len(line_conditions) > MAX_CONDITIONS:
         raise NotRational(f"{len(t_conditions) + len(line_conditions)} switch conditions (at most {MAX_CONDITIONS})")
     faces = []
-    for name, raw, root, free in charts:
+    for (name, raw, root, free), arithmetic in itertools.product(charts, models):
         width = raw["u"] - raw["l"]
         varying = width.is_polynomial() and bool(width.variables())
-        symbolic = Symbolic(params, nonnegative=[width.num] if varying else [])
+        symbolic = Symbolic(params, nonnegative=[width.num] if varying else [], arithmetic=arithmetic)
         domain_constraint: Constraint = (raw["u"] - raw["l"], True, False)  # l <= u
         obligations: dict[object, _Obligation] = {}
         for t_assignment in _assignments(t_conditions):
             constraints_t = [domain_constraint] + [
-                (symbolic.convert(_margin(c), raw, t_assignment), value, False) for c, value in t_assignment.items()]
+                (symbolic.convert_margin(c, raw, t_assignment), value, False) for c, value in t_assignment.items()]
             if transform is not None:
                 tl = symbolic.convert(transform.lower, raw, t_assignment)
                 tu = symbolic.convert(transform.upper, raw, t_assignment)
@@ -415,7 +375,7 @@ def _faces(stability: Stability | None, side: str, line: Line | None, transform:
             case_constraints = _case_constraints(stability, tl, tu)
             for assignment in _assignments(line_conditions):
                 constraints = constraints_t + case_constraints + [
-                    (symbolic.convert(_margin(c), bounds, assignment), value, False) for c, value in assignment.items()]
+                    (symbolic.convert_margin(c, bounds, assignment), value, False) for c, value in assignment.items()]
                 slope = symbolic.convert(line.slope, bounds, assignment)
                 offset = symbolic.convert(line.offset, bounds, assignment)
                 gaps = []
@@ -424,7 +384,7 @@ def _faces(stability: Stability | None, side: str, line: Line | None, transform:
                     gaps.append((label, relu - value if side == "lower" else value - relu, constraints + extra))
                 _add_obligations(obligations, symbolic, gaps)
         root_box = root + param_box
-        faces.append(_Face(name, symbolic, root_box, free + list(range(2, 2 + len(ranges))), list(obligations.values()),
+        faces.append(_Face(f"{name} in {arithmetic or 'the reals'}", symbolic, root_box, free + list(range(2, 2 + len(ranges))), list(obligations.values()),
                            width if varying else None))
     return faces
 
@@ -473,9 +433,11 @@ def _magnitude_lo(bounds: Bounds) -> float:
     return min(abs(lo), abs(hi))
 
 
-def _tolerance(box: Sequence[Bounds], scale_invariant: bool) -> float:
+def _tolerance(box: Sequence[Bounds], scale_invariant: bool, arithmetic: Arithmetic) -> float:
+    """The line tolerance at the box's point nearest ``(0, 0)``; on a chart (scale invariant)
+    without its absolute term, which does not scale (it only helps at scales above 1)."""
     magnitude = _magnitude_lo(box[L_INDEX]) + _magnitude_lo(box[U_INDEX])
-    tol = TOLERANCE * (magnitude if scale_invariant else 1.0 + magnitude)
+    tol = arithmetic.relative * magnitude + (0.0 if scale_invariant else arithmetic.absolute)
     return tol * (1.0 - 1e-9)  # the float product above may round up
 
 
@@ -535,13 +497,19 @@ def _holds_strictly(state: _BoxState, constraint: Constraint) -> bool:
     return hi < 0.0
 
 
-def _attempt(obligation: _Obligation, state: _BoxState, tol: float) -> float | None:
+def _attempt(obligation: _Obligation, state: _BoxState, tol: float, scale_invariant: bool) -> float | None:
     """``None`` when the obligation is proved on the box, else ``lower end of the gap + tol``."""
     if any(_infeasible(state, c) for c in obligation.constraints):
         return None
     lo = state.enclose(obligation.gap)[0]
     if lo >= -tol:
         return None
+    signs = _signs(state.box)
+    if not scale_invariant and signs is not None:
+        arithmetic = state.face.arithmetic
+        tolerated = obligation.tolerated(*signs, arithmetic.relative)
+        if state.enclose(tolerated)[0] >= -arithmetic.absolute * (1.0 - 1e-9):
+            return None
     if obligation.constraints:
         for factors, residual, _ in obligation.eliminations():
             c: Bounds = (1.0, 1.0)
@@ -553,6 +521,19 @@ def _attempt(obligation: _Obligation, state: _BoxState, tol: float) -> float | N
     return lo + tol
 
 
+def _signs(box: Sequence[Bounds]) -> tuple[int, int] | None:
+    """The signs of ``l`` and ``u`` on the box, where each is the same everywhere (0 counts as either)."""
+    signs = []
+    for lo, hi in box[:2]:
+        if lo >= 0.0:
+            signs.append(1)
+        elif hi <= 0.0:
+            signs.append(-1)
+        else:
+            return None
+    return signs[0], signs[1]
+
+
 @frozen
 class _Task:
     stability: Stability | None
@@ -562,46 +543,71 @@ class _Task:
     ranges: tuple[ParamRange, ...]
 
 
-def _verify(task: _Task, lower: float, upper: float, params: dict[str, float]) -> Counterexample | None:
-    """The violation at the concrete point ``(lower, upper, params)`` in float64, or ``None``."""
-    lb = torch.tensor([lower], dtype=torch.float64)
-    ub = torch.tensor([upper], dtype=torch.float64)
+def _verify(task: _Task, lower: float, upper: float, params: dict[str, float],
+            arithmetic: Arithmetic) -> Counterexample | None:
+    """The violation at the concrete point ``(lower, upper, params)`` as evaluated in ``arithmetic``, or ``None``.
+
+    The bounds are rounded to the arithmetic, the lines evaluated there as the library does,
+    and the gap between the line (its computed coefficients, as exact numbers) and the ReLU
+    compared exactly with the line tolerance.
+    """
+    import torch  # only to confirm a suspected violation: a proof makes no tensor
+
+    dtype = getattr(torch, arithmetic.name)
+    lb = torch.tensor([lower], dtype=torch.float64).to(dtype)
+    ub = torch.tensor([upper], dtype=torch.float64).to(dtype)
+    lower, upper = float(lb), float(ub)
     if not lower <= upper:
         return None
-    tol = TOLERANCE * (1.0 + abs(lower) + abs(upper))
-    env = {"l": lb, "u": ub, **params, MEMO: {}}
+    tol = arithmetic.exact_tolerance(Fraction(lower), Fraction(upper))
+    env = {"l": lb, "u": ub, **params}
     if task.transform is not None:
-        tl = _as_float(task.transform.lower.evaluate(env))
-        tu = _as_float(task.transform.upper.evaluate({**env, MEMO: {}}))
+        memo: dict[int, object] = {}
+        tl = _as_float(task.transform.lower.evaluate(env, memo), arithmetic)
+        tu = _as_float(task.transform.upper.evaluate(env, memo), arithmetic)
     else:
         tl, tu = lower, upper
     pairs = tuple(sorted(params.items()))
+    if not (math.isfinite(tl) and math.isfinite(tu)):
+        return None
     if task.stability is None:
-        if not (tl <= lower + tol and tu >= upper - tol):
-            return Counterexample("", TRANSFORM_CASE, "transform", lower, upper, math.nan, tl, tu, pairs)
+        if Fraction(tl) - Fraction(lower) > tol or Fraction(upper) - Fraction(tu) > tol:
+            return Counterexample("", TRANSFORM_CASE, "transform", lower, upper, math.nan, tl, tu, pairs,
+                                  arithmetic=arithmetic.name)
         return None
     assert task.line is not None
-    if not (math.isfinite(tl) and math.isfinite(tu)) or classify(tl, tu) is not task.stability:
+    if classify(tl, tu) is not task.stability:
         return None
-    line_env = {"l": torch.tensor([tl], dtype=torch.float64), "u": torch.tensor([tu], dtype=torch.float64),
-                **params, MEMO: {}}
-    slope, offset = (_as_float(v) for v in task.line.evaluate(line_env))
+    line_env = {"l": torch.tensor([tl], dtype=dtype), "u": torch.tensor([tu], dtype=dtype), **params}
+    slope, offset = (_as_float(v, arithmetic) for v in task.line.evaluate(line_env))
+    if not (math.isfinite(slope) and math.isfinite(offset)):
+        return Counterexample("", str(task.stability), task.side, lower, upper, lower, math.nan, max(lower, 0.0),
+                              pairs, arithmetic=arithmetic.name)
     for x in [lower, upper] + ([0.0] if lower < 0.0 < upper else []):
-        relu = max(x, 0.0)
-        value = _as_float(torch.tensor(slope, dtype=torch.float64) * x + offset)
+        relu = max(Fraction(x), Fraction(0))
+        value = Fraction(slope) * Fraction(x) + Fraction(offset)
         gap = value - relu if task.side == "lower" else relu - value
-        if not gap <= tol:  # NaN counts as a violation, as in find_counterexample
-            return Counterexample("", str(task.stability), task.side, lower, upper, x, value, relu, pairs)
+        if gap > tol:
+            return Counterexample("", str(task.stability), task.side, lower, upper, x, float(value), float(relu),
+                                  pairs, arithmetic=arithmetic.name)
     return None
 
 
-def _as_float(value: object) -> float:
-    return float(value.reshape(-1)[0]) if isinstance(value, torch.Tensor) else float(value)  # type: ignore[arg-type]
+def _as_float(value: object, arithmetic: Arithmetic) -> float:
+    """A computed coefficient as the tensor the evaluator returns holds it (numbers rounded to the arithmetic)."""
+    if hasattr(value, "reshape"):  # a tensor
+        return float(value.reshape(-1)[0])  # type: ignore[union-attr]
+    return arithmetic.round(float(value))  # type: ignore[arg-type]
+
+
+#: Box centres where only the rounding can tell (the enclosure there straddles the tolerance) that are
+#: evaluated in floating point, per part and face: a line that is wrong only as computed is found this way.
+_ROUNDING_TRIES = 64
 
 
 def _candidate(task: _Task, face: _Face, box: list[Bounds], obligations: Sequence[_Obligation],
-               scale_invariant: bool) -> Counterexample | None:
-    """Evaluate the box's centre; a violation there is re-verified in float64 before it is returned."""
+               scale_invariant: bool, tries: list[int]) -> Counterexample | None:
+    """Evaluate the box's centre; a violation there is re-verified in floating point before it is returned."""
     centre = list(box)
     for dim in face.free:
         lo, hi = box[dim]
@@ -611,22 +617,37 @@ def _candidate(task: _Task, face: _Face, box: list[Bounds], obligations: Sequenc
         centre[dim] = (mid, mid)
     state = _BoxState(face, centre)
     lower, upper = centre[L_INDEX][0], centre[U_INDEX][0]
-    magnitude = abs(lower) + abs(upper)
+    tol = _tolerance(centre, scale_invariant, face.arithmetic)
     params = {r.name: centre[2 + i][0] for i, r in enumerate(task.ranges)}
     for obligation in obligations:
         if not all(_holds_strictly(state, c) for c in obligation.constraints):
             continue
-        hi = state.enclose(obligation.gap)[1]
-        if not hi < -TOLERANCE * magnitude:
+        lo, hi = state.enclose(obligation.gap)
+        if lo >= -tol:
             continue
-        scales = [1.0]
-        if scale_invariant and hi >= -TOLERANCE * (1.0 + magnitude):
-            scales.append(min(4.0 * TOLERANCE / (-hi - TOLERANCE * magnitude), 1e15))
-        for s in scales:
-            found = _verify(task, lower * s, upper * s, params)
+        points = [(lower, upper, params)]
+        if hi >= -tol:  # whether it is violated depends on how the values round: only evaluating tells
+            if tries[0] <= 0:
+                continue
+            tries[0] -= 1
+            points.append(_off_centre(task, face, box))  # a centre is a short binary number: it may round exactly
+        # on a chart also at a larger power-of-two scale (exact), where the absolute tolerance is negligible
+        for (low, high, values), s, kind in itertools.product(
+                points, [1.0, 2.0**40] if scale_invariant else [1.0],
+                [face.model] if face.model is not None else ARITHMETICS[::-1]):
+            found = _verify(task, low * s, high * s, values, kind)
             if found is not None:
                 return found
     return None
+
+
+#: Where in a box :func:`_off_centre` looks: the golden section, far from every short binary fraction.
+_GOLDEN = 0.6180339887498949
+
+
+def _off_centre(task: _Task, face: _Face, box: list[Bounds]) -> tuple[float, float, dict[str, float]]:
+    point = [lo if dim not in face.free else lo + (hi - lo) * _GOLDEN for dim, (lo, hi) in enumerate(box)]
+    return point[L_INDEX], point[U_INDEX], {r.name: point[2 + i] for i, r in enumerate(task.ranges)}
 
 
 def _relevant(obligations: Sequence[_Obligation], state: _BoxState, scale_invariant: bool) -> set[int]:
@@ -639,7 +660,7 @@ def _relevant(obligations: Sequence[_Obligation], state: _BoxState, scale_invari
     symbolic = state.face.symbolic
     box = state.box
     largest = [(max(abs(b[0]), abs(b[1])), max(abs(b[0]), abs(b[1]))) for b in box[:2]]
-    tol_hi = _tolerance(largest, scale_invariant)
+    tol_hi = _tolerance(largest, scale_invariant, state.face.arithmetic)
     out: set[int] = set()
     for obligation in obligations:
         out |= symbolic.base_variables(obligation.gap.variables())
@@ -681,6 +702,7 @@ def _branch_and_bound(task: _Task, faces: list[_Face], scale_invariant: bool, bu
             heapq.heappush(worst, (-math.inf, key))
             widest.append(key)
     boxes = 0
+    tries = {id(face): [_ROUNDING_TRIES] for face in faces}
     stuck: str | None = None
     while items:
         if boxes >= budget:
@@ -695,17 +717,17 @@ def _branch_and_bound(task: _Task, faces: list[_Face], scale_invariant: bool, bu
             # at most the diagonal l = u meets the box, and every point of it is also in a
             # neighbouring box that reaches into l < u (the boxes tile the plane)
             continue
-        tol = _tolerance(box, scale_invariant)
+        tol = _tolerance(box, scale_invariant, face.arithmetic)
         still = []
         priority = math.inf
         for obligation in pending:
-            margin = _attempt(obligation, state, tol)
+            margin = _attempt(obligation, state, tol, scale_invariant)
             if margin is not None:
                 still.append(obligation)
                 priority = min(priority, margin)
         if not still:
             continue
-        found = _candidate(task, face, box, still, scale_invariant)
+        found = _candidate(task, face, box, still, scale_invariant, tries[id(face)])
         if found is not None:
             return PartVerdict(case, task.side, COUNTEREXAMPLE, domain, boxes, counterexample=found)
         relevant = _relevant(still, state, scale_invariant) & set(face.free)
@@ -768,11 +790,19 @@ def prove_part(stability: Stability | None, side: str, line: Line | None, transf
     scale_invariant = _scale_invariant(line, transform)
     domain = Domain(scale_invariant, bound, ranges)
     task = _Task(stability, side, line, transform, ranges)
-    try:
-        faces = _faces(stability, side, line, transform, ranges, scale_invariant, bound)
-    except NotRational as error:
-        return PartVerdict(case, side, UNDECIDED, domain, note=f"no normal form: {error}")
-    return _branch_and_bound(task, faces, scale_invariant, budget, domain)
+    # first the real values (smaller normal forms: what is not proved there is decided cheaply), then
+    # the values as computed in each arithmetic, which is what the verdict is about
+    boxes = 0
+    for models in ([None], ARITHMETICS):
+        try:
+            faces = _faces(stability, side, line, transform, ranges, scale_invariant, bound, models)
+        except NotRational as error:
+            return PartVerdict(case, side, UNDECIDED, domain, note=f"no normal form: {error}")
+        verdict = _branch_and_bound(task, faces, scale_invariant, budget, domain)
+        boxes += verdict.boxes
+        if verdict.outcome != PROVED:
+            break
+    return evolve(verdict, boxes=boxes)
 
 
 def parameter_ranges(params: Sequence[ParamSpec], values: dict[str, float], used: frozenset[str],
@@ -854,9 +884,19 @@ def prove_soundness(relaxation: ReluRelaxation, *, budget: int = DEFAULT_BUDGET,
     return _renamed(cached, relaxation.name)
 
 
-def _prove(relaxation: ReluRelaxation, budget: int, bound: float) -> SoundnessVerdict:
-    from relaxlab.properties.soundness import find_counterexample, probe_pairs, sampled_check
+def parts_proved(relaxation: ReluRelaxation) -> bool:
+    """Whether every part of ``relaxation`` is proved (the branch and bound of :func:`prove_soundness` with
+    its defaults, without the probe grid: no tensor is made unless a violation needs confirming).
 
+    What the verdict cache asks before it believes a cached "sound" (:mod:`relaxlab.properties.cache`).
+    """
+    if any(e.is_opaque() for e in relaxation.expressions()):
+        return False
+    return all(part.outcome == PROVED for part in _parts(relaxation, DEFAULT_BUDGET, DEFAULT_BOUND))
+
+
+def _parts(relaxation: ReluRelaxation, budget: int, bound: float) -> list[PartVerdict]:
+    """The verdict of every part: the transform's widening (if any), then each case and side."""
     values = relaxation.parameters
     transform = relaxation.transform
     t_exprs = [transform.lower, transform.upper] if transform is not None else []
@@ -879,6 +919,12 @@ def _prove(relaxation: ReluRelaxation, budget: int, bound: float) -> SoundnessVe
                 exprs = [*ln.expressions(), *t_exprs]
                 part = prove_part(stability, side, ln, transform, ranges(exprs), budget=budget, bound=bound)
             parts.append(part)
+    return parts
+
+
+def _prove(relaxation: ReluRelaxation, budget: int, bound: float) -> SoundnessVerdict:
+    values = relaxation.parameters
+    parts = _parts(relaxation, budget, bound)
     counterexample = None
     confirmed_parts = []
     for part in parts:
@@ -886,15 +932,15 @@ def _prove(relaxation: ReluRelaxation, budget: int, bound: float) -> SoundnessVe
             found = evolve(part.counterexample, relaxation=relaxation.name,
                            params=tuple(sorted({**values, **dict(part.counterexample.params)}.items())))
             setting = relaxation.with_params(**dict(found.params)) if relaxation.params else relaxation
-            if find_counterexample(setting, [found.lower], [found.upper]) is None:  # pragma: no cover - defensive
+            if find_counterexample(setting, [found.lower], [found.upper], found.arithmetic) is None:  # pragma: no cover
                 part = evolve(part, outcome=UNDECIDED, counterexample=None,
                               note=f"a violation at {found} was not confirmed by find_counterexample")
             else:
                 part = evolve(part, counterexample=found)
                 counterexample = counterexample or found
         confirmed_parts.append(part)
-    if counterexample is None:
-        counterexample = find_counterexample(relaxation, *probe_pairs(bound))
+    for kind in ARITHMETICS:  # the probe grid (l = u = 0, zero widths, where NaN would show) as computed
+        counterexample = counterexample or find_counterexample(relaxation, *probe_pairs(bound), kind.name)
     if counterexample is None and any(p.outcome == SAMPLED for p in confirmed_parts):
         counterexample = sampled_check(relaxation, max_magnitude=bound)
     return SoundnessVerdict(relaxation.name, tuple(confirmed_parts), counterexample)
@@ -930,4 +976,4 @@ def _renamed(verdict: SoundnessVerdict, name: str) -> SoundnessVerdict:
 
 __all__ = ["PROVED", "COUNTEREXAMPLE", "UNDECIDED", "SAMPLED", "OUTCOMES", "DEFAULT_BOUND", "DEFAULT_BUDGET",
            "PARAM_CLIP", "Domain", "ParamRange", "PartVerdict", "SoundnessVerdict", "homogeneity", "parameter_ranges",
-           "prove_part", "prove_soundness"]
+           "parts_proved", "prove_part", "prove_soundness"]

@@ -71,21 +71,7 @@ import sympy
 import torch
 from attrs import frozen
 
-from relaxlab.core.expr import (
-    Add,
-    Const,
-    Div,
-    Expr,
-    Ge,
-    Mul,
-    Named,
-    Opaque,
-    Param,
-    Sigmoid,
-    Step,
-    Switch,
-    Var,
-)
+from relaxlab.core import expr as ex
 from relaxlab.core.relaxation import ReluRelaxation
 from relaxlab.core.relaxer import check_relaxer
 from relaxlab.core.stability import Stability
@@ -256,53 +242,87 @@ class OpaqueRelaxationError(ValueError):
 _L, _U = sympy.symbols("l u")
 
 
-def _pieces(expr: Expr) -> Iterator[Expr]:
+class _Pieces(ex.Interpretation[list[ex.Expr]]):
+    """The expression on every piece of the domain: switches expanded into both branches.
+
+    A floor/ceil or a condition stays as it is (constant on each piece, :class:`_Sympy` makes it a symbol).
+    """
+
+    def _itself(self, node: ex.Expr) -> list[ex.Expr]:
+        return [node]
+
+    const = var = param = step = ge = opaque = _itself  # type: ignore[assignment]
+
+    def _binary(self, node: ex.Add | ex.Mul | ex.Div) -> list[ex.Expr]:
+        left, right = node.children()
+        return [type(node)(a, b) for a, b in itertools.product(self(left), self(right))]
+
+    add = mul = div = _binary  # type: ignore[assignment]
+
+    def sigmoid(self, node: ex.Sigmoid) -> list[ex.Expr]:
+        return [ex.Sigmoid(a) for a in self(node.arg)]
+
+    def switch(self, node: ex.Switch) -> list[ex.Expr]:
+        return self(node.then) + self(node.otherwise)
+
+    def named(self, node: ex.Named) -> list[ex.Expr]:
+        return self(node.body)
+
+
+def _pieces(expr: ex.Expr) -> Iterator[ex.Expr]:
     """The expression on every piece of the domain: switches expanded into both branches."""
-    if isinstance(expr, Switch):
-        yield from _pieces(expr.then)
-        yield from _pieces(expr.otherwise)
-        return
-    if isinstance(expr, Named):
-        yield from _pieces(expr.body)
-        return
-    if isinstance(expr, (Add, Mul, Div)):
-        left, right = expr.children()
-        for a, b in itertools.product(list(_pieces(left)), list(_pieces(right))):
-            yield type(expr)(a, b)
-        return
-    if isinstance(expr, Sigmoid):
-        for a in _pieces(expr.arg):
-            yield Sigmoid(a)
-        return
-    yield expr
+    yield from _Pieces()(expr)
 
 
-def _to_sympy(expr: Expr, steps: list[sympy.Symbol]) -> sympy.Expr:
-    """``expr`` (switch-free) as a sympy expression in ``l``, ``u``; floors become constants."""
-    if isinstance(expr, Const):
-        return sympy.nsimplify(expr.value, rational=True)
-    if isinstance(expr, Var):
-        return _L if expr.name == "l" else _U
-    if isinstance(expr, Param):
-        return sympy.Symbol(f"param_{expr.name}", positive=True)
-    if isinstance(expr, Add):
-        return _to_sympy(expr.left, steps) + _to_sympy(expr.right, steps)
-    if isinstance(expr, Mul):
-        return _to_sympy(expr.left, steps) * _to_sympy(expr.right, steps)
-    if isinstance(expr, Div):
-        return _to_sympy(expr.numerator, steps) / _to_sympy(expr.denominator, steps)
-    if isinstance(expr, Named):
-        return _to_sympy(expr.body, steps)
-    if isinstance(expr, Sigmoid):
-        return 1 / (1 + sympy.exp(-_to_sympy(expr.arg, steps)))
-    if isinstance(expr, (Step, Ge)):
+class _Sympy(ex.Interpretation[sympy.Expr]):
+    """A switch-free expression as a sympy expression in ``l``, ``u``; floors and conditions become
+    symbols (constant on each piece), appended to ``steps``."""
+
+    def __init__(self, steps: list[sympy.Symbol]) -> None:
+        self.steps = steps
+
+    def const(self, node: ex.Const) -> sympy.Expr:
+        return sympy.nsimplify(node.value, rational=True)
+
+    def var(self, node: ex.Var) -> sympy.Expr:
+        return _L if node.name == "l" else _U
+
+    def param(self, node: ex.Param) -> sympy.Expr:
+        return sympy.Symbol(f"param_{node.name}", positive=True)
+
+    def add(self, node: ex.Add) -> sympy.Expr:
+        return self(node.left) + self(node.right)
+
+    def mul(self, node: ex.Mul) -> sympy.Expr:
+        return self(node.left) * self(node.right)
+
+    def div(self, node: ex.Div) -> sympy.Expr:
+        return self(node.numerator) / self(node.denominator)
+
+    def named(self, node: ex.Named) -> sympy.Expr:
+        return self(node.body)
+
+    def sigmoid(self, node: ex.Sigmoid) -> sympy.Expr:
+        return 1 / (1 + sympy.exp(-self(node.arg)))
+
+    def _piece_constant(self, node: ex.Expr) -> sympy.Expr:
         # Constant on each piece of the domain (a floor/ceil between two jumps; a 0/1 test).
-        symbol = sympy.Symbol(f"piece_{len(steps)}")
-        steps.append(symbol)
+        symbol = sympy.Symbol(f"piece_{len(self.steps)}")
+        self.steps.append(symbol)
         return symbol
-    if isinstance(expr, Opaque):
-        raise OpaqueRelaxationError(f"opaque coefficient {expr.name!r}")
-    raise TypeError(f"unknown expression node {type(expr).__name__}")
+
+    step = ge = _piece_constant  # type: ignore[assignment]
+
+    def switch(self, node: ex.Switch) -> sympy.Expr:
+        raise TypeError("switches are expanded into pieces before they become sympy expressions")
+
+    def opaque(self, node: ex.Opaque) -> sympy.Expr:
+        raise OpaqueRelaxationError(f"opaque coefficient {node.name!r}")
+
+
+def _to_sympy(expr: ex.Expr, steps: list[sympy.Symbol]) -> sympy.Expr:
+    """``expr`` (switch-free) as a sympy expression in ``l``, ``u``; floors become constants."""
+    return _Sympy(steps)(expr)
 
 
 @frozen
@@ -326,7 +346,7 @@ class RationalShape:
 
 
 @functools.lru_cache(maxsize=4096)
-def rational_shape(expr: Expr) -> RationalShape:
+def rational_shape(expr: ex.Expr) -> RationalShape:
     """The exact degrees of one switch-free coefficient (see :class:`RationalShape`)."""
     steps: list[sympy.Symbol] = []
     value = sympy.cancel(sympy.together(_to_sympy(expr, steps)))
@@ -346,7 +366,7 @@ def rational_shape(expr: Expr) -> RationalShape:
     )
 
 
-def coefficient_class(expr: Expr, bounds: DegreeClass) -> DegreeClass:
+def coefficient_class(expr: ex.Expr, bounds: DegreeClass) -> DegreeClass:
     """The class of a coefficient ``f(l, u)`` when ``l, u`` are in ``bounds`` (worst piece).
 
     :raises OpaqueRelaxationError: the expression contains an opaque callable.

@@ -1,184 +1,36 @@
 """Soundness of a relaxation: proved over the whole domain, exact per point, sampled only for opaque lines.
 
-For one pair ``(l, u)`` the check is exact: ``relu(x) - line(x)`` is piecewise
-linear in ``x`` with its only kink at 0, so its extremes on ``[l, u]`` are at
-``l``, ``u`` or ``0``. A relaxation is unsound when some line is on the wrong
-side of the ReLU at one of those points, beyond a tolerance of
-``TOLERANCE·(1 + |l| + |u|)`` (float64 evaluation). A widening transform must
-really widen (``l' <= l``, ``u' >= u``), or interval intermediate bounds would
-not contain the ReLU's range.
-
 :func:`check_soundness` (what the registry, ``relaxlab check`` and discovery use) runs the
 prover of :mod:`relaxlab.properties.prover` (:func:`prove_soundness` gives its full
 verdict): every stability case and side proved by interval branch and bound over all
-``(l, u)`` and every parameter value in range, counterexamples re-verified exactly; a part
-it cannot decide is refused, never passed. Lines with opaque callables cannot be proved
-and fall back to :func:`sampled_check`: the exact check on a deterministic grid of hard
-pairs (exact zeros, widths near 1e-7, magnitudes up to 1e4) at the extremes of every
-parameter; :mod:`relaxlab.testing` adds Hypothesis search.
+``(l, u)`` and every parameter value in range, for the coefficients as computed in float32 and
+float64, counterexamples re-verified exactly; a part it cannot decide is refused, never passed.
+Lines with opaque callables cannot be proved and fall back to :func:`sampled_check`.
+
+The exact check of given pairs (:func:`find_counterexample`), its :class:`Counterexample`, the probe
+grid and the sampled check live in :mod:`relaxlab.properties.pointwise` and are public here too.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
-from attrs import frozen
+from relaxlab.core.relaxation import ReluRelaxation
+from relaxlab.core.scaling import BOUNDED_DOMAIN
+from relaxlab.properties import prover
+from relaxlab.properties.pointwise import (
+    Counterexample,
+    Undecided,
+    find_counterexample,
+    parameter_probes,
+    parameter_settings,
+    probe_pairs,
+    sampled_check,
+)
+from relaxlab.properties.prover import SoundnessVerdict
 
-from relaxlab.core.relaxation import ParamSpec, ReluRelaxation
-from relaxlab.core.stability import classify
-
-if TYPE_CHECKING:  # torch loads with the first check, not with the verdict classes
-    import torch
-
-    from relaxlab.properties.prover import SoundnessVerdict
-
-#: Relative tolerance of the exact check (float64).
-TOLERANCE = 1e-9
-
-
-@frozen
-class Counterexample:
-    """A concrete point where a relaxation's line is on the wrong side of the ReLU."""
-
-    relaxation: str
-    case: str
-    side: str  # "lower", "upper" or "transform"
-    lower: float
-    upper: float
-    x: float
-    line_value: float
-    relu_value: float
-    params: tuple[tuple[str, float], ...] = ()
-
-    def __str__(self) -> str:
-        where = f"case {self.case}, l={self.lower!r}, u={self.upper!r}"
-        if self.params:
-            where += ", " + ", ".join(f"{k}={v!r}" for k, v in self.params)
-        if self.side == "transform":
-            return f"{where}: the transform narrows the bounds to [{self.line_value!r}, {self.relu_value!r}]"
-        op = ">" if self.side == "lower" else "<"
-        return f"{where}, x={self.x!r}: {self.side} line {self.line_value!r} {op} relu(x) = {self.relu_value!r}"
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "relaxation": self.relaxation, "case": self.case, "side": self.side, "l": self.lower, "u": self.upper,
-            "x": self.x, "line_value": self.line_value, "relu_value": self.relu_value, "params": dict(self.params),
-        }
-
-
-@frozen
-class Undecided(Counterexample):
-    """A refusal without a point: the prover could not decide one part (``side`` is ``"undecided"``).
-
-    :param line: the side of the part left open (``"lower"``, ``"upper"`` or ``"transform"``).
-    :param detail: why (budget spent, the open box; or no normal form).
-    """
-
-    line: str = ""
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return f"case {self.case}, {self.line} line: soundness not proved (undecided: {self.detail})"
-
-
-def find_counterexample(
-    relaxation: ReluRelaxation, lower: Sequence[float] | torch.Tensor, upper: Sequence[float] | torch.Tensor
-) -> Counterexample | None:
-    """The first violation over the given pairs ``(l, u)`` (``l <= u``), or ``None``. Exact per pair."""
-    import torch
-
-    lb = torch.as_tensor(lower, dtype=torch.float64).reshape(-1)
-    ub = torch.as_tensor(upper, dtype=torch.float64).reshape(-1)
-    if bool((lb > ub).any()):
-        raise ValueError("find_counterexample needs l <= u for every pair")
-    tol = TOLERANCE * (1.0 + lb.abs() + ub.abs())
-    params = tuple(sorted(relaxation.parameters.items()))
-    tl, tu = relaxation.transform_bounds(lb, ub)
-    narrowed = (tl > lb + tol) | (tu < ub - tol)
-    if bool(narrowed.any()):
-        i = int(narrowed.nonzero()[0, 0])
-        return Counterexample(relaxation.name, str(classify(float(tl[i]), float(tu[i]))), "transform",
-                              float(lb[i]), float(ub[i]), float("nan"), float(tl[i]), float(tu[i]), params)
-    ls, lo, us, uo = relaxation.coefficients(lb, ub).tensors
-    zero = torch.zeros_like(lb)
-    points = (lb, ub, torch.where((lb < 0) & (ub > 0), zero, lb))
-    for x in points:
-        relu = x.clamp_min(0)
-        for side, value in (("lower", ls * x + lo), ("upper", us * x + uo)):
-            gap = value - relu if side == "lower" else relu - value
-            violated = ~(gap <= tol)  # NaN counts as a violation
-            if bool(violated.any()):
-                i = int(violated.nonzero()[0, 0])
-                return Counterexample(
-                    relaxation.name, str(classify(float(tl[i]), float(tu[i]))), side, float(lb[i]), float(ub[i]),
-                    float(x[i]), float(value[i]), float(relu[i]), params,
-                )
-    return None
-
-
-def probe_pairs(max_magnitude: float = 1e4) -> tuple[torch.Tensor, torch.Tensor]:
-    """A deterministic grid of hard ``(l, u)`` pairs covering all three cases.
-
-    Exact zeros on either side, widths near 1e-7, magnitudes from 1e-7 to ``max_magnitude``,
-    and pairs straddling 0 very unevenly (where ``λ`` is near 0 or 1).
-    """
-    import torch
-
-    magnitudes = [1e-7, 1e-4, 0.01, 0.3, 1.0, 2.0, 7.5, 100.0, max_magnitude]
-    values = sorted({0.0, *magnitudes, *(-m for m in magnitudes)})
-    pairs = [(a, b) for a, b in itertools.product(values, values) if a <= b]
-    for centre in (-max_magnitude, -1.0, -1e-7, 0.0, 1e-7, 1.0, max_magnitude):
-        for width in (1e-7, 2e-7):
-            pairs.append((centre - width / 2, centre + width / 2))
-            pairs.append((centre, centre + width))
-            pairs.append((centre - width, centre))
-    lower, upper = zip(*pairs, strict=True)
-    return torch.tensor(lower, dtype=torch.float64), torch.tensor(upper, dtype=torch.float64)
-
-
-def parameter_probes(spec: ParamSpec) -> list[float]:
-    """Default, extremes and a few magnitudes of one parameter, all admissible."""
-    low = spec.minimum if spec.minimum is not None else -1e3
-    candidates = [spec.default, 1e-3, 0.1, 1.0, 10.0, 1e3]
-    if spec.minimum is not None:
-        candidates.append(spec.minimum if not spec.strict else spec.minimum + 1e-6)
-    if spec.maximum is not None:
-        candidates.append(spec.maximum)
-    admissible = []
-    for value in candidates:
-        if spec.minimum is not None and (value < low or (spec.strict and value <= low)):
-            continue
-        if spec.maximum is not None and value > spec.maximum:
-            continue
-        admissible.append(float(value))
-    return sorted(set(admissible))
-
-
-def parameter_settings(relaxation: ReluRelaxation) -> Iterable[ReluRelaxation]:
-    """The relaxation at its current values and at every combination of parameter probes."""
-    yield relaxation
-    if not relaxation.params:
-        return
-    names = [p.name for p in relaxation.params]
-    for combination in itertools.product(*(parameter_probes(p) for p in relaxation.params)):
-        yield relaxation.with_params(**dict(zip(names, combination, strict=True)))
-
-
-def sampled_check(relaxation: ReluRelaxation, *, max_magnitude: float = 1e4) -> Counterexample | None:
-    """The sampled check: exact on the probe grid, at every parameter probe; the first violation or ``None``.
-
-    Only as good as its samples (a violation confined to a window of ``u`` or of a parameter
-    between probes passes); :func:`check_soundness` uses it only for opaque lines.
-    """
-    lower, upper = probe_pairs(max_magnitude)
-    for setting in parameter_settings(relaxation):
-        found = find_counterexample(setting, lower, upper)
-        if found is not None:
-            return found
-    return None
+__all__ = ["Counterexample", "Undecided", "SoundnessVerdict", "check_soundness", "find_counterexample",
+           "parameter_probes", "parameter_settings", "probe_pairs", "prove_soundness", "sampled_check"]
 
 
 def prove_soundness(relaxation: ReluRelaxation, *, budget: int | None = None,
@@ -186,15 +38,14 @@ def prove_soundness(relaxation: ReluRelaxation, *, budget: int | None = None,
     """The prover's full verdict (:func:`relaxlab.properties.prover.prove_soundness`).
 
     :param budget: boxes per part before a part is ``undecided`` (default: the prover's).
-    :param bound: ``|l|, |u|`` domain where the lines are not scale invariant (default ``1e4``).
+    :param bound: ``|l|, |u|`` domain where the lines are not scale invariant (default
+        :data:`~relaxlab.core.scaling.BOUNDED_DOMAIN`, where the evaluator allows them).
     """
-    from relaxlab.properties import prover
-
     return prover.prove_soundness(relaxation, budget=budget if budget is not None else prover.DEFAULT_BUDGET,
                                   bound=bound if bound is not None else prover.DEFAULT_BOUND)
 
 
-def check_soundness(relaxation: ReluRelaxation, *, max_magnitude: float = 1e4) -> Counterexample | None:
+def check_soundness(relaxation: ReluRelaxation, *, max_magnitude: float = BOUNDED_DOMAIN) -> Counterexample | None:
     """``None`` when ``relaxation`` is proved sound (or, for opaque lines, passes sampling); else why not.
 
     Runs :func:`prove_soundness` over ``|l|, |u| <= max_magnitude`` (all scales where the lines

@@ -18,10 +18,18 @@ from relaxlab.testing.strategies import parameter_values, preactivation_bounds
 
 
 def find_unsound_example(relaxation: ReluRelaxation, max_examples: int = 300) -> Counterexample | None:
-    """A counterexample found by the grid or by Hypothesis, or ``None``."""
+    """A counterexample found by the prover (:func:`check_soundness`) or by Hypothesis, or ``None``."""
     found = check_soundness(relaxation)
     if found is not None:
         return found
+    return search_unsound_example(relaxation, max_examples=max_examples)
+
+
+def search_unsound_example(relaxation: ReluRelaxation, max_examples: int = 300) -> Counterexample | None:
+    """A counterexample Hypothesis finds among ``max_examples`` random parameter values and ``(l, u)`` pairs.
+
+    Sampling only: ``None`` says nothing was found, not that the relaxation is sound.
+    """
     failures: list[Counterexample] = []
 
     @settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,

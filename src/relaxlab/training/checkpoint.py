@@ -11,6 +11,7 @@ never leaves a truncated checkpoint under the real name.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -126,6 +127,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         detail = next((ln.strip() for ln in str(error).splitlines() if "GLOBAL" in ln), "")
+        detail = detail or _code_it_names(path)
         if detail:  # a pickle that names a Python callable: malicious or foreign, never loaded
             raise CheckpointError(
                 f"{path} was refused as unsafe: it holds Python objects that loading would have to run"
@@ -157,6 +159,49 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}; it is incomplete")
     return payload
+
+
+#: Pickle opcodes that import a Python object by name (to be called or built when the file loads).
+_IMPORTING = {"GLOBAL", "STACK_GLOBAL", "INST"}
+#: What a plain torch checkpoint names: its tensor rebuilders and the containers they fill.
+_PLAIN = ("torch.", "collections.OrderedDict", "_codecs.encode")
+
+
+def _code_it_names(path: Path) -> str:
+    """The first Python object the pickle in ``path`` would import that a plain checkpoint does not (``""``
+    when none): read with :mod:`pickletools`, which lists opcodes and runs nothing.
+
+    Torch's safe loader stops at the first opcode it does not support (protocol 0 and 4 pickles stop
+    before naming any import), so a file it refuses is looked at here before it is called corrupt.
+    """
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(member) if member is not None else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return ""
+    strings: list[str] = []
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):  # a legacy torch file is several pickles in a row
+        try:
+            for opcode, arg, _ in pickletools.genops(stream):
+                if isinstance(arg, str):
+                    strings.append(arg)
+                name = ""
+                if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                    name = arg.replace(" ", ".")
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    name = f"{strings[-2]}.{strings[-1]}"
+                if opcode.name in _IMPORTING and not name.startswith(_PLAIN):
+                    return f"it imports {name or 'a Python object'}"
+        except (ValueError, EOFError, pickle.UnpicklingError, UnicodeDecodeError):
+            return ""  # not (or no longer) a pickle: corrupt, not unsafe
+    return ""
 
 
 def build_model(payload: dict[str, Any], source: str = "checkpoint") -> nn.Sequential:

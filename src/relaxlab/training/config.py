@@ -21,11 +21,13 @@ import attrs
 from relaxlab.api import get_registry, get_relaxation
 from relaxlab.engine.box import check_eps
 from relaxlab.engine.fusion import check_fusable
+from relaxlab.training.augment import AUGMENTATIONS
 
 if TYPE_CHECKING:
     from relaxlab.architectures import Architecture
     from relaxlab.core.relaxation import ReluRelaxation
     from relaxlab.data.datasets import Dataset
+    from relaxlab.objectives import Objective
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,13 +58,33 @@ def _radius(name: str) -> Any:
 
 
 def _non_negative(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{attribute.name} must be a finite number >= 0, got {value}")
     if value < 0:
         raise ConfigError(f"{attribute.name} must be >= 0, got {value}")
 
 
 def _positive(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, float) and not math.isfinite(value):  # nan <= 0 is false: say it
+        raise ConfigError(f"{attribute.name} must be a finite number > 0, got {value}")
     if value <= 0:
         raise ConfigError(f"{attribute.name} must be > 0, got {value}")
+
+
+#: The seeds torch accepts (``torch.manual_seed``).
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _seed(_instance: Any, _attribute: Any, value: int) -> None:
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise ConfigError(f"seed must be an integer in [-2**63, 2**64 - 1] (what torch can seed with), got {value}")
+
+
+def _milestones(_instance: Any, _attribute: Any, value: tuple[int, ...]) -> None:
+    if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in value):
+        raise ConfigError(
+            f"lr_milestones must be epochs, integers >= 0 (the epoch at which the new rate starts), got {list(value)}"
+        )
 
 
 def _validation_size(_instance: Any, _attribute: Any, value: int | float) -> None:
@@ -99,6 +121,10 @@ class TrainConfig:
     :param method: ``certified`` (train with ``relaxation``), ``crown-ibp`` (the CROWN-IBP defense:
         CROWN-IBP (R) and IBP losses mixed with beta ramped 1 -> 0 over the ramp-up), or ``natural``.
     :param relaxation: relaxation for ``certified`` training.
+    :param objective: what ``certified`` training minimises, a registered objective with optional
+        parameters (:mod:`relaxlab.objectives`): ``kappa-mix`` (the paper's loss, the default),
+        ``CROWN-IBP``, ``SABR(lambda=0.6)``, ``MTL-IBP(alpha=0.5)``, ``CC-IBP``, ``EXP-IBP``, or a
+        plugin's. ``method = "crown-ibp"`` is the ``CROWN-IBP`` objective with CROWN-IBP (R).
     :param epochs: total epochs.
     :param warmup_epochs: N_w, natural training epochs at the start (kappa = kappa_start, eps = 0).
     :param rampup_epochs: N_r, epochs over which eps rises linearly (per step) from ``eps_start`` to
@@ -134,6 +160,9 @@ class TrainConfig:
         step's gradient is the mean of the gradients at this many perturbed weights
         ``theta + smoothing_sigma * eps_i`` (:mod:`relaxlab.training.smoothing`); 0: off.
     :param smoothing_sigma: the perturbations' standard deviation (> 0 when smoothing is on, 0 when off).
+    :param augment: data augmentation of training batches: ``none`` or ``flip-crop`` (CTBench's CIFAR
+        augmentation: random horizontal flip, random crop from the image edge-padded by 2 pixels;
+        :mod:`relaxlab.training.augment`), drawn per step from a generator seeded by ``(seed, step)``.
     :param loss_fusion: bound the robust cross-entropy directly with one backsubstituted row per
         example instead of one per class (:mod:`relaxlab.engine.fusion`); needs ``elision`` and
         relaxations whose intermediate bounds are intervals.
@@ -145,6 +174,7 @@ class TrainConfig:
     architecture: str = "CONV"
     method: str = attrs.field(default="certified", validator=_one_of(METHODS))
     relaxation: str = "IBP"
+    objective: str = "kappa-mix"
     epochs: int = attrs.field(default=10, validator=_positive)
     warmup_epochs: int = attrs.field(default=0, validator=_non_negative)
     rampup_epochs: int = attrs.field(default=0, validator=_non_negative)
@@ -156,13 +186,13 @@ class TrainConfig:
     elision: bool = True
     lr: float = attrs.field(default=5e-4, validator=_positive)
     lr_schedule: str = attrs.field(default="constant", validator=_one_of(LR_SCHEDULES))
-    lr_milestones: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    lr_milestones: tuple[int, ...] = attrs.field(default=(), converter=tuple, validator=_milestones)
     lr_step_every: int = attrs.field(default=20, validator=_positive)
     lr_factor: float | None = None
     l1: float = attrs.field(default=0.0, validator=_non_negative)
     batch_size: int = attrs.field(default=100, validator=_positive)
     eval_batch_size: int = attrs.field(default=200, validator=_positive)
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=_seed)
     grad_clip: float = attrs.field(default=0.0, validator=_non_negative)
     validation: int | float = attrs.field(default=0, converter=_no_zero_float, validator=_validation_size)
     train_subset: int = attrs.field(default=0, validator=_non_negative)
@@ -173,6 +203,7 @@ class TrainConfig:
     smoothing_samples: int = attrs.field(default=0, validator=_non_negative)
     smoothing_sigma: float = attrs.field(default=0.0, validator=_non_negative)
     loss_fusion: bool = False
+    augment: str = attrs.field(default="none", validator=_one_of(AUGMENTATIONS))
 
     def __attrs_post_init__(self) -> None:
         if self.eps_start > self.eps_train:
@@ -190,6 +221,12 @@ class TrainConfig:
         if self.loss_fusion and self.method == "natural":
             raise ConfigError("loss_fusion bounds the robust loss, which method = 'natural' does not have; "
                               "choose method 'certified' or 'crown-ibp', or set loss_fusion = false")
+        if self.objective != OFF_BY_DEFAULT["objective"] and self.method != "certified":
+            raise ConfigError(
+                f"objective {self.objective!r} needs method = 'certified' (method {self.method!r} "
+                + ("has no robust loss" if self.method == "natural" else "is the CROWN-IBP objective already")
+                + "); set method = 'certified' or leave objective out"
+            )
         if self.loss_fusion and not self.elision:
             raise ConfigError("loss_fusion folds its one row per example into the last layer, as elision does; "
                               "set elision = true or loss_fusion = false")
@@ -219,6 +256,17 @@ class TrainConfig:
         return (self.relaxation,)
 
     @property
+    def objective_label(self) -> str:
+        """The objective as reports show it (``SABR(lambda=0.6)`` as the registry spells it), ``CROWN-IBP``
+        for the defense, ``-`` for natural training."""
+        if self.method != "certified":
+            return {"natural": "-", "crown-ibp": "CROWN-IBP"}[self.method]
+        try:
+            return get_registry().objectives.get(self.objective).label
+        except (LookupError, ValueError):  # not installed here: as the config spells it
+            return self.objective
+
+    @property
     def label(self) -> str:
         """Row label in reports: the relaxation, ``CROWN-IBP`` for the defense, ``natural``."""
         return {"natural": "natural", "crown-ibp": "CROWN-IBP"}.get(self.method, self.relaxation)
@@ -244,7 +292,8 @@ class TrainConfig:
 #: Options added after runs were recorded, with their "off" value. A config that leaves them off
 #: writes no such key, so its JSON (checkpoints) and its sweep run id stay what they were before
 #: the option existed; reading fills in the default.
-OFF_BY_DEFAULT: dict[str, Any] = {"smoothing_samples": 0, "smoothing_sigma": 0.0, "loss_fusion": False}
+OFF_BY_DEFAULT: dict[str, Any] = {"smoothing_samples": 0, "smoothing_sigma": 0.0, "loss_fusion": False,
+                                   "objective": "kappa-mix", "augment": "none"}
 
 
 def valid_keys() -> list[str]:
@@ -310,9 +359,14 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     :raises ConfigError: the file is missing or not valid TOML.
     """
     try:
-        return tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
     except FileNotFoundError as error:
         raise ConfigError(f"{what} {path} does not exist") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {error.start}: {error.reason}); "
+                          "save it as UTF-8, as TOML requires") from error
+    except OSError as error:
+        raise ConfigError(f"{what} {path} cannot be read: {error.strerror or error}") from error
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{what} {path} is not valid TOML: {error}") from error
 
@@ -345,24 +399,36 @@ class Resolved:
     dataset: Dataset
     architecture: Architecture
     relaxations: tuple[ReluRelaxation, ...]
+    objective: Objective | None = None
 
 
 def validate_names(config: TrainConfig) -> Resolved:
-    """The registry's dataset, architecture and relaxations for the config's names.
+    """The registry's dataset, architecture, relaxations and objective for the config's names.
 
-    :raises ConfigError: an unknown (close names suggested) or unsound name; a relaxation that loss
-        fusion does not take (:func:`relaxlab.engine.fusion.check_fusable`) when it is on.
+    :raises ConfigError: an unknown (close names suggested) or unsound name; an objective parameter
+        it does not have or out of its range; a relaxation that loss fusion does not take
+        (:func:`relaxlab.engine.fusion.check_fusable`) when it is on, or an objective whose
+        certified term is not the ε-box cross-entropy fusion bounds.
     """
     registry = get_registry()
     try:
+        objective = None
+        if config.method != "natural":
+            objective = registry.objectives.get("CROWN-IBP" if config.method == "crown-ibp" else config.objective)
         resolved = Resolved(
             dataset=registry.datasets[config.dataset],
             architecture=registry.architectures[config.architecture],
             relaxations=tuple(get_relaxation(name) for name in config.train_relaxations),
+            objective=objective,
         )
         if config.loss_fusion:
             for relaxation in resolved.relaxations:
                 check_fusable(relaxation)
+            if objective is not None and not objective.fusable:
+                raise ValueError(
+                    f"loss_fusion bounds the cross-entropy over the ε-box, which objective {objective.label!r} does "
+                    "not use (it bounds other boxes or combines margins); set loss_fusion = false"
+                )
     except (LookupError, ValueError) as error:
         raise ConfigError(str(error)) from error
     return resolved

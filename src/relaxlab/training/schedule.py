@@ -9,6 +9,8 @@ scheduler state.
 
 from __future__ import annotations
 
+import hashlib
+
 import attrs
 
 from relaxlab.training.config import TrainConfig
@@ -66,3 +68,18 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
         factor = 0.5 if config.lr_factor is None else config.lr_factor
         return config.lr * factor ** (epoch // config.lr_step_every)
     return config.lr
+
+
+def step_seed(purpose: str, seed: int, step: int) -> int:
+    """The seed of the random draws for ``purpose`` at global step ``step`` of a run seeded ``seed``.
+
+    A hash, so that the draws are unrelated to the other streams of the same seed (initialisation,
+    data order, the other purposes) and to neighbouring steps; a resumed run draws what an
+    uninterrupted one draws with nothing in the checkpoint. Purposes: ``"loss smoothing"``
+    (:mod:`relaxlab.training.smoothing`), ``"attack starts"`` (the objectives' PGD),
+    ``"augmentation"`` (:mod:`relaxlab.training.augment`).
+
+    :return: a non-negative 63-bit integer.
+    """
+    digest = hashlib.sha256(f"relaxlab {purpose}: seed {seed}, step {step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)

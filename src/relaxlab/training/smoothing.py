@@ -27,24 +27,21 @@ applies ``g`` at the unperturbed weights ``theta`` (gradient clipping and Adam a
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+from relaxlab.training.schedule import step_seed
 
 #: ``loss_fn() -> (loss, parts)``: the loss at the model's current weights and its parts as floats.
 LossFn = Callable[[], tuple[Tensor, dict[str, float]]]
 
 
 def noise_seed(seed: int, step: int) -> int:
-    """The seed of the smoothing noise of global step ``step`` of a run seeded ``seed``.
-
-    A hash, so that the noise is unrelated to the streams the same seed drives elsewhere
-    (initialisation, data order) and to the noise of neighbouring steps.
-    """
-    digest = hashlib.sha256(f"relaxlab loss smoothing: seed {seed}, step {step}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    """The seed of the smoothing noise of global step ``step`` of a run seeded ``seed``
+    (:func:`relaxlab.training.schedule.step_seed`)."""
+    return step_seed("loss smoothing", seed, step)
 
 
 def noise_generator(seed: int, step: int) -> torch.Generator:

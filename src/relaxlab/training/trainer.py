@@ -3,7 +3,9 @@
 :func:`train` runs a :class:`~relaxlab.training.config.TrainConfig`: it seeds torch, builds the
 architecture, iterates over the training data in an order drawn from a seeded
 ``torch.Generator``, and minimises ``kappa * CE(natural) + (1 - kappa) * CE(worst case) + l1 |W|``
-with Adam under the warm-up / ramp-up schedule (optionally with the gradient of the loss smoothed
+with Adam under the warm-up / ramp-up schedule, or another training objective
+(:mod:`relaxlab.objectives`: SABR, MTL-IBP, ...; their attacks start from points drawn from a
+generator seeded per step, so a resumed run attacks as an uninterrupted one) (optionally with the gradient of the loss smoothed
 in weight space, :mod:`relaxlab.training.smoothing`, and the robust term fused,
 :mod:`relaxlab.engine.fusion`). After every epoch it writes an atomic checkpoint
 (model, optimizer, both RNG states, history), logs the epoch's metrics to the results store, and
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 from relaxlab.api import get_relaxation
 from relaxlab.evaluation.certify import certify
 from relaxlab.store import Store, environment
+from relaxlab.training.augment import flip_crop
 from relaxlab.training.checkpoint import (
     CheckpointError,
     build_model,
@@ -34,12 +37,13 @@ from relaxlab.training.checkpoint import (
 )
 from relaxlab.training.config import ConfigError, TrainConfig, from_dict, valid_keys, validate_names
 from relaxlab.training.loss import training_loss
-from relaxlab.training.schedule import ScheduleValues, learning_rate, schedule_at
+from relaxlab.training.schedule import ScheduleValues, learning_rate, schedule_at, step_seed
 from relaxlab.training.smoothing import noise_generator, smoothed_backward, update_running_stats
 
 if TYPE_CHECKING:
     from relaxlab.architectures import Architecture
     from relaxlab.data.datasets import Dataset
+    from relaxlab.objectives import Objective
 
 #: ``callback(step=, model=, batch=(x, y), eps=, relaxation=, store=, run_id=)``, called after each step.
 Callback = Callable[..., None]
@@ -210,9 +214,9 @@ def train(
     device = _default_device() if device is None else torch.device(device)
     state = _start(config, resolved.architecture, data.dataset, payload, checkpoint_path, device)
     if store is not None:
-        state.run_id = _open_run(store, state, config, device)
-    loop = _Loop(config=config, data=data, relaxations=resolved.relaxations, callbacks=tuple(callbacks),
-                 store=store)
+        state.run_id = _open_run(store, state, config, device, out_dir)
+    loop = _Loop(config=config, data=data, relaxations=resolved.relaxations, objective=resolved.objective,
+                 callbacks=tuple(callbacks), store=store)
     finished = True
     try:
         last = config.epochs if stop_after is None else max(min(stop_after, config.epochs), state.epoch)
@@ -290,15 +294,20 @@ def _start(
     return state
 
 
-def _open_run(store: Store, state: _State, config: TrainConfig, device: torch.device) -> int:
-    """The run's id in the store: the interrupted run reopened, or a new one with the history so far."""
+def _open_run(store: Store, state: _State, config: TrainConfig, device: torch.device, out_dir: Path) -> int:
+    """The run's id in the store: the interrupted run reopened, or a new one with the history so far.
+
+    The record's config is the run's, plus ``run_dir``: where its checkpoint is (reports tell
+    runs of one config apart by it, and match them to the certifications of that checkpoint).
+    """
     if state.run_id is not None and any(r.id == state.run_id for r in store.runs(kind="train")):
-        store.reopen_run(state.run_id)
+        store.reopen_run(state.run_id, config=config.to_dict())  # refused when the id is another run here
         # metrics are logged at global step indices; drop what the interrupted run logged after
         # its last checkpoint (the resumed run logs it again, identically)
         store.delete_metrics_from(state.run_id, state.step)
         return state.run_id
-    run_id = store.create_run("train", config.to_dict(), name=config.name, env=environment(str(device)))
+    run_id = store.create_run("train", {**config.to_dict(), "run_dir": str(out_dir)}, name=config.name,
+                              env=environment(str(device)))
     for metrics in state.history:
         store.log_metrics(run_id, int(metrics["step"]), metrics)
     return run_id
@@ -311,6 +320,7 @@ class _Loop:
     config: TrainConfig
     data: Data
     relaxations: tuple[Any, ...]
+    objective: Objective | None
     callbacks: tuple[Callback, ...]
     store: Store | None
 
@@ -333,6 +343,8 @@ class _Loop:
         for b in range(batches):
             index = order[b * config.batch_size : (b + 1) * config.batch_size]
             x, y = data.train_x[index].to(device), data.train_y[index].to(device)
+            if config.augment == "flip-crop":
+                x = flip_crop(x, torch.Generator().manual_seed(step_seed("augmentation", config.seed, state.step)))
             values = schedule_at(config, state.step, batches)
             parts = self._step(state, x, y, values, epoch)
             for key, value in parts.items():
@@ -353,12 +365,13 @@ class _Loop:
 
     def _step(self, state: _State, x: Tensor, y: Tensor, values: ScheduleValues, epoch: int) -> dict[str, float]:
         config = self.config
+        starts = torch.Generator().manual_seed(step_seed("attack starts", config.seed, state.step))
 
         def loss_fn() -> tuple[Tensor, dict[str, float]]:
             loss, parts = training_loss(
                 state.model, x, y, eps=values.eps, kappa=values.kappa, beta=values.beta,
                 relaxations=self.relaxations, num_classes=self.data.dataset.num_classes, elision=config.elision,
-                l1=config.l1, fusion=config.loss_fusion,
+                l1=config.l1, fusion=config.loss_fusion, objective=self.objective, generator=starts,
             )
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -410,6 +423,7 @@ def evaluate(
     """Test accuracy and certified robustness at ``eps_test`` with the first training relaxation.
 
     (PGD is left to :mod:`relaxlab.evaluation.certify`; natural training is certified with IBP.)
+    ``test_n`` is the number of test images behind them.
 
     :param progress: called with the number of test images done after each batch.
     """
@@ -427,7 +441,7 @@ def evaluate(
         progress=progress,
     )[0]
     model.train(was_training)
-    return {"test_accuracy": result.accuracy, "test_certified": result.certified}
+    return {"test_accuracy": result.accuracy, "test_certified": result.certified, "test_n": float(result.n)}
 
 
 def _format_epoch(config: TrainConfig, metrics: dict[str, float]) -> str:

@@ -220,3 +220,23 @@ def test_inputs_that_are_not_real_points_are_refused_by_name(
     result = CliRunner().invoke(cli, ["bounds", "--model", str(path), "--input", str(tmp_path / "x.npy"), "--eps", "0.1",
                                       "-r", "IBP"])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_bounds_takes_lists_and_selectors_as_every_r_does(onnx_model: tuple[nn.Sequential, Path],
+                                                           tmp_path: Path) -> None:
+    """`bounds --help` says -r takes a comma list and 'paper': it does, one result per relaxation."""
+    model, path = onnx_model
+    x = np.random.default_rng(1).random((1, 4))
+    np.save(tmp_path / "x.npy", x)
+    args = ["bounds", "--model", str(path), "--input", str(tmp_path / "x.npy"), "--eps", "0.05"]
+    result = CliRunner().invoke(cli, [*args, "-r", "paper", "--spec", "margins", "--json"])
+    assert result.exit_code == 0, result.output
+    payloads = json.loads(result.output)
+    assert [p["relaxation"] for p in payloads] == ["IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)"]
+    for payload in payloads:
+        label = payload["examples"][0]["label"]
+        C = margin_spec(torch.tensor([label]), 3, dtype=torch.float64)
+        lb, _ = compute_bounds(model.double(), torch.tensor(x), 0.05, payload["relaxation"], C=C)
+        np.testing.assert_allclose(payload["examples"][0]["lower"], lb[0].detach().numpy(), atol=1e-6)
+    table = CliRunner().invoke(cli, [*args, "-r", "IBP,CROWN", "--spec", "margins"])
+    assert table.exit_code == 0 and "certified: " in table.output and " with CROWN " in table.output

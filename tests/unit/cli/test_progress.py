@@ -54,7 +54,7 @@ def test_status_lines_count_up_to_the_total_and_end_with_100_percent() -> None:
 
 def test_status_lines_are_rate_limited_to_every_tenth_when_the_interval_is_long() -> None:
     stream = io.StringIO()
-    with Progress("work", 1000, stream=stream, tty=False, every=3600) as progress:
+    with Progress("work", 1000, stream=stream, tty=False, every=3600, first=0) as progress:
         for _ in range(1000):
             progress.update()
     done = [int(m["done"]) for m in _status(stream.getvalue(), "work")]
@@ -67,7 +67,7 @@ def test_quiet_prints_nothing_and_a_failure_gets_no_closing_line() -> None:
         progress.update(3)
         progress.write("a note")
     assert stream.getvalue() == ""
-    with pytest.raises(KeyError), Progress("work", 3, stream=stream, tty=False, every=3600) as progress:
+    with pytest.raises(KeyError), Progress("work", 3, stream=stream, tty=False, every=3600, first=0) as progress:
         progress.update(1)  # 1/3 crosses a tenth: one line
         raise KeyError
     assert len(stream.getvalue().splitlines()) == 1  # 1/3 crossed a tenth; no closing line after the error
@@ -83,17 +83,38 @@ def test_a_terminal_gets_a_tqdm_bar_with_an_eta() -> None:
     assert "between" in text
 
 
-def test_unknown_totals_and_phases() -> None:
+def test_unknown_totals_and_phases(monkeypatch: pytest.MonkeyPatch) -> None:
     stream = io.StringIO()
     with Progress("scan", None, stream=stream, tty=False, every=0, unit="file") as progress:
         progress.update(2)
     assert stream.getvalue().splitlines()[-1] == "scan: 2 file done, 0 s"
+    monkeypatch.setenv(EVERY_VARIABLE, "0")  # a line after every update, however fast the work
     stream = io.StringIO()
     with Phases(prefix="x: ", stream=stream) as phases:
         phases.start("a", 1)(1)
         phases.start("b", 2)(2)
     descs = [line.split(":")[1].strip() for line in stream.getvalue().splitlines()]
     assert descs[0] == "a" and descs[-1] == "b"
+
+
+def test_work_faster_than_the_first_line_prints_nothing() -> None:
+    """Ten quick phases (discover's) print no "0 s, ETA 0 s" lines: under FIRST_LINE_AFTER seconds, nothing."""
+    stream = io.StringIO()
+    with Phases(prefix="discover: ", stream=stream) as phases:
+        for name in "abcdefghij":
+            step = phases.start(name, 10)
+            for _ in range(10):
+                step(1)
+    assert stream.getvalue() == ""
+
+
+def test_fractions_of_a_unit_count_and_read_as_decimals() -> None:
+    stream = io.StringIO()
+    with Progress("sweep: runs", 2, stream=stream, tty=False, every=0) as progress:
+        progress.update(0.25)
+        progress.update(0.75)
+    assert stream.getvalue().splitlines()[:2] == ["sweep: runs: 0.2/2 (12%), 0 s, ETA 0 s",
+                                                   "sweep: runs: 1/2 (50%), 0 s, ETA 0 s"]
 
 
 def test_durations_read_as_words() -> None:
@@ -145,7 +166,7 @@ def test_tightness_reports_radii(checkpoint: Path, tmp_path: Path) -> None:
 
 def test_landscape_reports_curves(checkpoint: Path, tmp_path: Path) -> None:
     args = ["landscape", str(checkpoint), "-r", "IBP,hBox", "--eps", "0.05", "--points", "5",
-            "--out", str(tmp_path / "l.png")]
+            "--plot", str(tmp_path / "l.png")]
     loud = _invoke(args)
     assert loud.exit_code == 0, loud.stderr
     assert [m["done"] for m in _status(loud.stderr, "landscape")] == ["1", "2"]
@@ -153,11 +174,11 @@ def test_landscape_reports_curves(checkpoint: Path, tmp_path: Path) -> None:
 
 
 def test_check_reports_relaxations() -> None:
-    loud = _invoke(["check", "IBP", "hBox", "--examples", "5"])
+    loud = _invoke(["check", "-r", "IBP", "-r", "hBox"])
     assert loud.exit_code == 0, loud.stderr
     assert [m["done"] for m in _status(loud.stderr, "check")] == ["1", "2"]
     assert "check:" not in loud.stdout
-    assert _invoke(["check", "IBP", "--examples", "5", "--quiet"]).stderr == ""
+    assert _invoke(["check", "-r", "IBP", "--quiet"]).stderr == ""
 
 
 def test_discover_reports_results() -> None:
@@ -192,5 +213,26 @@ def test_sweep_reports_runs(tmp_path: Path) -> None:
     loud = _invoke([*args, str(tmp_path / "out")])
     assert loud.exit_code == 0, (loud.stdout, loud.stderr)
     assert [m["done"] for m in _status(loud.stderr, "sweep: runs")] == ["1"]
+    within = [line for line in loud.stderr.splitlines() if line.startswith("sweep: runs: 0.")]
+    assert within, loud.stderr  # the bar moved while the run trained, before it finished
     quiet = _invoke([*args, str(tmp_path / "out2"), "--quiet"])
     assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_a_worker_reports_its_share_through_a_file(tmp_path: Path) -> None:
+    """Ray workers write the share of their training steps done; the driver reads it (a sweep's bar moves)."""
+    from relaxlab.experiments.runs import progress_file, read_progress, step_shares
+
+    path = tmp_path / "run" / "progress"
+    assert read_progress(path) is None
+    phase = step_shares(progress_file(path, every=0))
+    assert phase is not None
+    step = phase("cli-ibp", 4)
+    step(1)
+    assert read_progress(path) == 0.25
+    step(3)
+    assert read_progress(path) == 1.0
+    phase("cli-ibp final certification", 100)(100)  # certification is not training: the share stays
+    assert read_progress(path) == 1.0
+    path.write_text("junk")
+    assert read_progress(path) is None

@@ -72,7 +72,7 @@ def test_each_commands_help_starts_without_torch() -> None:
     assert not [m for m in modules if m.split(".")[0] in HEAVY]
 
 
-@pytest.mark.parametrize("invocation", [["list"], ["list", "--json"], ["show", "CROWN"]])
+@pytest.mark.parametrize("invocation", [["list"], ["list", "--json"], ["show", "-r", "CROWN"]])
 def test_a_warm_cache_answers_without_torch(invocation: list[str]) -> None:
     """With the verdict cache warm (the first run fills it), the registry and ``list``/``show`` need no
     prover, no derivation and no tensor. The suite's cache directory is a fresh one (tests/conftest.py)."""

@@ -26,8 +26,8 @@ def mnist_dir(tmp_path: Path, embedded_test: tuple[torch.Tensor, torch.Tensor]) 
 
 
 def test_table10_certifies_prints_and_shows(mnist_dir: Path, released_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "table10.json"
-    args = ["table10", "--out", str(out), "--n", "200", "--net", "mnist_FC_box", "--net", "mnist_CONV_zono",
+    out = tmp_path / "table10.json"  # the record's name in --out
+    args = ["table10", "--out", str(tmp_path), "--n", "200", "--net", "mnist_FC_box", "--net", "mnist_CONV_zono",
             "-r", "IBP", "--networks", str(released_dir), "--data-dir", str(mnist_dir), "--threads", "1", "-q"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
@@ -38,7 +38,8 @@ def test_table10_certifies_prints_and_shows(mnist_dir: Path, released_dir: Path,
     assert "on the first 200 MNIST test images" in result.output and box in result.output
     assert "2 cells recorded in" in result.output
 
-    shown = CliRunner().invoke(cli, ["table10", "--out", str(out), "--n", "200", "-r", "IBP,DeepZ", "--show"])
+    shown = CliRunner().invoke(cli, ["table10", "--out", str(tmp_path), "--n", "200", "-r", "IBP,DeepZ", "--show",
+                                     "--wide"])
     assert shown.exit_code == 0, shown.output
     rows = [line.split() for line in shown.output.splitlines() if line.startswith(("FC ", "CONV "))]
     assert len(rows) == 12
@@ -56,19 +57,20 @@ def test_table10_certifies_prints_and_shows(mnist_dir: Path, released_dir: Path,
     ],
 )
 def test_bad_input_is_one_line_with_status_2(args: list[str], message: str, tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["table10", "--out", str(tmp_path / "t.json"), "--show", *args])
+    result = CliRunner().invoke(cli, ["table10", "--out", str(tmp_path), "--show", *args])
     assert result.exit_code == 2 and message in result.output, result.output
     assert "Traceback" not in result.output
 
 
 def test_a_file_that_is_no_record_or_missing_networks_are_refused(mnist_dir: Path, tmp_path: Path) -> None:
-    other = tmp_path / "other.json"
-    other.write_text(json.dumps({"format": "something else"}))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "table10.json").write_text(json.dumps({"format": "something else"}))
     result = CliRunner().invoke(cli, ["table10", "--out", str(other), "--show"])
     assert result.exit_code == 2 and "not a relaxlab Table 10 record" in result.output
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = CliRunner().invoke(cli, ["table10", "--out", str(tmp_path / "t.json"), "--networks", str(empty),
+    result = CliRunner().invoke(cli, ["table10", "--out", str(tmp_path), "--networks", str(empty),
                                       "--data-dir", str(mnist_dir), "--n", "100", "-q"])
     assert result.exit_code == 2 and "the paper's released networks are not in" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1

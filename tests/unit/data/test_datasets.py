@@ -191,3 +191,28 @@ def test_a_failed_download_says_what_to_do(tmp_path: Path, monkeypatch: pytest.M
     assert not list((tmp_path / "fashion-mnist").iterdir())  # no partial file left behind
     with pytest.raises(DownloadError, match="no download source for dataset 'mnist-mini'"):
         download("mnist-mini", tmp_path)
+
+
+def test_the_first_n_images_and_counts_that_are_not_counts(tmp_path: Path) -> None:
+    dataset = relaxlab.get_registry().datasets["mnist-mini"]
+    x, y = dataset.load("test")
+    first, labels = dataset.load("test", n=7)
+    assert torch.equal(first, x[:7]) and torch.equal(labels, y[:7])
+    assert dataset.load("test", n=0)[0].shape == x.shape  # 0: all, as --n 0 and [certify] n = 0
+    for bad in (-5, True, 2.5):
+        with pytest.raises(ValueError, match="n must be a count of images"):
+            dataset.load("test", n=bad)  # type: ignore[arg-type]
+
+
+def test_datasets_are_probed_only_in_documented_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where relaxlab looks for files is configurable ($RELAXLAB_DATA first) and documented: no
+    machine-specific temporary directory."""
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "training.md").read_text()
+    for dataset in BUILTIN_DATASETS:
+        for directory in dataset.default_dirs:
+            assert not directory.startswith(("/tmp", "/var/tmp")), (dataset.name, directory)
+            assert f"`{directory}`" in docs, (dataset.name, directory)
+    _write_mnist_dir(tmp_path / "data" / "mnist")
+    monkeypatch.setenv("RELAXLAB_DATA", str(tmp_path / "data"))
+    x, _ = relaxlab.get_registry().datasets["mnist"].load("train")
+    assert x.shape == (12, 1, 28, 28)

@@ -57,7 +57,9 @@ def test_a_plugin_candidate_line_changes_the_enumeration(example_registry) -> No
         assert "x/2" not in tokens[(stability, "upper")]
     base, new = dict(baseline.stages), dict(found.stages)
     assert new["all combinations"] > base["all combinations"]
-    assert new["sound, distinct lines"] == base["sound, distinct lines"] // (5 * 4 * 5) * (6 * 5 * 6)  # one more lower line per case
+    # one more lower line per case (5, 4 and 4 distinct ones without it: the chord's lines are not sound in
+    # the positive case as computed, near its pole l = u)
+    assert new["sound, distinct lines"] == base["sound, distinct lines"] // (5 * 4 * 4) * (6 * 5 * 5)
     # the plugin's own relaxation (x/2 <= y <= chord for unstable ReLUs) is rediscovered from its line
     status = {r.name: r for r in found.rediscovered}["example-Half-Slope"]
     assert status.status in ("kept", "dominated")

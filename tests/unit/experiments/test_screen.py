@@ -12,7 +12,7 @@ from typing import Any
 import matplotlib.image
 import pytest
 
-from relaxlab.api import get_registry
+from relaxlab.api import extended_registry, get_registry
 from relaxlab.experiments.executors import InProcessExecutor
 from relaxlab.experiments.runs import RunTask, execute_run
 from relaxlab.experiments.screen import (
@@ -87,9 +87,13 @@ def test_candidates_resolve_in_order_with_lines_flags_and_the_natural_run(screen
     assert dict(screen.natural.params) == {"relaxation": "natural", "seed": 0}
     assert all(r.config.method == "certified" and r.certifiers == (r.config.relaxation,)
                for r in screen.sweep.runs[:-1])
-    # the generated relaxation is registered here and travels with every task (for Ray workers)
-    assert GENERATED in get_registry().relaxations
+    # the generated relaxation travels with every task (for Ray workers) and is known by name only
+    # where it is used: the process's registry is left as it was (issue 26: no hidden state)
+    assert GENERATED not in get_registry().relaxations
     assert [r.name for r in screen.sweep.relaxations] == [GENERATED]
+    with extended_registry(screen.sweep.relaxations, source="test"):
+        assert get_registry().relaxations.get(GENERATED).spec_key() == screen.sweep.relaxations[0].spec_key()
+    assert GENERATED not in get_registry().relaxations
 
 
 def test_table_has_every_column_and_aggregates_the_stores_records(screened: Any) -> None:
@@ -161,7 +165,7 @@ def test_a_fresh_registry_gets_the_generated_relaxation_from_the_task(screened: 
                        pgd=False, run_dir=str(tmp_path / "run"), relaxations=screen.sweep.relaxations)
         outcome = execute_run(task)
         assert outcome.status == "done", outcome.error
-        assert GENERATED in get_registry().relaxations
+        assert GENERATED not in get_registry().relaxations  # known during the run only
     finally:
         get_registry(refresh=True)
 
@@ -181,6 +185,8 @@ def test_a_fresh_registry_gets_the_generated_relaxation_from_the_task(screened: 
         ({**BASE, "candidates": {}}, "[candidates] selects nothing: set discovered = true"),
         ({**BASE, "candidates": {"families": ["swich"]}}, "[candidates] families: unknown family 'swich'"),
         ({**BASE, "candidates": {"names": ["CROWM"]}}, "unknown relaxation 'CROWM'"),
+        ({**BASE, "candidates": {"names": 3}}, "[candidates] names must be a list of names"),
+        ({**BASE, "candidates": {"names": ["IBP", ""]}}, "[candidates] names must be a list of names"),
         ({**BASE, "candidates": {"names": ["IBP"], "exclude": ["CROWN"]}},
          "[candidates] exclude: 'CROWN' is not among the candidates"),
     ],

@@ -10,6 +10,7 @@ import relaxlab
 from relaxlab.core.expr import Const, L, Opaque, Param, U, ge, switch
 from relaxlab.core.lines import CHORD, EXACT_NEGATIVE, EXACT_POSITIVE, KAPPA, LAMBDA, UPPER, ZERO
 from relaxlab.core.relaxation import BoundsTransform, CaseBounds, Line, ParamSpec, ReluRelaxation, line
+from relaxlab.core.rounding import arithmetic
 from relaxlab.core.stability import Stability
 from relaxlab.discovery.catalog import check_line
 from relaxlab.properties import prover
@@ -45,17 +46,19 @@ def _relaxation(name: str, unstable: CaseBounds, **kwargs: object) -> ReluRelaxa
 
 
 def _confirm(relaxation: ReluRelaxation, found: object) -> None:
-    """The reported point violates when evaluated independently (float64, the relaxation's own lines)."""
+    """The reported point violates when evaluated independently (the relaxation's own lines, in the
+    arithmetic the counterexample names), by more than the line tolerance of that arithmetic."""
     assert found is not None and not isinstance(found, Undecided)
     setting = relaxation.with_params(**dict(found.params)) if relaxation.params else relaxation
-    assert find_counterexample(setting, [found.lower], [found.upper]) is not None
-    lb = torch.tensor([found.lower], dtype=torch.float64)
-    ub = torch.tensor([found.upper], dtype=torch.float64)
+    assert find_counterexample(setting, [found.lower], [found.upper], found.arithmetic) is not None
+    dtype = getattr(torch, found.arithmetic)
+    lb = torch.tensor([found.lower], dtype=dtype)
+    ub = torch.tensor([found.upper], dtype=dtype)
     ls, lo, us, uo = (float(v) for v in setting.coefficients(lb, ub).tensors)
     slope, offset = (ls, lo) if found.side == "lower" else (us, uo)
     value = slope * found.x + offset
     gap = value - max(found.x, 0.0) if found.side == "lower" else max(found.x, 0.0) - value
-    assert found.lower <= found.x <= found.upper and gap > 1e-9 * (1 + abs(found.lower) + abs(found.upper))
+    assert found.lower <= found.x <= found.upper and gap > arithmetic(found.arithmetic).tolerance(found.lower, found.upper)
 
 
 @pytest.mark.parametrize("relaxation", BUILTINS, ids=[r.name for r in BUILTINS])
@@ -160,8 +163,10 @@ def test_lines_sound_at_every_scale_are_proved_on_any_widening() -> None:
 def test_a_line_sound_only_on_the_widened_bounds_is_proved_through_the_transform() -> None:
     omega = Param("omega")
     loose = relaxlab.get_relaxation("LooseIBP-C")
-    # y >= l' + ω is y >= l on [l - ω, u + ω]: sound there, and unsound for ω > 0 without the widening
-    relaxation = _relaxation("lower l plus omega", CaseBounds(line(0.0, L + omega), UPPER),
+    # y >= l' + ω/2 is y >= l - ω/2 on [l - ω, u + ω]: sound there, and unsound for ω > 0 without the
+    # widening (y >= l' + ω itself, y >= l in the reals, is not sound as computed: in float32 l - ω + ω
+    # can exceed l, by 1.9e-8 at l = 1e-7, ω = 1)
+    relaxation = _relaxation("lower l plus omega", CaseBounds(line(0.0, L + omega / 2), UPPER),
                              transform=loose.transform, params=loose.params)
     verdict = prove_soundness(relaxation)
     assert verdict.outcome == PROVED, str(verdict)
