@@ -20,6 +20,10 @@ through every layer; here each row is kept as its window only:
 
 Positions of a window outside a map (padding) read zero lines, constants and boxes: they add
 nothing, exactly as zero padding. The numbers equal those of full maps up to float rounding.
+A padded convolution puts coefficients on such positions of its input's window; a ReLU step or
+a box clears them, but a second convolution would carry them into the map (its transfer matrix
+knows no padding), so a path with two convolutions between ReLUs whose upper one is padded
+(``Conv(padding=1)`` after ``AvgPool2d(3, 1, 1)``, say) is left to full maps (:func:`_plan`).
 
 Shapes: ``B`` batch, ``L`` positions of the top node (height × width), ``G`` rows per position
 (a sign and a channel), ``K`` entries of a patch. A patch tensor is ``(N, G, K)`` with ``N = B·L``,
@@ -97,6 +101,9 @@ def _plan(bounder: Bounder, index: int) -> tuple[dict[int, Geometry], list[int],
     if len(top_shape) != 3 or index in stops:
         return None
     geometry: dict[int, Geometry] = {index: ((1, 1), (1, 1), (0, 0))}
+    # spill[i]: the rows on node i may have coefficients outside its map (put there by a padded
+    # convolution and not yet cleared by a ReLU or a box): no convolution may pull them back.
+    spill: dict[int, bool] = {}
     order: list[int] = []
     for node_index in range(index, -1, -1):
         if node_index not in geometry:
@@ -109,15 +116,22 @@ def _plan(bounder: Bounder, index: int) -> tuple[dict[int, Geometry], list[int],
             continue
         op = node.op
         here = geometry[node_index]
+        spilled = spill.get(node_index, False)
         if isinstance(op, PatchOp) and len(node.inputs) == 1:
             if not getattr(op, "per_channel", True):
                 return None
+            diagonal = getattr(op, "diagonal", False)
+            if spilled and not diagonal:
+                return None
             below = op.patch_geometry(*here)
+            spills = spilled if diagonal else any(getattr(op, "padding", (0, 0)))
         elif isinstance(op, Relu | Sum):
             below = here
+            spills = spilled and isinstance(op, Sum)
         else:
             return None
         for source in node.inputs:
+            spill[source] = spill.get(source, False) or spills
             merged = below if source not in geometry else _union(geometry[source], below)
             if merged is None:
                 return None

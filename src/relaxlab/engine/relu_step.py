@@ -29,13 +29,68 @@ def matvec(coef: Tensor, vector: Tensor) -> Tensor:
     return (coef.flatten(2) @ vector.flatten(1).unsqueeze(-1)).squeeze(-1)
 
 
+def side_mask(coef: Tensor, negative: bool = False) -> Tensor:
+    """``coef >= 0`` (``coef <= 0`` when ``negative``) as 0/1 in ``coef``'s dtype, the subgradient
+    side ``clamp`` takes. Written with ``sign`` and ``clamp``: on the CPU, tensors of type ``bool``
+    (comparisons, ``where``, products with a mask) take kernels ten to fifty times slower than
+    the arithmetic ones, and these masks have the rows' size."""
+    signs = coef.sign()
+    return (signs.sub_(1).clamp_(min=-1).neg_() if negative else signs.add_(1).clamp_(max=1))
+
+
 def concretize(coef: Tensor, bias: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
     """Lower bound of ``coef·z + bias`` over the box ``lower <= z <= upper``.
 
     Positive coefficients take the lower end, negative ones the upper end:
-    ``coef·upper + max(coef, 0)·(lower - upper)``, the same sum in one pass fewer.
+    ``coef·upper + max(coef, 0)·(lower - upper)``, the same sum in one pass fewer. Under autograd
+    it is one :class:`_Concretize` node with its gradient written out.
     """
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _Concretize.apply(coef, bias, lower, upper)
+    return _concretize(coef, bias, lower, upper)
+
+
+def _concretize(coef: Tensor, bias: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
     return bias + matvec(coef, upper) + matvec(coef.clamp(min=0), lower - upper)
+
+
+class _Concretize(torch.autograd.Function):
+    """:func:`concretize` as one autograd node: the forward pass is :func:`_concretize` (the same
+    numbers as without autograd, bitwise); it saves the rows and the box, and the gradient is
+
+    - ``∂coef = g·upper + [coef >= 0]·g·(lower - upper)`` (the end each coefficient takes; one
+      tensor of the rows' size instead of autograd's two outer products and ``clamp``'s mask);
+    - ``∂lower = Σ_rows g·max(coef, 0)``, ``∂upper = Σ_rows g·min(coef, 0)``, ``∂bias = g``.
+    """
+
+    @staticmethod
+    def forward(ctx, coef, bias, lower, upper):  # type: ignore[override]
+        ctx.save_for_backward(coef, lower, upper)
+        ctx.bias_shape = bias.shape
+        return _concretize(coef, bias, lower, upper)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        coef, lower, upper = ctx.saved_tensors
+        rows = coef.flatten(2)  # (B or 1, S, n)
+        grad_coef = grad_bias = grad_lower = grad_upper = None
+        if ctx.needs_input_grad[0]:
+            low, high = lower.flatten(1).unsqueeze(1), upper.flatten(1).unsqueeze(1)
+            grad_coef = torch.addcmul(high, side_mask(rows), low - high).mul_(grad.unsqueeze(-1))
+            if grad_coef.shape[0] != rows.shape[0]:  # rows shared by the batch
+                grad_coef = grad_coef.sum(0, keepdim=True)
+            grad_coef = grad_coef.reshape(coef.shape)
+        if ctx.needs_input_grad[1]:
+            grad_bias = grad.sum_to_size(ctx.bias_shape)
+        for index, box, part in ((2, lower, rows.clamp(min=0)), (3, upper, rows.clamp(max=0))):
+            if ctx.needs_input_grad[index]:
+                value = (grad.unsqueeze(1) @ part).squeeze(1)  # (B, n)
+                value = value.sum_to_size(box.flatten(1).shape).reshape(box.shape)
+                if index == 2:
+                    grad_lower = value
+                else:
+                    grad_upper = value
+        return grad_coef, grad_bias, grad_lower, grad_upper
 
 
 def relu_backward(coef: Tensor, bias: Tensor, lines: RelaxationTensors) -> tuple[Tensor, Tensor]:
@@ -112,8 +167,8 @@ class _ReluStep(torch.autograd.Function):
     - ``∂A = Σ_rows g·coef``, ``∂D = Σ_rows g·split``, ``∂a = Σ_rows g_b·coef``, ``∂d = Σ_rows g_b·split``,
 
     mapped back to the four coefficients of the lines. The side's mask is ``coef >= 0`` (``<= 0``),
-    the subgradient ``clamp`` takes. The forward pass is :func:`_relu_step` itself (the same
-    numbers as without autograd, bitwise).
+    the subgradient ``clamp`` takes (:func:`side_mask`, in the rows' dtype). The forward pass is
+    :func:`_relu_step` itself (the same numbers as without autograd, bitwise).
     """
 
     @staticmethod
@@ -157,7 +212,7 @@ class _ReluStep(torch.autograd.Function):
             every_slope, split_slope = (upper_slope, ((2, 1.0),)), (lower_slope - upper_slope, ((0, 1.0), (2, -1.0)))
         bias_grad = grad_bias.unsqueeze(-1)  # (N, G, 1)
         needs_split = split_slope is not None or split_offset is not None
-        mask = (coef <= 0 if use_neg else coef >= 0) if needs_split else None
+        mask = side_mask(coef, use_neg) if needs_split else None
         # ∂coef, in place on one tensor of the rows' size.
         grad_coef = grad_new * every_slope[0].unsqueeze(1)
         if split_slope is not None or split_offset is not None:
@@ -188,7 +243,7 @@ class _ReluStep(torch.autograd.Function):
         if every_offset is not None:
             add(every_offset[1], (grad_bias.unsqueeze(1) @ coef.expand(grad_bias.shape[0], *coef.shape[1:])).squeeze(1))
         if split_offset is not None:
-            split = coef * mask
+            split = coef.clamp(max=0) if use_neg else coef.clamp(min=0)
             add(split_offset[1], (grad_bias.unsqueeze(1) @ split.expand(grad_bias.shape[0], *split.shape[1:])).squeeze(1))
         for j in range(4):  # a tensor passed for two coefficients gets its gradient once
             if first[j] != j and grads[j] is not None:
@@ -222,4 +277,4 @@ def check_lines(lines: RelaxationTensors, like: Tensor, name: str, index: int) -
             )
 
 
-__all__ = ["check_lines", "concretize", "matvec", "relaxation_lines", "relu_backward"]
+__all__ = ["check_lines", "concretize", "matvec", "relaxation_lines", "relu_backward", "side_mask"]
