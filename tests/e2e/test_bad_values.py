@@ -57,8 +57,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_negative_image_counts_are_refused(checkpoint: Path) -> None:
-    _one_line_refusal(_invoke("certify", str(checkpoint), "--n", "-5", "-q", "--no-pgd"), "n must be", "-5")
-    _one_line_refusal(_invoke("tightness", str(checkpoint), "--n", "-1", "-q", "--points", "2"), "n must be", "-1")
+    """The option's own range refuses them before any work: click's usage error, whose error line names both."""
+    for command, extra, value in (("certify", ["--no-pgd"], "-5"), ("tightness", ["--points", "2"], "-1")):
+        result = _invoke(command, str(checkpoint), "--n", value, "-q", *extra)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert len(error) == 1 and "'--n'" in error[0] and value in error[0], result.output
 
 
 @pytest.mark.parametrize("timeout", ["nan", "-5", "inf", "0"])
@@ -88,7 +92,7 @@ def test_train_refuses_values_it_cannot_train_with(tmp_path: Path, setting: str,
 
 
 def test_gd_experiment_refuses_a_nan_learning_rate_by_its_name(tmp_path: Path) -> None:
-    result = _invoke("gd-experiment", "--lr", "nan", "--epochs", "2", "--out", str(tmp_path / "gd.png"))
+    result = _invoke("gd-experiment", "--lr", "nan", "--epochs", "2", "--plot", str(tmp_path / "gd.png"))
     _one_line_refusal(result, "lr", "nan")
     assert "weight contains NaN" not in result.output
 
