@@ -158,7 +158,7 @@ def test_report_reads_a_file_without_writing_into_it(tmp_path: Path) -> None:
     before = _snapshot(old)
     result = runner.invoke(cli, ["report", "--store", str(old)])
     assert result.exit_code == 0, result.output
-    assert "| IBP | 10 | 90.0 |" in result.output
+    assert "| IBP | kappa-mix | 10 | 90.0 |" in result.output
     assert _snapshot(old) == before  # user_version still 0, no columns or tables added
     with Store(old, readonly=True) as store:
         (run,) = store.runs()

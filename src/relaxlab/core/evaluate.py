@@ -111,9 +111,26 @@ class Plan:
     computed_apart: frozenset[str] = frozenset()
 
 
-@functools.lru_cache(maxsize=4096)
+#: Plans of the specs seen, by identity: the look-up ``torch.compile`` traces (it does not trace into
+#: ``lru_cache``); each entry holds its spec, so an id is never another spec's. Bounded, a cache only.
+_BY_IDENTITY: dict[int, tuple[Spec, Plan]] = {}
+
+
 def plan_of(relaxation: Spec) -> Plan:
-    """The evaluation plan of ``relaxation`` (derived on first use, then looked up by the spec's value)."""
+    """The evaluation plan of ``relaxation`` (derived on first use, then looked up by identity, or by
+    the spec's value for an equal spec)."""
+    entry = _BY_IDENTITY.get(id(relaxation))
+    if entry is not None and entry[0] is relaxation:
+        return entry[1]
+    plan = _plan_by_value(relaxation)
+    if len(_BY_IDENTITY) >= 4096:
+        _BY_IDENTITY.clear()
+    _BY_IDENTITY[id(relaxation)] = (relaxation, plan)
+    return plan
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_by_value(relaxation: Spec) -> Plan:
     groups = _evaluation_plan(relaxation.negative, relaxation.unstable, relaxation.positive)
     return Plan(
         groups=groups,

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import relaxlab
+from relaxlab.core.evaluate import OutsideProvedDomainError
 from relaxlab.engine import UnsupportedNetworkError
 from relaxlab.nn import Normalize
 
@@ -69,6 +70,9 @@ def test_rigorous_bounds_hold_in_the_arithmetic_used(case: tuple) -> None:
         lb, ub = relaxlab.compute_bounds(model, x, eps, relaxation, rigorous=True)
     except OverflowError:
         return  # refused by name: the magnitudes overflow the dtype
+    except OutsideProvedDomainError as error:  # refused by name: beyond where the relaxation is proved sound
+        assert relaxation.name.startswith("LooseIBP"), error  # the only entries here that are not scale invariant
+        return
     exact = model.double()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():

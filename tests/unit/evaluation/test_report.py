@@ -38,7 +38,7 @@ def test_a_smaller_later_certification_replaces_nothing(tmp_path: Path) -> None:
         big = _certify(store, "runs/paradox/paradox-ibp/checkpoint.pt", "IBP", 0.326, 500)
         small = _certify(store, "runs/paradox/paradox-ibp/checkpoint.pt", "IBP", 0.40, 100)
         text = render_markdown(store)
-    assert "| IBP | 500 | 90.0 | 50.0 | 32.6 |" in text
+    assert "| IBP | kappa-mix | 500 | 90.0 | 50.0 | 32.6 |" in text
     listing = text[text.index("## All certifications"):]
     assert f"| {big} | runs/paradox/paradox-ibp | IBP | IBP | 0.1 | 500 | 90.0 | 50.0 | 32.6 | certify | ✓ |" in listing
     assert f"| {small} | runs/paradox/paradox-ibp | IBP | IBP | 0.1 | 100 | 90.0 | 50.0 | 40.0 | certify |  |" in listing
@@ -67,10 +67,10 @@ def test_training_runs_appear_with_their_final_certification(tmp_path: Path) -> 
         _trained(store, None, 0.1, None, name="old", relaxation="DeepZ")  # an older record: no run_dir, no n
         text = render_markdown(store)
         csv = render_csv(store)
-    assert "| IBP | 1000 | 80.0 | — | 25.0 |" in text
-    assert "| DeepZ | ? | 80.0 | — | 10.0 |" in text
+    assert "| IBP | kappa-mix | 1000 | 80.0 | — | 25.0 |" in text
+    assert "| DeepZ | kappa-mix | ? | 80.0 | — | 10.0 |" in text
     assert f"| {run} | runs/example-ibp | IBP | IBP | 0.1 | 1000 | 80.0 | — | 25.0 | training's final certification | ✓ |" in text
-    assert f"mnist-mini,CONV,0.10,IBP,1000,80.00,,25.00,IBP,IBP,train,{run}" in csv
+    assert f"mnist-mini,CONV,0.10,IBP,kappa-mix,1000,80.00,,25.00,IBP,IBP,train,{run}" in csv
 
 
 def test_a_certify_run_of_the_same_checkpoint_is_the_same_row(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_distinct_runs_never_share_a_display_name(tmp_path: Path) -> None:
         _certify(store, "runs/b/example-ibp/checkpoint.pt", "CROWN", 0.3, 100)
         text = render_markdown(store)
     for where in ("runs/a", "runs/b", "runs/c"):
-        assert f"| IBP ({where}/example-ibp) | 100 |" in text
+        assert f"| IBP ({where}/example-ibp) | kappa-mix | 100 |" in text
     training = text[text.index("## Training runs"):]
     assert [line.split(" | ")[2] for line in training.splitlines()[4:7]] == [
         "runs/a/example-ibp", "runs/b/example-ibp", "runs/c/example-ibp"]

@@ -108,8 +108,8 @@ def test_the_report_has_an_objective_column(tmp_path: Path) -> None:
         _certify(store, "DeepZ", "MTL-IBP", 0.2, "c")
         text, csv = render_markdown(store), render_csv(store)
     assert "| Method | Objective | n |" in text
-    assert "| IBP | kappa-mix | 100 | 90.0 | 80.0 | 50.0 |" in text  # older records: the paper's objective
-    assert "| IBP | SABR(lambda=0.6) | 100 | 90.0 | 80.0 | 60.0 |" in text  # not merged with the other IBP
+    assert "| IBP (a) | kappa-mix | 100 | 90.0 | 80.0 | 50.0 |" in text  # older records: the paper's objective
+    assert "| IBP (b) | SABR(lambda=0.6) | 100 | 90.0 | 80.0 | 60.0 |" in text  # not merged with the other IBP
     assert "mnist,CONV,0.30,DeepZ,MTL-IBP,100,90.00,80.00,20.00,DeepZ" in csv
 
 
