@@ -252,8 +252,9 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
     ) -> RelaxationRegistry:
         """A new table: this one's relaxations, sources and findings, plus ``relaxations`` (each as
         :meth:`register` adds it); this table is not changed."""
+        # the copy keeps the check its relaxations were admitted with: get() proves new parameter settings by it
         table = RelaxationRegistry(items=dict(self._items), sources=dict(self._sources), keys=dict(self._keys),
-                                   unsound=dict(self.unsound))
+                                   unsound=dict(self.unsound), check=self.check)
         for relaxation in relaxations:
             table.register(relaxation, source, check=check)
         return table

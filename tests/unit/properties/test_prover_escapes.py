@@ -46,9 +46,8 @@ def _never_silently_wrong(relaxation: ReluRelaxation, lookup: str, lower: float,
     # the box the engine sees is [x - eps, x + eps] in dtype: the ReLU input bounds are those ends
     box_lo, box_hi = float(x - radius), float(x + radius)
     assert abs(box_lo - lower) <= 1e-6 * (1 + abs(lower)) and abs(box_hi - upper) <= 1e-6 * (1 + abs(upper))
-    try:
-        api.register_relaxation(relaxation)
-        with torch.no_grad():
+    try:  # known by name inside the block only: nothing registered outlives the test
+        with api.extended_registry([relaxation], source="runtime"), torch.no_grad():
             lb, ub = api.compute_bounds(model, x, radius, lookup)
     except (UnsoundRelaxationError, ValueError) as error:
         assert relaxation.name in str(error), str(error)
@@ -88,7 +87,8 @@ def test_a_parameter_beyond_the_clipped_range_is_not_used_unproved(dtype: torch.
                                 unstable=CaseBounds(ZERO, line(0.0, U * (1.5 - theta / 2000))))
     outcome = _never_silently_wrong(relaxation, f"{name}(theta=5000)", -1.0, 3.0, 1.0, dtype)
     assert outcome == "refused"
-    assert api.get_relaxation(f"{name}(theta=500)").parameters == {"theta": 500.0}  # proved values pass
+    with api.extended_registry([relaxation], source="runtime"):
+        assert api.get_relaxation(f"{name}(theta=500)").parameters == {"theta": 500.0}  # proved values pass
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
