@@ -70,7 +70,8 @@ class Line:
         if self.slope.is_zero():
             return str(self.offset)
         slope = "" if self.slope.is_one() else ("-" if self.slope == Const(-1.0) else _format_coefficient(self.slope))
-        head = f"{slope}x"
+        # a slope written as a word (a parameter's name) is kept apart from x: alpha·x, not alphax
+        head = f"{slope}·x" if len(slope) > 1 and slope[-1].isalpha() and slope[-1].isascii() else f"{slope}x"
         if self.offset.is_zero():
             return head
         offset = str(self.offset)
