@@ -56,6 +56,7 @@ class SpecParam(Protocol):
     default: float
     minimum: float | None
     strict: bool
+    start: ex.Expr | None
 
     def proved_range(self, current: float) -> tuple[float, float]: ...
 
@@ -439,10 +440,9 @@ def parameter_start(spec: SpecParam, value: float, lower: Tensor, upper: Tensor)
     the caller clips them into the range."""
     import torch
 
-    start = getattr(spec, "start", None)
-    if start is None:
+    if spec.start is None:
         return torch.full_like(lower, value)
-    return _broadcast(start.evaluate({"l": lower, "u": upper}, {}), lower)
+    return _broadcast(spec.start.evaluate({"l": lower, "u": upper}, {}), lower)
 
 
 def _broadcast(value: Any, like: Tensor) -> Tensor:
