@@ -54,7 +54,7 @@ from relaxlab.engine import patches as patch_rows
 from relaxlab.engine.network import Network
 from relaxlab.engine.ops import AffineOp, Box, Conv, Input, Linear, Relu
 from relaxlab.engine.parse import parse_model
-from relaxlab.engine.relu_step import check_lines, concretize, relaxation_lines, relu_backward
+from relaxlab.engine.relu_step import check_lines, concretize, relaxation_box, relaxation_lines, relu_backward
 
 #: Default cap on the elements of one coefficient tensor ``(B, rows, n)`` on CUDA (256 MiB in float32).
 DEFAULT_MAX_ELEMENTS = 1 << 26
@@ -260,8 +260,7 @@ class Bounder:
             self.pre[index] = (pre_lower, pre_upper)
             self.lines[index] = lines
             if self.how.intermediate == "interval":
-                t_lower, t_upper = (self.relaxation.transform_bounds(pre_lower, pre_upper) if values is None
-                                    else self.relaxation.transform_bounds(pre_lower, pre_upper, values))  # type: ignore[call-arg]
+                t_lower, t_upper = relaxation_box(self.relaxation, pre_lower, pre_upper, values)
                 self.boxes[index] = (torch.relu(t_lower), torch.relu(t_upper))
             elif self.how.intermediate == "fast":
                 self.boxes[index] = (lines.lower_offset, lines.upper_offset)

@@ -11,6 +11,7 @@ by the whole batch), lines are ``(B, *shape)``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -258,13 +259,24 @@ def relaxation_lines(relaxation: Relaxer, lower: Tensor, upper: Tensor,
                      values: Mapping[str, Tensor] | None = None) -> RelaxationTensors:
     """The relaxation's lines at ``[lower, upper]``, with its optional hints; ``values``: per-neuron
     parameter values (passed to ``coefficients`` only when given)."""
-    got = relaxation.coefficients(lower, upper) if values is None else relaxation.coefficients(  # type: ignore[call-arg]
-        lower, upper, values=values)
+    got = _with_values(relaxation.coefficients, lower, upper, values)
     if isinstance(got, RelaxationTensors):
         return got
     # A hand-written relaxer may return any object with the four fields (and perhaps ``zeros``).
     return RelaxationTensors(got.lower_slope, got.lower_offset, got.upper_slope, got.upper_offset,
                              frozenset(getattr(got, "zeros", frozenset())))
+
+
+def relaxation_box(relaxation: Relaxer, lower: Tensor, upper: Tensor,
+                   values: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """The bounds the relaxation's lines are evaluated on (its ``transform_bounds``), with ``values`` as
+    in :func:`relaxation_lines`."""
+    return _with_values(relaxation.transform_bounds, lower, upper, values)
+
+
+def _with_values(method: Any, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor] | None) -> Any:
+    """``method(lower, upper)``, with ``values=`` only when given: a hand-written relaxer need not take it."""
+    return method(lower, upper) if values is None else method(lower, upper, values=values)
 
 
 def check_lines(lines: RelaxationTensors, like: Tensor, name: str, index: int) -> None:
@@ -277,4 +289,4 @@ def check_lines(lines: RelaxationTensors, like: Tensor, name: str, index: int) -
             )
 
 
-__all__ = ["check_lines", "concretize", "matvec", "relaxation_lines", "relu_backward", "side_mask"]
+__all__ = ["check_lines", "concretize", "matvec", "relaxation_box", "relaxation_lines", "relu_backward", "side_mask"]
