@@ -108,8 +108,14 @@ def without_normalize(
 
 
 def compute_bounds(
-    module: Any, x: Tensor, lower: Tensor, upper: Tensor, C: Tensor | None, method: str,
-    *, bound_upper: bool = True,
+    module: Any,
+    x: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    C: Tensor | None,
+    method: str,
+    *,
+    bound_upper: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """auto_LiRPA's bounds of ``C·model`` over ``[lower, upper]`` (``method``: ``IBP``, ``CROWN-IBP``, ``backward``)."""
     from auto_LiRPA import BoundedTensor, PerturbationLpNorm
@@ -124,4 +130,6 @@ def relu_input_bounds(module: Any) -> list[tuple[Tensor, Tensor]]:
     """The bounds auto_LiRPA holds for the input of every ReLU, in its node order (after ``compute_bounds``)."""
     from auto_LiRPA.operators import BoundRelu
 
-    return [(node.inputs[0].lower, node.inputs[0].upper) for node in module.nodes() if isinstance(node, BoundRelu)]
+    return [
+        (node.inputs[0].lower, node.inputs[0].upper) for node in module.nodes() if isinstance(node, BoundRelu)
+    ]

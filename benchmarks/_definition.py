@@ -33,8 +33,15 @@ from torch import Tensor, nn
 
 from relaxlab.nn import Normalize
 
-_AFFINE_MODULES = (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.AvgPool2d, nn.Flatten,
-                   Normalize, nn.Identity)
+_AFFINE_MODULES = (
+    nn.Linear,
+    nn.Conv2d,
+    nn.modules.batchnorm._BatchNorm,
+    nn.AvgPool2d,
+    nn.Flatten,
+    Normalize,
+    nn.Identity,
+)
 
 
 class Tracer(torch.fx.Tracer):
@@ -103,7 +110,9 @@ class DenseNetwork:
         raise ValueError(f"the dense reference does not know {node.op} {node.target}")
 
     @staticmethod
-    def _jacobian(fn: Callable[[Tensor], Tensor], shape: tuple[int, ...]) -> tuple[Tensor, Tensor, tuple[int, ...]]:
+    def _jacobian(
+        fn: Callable[[Tensor], Tensor], shape: tuple[int, ...]
+    ) -> tuple[Tensor, Tensor, tuple[int, ...]]:
         n = math.prod(shape)
         with torch.no_grad():
             zero = fn(torch.zeros(1, *shape, dtype=torch.float64))
@@ -195,7 +204,11 @@ class DenseNetwork:
             kind = node[0]
             if kind == "input":
                 lo, hi = lower.reshape(lower.shape[0], -1), upper.reshape(upper.shape[0], -1)
-                bias = bias + torch.einsum("brn,bn->br", A.clamp_min(0), lo) + torch.einsum("brn,bn->br", A.clamp_max(0), hi)
+                bias = (
+                    bias
+                    + torch.einsum("brn,bn->br", A.clamp_min(0), lo)
+                    + torch.einsum("brn,bn->br", A.clamp_max(0), hi)
+                )
                 continue
             if kind == "affine":
                 _, src, W, b = node
@@ -206,17 +219,28 @@ class DenseNetwork:
             else:
                 ls, lo_off, us, up_off = lines[i]
                 pos, neg = A.clamp_min(0), A.clamp_max(0)
-                bias = bias + torch.einsum("brn,bn->br", pos, lo_off) + torch.einsum("brn,bn->br", neg, up_off)
+                bias = (
+                    bias + torch.einsum("brn,bn->br", pos, lo_off) + torch.einsum("brn,bn->br", neg, up_off)
+                )
                 passed = [(node[1], pos * ls.unsqueeze(1) + neg * us.unsqueeze(1))]
             for src, part in passed:
                 pending[src] = pending[src] + part if src in pending else part
         return bias
 
-    def _bounds(self, start: int, rows: Tensor, lines: dict, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
-        return self._backsub(start, rows, lines, lower, upper), -self._backsub(start, -rows, lines, lower, upper)
+    def _bounds(
+        self, start: int, rows: Tensor, lines: dict, lower: Tensor, upper: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        return self._backsub(start, rows, lines, lower, upper), -self._backsub(
+            start, -rows, lines, lower, upper
+        )
 
     def crown(
-        self, lower: Tensor, upper: Tensor, C: Tensor | None = None, *, interval_intermediate: bool = False,
+        self,
+        lower: Tensor,
+        upper: Tensor,
+        C: Tensor | None = None,
+        *,
+        interval_intermediate: bool = False,
         exact_segments: bool = False,
     ) -> tuple[list, Tensor, Tensor]:
         """CROWN (or, with ``interval_intermediate``, CROWN-IBP): ``(pre-activation boxes, lb, ub)``.

@@ -18,8 +18,9 @@ from relaxlab.registry import build_registry
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="fresh-process-like runs (caches cleared)")
-    parser.add_argument("--no-transforms", action="store_true", help="the plain pipeline (relaxlab discover "
-                        "--transform none)")
+    parser.add_argument(
+        "--no-transforms", action="store_true", help="the plain pipeline (relaxlab discover --transform none)"
+    )
     args = parser.parse_args()
     for run in range(args.repeat):
         _clear_caches()
@@ -32,17 +33,24 @@ def main() -> None:
         if run == 0:
             print("stages:", " -> ".join(f"{s} {c}" for s, c in found.stages))
             print(f"genealogy: {graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges")
-        print(f"run {run + 1}: discover() {middle - start:.2f} s "
-              f"({cpu_middle - cpu_start:.2f} s CPU), genealogy {end - middle:.2f} s ({cpu_end - cpu_middle:.2f} s CPU), "
-              f"total {end - start:.2f} s")
+        print(
+            f"run {run + 1}: discover() {middle - start:.2f} s "
+            f"({cpu_middle - cpu_start:.2f} s CPU), genealogy {end - middle:.2f} s ({cpu_end - cpu_middle:.2f} s CPU), "
+            f"total {end - start:.2f} s"
+        )
 
 
 def _clear_caches() -> None:
     from relaxlab.discovery import flags
     from relaxlab.properties import derive, tightness
 
-    for cached in (flags.internal_jump, flags.line_sensitive, tightness.profile, tightness.effective_intermediate,
-                   derive):
+    for cached in (
+        flags.internal_jump,
+        flags.line_sensitive,
+        tightness.profile,
+        tightness.effective_intermediate,
+        derive,
+    ):
         cached.cache_clear()
 
 

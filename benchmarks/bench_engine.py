@@ -133,7 +133,9 @@ def main() -> None:
         lower, upper = (x - eps).clamp(*domain), (x + eps).clamp(*domain)
         for label, relaxation, lower_only in (("IBP", ibp, False), ("CROWN-IBP (R)", crown_ibp, True)):
             compiled = torch.compile(
-                lambda lo, hi, r=relaxation, only=lower_only: bound_network(network, lo, hi, r, spec, lower_only=only),
+                lambda lo, hi, r=relaxation, only=lower_only: bound_network(
+                    network, lo, hi, r, spec, lower_only=only
+                ),
                 fullgraph=True,
                 dynamic=False,
             )

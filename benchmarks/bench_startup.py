@@ -33,8 +33,13 @@ COMMANDS = (
 def child_cpu(args: list[str], env: dict[str, str]) -> float:
     """CPU seconds (user + system) of one ``python -m relaxlab ARGS``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-m", "relaxlab", *args], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "relaxlab", *args],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -59,8 +64,10 @@ def main() -> None:
                     child_cpu(["list"], env)
                 times.append(child_cpu(args, env))
             where = f"{cache} cache" if cache else ""
-            print(f"{label:22s} {where:10s}  {min(times):5.2f} s CPU  (runs: {', '.join(f'{t:.2f}' for t in times)})",
-                  flush=True)
+            print(
+                f"{label:22s} {where:10s}  {min(times):5.2f} s CPU  (runs: {', '.join(f'{t:.2f}' for t in times)})",
+                flush=True,
+            )
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
 

@@ -151,8 +151,12 @@ def main() -> None:
                 for label, src in trees.items():
                     cell = _cell(src, arch, name, kind, repeats, args.memory_gib)
                     results[f"{label}|{arch}|{name}|{kind}"] = cell
-                    print(f"{label:6s} {arch:5s} {name:14s} {kind:5s} {_format(cell):>12s} "
-                          f"peak {_memory(cell)} GiB", file=sys.stderr, flush=True)
+                    print(
+                        f"{label:6s} {arch:5s} {name:14s} {kind:5s} {_format(cell):>12s} "
+                        f"peak {_memory(cell)} GiB",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     labels = list(trees)
@@ -165,7 +169,10 @@ def main() -> None:
         for name in ("natural", *(args.relaxation or RELAXATIONS)):
             row = [arch, name]
             for label in labels:
-                step, bound = results.get(f"{label}|{arch}|{name}|step"), results.get(f"{label}|{arch}|{name}|bound")
+                step, bound = (
+                    results.get(f"{label}|{arch}|{name}|step"),
+                    results.get(f"{label}|{arch}|{name}|bound"),
+                )
                 peak = max((c.get("peak_MiB") or 0 for c in (step, bound) if c), default=None)
                 row += [_format(step), _format(bound), f"{peak / 1024:.2f}" if peak else ""]
             print("| " + " | ".join(row) + " |")
@@ -194,7 +201,12 @@ def _targets(results: dict) -> None:
     for (arch, name), target in ((("FC", "CROWN-IBP (R)"), 0.6), (("CONV", "CROWN-IBP (R)"), 0.4)):
         ours = _ms(results, arch, name, "step")
         low, _ = AUTO_LIRPA_STEP_MS[(arch, name)]
-        _check(f"{arch} {name} step / auto_LiRPA's ({low:g} ms, issue 13)", None if ours is None else ours / low, target, "x")
+        _check(
+            f"{arch} {name} step / auto_LiRPA's ({low:g} ms, issue 13)",
+            None if ours is None else ours / low,
+            target,
+            "x",
+        )
     for arch in ARCHITECTURES:
         natural, ibp = _ms(results, arch, "natural", "step"), _ms(results, arch, "IBP", "step")
         ratio = None if natural is None or ibp is None else ibp / natural

@@ -44,11 +44,29 @@ from relaxlab.training.smoothing import noise_generator, smoothed_backward
 from relaxlab.training.trainer import load_data, train
 
 
-def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, relaxation: object, *, fusion: bool = False,
-          samples: int = 0) -> Callable[[], None]:
+def _step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    relaxation: object,
+    *,
+    fusion: bool = False,
+    samples: int = 0,
+) -> Callable[[], None]:
     def loss_fn() -> tuple[torch.Tensor, dict[str, float]]:
-        return training_loss(model, x, y, eps=0.1, kappa=0.5, beta=1.0, relaxations=(relaxation,), num_classes=10,
-                             elision=True, l1=0.0, fusion=fusion)
+        return training_loss(
+            model,
+            x,
+            y,
+            eps=0.1,
+            kappa=0.5,
+            beta=1.0,
+            relaxations=(relaxation,),
+            num_classes=10,
+            elision=True,
+            l1=0.0,
+            fusion=fusion,
+        )
 
     def run() -> None:
         model.zero_grad(set_to_none=True)
@@ -72,9 +90,12 @@ def step_times(repeats: int) -> None:
         model = registry.architectures[arch].build(dataset.input_shape, 10, dataset.mean, dataset.std).train()
         for name in ("IBP", "CROWN-IBP (R)"):
             relaxation = relaxlab.get_relaxation(name)
-            variants = {"plain": _step(model, x, y, relaxation), "fusion": _step(model, x, y, relaxation, fusion=True),
-                        "smoothing k=1": _step(model, x, y, relaxation, samples=1),
-                        "smoothing k=4": _step(model, x, y, relaxation, samples=4)}
+            variants = {
+                "plain": _step(model, x, y, relaxation),
+                "fusion": _step(model, x, y, relaxation, fusion=True),
+                "smoothing k=1": _step(model, x, y, relaxation, samples=1),
+                "smoothing k=4": _step(model, x, y, relaxation, samples=4),
+            }
             times: dict[str, list[float]] = {key: [] for key in variants}
             for _ in range(repeats):
                 for key, run in variants.items():
@@ -89,8 +110,10 @@ def step_times(repeats: int) -> None:
 def tightness(epochs: int) -> None:
     data = load_data(TrainConfig())
     x, y = data.test_x[:1000].double(), data.test_y[:1000]
-    print("| network | trained at eps | relaxation | unfused CE(z_worst) | fused bound | mean fused - unfused "
-          "| fused tighter on |")
+    print(
+        "| network | trained at eps | relaxation | unfused CE(z_worst) | fused bound | mean fused - unfused "
+        "| fused tighter on |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|")
     for arch in ("FC-S", "CONV"):
         for eps in (0.1, 0.3):
@@ -99,26 +122,48 @@ def tightness(epochs: int) -> None:
             for name in ("CROWN-IBP (R)", "IBP"):
                 relaxation = relaxlab.get_relaxation(name)
                 with torch.no_grad():
-                    fused = torch.cat([fused_ce_bound(model, x[i:i + 200], y[i:i + 200], eps, relaxation,
-                                                      num_classes=10) for i in range(0, len(y), 200)])
+                    fused = torch.cat(
+                        [
+                            fused_ce_bound(
+                                model, x[i : i + 200], y[i : i + 200], eps, relaxation, num_classes=10
+                            )
+                            for i in range(0, len(y), 200)
+                        ]
+                    )
                     unfused = []
                     for i in range(0, len(y), 200):
-                        lb, others = margin_bounds(model, x[i:i + 200], y[i:i + 200], eps, relaxation,
-                                                   num_classes=10)
-                        unfused.append(F.cross_entropy(worst_case_logits(lb, others, 10), y[i:i + 200],
-                                                       reduction="none"))
+                        lb, others = margin_bounds(
+                            model, x[i : i + 200], y[i : i + 200], eps, relaxation, num_classes=10
+                        )
+                        unfused.append(
+                            F.cross_entropy(
+                                worst_case_logits(lb, others, 10), y[i : i + 200], reduction="none"
+                            )
+                        )
                     plain = torch.cat(unfused)
                 difference = fused - plain
-                print(f"| {arch} | {eps} | {name} | {float(plain.mean()):.4g} | {float(fused.mean()):.4g} "
-                      f"| {float(difference.mean()):+.3g} (median {statistics.median(difference.tolist()):+.3g}) "
-                      f"| {100 * float((difference < 0).double().mean()):.1f}% |")
+                print(
+                    f"| {arch} | {eps} | {name} | {float(plain.mean()):.4g} | {float(fused.mean()):.4g} "
+                    f"| {float(difference.mean()):+.3g} (median {statistics.median(difference.tolist()):+.3g}) "
+                    f"| {100 * float((difference < 0).double().mean()):.1f}% |"
+                )
 
 
 def _short_run(arch: str, eps: float, epochs: int, **changes: object) -> TrainConfig:
     """The brief CROWN-IBP-defense schedule of the tightness and training measurements."""
-    return TrainConfig(name="t", architecture=arch, method="crown-ibp", epochs=epochs,
-                       rampup_epochs=max(1, epochs // 2), eps_train=eps, eps_test=eps, kappa_end=0.5, lr=1e-3,
-                       test_subset=100, **changes)  # type: ignore[arg-type]
+    return TrainConfig(
+        name="t",
+        architecture=arch,
+        method="crown-ibp",
+        epochs=epochs,
+        rampup_epochs=max(1, epochs // 2),
+        eps_train=eps,
+        eps_test=eps,
+        kappa_end=0.5,
+        lr=1e-3,
+        test_subset=100,
+        **changes,
+    )  # type: ignore[arg-type]
 
 
 def training_outcome(epochs: int) -> None:
@@ -134,8 +179,10 @@ def training_outcome(epochs: int) -> None:
                 model = train(_short_run(arch, 0.1, epochs, loss_fusion=fusion), out, data=data).model
                 seconds = time.process_time() - start
             ibp, crown_ibp = certify(model, x, y, 0.1, certifiers, pgd=False)
-            print(f"| {arch} | {'on' if fusion else 'off'} | {seconds:.0f} s | {100 * ibp.accuracy:.1f}% "
-                  f"| {100 * ibp.certified:.1f}% | {100 * crown_ibp.certified:.1f}% |")
+            print(
+                f"| {arch} | {'on' if fusion else 'off'} | {seconds:.0f} s | {100 * ibp.accuracy:.1f}% "
+                f"| {100 * ibp.certified:.1f}% | {100 * crown_ibp.certified:.1f}% |"
+            )
 
 
 def main() -> None:

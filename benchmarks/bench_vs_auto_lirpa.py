@@ -81,8 +81,14 @@ ROWS: dict[str, tuple[str, str, str, str, bool]] = {
     "conv-ibp": ("CONV", "IBP", "IBP", "bound", False),
 }
 #: issue 24's targets: of the ratio relaxlab / auto_LiRPA (steps), of bound / forward pass (IBP)
-TARGETS = {"fc-crown": "<= 0.5", "conv-crown": "keep 0.23", "convp-crown": "keep 0.29, <= 4 GB",
-           "fc-crown-ibp": "<= 0.6", "conv-crown-ibp": "<= 0.4", "conv-ibp": "bound/fwd <= 2.5x"}
+TARGETS = {
+    "fc-crown": "<= 0.5",
+    "conv-crown": "keep 0.23",
+    "convp-crown": "keep 0.29, <= 4 GB",
+    "fc-crown-ibp": "<= 0.6",
+    "conv-crown-ibp": "<= 0.4",
+    "conv-ibp": "bound/fwd <= 2.5x",
+}
 
 
 def problem(arch: str) -> tuple[nn.Module, Tensor, Tensor, Tensor]:
@@ -107,17 +113,22 @@ class Sides:
     def __init__(self, row: str, auto_options: dict) -> None:
         arch, self.name, self.method, self.kind, _ = ROWS[row]
         self.model, self.x, labels, self.C = problem(arch)
-        body, self.x_n, self.lower_n, self.upper_n = _auto_lirpa.without_normalize(self.model, self.x, EPS, DOMAIN)
+        body, self.x_n, self.lower_n, self.upper_n = _auto_lirpa.without_normalize(
+            self.model, self.x, EPS, DOMAIN
+        )
         self.module = _auto_lirpa.bounded_module(body, self.x_n, {**auto_options})
         self.module.train()
 
     def relaxlab_bound(self) -> Tensor:
-        lb, _ = relaxlab.compute_bounds(self.model, self.x, EPS, self.name, C=self.C, domain=DOMAIN, lower_only=True)
+        lb, _ = relaxlab.compute_bounds(
+            self.model, self.x, EPS, self.name, C=self.C, domain=DOMAIN, lower_only=True
+        )
         return lb
 
     def auto_bound(self) -> Tensor:
-        lb, _ = _auto_lirpa.compute_bounds(self.module, self.x_n, self.lower_n, self.upper_n, self.C, self.method,
-                                           bound_upper=False)
+        lb, _ = _auto_lirpa.compute_bounds(
+            self.module, self.x_n, self.lower_n, self.upper_n, self.C, self.method, bound_upper=False
+        )
         return lb
 
     def _run(self, bound: Callable[[], Tensor], owner: nn.Module) -> None:
@@ -158,8 +169,16 @@ def interleaved(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, 
             runs[name]()
             wall[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - start_cpu)
-    return {name: {"wall": wall[name], "cpu": cpu[name], "min": min(wall[name]),
-                   "median": statistics.median(wall[name]), "cpu_min": min(cpu[name])} for name in names}
+    return {
+        name: {
+            "wall": wall[name],
+            "cpu": cpu[name],
+            "min": min(wall[name]),
+            "median": statistics.median(wall[name]),
+            "cpu_min": min(cpu[name]),
+        }
+        for name in names
+    }
 
 
 _MEMORY_CELL = r"""
@@ -195,9 +214,21 @@ def peak_memory(row: str, side: str, memory_gib: int, options: dict, tuned: bool
     resident set."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", _MEMORY_CELL, row, side, str(memory_gib), str(Path(__file__).resolve().parent),
-         json.dumps(options), "1" if tuned else "0"],
-        env=env, capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-c",
+            _MEMORY_CELL,
+            row,
+            side,
+            str(memory_gib),
+            str(Path(__file__).resolve().parent),
+            json.dumps(options),
+            "1" if tuned else "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -209,13 +240,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--auto-defaults", action="store_true", help="also time auto_LiRPA with its default options")
-    parser.add_argument("--memory-gib", type=int, default=10, help="address-space cap of the memory subprocesses")
+    parser.add_argument(
+        "--auto-defaults", action="store_true", help="also time auto_LiRPA with its default options"
+    )
+    parser.add_argument(
+        "--memory-gib", type=int, default=10, help="address-space cap of the memory subprocesses"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory subprocesses, no timing")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the peak-memory subprocesses, no timing"
+    )
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--no-tune-allocator", action="store_true",
-                        help="leave glibc's allocator as it is (by default it is tuned as the relaxlab CLI tunes it)")
+    parser.add_argument(
+        "--no-tune-allocator",
+        action="store_true",
+        help="leave glibc's allocator as it is (by default it is tuned as the relaxlab CLI tunes it)",
+    )
     args = parser.parse_args(argv)
     _auto_lirpa.require()
     torch.set_num_threads(1)
@@ -226,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         record: dict = {"row": row, "arch": ROWS[row][0], "relaxation": ROWS[row][1], "kind": ROWS[row][3]}
         if args.memory_only:
             if ROWS[row][4]:
-                record["memory"] = {side: peak_memory(row, side, args.memory_gib, _auto_lirpa.DEFINITION, tuned)
-                                    for side in ("relaxlab", "auto_LiRPA")}
+                record["memory"] = {
+                    side: peak_memory(row, side, args.memory_gib, _auto_lirpa.DEFINITION, tuned)
+                    for side in ("relaxlab", "auto_LiRPA")
+                }
                 print(f"{row}: " + json.dumps(record["memory"]))
             continue
         sides = Sides(row, _auto_lirpa.DEFINITION)
@@ -245,25 +287,33 @@ def main(argv: list[str] | None = None) -> int:
         else:
             record["times"] = interleaved(runs, args.repeats)
         if ROWS[row][4] and not args.no_memory:
-            record["memory"] = {side: peak_memory(row, side, args.memory_gib, _auto_lirpa.DEFINITION, tuned)
-                                for side in ("relaxlab", "auto_LiRPA")}
+            record["memory"] = {
+                side: peak_memory(row, side, args.memory_gib, _auto_lirpa.DEFINITION, tuned)
+                for side in ("relaxlab", "auto_LiRPA")
+            }
         results.append(record)
         print(f"# {row}: done", file=sys.stderr, flush=True)
     load_end = os.getloadavg()
     _print(results, args.repeats, load_start, load_end, tuned)
     if args.json:
-        args.json.write_text(json.dumps({"load_start": load_start, "load_end": load_end, "rows": results}, indent=1))
+        args.json.write_text(
+            json.dumps({"load_start": load_start, "load_end": load_end, "rows": results}, indent=1)
+        )
     return 0
 
 
 def _print(results: list[dict], repeats: int, load_start: tuple, load_end: tuple, tuned: bool) -> None:
-    print(f"relaxlab vs auto_LiRPA, one thread, batch {BATCH}, eps {EPS}, float32, 9 margin rows; min / median of "
-          f"{repeats} paired rounds (wall); ratio min: of the minima; paired med: median of the per-round ratios; "
-          f"cpu ratio: of the minimal process CPU times; torch {torch.__version__}, glibc allocator "
-          f"{'tuned (relaxlab.runtime.tune_allocator, as the relaxlab CLI; both sides)' if tuned else 'untuned'}")
+    print(
+        f"relaxlab vs auto_LiRPA, one thread, batch {BATCH}, eps {EPS}, float32, 9 margin rows; min / median of "
+        f"{repeats} paired rounds (wall); ratio min: of the minima; paired med: median of the per-round ratios; "
+        f"cpu ratio: of the minimal process CPU times; torch {torch.__version__}, glibc allocator "
+        f"{'tuned (relaxlab.runtime.tune_allocator, as the relaxlab CLI; both sides)' if tuned else 'untuned'}"
+    )
     print(load_note(load_start, load_end))
-    header = (f"{'row':<34}{'relaxlab min/med':>20}{'auto_LiRPA min/med':>22}{'ratio min':>10}{'paired med':>11}"
-              f"{'cpu ratio':>10}{'rel diff':>10}  {'target':<19}extra")
+    header = (
+        f"{'row':<34}{'relaxlab min/med':>20}{'auto_LiRPA min/med':>22}{'ratio min':>10}{'paired med':>11}"
+        f"{'cpu ratio':>10}{'rel diff':>10}  {'target':<19}extra"
+    )
     print(header)
     print("-" * len(header))
     for record in results:
@@ -276,19 +326,28 @@ def _print(results: list[dict], repeats: int, load_start: tuple, load_end: tuple
         paired = statistics.median(a / b for a, b in zip(ours["wall"], theirs["wall"], strict=True))
         extra = []
         if "forward" in t:
-            extra.append(f"forward {1e3 * t['forward']['min']:.2f} ms (bound/forward: relaxlab "
-                         f"{ours['min'] / t['forward']['min']:.1f}x, auto_LiRPA {theirs['min'] / t['forward']['min']:.1f}x)")
+            extra.append(
+                f"forward {1e3 * t['forward']['min']:.2f} ms (bound/forward: relaxlab "
+                f"{ours['min'] / t['forward']['min']:.1f}x, auto_LiRPA {theirs['min'] / t['forward']['min']:.1f}x)"
+            )
         if "auto_LiRPA defaults" in t:
             extra.append(f"auto_LiRPA defaults {_ms(t['auto_LiRPA defaults']['min'])}")
         elif "rel_diff_defaults" in record:
-            extra.append(f"auto_LiRPA defaults: bounds differ by {record['rel_diff_defaults']:.2g}, not timed")
+            extra.append(
+                f"auto_LiRPA defaults: bounds differ by {record['rel_diff_defaults']:.2g}, not timed"
+            )
         for side, mem in record.get("memory", {}).items():
-            extra.append(f"{side} peak {mem['peak_MiB']:.0f} MiB (+{mem['step_MiB']:.0f} in the step)"
-                         if "step_MiB" in mem else f"{side}: {mem['error']}")
-        print(f"{label:<34}{_ms(ours['min']) + ' / ' + _ms(ours['median']):>20}"
-              f"{_ms(theirs['min']) + ' / ' + _ms(theirs['median']):>22}{ours['min'] / theirs['min']:>10.2f}"
-              f"{paired:>11.2f}{ours['cpu_min'] / theirs['cpu_min']:>10.2f}{record['rel_diff']:>10.1g}  "
-              f"{TARGETS[record['row']]:<19}{'; '.join(extra)}")
+            extra.append(
+                f"{side} peak {mem['peak_MiB']:.0f} MiB (+{mem['step_MiB']:.0f} in the step)"
+                if "step_MiB" in mem
+                else f"{side}: {mem['error']}"
+            )
+        print(
+            f"{label:<34}{_ms(ours['min']) + ' / ' + _ms(ours['median']):>20}"
+            f"{_ms(theirs['min']) + ' / ' + _ms(theirs['median']):>22}{ours['min'] / theirs['min']:>10.2f}"
+            f"{paired:>11.2f}{ours['cpu_min'] / theirs['cpu_min']:>10.2f}{record['rel_diff']:>10.1g}  "
+            f"{TARGETS[record['row']]:<19}{'; '.join(extra)}"
+        )
 
 
 def _ms(seconds: float) -> str:

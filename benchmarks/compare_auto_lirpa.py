@@ -130,8 +130,10 @@ def conv(g: torch.Generator) -> nn.Module:
     size = (size - 1) // s2 + 1
     return nn.Sequential(
         Normalize(MEAN, STD),
-        nn.Conv2d(3, c1, 3, s1, 1), nn.ReLU(),
-        nn.Conv2d(c1, c2, 3, s2, 1), nn.ReLU(),
+        nn.Conv2d(3, c1, 3, s1, 1),
+        nn.ReLU(),
+        nn.Conv2d(c1, c2, 3, s2, 1),
+        nn.ReLU(),
         *_head(c2 * size * size, g),
     )
 
@@ -158,10 +160,19 @@ def batch_norm(g: torch.Generator) -> nn.Module:
     (hidden,) = _widths(g, 8, 24, 1)
     return nn.Sequential(
         Normalize(MEAN, STD),
-        nn.Conv2d(3, c1, 3, 1, 1), nn.BatchNorm2d(c1), nn.ReLU(),
-        nn.Conv2d(c1, c2, 3, 2, 1), nn.BatchNorm2d(c2), nn.ReLU(),
-        nn.Conv2d(c2, c3, 3, 1, 1), nn.BatchNorm2d(c3), nn.ReLU(),
-        nn.Flatten(), nn.Linear(c3 * 16, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+        nn.Conv2d(3, c1, 3, 1, 1),
+        nn.BatchNorm2d(c1),
+        nn.ReLU(),
+        nn.Conv2d(c1, c2, 3, 2, 1),
+        nn.BatchNorm2d(c2),
+        nn.ReLU(),
+        nn.Conv2d(c2, c3, 3, 1, 1),
+        nn.BatchNorm2d(c3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(c3 * 16, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(),
         nn.Linear(hidden, NUM_CLASSES),
     )
 
@@ -174,8 +185,12 @@ def _pool(overlap: bool) -> Callable[[torch.Generator], nn.Module]:
         size = 7 if overlap else 2  # 8x8 inputs
         return nn.Sequential(
             Normalize(MEAN, STD),
-            nn.Conv2d(3, c1, 3, 1, 1), nn.ReLU(), first,
-            nn.Conv2d(c1, c2, 3, 1, 1), nn.ReLU(), second,
+            nn.Conv2d(3, c1, 3, 1, 1),
+            nn.ReLU(),
+            first,
+            nn.Conv2d(c1, c2, 3, 1, 1),
+            nn.ReLU(),
+            second,
             *_head(c2 * size * size, g),
         )
 
@@ -213,7 +228,15 @@ def build(family: str, seed: int) -> nn.Module:
 # the network before each ReLU (relaxlab's intermediate bounds through the public API)
 
 
-_LAYERS = (nn.Linear, nn.Conv2d, nn.Flatten, nn.ReLU, Normalize, nn.modules.batchnorm._BatchNorm, nn.AvgPool2d)
+_LAYERS = (
+    nn.Linear,
+    nn.Conv2d,
+    nn.Flatten,
+    nn.ReLU,
+    Normalize,
+    nn.modules.batchnorm._BatchNorm,
+    nn.AvgPool2d,
+)
 
 
 def truncations(model: nn.Module) -> list[nn.Module]:
@@ -291,11 +314,17 @@ def compare_case(family: str, seed: int, eps: float, conv_mode: str, check_defau
     for name, (method, interm_name) in METHODS.items():
         start = time.perf_counter()
         lb, ub = (b.detach() for b in relaxlab.compute_bounds(model, x, eps, name, C=C, domain=DOMAIN))
-        ours: Bounds = (lb, ub, [relaxlab.compute_bounds(cut, x, eps, interm_name, domain=DOMAIN) for cut in cuts])
+        ours: Bounds = (
+            lb,
+            ub,
+            [relaxlab.compute_bounds(cut, x, eps, interm_name, domain=DOMAIN) for cut in cuts],
+        )
         ours_s = time.perf_counter() - start
         start = time.perf_counter()
         module = _auto_lirpa.bounded_module(body, x_n, options)
-        a_lb, a_ub = (b.detach() for b in _auto_lirpa.compute_bounds(module, x_n, lower_n, upper_n, C, method))
+        a_lb, a_ub = (
+            b.detach() for b in _auto_lirpa.compute_bounds(module, x_n, lower_n, upper_n, C, method)
+        )
         theirs: Bounds = (a_lb, a_ub, _auto_lirpa.relu_input_bounds(module))
         theirs_s = time.perf_counter() - start
         if name == "IBP":
@@ -305,14 +334,22 @@ def compare_case(family: str, seed: int, eps: float, conv_mode: str, check_defau
         definition: Bounds = (d_lb, d_ub, pre)
         if not len(ours[2]) == len(theirs[2]) == len(pre):
             raise RuntimeError(f"{family}: ReLU counts differ: {len(ours[2])}, {len(theirs[2])}, {len(pre)}")
-        record: dict = {"family": family, "seed": seed, "eps": eps, "method": name,
-                        "relaxlab_s": ours_s, "auto_lirpa_s": theirs_s}
+        record: dict = {
+            "family": family,
+            "seed": seed,
+            "eps": eps,
+            "method": name,
+            "relaxlab_s": ours_s,
+            "auto_lirpa_s": theirs_s,
+        }
         pairs = {"ra": (ours, theirs), "rd": (ours, definition), "ad": (theirs, definition)}
         if name != "CROWN":  # interval intermediate bounds: also the exact image of each affine segment
             if name == "IBP":
                 s_pre, s_lb, s_ub = dense.ibp(lower, upper, C, exact_segments=True)
             else:
-                s_pre, s_lb, s_ub = dense.crown(lower, upper, C, interval_intermediate=True, exact_segments=True)
+                s_pre, s_lb, s_ub = dense.crown(
+                    lower, upper, C, interval_intermediate=True, exact_segments=True
+                )
             pairs["rs"] = (ours, (s_lb, s_ub, s_pre))
         for pair, (one, other) in pairs.items():
             record.update({f"{pair}_{key}": value for key, value in _compare(one, other).items()})
@@ -329,7 +366,9 @@ def compare_case(family: str, seed: int, eps: float, conv_mode: str, check_defau
 
 def _summarise(records: list[dict]) -> list[dict]:
     rows = []
-    keys = sorted({(r["family"], r["method"]) for r in records}, key=lambda k: (list(FAMILIES).index(k[0]), k[1]))
+    keys = sorted(
+        {(r["family"], r["method"]) for r in records}, key=lambda k: (list(FAMILIES).index(k[0]), k[1])
+    )
     for family, method in keys:
         group = [r for r in records if r["family"] == family and r["method"] == method]
         row: dict = {"family": family, "method": method, "cases": len(group)}
@@ -349,9 +388,11 @@ def _summarise(records: list[dict]) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = (f"{'family':<13}{'method':<14}{'cases':>5} | {'R-A final':>9}{'rel':>8}{'interm':>9}{'rel':>8} "
-              f"{'ok':>3}{'R looser':>10} | {'R-def':>8} {'ok':>3} | {'A-def':>8} {'ok':>3} | {'R-seg':>8} {'ok':>3} | "
-              f"{'default gap':>17}")
+    header = (
+        f"{'family':<13}{'method':<14}{'cases':>5} | {'R-A final':>9}{'rel':>8}{'interm':>9}{'rel':>8} "
+        f"{'ok':>3}{'R looser':>10} | {'R-def':>8} {'ok':>3} | {'A-def':>8} {'ok':>3} | {'R-seg':>8} {'ok':>3} | "
+        f"{'default gap':>17}"
+    )
     print(header)
     print("-" * len(header))
 
@@ -362,19 +403,26 @@ def print_table(rows: list[dict]) -> None:
         return f"{worst:>8.2g} {'yes' if row[f'{key}_ok'] else 'NO':>3}"
 
     for row in rows:
-        gap = (f"{row['default_gap']:.2g} ({row['default_gap_cases']}/{row['cases']})"
-               if "default_gap" in row else "")
-        print(f"{row['family']:<13}{row['method']:<14}{row['cases']:>5} | {row['ra_final_abs']:>9.2g}"
-              f"{row['ra_final_rel']:>8.2g}{row['ra_interm_abs']:>9.2g}{row['ra_interm_rel']:>8.2g} "
-              f"{'yes' if row['ra_ok'] else 'NO':>3}{row['ra_looser']:>10.2g} | {pair(row, 'rd')} | {pair(row, 'ad')} | "
-              f"{pair(row, 'rs')} | {gap:>17}")
-    print("R-A: relaxlab vs auto_LiRPA (options DEFINITION): max abs and max rel difference of the final margin bounds\n"
-          "and of the ReLU input bounds; R looser: max over final bounds of how much looser relaxlab is (< 0: tighter).\n"
-          "R-def, A-def: each against the dense definition (benchmarks/_definition.py; IBP node by node), max abs over\n"
-          "final and intermediate bounds. R-seg: relaxlab against the dense exact interval image of each affine segment\n"
-          "between ReLUs (relaxlab's documented interval mode). ok: every difference <= 1e-6 (1 + |bound|).\n"
-          "default gap: how much looser relaxlab's CROWN is than auto_LiRPA's CROWN under auto_LiRPA's default\n"
-          "options (sparse intermediate bounds with an interval reference), max over cases, and in how many > 1e-9.")
+        gap = (
+            f"{row['default_gap']:.2g} ({row['default_gap_cases']}/{row['cases']})"
+            if "default_gap" in row
+            else ""
+        )
+        print(
+            f"{row['family']:<13}{row['method']:<14}{row['cases']:>5} | {row['ra_final_abs']:>9.2g}"
+            f"{row['ra_final_rel']:>8.2g}{row['ra_interm_abs']:>9.2g}{row['ra_interm_rel']:>8.2g} "
+            f"{'yes' if row['ra_ok'] else 'NO':>3}{row['ra_looser']:>10.2g} | {pair(row, 'rd')} | {pair(row, 'ad')} | "
+            f"{pair(row, 'rs')} | {gap:>17}"
+        )
+    print(
+        "R-A: relaxlab vs auto_LiRPA (options DEFINITION): max abs and max rel difference of the final margin bounds\n"
+        "and of the ReLU input bounds; R looser: max over final bounds of how much looser relaxlab is (< 0: tighter).\n"
+        "R-def, A-def: each against the dense definition (benchmarks/_definition.py; IBP node by node), max abs over\n"
+        "final and intermediate bounds. R-seg: relaxlab against the dense exact interval image of each affine segment\n"
+        "between ReLUs (relaxlab's documented interval mode). ok: every difference <= 1e-6 (1 + |bound|).\n"
+        "default gap: how much looser relaxlab's CROWN is than auto_LiRPA's CROWN under auto_LiRPA's default\n"
+        "options (sparse intermediate bounds with an interval reference), max over cases, and in how many > 1e-9."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,8 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eps", type=float, nargs="+", default=[0.003, 0.01, 0.03])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--conv-mode", default="patches", choices=["patches", "matrix"])
-    parser.add_argument("--no-defaults", action="store_true",
-                        help="skip the extra CROWN run with auto_LiRPA's default options")
+    parser.add_argument(
+        "--no-defaults",
+        action="store_true",
+        help="skip the extra CROWN run with auto_LiRPA's default options",
+    )
     parser.add_argument("--json", type=Path, help="write every case's record here")
     args = parser.parse_args(argv)
     _auto_lirpa.require()
@@ -398,8 +449,10 @@ def main(argv: list[str] | None = None) -> int:
                 records += compare_case(family, seed, eps, args.conv_mode, not args.no_defaults)
         print(f"# {family}: done ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     rows = _summarise(records)
-    print(f"relaxlab vs auto_LiRPA vs the definition (float64, conv_mode={args.conv_mode}; seeds 0..{args.seeds - 1}, "
-          f"eps {args.eps}, batch {BATCH}, {SHAPE} inputs, 9 margin rows; {time.perf_counter() - start:.0f} s)")
+    print(
+        f"relaxlab vs auto_LiRPA vs the definition (float64, conv_mode={args.conv_mode}; seeds 0..{args.seeds - 1}, "
+        f"eps {args.eps}, batch {BATCH}, {SHAPE} inputs, 9 margin rows; {time.perf_counter() - start:.0f} s)"
+    )
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps({"records": records, "summary": rows}, indent=1))

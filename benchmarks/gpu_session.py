@@ -110,8 +110,10 @@ def sweep_text(schedule: Mapping[str, int], template: Path = TEMPLATE) -> str:
             raise ValueError(f"{template} must set {key} once in [base]")
     if schedule.get("max_batches"):
         text = text.replace("\n[grid]", f"max_batches = {schedule['max_batches']}\n\n[grid]", 1)
-    header = (f"# Written by benchmarks/gpu_session.py: {template.name} with the schedule sized to this "
-              f"session's budget: {dict(schedule)}\n")
+    header = (
+        f"# Written by benchmarks/gpu_session.py: {template.name} with the schedule sized to this "
+        f"session's budget: {dict(schedule)}\n"
+    )
     return header + text
 
 
@@ -137,13 +139,18 @@ class Session:
             env["RELAXLAB_DATA"] = str(ROOT / "data")
         return env
 
-    def run(self, name: str, command: Sequence[str], limit: float, log: str,
-            errors: str | None = None) -> dict[str, object]:
+    def run(
+        self, name: str, command: Sequence[str], limit: float, log: str, errors: str | None = None
+    ) -> dict[str, object]:
         """Run one phase, its output to ``out/log`` (its errors too, unless ``errors`` names another
         file); stop it at ``limit`` seconds."""
         limit = max(0.0, min(limit, self.left()))
-        entry: dict[str, object] = {"name": name, "command": shlex.join(command), "limit_s": round(limit),
-                                    "log": log}
+        entry: dict[str, object] = {
+            "name": name,
+            "command": shlex.join(command),
+            "limit_s": round(limit),
+            "log": log,
+        }
         self.phases.append(entry)
         if self.dry_run:
             print(f"  {name:10s} <= {limit:4.0f} s  {shlex.join(command)}  > {log}")
@@ -156,8 +163,9 @@ class Session:
         with contextlib.ExitStack() as files:
             stream = files.enter_context(open(self.out / log, "w"))
             error_stream = files.enter_context(open(self.out / errors, "w")) if errors else subprocess.STDOUT
-            process = subprocess.Popen(command, cwd=ROOT, env=self.env(), stdout=stream, stderr=error_stream,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                command, cwd=ROOT, env=self.env(), stdout=stream, stderr=error_stream, start_new_session=True
+            )
             try:
                 code = process.wait(timeout=limit)
                 entry["status"] = "ok" if code == 0 else "failed"
@@ -170,7 +178,10 @@ class Session:
                     code = process.wait()
                 entry["status"] = "timeout"
         entry.update(returncode=code, wall_s=round(time.monotonic() - started, 1))
-        print(f"{name}: {entry['status']} in {entry['wall_s']} s (limit {entry['limit_s']} s), log {log}", flush=True)
+        print(
+            f"{name}: {entry['status']} in {entry['wall_s']} s (limit {entry['limit_s']} s), log {log}",
+            flush=True,
+        )
         self.save()
         return entry
 
@@ -185,12 +196,20 @@ def check_cuda() -> dict[str, object]:
     import torch
 
     if not torch.cuda.is_available():
-        print(f"gpu_session: no CUDA device (torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
-              "this session needs one. `--dry-run` prints its plan anywhere.", file=sys.stderr)
+        print(
+            f"gpu_session: no CUDA device (torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+            "this session needs one. `--dry-run` prints its plan anywhere.",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     properties = torch.cuda.get_device_properties(0)
-    return {"device": properties.name, "memory_GiB": round(properties.total_memory / 2**30, 1),
-            "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0]}
+    return {
+        "device": properties.name,
+        "memory_GiB": round(properties.total_memory / 2**30, 1),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": sys.version.split()[0],
+    }
 
 
 def calibrate(out: Path, relaxations: Sequence[str], steps: int = 20) -> None:
@@ -213,8 +232,18 @@ def calibrate(out: Path, relaxations: Sequence[str], steps: int = 20) -> None:
             if index == 3:
                 torch.cuda.synchronize()
                 start = time.perf_counter()
-            loss, _ = training_loss(model, x, y, eps=0.3, kappa=0.5, beta=1.0, relaxations=(relaxation,),
-                                    num_classes=10, elision=True, l1=0.0)
+            loss, _ = training_loss(
+                model,
+                x,
+                y,
+                eps=0.3,
+                kappa=0.5,
+                beta=1.0,
+                relaxations=(relaxation,),
+                num_classes=10,
+                elision=True,
+                l1=0.0,
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -225,12 +254,20 @@ def calibrate(out: Path, relaxations: Sequence[str], steps: int = 20) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu-out"),
-                        help="where everything is written (default: $OUT, else ./gpu-out)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ.get("OUT") or "gpu-out"),
+        help="where everything is written (default: $OUT, else ./gpu-out)",
+    )
     parser.add_argument("--total", type=float, default=480.0, help="seconds the whole session may take")
     parser.add_argument("--workers", type=int, default=8, help="paradox runs at the same time on the GPU")
-    parser.add_argument("--speedup", type=float, default=2.0,
-                        help="assumed throughput of --workers runs sharing the GPU, relative to one run")
+    parser.add_argument(
+        "--speedup",
+        type=float,
+        default=2.0,
+        help="assumed throughput of --workers runs sharing the GPU, relative to one run",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
     parser.add_argument("--calibrate-only", type=Path, help=argparse.SUPPRESS)  # the calibrate phase's body
     args = parser.parse_args(argv)
@@ -240,7 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     fixed = sum(LIMITS.values())
     if fixed + RESERVE + SWEEP_START >= args.total:
-        parser.error(f"--total {args.total:g} s leaves no time for the paradox grid (the other phases take {fixed} s)")
+        parser.error(
+            f"--total {args.total:g} s leaves no time for the paradox grid (the other phases take {fixed} s)"
+        )
     out = args.out.resolve()
     session = Session(out, args.total, sys.executable, args.dry_run)
     py = [sys.executable]
@@ -250,51 +289,113 @@ def main(argv: Sequence[str] | None = None) -> int:
         session.record["environment"] = check_cuda()
         out.mkdir(parents=True, exist_ok=True)
         (out / "environment.json").write_text(json.dumps(session.record["environment"], indent=1))
-    session.run("check", [*py, "-c", "import relaxlab; x, _ = relaxlab.get_registry().datasets['mnist'].load('test');"
-                          " print('MNIST test images:', len(x))"], LIMITS["check"], "check.log")
+    session.run(
+        "check",
+        [
+            *py,
+            "-c",
+            "import relaxlab; x, _ = relaxlab.get_registry().datasets['mnist'].load('test');"
+            " print('MNIST test images:', len(x))",
+        ],
+        LIMITS["check"],
+        "check.log",
+    )
     if not args.dry_run:
         with open(out / "nvidia-smi.txt", "w") as stream:
             subprocess.run(["nvidia-smi"], stdout=stream, stderr=subprocess.STDOUT, check=False, timeout=10)
-    session.run("tests", [*py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rA",
-                          f"--junitxml={out / 'pytest-gpu.xml'}", "tests"], LIMITS["tests"], "pytest-gpu.log")
-    session.run("bench", [*py, "benchmarks/bench_engine.py", "--device", "cuda", "--repeats", "20", "--json"],
-                LIMITS["bench"], "bench_engine.json", errors="bench_engine.log")
+    session.run(
+        "tests",
+        [
+            *py,
+            "-m",
+            "pytest",
+            "-m",
+            "gpu",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-rA",
+            f"--junitxml={out / 'pytest-gpu.xml'}",
+            "tests",
+        ],
+        LIMITS["tests"],
+        "pytest-gpu.log",
+    )
+    session.run(
+        "bench",
+        [*py, "benchmarks/bench_engine.py", "--device", "cuda", "--repeats", "20", "--json"],
+        LIMITS["bench"],
+        "bench_engine.json",
+        errors="bench_engine.log",
+    )
     mnist = args.dry_run or session.phases[0]["status"] == "ok"
     calibration = out / "calibration.json"
     if mnist:
-        session.run("calibrate", [*py, str(Path(__file__).resolve()), "--calibrate-only", str(calibration)],
-                    LIMITS["calibrate"], "calibrate.log")
+        session.run(
+            "calibrate",
+            [*py, str(Path(__file__).resolve()), "--calibrate-only", str(calibration)],
+            LIMITS["calibrate"],
+            "calibrate.log",
+        )
     budget = session.left() - LIMITS["report"]
     sweep_file = out / "paradox_fc.toml"
-    command = [*py, "-m", "relaxlab", "sweep", str(sweep_file), "--out", str(out / "paradox"), "--device", "cuda",
-               "--workers", str(args.workers)]
+    command = [
+        *py,
+        "-m",
+        "relaxlab",
+        "sweep",
+        str(sweep_file),
+        "--out",
+        str(out / "paradox"),
+        "--device",
+        "cuda",
+        "--workers",
+        str(args.workers),
+    ]
     report = [*py, "-m", "relaxlab", "report", "--store", str(out / "paradox" / "results.sqlite")]
     if args.dry_run:
         budget = args.total - RESERVE - fixed
         print(f"  paradox    <= {budget:4.0f} s  {shlex.join(command)}  > paradox.log")
         print(f"  report     <= {LIMITS['report']:4.0f} s  {shlex.join(report)}  > paradox_report.md")
-        print(f"paradox grid: {TEMPLATE.relative_to(ROOT)}, {len(relaxations)} relaxations x {len(seeds)} seeds "
-              f"({', '.join(relaxations)}); epochs sized from the calibration to {budget:.0f} s with "
-              f"{args.workers} workers at an assumed speed-up of {args.speedup:g}")
+        print(
+            f"paradox grid: {TEMPLATE.relative_to(ROOT)}, {len(relaxations)} relaxations x {len(seeds)} seeds "
+            f"({', '.join(relaxations)}); epochs sized from the calibration to {budget:.0f} s with "
+            f"{args.workers} workers at an assumed speed-up of {args.speedup:g}"
+        )
         return 0
     if not mnist:
-        session.phases.append({"name": "paradox", "status": "skipped",
-                               "reason": "no MNIST files (see check.log): set RELAXLAB_DATA or put them in data/mnist"})
+        session.phases.append(
+            {
+                "name": "paradox",
+                "status": "skipped",
+                "reason": "no MNIST files (see check.log): set RELAXLAB_DATA or put them in data/mnist",
+            }
+        )
     elif session.phases[-1]["status"] != "ok":
         session.phases.append({"name": "paradox", "status": "skipped", "reason": "calibration failed"})
     else:
         steps = json.loads(calibration.read_text())
-        schedule = size_schedule(steps, seeds=len(seeds), budget=budget, workers=args.workers, speedup=args.speedup)
-        session.record["schedule"] = {**schedule, "budget_s": round(budget), "step_seconds": steps,
-                                      "workers": args.workers, "speedup_assumed": args.speedup}
+        schedule = size_schedule(
+            steps, seeds=len(seeds), budget=budget, workers=args.workers, speedup=args.speedup
+        )
+        session.record["schedule"] = {
+            **schedule,
+            "budget_s": round(budget),
+            "step_seconds": steps,
+            "workers": args.workers,
+            "speedup_assumed": args.speedup,
+        }
         sweep_file.write_text(sweep_text(schedule))
         session.run("paradox", command, budget, "paradox.log")
         if (out / "paradox" / "results.sqlite").is_file():
             session.run("report", report, LIMITS["report"], "paradox_report.md", errors="report.log")
     session.save()
     failed = [p["name"] for p in session.phases if p.get("status") not in ("ok",)]
-    print(f"gpu session: {len(session.phases) - len(failed)} of {len(session.phases)} phases ok"
-          + (f"; not ok: {', '.join(map(str, failed))}" if failed else "") + f"; everything in {out}")
+    print(
+        f"gpu session: {len(session.phases) - len(failed)} of {len(session.phases)} phases ok"
+        + (f"; not ok: {', '.join(map(str, failed))}" if failed else "")
+        + f"; everything in {out}"
+    )
     return 1 if failed else 0
 
 

@@ -144,8 +144,11 @@ def segments_of(model: nn.Sequential, input_shape: tuple[int, ...]) -> list[list
         elif isinstance(module, nn.Linear):
             segments[-1].append(Layer("linear", *shapes, tuple(module.weight.shape)))
         elif isinstance(module, nn.Conv2d):
-            segments[-1].append(Layer("conv", *shapes, tuple(module.weight.shape), tuple(module.stride),
-                                      tuple(module.padding)))
+            segments[-1].append(
+                Layer(
+                    "conv", *shapes, tuple(module.weight.shape), tuple(module.stride), tuple(module.padding)
+                )
+            )
         elif isinstance(module, (nn.Flatten, Normalize)):
             segments[-1].append(Layer("diag", *shapes))
         else:
@@ -165,15 +168,33 @@ class Count:
     products: list[dict] = field(default_factory=list)
     elementwise: list[dict] = field(default_factory=list)
 
-    def product(self, what: str, macs: float, operands: tuple[float, float, float], shape: tuple, grads: int) -> None:
+    def product(
+        self, what: str, macs: float, operands: tuple[float, float, float], shape: tuple, grads: int
+    ) -> None:
         """``macs`` multiply-adds reading operands of ``operands[0:2]`` entries, writing ``operands[2]``;
         ``grads``: how many of the two operands need a gradient in a training step."""
-        self.products.append({"what": what, "flops": 2.0 * macs, "bytes": BYTES * sum(operands), "shape": shape,
-                              "grads": grads})
+        self.products.append(
+            {
+                "what": what,
+                "flops": 2.0 * macs,
+                "bytes": BYTES * sum(operands),
+                "shape": shape,
+                "grads": grads,
+            }
+        )
 
-    def passes(self, what: str, entries: float, traversals: float, backward: float, flops_per_entry: float = 1.0) -> None:
-        self.elementwise.append({"what": what, "entries": entries, "traversals": traversals, "backward": backward,
-                                 "flops": flops_per_entry * entries})
+    def passes(
+        self, what: str, entries: float, traversals: float, backward: float, flops_per_entry: float = 1.0
+    ) -> None:
+        self.elementwise.append(
+            {
+                "what": what,
+                "entries": entries,
+                "traversals": traversals,
+                "backward": backward,
+                "flops": flops_per_entry * entries,
+            }
+        )
 
     def largest(self, step: bool, most: int = 4) -> list[str]:
         """The ``most`` largest counted items: products by FLOPs, elementwise passes by bytes."""
@@ -185,39 +206,64 @@ class Count:
             moved[e["what"]] += BYTES * e["entries"] * (e["traversals"] + (e["backward"] if step else 0))
         top = sorted(flops.items(), key=lambda item: -item[1])[:most]
         top_moved = sorted(moved.items(), key=lambda item: -item[1])[:most]
-        return ([f"{what} {value / 1e9:.2f} GFLOP" for what, value in top]
-                + [f"{what} {value / 1e9:.2f} GB" for what, value in top_moved])
+        return [f"{what} {value / 1e9:.2f} GFLOP" for what, value in top] + [
+            f"{what} {value / 1e9:.2f} GB" for what, value in top_moved
+        ]
 
     def totals(self, step: bool) -> dict[str, float]:
         flops = sum(p["flops"] * (1 + (p["grads"] if step else 0)) for p in self.products)
         product_bytes = sum(p["bytes"] * (1 + (p["grads"] if step else 0)) for p in self.products)
-        elem_bytes = sum(BYTES * e["entries"] * (e["traversals"] + (e["backward"] if step else 0))
-                         for e in self.elementwise)
+        elem_bytes = sum(
+            BYTES * e["entries"] * (e["traversals"] + (e["backward"] if step else 0))
+            for e in self.elementwise
+        )
         elem_flops = sum(e["flops"] * (2 if step else 1) for e in self.elementwise)
-        return {"product_flops": flops, "product_bytes": product_bytes, "elementwise_bytes": elem_bytes,
-                "elementwise_flops": elem_flops}
+        return {
+            "product_flops": flops,
+            "product_bytes": product_bytes,
+            "elementwise_bytes": elem_bytes,
+            "elementwise_flops": elem_flops,
+        }
 
 
 RELU_STEP = {  # traversals of the rows tensor: forward (full rows), forward (shared rows), backward
-    "CROWN": (8, 3, 30), "CROWN-IBP (R)": (8, 3, 30), "DeepZ": (5, 2, 24),
+    "CROWN": (8, 3, 30),
+    "CROWN-IBP (R)": (8, 3, 30),
+    "DeepZ": (5, 2, 24),
 }
 
 
 def count_interval(count: Count, segment: list[Layer], batch: int, first: bool) -> None:
     """Centre/radius through one segment; after the first, the box depends on the weights too."""
     for layer in segment:
-        count.passes("interval: centre/radius in", batch * layer.n_in, 10 if layer.kind != "diag" else 4, 2.0 * 10)
+        count.passes(
+            "interval: centre/radius in", batch * layer.n_in, 10 if layer.kind != "diag" else 4, 2.0 * 10
+        )
         if layer.kind == "diag":
             continue
         shape = ("mm", batch, layer.n_in, layer.n_out) if layer.kind == "linear" else ("conv", batch, layer)
         for what in ("interval: W c", "interval: |W| r"):
-            count.product(what, batch * layer.mac, (batch * layer.n_in, math.prod(layer.weight), batch * layer.n_out),
-                          shape, 1 if first else 2)
+            count.product(
+                what,
+                batch * layer.mac,
+                (batch * layer.n_in, math.prod(layer.weight), batch * layer.n_out),
+                shape,
+                1 if first else 2,
+            )
         count.passes("interval: c - r, c + r", batch * layer.n_out, 6, 12)
 
 
-def count_rows(count: Count, segments: list[list[Layer]], start: int, rows: int, batch: int, method: str,
-               *, shared: bool, chunk: int) -> None:
+def count_rows(
+    count: Count,
+    segments: list[list[Layer]],
+    start: int,
+    rows: int,
+    batch: int,
+    method: str,
+    *,
+    shared: bool,
+    chunk: int,
+) -> None:
     """Rows ``R`` on the output of ``segments[start]`` pulled back to the input box (``Bounder.rows_lower``)."""
     step_fwd, step_shared, step_bwd = RELU_STEP[method]
     layers = [list(segment) for segment in segments[: start + 1]]
@@ -227,57 +273,101 @@ def count_rows(count: Count, segments: list[list[Layer]], start: int, rows: int,
     if top and top[-1].kind == "linear":  # elision
         layer = top.pop()
         n = width[is_shared]
-        count.product("rows: elided Linear", n * rows * layer.mac, (n * rows * layer.n_out, layer.mac, n * rows * layer.n_in),
-                      ("mm", n * min(rows, chunk), layer.n_out, layer.n_in), 1)
+        count.product(
+            "rows: elided Linear",
+            n * rows * layer.mac,
+            (n * rows * layer.n_out, layer.mac, n * rows * layer.n_in),
+            ("mm", n * min(rows, chunk), layer.n_out, layer.n_in),
+            1,
+        )
     while layers[0] and layers[0][0].kind == "diag":  # the box moves forward through them
         layers[0].pop(0)
     first_conv = layers[0].pop(0) if layers[0] and layers[0][0].kind == "conv" else None
     # the box: the input after the diagonal layers, in polyphase layout next to a convolution
-    box = first_conv.polyphase()[1] if first_conv is not None else (layers[0][0].n_in if layers[0] else
-                                                                     segments[0][-1].n_out)
+    box = (
+        first_conv.polyphase()[1]
+        if first_conv is not None
+        else (layers[0][0].n_in if layers[0] else segments[0][-1].n_out)
+    )
     for index in range(start, -1, -1):
         for layer in reversed(layers[index]):
             if layer.kind == "diag":
                 continue
             n = width[is_shared]
             if layer.kind == "linear":
-                count.product("rows: Linear", n * rows * layer.mac, (n * rows * layer.n_out, layer.mac, n * rows * layer.n_in),
-                              ("mm", n * min(rows, chunk), layer.n_out, layer.n_in), 2 - is_shared)
-                count.product("rows: Linear bias", n * rows * layer.n_out, (n * rows * layer.n_out, layer.n_out, n * rows),
-                              ("mv", n * min(rows, chunk), layer.n_out), 2 - is_shared)
+                count.product(
+                    "rows: Linear",
+                    n * rows * layer.mac,
+                    (n * rows * layer.n_out, layer.mac, n * rows * layer.n_in),
+                    ("mm", n * min(rows, chunk), layer.n_out, layer.n_in),
+                    2 - is_shared,
+                )
+                count.product(
+                    "rows: Linear bias",
+                    n * rows * layer.n_out,
+                    (n * rows * layer.n_out, layer.n_out, n * rows),
+                    ("mv", n * min(rows, chunk), layer.n_out),
+                    2 - is_shared,
+                )
             else:
                 macs, _ = layer.polyphase()
-                count.product("rows: conv (polyphase)", n * rows * macs, (n * rows * layer.n_out, math.prod(layer.weight),
-                                                                          n * rows * layer.n_in),
-                              ("conv_t", n * min(rows, chunk), layer), 2 - is_shared)
+                count.product(
+                    "rows: conv (polyphase)",
+                    n * rows * macs,
+                    (n * rows * layer.n_out, math.prod(layer.weight), n * rows * layer.n_in),
+                    ("conv_t", n * min(rows, chunk), layer),
+                    2 - is_shared,
+                )
                 count.passes("rows: conv interleave/crop", n * rows * layer.n_in, 2, 2)
         if index > 0:  # the ReLU before this segment
             n_relu = segments[index - 1][-1].out_shape if segments[index - 1] else None
             n_relu = math.prod(n_relu) if n_relu else 0
             if is_shared:
-                count.product("relu step: offsets (shared rows)", batch * rows * n_relu,
-                              (batch * n_relu, rows * n_relu, batch * rows), ("mm", batch, n_relu, min(rows, chunk)), 1)
+                count.product(
+                    "relu step: offsets (shared rows)",
+                    batch * rows * n_relu,
+                    (batch * n_relu, rows * n_relu, batch * rows),
+                    ("mm", batch, n_relu, min(rows, chunk)),
+                    1,
+                )
                 count.passes("relu step (shared rows)", batch * rows * n_relu, step_shared, step_bwd)
                 is_shared = False
             else:
-                count.product("relu step: offsets", batch * rows * n_relu, (batch * rows * n_relu, batch * n_relu, batch * rows),
-                              ("mv", batch * min(rows, chunk), n_relu), 2)
+                count.product(
+                    "relu step: offsets",
+                    batch * rows * n_relu,
+                    (batch * rows * n_relu, batch * n_relu, batch * rows),
+                    ("mv", batch * min(rows, chunk), n_relu),
+                    2,
+                )
                 count.passes("relu step", batch * rows * n_relu, step_fwd, step_bwd)
     n = width[is_shared]
     if first_conv is not None:
         macs, phases = first_conv.polyphase()
-        count.product("rows: first conv (polyphase)", n * rows * macs,
-                      (n * rows * first_conv.n_out, math.prod(first_conv.weight), n * rows * phases),
-                      ("conv_t", n * min(rows, chunk), first_conv), 2 - is_shared)
+        count.product(
+            "rows: first conv (polyphase)",
+            n * rows * macs,
+            (n * rows * first_conv.n_out, math.prod(first_conv.weight), n * rows * phases),
+            ("conv_t", n * min(rows, chunk), first_conv),
+            2 - is_shared,
+        )
     for what in ("concretise: c·u", "concretise: max(c,0)·(l-u)"):
-        count.product(what, n * rows * box, (n * rows * box, batch * box, n * rows), ("mv", n * min(rows, chunk), box), 0)
+        count.product(
+            what,
+            n * rows * box,
+            (n * rows * box, batch * box, n * rows),
+            ("mv", n * min(rows, chunk), box),
+            0,
+        )
     count.passes("concretise: clamp", n * rows * box, 2, 10)
 
 
 def count_patches(count: Count, segments: list[list[Layer]], start: int, batch: int, method: str) -> None:
     """CROWN's rows of a convolution's neurons in patches (``patches.patch_bounds``)."""
     step_fwd, step_shared, step_bwd = RELU_STEP[method]
-    convs = [next(layer for layer in segments[0] if layer.kind == "conv")] + [segments[i][0] for i in range(1, start + 1)]
+    convs = [next(layer for layer in segments[0] if layer.kind == "conv")] + [
+        segments[i][0] for i in range(1, start + 1)
+    ]
     top = convs[-1]
     channels, n_h, n_w = top.out_shape
     positions, groups = n_h * n_w, 2 * channels
@@ -291,15 +381,30 @@ def count_patches(count: Count, segments: list[list[Layer]], start: int, batch: 
     for depth in range(len(convs) - 1):
         k_out, k_in = sizes[depth], sizes[depth + 1]
         if depth == 0:
-            count.product("patches: relu step offsets (shared kernel)", rows * k_out, (batch * positions * k_out, groups * k_out, rows),
-                          ("mm", batch * positions, k_out, groups), 1)
+            count.product(
+                "patches: relu step offsets (shared kernel)",
+                rows * k_out,
+                (batch * positions * k_out, groups * k_out, rows),
+                ("mm", batch * positions, k_out, groups),
+                1,
+            )
             count.passes("patches: relu step (shared)", rows * k_out, step_shared, step_bwd)
         else:
-            count.product("patches: relu step offsets", rows * k_out, (rows * k_out, batch * positions * k_out, rows),
-                          ("mv", rows, k_out), 2)
+            count.product(
+                "patches: relu step offsets",
+                rows * k_out,
+                (rows * k_out, batch * positions * k_out, rows),
+                ("mv", rows, k_out),
+                2,
+            )
             count.passes("patches: relu step", rows * k_out, step_fwd, step_bwd)
-        count.product("patches: transfer", rows * k_out * k_in, (rows * k_out, k_out * k_in, rows * k_in),
-                      ("mm", rows, k_out, k_in), 2)
+        count.product(
+            "patches: transfer",
+            rows * k_out * k_in,
+            (rows * k_out, k_out * k_in, rows * k_in),
+            ("mm", rows, k_out, k_in),
+            2,
+        )
         count.product("patches: conv bias", rows * k_out, (rows * k_out, k_out, rows), ("mv", rows, k_out), 2)
     box = sizes[-1]
     for what in ("patches: concretise c·u", "patches: concretise max(c,0)·(l-u)"):
@@ -342,24 +447,44 @@ def count_method(segments: list[list[Layer]], method: str, batch: int) -> Count:
         elif patches_apply(segments, index):
             count_patches(count, segments, index, batch, method)
         else:
-            widest = max([input_numel] + [layer.n_in for seg in segments[: index + 1] for layer in seg]
-                         + [layer.n_out for seg in segments[: index + 1] for layer in seg])
+            widest = max(
+                [input_numel]
+                + [layer.n_in for seg in segments[: index + 1] for layer in seg]
+                + [layer.n_out for seg in segments[: index + 1] for layer in seg]
+            )
             chunk = max(1, MAX_ELEMENTS_CPU // (batch * widest))
             count_rows(count, segments, index, 2 * neurons[index], batch, method, shared=True, chunk=chunk)
         count.passes("lines", batch * neurons[index], line_passes, 2 * line_passes)
     last = n_relu
     if method == "IBP":
         layer = segments[last][-1]
-        count.product("final: margins elided", batch * SPECS * layer.mac,
-                      (batch * SPECS * NUM_CLASSES, layer.mac, batch * SPECS * layer.n_in),
-                      ("bmm", batch, SPECS, NUM_CLASSES, layer.n_in), 1)
+        count.product(
+            "final: margins elided",
+            batch * SPECS * layer.mac,
+            (batch * SPECS * NUM_CLASSES, layer.mac, batch * SPECS * layer.n_in),
+            ("bmm", batch, SPECS, NUM_CLASSES, layer.n_in),
+            1,
+        )
         for what in ("final: concretise c·u", "final: concretise max(c,0)·(l-u)"):
-            count.product(what, batch * SPECS * layer.n_in, (batch * SPECS * layer.n_in, batch * layer.n_in, batch * SPECS),
-                          ("mv", batch * SPECS, layer.n_in), 2)
+            count.product(
+                what,
+                batch * SPECS * layer.n_in,
+                (batch * SPECS * layer.n_in, batch * layer.n_in, batch * SPECS),
+                ("mv", batch * SPECS, layer.n_in),
+                2,
+            )
         count.passes("final: concretise clamp", batch * SPECS * layer.n_in, 2, 6)
     else:
-        count_rows(count, segments, last, SPECS, batch, method if method != "IBP" else "CROWN", shared=False,
-                   chunk=SPECS)
+        count_rows(
+            count,
+            segments,
+            last,
+            SPECS,
+            batch,
+            method if method != "IBP" else "CROWN",
+            shared=False,
+            chunk=SPECS,
+        )
     return count
 
 
@@ -367,8 +492,27 @@ def count_method(segments: list[list[Layer]], method: str, batch: int) -> Count:
 # what runs
 
 
-VIEWS = {"view", "_unsafe_view", "reshape", "expand", "t", "transpose", "permute", "unsqueeze", "squeeze", "slice",
-         "select", "as_strided", "detach", "alias", "unfold", "split", "split_with_sizes", "lift_fresh", "_reshape_alias"}
+VIEWS = {
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "expand",
+    "t",
+    "transpose",
+    "permute",
+    "unsqueeze",
+    "squeeze",
+    "slice",
+    "select",
+    "as_strided",
+    "detach",
+    "alias",
+    "unfold",
+    "split",
+    "split_with_sizes",
+    "lift_fresh",
+    "_reshape_alias",
+}
 
 
 class Traffic(TorchDispatchMode):
@@ -389,7 +533,11 @@ class Traffic(TorchDispatchMode):
         name = func.__name__.split(".")[0]
         if name not in VIEWS:
             moved = 0.0
-            for value in [*args, *(kwargs or {}).values(), *(out if isinstance(out, (tuple, list)) else (out,))]:
+            for value in [
+                *args,
+                *(kwargs or {}).values(),
+                *(out if isinstance(out, (tuple, list)) else (out,)),
+            ]:
                 if isinstance(value, Tensor):
                     moved += min(value.numel() * value.element_size(), value.untyped_storage().nbytes())
             self.bytes += moved
@@ -408,8 +556,9 @@ def problem(arch: str, batch: int) -> tuple[nn.Module, Tensor, Tensor]:
 
 def runners(model: nn.Module, x: Tensor, C: Tensor, method: str) -> dict[str, Callable[[], None]]:
     def lower() -> Tensor:
-        lb, _ = relaxlab.compute_bounds(model, x, EPS, method, C=C, domain=DOMAIN, lower_only=True,
-                                        check_centre=False)
+        lb, _ = relaxlab.compute_bounds(
+            model, x, EPS, method, C=C, domain=DOMAIN, lower_only=True, check_centre=False
+        )
         return lb
 
     def bound() -> None:
@@ -451,11 +600,16 @@ def profile(run: Callable[[], None]) -> dict[str, float]:
         if not event.key.startswith("aten::"):
             continue
         seconds = event.self_cpu_time_total / 1e6
-        if any(word in event.key[len("aten::"):] for word in PRODUCT_OPS):
+        if any(word in event.key[len("aten::") :] for word in PRODUCT_OPS):
             products += seconds
         else:
             other += seconds
-    return {"wall": wall, "products": products, "elementwise": other, "rest": max(0.0, wall - products - other)}
+    return {
+        "wall": wall,
+        "products": products,
+        "elementwise": other,
+        "rest": max(0.0, wall - products - other),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,7 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-profile", action="store_true")
-    parser.add_argument("--breakdown", action="store_true", help="print the largest counted items of every row")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="print the largest counted items of every row"
+    )
     parser.add_argument("--json", help="write every row here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -540,10 +696,18 @@ def main(argv: list[str] | None = None) -> int:
                     machine_seconds(p["shape"], p["flops"] * (1 + (p["grads"] if phase == "step" else 0)))
                     for p in count.products
                 )
-                row = {"net": arch, "method": method, "phase": phase, **totals, "seconds": seconds,
-                       "largest": count.largest(step=phase == "step"),
-                       "torch_flops": executed_flops, "torch_bytes": executed_bytes, "machine_product_s": machine,
-                       "elementwise_floor_s": totals["elementwise_bytes"] / memory_rate}
+                row = {
+                    "net": arch,
+                    "method": method,
+                    "phase": phase,
+                    **totals,
+                    "seconds": seconds,
+                    "largest": count.largest(step=phase == "step"),
+                    "torch_flops": executed_flops,
+                    "torch_bytes": executed_bytes,
+                    "machine_product_s": machine,
+                    "elementwise_floor_s": totals["elementwise_bytes"] / memory_rate,
+                }
                 if not args.no_profile:
                     row["profile"] = profile(run[phase])
                 rows.append(row)
@@ -554,35 +718,47 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['net']} {row['method']} {row['phase']}: " + "; ".join(row["largest"]))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"load": [load, os.getloadavg()], "bandwidth": memory_rate, "rows": rows}, handle, indent=1)
+            json.dump(
+                {"load": [load, os.getloadavg()], "bandwidth": memory_rate, "rows": rows}, handle, indent=1
+            )
     return 0
 
 
 def report(rows: list[dict], load_start: tuple, load_end: tuple, memory_rate: float) -> None:
     print(f"roofline, one thread, batch {BATCH}, float32; elementwise bandwidth {memory_rate / 1e9:.1f} GB/s")
     print(load_note(load_start, load_end))
-    header = (f"{'net':<6}{'method':<14}{'phase':<6}{'GFLOP':>8}{'torch':>7}{'GB prod':>8}{'GB elem':>8}{'torch':>7}{'time s':>8}"
-              f"{'GFLOP/s':>8}{'mach s':>8}{'elem s':>8}{'roof/time':>10}  {'profile: products / elementwise / rest':<40}")
+    header = (
+        f"{'net':<6}{'method':<14}{'phase':<6}{'GFLOP':>8}{'torch':>7}{'GB prod':>8}{'GB elem':>8}{'torch':>7}{'time s':>8}"
+        f"{'GFLOP/s':>8}{'mach s':>8}{'elem s':>8}{'roof/time':>10}  {'profile: products / elementwise / rest':<40}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         gflop = row["product_flops"] / 1e9
         prof = row.get("profile")
-        split = (f"{100 * prof['products'] / prof['wall']:3.0f}% / {100 * prof['elementwise'] / prof['wall']:3.0f}% / "
-                 f"{100 * prof['rest'] / prof['wall']:3.0f}% of {prof['wall']:.3f} s" if prof else "")
+        split = (
+            f"{100 * prof['products'] / prof['wall']:3.0f}% / {100 * prof['elementwise'] / prof['wall']:3.0f}% / "
+            f"{100 * prof['rest'] / prof['wall']:3.0f}% of {prof['wall']:.3f} s"
+            if prof
+            else ""
+        )
         roof = row["machine_product_s"] + row["elementwise_floor_s"]
-        print(f"{row['net']:<6}{row['method']:<14}{row['phase']:<6}{gflop:>8.2f}{gflop / max(row['torch_flops'] / 1e9, 1e-12):>7.2f}"
-              f"{row['product_bytes'] / 1e9:>8.2f}{row['elementwise_bytes'] / 1e9:>8.2f}"
-              f"{(row['product_bytes'] + row['elementwise_bytes']) / max(row['torch_bytes'], 1.0):>7.2f}{row['seconds']:>8.3f}"
-              f"{gflop / row['seconds']:>8.1f}{row['machine_product_s']:>8.3f}{row['elementwise_floor_s']:>8.3f}"
-              f"{roof / row['seconds']:>10.2f}  {split}")
-    print("GFLOP: products counted (model in the docstring); torch: counted / executed (torch's flop_registry);\n"
-          "GB prod / GB elem: bytes of the products and of the elementwise passes counted; torch: their sum / the bytes\n"
-          "every non-view aten op of one run read and wrote (a dispatch-mode tally); time: best of the runs;\n"
-          "GFLOP/s: counted product FLOPs / time; mach s: the counted products at the machine's rate for their shapes;\n"
-          "elem s: the counted elementwise bytes at the measured bandwidth; roof/time: (mach s + elem s) / time, the share\n"
-          "of the time the counted work needs at the machine's rates; profile: torch.profiler self CPU time of aten\n"
-          "products, of the other aten ops, and the rest of the profiled wall time (Python, dispatch, profiler overhead).")
+        print(
+            f"{row['net']:<6}{row['method']:<14}{row['phase']:<6}{gflop:>8.2f}{gflop / max(row['torch_flops'] / 1e9, 1e-12):>7.2f}"
+            f"{row['product_bytes'] / 1e9:>8.2f}{row['elementwise_bytes'] / 1e9:>8.2f}"
+            f"{(row['product_bytes'] + row['elementwise_bytes']) / max(row['torch_bytes'], 1.0):>7.2f}{row['seconds']:>8.3f}"
+            f"{gflop / row['seconds']:>8.1f}{row['machine_product_s']:>8.3f}{row['elementwise_floor_s']:>8.3f}"
+            f"{roof / row['seconds']:>10.2f}  {split}"
+        )
+    print(
+        "GFLOP: products counted (model in the docstring); torch: counted / executed (torch's flop_registry);\n"
+        "GB prod / GB elem: bytes of the products and of the elementwise passes counted; torch: their sum / the bytes\n"
+        "every non-view aten op of one run read and wrote (a dispatch-mode tally); time: best of the runs;\n"
+        "GFLOP/s: counted product FLOPs / time; mach s: the counted products at the machine's rate for their shapes;\n"
+        "elem s: the counted elementwise bytes at the measured bandwidth; roof/time: (mach s + elem s) / time, the share\n"
+        "of the time the counted work needs at the machine's rates; profile: torch.profiler self CPU time of aten\n"
+        "products, of the other aten ops, and the rest of the profiled wall time (Python, dispatch, profiler overhead)."
+    )
 
 
 if __name__ == "__main__":

@@ -71,30 +71,44 @@ for line in sys.stdin:
 
 def worker(src: Path, rows: dict) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", _WORKER, str(HERE), json.dumps(rows)], env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _WORKER, str(HERE), json.dumps(rows)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="git revision whose src/ is the baseline")
-    parser.add_argument("--rows", nargs="+", default=["fc-crown", "fc-crown-ibp", "conv-crown-ibp", "conv-ibp",
-                                                       "conv-crown"], choices=list(ROWS))
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=["fc-crown", "fc-crown-ibp", "conv-crown-ibp", "conv-ibp", "conv-crown"],
+        choices=list(ROWS),
+    )
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
-    root = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=HERE, capture_output=True, text=True,
-                               check=True).stdout.strip())
+    root = Path(
+        subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=HERE, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
     rows = {name: ROWS[name] for name in args.rows}
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "archive", args.base, "src"], cwd=root, capture_output=True, check=True)
+        archive = subprocess.run(
+            ["git", "archive", args.base, "src"], cwd=root, capture_output=True, check=True
+        )
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
         sides = {"base": worker(Path(tmp) / "src", rows), "now": worker(root / "src", rows)}
         bounds = {side: json.loads(proc.stdout.readline()) for side, proc in sides.items()}
         times: dict[str, dict[str, list[tuple[float, float]]]] = {s: {n: [] for n in rows} for s in sides}
         for round_ in range(args.rounds):
             for name in rows:
-                for side in (("base", "now") if round_ % 2 == 0 else ("now", "base")):
+                for side in ("base", "now") if round_ % 2 == 0 else ("now", "base"):
                     sides[side].stdin.write(name + "\n")
                     sides[side].stdin.flush()
                     times[side][name].append(tuple(json.loads(sides[side].stdout.readline())))
@@ -103,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait()
     print(f"engine at {args.base} (base) and the working tree (now), one thread, {args.rounds} paired rounds")
     print(load_note(load_start, os.getloadavg()))
-    header = (f"{'row':<16}{'rel diff':>9}{'base wall min/med':>20}{'now wall min/med':>20}{'paired':>8}"
-              f"{'base cpu min/med':>20}{'now cpu min/med':>20}{'paired':>8}")
+    header = (
+        f"{'row':<16}{'rel diff':>9}{'base wall min/med':>20}{'now wall min/med':>20}{'paired':>8}"
+        f"{'base cpu min/med':>20}{'now cpu min/med':>20}{'paired':>8}"
+    )
     print(header)
     print("-" * len(header))
     for name in rows:
@@ -115,11 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         for index in (0, 1):
             b, n = [t[index] for t in base], [t[index] for t in now]
             ratio = statistics.median(x / y for x, y in zip(n, b, strict=True))
-            cells.append(f"{_ms(min(b)) + ' / ' + _ms(statistics.median(b)):>20}"
-                         f"{_ms(min(n)) + ' / ' + _ms(statistics.median(n)):>20}{ratio:>8.2f}")
+            cells.append(
+                f"{_ms(min(b)) + ' / ' + _ms(statistics.median(b)):>20}"
+                f"{_ms(min(n)) + ' / ' + _ms(statistics.median(n)):>20}{ratio:>8.2f}"
+            )
         print("".join(cells))
-    print("rel diff: max |now - base| / max |base| of the lower bounds (eval mode, no_grad); paired: median of the\n"
-          "per-round ratios now / base.")
+    print(
+        "rel diff: max |now - base| / max |base| of the lower bounds (eval mode, no_grad); paired: median of the\n"
+        "per-round ratios now / base."
+    )
     return 0
 
 

@@ -30,12 +30,18 @@ hypothesis.configuration.set_hypothesis_home_dir(os.environ["HYPOTHESIS_STORAGE_
 
 # Deterministic in CI; `RELAXLAB_HYPOTHESIS_PROFILE=explore` searches much harder locally.
 settings.register_profile(
-    "ci", derandomize=True, database=None, deadline=None, max_examples=60,
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=60,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
 )
 settings.register_profile(
-    "explore", deadline=None, max_examples=5_000,
+    "explore",
+    deadline=None,
+    max_examples=5_000,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("RELAXLAB_HYPOTHESIS_PROFILE", "ci"))
@@ -63,9 +69,11 @@ def registry() -> Registry:
 
 #: Where the paper's released MNIST networks are looked for: $RELAXLAB_PARADOX_PRETRAINED, then the
 #: shared directory beside the main checkout (``../shared``) and this machine's.
-_RELEASED_CANDIDATES = (os.environ.get("RELAXLAB_PARADOX_PRETRAINED", ""),
-                        str(Path(__file__).resolve().parents[1].parent / "shared" / "paradox-pretrained"),
-                        "/work/shared/paradox-pretrained")
+_RELEASED_CANDIDATES = (
+    os.environ.get("RELAXLAB_PARADOX_PRETRAINED", ""),
+    str(Path(__file__).resolve().parents[1].parent / "shared" / "paradox-pretrained"),
+    "/work/shared/paradox-pretrained",
+)
 
 
 @pytest.fixture(scope="session")

@@ -46,8 +46,17 @@ if TYPE_CHECKING:
     from relaxlab.engine.network import Network
     from relaxlab.engine.optimise import Optimise
 
-__all__ = ["compute_bounds", "extended_registry", "get_method", "get_registry", "get_relaxation", "optimisation",
-           "register_relaxation", "select_methods", "select_relaxations"]
+__all__ = [
+    "compute_bounds",
+    "extended_registry",
+    "get_method",
+    "get_registry",
+    "get_relaxation",
+    "optimisation",
+    "register_relaxation",
+    "select_methods",
+    "select_relaxations",
+]
 
 _REGISTRY: Registry | None = None
 #: The registry of the innermost :func:`extended_registry` block (``None`` outside every block).
@@ -86,7 +95,9 @@ def extended_registry(relaxations: Iterable[ReluRelaxation], source: str) -> Ite
     if not missing:
         yield base
         return
-    extended = attrs.evolve(base, relaxations=base.relaxations.extended(missing, source, check=check_soundness_cached))
+    extended = attrs.evolve(
+        base, relaxations=base.relaxations.extended(missing, source, check=check_soundness_cached)
+    )
     token = _EXTENDED.set(extended)
     try:
         yield extended
@@ -155,8 +166,13 @@ def compute_bounds(
     return engine_bounds.compute_bounds(model, x, eps, get_relaxation(relaxation), C, domain, **options)
 
 
-def optimisation(relaxation: str | ReluRelaxation, *, steps: int | None = None, lr: float | None = None,
-                 target: float | None = None) -> Optimise:
+def optimisation(
+    relaxation: str | ReluRelaxation,
+    *,
+    steps: int | None = None,
+    lr: float | None = None,
+    target: float | None = None,
+) -> Optimise:
     """The request to optimise ``relaxation``'s parameters per neuron (:mod:`relaxlab.engine.optimise`),
     for ``optimise=`` of :func:`compute_bounds`, certification and verification.
 
@@ -176,18 +192,26 @@ def optimisation(relaxation: str | ReluRelaxation, *, steps: int | None = None, 
 
     found = get_relaxation(relaxation)
     if not isinstance(found, ReluRelaxation):
-        raise TypeError(f"only declared relaxations (ReluRelaxation) have parameters to optimise, got {type(found).__name__}")
+        raise TypeError(
+            f"only declared relaxations (ReluRelaxation) have parameters to optimise, got {type(found).__name__}"
+        )
     used = frozenset().union(*(e.variables() for e in found.expressions())) - BOUND_VARIABLES
     if not used:
-        raise ValueError(f"{found.name} has no parameters in its lines to optimise; "
-                         "CROWN-alpha is CROWN with its lower slope as one")
+        raise ValueError(
+            f"{found.name} has no parameters in its lines to optimise; "
+            "CROWN-alpha is CROWN with its lower slope as one"
+        )
     verdict = prove_soundness(found)
     if not verdict.proved:
-        raise ValueError(f"{found.name} is {verdict.outcome}, not proved sound over its parameter ranges; "
-                         "only proved relaxations are optimised (see relaxlab check)")
+        raise ValueError(
+            f"{found.name} is {verdict.outcome}, not proved sound over its parameter ranges; "
+            "only proved relaxations are optimised (see relaxlab check)"
+        )
     specs = {p.name: p for p in found.params}
-    ranges = [engine_optimise.ParameterRange(specs[r.name], found.parameters[r.name], r.lo, r.hi, r.open_lo)
-              for r in parameter_ranges(found.params, found.parameters, used)]
+    ranges = [
+        engine_optimise.ParameterRange(specs[r.name], found.parameters[r.name], r.lo, r.hi, r.open_lo)
+        for r in parameter_ranges(found.params, found.parameters, used)
+    ]
     options: dict[str, Any] = {"steps": steps, "lr": lr, "target": target}
     return engine_optimise.Optimise(ranges, **{k: v for k, v in options.items() if v is not None})
 
@@ -199,7 +223,7 @@ def get_method(name: str | Relaxer) -> Any:
     from relaxlab.engine.optimise import OPTIMISED_PREFIX, Optimised
 
     if isinstance(name, str) and name.strip().lower().startswith(OPTIMISED_PREFIX):
-        relaxation = get_relaxation(name.strip()[len(OPTIMISED_PREFIX):].strip())
+        relaxation = get_relaxation(name.strip()[len(OPTIMISED_PREFIX) :].strip())
         return Optimised(relaxation, optimisation(relaxation, target=0.0))
     return get_relaxation(name)
 

@@ -91,8 +91,12 @@ class ObjectiveContext(Protocol):
         """``[x − radius, x + radius] ∩ [0, 1]`` (default radius: ε)."""
 
     def margins(
-        self, centre: Tensor | None = None, radius: float | Tensor | None = None, *,
-        within: tuple[Tensor, Tensor] | None = None, relaxation: Relaxer | str | None = None,
+        self,
+        centre: Tensor | None = None,
+        radius: float | Tensor | None = None,
+        *,
+        within: tuple[Tensor, Tensor] | None = None,
+        relaxation: Relaxer | str | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Lower bounds ``(B, K−1)`` of the margins ``z_y − z_j`` over ``[centre ± radius] ∩ within``
         (``within`` defaults to ``[0, 1]``), and the class ``j`` of each column."""
@@ -108,7 +112,13 @@ class ObjectiveContext(Protocol):
         bound when the run uses loss fusion."""
 
     def attack(
-        self, lower: Tensor, upper: Tensor, *, steps: int, step_size: float, decay_at: tuple[int, ...] = (),
+        self,
+        lower: Tensor,
+        upper: Tensor,
+        *,
+        steps: int,
+        step_size: float,
+        decay_at: tuple[int, ...] = (),
     ) -> Tensor:
         """PGD on the cross-entropy inside ``[lower, upper]`` from a seeded random start: the
         iterate with the highest loss (detached)."""
@@ -119,7 +129,9 @@ class ObjectiveContext(Protocol):
 
 def _check_name(_instance: object, _attribute: object, value: str) -> None:
     if not re.match(NAME_PATTERN, value):
-        raise ValueError(f"objective name {value!r} is not allowed: use letters, digits, spaces and -_().,+=/")
+        raise ValueError(
+            f"objective name {value!r} is not allowed: use letters, digits, spaces and -_().,+=/"
+        )
 
 
 def _items(values: Mapping[str, float] | Iterable[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
@@ -167,7 +179,9 @@ class Objective:
             raise ValueError(f"objective {self.name!r} declares a parameter twice")
         stray = set(self.integers) - declared
         if stray:
-            raise ValueError(f"objective {self.name!r}: integers {sorted(stray)} are not among its parameters")
+            raise ValueError(
+                f"objective {self.name!r}: integers {sorted(stray)} are not among its parameters"
+            )
         for spec in self.params:
             self._check(spec, spec.default)
         for key, value in self.values:
@@ -187,7 +201,9 @@ class Objective:
     def _check(self, spec: ParamSpec, value: float) -> float:
         checked = spec.validate(value, self.name)
         if spec.name in self.integers and not checked.is_integer():
-            raise ValueError(f"{self.name}: parameter {spec.name} must be a whole number, got {format_value(checked)}")
+            raise ValueError(
+                f"{self.name}: parameter {spec.name} must be a whole number, got {format_value(checked)}"
+            )
         return checked
 
     @property
@@ -207,7 +223,9 @@ class Objective:
     def label(self) -> str:
         """The name with its non-default parameters: ``SABR(lambda=0.6)``."""
         current = self.parameters
-        changed = [f"{p.name}={format_value(current[p.name])}" for p in self.params if current[p.name] != p.default]
+        changed = [
+            f"{p.name}={format_value(current[p.name])}" for p in self.params if current[p.name] != p.default
+        ]
         return f"{self.name}({', '.join(changed)})" if changed else self.name
 
     def __call__(self, context: ObjectiveContext) -> LossParts:
@@ -293,8 +311,13 @@ def _sabr(context: ObjectiveContext, params: Mapping[str, float]) -> LossParts:
         lower, upper = context.eps_box()
         point = context.x
         if steps > 0 and context.eps > 0.0:
-            point = context.attack(lower, upper, steps=steps, step_size=params["step_size"] * context.eps,
-                                   decay_at=sabr_decay(steps))
+            point = context.attack(
+                lower,
+                upper,
+                steps=steps,
+                step_size=params["step_size"] * context.eps,
+                decay_at=sabr_decay(steps),
+            )
         radius = lam * context.eps
         centre = sabr_centre(point, lower, upper, radius)
         lb, others = context.margins(centre, radius, within=(lower, upper))
@@ -311,8 +334,9 @@ def _adversarial_loss(context: ObjectiveContext, params: Mapping[str, float]) ->
     return logits, F.cross_entropy(logits, context.labels)
 
 
-def _combined(context: ObjectiveContext, params: Mapping[str, float],
-              combine: Callable[[Tensor, Tensor, float], Tensor]) -> LossParts:
+def _combined(
+    context: ObjectiveContext, params: Mapping[str, float], combine: Callable[[Tensor, Tensor, float], Tensor]
+) -> LossParts:
     """κ-mixed ``combine(CE_cert, CE_adv, α)``; at α = 1 the certified loss alone, at α = 0 the
     adversarial one alone (the other is not computed)."""
     alpha = params["alpha"]
@@ -371,9 +395,16 @@ def _attack_params(alpha: float, what: str) -> tuple[ParamSpec, ...]:
     return (
         ParamSpec("alpha", alpha, minimum=0.0, maximum=1.0, description=f"weight of the certified {what}"),
         ParamSpec("steps", 8.0, minimum=0.0, description="PGD steps of the attack (0: the clean point)"),
-        ParamSpec("step_size", 0.25, minimum=0.0, description="PGD step length, as a multiple of the attack radius"),
-        ParamSpec("attack_eps_factor", 2.1, minimum=0.0, strict=True,
-                  description="attack radius as a multiple of ε (the box is clipped to [0, 1])"),
+        ParamSpec(
+            "step_size", 0.25, minimum=0.0, description="PGD step length, as a multiple of the attack radius"
+        ),
+        ParamSpec(
+            "attack_eps_factor",
+            2.1,
+            minimum=0.0,
+            strict=True,
+            description="attack radius as a multiple of ε (the box is clipped to [0, 1])",
+        ),
     )
 
 
@@ -401,9 +432,17 @@ BUILTIN_OBJECTIVES: tuple[Objective, ...] = (
         name="SABR",
         loss=_sabr,
         params=(
-            ParamSpec("lambda", 0.1, minimum=0.0, strict=True, maximum=1.0,
-                      description="radius of the propagated box as a fraction of ε"),
-            ParamSpec("steps", 8.0, minimum=0.0, description="PGD steps for the box centre (0: the clean point)"),
+            ParamSpec(
+                "lambda",
+                0.1,
+                minimum=0.0,
+                strict=True,
+                maximum=1.0,
+                description="radius of the propagated box as a fraction of ε",
+            ),
+            ParamSpec(
+                "steps", 8.0, minimum=0.0, description="PGD steps for the box centre (0: the clean point)"
+            ),
             ParamSpec("step_size", 0.5, minimum=0.0, description="PGD step length as a multiple of ε"),
         ),
         integers=("steps",),

@@ -126,9 +126,7 @@ class NamedRegistry(Generic[T]):
         close += [k for k in self._keys if key and (key in k or k in key) and k not in close]
         suggestions = list(dict.fromkeys(self._keys[k] for k in close))[:4]
         hint = f"; did you mean {', '.join(repr(c) for c in suggestions)}?" if suggestions else ""
-        raise UnknownNameError(
-            f"unknown {self.kind} {name!r}{hint} (known: {', '.join(known)})"
-        )
+        raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(known)})")
 
     def __getitem__(self, name: str) -> T:
         return self._items[self.resolve(name)]
@@ -226,8 +224,11 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
                 word = item.lower()
                 if word == "all":
                     unproved = self.sampled
-                    names += [n for n in self._items
-                              if n not in self.unsound and n not in unproved and self.primary(n) == n]
+                    names += [
+                        n
+                        for n in self._items
+                        if n not in self.unsound and n not in unproved and self.primary(n) == n
+                    ]
                 elif word == "paper":
                     names += list(PAPER_RELAXATIONS)
                 else:
@@ -253,8 +254,13 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
         """A new table: this one's relaxations, sources and findings, plus ``relaxations`` (each as
         :meth:`register` adds it); this table is not changed."""
         # the copy keeps the check its relaxations were admitted with: get() proves new parameter settings by it
-        table = RelaxationRegistry(items=dict(self._items), sources=dict(self._sources), keys=dict(self._keys),
-                                   unsound=dict(self.unsound), check=self.check)
+        table = RelaxationRegistry(
+            items=dict(self._items),
+            sources=dict(self._sources),
+            keys=dict(self._keys),
+            unsound=dict(self.unsound),
+            check=self.check,
+        )
         for relaxation in relaxations:
             table.register(relaxation, source, check=check)
         return table
@@ -297,8 +303,10 @@ def parse_parameters(text: str, registry: NamedRegistry[T]) -> tuple[T, dict[str
     for part in filter(None, (p.strip() for p in match["args"].split(","))):
         key, _, raw = part.partition("=")
         if key.strip() in values:
-            raise ValueError(f"{base.name}: parameter {key.strip()!r} is given twice in {text!r}; "  # type: ignore[attr-defined]
-                             "give each parameter once")
+            raise ValueError(
+                f"{base.name}: parameter {key.strip()!r} is given twice in {text!r}; "  # type: ignore[attr-defined]
+                "give each parameter once"
+            )
         try:
             values[key.strip()] = float(raw)
         except ValueError:
@@ -364,7 +372,9 @@ class CandidateTransform:
         used = (self.transform.lower.variables() | self.transform.upper.variables()) - BOUND_VARIABLES
         undeclared = used - {p.name for p in self.params}
         if undeclared:
-            raise ValueError(f"candidate transform {self.name!r} uses undeclared parameter(s) {sorted(undeclared)}")
+            raise ValueError(
+                f"candidate transform {self.name!r} uses undeclared parameter(s) {sorted(undeclared)}"
+            )
 
 
 @define
@@ -404,8 +414,12 @@ def get_plugin_manager(
                 plugin = _known_hooks_only(entry_point.load(), entry_point.name, errors)
                 pm.register(plugin, name=entry_point.name)
             except Exception as error:  # a broken plugin must not take the others down
-                errors.append(PluginError(entry_point.name, f"failed to load {entry_point.value!r}: "
-                                                             f"{type(error).__name__}: {error}"))
+                errors.append(
+                    PluginError(
+                        entry_point.name,
+                        f"failed to load {entry_point.value!r}: {type(error).__name__}: {error}",
+                    )
+                )
     try:
         pm.check_pending()  # a misspelled hook name fails here, not silently
     except pluggy.PluginValidationError as error:
@@ -418,13 +432,21 @@ def get_plugin_manager(
 def _known_hooks_only(plugin: Any, name: str, errors: list[PluginError]) -> Any:
     """``plugin``, or a stand-in holding only its hooks with a spec: an unknown hook name (a typo such
     as ``relaxlab_relaxation``) is reported and dropped, and the plugin's other hooks keep working."""
-    marked = {attr: getattr(plugin, attr) for attr in dir(plugin)
-              if hasattr(getattr(plugin, attr, None), f"{PROJECT_NAME}_impl")}
+    marked = {
+        attr: getattr(plugin, attr)
+        for attr in dir(plugin)
+        if hasattr(getattr(plugin, attr, None), f"{PROJECT_NAME}_impl")
+    }
     unknown = sorted(attr for attr in marked if not hasattr(hookspecs, attr))
     if not unknown:
         return plugin
-    errors.append(PluginError(name, f"unknown hook(s) {unknown} ignored (no such hook; valid hooks: "
-                                    f"{', '.join(h for h in dir(hookspecs) if h.startswith('relaxlab_'))})"))
+    errors.append(
+        PluginError(
+            name,
+            f"unknown hook(s) {unknown} ignored (no such hook; valid hooks: "
+            f"{', '.join(h for h in dir(hookspecs) if h.startswith('relaxlab_'))})",
+        )
+    )
     return types.SimpleNamespace(**{attr: fn for attr, fn in marked.items() if attr not in unknown})
 
 
@@ -440,11 +462,15 @@ def _collect(
         try:
             provided = list(impl.function() or ())
         except Exception as error:
-            errors.append(PluginError(impl.plugin_name, f"{hook_name} raised {type(error).__name__}: {error}"))
+            errors.append(
+                PluginError(impl.plugin_name, f"{hook_name} raised {type(error).__name__}: {error}")
+            )
             continue
         for item in provided:
             if not accept(item):
-                errors.append(PluginError(impl.plugin_name, f"{hook_name} returned {item!r}, expected {expected}"))
+                errors.append(
+                    PluginError(impl.plugin_name, f"{hook_name} returned {item!r}, expected {expected}")
+                )
                 continue
             yield impl.plugin_name, item
 
@@ -461,24 +487,42 @@ def build_registry(
     """
     pm, errors = get_plugin_manager(load_entry_points=load_entry_points, blocked=blocked)
     registry = Registry(errors=errors, plugins=[n for n, _ in pm.list_name_plugin()])
-    for source, relaxation in _collect(pm, "relaxlab_relaxations", errors,
-                                       lambda r: isinstance(r, ReluRelaxation), "a ReluRelaxation"):
+    for source, relaxation in _collect(
+        pm, "relaxlab_relaxations", errors, lambda r: isinstance(r, ReluRelaxation), "a ReluRelaxation"
+    ):
         _add(registry.relaxations, relaxation, source, errors)
-    for source, arch in _collect(pm, "relaxlab_architectures", errors,
-                                 lambda a: isinstance(getattr(a, "name", None), str), "an object with a name"):
+    for source, arch in _collect(
+        pm,
+        "relaxlab_architectures",
+        errors,
+        lambda a: isinstance(getattr(a, "name", None), str),
+        "an object with a name",
+    ):
         _add(registry.architectures, arch, source, errors)
-    for source, dataset in _collect(pm, "relaxlab_datasets", errors,
-                                    lambda d: isinstance(getattr(d, "name", None), str), "an object with a name"):
+    for source, dataset in _collect(
+        pm,
+        "relaxlab_datasets",
+        errors,
+        lambda d: isinstance(getattr(d, "name", None), str),
+        "an object with a name",
+    ):
         _add(registry.datasets, dataset, source, errors)
-    for source, objective in _collect(pm, "relaxlab_objectives", errors,
-                                      lambda o: isinstance(o, Objective), "an Objective"):
+    for source, objective in _collect(
+        pm, "relaxlab_objectives", errors, lambda o: isinstance(o, Objective), "an Objective"
+    ):
         _add(registry.objectives, objective, source, errors)
-    for source, item in _collect(pm, "relaxlab_candidate_lines", errors, _is_candidate,
-                                 "(name, 'lower'|'upper'|'both', Line)"):
+    for source, item in _collect(
+        pm, "relaxlab_candidate_lines", errors, _is_candidate, "(name, 'lower'|'upper'|'both', Line)"
+    ):
         name, side, ln = item
         registry.candidate_lines.append(CandidateLine(name, side, ln, source))
-    for source, item in _collect(pm, "relaxlab_candidate_transforms", errors, _is_candidate_transform,
-                                 "(name, BoundsTransform, (ParamSpec, ...))"):
+    for source, item in _collect(
+        pm,
+        "relaxlab_candidate_transforms",
+        errors,
+        _is_candidate_transform,
+        "(name, BoundsTransform, (ParamSpec, ...))",
+    ):
         try:
             registry.candidate_transforms.append(CandidateTransform(*item, source))
         except ValueError as error:
@@ -492,21 +536,34 @@ def build_registry(
                 reason = f"evaluating its lines raised {type(error).__name__}: {error}"
             if reason is not None:
                 registry.relaxations.unsound[name] = str(reason)
-                errors.append(PluginError(registry.relaxations.source(name),
-                                          f"relaxation {name!r} is unsound: {reason}"))
+                errors.append(
+                    PluginError(
+                        registry.relaxations.source(name), f"relaxation {name!r} is unsound: {reason}"
+                    )
+                )
 
     return registry
 
 
 def _is_candidate(item: Any) -> bool:
-    return (isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str)
-            and item[1] in ("lower", "upper", "both") and isinstance(item[2], Line))
+    return (
+        isinstance(item, tuple)
+        and len(item) == 3
+        and isinstance(item[0], str)
+        and item[1] in ("lower", "upper", "both")
+        and isinstance(item[2], Line)
+    )
 
 
 def _is_candidate_transform(item: Any) -> bool:
-    return (isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str)
-            and isinstance(item[1], BoundsTransform) and isinstance(item[2], (tuple, list))
-            and all(isinstance(p, ParamSpec) for p in item[2]))
+    return (
+        isinstance(item, tuple)
+        and len(item) == 3
+        and isinstance(item[0], str)
+        and isinstance(item[1], BoundsTransform)
+        and isinstance(item[2], (tuple, list))
+        and all(isinstance(p, ParamSpec) for p in item[2])
+    )
 
 
 def _add(target: NamedRegistry[Any], item: Any, source: str, errors: list[PluginError]) -> None:

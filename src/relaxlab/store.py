@@ -89,10 +89,23 @@ SCHEMA_VERSION = 3
 #: Migrations: version -> statements that bring a store of that version to the next one.
 _MIGRATIONS = {
     1: ("ALTER TABLE runs ADD COLUMN key TEXT", "ALTER TABLE runs ADD COLUMN error TEXT"),
-    2: ("CREATE TABLE claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed REAL NOT NULL, "
-        "heartbeat REAL NOT NULL)",),
+    2: (
+        "CREATE TABLE claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed REAL NOT NULL, "
+        "heartbeat REAL NOT NULL)",
+    ),
 }
-_RUN_COLUMNS = ("id", "kind", "name", "created", "finished", "status", "config", "environment", "key", "error")
+_RUN_COLUMNS = (
+    "id",
+    "kind",
+    "name",
+    "created",
+    "finished",
+    "status",
+    "config",
+    "environment",
+    "key",
+    "error",
+)
 
 #: Seconds between two heartbeats of a process's claims (:func:`keep_claims_alive`).
 HEARTBEAT_SECONDS = 30.0
@@ -217,7 +230,6 @@ def _git_commit() -> str | None:
 def environment(device: str | None = None) -> dict[str, Any]:
     """Versions of Python, torch and relaxlab, the platform, the device and the git commit."""
 
-
     env: dict[str, Any] = {
         "python": sys.version.split()[0],
         "relaxlab": __version__,
@@ -265,33 +277,45 @@ class Store:
     def _open_readonly(self) -> sqlite3.Connection:
         """A connection that cannot write (SQLite's ``mode=ro``), on a file checked to be a store."""
         if not self.path.is_file():
-            raise StoreError(f"no results database at {self.path}; run `relaxlab train` / `certify` first or "
-                             "pass --store")
+            raise StoreError(
+                f"no results database at {self.path}; run `relaxlab train` / `certify` first or pass --store"
+            )
         if self.path.stat().st_size == 0:
-            raise StoreError(f"{self.path} is empty, not a relaxlab results database; pass the store a "
-                             "sweep or `relaxlab train` wrote (results.sqlite)")
+            raise StoreError(
+                f"{self.path} is empty, not a relaxlab results database; pass the store a "
+                "sweep or `relaxlab train` wrote (results.sqlite)"
+            )
         conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0)
         try:
             conn.execute("PRAGMA query_only = ON")
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            columns = {name: {row[1] for row in conn.execute(f"PRAGMA table_info({name})")}
-                       for name in ("runs", "metrics")}
+            columns = {
+                name: {row[1] for row in conn.execute(f"PRAGMA table_info({name})")}
+                for name in ("runs", "metrics")
+            }
         except sqlite3.DatabaseError as error:
             conn.close()
             raise StoreError(f"{self.path} is not a relaxlab results database ({error})") from error
         if version > SCHEMA_VERSION:
             conn.close()
             raise StoreError(self._newer(version))
-        if not set(_RUN_COLUMNS[:8]) <= columns["runs"] or not {"run_id", "step", "name", "value"} <= columns["metrics"]:
+        if (
+            not set(_RUN_COLUMNS[:8]) <= columns["runs"]
+            or not {"run_id", "step", "name", "value"} <= columns["metrics"]
+        ):
             conn.close()
-            raise StoreError(f"{self.path} is not a relaxlab results database (no runs and metrics tables of "
-                             "a store); pass the store a sweep or `relaxlab train` wrote (results.sqlite)")
+            raise StoreError(
+                f"{self.path} is not a relaxlab results database (no runs and metrics tables of "
+                "a store); pass the store a sweep or `relaxlab train` wrote (results.sqlite)"
+            )
         self._columns = ", ".join(c if c in columns["runs"] else f"NULL AS {c}" for c in _RUN_COLUMNS)
         return conn
 
     def _newer(self, version: int) -> str:
-        return (f"{self.path} has results-store schema version {version}, newer than this relaxlab "
-                f"understands ({SCHEMA_VERSION}); upgrade relaxlab or use another --store")
+        return (
+            f"{self.path} has results-store schema version {version}, newer than this relaxlab "
+            f"understands ({SCHEMA_VERSION}); upgrade relaxlab or use another --store"
+        )
 
     def _migrate(self) -> None:
         """Create the tables, or bring an older store to :data:`SCHEMA_VERSION` (one transaction)."""
@@ -305,7 +329,9 @@ class Store:
             version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
             if version == SCHEMA_VERSION:
                 return
-            tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = {
+                row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
             if "runs" not in tables:  # a new store
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
@@ -460,8 +486,11 @@ class Store:
         """Refuse ``run`` when its recorded config differs from ``config`` on a key both have (a key only one
         has was added to configs after the other was written)."""
         given = json.loads(json.dumps(dict(config), sort_keys=True, default=str))
-        differ = {k: (run.config[k], given[k]) for k in sorted(set(run.config) & set(given))
-                  if run.config[k] != given[k]}
+        differ = {
+            k: (run.config[k], given[k])
+            for k in sorted(set(run.config) & set(given))
+            if run.config[k] != given[k]
+        }
         if differ:
             shown = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in list(differ.items())[:4])
             raise RunMismatchError(
@@ -482,15 +511,18 @@ class Store:
         :return: ``None`` when ``owner`` holds the key now; else the live claim of another process.
         """
         with self.transaction():
-            row = self._conn.execute("SELECT key, owner, claimed, heartbeat FROM claims WHERE key = ?",
-                                     (key,)).fetchone()
+            row = self._conn.execute(
+                "SELECT key, owner, claimed, heartbeat FROM claims WHERE key = ?", (key,)
+            ).fetchone()
             if row is not None:
                 held = Claim(key=row[0], owner=row[1], claimed=row[2], heartbeat=row[3])
                 if held.owner != owner and held.alive:
                     return held
             now = time.time()
-            self._conn.execute("INSERT OR REPLACE INTO claims (key, owner, claimed, heartbeat) VALUES (?, ?, ?, ?)",
-                               (key, owner, now, now))
+            self._conn.execute(
+                "INSERT OR REPLACE INTO claims (key, owner, claimed, heartbeat) VALUES (?, ?, ?, ?)",
+                (key, owner, now, now),
+            )
         return None
 
     def release(self, owner: str, keys: Iterable[str] | None = None) -> None:
@@ -499,8 +531,9 @@ class Store:
             if keys is None:
                 self._conn.execute("DELETE FROM claims WHERE owner = ?", (owner,))
             else:
-                self._conn.executemany("DELETE FROM claims WHERE owner = ? AND key = ?",
-                                       [(owner, key) for key in keys])
+                self._conn.executemany(
+                    "DELETE FROM claims WHERE owner = ? AND key = ?", [(owner, key) for key in keys]
+                )
 
     def heartbeat(self, owner: str) -> None:
         """Say that ``owner`` is alive: its claims' heartbeat becomes now."""
@@ -586,8 +619,9 @@ def open_store(path: str | os.PathLike[str] | None = None, *, readonly: bool = F
 
 
 @contextmanager
-def keep_claims_alive(path: str | os.PathLike[str], owner: str,
-                      every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+def keep_claims_alive(
+    path: str | os.PathLike[str], owner: str, every: float = HEARTBEAT_SECONDS
+) -> Iterator[None]:
     """Inside the block, a thread renews ``owner``'s claims in the store at ``path`` every ``every``
     seconds (its own connection), so processes on other machines see them alive; they are released
     when the block ends."""

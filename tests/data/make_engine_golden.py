@@ -52,19 +52,58 @@ def networks() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
     """The recorded networks (float64, eval mode), built from fixed seeds."""
     torch.manual_seed(0)
     nets: dict[str, tuple[nn.Module, tuple[int, ...]]] = {}
-    nets["chain_fc"] = (nn.Sequential(
-        Normalize([0.4], [0.3]), nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 10), nn.ReLU(),
-        nn.Linear(10, 5)), (1, 4, 4))
-    nets["chain_conv"] = (nn.Sequential(
-        Normalize([0.4], [0.3]), nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(4, 5, 3, stride=1, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 8), nn.ReLU(),
-        nn.Linear(8, 5)), (1, 8, 8))
-    nets["chain_conv_plus"] = (nn.Sequential(
-        nn.Conv2d(1, 3, 4, stride=2), nn.ReLU(), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(),
-        nn.Linear(4 * 2 * 2, 6), nn.ReLU(), nn.Linear(6, 4)), (1, 10, 10))
-    nets["chain_linear_linear"] = (nn.Sequential(
-        nn.Flatten(), nn.Linear(9, 7), nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.ReLU(),
-        nn.Linear(6, 3)), (1, 3, 3))
+    nets["chain_fc"] = (
+        nn.Sequential(
+            Normalize([0.4], [0.3]),
+            nn.Flatten(),
+            nn.Linear(16, 12),
+            nn.ReLU(),
+            nn.Linear(12, 10),
+            nn.ReLU(),
+            nn.Linear(10, 5),
+        ),
+        (1, 4, 4),
+    )
+    nets["chain_conv"] = (
+        nn.Sequential(
+            Normalize([0.4], [0.3]),
+            nn.Conv2d(1, 4, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 5, 3, stride=1, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(5 * 4 * 4, 8),
+            nn.ReLU(),
+            nn.Linear(8, 5),
+        ),
+        (1, 8, 8),
+    )
+    nets["chain_conv_plus"] = (
+        nn.Sequential(
+            nn.Conv2d(1, 3, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(3, 4, 3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 2 * 2, 6),
+            nn.ReLU(),
+            nn.Linear(6, 4),
+        ),
+        (1, 10, 10),
+    )
+    nets["chain_linear_linear"] = (
+        nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(9, 7),
+            nn.Linear(7, 6),
+            nn.ReLU(),
+            nn.Linear(6, 6),
+            nn.ReLU(),
+            nn.ReLU(),
+            nn.Linear(6, 3),
+        ),
+        (1, 3, 3),
+    )
     nets["graph_resnet"] = (nn.Sequential(*_resnet_small((3, 8, 8), 4)), (3, 8, 8))
     nets["graph_cnn7"] = (nn.Sequential(*_cnn7(width=3, hidden=8)((2, 6, 6), 4)), (2, 6, 6))
     nets["graph_cat"] = (CatNet(), (2, 6, 6))
@@ -126,10 +165,16 @@ def record() -> dict[str, object]:  # pragma: no cover - run by hand on the old 
             for variant, options in variants.items():
                 with torch.no_grad():
                     lb, ub = bound(network, lower, upper, relaxation, spec, **options)
-                    boxes, _ = middle(network, lower, upper, relaxation,
-                                      **{k: v for k, v in options.items() if k != "lower_only"})
+                    boxes, _ = middle(
+                        network,
+                        lower,
+                        upper,
+                        relaxation,
+                        **{k: v for k, v in options.items() if k != "lower_only"},
+                    )
                 result["bounds"][f"{key}/{variant}"] = {
-                    "lb": lb.clone(), "ub": ub.clone(),
+                    "lb": lb.clone(),
+                    "ub": ub.clone(),
                     "pre": [(lo.clone(), hi.clone()) for lo, hi in boxes],
                 }
     return result

@@ -67,8 +67,16 @@ def test_negative_image_counts_are_refused(checkpoint: Path) -> None:
 
 @pytest.mark.parametrize("timeout", ["nan", "-5", "inf", "0"])
 def test_export_timeouts_must_be_seconds(checkpoint: Path, tmp_path: Path, timeout: str) -> None:
-    result = _invoke("export", str(checkpoint), "--onnx", str(tmp_path / "m.onnx"), "--vnnlib", str(tmp_path / "v"),
-                     "--timeout", timeout)
+    result = _invoke(
+        "export",
+        str(checkpoint),
+        "--onnx",
+        str(tmp_path / "m.onnx"),
+        "--vnnlib",
+        str(tmp_path / "v"),
+        "--timeout",
+        timeout,
+    )
     _one_line_refusal(result, "--timeout", timeout)
     assert not (tmp_path / "v").exists()
 
@@ -84,7 +92,9 @@ def test_export_timeouts_must_be_seconds(checkpoint: Path, tmp_path: Path, timeo
         ("lr_schedule = 'milestones'\nlr_milestones = ['3']", ("lr_milestones must be",)),
     ],
 )
-def test_train_refuses_values_it_cannot_train_with(tmp_path: Path, setting: str, words: tuple[str, ...]) -> None:
+def test_train_refuses_values_it_cannot_train_with(
+    tmp_path: Path, setting: str, words: tuple[str, ...]
+) -> None:
     (tmp_path / "c.toml").write_text(TINY + setting + "\n")
     result = _invoke("train", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run"), "-q")
     _one_line_refusal(result, *words)
@@ -104,8 +114,17 @@ def test_bounds_of_an_overflowing_radius_say_so_in_one_line(tmp_path: Path) -> N
 
     export_onnx(model, (3,), tmp_path / "net.onnx")
     np.save(tmp_path / "x.npy", np.zeros(3, dtype=np.float32))
-    result = _invoke("bounds", "--model", str(tmp_path / "net.onnx"), "--input", str(tmp_path / "x.npy"),
-                     "--eps", "1e308", "-r", "CROWN")
+    result = _invoke(
+        "bounds",
+        "--model",
+        str(tmp_path / "net.onnx"),
+        "--input",
+        str(tmp_path / "x.npy"),
+        "--eps",
+        "1e308",
+        "-r",
+        "CROWN",
+    )
     _one_line_refusal(result, "overflow")
 
 

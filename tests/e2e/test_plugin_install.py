@@ -25,16 +25,30 @@ def _install(source: Path, target: Path) -> None:
     copy = target.parent / f"{target.name}-source"
     shutil.copytree(source, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(copy)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(copy),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
 
 
 def _run(target: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "PYTHONPATH": str(target), **(env or {})}
     environment.pop("RELAXLAB_DISABLE_PLUGIN_AUTOLOAD", None)
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=environment, timeout=600)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=environment, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +94,9 @@ def test_example_plugin_contributes_a_candidate_line(example_plugin: Path) -> No
 
 
 def test_blocking_the_example_plugin_removes_it(example_plugin: Path) -> None:
-    result = _run(example_plugin, "-m", "relaxlab", "list", "--json", env={"RELAXLAB_BLOCK_PLUGINS": "example"})
+    result = _run(
+        example_plugin, "-m", "relaxlab", "list", "--json", env={"RELAXLAB_BLOCK_PLUGINS": "example"}
+    )
     assert result.returncode == 0, result.stderr
     assert "example-Half-Slope" not in {r["name"] for r in json.loads(result.stdout)}
 
@@ -88,7 +104,8 @@ def test_blocking_the_example_plugin_removes_it(example_plugin: Path) -> None:
 def test_an_unsound_plugin_is_caught_with_a_counterexample(tmp_path: Path) -> None:
     source = tmp_path / "relaxlab-acme"
     (source / "src" / "relaxlab_acme").mkdir(parents=True)
-    (source / "pyproject.toml").write_text(textwrap.dedent("""
+    (source / "pyproject.toml").write_text(
+        textwrap.dedent("""
         [build-system]
         requires = ["setuptools>=61"]
         build-backend = "setuptools.build_meta"
@@ -99,8 +116,10 @@ def test_an_unsound_plugin_is_caught_with_a_counterexample(tmp_path: Path) -> No
         acme = "relaxlab_acme"
         [tool.setuptools.packages.find]
         where = ["src"]
-    """))
-    (source / "src" / "relaxlab_acme" / "__init__.py").write_text(textwrap.dedent("""
+    """)
+    )
+    (source / "src" / "relaxlab_acme" / "__init__.py").write_text(
+        textwrap.dedent("""
         import relaxlab
         from relaxlab.core.lines import CHORD_LOW, EXACT_NEGATIVE, EXACT_POSITIVE, ZERO
         from relaxlab.core.relaxation import CaseBounds, ReluRelaxation
@@ -110,14 +129,19 @@ def test_an_unsound_plugin_is_caught_with_a_counterexample(tmp_path: Path) -> No
             # the upper line lambda*x passes below relu at x = u: unsound
             return [ReluRelaxation(name="acme-Too-Tight", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
                                    unstable=CaseBounds(ZERO, CHORD_LOW))]
-    """))
+    """)
+    )
     target = tmp_path / "site"
     _install(source, target)
     result = _run(target, "-m", "relaxlab", "check", "-r", "acme-Too-Tight", "--json", "--sample", "20")
     assert result.returncode == 1
     [record] = json.loads(result.stdout)
     counterexample = record["counterexample"]
-    assert record["sound"] is False and counterexample["case"] == "unstable" and counterexample["side"] == "upper"
+    assert (
+        record["sound"] is False
+        and counterexample["case"] == "unstable"
+        and counterexample["side"] == "upper"
+    )
     assert counterexample["line_value"] < counterexample["relu_value"]
     listed = _run(target, "-m", "relaxlab", "list")
     assert listed.returncode == 0

@@ -84,7 +84,9 @@ class StopAfter(Executor):
         self.inner, self.k = inner, k
 
     def run(
-        self, tasks: Sequence[RunTask], on_start: Callable[[RunTask], None] | None = None,
+        self,
+        tasks: Sequence[RunTask],
+        on_start: Callable[[RunTask], None] | None = None,
         on_progress: Callable[[str, float], None] | None = None,
     ) -> Iterator[RunOutcome]:
         outcomes = self.inner.run(tasks, on_start, on_progress)
@@ -211,10 +213,22 @@ def test_two_sweeps_on_one_store_train_each_run_once(tmp_path: Path, uninterrupt
     """Two processes started on one sweep and one store share the runs: each run trains once, one record per
     run id, and both exit 0 (each claims a run before it trains it)."""
     path = _write(tmp_path)
-    command = [sys.executable, "-m", "relaxlab", "sweep", str(path), "--out", str(tmp_path / "out"),
-               "--executor", "inprocess", "-q"]
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "relaxlab",
+        "sweep",
+        str(path),
+        "--out",
+        str(tmp_path / "out"),
+        "--executor",
+        "inprocess",
+        "-q",
+    ]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
     trained = [int(re.search(r"(\d+) trained", output)[1]) for output in outputs]  # type: ignore[index]
@@ -222,9 +236,12 @@ def test_two_sweeps_on_one_store_train_each_run_once(tmp_path: Path, uninterrupt
     runs, metrics = store_contents(tmp_path / "out" / "results.sqlite")
     expected_runs, expected_metrics = uninterrupted
     trains = [run for run in runs if run[0] == "train"]
-    assert len(trains) == 4 and len({run[5] for run in trains}) == 4 and {run[2] for run in trains} == {"done"}
+    assert (
+        len(trains) == 4 and len({run[5] for run in trains}) == 4 and {run[2] for run in trains} == {"done"}
+    )
     assert sorted((run[0], run[1], run[5]) for run in runs if run[0] != "sweep") == sorted(
-        (run[0], run[1], run[5]) for run in expected_runs if run[0] != "sweep")
+        (run[0], run[1], run[5]) for run in expected_runs if run[0] != "sweep"
+    )
     assert len(metrics) == len(expected_metrics)
     with Store(tmp_path / "out" / "results.sqlite") as store:
         assert store.claims() == []  # each process released what it held

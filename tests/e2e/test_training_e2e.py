@@ -99,16 +99,32 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path: Path, tiny_da
         train(config, tmp_path / "part", data=tiny_data)
 
 
-@pytest.mark.parametrize(("objective", "augment"), [("SABR(lambda=0.5, steps=3)", "none"),
-                                                   ("MTL-IBP(alpha=0.5, steps=2)", "flip-crop")])
+@pytest.mark.parametrize(
+    ("objective", "augment"),
+    [("SABR(lambda=0.5, steps=3)", "none"), ("MTL-IBP(alpha=0.5, steps=2)", "flip-crop")],
+)
 def test_resume_with_an_attacking_objective_is_bitwise_the_uninterrupted_run(
     tmp_path: Path, tiny_data: Any, objective: str, augment: str
 ) -> None:
     """The attacks' random starts and the augmentation come from generators seeded per step: nothing
     to save, nothing lost."""
-    config = TrainConfig(name="o", architecture="FC-S", relaxation="CROWN-IBP (R)", objective=objective, epochs=3,
-                         rampup_epochs=1, eps_train=0.1, eps_test=0.1, kappa_start=0.5, kappa_end=0.0,
-                         batch_size=50, train_subset=150, test_subset=30, lr=1e-3, augment=augment)
+    config = TrainConfig(
+        name="o",
+        architecture="FC-S",
+        relaxation="CROWN-IBP (R)",
+        objective=objective,
+        epochs=3,
+        rampup_epochs=1,
+        eps_train=0.1,
+        eps_test=0.1,
+        kappa_start=0.5,
+        kappa_end=0.0,
+        batch_size=50,
+        train_subset=150,
+        test_subset=30,
+        lr=1e-3,
+        augment=augment,
+    )
     full = train(config, tmp_path / "full", data=tiny_data)
     train(config, tmp_path / "part", data=tiny_data, stop_after=1)
     train(config, tmp_path / "part", data=tiny_data, stop_after=2, resume=True)
@@ -180,7 +196,9 @@ def test_cli_train_certify_report_and_bad_input(tmp_path: Path) -> None:
         assert sorted(r.config["certifier"] for r in certs) == ["CROWN", "IBP"]
         ibp_cr = next(store.final_metrics(r.id)["certified"] for r in certs if r.config["certifier"] == "IBP")
     result = runner.invoke(cli, ["report", "--store", str(store_path)])
-    assert result.exit_code == 0 and "| IBP | kappa-mix | 40 | " in result.output  # training's final certification: 40 images
+    assert (
+        result.exit_code == 0 and "| IBP | kappa-mix | 40 | " in result.output
+    )  # training's final certification: 40 images
     certifications = result.output.split("## All certifications")[1]
     assert "| IBP | 0.1 | 20 | " in certifications and f"{100 * ibp_cr:.1f} | certify |  |" in certifications
     assert f"| 1 | cli-ibp | {out} | mnist-mini | FC-S | IBP | kappa-mix | 2 | done |" in result.output

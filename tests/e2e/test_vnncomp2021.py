@@ -55,9 +55,11 @@ def _check(results: list[Result], count: int = 47) -> None:
         assert outputs == list(example.outputs)
         prop = read_vnnlib(instance.prop)
         for values in (outputs, _onnxruntime_outputs(instance.network, example.inputs)):
-            assert any(region.box.contains(example.inputs)
-                       and any(all(atom.holds(values) for atom in conjunction) for conjunction in region.disjuncts)
-                       for region in prop.regions), (instance.prop.name, values)
+            assert any(
+                region.box.contains(example.inputs)
+                and any(all(atom.holds(values) for atom in conjunction) for conjunction in region.disjuncts)
+                for region in prop.regions
+            ), (instance.prop.name, values)
 
 
 def _onnxruntime_outputs(network: object, inputs: tuple[float, ...]) -> list[float]:
@@ -70,7 +72,11 @@ def _onnxruntime_outputs(network: object, inputs: tuple[float, ...]) -> list[flo
 
 
 def _instances(timeout: float | None) -> list:
-    return [i for name in BENCHMARKS for i in read_instances(SHARED / name / f"{name}_instances.csv", timeout=timeout)]
+    return [
+        i
+        for name in BENCHMARKS
+        for i in read_instances(SHARED / name / f"{name}_instances.csv", timeout=timeout)
+    ]
 
 
 @pytest.fixture

@@ -29,8 +29,17 @@ PRINTS_TABLE = {"render_table"}
 #: Calls that read a dataset's files (the command must take --data-dir).
 READS_DATA = {"load_test_split", "_load", "load_config", "load_sweep", "load_screen"}
 #: Calls that compute with tensors (the command must take --device).
-COMPUTES = {"train", "certify", "cr_curves", "compute_bounds", "landscape", "discontinuity_share", "run_sweep",
-            "run_screen", "run_paradox"}
+COMPUTES = {
+    "train",
+    "certify",
+    "cr_curves",
+    "compute_bounds",
+    "landscape",
+    "discontinuity_share",
+    "run_sweep",
+    "run_screen",
+    "run_paradox",
+}
 #: Spellings that are gone, with the one that replaced them (tests/unit/cli checks the hints).
 RETIRED = {"--output": "--neuron", "--samples": "--n", "--examples": "--sample"}
 
@@ -48,7 +57,9 @@ def _functions(command: click.Command) -> tuple[str, dict[str, ast.FunctionDef]]
     callback = command.callback
     assert callback is not None
     tree = ast.parse(inspect.getsource(importlib.import_module(callback.__module__)))
-    return callback.__name__, {node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    return callback.__name__, {
+        node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
+    }
 
 
 def _calls(command: click.Command) -> set[str]:
@@ -64,7 +75,9 @@ def _calls(command: click.Command) -> set[str]:
         seen.add(name)
         for node in ast.walk(functions[name]):
             if isinstance(node, ast.Call):
-                target = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                target = (
+                    node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                )
                 called.add(target)
                 todo.append(target)
     return called
@@ -89,23 +102,34 @@ def test_shared_options_are_spelled_and_typed_alike(name: str, command: click.Co
         if option.hidden:
             continue
         if any("relaxation" in s for s in spellings):
-            assert option.opts == ["-r", "--relaxation"], f"{name}: relaxations are chosen with -r/--relaxation"
+            assert option.opts == ["-r", "--relaxation"], (
+                f"{name}: relaxations are chosen with -r/--relaxation"
+            )
             assert option.multiple, f"{name}: -r/--relaxation is repeatable"
         if "--data-dir" in spellings:
-            assert isinstance(option.type, click.Path) and not option.type.file_okay, f"{name}: --data-dir is a directory"
+            assert isinstance(option.type, click.Path) and not option.type.file_okay, (
+                f"{name}: --data-dir is a directory"
+            )
         if "--store" in spellings:
-            assert isinstance(option.type, click.Path) and not option.type.dir_okay, f"{name}: --store is a file"
+            assert isinstance(option.type, click.Path) and not option.type.dir_okay, (
+                f"{name}: --store is a file"
+            )
         if "--threads" in spellings:
             assert isinstance(option.type, click.IntRange) and option.type.min == 1, f"{name}: --threads >= 1"
         if "--quiet" in spellings:
             assert "-q" in spellings, f"{name}: --quiet is also -q"
         if "--out" in spellings:
-            assert option.name == "out_dir" and isinstance(option.type, click.Path) and not option.type.file_okay, (
-                f"{name}: --out is always a directory (a file has its own name: --plot, --onnx, ...)")
+            assert (
+                option.name == "out_dir" and isinstance(option.type, click.Path) and not option.type.file_okay
+            ), f"{name}: --out is always a directory (a file has its own name: --plot, --onnx, ...)"
         if "--plot" in spellings:
-            assert isinstance(option.type, click.Path) and not option.type.dir_okay, f"{name}: --plot is an image file"
+            assert isinstance(option.type, click.Path) and not option.type.dir_okay, (
+                f"{name}: --plot is an image file"
+            )
         if "--n" in spellings:
-            assert isinstance(option.type, click.IntRange) and option.type.min == 1, f"{name}: --n counts, from 1"
+            assert isinstance(option.type, click.IntRange) and option.type.min == 1, (
+                f"{name}: --n counts, from 1"
+            )
         if "--device" in spellings:
             assert option.default == "cpu", f"{name}: --device defaults to cpu everywhere"
 
@@ -123,7 +147,9 @@ def test_relaxations_are_never_positional(name: str, command: click.Command) -> 
     """Every command names relaxations with -r; the old positional form only refuses itself with a hint."""
     for argument in (p for p in command.params if isinstance(p, click.Argument)):
         if "name" in (argument.name or ""):
-            assert not argument.expose_value, f"{name}: relaxation names are given with -r, not as {argument.name}"
+            assert not argument.expose_value, (
+                f"{name}: relaxation names are given with -r, not as {argument.name}"
+            )
 
 
 @pytest.mark.parametrize(("name", "command"), COMMANDS_, ids=IDS)
@@ -165,8 +191,17 @@ def test_command_functions_share_one_naming_convention() -> None:
 
 def test_commands_that_read_relaxations_all_take_r() -> None:
     takes = {n for n, c in COMMANDS_ if any(o.opts == ["-r", "--relaxation"] for o in _options(c))}
-    assert {"bounds", "certify", "tightness", "landscape", "continuity", "sensitivity", "gd-experiment", "show",
-            "check"} <= takes
+    assert {
+        "bounds",
+        "certify",
+        "tightness",
+        "landscape",
+        "continuity",
+        "sensitivity",
+        "gd-experiment",
+        "show",
+        "check",
+    } <= takes
 
 
 @pytest.mark.parametrize(("name", "command"), COMMANDS_, ids=IDS)

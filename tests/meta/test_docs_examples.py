@@ -51,20 +51,28 @@ SMALL: tuple[tuple[str, str], ...] = (
     (r"--points \d+", "--points 5"),
     (r"--n \d+", "--n 20"),
     (r"--threads \d+", "--threads 1"),
-    (r"^relaxlab train ", "relaxlab train --set epochs=1 --set warmup_epochs=0 --set rampup_epochs=1 "
-                          "--set max_batches=2 --set train_subset=100 --set test_subset=20 "),
+    (
+        r"^relaxlab train ",
+        "relaxlab train --set epochs=1 --set warmup_epochs=0 --set rampup_epochs=1 "
+        "--set max_batches=2 --set train_subset=100 --set test_subset=20 ",
+    ),
     (r"relaxlab train (track)", r"relaxlab train --set epochs=1 --set max_batches=4 \1"),
 )
 
 #: (document, start of the command) -> why it is only run in the slow suite.
 SLOW: dict[tuple[str, str], str] = {
     ("docs/training.md", "relaxlab paradox"): "six trainings, tightness and certification (minutes)",
-    ("docs/training.md", "relaxlab sweep examples/objectives_grid.toml --workers"):
-        "54 trainings on MNIST (about 100 minutes on 2 cores, examples/objectives_grid.toml)",
+    (
+        "docs/training.md",
+        "relaxlab sweep examples/objectives_grid.toml --workers",
+    ): "54 trainings on MNIST (about 100 minutes on 2 cores, examples/objectives_grid.toml)",
     ("docs/training.md", "relaxlab report --store runs/objectives-grid"): "reads the grid's store",
     ("docs/experiments.md", "relaxlab sweep examples/table4.toml --workers"): "a grid of trainings",
     ("docs/experiments.md", "relaxlab report --store runs/table4"): "reads the sweep's store",
-    ("docs/screening.md", "relaxlab screen examples/screen.toml --workers"): "514 trainings (about an hour on 2 cores, docs/results.md)",
+    (
+        "docs/screening.md",
+        "relaxlab screen examples/screen.toml --workers",
+    ): "514 trainings (about an hour on 2 cores, docs/results.md)",
     ("docs/analysis.md", "for r in IBP hBox DeepZ CROWN"): "four trainings with tracking",
     ("docs/analysis.md", "relaxlab tracking-plot"): "reads the tracked trainings",
     ("docs/analysis.md", "relaxlab gd-experiment"): "searches 60 seeds",
@@ -103,8 +111,11 @@ PRELUDES: dict[str, str] = {
 PY_SMALL: tuple[tuple[str, str, str], ...] = (
     ("docs/training.md", "eps_train=0.1)", "eps_train=0.1, train_subset=100, test_subset=20, max_batches=2)"),
     ("docs/training.md", "x[:200], y[:200]", "x[:20], y[:20]"),
-    ("docs/analysis.md", 'x[:1], 0.15, ["IBP", "DeepZ"], output=int(y[0]))',
-     'x[:1], 0.15, ["IBP", "DeepZ"], output=int(y[0]), points=5)'),
+    (
+        "docs/analysis.md",
+        'x[:1], 0.15, ["IBP", "DeepZ"], output=int(y[0]))',
+        'x[:1], 0.15, ["IBP", "DeepZ"], output=int(y[0]), points=5)',
+    ),
     ("docs/analysis.md", 'relaxlab.get_relaxation("CROWN"))', 'relaxlab.get_relaxation("CROWN"), points=10)'),
 )
 
@@ -134,8 +145,9 @@ def blocks(lang: str) -> list[Block]:
         text = path.read_text(encoding="utf-8")
         for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
             if match[1] == lang:
-                found.append(Block(str(path.relative_to(ROOT)), text[: match.start()].count("\n") + 1, lang,
-                                   match[2]))
+                found.append(
+                    Block(str(path.relative_to(ROOT)), text[: match.start()].count("\n") + 1, lang, match[2])
+                )
     return found
 
 
@@ -203,13 +215,18 @@ def run_console(block: Block, where: Path, *, include_slow: bool) -> list[str]:
         needs_mnist = "results" in block.doc or "MNIST" in (slow_reason(block.doc, step.command) or "")
         if step.command.startswith("relaxlab ") and needs_mnist and not _has_mnist():
             pytest.skip("needs the MNIST files of docs/results.md (step 1)")
-        if step.command.startswith("relaxlab table10") and "--show" not in step.command and not _has_released():
+        if (
+            step.command.startswith("relaxlab table10")
+            and "--show" not in step.command
+            and not _has_released()
+        ):
             pytest.skip("needs the paper's released networks ($RELAXLAB_PARADOX_PRETRAINED)")
         command = _small(step.command)
         if step.command.startswith("for "):
             env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-            done = subprocess.run(["bash", "-c", command], cwd=where, env=env, capture_output=True, text=True,
-                                  timeout=1800)
+            done = subprocess.run(
+                ["bash", "-c", command], cwd=where, env=env, capture_output=True, text=True, timeout=1800
+            )
             output, code = done.stdout + done.stderr, done.returncode
         else:
             result = CliRunner().invoke(cli, shlex.split(command)[1:], catch_exceptions=False)
@@ -251,8 +268,9 @@ WITH_SLOW = [b for b in CONSOLE if any(slow_reason(b.doc, s.command) for s in st
 
 
 @pytest.mark.parametrize("block", CONSOLE, ids=[b.id for b in CONSOLE])
-def test_console_block(block: Block, tmp_path_factory: pytest.TempPathFactory,
-                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_console_block(
+    block: Block, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The block's commands but the slow ones run and print what the block shows."""
     where = _DOC_DIRS.setdefault(block.doc, tmp_path_factory.mktemp("doc"))
     monkeypatch.chdir(where)
@@ -290,7 +308,7 @@ def test_python_block(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_every_slow_entry_names_a_command_in_the_docs() -> None:
     """The allow-list cannot keep an entry the docs lost."""
     commands = [(b.doc, s.command) for b in CONSOLE for s in steps(b)]
-    for (doc, start) in SLOW:
+    for doc, start in SLOW:
         assert any(d == doc and c.startswith(start) for d, c in commands), (doc, start)
 
 
@@ -335,7 +353,9 @@ def test_paper_numbers_in_the_docs_are_the_papers() -> None:
                     continue
                 auc, cr = PAPER_TABLE1[name]
                 expected = f"{auc:.2f}" if title.startswith("paper CR-AUC") else f"{cr:.1f}"
-                assert cells[column] == expected, f"{path.name}, {heading}: {name}'s {title} is {cells[column]}, " \
-                                                  f"the main job prints {expected}"
+                assert cells[column] == expected, (
+                    f"{path.name}, {heading}: {name}'s {title} is {cells[column]}, "
+                    f"the main job prints {expected}"
+                )
                 checked += 1
     assert checked >= 15  # the FC-S table, the Table 2 / 11 copy and the paradox table

@@ -25,8 +25,17 @@ SRC = ROOT / "src"
 #: Layers in order; a module may import its own layer and the layers before it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("relaxlab.core", "relaxlab.nn", "relaxlab.runtime", "relaxlab.examples")),
-    ("registry", ("relaxlab.hookspecs", "relaxlab.registry", "relaxlab.relaxations", "relaxlab.architectures",
-                  "relaxlab.data", "relaxlab.objectives")),
+    (
+        "registry",
+        (
+            "relaxlab.hookspecs",
+            "relaxlab.registry",
+            "relaxlab.relaxations",
+            "relaxlab.architectures",
+            "relaxlab.data",
+            "relaxlab.objectives",
+        ),
+    ),
     ("engine", ("relaxlab.engine",)),
     ("reference", ("relaxlab.reference",)),
     ("properties", ("relaxlab.properties",)),
@@ -43,8 +52,9 @@ ROOT_BASICS = {"hookimpl", "__version__"}
 #: Cycles between files of one package that are known and being removed: each entry is the set of
 #: modules of one cycle, with why it is allowed for now (the engine is the lead's, issue 26).
 KNOWN_FILE_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"relaxlab.engine.bounder", "relaxlab.engine.patches"}):
-        "patches annotates the Bounder that calls it (an import under TYPE_CHECKING; a Protocol is the fix)",
+    frozenset(
+        {"relaxlab.engine.bounder", "relaxlab.engine.patches"}
+    ): "patches annotates the Bounder that calls it (an import under TYPE_CHECKING; a Protocol is the fix)",
 }
 
 
@@ -82,7 +92,10 @@ def import_edges(src: Path) -> list[tuple[str, str, str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1]
+                        + ([base] if base else [])
+                    )
                 for alias in node.names:
                     full = f"{base}.{alias.name}"
                     if full in modules:
@@ -115,8 +128,10 @@ def violations(src: Path) -> list[str]:
     graph: nx.DiGraph = nx.DiGraph()
     for importer, imported, how in import_edges(src):
         if rank(imported) > rank(importer):
-            found.append(f"{importer} -> {imported} ({how}): layer {LAYERS[rank(importer)][0]!r} may not "
-                         f"use layer {LAYERS[rank(imported)][0]!r}")
+            found.append(
+                f"{importer} -> {imported} ({how}): layer {LAYERS[rank(importer)][0]!r} may not "
+                f"use layer {LAYERS[rank(imported)][0]!r}"
+            )
         if unit(importer) != unit(imported):
             graph.add_edge(unit(importer), unit(imported))
     found += [f"cycle between packages: {' -> '.join(cycle)}" for cycle in nx.simple_cycles(graph)]
@@ -161,41 +176,73 @@ def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
     return src
 
 
-@pytest.mark.parametrize(("planted", "expected"), [
-    ({"relaxlab/core/planted.py": "def f():\n    from relaxlab.cli import main\n"},
-     "relaxlab.core.planted -> relaxlab.cli"),
-    ({"relaxlab/engine/planted.py": "import relaxlab.training.loss\n"}, "relaxlab.engine.planted -> relaxlab.training"),
-    ({"relaxlab/relaxations/planted.py": "PLUGINS = ('relaxlab.experiments.paradox',)\n"},
-     "relaxlab.relaxations.planted -> relaxlab.experiments.paradox (string)"),
-    ({"relaxlab/core/planted.py": "COMMAND = 'relaxlab.cli.registry_cmds:list_command'\n"},
-     "relaxlab.core.planted -> relaxlab.cli.registry_cmds (string)"),
-    ({"relaxlab/properties/planted.py": "from relaxlab import get_registry\n"},
-     "relaxlab.properties.planted -> relaxlab (import)"),
-    ({"relaxlab/stray.py": ""}, "in no layer"),
-])
+@pytest.mark.parametrize(
+    ("planted", "expected"),
+    [
+        (
+            {"relaxlab/core/planted.py": "def f():\n    from relaxlab.cli import main\n"},
+            "relaxlab.core.planted -> relaxlab.cli",
+        ),
+        (
+            {"relaxlab/engine/planted.py": "import relaxlab.training.loss\n"},
+            "relaxlab.engine.planted -> relaxlab.training",
+        ),
+        (
+            {"relaxlab/relaxations/planted.py": "PLUGINS = ('relaxlab.experiments.paradox',)\n"},
+            "relaxlab.relaxations.planted -> relaxlab.experiments.paradox (string)",
+        ),
+        (
+            {"relaxlab/core/planted.py": "COMMAND = 'relaxlab.cli.registry_cmds:list_command'\n"},
+            "relaxlab.core.planted -> relaxlab.cli.registry_cmds (string)",
+        ),
+        (
+            {"relaxlab/properties/planted.py": "from relaxlab import get_registry\n"},
+            "relaxlab.properties.planted -> relaxlab (import)",
+        ),
+        ({"relaxlab/stray.py": ""}, "in no layer"),
+    ],
+)
 def test_a_planted_violation_fails(tmp_path: Path, planted: dict[str, str], expected: str) -> None:
     problems = violations(_plant(tmp_path, planted))
     assert any(expected in problem for problem in problems), problems
 
 
 def test_a_planted_cycle_between_packages_fails(tmp_path: Path) -> None:
-    src = _plant(tmp_path, {"relaxlab/data/planted.py": "from relaxlab.architectures import Architecture\n",
-                            "relaxlab/architectures.py": (SRC / "relaxlab" / "architectures.py").read_text()
-                            + "\nfrom relaxlab.data import planted\n"})
+    src = _plant(
+        tmp_path,
+        {
+            "relaxlab/data/planted.py": "from relaxlab.architectures import Architecture\n",
+            "relaxlab/architectures.py": (SRC / "relaxlab" / "architectures.py").read_text()
+            + "\nfrom relaxlab.data import planted\n",
+        },
+    )
     assert any("cycle between packages" in p for p in violations(src))
 
 
 def test_a_planted_cycle_between_files_fails_even_through_a_function_local_import(tmp_path: Path) -> None:
-    src = _plant(tmp_path, {"relaxlab/core/planted_a.py": "from relaxlab.core.planted_b import B\nA = 1\n",
-                            "relaxlab/core/planted_b.py": "B = 2\n\n\ndef f():\n    from relaxlab.core.planted_a import A\n"})
+    src = _plant(
+        tmp_path,
+        {
+            "relaxlab/core/planted_a.py": "from relaxlab.core.planted_b import B\nA = 1\n",
+            "relaxlab/core/planted_b.py": "B = 2\n\n\ndef f():\n    from relaxlab.core.planted_a import A\n",
+        },
+    )
     problems = violations(src)
-    assert any("cycle between files of relaxlab.core" in p and "planted_a" in p and "planted_b" in p
-               for p in problems), problems
+    assert any(
+        "cycle between files of relaxlab.core" in p and "planted_a" in p and "planted_b" in p
+        for p in problems
+    ), problems
     # and one through TYPE_CHECKING counts too
-    src = _plant(tmp_path / "2", {"relaxlab/properties/planted_a.py": "import relaxlab.properties.planted_b\n",
-                                  "relaxlab/properties/planted_b.py": (
-                                      "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                                      "    from relaxlab.properties.planted_a import X\n")})
+    src = _plant(
+        tmp_path / "2",
+        {
+            "relaxlab/properties/planted_a.py": "import relaxlab.properties.planted_b\n",
+            "relaxlab/properties/planted_b.py": (
+                "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                "    from relaxlab.properties.planted_a import X\n"
+            ),
+        },
+    )
     assert any("cycle between files of relaxlab.properties" in p for p in violations(src))
 
 
@@ -212,13 +259,16 @@ def test_the_known_file_cycles_still_exist() -> None:
 def test_the_package_imports_cleanly_under_warnings_as_errors() -> None:
     modules = sorted(module_name(p, SRC) for p in (SRC / "relaxlab").rglob("*.py") if p.name != "__main__.py")
     script = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
-    result = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_the_architecture_page_draws_these_layers() -> None:
     text = (ROOT / "docs" / "architecture.md").read_text()
     positions = [text.find(f"`{items[0]}`") for _, items in LAYERS]
-    assert all(p >= 0 for p in positions), [items[0] for (_, items), p in zip(LAYERS, positions, strict=True) if p < 0]
+    assert all(p >= 0 for p in positions), [
+        items[0] for (_, items), p in zip(LAYERS, positions, strict=True) if p < 0
+    ]
     assert positions == sorted(positions), "docs/architecture.md lists the layers out of order"

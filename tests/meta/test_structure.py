@@ -16,7 +16,9 @@ SRC = ROOT / "src" / "relaxlab"
 
 def test_every_hook_is_documented_with_its_signature() -> None:
     text = (ROOT / "docs" / "plugins.md").read_text()
-    hooks = [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("relaxlab_")]
+    hooks = [
+        name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("relaxlab_")
+    ]
     assert len(hooks) == 6
     for name in hooks:
         assert re.search(rf"### `{name}\(\)", text), f"{name} is not documented in docs/plugins.md"
@@ -26,7 +28,9 @@ def test_every_hook_is_exercised_by_a_test() -> None:
     """Each hook is implemented by a plugin some test builds or installs, besides the built-ins."""
     sources = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("*.py") if "meta" not in p.parts)
     sources += "\n".join(p.read_text() for p in (ROOT / "plugins").rglob("*.py"))
-    hooks = [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("relaxlab_")]
+    hooks = [
+        name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("relaxlab_")
+    ]
     for name in hooks:
         assert re.search(rf"\b{name}\b", sources), f"no test or test plugin implements {name}"
 

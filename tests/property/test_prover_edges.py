@@ -85,8 +85,13 @@ def _pairs(draw: st.DrawFn, bounded: bool, constant: float) -> tuple[list[float]
     points = [draw(magnitude) * draw(signs) for _ in range(12)] + [0.0, 1e-7, -1e-7]
     if constant:
         below32 = float(torch.tensor(constant, dtype=torch.float32))
-        for value in (constant, below32, math.nextafter(constant, 0.0), math.nextafter(constant, math.inf),
-                      math.nextafter(below32, 0.0)):
+        for value in (
+            constant,
+            below32,
+            math.nextafter(constant, 0.0),
+            math.nextafter(constant, math.inf),
+            math.nextafter(below32, 0.0),
+        ):
             points += [value, -value]
     points = [p for p in points if abs(p) <= (BOUNDED_DOMAIN if bounded else 1e30)]
     pairs = [(min(a, b), max(a, b)) for a in points for b in points]
@@ -104,14 +109,18 @@ def test_what_the_prover_accepts_holds_as_computed(data: st.DataObject, edge: tu
         return  # refused: nothing to hold
     settings = [relaxation]
     if params:  # far beyond the clip of the proof, and at the ends: only what get() returns counts
-        for value in data.draw(st.lists(st.sampled_from([0.0, 1e-3, 1.0, 999.0, 1e3, 1e4, 1e5, 1e12]),
-                                        min_size=1, max_size=3)):
+        for value in data.draw(
+            st.lists(st.sampled_from([0.0, 1e-3, 1.0, 999.0, 1e3, 1e4, 1e5, 1e12]), min_size=1, max_size=3)
+        ):
             try:
                 settings.append(registry.get(f"edge(theta={value!r})"))
             except UnsoundRelaxationError:
                 pass
-    bounded = any(not verdict_part.domain.scale_invariant
-                  for verdict_part in prove_soundness(relaxation, budget=BUDGET).parts if verdict_part.domain)
+    bounded = any(
+        not verdict_part.domain.scale_invariant
+        for verdict_part in prove_soundness(relaxation, budget=BUDGET).parts
+        if verdict_part.domain
+    )
     lower, upper = _pairs(data.draw, bounded, constant)
     for setting in settings:
         for dtype in ("float32", "float64"):

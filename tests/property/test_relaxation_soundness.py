@@ -63,7 +63,9 @@ def test_unsound_specs_are_caught_with_a_real_counterexample(label: str) -> None
     ls, lo, us, uo = (float(v) for v in relaxation.coefficients(lb, ub).tensors)
     x = counterexample.x
     assert counterexample.lower <= x <= counterexample.upper
-    value = (ls if counterexample.side == "lower" else us) * x + (lo if counterexample.side == "lower" else uo)
+    value = (ls if counterexample.side == "lower" else us) * x + (
+        lo if counterexample.side == "lower" else uo
+    )
     gap = value - max(x, 0.0) if counterexample.side == "lower" else max(x, 0.0) - value
     assert gap > 0 and value == pytest.approx(counterexample.line_value)
     with pytest.raises(AssertionError, match="unsound"):

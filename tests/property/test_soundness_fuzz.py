@@ -49,15 +49,25 @@ def problems(draw: st.DrawFn) -> tuple[nn.Sequential, torch.Tensor, float, tuple
     scale = draw(st.sampled_from([1e-3, 1.0, 30.0, 1e3]))
     conv = draw(st.booleans())
     if conv:
-        layers: list[nn.Module] = [Normalize([0.4], [0.3]), nn.Conv2d(1, 3, 3, stride=draw(st.sampled_from([1, 2])),
-                                                                      padding=1), nn.ReLU(), nn.Flatten()]
+        layers: list[nn.Module] = [
+            Normalize([0.4], [0.3]),
+            nn.Conv2d(1, 3, 3, stride=draw(st.sampled_from([1, 2])), padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        ]
         probe = nn.Sequential(*layers)(torch.zeros(1, 1, 5, 5))
         layers += [nn.Linear(probe.shape[1], 4), nn.ReLU(), nn.Linear(4, 3)]
         shape: tuple[int, ...] = (1, 5, 5)
     else:
         width = draw(st.integers(2, 6))
-        layers = [Normalize([0.5], [0.25]), nn.Linear(3, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                  nn.Linear(width, 2)]
+        layers = [
+            Normalize([0.5], [0.25]),
+            nn.Linear(3, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
+            nn.Linear(width, 2),
+        ]
         shape = (3,)
     model = nn.Sequential(*layers).double().eval()
     with torch.no_grad():
@@ -90,5 +100,7 @@ def test_bounds_contain_every_value_found(dtype: torch.dtype, problem: tuple, in
     tol = TOL[dtype] * scale
     assert bool((values >= lb.unsqueeze(1) - tol).all()), f"{relaxation.name}: a sampled value below lb"
     assert bool((values <= ub.unsqueeze(1) + tol).all()), f"{relaxation.name}: a sampled value above ub"
-    assert bool((low >= lb - tol).all()) and bool((high <= ub + tol).all()), f"{relaxation.name}: PGD left the bounds"
+    assert bool((low >= lb - tol).all()) and bool((high <= ub + tol).all()), (
+        f"{relaxation.name}: PGD left the bounds"
+    )
     CHECKS["points"] += int(values.numel()) + 2 * int(low.numel())

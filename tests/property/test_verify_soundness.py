@@ -30,8 +30,12 @@ from relaxlab.evaluation.verify import (
 )
 from relaxlab.reference.milp import MILP_ATOL, MILP_RTOL, milp_bounds
 
-PLAN = [resolve_stage("IBP"), resolve_stage("CROWN"), AttackStage(rounds=1, starts=4, steps=20),
-        SplitStage("split", relaxation_bound("CROWN"), batch=32, max_boxes=256)]
+PLAN = [
+    resolve_stage("IBP"),
+    resolve_stage("CROWN"),
+    AttackStage(rounds=1, starts=4, steps=20),
+    SplitStage("split", relaxation_bound("CROWN"), batch=32, max_boxes=256),
+]
 values = st.floats(-1.0, 1.0, allow_nan=False).map(lambda v: round(v, 3))
 
 
@@ -49,15 +53,19 @@ def problems(draw: st.DrawFn) -> tuple[nn.Sequential, Property]:
     for _ in range(draw(st.integers(1, 2))):
         centre = [draw(values) for _ in range(inputs)]
         radius = draw(st.sampled_from([0.0, 0.01, 0.1, 0.3, 1.0]))
-        box = InputBox([Fraction(c) - Fraction(radius) for c in centre], [Fraction(c) + Fraction(radius) for c in centre])
+        box = InputBox(
+            [Fraction(c) - Fraction(radius) for c in centre], [Fraction(c) + Fraction(radius) for c in centre]
+        )
         with torch.no_grad():
             y = model(torch.tensor([centre], dtype=torch.float64))[0]
         conjunctions = []
         for _ in range(draw(st.integers(1, 2))):
             atoms = []
             for _ in range(draw(st.integers(1, 3))):
-                coefficients = [(j, Fraction(draw(st.sampled_from([-1, 1, 2])))) for j in
-                                sorted(draw(st.sets(st.integers(0, outputs - 1), min_size=1)))]
+                coefficients = [
+                    (j, Fraction(draw(st.sampled_from([-1, 1, 2]))))
+                    for j in sorted(draw(st.sets(st.integers(0, outputs - 1), min_size=1)))
+                ]
                 at_centre = sum(float(c) * float(y[j]) for j, c in coefficients)
                 offset = draw(st.floats(-1.5, 0.1, allow_nan=False))  # mostly below the centre's value
                 atoms.append(Atom(coefficients, Fraction(round(at_centre + offset, 3))))
@@ -72,8 +80,9 @@ def _box_points(box: InputBox) -> torch.Tensor:
     upper = torch.tensor([float(v) for v in box.upper], dtype=torch.float64)
     corners = torch.cartesian_prod(*[torch.stack([lo, hi]) for lo, hi in zip(lower, upper, strict=True)])
     corners = corners.reshape(-1, lower.numel())
-    uniform = lower + (upper - lower) * torch.rand(300, lower.numel(), dtype=torch.float64,
-                                                   generator=torch.Generator().manual_seed(0))
+    uniform = lower + (upper - lower) * torch.rand(
+        300, lower.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     return torch.cat([corners, ((lower + upper) / 2).unsqueeze(0), uniform])
 
 
@@ -88,9 +97,11 @@ def test_verify_answers_are_never_wrong(problem: tuple[nn.Sequential, Property])
         with torch.no_grad():
             outputs = model(torch.tensor([example.inputs], dtype=torch.float64))[0].tolist()
         assert outputs == list(example.outputs)
-        assert any(region.box.contains(example.inputs) and any(all(a.holds(outputs) for a in conjunction)
-                                                               for conjunction in region.disjuncts)
-                   for region in prop.regions)
+        assert any(
+            region.box.contains(example.inputs)
+            and any(all(a.holds(outputs) for a in conjunction) for conjunction in region.disjuncts)
+            for region in prop.regions
+        )
         return
     if result.status != "unsat":
         return

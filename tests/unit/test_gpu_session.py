@@ -28,8 +28,9 @@ def _module() -> ModuleType:
 
 def _run(*args: str, out: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OUT": str(out), "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
-                          timeout=120, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT
+    )
 
 
 def test_dry_run_prints_every_phase_within_eight_minutes_and_writes_nothing(tmp_path: Path) -> None:
@@ -37,9 +38,14 @@ def test_dry_run_prints_every_phase_within_eight_minutes_and_writes_nothing(tmp_
     assert done.returncode == 0, done.stderr
     plan = done.stdout
     assert f"outputs under {tmp_path / 'gpu-out'}" in plan  # $OUT
-    for phase, command in (("check", "mnist"), ("tests", "-m pytest -m gpu"),
-                           ("bench", "bench_engine.py --device cuda"), ("calibrate", "--calibrate-only"),
-                           ("paradox", "-m relaxlab sweep"), ("report", "-m relaxlab report")):
+    for phase, command in (
+        ("check", "mnist"),
+        ("tests", "-m pytest -m gpu"),
+        ("bench", "bench_engine.py --device cuda"),
+        ("calibrate", "--calibrate-only"),
+        ("paradox", "-m relaxlab sweep"),
+        ("report", "-m relaxlab report"),
+    ):
         line = next(ln for ln in plan.splitlines() if ln.strip().startswith(phase))
         assert command in line, line
     limits = [int(ln.split("<=")[1].split()[0]) for ln in plan.splitlines() if "<=" in ln]
@@ -75,13 +81,21 @@ def test_the_schedule_fits_the_budget_and_is_the_same_for_every_relaxation() -> 
 
 def test_the_sweep_it_writes_is_the_template_with_that_schedule(tmp_path: Path) -> None:
     session = _module()
-    for schedule in ({"epochs": 5, "warmup_epochs": 1, "rampup_epochs": 2, "max_batches": 0},
-                     {"epochs": 1, "warmup_epochs": 0, "rampup_epochs": 1, "max_batches": 120}):
+    for schedule in (
+        {"epochs": 5, "warmup_epochs": 1, "rampup_epochs": 2, "max_batches": 0},
+        {"epochs": 1, "warmup_epochs": 0, "rampup_epochs": 1, "max_batches": 120},
+    ):
         (tmp_path / "paradox_fc.toml").write_text(session.sweep_text(schedule))
         sweep = load_sweep(tmp_path / "paradox_fc.toml")
         assert len(sweep.runs) == 15 and sweep.certify.n == 1000
         config = sweep.runs[0].config
-        assert (config.dataset, config.architecture, config.eps_train, config.batch_size) == ("mnist", "FC", 0.3, 100)
+        assert (config.dataset, config.architecture, config.eps_train, config.batch_size) == (
+            "mnist",
+            "FC",
+            0.3,
+            100,
+        )
         assert (config.epochs, config.warmup_epochs, config.rampup_epochs, config.max_batches) == tuple(
-            schedule.values())
+            schedule.values()
+        )
         assert {r.config.relaxation for r in sweep.runs} == {"IBP", "CROWN-IBP (R)", "hBox", "DeepZ", "CROWN"}

@@ -65,22 +65,40 @@ def test_report_tables(tmp_path: Path) -> None:
         _certify(store, "CROWN-IBP", "IBP", 0.3, "c")
         _certify(store, "CROWN-IBP", "CROWN-IBP (R)", 0.4, "c")
         tightness = store.create_run("tightness", {"checkpoint": "nat", "n": 200})
-        store.log_metrics(tightness, 0, {"cr_auc/CROWN": 3.0, "cr_auc/DeepZ": 2.5, "cr_auc/IBP": 1.0,
-                                         "cr_auc/hBox": 1.5, "cr_auc/CROWN-IBP (R)": 2.0})
+        store.log_metrics(
+            tightness,
+            0,
+            {
+                "cr_auc/CROWN": 3.0,
+                "cr_auc/DeepZ": 2.5,
+                "cr_auc/IBP": 1.0,
+                "cr_auc/hBox": 1.5,
+                "cr_auc/CROWN-IBP (R)": 2.0,
+            },
+        )
         store.finish_run(tightness)
         text = render_markdown(store)
         csv = render_csv(store)
-    assert "| IBP | kappa-mix | 100 | 90.0 | 80.0 | 50.0 |" in text  # own relaxation: 50, not CROWN's 10; n images
-    assert "| CROWN | kappa-mix | 100 | 90.0 | 80.0 | 25.0 |" in text  # records without an objective: the paper's
+    assert (
+        "| IBP | kappa-mix | 100 | 90.0 | 80.0 | 50.0 |" in text
+    )  # own relaxation: 50, not CROWN's 10; n images
+    assert (
+        "| CROWN | kappa-mix | 100 | 90.0 | 80.0 | 25.0 |" in text
+    )  # records without an objective: the paper's
     assert "| CROWN-IBP | CROWN-IBP | 100 | 90.0 | 80.0 | 40.0 |" in text  # the better of its two relaxations
     assert text.index("| IBP |") < text.index("| CROWN |") < text.index("| CROWN-IBP |")  # paper order
-    assert "Table 10 layout" in text and "| IBP | 50.0 | 10.0 |" in text and "n = 100 test images (each cell picked" in text
-    section = text[text.index("## Tightness"):]
+    assert (
+        "Table 10 layout" in text
+        and "| IBP | 50.0 | 10.0 |" in text
+        and "n = 100 test images (each cell picked" in text
+    )
+    section = text[text.index("## Tightness") :]
     order = [line.split(" | ")[3] for line in section.splitlines() if line.startswith(f"| {tightness} |")]
     assert order == ["IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)"]  # the paper's order, not alphabetical
     assert f"| {tightness} | nat | 200 | IBP | 1.00 |" in section
-    assert csv.splitlines()[0] == ("dataset,architecture,eps_test,method,objective,n,accuracy,pgd,certified,certifier,"
-                                   "network,source,run")
+    assert csv.splitlines()[0] == (
+        "dataset,architecture,eps_test,method,objective,n,accuracy,pgd,certified,certifier,network,source,run"
+    )
     assert "mnist,CONV,0.30,IBP,kappa-mix,100,90.00,80.00,50.00,IBP,IBP,certify,1" in csv
 
 
@@ -144,7 +162,7 @@ def test_report_reads_a_file_without_writing_into_it(tmp_path: Path) -> None:
         "created REAL NOT NULL, finished REAL, status TEXT NOT NULL, config TEXT NOT NULL, environment TEXT NOT NULL);"
         "CREATE TABLE metrics (run_id INTEGER NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, value REAL NOT NULL);"
         "INSERT INTO runs VALUES (1, 'certify', 'c', 0.0, 1.0, 'done', '{\"certifier\": \"IBP\", \"eps\": 0.1, "
-        "\"dataset\": \"mnist\", \"architecture\": \"CONV\", \"method_label\": \"IBP\", \"n\": 10}', '{}');"
+        '"dataset": "mnist", "architecture": "CONV", "method_label": "IBP", "n": 10}\', \'{}\');'
         "INSERT INTO metrics VALUES (1, 0, 'accuracy', 0.9), (1, 0, 'certified', 0.5);"
     )
     conn.close()
@@ -173,6 +191,7 @@ def test_report_reads_a_file_without_writing_into_it(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- resuming never rewrites another run
 
+
 def _tiny(seed: int) -> str:
     """A train config of two epochs of one batch (FC-S), seeded ``seed``."""
     from tests.e2e.test_bad_values import TINY
@@ -191,18 +210,51 @@ def test_resume_into_a_store_where_the_run_id_is_another_run_is_refused(tmp_path
     mine, other = tmp_path / "mine.toml", tmp_path / "other.toml"
     mine.write_text(_tiny(0))
     other.write_text(_tiny(7))
-    interrupted = runner.invoke(cli, ["train", str(mine), "--out", str(tmp_path / "a" / "tiny"), "-q",
-                                      "--store", str(tmp_path / "a.sqlite"), "--stop-after", "1"])
+    interrupted = runner.invoke(
+        cli,
+        [
+            "train",
+            str(mine),
+            "--out",
+            str(tmp_path / "a" / "tiny"),
+            "-q",
+            "--store",
+            str(tmp_path / "a.sqlite"),
+            "--stop-after",
+            "1",
+        ],
+    )
     assert interrupted.exit_code == 0, interrupted.output
-    done = runner.invoke(cli, ["train", str(other), "--out", str(tmp_path / "b" / "tiny"), "-q",
-                               "--store", str(tmp_path / "b.sqlite")])
+    done = runner.invoke(
+        cli,
+        [
+            "train",
+            str(other),
+            "--out",
+            str(tmp_path / "b" / "tiny"),
+            "-q",
+            "--store",
+            str(tmp_path / "b.sqlite"),
+        ],
+    )
     assert done.exit_code == 0, done.output
     with Store(tmp_path / "b.sqlite") as store:
         (victim,) = store.runs(kind="train")
         before = (victim, store.metrics(victim.id))
     assert victim.id == 1 and victim.config["seed"] == 7
-    resumed = runner.invoke(cli, ["train", str(mine), "--out", str(tmp_path / "a" / "tiny"), "-q", "--resume",
-                                  "--store", str(tmp_path / "b.sqlite")])
+    resumed = runner.invoke(
+        cli,
+        [
+            "train",
+            str(mine),
+            "--out",
+            str(tmp_path / "a" / "tiny"),
+            "-q",
+            "--resume",
+            "--store",
+            str(tmp_path / "b.sqlite"),
+        ],
+    )
     assert resumed.exit_code == 2, resumed.output
     assert "run 1" in resumed.output and "seed" in resumed.output and "--store" in resumed.output
     with Store(tmp_path / "b.sqlite") as store:
@@ -210,8 +262,19 @@ def test_resume_into_a_store_where_the_run_id_is_another_run_is_refused(tmp_path
         assert (after, store.metrics(after.id)) == before
         assert after.status == "done"
     # the store it was trained with resumes it
-    resumed = runner.invoke(cli, ["train", str(mine), "--out", str(tmp_path / "a" / "tiny"), "-q", "--resume",
-                                  "--store", str(tmp_path / "a.sqlite")])
+    resumed = runner.invoke(
+        cli,
+        [
+            "train",
+            str(mine),
+            "--out",
+            str(tmp_path / "a" / "tiny"),
+            "-q",
+            "--resume",
+            "--store",
+            str(tmp_path / "a.sqlite"),
+        ],
+    )
     assert resumed.exit_code == 0, resumed.output
 
 
@@ -230,8 +293,11 @@ def test_a_claim_holds_while_its_process_lives_and_passes_on_when_it_is_gone(tmp
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         # the child's owner text, as the child itself would write it
-        started = Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[19] \
-            if Path(f"/proc/{child.pid}/stat").exists() else ""
+        started = (
+            Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[19]
+            if Path(f"/proc/{child.pid}/stat").exists()
+            else ""
+        )
         other = f"{socket.gethostname()}/{child.pid}/{started}"
         with Store(tmp_path / "r.sqlite") as store:
             assert store.claim("k", other) is None

@@ -20,50 +20,89 @@ from relaxlab.runtime import tune_allocator
 #: Every command: name -> (``"module:attribute"`` of the click command, its one-line help as
 #: ``relaxlab --help`` shows it). A test keeps each help equal to the command's own.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "list": ("relaxlab.cli.registry_cmds:list_command",
-             "List registered relaxations with their derived C/S flags."),
-    "show": ("relaxlab.cli.registry_cmds:show_command",
-             "Show relaxations: their lines per case in words, and their derived properties."),
-    "check": ("relaxlab.cli.registry_cmds:check_command",
-              "Prove soundness: every line on its side of the ReLU over the whole (l, u, parameter) domain."),
-    "bounds": ("relaxlab.cli.engine_cmds:bounds_command",
-               "Bound a network's outputs (or margins) for every input within EPS (l_inf) of INPUT."),
-    "discover": ("relaxlab.cli.discovery_cmds:discover_command",
-                 "Discover relaxations: all line combinations -> sound -> non-dominated -> + switch, soft, (R) "
-                 "-> + transforms."),
-    "train": ("relaxlab.cli.training_cmds:train_command",
-              "Train a network as CONFIG_FILE (TOML) says; checkpoints every epoch."),
-    "certify": ("relaxlab.cli.training_cmds:certify_command",
-                "Standard accuracy, PGD accuracy and certified robustness of CHECKPOINTS."),
-    "tightness": ("relaxlab.cli.training_cmds:tightness_command",
-                  "CR curves over an eps grid and CR-AUC (trapezoidal) per relaxation: Fig. 2 and Table 6."),
-    "report": ("relaxlab.cli.training_cmds:report_command",
-               "Paper-style tables (Table 2 / 11 and Table 10 layouts) from the results store."),
-    "paradox": ("relaxlab.cli.training_cmds:paradox_command",
-                "Train CONV with IBP, hBox, DeepZ, CROWN, CROWN-IBP (R) on the embedded data and print the "
-                "paradox table."),
-    "landscape": ("relaxlab.cli.analysis_cmds:landscape_command",
-                  "Bounds along the gradient direction of the first-layer weights (Fig. 5): PNG + CSV."),
-    "continuity": ("relaxlab.cli.analysis_cmds:continuity_command",
-                   "Share of inputs whose bound jumps along a gradient segment (App. E.2)."),
-    "sensitivity": ("relaxlab.cli.analysis_cmds:sensitivity_command",
-                    "Theoretical degree and measured log-sensitivity (Sec. 4.3, App. E.2, J)."),
-    "gd-experiment": ("relaxlab.cli.analysis_cmds:gd_experiment_command",
-                      "Gradient descent on a bound landscape vs IBP (Sec. 4.4, App. D)."),
-    "tracking-plot": ("relaxlab.cli.analysis_cmds:tracking_plot_command",
-                      "Discontinuity share and log-sensitivity over training (Fig. 6)."),
-    "sweep": ("relaxlab.cli.sweep_cmds:sweep_command",
-              "Train and certify every run of SWEEP_FILE (TOML: [base], [grid], [[runs]], seeds, [certify], "
-              "[select])."),
-    "screen": ("relaxlab.cli.screen_cmds:screen_command",
-               "Train every candidate of SCREEN_FILE with k seeds, certify it with its own relaxation, rank them."),
-    "table10": ("relaxlab.cli.table10_cmds:table10_command",
-                "Certify the paper's 12 released MNIST networks with each relaxation (Table 10); print the "
-                "matrix."),
-    "export": ("relaxlab.cli.export_cmds:export_command",
-               "Write CHECKPOINT's network to ONNX and (with --vnnlib) VNN-LIB robustness properties."),
-    "verify": ("relaxlab.cli.verify_cmds:verify_command",
-               "Answer VNN-COMP instances: NET.onnx PROP.vnnlib, or instances.csv files (unsat, sat, unknown, timeout)."),
+    "list": (
+        "relaxlab.cli.registry_cmds:list_command",
+        "List registered relaxations with their derived C/S flags.",
+    ),
+    "show": (
+        "relaxlab.cli.registry_cmds:show_command",
+        "Show relaxations: their lines per case in words, and their derived properties.",
+    ),
+    "check": (
+        "relaxlab.cli.registry_cmds:check_command",
+        "Prove soundness: every line on its side of the ReLU over the whole (l, u, parameter) domain.",
+    ),
+    "bounds": (
+        "relaxlab.cli.engine_cmds:bounds_command",
+        "Bound a network's outputs (or margins) for every input within EPS (l_inf) of INPUT.",
+    ),
+    "discover": (
+        "relaxlab.cli.discovery_cmds:discover_command",
+        "Discover relaxations: all line combinations -> sound -> non-dominated -> + switch, soft, (R) "
+        "-> + transforms.",
+    ),
+    "train": (
+        "relaxlab.cli.training_cmds:train_command",
+        "Train a network as CONFIG_FILE (TOML) says; checkpoints every epoch.",
+    ),
+    "certify": (
+        "relaxlab.cli.training_cmds:certify_command",
+        "Standard accuracy, PGD accuracy and certified robustness of CHECKPOINTS.",
+    ),
+    "tightness": (
+        "relaxlab.cli.training_cmds:tightness_command",
+        "CR curves over an eps grid and CR-AUC (trapezoidal) per relaxation: Fig. 2 and Table 6.",
+    ),
+    "report": (
+        "relaxlab.cli.training_cmds:report_command",
+        "Paper-style tables (Table 2 / 11 and Table 10 layouts) from the results store.",
+    ),
+    "paradox": (
+        "relaxlab.cli.training_cmds:paradox_command",
+        "Train CONV with IBP, hBox, DeepZ, CROWN, CROWN-IBP (R) on the embedded data and print the "
+        "paradox table.",
+    ),
+    "landscape": (
+        "relaxlab.cli.analysis_cmds:landscape_command",
+        "Bounds along the gradient direction of the first-layer weights (Fig. 5): PNG + CSV.",
+    ),
+    "continuity": (
+        "relaxlab.cli.analysis_cmds:continuity_command",
+        "Share of inputs whose bound jumps along a gradient segment (App. E.2).",
+    ),
+    "sensitivity": (
+        "relaxlab.cli.analysis_cmds:sensitivity_command",
+        "Theoretical degree and measured log-sensitivity (Sec. 4.3, App. E.2, J).",
+    ),
+    "gd-experiment": (
+        "relaxlab.cli.analysis_cmds:gd_experiment_command",
+        "Gradient descent on a bound landscape vs IBP (Sec. 4.4, App. D).",
+    ),
+    "tracking-plot": (
+        "relaxlab.cli.analysis_cmds:tracking_plot_command",
+        "Discontinuity share and log-sensitivity over training (Fig. 6).",
+    ),
+    "sweep": (
+        "relaxlab.cli.sweep_cmds:sweep_command",
+        "Train and certify every run of SWEEP_FILE (TOML: [base], [grid], [[runs]], seeds, [certify], "
+        "[select]).",
+    ),
+    "screen": (
+        "relaxlab.cli.screen_cmds:screen_command",
+        "Train every candidate of SCREEN_FILE with k seeds, certify it with its own relaxation, rank them.",
+    ),
+    "table10": (
+        "relaxlab.cli.table10_cmds:table10_command",
+        "Certify the paper's 12 released MNIST networks with each relaxation (Table 10); print the matrix.",
+    ),
+    "export": (
+        "relaxlab.cli.export_cmds:export_command",
+        "Write CHECKPOINT's network to ONNX and (with --vnnlib) VNN-LIB robustness properties.",
+    ),
+    "verify": (
+        "relaxlab.cli.verify_cmds:verify_command",
+        "Answer VNN-COMP instances: NET.onnx PROP.vnnlib, or instances.csv files (unsat, sat, unknown, timeout).",
+    ),
 }
 
 
@@ -89,10 +128,16 @@ class LazyGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list of ``--help``, from the table: no command module is imported."""
         limit = formatter.width - 6 - max(map(len, self.list_commands(ctx)), default=0)
-        rows = [(name, self.lazy_commands[name][1] if name in self.lazy_commands
-                 else self.commands[name].get_short_help_str(limit))
-                for name in self.list_commands(ctx)
-                if name in self.lazy_commands or not self.commands[name].hidden]
+        rows = [
+            (
+                name,
+                self.lazy_commands[name][1]
+                if name in self.lazy_commands
+                else self.commands[name].get_short_help_str(limit),
+            )
+            for name in self.list_commands(ctx)
+            if name in self.lazy_commands or not self.commands[name].hidden
+        ]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)

@@ -47,8 +47,10 @@ def load_input_file(path: Path) -> Any:
         except (ValueError, OSError) as error:
             fail(f"--input {path}: cannot read the array: {error}")
         if array.dtype.kind not in "fiub":  # complex, strings, objects: not points of a box
-            fail(f"--input {path}: an array of dtype {array.dtype} ({_KINDS.get(array.dtype.kind, 'not real numbers')}); "
-                 "give real numbers")
+            fail(
+                f"--input {path}: an array of dtype {array.dtype} ({_KINDS.get(array.dtype.kind, 'not real numbers')}); "
+                "give real numbers"
+            )
         tensor = torch.from_numpy(np.array(array, dtype=np.float64))
     elif suffix in (".pt", ".pth"):
         try:
@@ -68,8 +70,15 @@ def load_input_file(path: Path) -> Any:
     return tensor
 
 
-_KINDS = {"c": "complex numbers", "U": "strings", "S": "bytes", "O": "Python objects", "M": "dates",
-          "m": "time spans", "V": "raw records"}
+_KINDS = {
+    "c": "complex numbers",
+    "U": "strings",
+    "S": "bytes",
+    "O": "Python objects",
+    "M": "dates",
+    "m": "time spans",
+    "V": "raw records",
+}
 
 
 def _batched(model: Any, x: Any) -> Any:
@@ -102,8 +111,11 @@ def _margin_rows(outputs: Any, label: int | None) -> tuple[Any, Any, Any]:
     classes = outputs.shape[1]
     if label is not None and not 0 <= label < classes:
         fail(f"--label {label} is not a class of a model with {classes} outputs")
-    labels = outputs.argmax(dim=1) if label is None else torch.full((outputs.shape[0],), label, dtype=torch.long,
-                                                                     device=outputs.device)
+    labels = (
+        outputs.argmax(dim=1)
+        if label is None
+        else torch.full((outputs.shape[0],), label, dtype=torch.long, device=outputs.device)
+    )
     return margin_spec(labels, classes, dtype=outputs.dtype), labels, other_classes(labels, classes)
 
 
@@ -112,12 +124,14 @@ def _records(lb: Any, ub: Any, outputs: Any, labels: Any, others: Any) -> list[d
     from relaxlab.engine.spec import is_certified
 
     records: list[dict[str, Any]] = [
-        {"index": index, "lower": lb[index].tolist(), "upper": ub[index].tolist()} for index in range(lb.shape[0])
+        {"index": index, "lower": lb[index].tolist(), "upper": ub[index].tolist()}
+        for index in range(lb.shape[0])
     ]
     if labels is not None:
         certified = is_certified(lb, outputs)
-        for record, label, other, ok in zip(records, labels.tolist(), others.tolist(), certified.tolist(),
-                                            strict=True):
+        for record, label, other, ok in zip(
+            records, labels.tolist(), others.tolist(), certified.tolist(), strict=True
+        ):
             record.update(label=label, others=other, certified=ok)
     return records
 
@@ -148,11 +162,20 @@ def _records(lb: Any, ub: Any, outputs: Any, labels: Any, others: Any) -> list[d
     metavar="LO HI",
     help="Clip the box to [LO, HI], e.g. 0 1 for pixels.",
 )
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64", show_default=True,
-              help="Precision of the bound computation.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float64"]),
+    default="float64",
+    show_default=True,
+    help="Precision of the bound computation.",
+)
 @DEVICE
-@click.option("--json", "as_json", is_flag=True,
-              help="Print JSON instead of a table: one object, or a list of one per relaxation when -r selects several.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON instead of a table: one object, or a list of one per relaxation when -r selects several.",
+)
 @WIDE
 def bounds_command(
     model_path: Path,
@@ -189,26 +212,44 @@ def bounds_command(
         try:
             with torch.no_grad():
                 lb, ub = compute_bounds(model, x, eps, relax, C=C, domain=domain)
-        except (UnsupportedNetworkError, ValueError, TypeError, OverflowError) as error:  # overflow: eps too large
+        except (
+            UnsupportedNetworkError,
+            ValueError,
+            TypeError,
+            OverflowError,
+        ) as error:  # overflow: eps too large
             fail(str(error))
         results.append((relax.label, _records(lb.cpu(), ub.cpu(), outputs.cpu(), labels, others)))
     if as_json:
-        head = {"model": str(model_path), "eps": eps, "domain": list(domain) if domain else None, "spec": spec,
-                "dtype": dtype}
+        head = {
+            "model": str(model_path),
+            "eps": eps,
+            "domain": list(domain) if domain else None,
+            "spec": spec,
+            "dtype": dtype,
+        }
         payloads = [{**head, "relaxation": name, "examples": records} for name, records in results]
         click.echo(json.dumps(payloads[0] if len(payloads) == 1 else payloads, indent=2))
         return
     rows = []
     for name, records in results:
         for record in records:
-            names = ([f"z{record['label']}-z{j}" for j in record["others"]] if labels is not None
-                     else [f"z{j}" for j in range(len(record["lower"]))])
+            names = (
+                [f"z{record['label']}-z{j}" for j in record["others"]]
+                if labels is not None
+                else [f"z{j}" for j in range(len(record["lower"]))]
+            )
             for row_name, low, high in zip(names, record["lower"], record["upper"], strict=True):
                 rows.append([name, record["index"], row_name, _fmt(low), _fmt(high)])
-    click.echo(render_table(["relaxation", "example", "spec", "lower", "upper"], rows,
-                            width=None if wide else TABLE_WIDTH))
+    click.echo(
+        render_table(
+            ["relaxation", "example", "spec", "lower", "upper"], rows, width=None if wide else TABLE_WIDTH
+        )
+    )
     if labels is not None:
         for name, records in results:
             count = sum(record["certified"] for record in records)
-            click.echo(f"certified: {count}/{len(records)} with {name} (every margin lower bound above the "
-                       "tolerance of relaxlab.engine.spec.is_certified)")
+            click.echo(
+                f"certified: {count}/{len(records)} with {name} (every margin lower bound above the "
+                "tolerance of relaxlab.engine.spec.is_certified)"
+            )

@@ -21,14 +21,28 @@ from relaxlab.cli.options import DATA_DIR, check_eps, count_option, load_test_sp
 
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Where to write the network as ONNX.")
-@click.option("--vnnlib", "vnnlib_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory for one VNN-LIB robustness property per test image, and instances.csv.")
+@click.option(
+    "--onnx",
+    "onnx_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the network as ONNX.",
+)
+@click.option(
+    "--vnnlib",
+    "vnnlib_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory for one VNN-LIB robustness property per test image, and instances.csv.",
+)
 @click.option("--eps", type=float, default=None, help="Radius in [0, 1] (default: the run's eps_test).")
 @count_option("Properties for the first N test images.", default=10)
 @click.option(
-    "--timeout", type=float, default=60.0, show_default=True, help="Per-instance timeout (seconds) in instances.csv."
+    "--timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Per-instance timeout (seconds) in instances.csv.",
 )
 @DATA_DIR
 def export_command(

@@ -17,7 +17,9 @@ TABLE_WIDTH = 100
 _MIN_COLUMN = 8
 
 
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, width: int | None = TABLE_WIDTH) -> str:
+def render_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], *, width: int | None = TABLE_WIDTH
+) -> str:
     """A plain-text table with aligned columns that fits ``width`` characters.
 
     When the natural table is wider, the widest columns are narrowed and their cells wrapped

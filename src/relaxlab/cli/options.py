@@ -32,7 +32,11 @@ def relaxation_option(*, default: str | None = None, help_text: str = "") -> Cal
     """``-r/--relaxation``: names, comma lists, or the selectors; repeatable. Value: a tuple of strings."""
     text = help_text or "Relaxation name(s)"
     return click.option(
-        "-r", "--relaxation", "relaxation", multiple=True, default=(default,) if default else (),
+        "-r",
+        "--relaxation",
+        "relaxation",
+        multiple=True,
+        default=(default,) if default else (),
         show_default=default is not None,
         help=f"{text}: a name, a comma list, {_SELECTORS}, or a name `relaxlab discover` prints; repeatable.",
     )
@@ -103,8 +107,10 @@ def discovered(name: str) -> Any:
     try:
         return _discovery().get(name).relaxation
     except KeyError:
-        fail(f"unknown relaxation {name!r}: neither registered nor a name `relaxlab discover` prints "
-             "(give it exactly as printed, one per -r)")
+        fail(
+            f"unknown relaxation {name!r}: neither registered nor a name `relaxlab discover` prints "
+            "(give it exactly as printed, one per -r)"
+        )
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,7 +122,6 @@ def _discovery() -> Any:
     return discover(get_registry(), relations=False)
 
 
-
 def one_relaxation(spec: tuple[str, ...]) -> Any:
     """The single relaxation a command that takes one was given."""
     chosen = select(spec)
@@ -125,38 +130,70 @@ def one_relaxation(spec: tuple[str, ...]) -> Any:
     return chosen[0]
 
 
-THREADS = click.option("--threads", type=click.IntRange(min=1), default=None,
-                       help="torch CPU threads (default: torch's choice).")
-QUIET = click.option("--quiet", "-q", is_flag=True,
-                     help="No progress (bar on a terminal, status lines otherwise) or per-epoch lines.")
+THREADS = click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's choice)."
+)
+QUIET = click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No progress (bar on a terminal, status lines otherwise) or per-epoch lines.",
+)
 WIDE = click.option("--wide", is_flag=True, help="Do not wrap tables at 100 columns.")
-DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                        help="Directory with the dataset files (default: where the run's config says, "
-                        "else relaxlab's search path, docs/training.md).")
-STORE = click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Results database (default: results.sqlite beside the run directories; "
-                     "report: $RELAXLAB_STORE or runs/results.sqlite).")
+DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory with the dataset files (default: where the run's config says, "
+    "else relaxlab's search path, docs/training.md).",
+)
+STORE = click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Results database (default: results.sqlite beside the run directories; "
+    "report: $RELAXLAB_STORE or runs/results.sqlite).",
+)
 EPS = click.option("--eps", type=float, default=None, help="l_inf radius in pixel space [0, 1].")
 #: Training options, named as the config keys they override (``None``: the config's value).
 SMOOTHING_SAMPLES = click.option(
-    "--smoothing-samples", type=click.IntRange(min=0), default=None,
+    "--smoothing-samples",
+    type=click.IntRange(min=0),
+    default=None,
     help="Loss smoothing: average each step's gradient over K weight perturbations (config key "
-    "smoothing_samples; 0: off).")
+    "smoothing_samples; 0: off).",
+)
 SMOOTHING_SIGMA = click.option(
-    "--smoothing-sigma", type=click.FloatRange(min=0), default=None,
-    help="Loss smoothing: standard deviation of the weight perturbations (config key smoothing_sigma).")
+    "--smoothing-sigma",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Loss smoothing: standard deviation of the weight perturbations (config key smoothing_sigma).",
+)
 LOSS_FUSION = click.option(
-    "--loss-fusion/--no-loss-fusion", default=None,
-    help="Bound the robust loss with one row per example (config key loss_fusion).")
-DEVICE = click.option("--device", default="cpu", show_default=True,
-                      help="Where tensors are computed: cpu, cuda or cuda:N (results do not depend on it "
-                      "beyond floating-point order).")
+    "--loss-fusion/--no-loss-fusion",
+    default=None,
+    help="Bound the robust loss with one row per example (config key loss_fusion).",
+)
+DEVICE = click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where tensors are computed: cpu, cuda or cuda:N (results do not depend on it "
+    "beyond floating-point order).",
+)
 
 
 def count_option(help_text: str, default: int | None = None) -> Callable[[Any], Any]:
     """``--n N``: how many test images (the first N); at least 1."""
-    return click.option("--n", "n", type=click.IntRange(min=1), default=default, show_default=default is not None,
-                        help=help_text)
+    return click.option(
+        "--n",
+        "n",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=default is not None,
+        help=help_text,
+    )
 
 
 def renamed_option(old: str, hint: str) -> Callable[[Any], Any]:
@@ -166,23 +203,46 @@ def renamed_option(old: str, hint: str) -> Callable[[Any], Any]:
         if value is not None:
             fail(f"{old} is gone: {hint}")
 
-    return click.option(old, f"_renamed_{old.strip('-').replace('-', '_')}", hidden=True, default=None,
-                        expose_value=False, callback=refuse, help=hint)
+    return click.option(
+        old,
+        f"_renamed_{old.strip('-').replace('-', '_')}",
+        hidden=True,
+        default=None,
+        expose_value=False,
+        callback=refuse,
+        help=hint,
+    )
 
 
 def executor_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options of a command of the sweep engine (``sweep``, ``screen``): where its runs execute
     (``--workers``, ``--executor``, ``--address``), on which ``--device``, with which ``--data-dir``."""
-    for option in reversed((
-        DEVICE,
-        DATA_DIR,
-        click.option("--address", default=None,
-                     help="Address of an existing Ray cluster (`ray start --head` prints it)."),
-        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Runs at the same time (local Ray)."),
-        click.option("--executor", "executor_name", type=click.Choice(["auto", "ray", "inprocess"]),
-                     default="auto", show_default=True, help="auto: Ray when installed, else in-process."),
-    )):
+    for option in reversed(
+        (
+            DEVICE,
+            DATA_DIR,
+            click.option(
+                "--address",
+                default=None,
+                help="Address of an existing Ray cluster (`ray start --head` prints it).",
+            ),
+            click.option(
+                "--workers",
+                type=click.IntRange(min=1),
+                default=1,
+                show_default=True,
+                help="Runs at the same time (local Ray).",
+            ),
+            click.option(
+                "--executor",
+                "executor_name",
+                type=click.Choice(["auto", "ray", "inprocess"]),
+                default="auto",
+                show_default=True,
+                help="auto: Ray when installed, else in-process.",
+            ),
+        )
+    ):
         command = option(command)
     return command
 
@@ -210,7 +270,9 @@ def check_device(device: str) -> str:
     except RuntimeError as error:
         fail(f"--device: {error}")
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        fail(f"--device {device}: no CUDA device is available here (torch {torch.__version__}); use --device cpu")
+        fail(
+            f"--device {device}: no CUDA device is available here (torch {torch.__version__}); use --device cpu"
+        )
     if parsed.type not in ("cpu", "cuda"):
         fail(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     return str(parsed)
@@ -228,14 +290,26 @@ def check_eps(eps: float, *, maximum: float | None = 1.0) -> float:
 
 def out_dir_option(help_text: str, default: Path | None = None) -> Callable[[Any], Any]:
     """``--out DIR``: the directory a command writes into."""
-    return click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=default,
-                        show_default=default is not None, help=help_text)
+    return click.option(
+        "--out",
+        "out_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=default,
+        show_default=default is not None,
+        help=help_text,
+    )
 
 
 def plot_option(help_text: str, default: Path | None = None) -> Callable[[Any], Any]:
     """``--plot FILE``: an image a command draws (PNG unless the suffix names another format)."""
-    return click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=default,
-                        show_default=default is not None, help=help_text)
+    return click.option(
+        "--plot",
+        "plot_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=default,
+        show_default=default is not None,
+        help=help_text,
+    )
 
 
 def image_path(path: Path) -> Path:
@@ -245,8 +319,13 @@ def image_path(path: Path) -> Path:
 
 def input_file_option(flag: str, dest: str, help_text: str) -> Callable[[Any], Any]:
     """A required input file that must exist (exit 2 with a usage error otherwise)."""
-    return click.option(flag, dest, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                        help=help_text)
+    return click.option(
+        flag,
+        dest,
+        required=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help=help_text,
+    )
 
 
 def load_test_split(config: dict[str, Any], data_dir: str | None, n: int | None) -> tuple[Any, Any, Any]:

@@ -111,8 +111,14 @@ class Progress:
         if not self.quiet and self.tty:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, desc=self.desc, unit=self.unit, file=self.stream,
-                             dynamic_ncols=True, leave=False)
+            self._bar = tqdm(
+                total=self.total,
+                desc=self.desc,
+                unit=self.unit,
+                file=self.stream,
+                dynamic_ncols=True,
+                leave=False,
+            )
         return self
 
     def __exit__(
@@ -130,8 +136,13 @@ class Progress:
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif finished and not self.quiet and not self.tty and self.done != self._last_line_done and (
-                self._last_line_done >= 0 or time.monotonic() - self.start >= self.first):
+        elif (
+            finished
+            and not self.quiet
+            and not self.tty
+            and self.done != self._last_line_done
+            and (self._last_line_done >= 0 or time.monotonic() - self.start >= self.first)
+        ):
             self._emit()
 
     @property
@@ -189,7 +200,9 @@ class Progress:
         done = f"{self.done:g}" if float(self.done).is_integer() else f"{self.done:.1f}"
         if not self.total:
             return f"{self.desc}: {done} {self.unit} done, {duration(elapsed)}"
-        text = f"{self.desc}: {done}/{self.total} ({int(100 * self.done // self.total)}%), {duration(elapsed)}"
+        text = (
+            f"{self.desc}: {done}/{self.total} ({int(100 * self.done // self.total)}%), {duration(elapsed)}"
+        )
         if 0 < self.done < self.total:
             text += f", ETA {duration(elapsed / self.done * (self.total - self.done))}"
         return text
@@ -238,7 +251,9 @@ class Phases:
         """
         if self.current is not None:
             self.current.close()
-        self.current = Progress(f"{self.prefix}{desc}", total, quiet=self.quiet, stream=self.stream).__enter__()
+        self.current = Progress(
+            f"{self.prefix}{desc}", total, quiet=self.quiet, stream=self.stream
+        ).__enter__()
         return self.current.update
 
     def write(self, line: str) -> None:
@@ -268,6 +283,7 @@ def interruptible(resume: str, stream: TextIO | None = None) -> Iterator[None]:
     """
     previous = None
     if threading.current_thread() is threading.main_thread():
+
         def terminate(signum: int, frame: FrameType | None) -> None:
             raise Terminated
 
@@ -276,8 +292,11 @@ def interruptible(resume: str, stream: TextIO | None = None) -> Iterator[None]:
         yield
     except KeyboardInterrupt as stop:
         terminated = isinstance(stop, Terminated)
-        print(f"\n{'terminated (SIGTERM)' if terminated else 'interrupted (Ctrl-C)'}: {resume}",
-              file=stream if stream is not None else sys.stderr, flush=True)
+        print(
+            f"\n{'terminated (SIGTERM)' if terminated else 'interrupted (Ctrl-C)'}: {resume}",
+            file=stream if stream is not None else sys.stderr,
+            flush=True,
+        )
         raise SystemExit(143 if terminated else 130) from None
     finally:
         if previous is not None:

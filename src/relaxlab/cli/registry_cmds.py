@@ -27,8 +27,10 @@ def positional_names(command: str) -> Callable[[Any], Any]:
         if value:
             import shlex
 
-            fail(f"name relaxations with -r, as every command does: relaxlab {command} "
-                 + " ".join(f"-r {shlex.quote(v)}" for v in value))
+            fail(
+                f"name relaxations with -r, as every command does: relaxlab {command} "
+                + " ".join(f"-r {shlex.quote(v)}" for v in value)
+            )
 
     return click.argument("legacy_names", nargs=-1, metavar="", expose_value=False, callback=refuse)
 
@@ -88,7 +90,9 @@ def origin_label(plugin: str) -> str:
 
 @click.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects instead of a table.")
-@click.option("--objectives", is_flag=True, help="List the training objectives (relaxlab train --objective) instead.")
+@click.option(
+    "--objectives", is_flag=True, help="List the training objectives (relaxlab train --objective) instead."
+)
 @WIDE
 def list_command(as_json: bool, objectives: bool, wide: bool) -> None:
     """List registered relaxations with their derived C/S flags.
@@ -107,15 +111,24 @@ def list_command(as_json: bool, objectives: bool, wide: bool) -> None:
     else:
         rows = [
             [
-                r["name"], ", ".join(r["aliases"]) or "-", origin_label(r["origin"]),
-                _flag(r["continuous"], "✓C", "✗C"), _flag(r["sensitive"], "✗S", "✓S"),
-                r["intermediate"], ", ".join(f"{k}={v:g}" for k, v in r["params"].items()) or "-",
+                r["name"],
+                ", ".join(r["aliases"]) or "-",
+                origin_label(r["origin"]),
+                _flag(r["continuous"], "✓C", "✗C"),
+                _flag(r["sensitive"], "✗S", "✓S"),
+                r["intermediate"],
+                ", ".join(f"{k}={v:g}" for k, v in r["params"].items()) or "-",
                 {"proved": "yes", "sampled": "sampled", "unsound": "NO"}[r["soundness"]],
             ]
             for r in records
         ]
-        click.echo(render_table(["name", "aliases", "origin", "C", "S", "intermediate", "params", "sound"], rows,
-                                width=None if wide else TABLE_WIDTH))
+        click.echo(
+            render_table(
+                ["name", "aliases", "origin", "C", "S", "intermediate", "params", "sound"],
+                rows,
+                width=None if wide else TABLE_WIDTH,
+            )
+        )
     for error in registry.errors:
         click.echo(f"warning: {error}", err=True)
 
@@ -123,22 +136,40 @@ def list_command(as_json: bool, objectives: bool, wide: bool) -> None:
 def _list_objectives(registry: Any, as_json: bool, wide: bool) -> None:
     from relaxlab.objectives import describe, format_value
 
-    records = [{**describe(o), "origin": registry.objectives.source(o.name)} for o in registry.objectives.values()]
+    records = [
+        {**describe(o), "origin": registry.objectives.source(o.name)} for o in registry.objectives.values()
+    ]
     if as_json:
         click.echo(json.dumps(records, indent=2, ensure_ascii=False))
     else:
-        rows = [[r["name"], ", ".join(f"{k}={format_value(v)}" for k, v in r["params"].items()) or "-",
-                 origin_label(r["origin"]), "yes" if r["attack"] else "no", "yes" if r["fusable"] else "no",
-                 r["summary"]] for r in records]
-        click.echo(render_table(["name", "parameters (defaults)", "origin", "attack", "fusion", "summary"], rows,
-                                width=None if wide else TABLE_WIDTH))
+        rows = [
+            [
+                r["name"],
+                ", ".join(f"{k}={format_value(v)}" for k, v in r["params"].items()) or "-",
+                origin_label(r["origin"]),
+                "yes" if r["attack"] else "no",
+                "yes" if r["fusable"] else "no",
+                r["summary"],
+            ]
+            for r in records
+        ]
+        click.echo(
+            render_table(
+                ["name", "parameters (defaults)", "origin", "attack", "fusion", "summary"],
+                rows,
+                width=None if wide else TABLE_WIDTH,
+            )
+        )
     for error in registry.errors:
         click.echo(f"warning: {error}", err=True)
 
 
 #: How ``show`` words a propagation mode (``ReluRelaxation.intermediate`` / ``.final``, docs/engine.md).
-_MODES = {"backsub": "full backsubstitution", "interval": "interval arithmetic",
-          "forward": "forward affine forms with a box part (hybrid zonotope)"}
+_MODES = {
+    "backsub": "full backsubstitution",
+    "interval": "interval arithmetic",
+    "forward": "forward affine forms with a box part (hybrid zonotope)",
+}
 
 
 @click.command("show")
@@ -175,8 +206,10 @@ def _show(relaxation: Any, plot_path: Path | None) -> None:
         click.echo(f"  reference: {relaxation.reference}")
     if relaxation.name in registry:
         aliases = registry.aliases(relaxation.name)
-        click.echo(f"  origin: {origin_label(registry.source(relaxation.name))}"
-                   + (f"; aliases: {', '.join(aliases)}" if aliases else ""))
+        click.echo(
+            f"  origin: {origin_label(registry.source(relaxation.name))}"
+            + (f"; aliases: {', '.join(aliases)}" if aliases else "")
+        )
     else:
         click.echo("  origin: generated by relaxlab discover (not registered)")
     conditions = {Stability.NEGATIVE: "u <= 0", Stability.UNSTABLE: "l < 0 < u", Stability.POSITIVE: "l >= 0"}
@@ -184,7 +217,9 @@ def _show(relaxation: Any, plot_path: Path | None) -> None:
         click.echo(f"  {str(stability):9s} ({conditions[stability]:9s}): {case}")
     if relaxation.transform is not None:
         click.echo(f"  before each ReLU, [l, u] becomes {relaxation.transform}")
-    click.echo(f"  intermediate bounds: {_MODES[relaxation.intermediate]}; final bounds: {_MODES[relaxation.final]}")
+    click.echo(
+        f"  intermediate bounds: {_MODES[relaxation.intermediate]}; final bounds: {_MODES[relaxation.final]}"
+    )
     for spec in relaxation.params:
         click.echo(f"  parameter {spec.name} = {relaxation.parameters[spec.name]:g} ({spec.description})")
     sampled = "sound (sampled, not proved)" if is_sampled(relaxation) else "sound"
@@ -231,15 +266,26 @@ def _targets(spec: tuple[str, ...], check_all: bool) -> list[Any]:
 
 @click.command("check")
 @relaxation_option(help_text="The relaxation(s) to check")
-@click.option("--all", "check_all", is_flag=True,
-              help="Check every registered relaxation, each spec once (its aliases named beside it).")
-@click.option("--sample", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Also search N random (l, u, parameter) settings per relaxation with Hypothesis "
-              "(slow: about 0.7 s of CPU per 100 per relaxation; 0: the proof alone).")
+@click.option(
+    "--all",
+    "check_all",
+    is_flag=True,
+    help="Check every registered relaxation, each spec once (its aliases named beside it).",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also search N random (l, u, parameter) settings per relaxation with Hypothesis "
+    "(slow: about 0.7 s of CPU per 100 per relaxation; 0: the proof alone).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON results.")
 @QUIET
 @positional_names("check")
-def check_command(relaxation: tuple[str, ...], check_all: bool, sample: int, as_json: bool, quiet: bool) -> None:
+def check_command(
+    relaxation: tuple[str, ...], check_all: bool, sample: int, as_json: bool, quiet: bool
+) -> None:
     """Prove soundness: every line on its side of the ReLU over the whole (l, u, parameter) domain.
 
     Interval branch-and-bound on the lines' expressions (seconds for every built-in); lines
@@ -254,7 +300,9 @@ def check_command(relaxation: tuple[str, ...], check_all: bool, sample: int, as_
     if check_all and relaxation:
         fail("give -r/--relaxation or --all, not both")
     if not check_all and not relaxation:
-        fail("give the relaxations to check with -r (e.g. -r CROWN, -r paper), or --all for every registered one")
+        fail(
+            "give the relaxations to check with -r (e.g. -r CROWN, -r paper), or --all for every registered one"
+        )
     targets = _targets(relaxation, check_all)
     registry = _registry().relaxations
     results = []
@@ -268,28 +316,51 @@ def check_command(relaxation: tuple[str, ...], check_all: bool, sample: int, as_
 
                     sampled = search_unsound_example(item, max_examples=sample)
             except Exception as error:  # lines that raise are as bad as unsound ones, and say why
-                results.append((item, False, f"UNSOUND: evaluating its lines raised {type(error).__name__}: {error}",
-                                None))
+                results.append(
+                    (
+                        item,
+                        False,
+                        f"UNSOUND: evaluating its lines raised {type(error).__name__}: {error}",
+                        None,
+                    )
+                )
                 progress.update()
                 continue
             sound, line = _verdict(verdict, sampled)
             results.append((item, sound, line, verdict.counterexample or sampled))
             progress.update()
     if as_json:
-        click.echo(json.dumps([
-            {"name": r.label, "aliases": registry.aliases(r.name) if r.name in registry else [],
-             "sound": sound and not is_sampled(r),
-             "soundness": "unsound" if c is not None else "sampled" if is_sampled(r) else "proved" if sound else "undecided",
-             "verdict": line,
-             "counterexample": None if c is None else (c if isinstance(c, str) else c.as_dict())}
-            for r, sound, line, c in results
-        ], indent=2, ensure_ascii=False))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": r.label,
+                        "aliases": registry.aliases(r.name) if r.name in registry else [],
+                        "sound": sound and not is_sampled(r),
+                        "soundness": "unsound"
+                        if c is not None
+                        else "sampled"
+                        if is_sampled(r)
+                        else "proved"
+                        if sound
+                        else "undecided",
+                        "verdict": line,
+                        "counterexample": None if c is None else (c if isinstance(c, str) else c.as_dict()),
+                    }
+                    for r, sound, line, c in results
+                ],
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
     else:
         for item, _, line, _ in results:
             aliases = registry.aliases(item.name) if item.name in registry and item.label == item.name else []
             also = f" (= {', '.join(aliases)})" if aliases else ""
             click.echo(f"{item.label}{also}: {line}")
         if not sample:
-            click.echo("(proof only; --sample N also searches N random settings per relaxation with Hypothesis)")
+            click.echo(
+                "(proof only; --sample N also searches N random settings per relaxation with Hypothesis)"
+            )
     if not all(sound for _, sound, _, _ in results):
         sys.exit(1)

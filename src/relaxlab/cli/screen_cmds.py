@@ -21,15 +21,28 @@ from relaxlab.cli.sweep_cmds import RESUME, YES, confirm_size, finish, run_statu
 
 @click.command("screen")
 @click.argument("screen_file", type=click.Path(dir_okay=False, path_type=Path))
-@out_dir_option("Output directory: runs, results.sqlite, screen.md/.csv/.json, screen.png, genealogy.png "
-                "(default: runs/<screen name>).")
+@out_dir_option(
+    "Output directory: runs, results.sqlite, screen.md/.csv/.json, screen.png, genealogy.png "
+    "(default: runs/<screen name>)."
+)
 @executor_options
 @click.option("--dry-run", is_flag=True, help="List the candidates and the runs' status; train nothing.")
 @YES
 @WIDE
 @QUIET
-def screen_command(screen_file: Path, out_dir: Path | None, address: str | None, workers: int, executor_name: str,
-                   device: str, data_dir: str | None, dry_run: bool, yes: bool, wide: bool, quiet: bool) -> None:
+def screen_command(
+    screen_file: Path,
+    out_dir: Path | None,
+    address: str | None,
+    workers: int,
+    executor_name: str,
+    device: str,
+    data_dir: str | None,
+    dry_run: bool,
+    yes: bool,
+    wide: bool,
+    quiet: bool,
+) -> None:
     """Train every candidate of SCREEN_FILE with k seeds, certify it with its own relaxation, rank them.
 
     SCREEN_FILE (TOML): seeds, [candidates] (discovered = true, families, names, exclude),
@@ -49,23 +62,41 @@ def screen_command(screen_file: Path, out_dir: Path | None, address: str | None,
     except ScreenError as error:
         fail(str(error))
     out_dir = out_dir or Path("runs") / screen.name
-    click.echo(f"screen {screen.name}: {len(screen.candidates)} candidates x {len(screen.seeds)} seeds"
-               f"{' + 1 natural run' if screen.natural else ''} = {len(screen.sweep.runs)} runs -> {out_dir}")
+    click.echo(
+        f"screen {screen.name}: {len(screen.candidates)} candidates x {len(screen.seeds)} seeds"
+        f"{' + 1 natural run' if screen.natural else ''} = {len(screen.sweep.runs)} runs -> {out_dir}"
+    )
     plugins = plugin_sources(screen)
     if plugins:
-        click.echo(f"note: plugin(s) {', '.join(plugins)} add candidate lines or transforms to discovery's catalog, "
-                   "so `discovered = true` selects more candidates than the built-in catalog "
-                   f"(RELAXLAB_BLOCK_PLUGINS={','.join(plugins)} leaves them out)", err=True)
+        click.echo(
+            f"note: plugin(s) {', '.join(plugins)} add candidate lines or transforms to discovery's catalog, "
+            "so `discovered = true` selects more candidates than the built-in catalog "
+            f"(RELAXLAB_BLOCK_PLUGINS={','.join(plugins)} leaves them out)",
+            err=True,
+        )
     if dry_run:
         statuses = run_statuses(out_dir / STORE_NAME, out_dir, [run.key for run in screen.sweep.runs])
         rows = []
         for candidate in screen.candidates:
             runs = [statuses.get(run.key, "pending") for run in screen.runs_of(candidate)]
             halfway = sum(status.startswith("interrupted") for status in runs)
-            rows.append([candidate.name, candidate.family, *candidate.lines, *candidate.flags,
-                         f"{runs.count('done')}/{len(screen.seeds)}" + (f" (+{halfway} interrupted)" if halfway else "")])
-        click.echo(render_table(["relaxation", "family", "negative", "unstable", "positive", "C", "S", "done"],
-                                rows, width=width))
+            rows.append(
+                [
+                    candidate.name,
+                    candidate.family,
+                    *candidate.lines,
+                    *candidate.flags,
+                    f"{runs.count('done')}/{len(screen.seeds)}"
+                    + (f" (+{halfway} interrupted)" if halfway else ""),
+                ]
+            )
+        click.echo(
+            render_table(
+                ["relaxation", "family", "negative", "unstable", "positive", "C", "S", "done"],
+                rows,
+                width=width,
+            )
+        )
         return
     with clear_errors():
         confirm_size(f"screen {screen.name}", plan(screen.sweep, out_dir), workers, yes)
@@ -76,11 +107,21 @@ def screen_command(screen_file: Path, out_dir: Path | None, address: str | None,
     # the terminal table: the three cases in one column, accuracy left to screen.md
     cells = [table_cells(row, rank) for rank, row in enumerate(report.rows, 1)]
     rows = [[c[0], c[1], " | ".join(c[2:5]), *c[5:10], c[11]] for c in cells]
-    headers = [TABLE_HEADERS[0], TABLE_HEADERS[1], "lines (neg | unst | pos)", *TABLE_HEADERS[5:10], TABLE_HEADERS[11]]
+    headers = [
+        TABLE_HEADERS[0],
+        TABLE_HEADERS[1],
+        "lines (neg | unst | pos)",
+        *TABLE_HEADERS[5:10],
+        TABLE_HEADERS[11],
+    ]
     click.echo(render_table(headers, rows, width=width))
     click.echo("")
-    finish(f"screen {screen.name}", report.summary, executor.name,
-           f"wrote {', '.join(path.name for path in report.files)} to {out_dir}")
+    finish(
+        f"screen {screen.name}",
+        report.summary,
+        executor.name,
+        f"wrote {', '.join(path.name for path in report.files)} to {out_dir}",
+    )
 
 
 def plugin_sources(screen: Any) -> list[str]:

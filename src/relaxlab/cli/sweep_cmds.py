@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from relaxlab.experiments.sweep import SweepPlan, SweepSummary
 
 #: What Ctrl-C and SIGTERM say: the store and the checkpoints keep everything done so far.
-RESUME = ("rerun the same command to resume: finished runs are kept in the store, and an interrupted run "
-          "continues from its last epoch's checkpoint")
+RESUME = (
+    "rerun the same command to resume: finished runs are kept in the store, and an interrupted run "
+    "continues from its last epoch's checkpoint"
+)
 
 
 class SweepFileError(click.ClickException):
@@ -33,8 +35,12 @@ class SweepFileError(click.ClickException):
 
 
 #: ``--yes``: start a large sweep without asking.
-YES = click.option("--yes", "-y", is_flag=True,
-                   help="Start without asking, however many runs there are (more than 1,000 ask first).")
+YES = click.option(
+    "--yes",
+    "-y",
+    is_flag=True,
+    help="Start without asking, however many runs there are (more than 1,000 ask first).",
+)
 
 
 def confirm_size(what: str, plan: SweepPlan, workers: int, yes: bool) -> None:
@@ -53,7 +59,9 @@ def confirm_size(what: str, plan: SweepPlan, workers: int, yes: bool) -> None:
 
 @click.command("sweep")
 @click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
-@out_dir_option("Output directory: one sub-directory per run and results.sqlite (default: runs/<sweep name>).")
+@out_dir_option(
+    "Output directory: one sub-directory per run and results.sqlite (default: runs/<sweep name>)."
+)
 @executor_options
 @click.option("--dry-run", is_flag=True, help="List the runs, their ids and status; train nothing.")
 @YES
@@ -127,8 +135,11 @@ def run_statuses(store_path: Path, out_dir: Path, keys: list[str]) -> dict[str, 
                 import json
 
                 epochs, epoch = json.loads(payload["config"]).get("epochs"), int(payload["epoch"])
-                status = (f"interrupted after epoch {epoch}/{epochs} (resumes)" if epoch != epochs
-                          else "trained, not recorded (resumes: certifies and records it)")
+                status = (
+                    f"interrupted after epoch {epoch}/{epochs} (resumes)"
+                    if epoch != epochs
+                    else "trained, not recorded (resumes: certifies and records it)"
+                )
             except (CheckpointError, OSError, ValueError, KeyError):
                 status = f"{status} (an unreadable checkpoint: starts over)"
         statuses[key] = status
@@ -144,8 +155,10 @@ def finish(what: str, summary: SweepSummary, executor: str, last: str) -> None:
     for key, error in summary.failed.items():
         click.echo(f"  failed {key}: {error}")
     if summary.elsewhere:
-        click.echo(f"  {len(summary.elsewhere)} run(s) left to another process training them on this store: "
-                   f"{', '.join(summary.elsewhere)}")
+        click.echo(
+            f"  {len(summary.elsewhere)} run(s) left to another process training them on this store: "
+            f"{', '.join(summary.elsewhere)}"
+        )
     click.echo(last)
     if summary.failed:
         raise SystemExit(1)

@@ -58,8 +58,12 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
     "--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint."
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (TOML value).")
-@click.option("--objective", default=None, metavar="NAME",
-              help="Training objective, parameters allowed: 'SABR(lambda=0.6)' (relaxlab list --objectives).")
+@click.option(
+    "--objective",
+    default=None,
+    metavar="NAME",
+    help="Training objective, parameters allowed: 'SABR(lambda=0.6)' (relaxlab list --objectives).",
+)
 @DATA_DIR
 @SMOOTHING_SAMPLES
 @SMOOTHING_SIGMA
@@ -99,8 +103,13 @@ def train_command(
     device = check_device(device)
     with clear_errors():
         overrides = _parse_sets(sets)
-        options = {"objective": objective, "data_dir": data_dir, "smoothing_samples": smoothing_samples,
-                   "smoothing_sigma": smoothing_sigma, "loss_fusion": loss_fusion}
+        options = {
+            "objective": objective,
+            "data_dir": data_dir,
+            "smoothing_samples": smoothing_samples,
+            "smoothing_sigma": smoothing_sigma,
+            "loss_fusion": loss_fusion,
+        }
         overrides.update({key: value for key, value in options.items() if value is not None})
         config = load_config(config_file, **overrides)
         validate_names(config)
@@ -113,8 +122,11 @@ def train_command(
             callbacks.append(tracking_callback(every=config.track_every))
         set_threads(threads)
         again = f"relaxlab train {config_file} --out {out_dir} --resume"
-        with (interruptible(f"continue from the last epoch's checkpoint with: {again}"),
-              Store(store_path) as store, Phases(quiet=quiet, prefix="train ") as phases):
+        with (
+            interruptible(f"continue from the last epoch's checkpoint with: {again}"),
+            Store(store_path) as store,
+            Phases(quiet=quiet, prefix="train ") as phases,
+        ):
             if resume:
                 store.verify()
             result = train(
@@ -140,7 +152,9 @@ def train_command(
 
 
 @click.command("certify")
-@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "checkpoints", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @relaxation_option(
     help_text="Certifying relaxation(s), opt:NAME for its parameters optimised per neuron; several print the Table 10 matrix. "
     "Default: each model's training relaxation(s) (IBP for natural training)"
@@ -150,8 +164,13 @@ def train_command(
 @click.option("--no-pgd", is_flag=True, help="Skip the PGD attack (100 steps, step size 0.01).")
 @DATA_DIR
 @STORE
-@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Images bounded at once (memory vs speed).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Images bounded at once (memory vs speed).",
+)
 @DEVICE
 @THREADS
 @WIDE
@@ -202,31 +221,69 @@ def certify_command(
             dataset, x, y = load_test_split(config.to_dict(), data_dir, n)
             desc = "certify" if len(loaded) == 1 else f"certify {number}/{len(loaded)} ({path})"
             with Progress(desc, int(y.shape[0]), quiet=quiet, unit="img") as progress:
-                results = certify(model, x.to(device), y.to(device), run_eps, use, num_classes=dataset.num_classes,
-                                  pgd=not no_pgd, batch_size=batch_size, progress=progress.update)
+                results = certify(
+                    model,
+                    x.to(device),
+                    y.to(device),
+                    run_eps,
+                    use,
+                    num_classes=dataset.num_classes,
+                    pgd=not no_pgd,
+                    batch_size=batch_size,
+                    progress=progress.update,
+                )
             where = store_path or default_store_path(path.parent)
             with Store(where) as store:
-                trained = {"dataset": config.dataset, "architecture": config.architecture,
-                           "method_label": config.label, "objective": config.objective_label}
-                record_results(store, results, checkpoint=path, trained=trained, name=f"certify-{config.name}")
+                trained = {
+                    "dataset": config.dataset,
+                    "architecture": config.architecture,
+                    "method_label": config.label,
+                    "objective": config.objective_label,
+                }
+                record_results(
+                    store, results, checkpoint=path, trained=trained, name=f"certify-{config.name}"
+                )
             stores[where] = stores.get(where, 0) + len(results)
             for result in results:
                 pgd = "—" if result.pgd is None else f"{100 * result.pgd:.2f}"
-                rows.append((str(path), config.label, result.relaxation, f"{run_eps:g}", result.n,
-                             f"{100 * result.accuracy:.2f}", pgd, f"{100 * result.certified:.2f}"))
-                matrix.setdefault(f"{config.label} ({path.parent})", {})[result.relaxation] = 100 * result.certified
+                rows.append(
+                    (
+                        str(path),
+                        config.label,
+                        result.relaxation,
+                        f"{run_eps:g}",
+                        result.n,
+                        f"{100 * result.accuracy:.2f}",
+                        pgd,
+                        f"{100 * result.certified:.2f}",
+                    )
+                )
+                matrix.setdefault(f"{config.label} ({path.parent})", {})[result.relaxation] = (
+                    100 * result.certified
+                )
     width = None if wide else TABLE_WIDTH
-    click.echo(render_table(["checkpoint", "trained", "certified with", "eps", "n", "Acc %", "PGD %", "CR %"], rows,
-                            width=width))
+    click.echo(
+        render_table(
+            ["checkpoint", "trained", "certified with", "eps", "n", "Acc %", "PGD %", "CR %"],
+            rows,
+            width=width,
+        )
+    )
     if certifiers and len(certifiers) > 1:
         names = [c.label for c in certifiers]
         click.echo("\nCR (%): trained with (rows) x certified with (columns)  [Table 10 layout]")
-        click.echo(render_table(["trained \\ certified", *names],
-                                [(k, *(f"{v.get(c, float('nan')):.2f}" for c in names)) for k, v in matrix.items()],
-                                width=width))
+        click.echo(
+            render_table(
+                ["trained \\ certified", *names],
+                [(k, *(f"{v.get(c, float('nan')):.2f}" for c in names)) for k, v in matrix.items()],
+                width=width,
+            )
+        )
     for where, count in stores.items():
-        click.echo(f"recorded {count} certification{'s' if count > 1 else ''} in the results store {where} "
-                   f"(tables: relaxlab report --store {where})")
+        click.echo(
+            f"recorded {count} certification{'s' if count > 1 else ''} in the results store {where} "
+            f"(tables: relaxlab report --store {where})"
+        )
 
 
 @click.command("tightness")
@@ -273,8 +330,15 @@ def tightness_command(
         dataset, x, y = load_test_split(config.to_dict(), data_dir, n)
         set_threads(threads)
         with Progress("tightness", len(grid) * len(relaxations), quiet=quiet, unit="radius") as progress:
-            result = cr_curves(model, x.to(device), y.to(device), grid, relaxations, num_classes=dataset.num_classes,
-                               progress=progress.update)
+            result = cr_curves(
+                model,
+                x.to(device),
+                y.to(device),
+                grid,
+                relaxations,
+                num_classes=dataset.num_classes,
+                progress=progress.update,
+            )
         out_dir = out_dir or checkpoint.parent
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_curves(result, out_dir / "tightness.png", title=f"CR curves, {config.name} ({config.dataset})")
@@ -297,14 +361,22 @@ def tightness_command(
             store.finish_run(run_id)
     click.echo(f"n = {result.n}, accuracy {result.accuracy:.1f}%, {points} radii in [0, {eps_max:g}]")
     click.echo(result.table("markdown"))
-    click.echo(f"wrote tightness.png, tightness.md and tightness.csv to {out_dir}; recorded in the results store "
-               f"{store_path or default_store_path(checkpoint.parent)}")
+    click.echo(
+        f"wrote tightness.png, tightness.md and tightness.csv to {out_dir}; recorded in the results store "
+        f"{store_path or default_store_path(checkpoint.parent)}"
+    )
 
 
 @click.command("report")
 @STORE
-@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True,
-              help="Markdown tables or one CSV.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["markdown", "csv"]),
+    default="markdown",
+    show_default=True,
+    help="Markdown tables or one CSV.",
+)
 @out_dir_option("Write report.md (or report.csv) into this directory instead of printing it.")
 def report_command(store_path: Path | None, fmt: str, out_dir: Path | None) -> None:
     """Paper-style tables (Table 2 / 11 and Table 10 layouts) from the results store."""
@@ -312,8 +384,10 @@ def report_command(store_path: Path | None, fmt: str, out_dir: Path | None) -> N
     from relaxlab.store import Store, default_store_path
 
     if out_dir is not None and out_dir.suffix.lower() in (".md", ".csv"):
-        fail(f"--out names a directory (report.{'md' if fmt == 'markdown' else 'csv'} is written into it), "
-             f"got {out_dir}; give --out {out_dir.parent}")
+        fail(
+            f"--out names a directory (report.{'md' if fmt == 'markdown' else 'csv'} is written into it), "
+            f"got {out_dir}; give --out {out_dir.parent}"
+        )
     path = store_path or default_store_path()
     if not path.is_file():
         fail(f"no results database at {path}; run `relaxlab train` / `certify` first or pass --store")
@@ -337,8 +411,9 @@ def report_command(store_path: Path | None, fmt: str, out_dir: Path | None) -> N
 @DEVICE
 @THREADS
 @QUIET
-def paradox_command(out_dir: Path, eps: float, quick: bool, seed: int, device: str, threads: int | None,
-                    quiet: bool) -> None:
+def paradox_command(
+    out_dir: Path, eps: float, quick: bool, seed: int, device: str, threads: int | None, quiet: bool
+) -> None:
     """Train CONV with IBP, hBox, DeepZ, CROWN, CROWN-IBP (R) on the embedded data and print the paradox table.
 
     The data is relaxlab's embedded MNIST subset (mnist-mini), so there is no --data-dir.
@@ -349,9 +424,14 @@ def paradox_command(out_dir: Path, eps: float, quick: bool, seed: int, device: s
 
     check_eps(eps)
     device = check_device(device)
-    with (clear_errors(), interruptible("rerun the same command: finished runs are reused, the interrupted one "
-                                        "resumes from its last epoch's checkpoint"),
-          Phases(quiet=quiet, prefix="paradox: ") as phases):
+    with (
+        clear_errors(),
+        interruptible(
+            "rerun the same command: finished runs are reused, the interrupted one "
+            "resumes from its last epoch's checkpoint"
+        ),
+        Phases(quiet=quiet, prefix="paradox: ") as phases,
+    ):
         set_threads(threads)
         rows = run_paradox(
             out_dir,

@@ -17,18 +17,36 @@ from relaxlab.cli.options import QUIET, THREADS, WIDE, out_dir_option
 
 
 @click.command("verify")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds per instance (default: the csv's column; 300 for one instance).")
-@click.option("--stages", default=None,
-              help="Comma list, run in order: registered relaxation names (bounds), PGD (the attack), split "
-                   "(input splitting, few inputs only) [default: IBP,CROWN,PGD,split].")
-@click.option("--results", "results_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="One instance: write the competition's result file here.")
+@click.argument(
+    "inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds per instance (default: the csv's column; 300 for one instance).",
+)
+@click.option(
+    "--stages",
+    default=None,
+    help="Comma list, run in order: registered relaxation names (bounds), PGD (the attack), split "
+    "(input splitting, few inputs only) [default: IBP,CROWN,PGD,split].",
+)
+@click.option(
+    "--results",
+    "results_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="One instance: write the competition's result file here.",
+)
 @out_dir_option("Write results.csv and one competition result file per instance here.")
-@click.option("--expected", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="The competition's answers (benchmark,onnx,vnnlib,consensus,tools_sat,tools_unsat): compare, "
-                   "and exit 1 on any contradiction.")
+@click.option(
+    "--expected",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The competition's answers (benchmark,onnx,vnnlib,consensus,tools_sat,tools_unsat): compare, "
+    "and exit 1 on any contradiction.",
+)
 @THREADS
 @WIDE
 @QUIET
@@ -52,7 +70,9 @@ def verify_command(
     with clear_errors():
         instances = _instances(inputs, timeout)
         if results_file is not None and len(instances) != 1:
-            fail(f"--results writes one instance's result; {len(instances)} instances were given (use --out DIR)")
+            fail(
+                f"--results writes one instance's result; {len(instances)} instances were given (use --out DIR)"
+            )
         names = stages.split(",") if stages else list(verify.DEFAULT_PLAN)
         plan = [verify.resolve_stage(name.strip()) for name in names if name.strip()]
         if not plan:
@@ -65,10 +85,13 @@ def verify_command(
         def report(outcome: Any) -> None:
             done.append(outcome)
             instance = outcome.instance
-            line = (f"[{len(done)}/{len(instances)}] {instance.benchmark or '-'} {instance.network.name} "
-                    f"{instance.prop.name}: {outcome.status}"
-                    + (f" ({outcome.method})" if outcome.method else "")
-                    + f", {outcome.seconds:.2f} s" + (f": {outcome.reason}" if outcome.reason else ""))
+            line = (
+                f"[{len(done)}/{len(instances)}] {instance.benchmark or '-'} {instance.network.name} "
+                f"{instance.prop.name}: {outcome.status}"
+                + (f" ({outcome.method})" if outcome.method else "")
+                + f", {outcome.seconds:.2f} s"
+                + (f": {outcome.reason}" if outcome.reason else "")
+            )
             if not quiet:
                 progress.write(line)
             progress.update()
@@ -85,8 +108,10 @@ def verify_command(
     if answers is not None:
         wrong = list(verify.contradictions(results, answers))
         for outcome, why in wrong:
-            click.echo(f"CONTRADICTION {outcome.instance.benchmark} {outcome.instance.network.name} "
-                       f"{outcome.instance.prop.name}: {outcome.status}, {why}")
+            click.echo(
+                f"CONTRADICTION {outcome.instance.benchmark} {outcome.instance.network.name} "
+                f"{outcome.instance.prop.name}: {outcome.status}, {why}"
+            )
         if wrong:
             raise click.ClickException(f"{len(wrong)} answers contradict {expected}")
 
@@ -100,12 +125,15 @@ def _instances(inputs: tuple[Path, ...], timeout: float | None) -> list[Any]:
         return [instance for path in inputs for instance in read_instances(path, timeout=timeout)]
     if suffixes == [".onnx", ".vnnlib"]:
         return [Instance(inputs[0], inputs[1], 300.0 if timeout is None else timeout)]
-    fail("give NET.onnx PROP.vnnlib (one instance) or one or more instances.csv files, got "
-         + " ".join(str(path) for path in inputs))
+    fail(
+        "give NET.onnx PROP.vnnlib (one instance) or one or more instances.csv files, got "
+        + " ".join(str(path) for path in inputs)
+    )
 
 
-def _summary_table(summaries: list[Any], results: list[Any], answers: dict[Any, Any] | None, *,
-                   wide: bool = False) -> str:
+def _summary_table(
+    summaries: list[Any], results: list[Any], answers: dict[Any, Any] | None, *, wide: bool = False
+) -> str:
     """One row per benchmark: counts of each answer, time, the competition's counts, what decided."""
     headers = ["benchmark", "n", "unsat", "sat", "unknown", "timeout", "error", "time (s)"]
     if answers is not None:
@@ -113,12 +141,18 @@ def _summary_table(summaries: list[Any], results: list[Any], answers: dict[Any, 
     headers.append("decided by")
     rows = []
     for summary in summaries:
-        row: list[object] = [summary.benchmark or "-", summary.instances,
-                             *(summary.counts[status] for status in ("unsat", "sat", "unknown", "timeout", "error")),
-                             f"{summary.seconds:.1f}"]
+        row: list[object] = [
+            summary.benchmark or "-",
+            summary.instances,
+            *(summary.counts[status] for status in ("unsat", "sat", "unknown", "timeout", "error")),
+            f"{summary.seconds:.1f}",
+        ]
         if answers is not None:
-            keys = [(r.instance.benchmark, r.instance.network.name, r.instance.prop.name)
-                    for r in results if r.instance.benchmark == summary.benchmark]
+            keys = [
+                (r.instance.benchmark, r.instance.network.name, r.instance.prop.name)
+                for r in results
+                if r.instance.benchmark == summary.benchmark
+            ]
             consensus = [answers.get(key, ("unknown", 0, 0))[0] for key in keys]
             row.append(f"{consensus.count('UNSAT')}/{consensus.count('SAT')}")
         row.append(", ".join(f"{name} {count}" for name, count in sorted(summary.methods.items())) or "-")

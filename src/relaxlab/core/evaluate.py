@@ -76,6 +76,7 @@ class Spec(Hashable, Protocol):
 
     def expressions(self) -> Iterator[ex.Expr]: ...
 
+
 # A point inside each case where every declared expression is well defined. Elements not in
 # a case are evaluated there, so that no NaN/inf from an unselected case can reach a gradient.
 _REPRESENTATIVE = {
@@ -170,17 +171,21 @@ def _check_domain(relaxation: Spec, plan: Plan, lower: Tensor, upper: Tensor) ->
         return
     magnitude = torch.maximum(-lower.amin(), upper.amax())
     if torch.compiler.is_compiling():
-        torch._assert_async(magnitude <= plan.bound, f"{relaxation.name}: bounds beyond |l|, |u| <= {plan.bound:g}")
+        torch._assert_async(
+            magnitude <= plan.bound, f"{relaxation.name}: bounds beyond |l|, |u| <= {plan.bound:g}"
+        )
         return
     if bool(magnitude > plan.bound):
         raise OutsideProvedDomainError(
             f"relaxation {relaxation.name!r} is proved sound only for pre-activation bounds with |l|, |u| <= "
             f"{plan.bound:g} (its lines or transform are not scale invariant), and bounds of magnitude "
-            f"{float(magnitude):.4g} reached one of its ReLUs; use a scale-invariant relaxation or a smaller eps")
+            f"{float(magnitude):.4g} reached one of its ReLUs; use a scale-invariant relaxation or a smaller eps"
+        )
 
 
-def transform_bounds(relaxation: Spec, lower: Tensor, upper: Tensor,
-                     values: Mapping[str, Tensor | float] | None = None) -> tuple[Tensor, Tensor]:
+def transform_bounds(
+    relaxation: Spec, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor | float] | None = None
+) -> tuple[Tensor, Tensor]:
     """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them).
 
     :param values: per-element parameter values overriding the spec's (see :func:`coefficients`).
@@ -190,20 +195,24 @@ def transform_bounds(relaxation: Spec, lower: Tensor, upper: Tensor,
     return _transform(relaxation, plan, lower, upper, _parameters(relaxation, plan, values, lower))
 
 
-def _transform(relaxation: Spec, plan: Plan, lower: Tensor, upper: Tensor,
-               params: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+def _transform(
+    relaxation: Spec, plan: Plan, lower: Tensor, upper: Tensor, params: Mapping[str, Any]
+) -> tuple[Tensor, Tensor]:
     _check_domain(relaxation, plan, lower, upper)
     transform = relaxation.transform
     if transform is None:
         return lower, upper
     env = {"l": lower, "u": upper, **params}
     memo: dict[int, Any] = {}
-    return (_broadcast(transform.lower.evaluate(env, memo), lower),
-            _broadcast(transform.upper.evaluate(env, memo), upper))
+    return (
+        _broadcast(transform.lower.evaluate(env, memo), lower),
+        _broadcast(transform.upper.evaluate(env, memo), upper),
+    )
 
 
-def _parameters(relaxation: Spec, plan: Plan, values: Mapping[str, Tensor | float] | None,
-                like: Tensor) -> Mapping[str, Any]:
+def _parameters(
+    relaxation: Spec, plan: Plan, values: Mapping[str, Tensor | float] | None, like: Tensor
+) -> Mapping[str, Any]:
     """The parameter environment: the spec's values, overridden by ``values`` (checked, in ``like``'s dtype).
 
     A value outside the range the prover covers (:meth:`~relaxlab.core.relaxation.ParamSpec.proved_range`
@@ -223,32 +232,48 @@ def _parameters(relaxation: Spec, plan: Plan, values: Mapping[str, Tensor | floa
         if isinstance(value, torch.Tensor):
             if name in plan.computed_apart and like.dtype != torch.float64:
                 # the prover models a sub-expression of numbers in float64; per element it would be in like's dtype
-                raise ValueError(f"{relaxation.name}: per-element values of {name!r} need float64 bounds (it is "
-                                 f"combined with other parameters or constants before it meets the bounds)")
-            value = value.to(dtype=like.dtype, device=like.device)  # differentiable; evaluated as the bounds are
+                raise ValueError(
+                    f"{relaxation.name}: per-element values of {name!r} need float64 bounds (it is "
+                    f"combined with other parameters or constants before it meets the bounds)"
+                )
+            value = value.to(
+                dtype=like.dtype, device=like.device
+            )  # differentiable; evaluated as the bounds are
             try:
                 fits = torch.broadcast_shapes(value.shape, like.shape) == like.shape
             except RuntimeError:
                 fits = False
             if not fits:
-                raise ValueError(f"{relaxation.name}: values of {name!r} have shape {tuple(value.shape)}, "
-                                 f"which does not broadcast to the bounds' shape {tuple(like.shape)}")
-            lo_value, hi_value = (float(v) for v in torch.aminmax(value.detach())) if value.numel() else (
-                spec.default, spec.default)
+                raise ValueError(
+                    f"{relaxation.name}: values of {name!r} have shape {tuple(value.shape)}, "
+                    f"which does not broadcast to the bounds' shape {tuple(like.shape)}"
+                )
+            lo_value, hi_value = (
+                (float(v) for v in torch.aminmax(value.detach()))
+                if value.numel()
+                else (spec.default, spec.default)
+            )
         else:
             lo_value = hi_value = value = float(value)
         lo, hi = spec.proved_range(plan.parameters[name])
-        if not (math.isfinite(lo_value) and math.isfinite(hi_value)) or lo_value < lo or hi_value > hi or (
-                spec.strict and spec.minimum is not None and lo_value <= lo):
+        if (
+            not (math.isfinite(lo_value) and math.isfinite(hi_value))
+            or lo_value < lo
+            or hi_value > hi
+            or (spec.strict and spec.minimum is not None and lo_value <= lo)
+        ):
             bracket = "(" if spec.strict and spec.minimum is not None else "["
-            raise ValueError(f"{relaxation.name}: values of {name!r} span [{lo_value:g}, {hi_value:g}], outside "
-                             f"{bracket}{lo:g}, {hi:g}], where its soundness is proved; clamp them into it")
+            raise ValueError(
+                f"{relaxation.name}: values of {name!r} span [{lo_value:g}, {hi_value:g}], outside "
+                f"{bracket}{lo:g}, {hi:g}], where its soundness is proved; clamp them into it"
+            )
         params[name] = value
     return params
 
 
-def coefficients(relaxation: Spec, lower: Tensor, upper: Tensor,
-                 values: Mapping[str, Tensor | float] | None = None) -> RelaxationTensors:
+def coefficients(
+    relaxation: Spec, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor | float] | None = None
+) -> RelaxationTensors:
     """The lines of ``relaxation`` at raw pre-activation bounds; the case is chosen per element.
 
     For every ``x`` in ``[lower, upper]``:
@@ -343,12 +368,11 @@ def coefficients(relaxation: Spec, lower: Tensor, upper: Tensor,
     return RelaxationTensors(*out, zeros=frozenset(zeros))
 
 
-
-
 def _scale_invariant(relaxation: Spec) -> bool:
     transform = relaxation.transform
-    return all(line_is_scale_invariant(ln.slope, ln.offset) for _, case in relaxation.cases() for ln in case.lines()) \
-        and (transform is None or transform_is_scale_invariant(transform.lower, transform.upper))
+    return all(
+        line_is_scale_invariant(ln.slope, ln.offset) for _, case in relaxation.cases() for ln in case.lines()
+    ) and (transform is None or transform_is_scale_invariant(transform.lower, transform.upper))
 
 
 def _constant_factor(expr: ex.Expr) -> tuple[float, ex.Expr]:
@@ -396,10 +420,18 @@ Groups = tuple[tuple[frozenset[Stability], float, ex.Expr, bool], ...]
 #: ``u`` where ``u > 0`` (UNSTABLE and POSITIVE), else 0; ``l`` on POSITIVE, else 0 (``l > 0``
 #: implies POSITIVE, and ``l = 0`` gives 0 either way). IBP's offsets, computed as one relu.
 _RELU_PATTERNS = {
-    frozenset({(frozenset({Stability.NEGATIVE}), ex.Const(0.0)),
-               (frozenset({Stability.UNSTABLE, Stability.POSITIVE}), ex.U)}): "u",
-    frozenset({(frozenset({Stability.NEGATIVE, Stability.UNSTABLE}), ex.Const(0.0)),
-               (frozenset({Stability.POSITIVE}), ex.L)}): "l",
+    frozenset(
+        {
+            (frozenset({Stability.NEGATIVE}), ex.Const(0.0)),
+            (frozenset({Stability.UNSTABLE, Stability.POSITIVE}), ex.U),
+        }
+    ): "u",
+    frozenset(
+        {
+            (frozenset({Stability.NEGATIVE, Stability.UNSTABLE}), ex.Const(0.0)),
+            (frozenset({Stability.POSITIVE}), ex.L),
+        }
+    ): "l",
 }
 
 
@@ -425,7 +457,9 @@ def _evaluation_plan(negative: SpecCase, unstable: SpecCase, positive: SpecCase)
         groups = []
         for expr, members in grouped.items():
             frozen_members = frozenset(members)
-            partial = frozen_members != ALL_CASES and any(isinstance(node, (ex.Div, ex.Opaque)) for node in expr.walk())
+            partial = frozen_members != ALL_CASES and any(
+                isinstance(node, (ex.Div, ex.Opaque)) for node in expr.walk()
+            )
             scale, factor = _constant_factor(expr)
             groups.append((frozen_members, scale, factor, partial))
         # The group covering all cases (if any) is the whole answer; evaluate it first.
@@ -453,4 +487,3 @@ def _broadcast(value: Any, like: Tensor) -> Tensor:
             value = value.to(like.dtype)
         return value if value.shape == like.shape else value.expand_as(like)
     return torch.full_like(like, float(value))
-

@@ -311,7 +311,20 @@ class Opaque(Expr):
 
 
 #: Every node type: each :class:`Interpretation` has a method for each (the class name in lower case).
-NODE_TYPES: tuple[type[Expr], ...] = (Const, Var, Param, Add, Mul, Div, Sigmoid, Step, Ge, Switch, Named, Opaque)
+NODE_TYPES: tuple[type[Expr], ...] = (
+    Const,
+    Var,
+    Param,
+    Add,
+    Mul,
+    Div,
+    Sigmoid,
+    Step,
+    Ge,
+    Switch,
+    Named,
+    Opaque,
+)
 
 
 def _wrap(expr: Expr, parent: type, strict: bool = False) -> str:
@@ -393,8 +406,10 @@ def _method_name(cls: type) -> str:
     if name is None:
         name = next((_METHODS[base] for base in cls.__mro__ if base in _METHODS), None)
         if name is None:
-            raise TypeError(f"{cls.__name__} is not an expression node type (known: "
-                            f"{', '.join(c.__name__ for c in NODE_TYPES)})")
+            raise TypeError(
+                f"{cls.__name__} is not an expression node type (known: "
+                f"{', '.join(c.__name__ for c in NODE_TYPES)})"
+            )
         _METHODS[cls] = name
     return name
 
@@ -543,8 +558,11 @@ class Evaluation(Interpretation[Value]):
             if (a, b) == (0.0, 1.0):
                 return 1.0 - c
             return c * a + (1.0 - c) * b
-        return torch.where(cond, torch.as_tensor(a, dtype=dtype).to(cond.device),  # type: ignore[arg-type, union-attr]
-                           torch.as_tensor(b, dtype=dtype).to(cond.device))  # type: ignore[union-attr]
+        return torch.where(
+            cond,
+            torch.as_tensor(a, dtype=dtype).to(cond.device),  # type: ignore[arg-type, union-attr]
+            torch.as_tensor(b, dtype=dtype).to(cond.device),
+        )  # type: ignore[union-attr]
 
     def named(self, node: Named) -> Value:
         # A Named node usually appears several times in a relaxation (λ in a slope and an
@@ -727,7 +745,9 @@ class Text(Interpretation[str]):
         if isinstance(node.left, Const) and node.left.value == -1.0:
             return f"-{_wrap(node.right, Mul)}"
         # "λl" reads better than "λ*l" when both factors are single symbols
-        juxtapose = all(isinstance(f, (Var, Param, Named)) and len(self(f)) == 1 for f in (node.left, node.right))
+        juxtapose = all(
+            isinstance(f, (Var, Param, Named)) and len(self(f)) == 1 for f in (node.left, node.right)
+        )
         return f"{_wrap(node.left, Mul)}{'' if juxtapose else '*'}{_wrap(node.right, Mul)}"
 
     def div(self, node: Div) -> str:

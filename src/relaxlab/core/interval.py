@@ -304,13 +304,17 @@ def _sigmoid_end(x: float, direction: int) -> float:
 
 
 def floor_bounds(a: Bounds) -> Bounds:
-    return (float(math.floor(a[0])) if math.isfinite(a[0]) else a[0],
-            float(math.floor(a[1])) if math.isfinite(a[1]) else a[1])
+    return (
+        float(math.floor(a[0])) if math.isfinite(a[0]) else a[0],
+        float(math.floor(a[1])) if math.isfinite(a[1]) else a[1],
+    )
 
 
 def ceil_bounds(a: Bounds) -> Bounds:
-    return (float(math.ceil(a[0])) if math.isfinite(a[0]) else a[0],
-            float(math.ceil(a[1])) if math.isfinite(a[1]) else a[1])
+    return (
+        float(math.ceil(a[0])) if math.isfinite(a[0]) else a[0],
+        float(math.ceil(a[1])) if math.isfinite(a[1]) else a[1],
+    )
 
 
 def decide(left: Bounds, right: Bounds) -> bool | None:
@@ -412,6 +416,29 @@ class Enclosure(ex.Interpretation[Bounds]):
         return WHOLE
 
 
-__all__ = ["Interval", "enclose", "enclose_bounds", "down", "up", "two_sum", "two_product", "add", "sub", "mul",
-           "div", "guarded_div", "neg", "scale", "reciprocal", "power", "hull", "intersect", "sigmoid", "floor_bounds",
-           "ceil_bounds", "decide", "WHOLE", "DIVISION_GUARD"]
+__all__ = [
+    "Interval",
+    "enclose",
+    "enclose_bounds",
+    "down",
+    "up",
+    "two_sum",
+    "two_product",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "guarded_div",
+    "neg",
+    "scale",
+    "reciprocal",
+    "power",
+    "hull",
+    "intersect",
+    "sigmoid",
+    "floor_bounds",
+    "ceil_bounds",
+    "decide",
+    "WHOLE",
+    "DIVISION_GUARD",
+]

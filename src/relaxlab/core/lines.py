@@ -34,4 +34,6 @@ EXACT_POSITIVE = CaseBounds(IDENTITY, IDENTITY)
 
 def switch_line(condition: Expr, then: Line, otherwise: Line) -> Line:
     """The line ``then`` where ``condition`` holds, else ``otherwise`` (coefficient-wise switch)."""
-    return Line(switch(condition, then.slope, otherwise.slope), switch(condition, then.offset, otherwise.offset))  # type: ignore[arg-type]
+    return Line(
+        switch(condition, then.slope, otherwise.slope), switch(condition, then.offset, otherwise.offset)
+    )  # type: ignore[arg-type]

@@ -196,7 +196,9 @@ class Rational:
     def __init__(self, num: Poly, den: Poly | None = None) -> None:
         self.num = num
         self.den = den if den is not None else {ONE_MONOMIAL: Fraction(1)}
-        self._key: tuple[frozenset[tuple[Monomial, Fraction]], frozenset[tuple[Monomial, Fraction]]] | None = None
+        self._key: (
+            tuple[frozenset[tuple[Monomial, Fraction]], frozenset[tuple[Monomial, Fraction]]] | None
+        ) = None
 
     @classmethod
     def make(cls, num: Poly, den: Poly) -> Rational:
@@ -235,8 +237,10 @@ class Rational:
     def __add__(self, other: Rational) -> Rational:
         if self.den == other.den:
             return Rational.make(poly_add(self.num, other.num), self.den)
-        return Rational.make(poly_add(poly_mul(self.num, other.den), poly_mul(other.num, self.den)),
-                             poly_mul(self.den, other.den))
+        return Rational.make(
+            poly_add(poly_mul(self.num, other.den), poly_mul(other.num, self.den)),
+            poly_mul(self.den, other.den),
+        )
 
     def __neg__(self) -> Rational:
         return Rational(poly_scale(self.num, Fraction(-1)), self.den)
@@ -317,7 +321,15 @@ def _groupings(terms: Terms, variables: Iterable[int], nested: Iterable[int] = (
             by_power.setdefault(power, []).append((coef, tuple(sorted(exps.items()))))
         if len(by_power) > 1 or 0 not in by_power:
             inner_vars = [v for v in nested if v != var]
-            out.append((var, [(power, group, _groupings(group, inner_vars)) for power, group in sorted(by_power.items())]))
+            out.append(
+                (
+                    var,
+                    [
+                        (power, group, _groupings(group, inner_vars))
+                        for power, group in sorted(by_power.items())
+                    ],
+                )
+            )
     return out
 
 
@@ -331,8 +343,9 @@ class _CompiledPoly:
 
     __slots__ = ("terms", "groups", "constant", "sign", "factor", "shifted")
 
-    def __init__(self, poly: Poly, nested: Iterable[int] = (), skip: Iterable[int] = (),
-                 shift: Iterable[int] = ()) -> None:
+    def __init__(
+        self, poly: Poly, nested: Iterable[int] = (), skip: Iterable[int] = (), shift: Iterable[int] = ()
+    ) -> None:
         self.sign: int | None = None  # known sign on the whole domain, if any
         #: ``(fact, cofactor)`` with ``poly = fact·cofactor`` and ``fact`` known to be >= 0 on the domain
         self.factor: tuple[Poly, Poly] | None = None
@@ -385,7 +398,11 @@ def _enclose_terms(terms: Terms, groups: list[Grouping], box: Sequence[Bounds]) 
         total: Bounds = (0.0, 0.0)
         inner_bounds = []
         for power, inner_terms, inner_groups in by_power:
-            inner = _enclose_terms(inner_terms, inner_groups, box) if inner_groups else _sum_terms(inner_terms, box)
+            inner = (
+                _enclose_terms(inner_terms, inner_groups, box)
+                if inner_groups
+                else _sum_terms(inner_terms, box)
+            )
             inner_bounds.append((power, inner))
             total = iv.add(total, inner if power == 0 else iv.mul(iv.power(box[var], power), inner))
         best = iv.intersect(best, total)
@@ -440,8 +457,9 @@ class Symbolic:
     :param params: parameter names; they get the variable indices ``2, 3, ...`` in this order.
     """
 
-    def __init__(self, params: Sequence[str], nonnegative: Iterable[Poly] = (),
-                 arithmetic: Arithmetic | None = None) -> None:
+    def __init__(
+        self, params: Sequence[str], nonnegative: Iterable[Poly] = (), arithmetic: Arithmetic | None = None
+    ) -> None:
         #: ``None``: normal forms of real values; else of the values computed in this arithmetic.
         self.arithmetic = arithmetic
         #: Atom index -> a second normal form of its argument (the same value): its enclosure is
@@ -485,8 +503,9 @@ class Symbolic:
                 todo.extend(self.atoms[var - self.base_size][1].variables())
         return frozenset(out)
 
-    def convert(self, expr: ex.Expr, bounds: Mapping[str, Rational],
-                assignment: Mapping[ex.Ge, bool] | None = None) -> Rational:
+    def convert(
+        self, expr: ex.Expr, bounds: Mapping[str, Rational], assignment: Mapping[ex.Ge, bool] | None = None
+    ) -> Rational:
         """The normal form of ``expr`` with ``l``/``u`` replaced by ``bounds`` and switches resolved.
 
         In a floating-point model (``arithmetic`` given), of the value as computed (see the module docstring).
@@ -501,8 +520,9 @@ class Symbolic:
             return self.to_tensor(value, tensor)
         return RealForm(self, bounds, assignment or {})(expr)
 
-    def convert_margin(self, condition: ex.Ge, bounds: Mapping[str, Rational],
-                       assignment: Mapping[ex.Ge, bool] | None = None) -> Rational:
+    def convert_margin(
+        self, condition: ex.Ge, bounds: Mapping[str, Rational], assignment: Mapping[ex.Ge, bool] | None = None
+    ) -> Rational:
         """``left - right`` of a condition: it holds where this is ``>= 0``.
 
         In a floating-point model the two sides are the values computed and their difference is
@@ -560,8 +580,11 @@ class Symbolic:
         if compiled is None:
             kinds = {i: kind for i, (kind, _) in enumerate(self.atoms, self.base_size)}
             compiled = self._compiled[key] = _CompiledPoly(
-                poly, range(self.base_size), skip=(i for i, k in kinds.items() if k in ("round", "round64")),
-                shift=(i for i, k in kinds.items() if k == "guard"))
+                poly,
+                range(self.base_size),
+                skip=(i for i, k in kinds.items() if k in ("round", "round64")),
+                shift=(i for i, k in kinds.items() if k == "guard"),
+            )
             if self._signs and compiled.constant is None:
                 monic, lead = _monic(poly)
                 sign = self._signs.get(monic)
@@ -595,7 +618,9 @@ class Symbolic:
 class RealForm(ex.Interpretation[Rational]):
     """The exact normal form of an expression's real value (see :meth:`Symbolic.convert`)."""
 
-    def __init__(self, symbolic: Symbolic, bounds: Mapping[str, Rational], assignment: Mapping[ex.Ge, bool]) -> None:
+    def __init__(
+        self, symbolic: Symbolic, bounds: Mapping[str, Rational], assignment: Mapping[ex.Ge, bool]
+    ) -> None:
         self.symbolic = symbolic
         self.bounds = bounds
         self.assignment = assignment
@@ -656,8 +681,13 @@ class FloatForm(ex.Interpretation[tuple[Rational, bool]]):
         the guard, the second bounded where they are not (atoms get both, :attr:`Symbolic.alternatives`).
     """
 
-    def __init__(self, symbolic: Symbolic, bounds: Mapping[str, Rational], assignment: Mapping[ex.Ge, bool],
-                 guarded: bool = False) -> None:
+    def __init__(
+        self,
+        symbolic: Symbolic,
+        bounds: Mapping[str, Rational],
+        assignment: Mapping[ex.Ge, bool],
+        guarded: bool = False,
+    ) -> None:
         self.symbolic = symbolic
         self.bounds = bounds
         self.assignment = assignment
@@ -687,12 +717,16 @@ class FloatForm(ex.Interpretation[tuple[Rational, bool]]):
     def mul(self, node: ex.Mul) -> tuple[Rational, bool]:
         a, b, ta, tb = self._operands(node)
         tensor = ta or tb
-        return (a * b if _exact_factor(a) or _exact_factor(b) else self.symbolic.rounded(a * b, tensor)), tensor
+        return (
+            a * b if _exact_factor(a) or _exact_factor(b) else self.symbolic.rounded(a * b, tensor)
+        ), tensor
 
     def div(self, node: ex.Div) -> tuple[Rational, bool]:
         a, b, ta, tb = self._operands(node)
         tensor = ta or tb
-        if tb and self.guarded:  # Div.evaluate divides by copysign(max(|b|, guard), b): an atom, enclosed as that
+        if (
+            tb and self.guarded
+        ):  # Div.evaluate divides by copysign(max(|b|, guard), b): an atom, enclosed as that
             quotient = a / rational_variable(self.symbolic.atom("guarded", b))
         elif tb:  # the same value as (a/b)·(1 + γ), 1 + γ = |b|/max(|b|, guard): γ = 0 clear of the guard
             quotient = a / b * (_ONE + rational_variable(self.symbolic.atom("guard", b)))
@@ -769,8 +803,10 @@ def _exact_factor(value: Rational) -> bool:
     if exact == 0:
         return True
     magnitude = abs(exact)
-    return magnitude.numerator & (magnitude.numerator - 1) == 0 and magnitude.denominator & (
-        magnitude.denominator - 1) == 0
+    return (
+        magnitude.numerator & (magnitude.numerator - 1) == 0
+        and magnitude.denominator & (magnitude.denominator - 1) == 0
+    )
 
 
 def _widened(bounds: Bounds, relative: float) -> Bounds:

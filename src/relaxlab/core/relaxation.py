@@ -42,6 +42,7 @@ FINAL_MODES = ("backsub", "forward")
 #: Unbounded parameter ranges are proved (and per-element values allowed) within ``[-PARAM_CLIP, PARAM_CLIP]``.
 PARAM_CLIP = 1e3
 
+
 def _format_coefficient(expr: Expr) -> str:
     text = str(expr)
     if text.startswith("(") and text.endswith(")"):
@@ -69,7 +70,11 @@ class Line:
     def __str__(self) -> str:
         if self.slope.is_zero():
             return str(self.offset)
-        slope = "" if self.slope.is_one() else ("-" if self.slope == Const(-1.0) else _format_coefficient(self.slope))
+        slope = (
+            ""
+            if self.slope.is_one()
+            else ("-" if self.slope == Const(-1.0) else _format_coefficient(self.slope))
+        )
         # a slope written as a word (a parameter's name) is kept apart from x: alpha·x, not alphax
         head = f"{slope}·x" if len(slope) > 1 and slope[-1].isalpha() and slope[-1].isascii() else f"{slope}x"
         if self.offset.is_zero():
@@ -140,8 +145,10 @@ class ParamSpec:
 
     def _check_start(self, value: Expr | None) -> None:
         if value is not None and not value.variables() <= {"l", "u"}:
-            raise ValueError(f"parameter {self.name}: start may use only l and u, "
-                             f"not {sorted(value.variables() - {'l', 'u'})}")
+            raise ValueError(
+                f"parameter {self.name}: start may use only l and u, "
+                f"not {sorted(value.variables() - {'l', 'u'})}"
+            )
 
     def validate(self, value: float, relaxation: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -192,8 +199,12 @@ def _full_values(values: Any, self_: ReluRelaxation) -> tuple[tuple[str, float],
     full = {p.name: current.get(p.name, p.default) for p in self_.params}
     full.update({k: v for k, v in current.items() if k not in full})
     # numbers as floats; anything else stays as given, for the checks to name it
-    return tuple(sorted((k, float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
-                        for k, v in full.items()))
+    return tuple(
+        sorted(
+            (k, float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+            for k, v in full.items()
+        )
+    )
 
 
 @frozen(kw_only=True, cache_hash=True)
@@ -227,7 +238,9 @@ class ReluRelaxation:
     final: str = field(default="backsub", validator=validators.in_(FINAL_MODES))
     transform: BoundsTransform | None = None
     params: tuple[ParamSpec, ...] = field(default=(), converter=tuple)
-    values: tuple[tuple[str, float], ...] = field(default=(), converter=attrs.Converter(_full_values, takes_self=True))
+    values: tuple[tuple[str, float], ...] = field(
+        default=(), converter=attrs.Converter(_full_values, takes_self=True)
+    )
     summary: str = field(default="", eq=False)
     reference: str = field(default="", eq=False)
 
@@ -297,13 +310,25 @@ class ReluRelaxation:
     def label(self) -> str:
         """The name with non-default parameter values, e.g. ``LooseIBP-C(omega=0.5)``."""
         current = dict(self.values)
-        changed = [f"{p.name}={_fmt(current[p.name])}" for p in self.params if current.get(p.name, p.default) != p.default]
+        changed = [
+            f"{p.name}={_fmt(current[p.name])}"
+            for p in self.params
+            if current.get(p.name, p.default) != p.default
+        ]
         return f"{self.name}({', '.join(changed)})" if changed else self.name
 
     def spec_key(self) -> tuple[Any, ...]:
         """Everything but the name and docs: two relaxations with equal keys are aliases."""
-        return (self.negative, self.unstable, self.positive, self.intermediate, self.final, self.transform, self.params,
-                tuple(sorted(self.parameters.items())))
+        return (
+            self.negative,
+            self.unstable,
+            self.positive,
+            self.intermediate,
+            self.final,
+            self.transform,
+            self.params,
+            tuple(sorted(self.parameters.items())),
+        )
 
     def canonical(self) -> str | None:
         """The spec as canonical JSON text, or ``None`` when part of it is code rather than data.
@@ -329,16 +354,18 @@ class ReluRelaxation:
         return evolve(self, values={**dict(self.values), **values})
 
     # -- evaluation ---------------------------------------------------------
-    def transform_bounds(self, lower: Tensor, upper: Tensor,
-                         values: Mapping[str, Tensor | float] | None = None) -> tuple[Tensor, Tensor]:
+    def transform_bounds(
+        self, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor | float] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The bounds the lines are evaluated on (``[l, u]`` unless a transform widens them).
 
         :param values: per-element parameter values (see :func:`relaxlab.core.evaluate.coefficients`).
         """
         return evaluate.transform_bounds(self, lower, upper, values)
 
-    def coefficients(self, lower: Tensor, upper: Tensor,
-                     values: Mapping[str, Tensor | float] | None = None) -> RelaxationTensors:
+    def coefficients(
+        self, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor | float] | None = None
+    ) -> RelaxationTensors:
         """The lines at raw pre-activation bounds (see :func:`relaxlab.core.evaluate.coefficients`).
 
         :param values: parameter names to per-element values (tensors broadcastable to ``lower``)
@@ -363,4 +390,7 @@ def _canonical_data(value: object) -> object:
     cls = type(value)
     if cls.__module__ not in (Expr.__module__, __name__) or cls is Opaque or not attrs.has(cls):
         raise _NotData(cls.__qualname__)
-    return [cls.__qualname__, {f.name: _canonical_data(getattr(value, f.name)) for f in attrs.fields(cls) if f.eq}]
+    return [
+        cls.__qualname__,
+        {f.name: _canonical_data(getattr(value, f.name)) for f in attrs.fields(cls) if f.eq},
+    ]

@@ -76,9 +76,11 @@ def check_relaxer(relaxation: object) -> Relaxer:
     """``relaxation`` itself when it has the contract, else a ``TypeError`` naming what it lacks."""
     if isinstance(relaxation, Relaxer):
         return relaxation
-    missing = [name for name in ("name", "intermediate", "final", "is_interval", "transform_bounds",
-                                                   "coefficients")
-               if not hasattr(relaxation, name)]
+    missing = [
+        name
+        for name in ("name", "intermediate", "final", "is_interval", "transform_bounds", "coefficients")
+        if not hasattr(relaxation, name)
+    ]
     raise TypeError(
         f"relaxation must be a name or a relaxation object; {type(relaxation).__name__} lacks {missing}"
     )

@@ -13,5 +13,17 @@ from relaxlab.discovery.catalog import Catalog, CatalogLine, Rejection, build_ca
 from relaxlab.discovery.pipeline import FAMILIES, Discovery, Rediscovery, Result, discover, generated_name
 from relaxlab.discovery.transforms import DEFAULT_GRID, TransformSetting
 
-__all__ = ["DEFAULT_GRID", "FAMILIES", "Catalog", "CatalogLine", "Discovery", "Rediscovery", "Rejection", "Result",
-           "TransformSetting", "build_catalog", "discover", "generated_name"]
+__all__ = [
+    "DEFAULT_GRID",
+    "FAMILIES",
+    "Catalog",
+    "CatalogLine",
+    "Discovery",
+    "Rediscovery",
+    "Rejection",
+    "Result",
+    "TransformSetting",
+    "build_catalog",
+    "discover",
+    "generated_name",
+]

@@ -83,7 +83,9 @@ class Source(ex.Interpretation[str]):
         return f"Named({node.name!r}, {self(node.body)})"
 
     def opaque(self, node: ex.Opaque) -> str:
-        raise ValueError(f"cannot write the opaque callable {node.name!r} as source; keep that plugin installed")
+        raise ValueError(
+            f"cannot write the opaque callable {node.name!r} as source; keep that plugin installed"
+        )
 
 
 def expr_source(expr: ex.Expr) -> str:
@@ -100,8 +102,10 @@ def _case_source(case: CaseBounds) -> str:
 
 
 def _param_source(spec: ParamSpec) -> str:
-    return (f"ParamSpec({spec.name!r}, {spec.default!r}, minimum={spec.minimum!r}, strict={spec.strict!r}, "
-            f"maximum={spec.maximum!r}, description={spec.description!r})")
+    return (
+        f"ParamSpec({spec.name!r}, {spec.default!r}, minimum={spec.minimum!r}, strict={spec.strict!r}, "
+        f"maximum={spec.maximum!r}, description={spec.description!r})"
+    )
 
 
 def _transform_source(transform: BoundsTransform | None) -> str:

@@ -194,7 +194,9 @@ def fast_flags(relaxation: ReluRelaxation, *, lines_continuous: bool | None = No
                 first,
             ):
                 continuous = False
-    if transform is not None and transform_jumps(transform, _used((transform.lower, transform.upper), values)):
+    if transform is not None and transform_jumps(
+        transform, _used((transform.lower, transform.upper), values)
+    ):
         continuous = False
     return continuous, sensitive
 

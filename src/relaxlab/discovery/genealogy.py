@@ -101,11 +101,18 @@ def genealogy(discovery: Discovery, registered: Iterable[ReluRelaxation] = ()) -
         labels = [t for c in result.cases for t in (c.lower, c.upper)]
         slots[result.name] = ids.ids(result.relaxation, labels)
         modes[result.name] = (effective_intermediate(result.relaxation), _widening(result.relaxation))
-        graph.add_node(result.name, family=result.family, registered=bool(result.equivalent_to),
-                       base=result.name in BASE_RELAXATIONS, aliases=", ".join(result.equivalent_to),
-                       generated_name=result.generated_name, continuous=result.continuous,
-                       sensitive=result.sensitive, intermediate=modes[result.name][0],
-                       transform=modes[result.name][1])
+        graph.add_node(
+            result.name,
+            family=result.family,
+            registered=bool(result.equivalent_to),
+            base=result.name in BASE_RELAXATIONS,
+            aliases=", ".join(result.equivalent_to),
+            generated_name=result.generated_name,
+            continuous=result.continuous,
+            sensitive=result.sensitive,
+            intermediate=modes[result.name][0],
+            transform=modes[result.name][1],
+        )
     known = {alias for r in discovery.results for alias in r.equivalent_to}
     for relaxation in registered:
         if relaxation.name in known or relaxation.name in graph:
@@ -113,10 +120,18 @@ def genealogy(discovery: Discovery, registered: Iterable[ReluRelaxation] = ()) -
         slots[relaxation.name] = ids.ids(relaxation)
         modes[relaxation.name] = (effective_intermediate(relaxation), _widening(relaxation))
         continuous, sensitive = fast_flags(relaxation)
-        graph.add_node(relaxation.name, family="registered", registered=True,
-                       base=relaxation.name in BASE_RELAXATIONS, aliases=relaxation.name,
-                       generated_name="", continuous=continuous, sensitive=sensitive,
-                       intermediate=modes[relaxation.name][0], transform=modes[relaxation.name][1])
+        graph.add_node(
+            relaxation.name,
+            family="registered",
+            registered=True,
+            base=relaxation.name in BASE_RELAXATIONS,
+            aliases=relaxation.name,
+            generated_name="",
+            continuous=continuous,
+            sensitive=sensitive,
+            intermediate=modes[relaxation.name][0],
+            transform=modes[relaxation.name][1],
+        )
 
     def label(k: int, i: int) -> str:
         return ids.labels[(k, i)]
@@ -130,14 +145,26 @@ def genealogy(discovery: Discovery, registered: Iterable[ReluRelaxation] = ()) -
         diff = [k for k in range(len(SLOTS)) if slots[a][k] != slots[b][k]]
         if len(diff) == 1:
             k = diff[0]
-            graph.add_edge(a, b, kind="line", label=f"{_slot_text(k)}: {label(k, slots[a][k])} → {label(k, slots[b][k])}")
+            graph.add_edge(
+                a, b, kind="line", label=f"{_slot_text(k)}: {label(k, slots[a][k])} → {label(k, slots[b][k])}"
+            )
         elif len(diff) == 2 and SLOTS[diff[0]][0] is SLOTS[diff[1]][0]:
             k0, k1 = diff
-            graph.add_edge(a, b, kind="case", label=(
-                f"{SLOTS[k0][0]}: {label(k0, slots[a][k0])}..{label(k1, slots[a][k1])} → "
-                f"{label(k0, slots[b][k0])}..{label(k1, slots[b][k1])}"))
-        elif (diff and set(diff) <= stable and not graph.nodes[a]["continuous"] and graph.nodes[b]["continuous"]):
-            changes = "; ".join(f"{_slot_text(k)}: {label(k, slots[a][k])} → {label(k, slots[b][k])}" for k in diff)
+            graph.add_edge(
+                a,
+                b,
+                kind="case",
+                label=(
+                    f"{SLOTS[k0][0]}: {label(k0, slots[a][k0])}..{label(k1, slots[a][k1])} → "
+                    f"{label(k0, slots[b][k0])}..{label(k1, slots[b][k1])}"
+                ),
+            )
+        elif (
+            diff and set(diff) <= stable and not graph.nodes[a]["continuous"] and graph.nodes[b]["continuous"]
+        ):
+            changes = "; ".join(
+                f"{_slot_text(k)}: {label(k, slots[a][k])} → {label(k, slots[b][k])}" for k in diff
+            )
             graph.add_edge(a, b, kind="continuity", label=f"make continuous: {changes}")
 
     by_generated = {r.generated_name: r.name for r in discovery.results}
@@ -151,7 +178,9 @@ def genealogy(discovery: Discovery, registered: Iterable[ReluRelaxation] = ()) -
             if switch_name is not None:
                 graph.add_edge(switch_name, result.name, kind="soft", label="soft switch κ = σ(γ(l/u - u/l))")
         elif result.family == "interval":
-            graph.add_edge(result.parents[0], result.name, kind="interval", label="(R): interval intermediate bounds")
+            graph.add_edge(
+                result.parents[0], result.name, kind="interval", label="(R): interval intermediate bounds"
+            )
 
     _set_depth(graph)
     return graph
@@ -184,8 +213,11 @@ def to_dot(graph: nx.DiGraph) -> str:
     """Graphviz DOT text (symmetric line/case edges written once, undirected-looking)."""
     out = ["digraph genealogy {", "  rankdir=LR;", "  node [shape=box, fontsize=10];"]
     for node, data in graph.nodes(data=True):
-        style = ', style=filled, fillcolor="gold"' if data["base"] else (
-            ', style=filled, fillcolor="lightblue"' if data["registered"] else "")
+        style = (
+            ', style=filled, fillcolor="gold"'
+            if data["base"]
+            else (', style=filled, fillcolor="lightblue"' if data["registered"] else "")
+        )
         out.append(f"  {_dot_quote(node)} [label={_dot_quote(node)}{style}];")
     done: set[frozenset[str]] = set()
     for a, b, data in graph.edges(data=True):
@@ -195,8 +227,10 @@ def to_dot(graph: nx.DiGraph) -> str:
                 continue
             done.add(key)
         extra = ", dir=none" if data["kind"] in _SYMMETRIC and graph.has_edge(b, a) else ""
-        out.append(f"  {_dot_quote(a)} -> {_dot_quote(b)} [label={_dot_quote(data['label'])}, "
-                   f"kind={_dot_quote(data['kind'])}{extra}];")
+        out.append(
+            f"  {_dot_quote(a)} -> {_dot_quote(b)} [label={_dot_quote(data['label'])}, "
+            f"kind={_dot_quote(data['kind'])}{extra}];"
+        )
     out.append("}")
     return "\n".join(out) + "\n"
 
@@ -205,8 +239,15 @@ def write_dot(graph: nx.DiGraph, path: str | Path) -> None:
     Path(path).write_text(to_dot(graph), encoding="utf-8")
 
 
-_EDGE_COLOURS = {"line": "#888888", "case": "#1f77b4", "continuity": "#2ca02c", "switch": "#d62728",
-                 "soft": "#9467bd", "interval": "#ff7f0e", "transform": "#8c564b"}
+_EDGE_COLOURS = {
+    "line": "#888888",
+    "case": "#1f77b4",
+    "continuity": "#2ca02c",
+    "switch": "#d62728",
+    "soft": "#9467bd",
+    "interval": "#ff7f0e",
+    "transform": "#8c564b",
+}
 
 
 def draw(
@@ -263,14 +304,29 @@ def draw(
             continue  # draw the layered genealogy only; same-layer links stay in the graph and exports
         kind = sub.edges[src, dst]["kind"]
         kinds.add(kind)
-        ax.annotate("", xy=pos[dst], xytext=pos[src], arrowprops={
-            "arrowstyle": "-|>", "color": _EDGE_COLOURS[kind], "lw": 1.0, "alpha": 0.8, "shrinkA": 14,
-            "shrinkB": 14, "connectionstyle": "arc3,rad=0.05"})
+        ax.annotate(
+            "",
+            xy=pos[dst],
+            xytext=pos[src],
+            arrowprops={
+                "arrowstyle": "-|>",
+                "color": _EDGE_COLOURS[kind],
+                "lw": 1.0,
+                "alpha": 0.8,
+                "shrinkA": 14,
+                "shrinkB": 14,
+                "connectionstyle": "arc3,rad=0.05",
+            },
+        )
     shown = {n: v for n, v in (values or {}).items() if n in pos}
     cmap = matplotlib.colormaps["RdYlGn"]
     low, high = min(shown.values(), default=0.0), max(shown.values(), default=1.0)
     # one value for every node: one colour, no colour bar (a bar around it would invent a range)
-    norm = matplotlib.colors.Normalize(low, high) if high > low else matplotlib.colors.Normalize(low - 1, low + 1)
+    norm = (
+        matplotlib.colors.Normalize(low, high)
+        if high > low
+        else matplotlib.colors.Normalize(low - 1, low + 1)
+    )
     for node, (x, y) in pos.items():
         data = sub.nodes[node]
         face = "gold" if data["base"] else ("#cfe3f7" if data["registered"] else "#eeeeee")
@@ -280,19 +336,40 @@ def draw(
             flags += f"  {shown[node]:.1f}" if node in shown else ""
         suffix = " (R)" if node.endswith(" (R)") else ""  # shortened names keep their family mark
         text = node if len(node) <= 40 else node[: 38 - len(suffix)] + "…" + suffix
-        ax.text(x, y, f"{text}\n{flags}", ha="center", va="center", fontsize=8,
-                fontweight="bold" if data["base"] else "normal",
-                bbox={"boxstyle": "round,pad=0.3", "facecolor": face,
-                      "edgecolor": "black" if data["base"] else "#666666"})
+        ax.text(
+            x,
+            y,
+            f"{text}\n{flags}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            fontweight="bold" if data["base"] else "normal",
+            bbox={
+                "boxstyle": "round,pad=0.3",
+                "facecolor": face,
+                "edgecolor": "black" if data["base"] else "#666666",
+            },
+        )
     handles = [Line2D([0], [0], color=c, lw=2, label=k) for k, c in _EDGE_COLOURS.items() if k in kinds]
     if handles:
-        ax.legend(handles=handles, loc="upper left", fontsize=8, title="change", frameon=False,
-                  bbox_to_anchor=(1.0, 1.0))
+        ax.legend(
+            handles=handles,
+            loc="upper left",
+            fontsize=8,
+            title="change",
+            frameon=False,
+            bbox_to_anchor=(1.0, 1.0),
+        )
     if values is not None and high > low:
         # the colour bar shows the part of the colour map the nodes use (light ends keep labels readable)
         bar_cmap = matplotlib.colors.ListedColormap(cmap([0.15 + 0.7 * i / 255 for i in range(256)]))
-        bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=bar_cmap), ax=ax, shrink=0.5,
-                           location="left", pad=0.01)
+        bar = fig.colorbar(
+            matplotlib.cm.ScalarMappable(norm=norm, cmap=bar_cmap),
+            ax=ax,
+            shrink=0.5,
+            location="left",
+            pad=0.01,
+        )
         bar.set_label(f"{value_label} (grey: none)", fontsize=8)
     xs = [p[0] for p in pos.values()] or [0.0]
     ys = [p[1] for p in pos.values()] or [0.0]
@@ -300,15 +377,19 @@ def draw(
     ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
     ax.set_axis_off()
     base = "gold" if values is None else "bold"
-    title = ("Genealogy of relaxations: column = number of one-line/one-case/family/transform changes from a "
-             f"base relaxation ({base}); rightmost column: no one-change link. ")
+    title = (
+        "Genealogy of relaxations: column = number of one-line/one-case/family/transform changes from a "
+        f"base relaxation ({base}); rightmost column: no one-change link. "
+    )
     if not kinds:
         title += "No one-change link joins two columns here (links within a column are in the GraphML / DOT exports). "
     if values is not None and shown and high == low:
         title += f"Every coloured node: {value_label} = {low:.1f}."
     # wrapped to the figure's width (about 0.55 em per character at 9 pt), so that no line is clipped
     chars = max(40, int(fig.get_figwidth() * 72 / (9 * 0.55)))
-    fig.suptitle(textwrap.fill(title.strip(), width=chars), fontsize=9)  # centred on the figure, colour bar or not
+    fig.suptitle(
+        textwrap.fill(title.strip(), width=chars), fontsize=9
+    )  # centred on the figure, colour bar or not
     fig.tight_layout()
     fig.savefig(str(path), dpi=110)
     plt.close(fig)

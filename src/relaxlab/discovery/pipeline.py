@@ -257,8 +257,15 @@ def _transformed_drafts(drafts: Sequence[_Draft], setting: TransformSetting) -> 
     widened = {d.key: setting.apply(d.relaxation, f"{d.relaxation.name} + {setting.token}") for d in drafts}
     keys = {key: relaxation.label for key, relaxation in widened.items()}
     return [
-        _Draft(d.family, widened[d.key], d.labels, d.tokens, tuple(keys.get(p, p) for p in d.parents),
-               setting.label, d.key)
+        _Draft(
+            d.family,
+            widened[d.key],
+            d.labels,
+            d.tokens,
+            tuple(keys.get(p, p) for p in d.parents),
+            setting.label,
+            d.key,
+        )
         for d in drafts
     ]
 
@@ -338,7 +345,8 @@ def discover(
     lines_continuous: dict[str, bool] = {}  # plain drafts come first: widened ones reuse their lines' flag
     for draft in drafts:
         continuous, sensitive = flags.get(draft.relaxation.name) or fast_flags(
-            draft.relaxation, lines_continuous=lines_continuous.get(draft.untransformed))
+            draft.relaxation, lines_continuous=lines_continuous.get(draft.untransformed)
+        )
         if not draft.transform:
             lines_continuous[draft.key] = continuous
         results.append(naming.result(draft, continuous, sensitive, relations=relations))
@@ -346,11 +354,18 @@ def discover(
             done(1)
     # parents by final names
     rename = {r.generated_name: r.name for r in results}
-    results = [evolve(r, parents=tuple(rename.get(p, p) for p in r.parents),
-                      untransformed=rename.get(r.untransformed, r.untransformed)) for r in results]
+    results = [
+        evolve(
+            r,
+            parents=tuple(rename.get(p, p) for p in r.parents),
+            untransformed=rename.get(r.untransformed, r.untransformed),
+        )
+        for r in results
+    ]
     stages.append(("total", len(results)))
-    dominated = _dominated(enumeration, results, registered, naming, widenings, all_dominated=all_dominated,
-                           relations=relations)
+    dominated = _dominated(
+        enumeration, results, registered, naming, widenings, all_dominated=all_dominated, relations=relations
+    )
     return Discovery(
         catalog,
         enumeration,
@@ -365,7 +380,9 @@ def discover(
     )
 
 
-def _add_families(drafts: list[_Draft], chosen: tuple[str, ...], stages: list[tuple[str, int]]) -> list[_Draft]:
+def _add_families(
+    drafts: list[_Draft], chosen: tuple[str, ...], stages: list[tuple[str, int]]
+) -> list[_Draft]:
     """The kept combinations plus the chosen families built from them (switch, soft, (R))."""
     switches: list[tuple[_Draft, _Draft, _Draft]] = []
     if "switch" in chosen or "soft" in chosen:
@@ -393,8 +410,13 @@ def _add_families(drafts: list[_Draft], chosen: tuple[str, ...], stages: list[tu
         stages.append(("+ soft", len(softs)))
     if "interval" in chosen:
         intervals = [
-            _Draft("interval", interval_variant(d.relaxation, f"{d.relaxation.name} (R)"), d.labels, d.tokens,
-                   (d.key,))
+            _Draft(
+                "interval",
+                interval_variant(d.relaxation, f"{d.relaxation.name} (R)"),
+                d.labels,
+                d.tokens,
+                (d.key,),
+            )
             for d in drafts
             # all slopes zero: backsubstitution already is interval arithmetic
             if effective_intermediate(d.relaxation) != "interval"
@@ -416,8 +438,14 @@ def _check_sound(drafts: list[_Draft]) -> None:
 
 
 def _dominated(
-    enumeration: Enumeration, results: list[Result], registered: list[ReluRelaxation], naming: _Namer,
-    widenings: Sequence[TransformSetting], *, all_dominated: bool, relations: bool,
+    enumeration: Enumeration,
+    results: list[Result],
+    registered: list[ReluRelaxation],
+    naming: _Namer,
+    widenings: Sequence[TransformSetting],
+    *,
+    all_dominated: bool,
+    relations: bool,
 ) -> list[Result]:
     """Dominated combinations (all, or those equal to a registered relaxation) with their dominators.
 
@@ -427,7 +455,8 @@ def _dominated(
     kept_names = {r.generated_name: r.name for r in results}
     if all_dominated:
         wanted: list[tuple[int, TransformSetting | None]] = [
-            (int(i), None) for i in enumeration.dominated.nonzero().flatten()]
+            (int(i), None) for i in enumeration.dominated.nonzero().flatten()
+        ]
     else:
         found: dict[tuple[int, TransformSetting | None], None] = {}
         for relaxation in registered:
@@ -477,8 +506,11 @@ def _rediscoveries(
     out = []
     for relaxation in registered:
         matches = [r for r in (*results, *dominated) if relaxation.name in r.equivalent_to]
-        same_values = [r for r in matches
-                       if all(r.relaxation.parameters.get(k) == v for k, v in relaxation.parameters.items())]
+        same_values = [
+            r
+            for r in matches
+            if all(r.relaxation.parameters.get(k) == v for k, v in relaxation.parameters.items())
+        ]
         found = (same_values or matches or [None])[0]
         if found is None:
             out.append(Rediscovery(relaxation.name, "not found", None))
@@ -495,7 +527,9 @@ def _matching_combinations(enumeration: Enumeration, relaxation: ReluRelaxation)
     mask = torch.ones(enumeration.combos.shape[0], dtype=torch.bool)
     for k, ((stability, side), lines) in enumerate(zip(SLOTS, enumeration.catalog.distinct, strict=True)):
         target = values.case(stability)[:, 0 if side == "lower" else 1]
-        match = [j for j, c in enumerate(lines) if values_equal(line_values(c.line, stability), target, stability)]
+        match = [
+            j for j, c in enumerate(lines) if values_equal(line_values(c.line, stability), target, stability)
+        ]
         if not match:
             return []
         mask &= enumeration.combos[:, k] == match[0]

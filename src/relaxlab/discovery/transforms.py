@@ -95,20 +95,46 @@ class TransformSetting:
             raise ValueError(f"{relaxation.name} already has a bounds transform")
         clash = sorted({p.name for p in relaxation.params} & {p.name for p in self.params})
         if clash:
-            raise ValueError(f"transform {self.name!r} and {relaxation.name} both declare parameter(s) {clash}")
-        return evolve(relaxation, name=name, transform=self.transform, params=(*relaxation.params, *self.params),
-                      values={**relaxation.parameters, **dict(self.values)})
+            raise ValueError(
+                f"transform {self.name!r} and {relaxation.name} both declare parameter(s) {clash}"
+            )
+        return evolve(
+            relaxation,
+            name=name,
+            transform=self.transform,
+            params=(*relaxation.params, *self.params),
+            values={**relaxation.parameters, **dict(self.values)},
+        )
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "label": self.label, "transform": str(self.transform),
-                "values": dict(self.values), "continuous": self.continuous, "source": self.source}
+        return {
+            "name": self.name,
+            "label": self.label,
+            "transform": str(self.transform),
+            "values": dict(self.values),
+            "continuous": self.continuous,
+            "source": self.source,
+        }
 
 
-def _setting(name: str, token: str, transform: BoundsTransform, params: tuple[ParamSpec, ...],
-             values: Mapping[str, float], source: str) -> TransformSetting:
+def _setting(
+    name: str,
+    token: str,
+    transform: BoundsTransform,
+    params: tuple[ParamSpec, ...],
+    values: Mapping[str, float],
+    source: str,
+) -> TransformSetting:
     ordered = tuple((p.name, float(values[p.name])) for p in params)
-    return TransformSetting(name, token, transform, params, ordered,
-                            not transform_jumps(transform, tuple(sorted(ordered))), source)
+    return TransformSetting(
+        name,
+        token,
+        transform,
+        params,
+        ordered,
+        not transform_jumps(transform, tuple(sorted(ordered))),
+        source,
+    )
 
 
 def choose(candidates: Sequence[CandidateTransform], names: Iterable[str]) -> list[CandidateTransform]:
@@ -131,7 +157,9 @@ def _check_widening(candidate: CandidateTransform) -> tuple[str, str] | None:
     transform = candidate.transform
     used = frozenset(transform.lower.variables() | transform.upper.variables()) - BOUND_VARIABLES
     defaults = {p.name: p.default for p in candidate.params}
-    verdict = prove_part(None, "transform", None, transform, parameter_ranges(candidate.params, defaults, used))
+    verdict = prove_part(
+        None, "transform", None, transform, parameter_ranges(candidate.params, defaults, used)
+    )
     if verdict.outcome == PROVED:
         return None
     if verdict.outcome == COUNTEREXAMPLE and verdict.counterexample is not None:
@@ -147,8 +175,12 @@ def _check_setting(candidate: CandidateTransform, values: dict[str, float]) -> s
     The probe is hBox's lines (sound for every ``(l, u)``) on the widened bounds, so what it finds
     is the transform's fault.
     """
-    probe = evolve(probe_relaxation(ZERO, Stability.UNSTABLE, "lower"), transform=candidate.transform,
-                   params=candidate.params, values=values)
+    probe = evolve(
+        probe_relaxation(ZERO, Stability.UNSTABLE, "lower"),
+        transform=candidate.transform,
+        params=candidate.params,
+        values=values,
+    )
     found = find_counterexample(probe, *comparison_pairs())
     return None if found is None else str(found)
 
@@ -164,8 +196,10 @@ def settings(
     declared = {p.name for c in items for p in c.params}
     unknown = sorted(set(grid or {}) - declared)
     if items and unknown:
-        raise ValueError(f"unknown parameter {unknown[0]!r} in the transform grid: the transforms use "
-                         f"{', '.join(sorted(declared)) or 'none'}")
+        raise ValueError(
+            f"unknown parameter {unknown[0]!r} in the transform grid: the transforms use "
+            f"{', '.join(sorted(declared)) or 'none'}"
+        )
     out: list[TransformSetting] = []
     rejected: list[Rejection] = []
     grid = {**DEFAULT_GRID, **(grid or {})}
@@ -188,9 +222,13 @@ def settings(
         for point in itertools.product(*axes):
             values = dict(zip((p.name for p in candidate.params), point, strict=True))
             reason = _check_setting(candidate, values)
-            setting = _setting(candidate.name, token, candidate.transform, candidate.params, values, candidate.source)
+            setting = _setting(
+                candidate.name, token, candidate.transform, candidate.params, values, candidate.source
+            )
             if reason is not None:
-                rejected.append(Rejection(token, "transform", "all", "unsound", f"at {setting.label}: {reason}"))
+                rejected.append(
+                    Rejection(token, "transform", "all", "unsound", f"at {setting.label}: {reason}")
+                )
                 continue
             out.append(setting)
     return out, rejected

@@ -118,7 +118,9 @@ def propagation(relaxation: Relaxer, mode: Mode = "auto") -> Propagation:
 
 
 def check_chunking(chunk_size: int | None, max_elements: int | None) -> None:
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
     if max_elements is not None and (
         isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 1
@@ -383,7 +385,9 @@ class Bounder:
         first = min(where)
         widest = self._widest(start, first)
         chunk = self.chunk_size or max(1, max_elements // max(1, self.batch * widest))
-        results = [self.pull_back(start, rows[:, k : k + chunk], where) for k in range(0, rows.shape[1], chunk)]
+        results = [
+            self.pull_back(start, rows[:, k : k + chunk], where) for k in range(0, rows.shape[1], chunk)
+        ]
         return torch.cat(results, dim=1)
 
     def pull_back(self, start: int, rows: Tensor, stops: dict[int, _Stop]) -> Tensor:
@@ -528,7 +532,7 @@ class Bounder:
 
     def _gamma(self, index: int) -> float:
         """``2·γ_K``, ``K`` the node's depth plus the sum over the input box and the constants."""
-        unit = 2.0 ** -53 if self.input_box[0].dtype == torch.float64 else 2.0 ** -24
+        unit = 2.0**-53 if self.input_box[0].dtype == torch.float64 else 2.0**-24
         count = self.depth(index) + math.prod(self.net.input_shape) + 4
         if count * unit >= 0.5:
             return math.inf
@@ -578,7 +582,9 @@ class _Forms:
         return self.lower_gens is self.upper_gens
 
     def concretize(self) -> Box:
-        return self.lower_const - self.lower_gens.abs().sum(1), self.upper_const + self.upper_gens.abs().sum(1)
+        return self.lower_const - self.lower_gens.abs().sum(1), self.upper_const + self.upper_gens.abs().sum(
+            1
+        )
 
     @staticmethod
     def affine(op: AffineOp, inputs: list[_Forms]) -> _Forms:
@@ -589,8 +595,10 @@ class _Forms:
             gens = op.linear(*(f.lower_gens for f in inputs))
             return _Forms(gens, gens, centre - radius, centre + radius)
         mids = [(f.upper_gens + f.lower_gens) * 0.5 if not f.shared else f.lower_gens for f in inputs]
-        halves = [(f.upper_gens - f.lower_gens) * 0.5 if not f.shared else torch.zeros_like(f.lower_gens)
-                  for f in inputs]
+        halves = [
+            (f.upper_gens - f.lower_gens) * 0.5 if not f.shared else torch.zeros_like(f.lower_gens)
+            for f in inputs
+        ]
         mid, half = op.linear(*mids), op.linear_abs(*halves)
         return _Forms(mid - half, mid + half, centre - radius, centre + radius)
 
@@ -618,8 +626,10 @@ class _Forms:
             gens = rows.flatten(2) @ lower_gens.transpose(1, 2)
         else:
             gens = flat_rows[0] @ lower_gens.transpose(1, 2) + flat_rows[1] @ upper_gens.transpose(1, 2)
-        constant = (flat_rows[0] @ self.lower_const.flatten(1).unsqueeze(-1)
-                    + flat_rows[1] @ self.upper_const.flatten(1).unsqueeze(-1)).squeeze(-1)
+        constant = (
+            flat_rows[0] @ self.lower_const.flatten(1).unsqueeze(-1)
+            + flat_rows[1] @ self.upper_const.flatten(1).unsqueeze(-1)
+        ).squeeze(-1)
         return gens, constant
 
 
@@ -645,7 +655,9 @@ def _mix(a: Tensor | None, x: Tensor, b: Tensor | None, y: Tensor) -> Tensor:
 
 def _check_box(net: Network, lower: Tensor, upper: Tensor) -> None:
     if lower.shape != upper.shape:
-        raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} must have the same shape")
+        raise ValueError(
+            f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} must have the same shape"
+        )
     if tuple(lower.shape[1:]) != net.input_shape:
         raise ValueError(
             f"input bounds have shape {tuple(lower.shape)} but the network takes (batch, {net.input_shape})"
@@ -690,13 +702,27 @@ def bounder(
         accepts (parsed for ``lower``'s shape, dtype and device).
     :param clean: the clean batch, for ``BatchNorm`` in train mode (when ``network`` is a module).
     """
-    net = network if isinstance(network, Network) else parse_model(
-        network, tuple(lower.shape[1:]), dtype=lower.dtype, device=lower.device, clean=clean)
+    net = (
+        network
+        if isinstance(network, Network)
+        else parse_model(network, tuple(lower.shape[1:]), dtype=lower.dtype, device=lower.device, clean=clean)
+    )
     _check_box(net, lower, upper)
     how = propagation(relaxation, mode)
     check_chunking(chunk_size, max_elements)
-    return Bounder(net, lower, upper, relaxation, how, chunk_size=chunk_size, max_elements=max_elements,
-                   patches=patches, sparse=sparse, rigorous=rigorous, parameters=parameters)
+    return Bounder(
+        net,
+        lower,
+        upper,
+        relaxation,
+        how,
+        chunk_size=chunk_size,
+        max_elements=max_elements,
+        patches=patches,
+        sparse=sparse,
+        rigorous=rigorous,
+        parameters=parameters,
+    )
 
 
 def intermediate_bounds(
@@ -731,8 +757,18 @@ def intermediate_bounds(
         intervals, e.g. CROWN-0-C). Off by default.
     :return: ``[(l, u)]`` with shapes ``(B, *relu_shape)`` and the lines at those bounds, one per ReLU.
     """
-    run = bounder(network, lower, upper, relaxation, mode=mode, chunk_size=chunk_size, max_elements=max_elements,
-                  patches=patches, sparse=sparse, clean=clean)
+    run = bounder(
+        network,
+        lower,
+        upper,
+        relaxation,
+        mode=mode,
+        chunk_size=chunk_size,
+        max_elements=max_elements,
+        patches=patches,
+        sparse=sparse,
+        clean=clean,
+    )
     order = run.net.relus
     return [run.pre[i] for i in order], [run.lines[i] for i in order]
 
@@ -773,7 +809,17 @@ def bound_network(
     :param sparse: see :func:`intermediate_bounds`.
     :return: ``(lb, ub)``, each ``(B, S)``.
     """
-    run = bounder(network, lower, upper, relaxation, mode=mode, chunk_size=chunk_size, max_elements=max_elements,
-                  patches=patches, sparse=sparse, clean=clean)
+    run = bounder(
+        network,
+        lower,
+        upper,
+        relaxation,
+        mode=mode,
+        chunk_size=chunk_size,
+        max_elements=max_elements,
+        patches=patches,
+        sparse=sparse,
+        clean=clean,
+    )
     spec = spec_matrix(C, lower.shape[0], run.net.output_dim, lower)
     return run.bound(spec, lower_only, max_elements)

@@ -111,9 +111,19 @@ def compute_bounds(
         C = C.to(dtype=x.dtype, device=x.device)
     if network.output_dim == 0 or math.prod(network.input_shape) == 0:
         raise ValueError("the network has an empty input or output")
+
     def make(parameters: ParameterSource | None = None) -> Bounder:
-        return bounder(network, lower, upper, resolved, mode=mode, chunk_size=chunk_size, max_elements=max_elements,
-                       rigorous=rigorous, parameters=parameters)
+        return bounder(
+            network,
+            lower,
+            upper,
+            resolved,
+            mode=mode,
+            chunk_size=chunk_size,
+            max_elements=max_elements,
+            rigorous=rigorous,
+            parameters=parameters,
+        )
 
     spec = spec_matrix(C, x.shape[0], network.output_dim, lower)
     run = None
@@ -121,8 +131,9 @@ def compute_bounds(
         run = make()
         lb, ub = run.bound(spec, lower_only, max_elements)
     else:
-        lb, ub = optimised_bounds(make, spec, optimise, lower_only=lower_only, max_elements=max_elements,
-                                  expired=stop)
+        lb, ub = optimised_bounds(
+            make, spec, optimise, lower_only=lower_only, max_elements=max_elements, expired=stop
+        )
     if not (all_finite(lb) and (lower_only or all_finite(ub))):
         raise OverflowError(
             f"the bounds of {resolved.name} overflow {x.dtype} although the inputs are finite, "
@@ -157,8 +168,10 @@ def check_replay(model: nn.Module, network: Network, x: Tensor) -> None:
     buffer, a hook installed behind the parser's back), and nothing is certified with it.
     """
     x64 = x.detach().to(torch.float64)
-    state = {name: t.detach().to(torch.float64) if t.is_floating_point() else t
-             for name, t in (*model.named_parameters(), *model.named_buffers())}
+    state = {
+        name: t.detach().to(torch.float64) if t.is_floating_point() else t
+        for name, t in (*model.named_parameters(), *model.named_buffers())
+    }
     with torch.no_grad():
         try:
             want = torch.func.functional_call(model, state, (x64,)).reshape(x.shape[0], -1)
@@ -170,7 +183,11 @@ def check_replay(model: nn.Module, network: Network, x: Tensor) -> None:
         # A network read in another dtype holds constants rounded there (a BatchNorm folded in
         # float32): the replay compares the model with its reading in float64 instead.
         exact = all(t.dtype == torch.float64 for t in network.tensors() if t.is_floating_point())
-        reading = network if exact else parse_model(model, network.input_shape, dtype=torch.float64, device=x.device)
+        reading = (
+            network
+            if exact
+            else parse_model(model, network.input_shape, dtype=torch.float64, device=x.device)
+        )
         got = reading.cast(torch.float64).forward(x64).reshape(x.shape[0], -1)
     tolerance = 1e-9 * (1.0 + want.abs().amax(dim=1, keepdim=True))
     if bool(((got - want).abs() > tolerance).any()):

@@ -113,8 +113,11 @@ def fused_ce_bound(
     :raises ValueError: a backsubstitution relaxation.
     """
     check_fusable(relaxation)
-    network = model if isinstance(model, Network) else parse_model(
-        model, tuple(x.shape[1:]), dtype=x.dtype, device=x.device, clean=x)
+    network = (
+        model
+        if isinstance(model, Network)
+        else parse_model(model, tuple(x.shape[1:]), dtype=x.dtype, device=x.device, clean=x)
+    )
     lower, upper = input_box(x, eps, domain)
     run = Bounder(network, lower, upper, relaxation, propagation(relaxation))
     after_relus = run.stops  # the input and every ReLU, whose boxes the intermediate bounds gave
@@ -123,7 +126,7 @@ def fused_ce_bound(
     out = len(network.nodes) - 1
     both = torch.cat([rows, -rows], dim=1).reshape(x.shape[0], 2 * rows.shape[1], *network.output_shape)
     bounds = run.rows_lower(out, both, after_relus, run.max_elements)
-    margin_lower, margin_upper = bounds[:, : rows.shape[1]], -bounds[:, rows.shape[1]:]
+    margin_lower, margin_upper = bounds[:, : rows.shape[1]], -bounds[:, rows.shape[1] :]
     # 2. shift; 3. chords of exp on [l_j - s, u_j - s]
     shift = margin_upper.detach().amax(dim=1).clamp(min=0)
     top = margin_upper - shift.unsqueeze(1)

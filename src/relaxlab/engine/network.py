@@ -54,10 +54,14 @@ class Network:
         if not self.nodes or not isinstance(self.nodes[0].op, Input):
             raise UnsupportedNetworkError("a network starts with its input node")
         if len(self.nodes) == 1:
-            raise UnsupportedNetworkError("the network has no layers; give at least one Linear or Conv2d layer")
+            raise UnsupportedNetworkError(
+                "the network has no layers; give at least one Linear or Conv2d layer"
+            )
         for index, node in enumerate(self.nodes[1:], start=1):
             if not node.inputs or any(not 0 <= i < index for i in node.inputs):
-                raise UnsupportedNetworkError(f"node {index} ({node.name}) reads a node that is not before it")
+                raise UnsupportedNetworkError(
+                    f"node {index} ({node.name}) reads a node that is not before it"
+                )
 
     @property
     def output_shape(self) -> Shape:
@@ -100,7 +104,9 @@ class Network:
         """The network with every tensor moved to ``dtype`` and ``device`` (differentiably)."""
 
         def move(t: Tensor) -> Tensor:
-            return t.to(dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype, device=device)
+            return t.to(
+                dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype, device=device
+            )
 
         return Network(tuple(attrs.evolve(n, op=n.op.cast(move)) for n in self.nodes), self.input_shape)
 
@@ -169,7 +175,8 @@ class NetworkBuilder:
         keep = sorted(used | {0})
         position = {old: new for new, old in enumerate(keep)}
         nodes = tuple(
-            attrs.evolve(self.nodes[old], inputs=tuple(position[i] for i in self.nodes[old].inputs)) for old in keep
+            attrs.evolve(self.nodes[old], inputs=tuple(position[i] for i in self.nodes[old].inputs))
+            for old in keep
         )
         if output != keep[-1]:
             raise UnsupportedNetworkError("the network's output must be its last computed node")

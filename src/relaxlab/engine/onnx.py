@@ -57,7 +57,9 @@ def _line(error: BaseException) -> str:
 def _where(index: int, node: Any) -> str:
     """``ONNX node 3 'fc1' (Gemm)``; a node without a name is named by its first output:
     ``ONNX node 3 (Gemm, unnamed, writes 'h')``."""
-    kind = node.op_type if isinstance(node.op_type, str) and node.op_type.isidentifier() else repr(node.op_type)
+    kind = (
+        node.op_type if isinstance(node.op_type, str) and node.op_type.isidentifier() else repr(node.op_type)
+    )
     if node.name:
         return f"ONNX node {index} {node.name!r} ({kind})"
     written = next((name for name in node.output if name), None)
@@ -93,7 +95,9 @@ def _attributes(node: Any, where: str) -> dict[str, Any]:
         try:
             value = onnx.helper.get_attribute_value(attribute)
         except Exception as error:
-            raise OnnxLoadError(f"{where}: attribute {attribute.name!r} cannot be read: {_line(error)}") from error
+            raise OnnxLoadError(
+                f"{where}: attribute {attribute.name!r} cannot be read: {_line(error)}"
+            ) from error
         if isinstance(value, onnx.TensorProto):
             value = _array(value, f"{where}: attribute {attribute.name!r}")
         elif isinstance(value, bytes):
@@ -102,7 +106,9 @@ def _attributes(node: Any, where: str) -> dict[str, Any]:
             if any(not isinstance(v, (int, float)) for v in value):
                 raise OnnxLoadError(f"{where}: attribute {attribute.name!r} holds graphs, tensors or strings")
         elif not isinstance(value, (int, float)):
-            raise OnnxLoadError(f"{where}: attribute {attribute.name!r} of type {type(value).__name__} is not supported")
+            raise OnnxLoadError(
+                f"{where}: attribute {attribute.name!r} of type {type(value).__name__} is not supported"
+            )
         values[attribute.name] = value
     return values
 
@@ -110,8 +116,10 @@ def _attributes(node: Any, where: str) -> dict[str, Any]:
 def _graph_input(graph: Any, constants: dict[str, np.ndarray]) -> Any:
     inputs = [value for value in graph.input if value.name not in constants]
     if len(inputs) != 1:
-        raise OnnxLoadError(f"the ONNX graph must have exactly one (non-constant) input, found "
-                            f"{[value.name for value in inputs]}")
+        raise OnnxLoadError(
+            f"the ONNX graph must have exactly one (non-constant) input, found "
+            f"{[value.name for value in inputs]}"
+        )
     return inputs[0]
 
 
@@ -126,8 +134,10 @@ def _input_layout(value: Any) -> tuple[Shape, bool]:
     batched = len(sizes) >= 2 and sizes[0] in (None, 1)
     shape = sizes[1:] if batched else sizes
     if any(s is None or s <= 0 for s in shape):
-        raise OnnxLoadError(f"the ONNX input {value.name!r} has shape {sizes}: every dimension but the batch "
-                            "must have a fixed positive size")
+        raise OnnxLoadError(
+            f"the ONNX input {value.name!r} has shape {sizes}: every dimension but the batch "
+            "must have a fixed positive size"
+        )
     try:
         check_size(shape, f"the ONNX input {value.name!r}")
     except UnsupportedNetworkError as error:
@@ -211,7 +221,9 @@ def _read(model: Any, source: str) -> tuple[Network, torch.dtype]:
     shape, batched = _input_layout(value)
     elem_type = value.type.tensor_type.elem_type
     if elem_type not in (_FLOAT, _DOUBLE):
-        raise OnnxLoadError(f"the ONNX input {value.name!r} has element type {elem_type}; only float and double")
+        raise OnnxLoadError(
+            f"the ONNX input {value.name!r} has element type {elem_type}; only float and double"
+        )
     if len(graph.output) != 1:
         raise OnnxLoadError(f"the ONNX graph must have exactly one output, found {len(graph.output)}")
     output = graph.output[0].name
@@ -232,8 +244,10 @@ def _read(model: Any, source: str) -> tuple[Network, torch.dtype]:
             values[name] = result if position == 0 else _Unread(where, position)
     result = values.get(output)
     if not isinstance(result, OnnxTensor):
-        raise OnnxLoadError(f"the graph output {output!r} "
-                            f"{'is not computed by any node' if result is None else 'does not depend on the input'}")
+        raise OnnxLoadError(
+            f"the graph output {output!r} "
+            f"{'is not computed by any node' if result is None else 'does not depend on the input'}"
+        )
     out_shape = onnx_shape(builder, result)
     try:
         if batched and out_shape and out_shape[0] == 1:
@@ -250,8 +264,9 @@ def _as_node(builder: NetworkBuilder, value: OnnxTensor, shape: Shape) -> int:
     return reshape(builder, value.node, tuple(shape), "output")
 
 
-def _read_node(builder: NetworkBuilder, node: Any, where: str, values: dict[str, Any], opset: int,
-               dtype: torch.dtype) -> Any:
+def _read_node(
+    builder: NetworkBuilder, node: Any, where: str, values: dict[str, Any], opset: int, dtype: torch.dtype
+) -> Any:
     if node.domain not in ("", "ai.onnx"):
         raise OnnxLoadError(f"{where}: operator domain {node.domain!r} is not supported")
     rule = ONNX.get(node.op_type)
@@ -260,8 +275,10 @@ def _read_node(builder: NetworkBuilder, node: Any, where: str, values: dict[str,
     attributes = _attributes(node, where)
     unknown = sorted(set(attributes) - rule.attributes)
     if unknown:
-        raise OnnxLoadError(f"{where}: attribute{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-                            "not supported (the reader would compute another function)")
+        raise OnnxLoadError(
+            f"{where}: attribute{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            "not supported (the reader would compute another function)"
+        )
     inputs = []
     for name in node.input:
         if not name:
@@ -271,8 +288,10 @@ def _read_node(builder: NetworkBuilder, node: Any, where: str, values: dict[str,
         if value is None:
             raise OnnxLoadError(f"{where} reads {name!r}, which no earlier node computes")
         if isinstance(value, _Unread):
-            raise OnnxLoadError(f"{where} reads {name!r}, output {value.position} of {value.where}, which the "
-                                "reader does not compute (only inference outputs are supported)")
+            raise OnnxLoadError(
+                f"{where} reads {name!r}, output {value.position} of {value.where}, which the "
+                "reader does not compute (only inference outputs are supported)"
+            )
         inputs.append(value)
     first = len(builder.nodes)
     label = node.name or (node.output[0] if node.output else f"node{first}")
@@ -344,13 +363,16 @@ def fuse_biases(network: Network) -> Network:
         merged[index] = source
         readers[source] = readers[index]
         for reader in readers[index]:
-            nodes[reader] = attrs.evolve(nodes[reader], inputs=tuple(source if i == index else i
-                                                                     for i in nodes[reader].inputs))
+            nodes[reader] = attrs.evolve(
+                nodes[reader], inputs=tuple(source if i == index else i for i in nodes[reader].inputs)
+            )
     if not merged:
         return network
     keep = [i for i in range(len(nodes)) if i not in merged]
     position = {old: new for new, old in enumerate(keep)}
-    renumbered = tuple(attrs.evolve(nodes[i], inputs=tuple(position[j] for j in nodes[i].inputs)) for i in keep)
+    renumbered = tuple(
+        attrs.evolve(nodes[i], inputs=tuple(position[j] for j in nodes[i].inputs)) for i in keep
+    )
     return Network(renumbered, network.input_shape)
 
 
@@ -383,7 +405,9 @@ class OnnxModel(nn.Module):
             for field, tensor in held.items():
                 self.register_buffer(f"node{index}_{field}", tensor.detach().clone())
             self._fields.append(tuple(held))
-            skeleton.append(attrs.evolve(node, op=attrs.evolve(node.op, **dict.fromkeys(held))) if held else node)
+            skeleton.append(
+                attrs.evolve(node, op=attrs.evolve(node.op, **dict.fromkeys(held))) if held else node
+            )
         self._skeleton = Network(tuple(skeleton), network.input_shape)
 
     def _apply(self, fn: Any, recurse: bool = True) -> OnnxModel:
@@ -409,13 +433,17 @@ class OnnxModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"{self.source or 'the ONNX network'} takes inputs of shape (batch, "
-                             f"{', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"{self.source or 'the ONNX network'} takes inputs of shape (batch, "
+                f"{', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}"
+            )
         return self.network.forward(x)
 
     def extra_repr(self) -> str:
-        return f"{self.source!r}, input {self.input_shape}, output {self.output_shape}, " \
-               f"{len(self._skeleton.nodes) - 1} operations"
+        return (
+            f"{self.source!r}, input {self.input_shape}, output {self.output_shape}, "
+            f"{len(self._skeleton.nodes) - 1} operations"
+        )
 
 
 def load_onnx(path: str | os.PathLike[str]) -> OnnxModel:

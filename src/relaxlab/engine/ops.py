@@ -73,8 +73,11 @@ class Op(ABC):
 
     def tensors(self) -> dict[str, Tensor]:
         """The tensors this operation holds, by field name (for casting)."""
-        return {f.name: getattr(self, f.name) for f in attrs.fields(type(self))
-                if isinstance(getattr(self, f.name), Tensor)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in attrs.fields(type(self))
+            if isinstance(getattr(self, f.name), Tensor)
+        }
 
     def cast(self, fn: Callable[[Tensor], Tensor]) -> Op:
         """A copy with ``fn`` applied to every tensor (dtype and device changes)."""
@@ -134,8 +137,9 @@ class PatchOp(ABC):
     per_channel: ClassVar[bool] = True
 
     @abstractmethod
-    def patch_geometry(self, size: tuple[int, int], stride: tuple[int, int], origin: tuple[int, int]
-                       ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    def patch_geometry(
+        self, size: tuple[int, int], stride: tuple[int, int], origin: tuple[int, int]
+    ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
         """The window ``(size, stride, origin)`` on the input that a window on the output reads."""
 
     @abstractmethod
@@ -288,8 +292,9 @@ class Conv(AffineOp, PatchOp):
         if self.groups == 1:
             new = transposed_conv(flat, self.weight, self.stride, self.padding, self.in_shape[1:])
         else:
-            new = F.conv_transpose2d(flat, self.weight, None, self.stride, self.padding, self.output_padding,
-                                     self.groups)
+            new = F.conv_transpose2d(
+                flat, self.weight, None, self.stride, self.padding, self.output_padding, self.groups
+            )
         return (new.reshape(batch, specs, *self.in_shape),), self._bias_rows(rows)
 
     # -- a box right before the convolution: rows in polyphase order ---------------------------------
@@ -330,8 +335,9 @@ class Conv(AffineOp, PatchOp):
 
     # -- patches ----------------------------------------------------------------------------------
 
-    def patch_geometry(self, size: tuple[int, int], stride: tuple[int, int], origin: tuple[int, int]
-                       ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    def patch_geometry(
+        self, size: tuple[int, int], stride: tuple[int, int], origin: tuple[int, int]
+    ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
         k_h, k_w = self.weight.shape[-2:]
         return (
             ((size[0] - 1) * self.stride[0] + k_h, (size[1] - 1) * self.stride[1] + k_w),
@@ -372,7 +378,9 @@ def _sum_to(rows: Tensor, constant: Tensor) -> Tensor:
     shape = (1,) * (dims - constant.dim()) + tuple(constant.shape)
     if dims >= 2 and all(s == 1 for s in shape[1:]):  # per channel: sum the positions first
         per_channel = rows.flatten(3).sum(-1)
-        return per_channel @ constant.reshape(-1) if shape[0] > 1 else per_channel.sum(-1) * constant.reshape(())
+        return (
+            per_channel @ constant.reshape(-1) if shape[0] > 1 else per_channel.sum(-1) * constant.reshape(())
+        )
     return (rows * constant).flatten(2).sum(-1)
 
 
@@ -401,8 +409,9 @@ class Scale(AffineOp, PatchOp):
     def per_channel(self) -> bool:  # type: ignore[override]
         return _per_channel(self.factor, self.out_shape)
 
-    def patch_geometry(self, size: tuple[int, int], stride: tuple[int, int], origin: tuple[int, int]
-                       ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    def patch_geometry(
+        self, size: tuple[int, int], stride: tuple[int, int], origin: tuple[int, int]
+    ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
         return size, stride, origin
 
     def patch_linear(self, patches: Tensor, size: tuple[int, int], new_size: tuple[int, int]) -> Tensor:
@@ -437,8 +446,9 @@ class Shift(AffineOp, PatchOp):
     def per_channel(self) -> bool:  # type: ignore[override]
         return _per_channel(self.offset, self.out_shape)
 
-    def patch_geometry(self, size: tuple[int, int], stride: tuple[int, int], origin: tuple[int, int]
-                       ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    def patch_geometry(
+        self, size: tuple[int, int], stride: tuple[int, int], origin: tuple[int, int]
+    ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
         return size, stride, origin
 
     def patch_linear(self, patches: Tensor, size: tuple[int, int], new_size: tuple[int, int]) -> Tensor:

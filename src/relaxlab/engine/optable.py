@@ -113,7 +113,9 @@ def _constant(builder: NetworkBuilder, value: float | Sequence[float] | Tensor) 
 # -- modules --------------------------------------------------------------------------------------
 
 
-def linear(builder: NetworkBuilder, source: int, weight: Tensor, bias: Tensor | None, where: str, name: str) -> int:
+def linear(
+    builder: NetworkBuilder, source: int, weight: Tensor, bias: Tensor | None, where: str, name: str
+) -> int:
     """``x W^T + b`` on the last dimension of the source."""
     shape = builder.shape(source)
     out_features, in_features = weight.shape
@@ -125,7 +127,9 @@ def linear(builder: NetworkBuilder, source: int, weight: Tensor, bias: Tensor | 
     check_finite(weight, f"{where} weight")
     if bias is not None:
         check_finite(bias, f"{where} bias")
-    op = Linear(builder.cast(weight), None if bias is None else builder.cast(bias), shape, (*shape[:-1], out_features))
+    op = Linear(
+        builder.cast(weight), None if bias is None else builder.cast(bias), shape, (*shape[:-1], out_features)
+    )
     return builder.add(name, op, (source,))
 
 
@@ -133,8 +137,17 @@ def _linear_module(builder: NetworkBuilder, module: nn.Linear, source: int, wher
     return linear(builder, source, module.weight, module.bias, f"{where} (Linear)", name)
 
 
-def conv(builder: NetworkBuilder, source: int, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
-         padding: tuple[int, int], groups: int, where: str, name: str) -> int:
+def conv(
+    builder: NetworkBuilder,
+    source: int,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    groups: int,
+    where: str,
+    name: str,
+) -> int:
     """A 2-d convolution with symmetric zero padding."""
     shape = builder.shape(source)
     out_channels, per_group, k_h, k_w = weight.shape
@@ -144,7 +157,9 @@ def conv(builder: NetworkBuilder, source: int, weight: Tensor, bias: Tensor | No
             "shape or the layer order"
         )
     if min(*stride) < 1 or min(*padding) < 0:
-        raise UnsupportedNetworkError(f"{where}: stride {stride} and padding {padding} must be positive / non-negative")
+        raise UnsupportedNetworkError(
+            f"{where}: stride {stride} and padding {padding} must be positive / non-negative"
+        )
     out_h = (shape[1] + 2 * padding[0] - k_h) // stride[0] + 1
     out_w = (shape[2] + 2 * padding[1] - k_w) // stride[1] + 1
     if out_h <= 0 or out_w <= 0:
@@ -152,8 +167,15 @@ def conv(builder: NetworkBuilder, source: int, weight: Tensor, bias: Tensor | No
     check_finite(weight, f"{where} weight")
     if bias is not None:
         check_finite(bias, f"{where} bias")
-    op = Conv(builder.cast(weight), None if bias is None else builder.cast(bias), stride, padding, groups, shape,
-              (out_channels, out_h, out_w))
+    op = Conv(
+        builder.cast(weight),
+        None if bias is None else builder.cast(bias),
+        stride,
+        padding,
+        groups,
+        shape,
+        (out_channels, out_h, out_w),
+    )
     return builder.add(name, op, (source,))
 
 
@@ -169,7 +191,9 @@ def _conv_module(builder: NetworkBuilder, module: nn.Conv2d, source: int, where:
     elif padding_spec == "same":
         k_h, k_w = module.kernel_size
         if tuple(module.stride) != (1, 1) or k_h % 2 == 0 or k_w % 2 == 0:
-            raise _unsupported(where, "padding='same' with an even kernel or a stride; give explicit integer padding")
+            raise _unsupported(
+                where, "padding='same' with an even kernel or a stride; give explicit integer padding"
+            )
         padding_spec = (k_h // 2, k_w // 2)
     padding = _pair(tuple(padding_spec), "padding", where)
     stride = _pair(tuple(module.stride), "stride", where)
@@ -182,7 +206,9 @@ def flatten(builder: NetworkBuilder, source: int, start: int, end: int, where: s
     ndim = len(shape) + 1
     start, end = start % ndim, end % ndim
     if start == 0:
-        raise UnsupportedNetworkError(f"{where}: flattening the batch dimension is not supported; use start_dim=1")
+        raise UnsupportedNetworkError(
+            f"{where}: flattening the batch dimension is not supported; use start_dim=1"
+        )
     if end < start:
         return source
     out = (*shape[: start - 1], math.prod(shape[start - 1 : end]), *shape[end:])
@@ -200,12 +226,16 @@ def reshape(builder: NetworkBuilder, source: int, out: Shape, name: str) -> int:
     return builder.add(name, Reshape(shape, out), (source,))
 
 
-def _unflatten_module(builder: NetworkBuilder, module: nn.Unflatten, source: int, where: str, name: str) -> int:
+def _unflatten_module(
+    builder: NetworkBuilder, module: nn.Unflatten, source: int, where: str, name: str
+) -> int:
     shape = builder.shape(source)
     dim = module.dim - 1 if module.dim > 0 else module.dim % (len(shape) + 1) - 1
     sizes = tuple(int(s) for s in module.unflattened_size)
     if dim < 0 or math.prod(sizes) != shape[dim]:
-        raise UnsupportedNetworkError(f"{where} (Unflatten): cannot unflatten {shape} at dim {module.dim} to {sizes}")
+        raise UnsupportedNetworkError(
+            f"{where} (Unflatten): cannot unflatten {shape} at dim {module.dim} to {sizes}"
+        )
     return reshape(builder, source, (*shape[:dim], *sizes, *shape[dim + 1 :]), name)
 
 
@@ -261,7 +291,9 @@ def _normalize_module(builder: NetworkBuilder, module: Normalize, source: int, w
     mean, std = module.mean.reshape(-1), module.std.reshape(-1)
     channels = shape[0] if shape else 1
     if mean.numel() not in (1, channels):
-        raise UnsupportedNetworkError(f"{where} has {mean.numel()} channels but its input {shape} has {channels}")
+        raise UnsupportedNetworkError(
+            f"{where} has {mean.numel()} channels but its input {shape} has {channels}"
+        )
     check_finite(mean, f"{where} mean")
     check_finite(std, f"{where} std")
     view = (-1, *([1] * (len(shape) - 1))) if mean.numel() > 1 else (1,) * max(len(shape), 1)
@@ -269,8 +301,9 @@ def _normalize_module(builder: NetworkBuilder, module: Normalize, source: int, w
     return scale(builder, shifted, std.reshape(view), True, where, name)
 
 
-def batch_norm(builder: NetworkBuilder, module: nn.modules.batchnorm._BatchNorm, source: int, where: str,
-               name: str) -> int:
+def batch_norm(
+    builder: NetworkBuilder, module: nn.modules.batchnorm._BatchNorm, source: int, where: str, name: str
+) -> int:
     """``BatchNorm`` as the per-channel affine map it is (running statistics, or the clean batch's)."""
     kind = type(module).__name__
     where = f"{where} ({kind})"
@@ -296,8 +329,17 @@ def batch_norm(builder: NetworkBuilder, module: nn.modules.batchnorm._BatchNorm,
     return normalization(builder, source, mean, var, weight, bias, module.eps, where, name)
 
 
-def normalization(builder: NetworkBuilder, source: int, mean: Tensor, var: Tensor, weight: Tensor, bias: Tensor,
-                  eps: float, where: str, name: str) -> int:
+def normalization(
+    builder: NetworkBuilder,
+    source: int,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    eps: float,
+    where: str,
+    name: str,
+) -> int:
     """``(x - mean) / sqrt(var + eps) · weight + bias`` per channel (dimension 0 of the node's shape): a
     :class:`~relaxlab.engine.ops.Scale` then a :class:`~relaxlab.engine.ops.Shift`."""
     shape = builder.shape(source)
@@ -310,8 +352,9 @@ def normalization(builder: NetworkBuilder, source: int, mean: Tensor, var: Tenso
     return builder.add(name, Shift(channel_view(offset, shape), shape), (scaled,))
 
 
-def _pool_geometry(shape: Shape, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-                   where: str) -> tuple[int, int]:
+def _pool_geometry(
+    shape: Shape, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], where: str
+) -> tuple[int, int]:
     if len(shape) != 3:
         raise UnsupportedNetworkError(f"{where} expects (C, H, W) inputs, receives {shape}")
     out_h = (shape[1] + 2 * padding[0] - kernel[0]) // stride[0] + 1
@@ -321,8 +364,16 @@ def _pool_geometry(shape: Shape, kernel: tuple[int, int], stride: tuple[int, int
     return out_h, out_w
 
 
-def avg_pool(builder: NetworkBuilder, source: int, kernel: tuple[int, int], stride: tuple[int, int],
-             padding: tuple[int, int], divisor: int, where: str, name: str) -> int:
+def avg_pool(
+    builder: NetworkBuilder,
+    source: int,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    divisor: int,
+    where: str,
+    name: str,
+) -> int:
     """Average pooling as a depthwise convolution with the fixed kernel ``1/divisor``."""
     shape = builder.shape(source)
     _pool_geometry(shape, kernel, stride, padding, where)
@@ -330,7 +381,9 @@ def avg_pool(builder: NetworkBuilder, source: int, kernel: tuple[int, int], stri
     return conv(builder, source, weight, None, stride, padding, shape[0], where, name)
 
 
-def _avg_pool_module(builder: NetworkBuilder, module: nn.AvgPool2d, source: int, where: str, name: str) -> int:
+def _avg_pool_module(
+    builder: NetworkBuilder, module: nn.AvgPool2d, source: int, where: str, name: str
+) -> int:
     where = f"{where} (AvgPool2d)"
     kernel = _pair(module.kernel_size, "kernel_size", where)
     stride = _pair(module.stride if module.stride is not None else module.kernel_size, "stride", where)
@@ -361,8 +414,14 @@ def max_of(builder: NetworkBuilder, sources: list[int], name: str) -> int:
     return sources[0]
 
 
-def max_pool(builder: NetworkBuilder, source: int, kernel: tuple[int, int], stride: tuple[int, int],
-             where: str, name: str) -> int:
+def max_pool(
+    builder: NetworkBuilder,
+    source: int,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    where: str,
+    name: str,
+) -> int:
     """Max pooling without padding: one strided selection per window entry, then :func:`max_of`."""
     shape = builder.shape(source)
     out_h, out_w = _pool_geometry(shape, kernel, stride, (0, 0), where)
@@ -372,14 +431,21 @@ def max_pool(builder: NetworkBuilder, source: int, kernel: tuple[int, int], stri
             starts = (0, i, j)
             stops = (shape[0], i + (out_h - 1) * stride[0] + 1, j + (out_w - 1) * stride[1] + 1)
             steps = (1, stride[0], stride[1])
-            taps.append(builder.add(f"{name}.tap{i}_{j}", Slice(starts, stops, steps, shape,
-                                                                (shape[0], out_h, out_w)), (source,)))
+            taps.append(
+                builder.add(
+                    f"{name}.tap{i}_{j}",
+                    Slice(starts, stops, steps, shape, (shape[0], out_h, out_w)),
+                    (source,),
+                )
+            )
     if len(taps) == 1:
         return taps[0]
     return max_of(builder, taps, name)
 
 
-def _max_pool_module(builder: NetworkBuilder, module: nn.MaxPool2d, source: int, where: str, name: str) -> int:
+def _max_pool_module(
+    builder: NetworkBuilder, module: nn.MaxPool2d, source: int, where: str, name: str
+) -> int:
     where = f"{where} (MaxPool2d)"
     kernel = _pair(module.kernel_size, "kernel_size", where)
     stride = _pair(module.stride if module.stride is not None else module.kernel_size, "stride", where)
@@ -392,11 +458,15 @@ def _max_pool_module(builder: NetworkBuilder, module: nn.MaxPool2d, source: int,
     return max_pool(builder, source, kernel, stride, where, name)
 
 
-def pad(builder: NetworkBuilder, source: int, pads: tuple[int, ...], value: float, where: str, name: str) -> int:
+def pad(
+    builder: NetworkBuilder, source: int, pads: tuple[int, ...], value: float, where: str, name: str
+) -> int:
     """Constant padding (``F.pad`` order: last dimension first), non-negative amounts."""
     shape = builder.shape(source)
     if len(pads) % 2 or len(pads) // 2 > len(shape) or any(p < 0 for p in pads):
-        raise UnsupportedNetworkError(f"{where}: pads {pads} must be non-negative pairs over the input's {shape}")
+        raise UnsupportedNetworkError(
+            f"{where}: pads {pads} must be non-negative pairs over the input's {shape}"
+        )
     if not math.isfinite(value):
         raise UnsupportedNetworkError(f"{where}: padding value {value} is not finite")
     out = list(shape)
@@ -407,10 +477,17 @@ def pad(builder: NetworkBuilder, source: int, pads: tuple[int, ...], value: floa
     return builder.add(name, Pad(tuple(pads), float(value), shape, tuple(out)), (source,))
 
 
-def _pad_module(builder: NetworkBuilder, module: nn.modules.padding._ConstantPadNd, source: int, where: str,
-                name: str) -> int:
-    return pad(builder, source, tuple(int(p) for p in module.padding), float(module.value),
-               f"{where} ({type(module).__name__})", name)
+def _pad_module(
+    builder: NetworkBuilder, module: nn.modules.padding._ConstantPadNd, source: int, where: str, name: str
+) -> int:
+    return pad(
+        builder,
+        source,
+        tuple(int(p) for p in module.padding),
+        float(module.value),
+        f"{where} ({type(module).__name__})",
+        name,
+    )
 
 
 def _identity_module(builder: NetworkBuilder, module: nn.Module, source: int, where: str, name: str) -> int:
@@ -459,12 +536,16 @@ def module_rule(module: nn.Module) -> ModuleRule | None:
 # -- functions and methods (fx tracing) -----------------------------------------------------------
 
 
-def _relu_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+def _relu_call(
+    builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+) -> Any:
     return NodeRef(relu(builder, _tensor_arg(args[0], where), name))
 
 
 def _sum_call(sign: float) -> CallRule:
-    def rule(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+    def rule(
+        builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+    ) -> Any:
         if set(kwargs) - {"alpha"} or len(args) != 2:
             raise UnsupportedNetworkError(f"{where}: only a sum or difference of two operands is supported")
         alpha = kwargs.get("alpha", 1)
@@ -482,15 +563,23 @@ def _sum_call(sign: float) -> CallRule:
         if isinstance(a, NodeRef) and _number(b):
             return NodeRef(shift(builder, a, _constant(builder, factor * float(b)), where, name))
         if _number(a) and isinstance(b, NodeRef):
-            scaled = b if factor == 1.0 else scale(builder, b, _constant(builder, factor), False, where, f"{name}.neg")
+            scaled = (
+                b
+                if factor == 1.0
+                else scale(builder, b, _constant(builder, factor), False, where, f"{name}.neg")
+            )
             return NodeRef(shift(builder, scaled, _constant(builder, float(a)), where, name))
-        raise UnsupportedNetworkError(f"{where}: operands {a!r}, {b!r}: only tensors from the input and finite numbers")
+        raise UnsupportedNetworkError(
+            f"{where}: operands {a!r}, {b!r}: only tensors from the input and finite numbers"
+        )
 
     return rule
 
 
 def _mul_call(divide: bool) -> CallRule:
-    def rule(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+    def rule(
+        builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+    ) -> Any:
         if kwargs or len(args) != 2:
             raise UnsupportedNetworkError(f"{where}: only a product with one number is supported")
         a, b = args
@@ -506,11 +595,15 @@ def _mul_call(divide: bool) -> CallRule:
     return rule
 
 
-def _neg_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+def _neg_call(
+    builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+) -> Any:
     return NodeRef(scale(builder, _tensor_arg(args[0], where), _constant(builder, -1.0), False, where, name))
 
 
-def _cat_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+def _cat_call(
+    builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+) -> Any:
     parts = args[0]
     dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
     sources = [_tensor_arg(v, where) for v in parts]
@@ -519,17 +612,21 @@ def _cat_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, 
     if not isinstance(dim, int) or not -ndim <= dim < ndim or dim % ndim == 0:
         raise UnsupportedNetworkError(f"{where}: concatenation along dim={dim} (the batch) is not supported")
     axis = dim % ndim - 1
-    if any(len(s) != len(shapes[0]) or s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]
-           for s in shapes):
+    if any(
+        len(s) != len(shapes[0]) or s[:axis] + s[axis + 1 :] != shapes[0][:axis] + shapes[0][axis + 1 :]
+        for s in shapes
+    ):
         raise UnsupportedNetworkError(f"{where}: concatenates tensors of shapes {shapes} along dim {dim}")
     sizes = tuple(s[axis] for s in shapes)
-    out = (*shapes[0][:axis], sum(sizes), *shapes[0][axis + 1:])
+    out = (*shapes[0][:axis], sum(sizes), *shapes[0][axis + 1 :])
     if len(sources) == 1:
         return sources[0]
     return NodeRef(builder.add(name, Cat(axis, sizes, out), tuple(sources)))
 
 
-def _flatten_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+def _flatten_call(
+    builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+) -> Any:
     source = _tensor_arg(args[0], where)
     start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
     end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
@@ -555,7 +652,9 @@ def _reshape_target(shape: Shape, target: list[Any], where: str) -> Shape:
     )
 
 
-def _reshape_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+def _reshape_call(
+    builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+) -> Any:
     source = _tensor_arg(args[0], where)
     target = list(args[1]) if len(args) == 2 and isinstance(args[1], (tuple, list)) else list(args[1:])
     if not target and "shape" in kwargs:
@@ -563,7 +662,9 @@ def _reshape_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[s
     return NodeRef(reshape(builder, source, _reshape_target(builder.shape(source), target, where), name))
 
 
-def _permute_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+def _permute_call(
+    builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+) -> Any:
     source = _tensor_arg(args[0], where)
     dims = list(args[1]) if len(args) == 2 and isinstance(args[1], (tuple, list)) else list(args[1:])
     dims = dims or list(kwargs.get("dims", []))
@@ -581,8 +682,9 @@ def transpose(builder: NetworkBuilder, source: int, perm: tuple[int, ...], name:
     return builder.add(name, Transpose(perm, tuple(shape[p] for p in perm)), (source,))
 
 
-def _transpose_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str,
-                    name: str) -> Any:
+def _transpose_call(
+    builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+) -> Any:
     source = _tensor_arg(args[0], where)
     ndim = len(builder.shape(source)) + 1
     a, b = (args[1], args[2]) if len(args) == 3 else (kwargs.get("dim0"), kwargs.get("dim1"))
@@ -594,14 +696,17 @@ def _transpose_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict
 
 
 def _squeeze_call(unsqueeze: bool) -> CallRule:
-    def rule(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+    def rule(
+        builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+    ) -> Any:
         source = _tensor_arg(args[0], where)
         shape = list(builder.shape(source))
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         ndim = len(shape) + 1 + (1 if unsqueeze else 0)
         if not isinstance(dim, int) or dim % ndim == 0:
-            raise UnsupportedNetworkError(f"{where}: {'un' if unsqueeze else ''}squeeze(dim={dim!r}) must name a "
-                                          "per-example dimension")
+            raise UnsupportedNetworkError(
+                f"{where}: {'un' if unsqueeze else ''}squeeze(dim={dim!r}) must name a per-example dimension"
+            )
         axis = dim % ndim - 1
         if unsqueeze:
             shape.insert(axis, 1)
@@ -612,17 +717,23 @@ def _squeeze_call(unsqueeze: bool) -> CallRule:
     return rule
 
 
-def _same_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+def _same_call(
+    builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+) -> Any:
     return _tensor_arg(args[0], where)
 
 
-def _size_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+def _size_call(
+    builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+) -> Any:
     full = (BATCH, *builder.shape(_tensor_arg(args[0], where)))
     dim = args[1] if len(args) > 1 else kwargs.get("dim")
     return full if dim is None else full[dim]
 
 
-def _getitem_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+def _getitem_call(
+    builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+) -> Any:
     container, key = args
     if isinstance(container, (tuple, list)):
         return container[key]
@@ -635,13 +746,19 @@ def _index(builder: NetworkBuilder, source: int, key: Any, where: str, name: str
     """``x[:, a:b:s, ...]``: basic slicing that keeps the batch dimension (no integers, no masks)."""
     keys = key if isinstance(key, tuple) else (key,)
     shape = builder.shape(source)
-    if not keys or keys[0] != slice(None) or len(keys) - 1 > len(shape) or \
-            any(not isinstance(k, slice) and k is not Ellipsis for k in keys):
-        raise UnsupportedNetworkError(f"{where}: only slicing that keeps the batch dimension is supported (x[:, a:b])")
+    if (
+        not keys
+        or keys[0] != slice(None)
+        or len(keys) - 1 > len(shape)
+        or any(not isinstance(k, slice) and k is not Ellipsis for k in keys)
+    ):
+        raise UnsupportedNetworkError(
+            f"{where}: only slicing that keeps the batch dimension is supported (x[:, a:b])"
+        )
     rest = list(keys[1:])
     if Ellipsis in rest:
         at = rest.index(Ellipsis)
-        rest = rest[:at] + [slice(None)] * (len(shape) - len(rest) + 1) + rest[at + 1:]
+        rest = rest[:at] + [slice(None)] * (len(shape) - len(rest) + 1) + rest[at + 1 :]
     rest += [slice(None)] * (len(shape) - len(rest))
     ranges = [piece.indices(size) for size, piece in zip(shape, rest, strict=True)]
     if any(step < 1 for _, _, step in ranges):
@@ -649,16 +766,18 @@ def _index(builder: NetworkBuilder, source: int, key: Any, where: str, name: str
     return strided_slice(builder, source, ranges, where, name)
 
 
-def strided_slice(builder: NetworkBuilder, source: int, ranges: Sequence[tuple[int, int, int]], where: str,
-                  name: str) -> int:
+def strided_slice(
+    builder: NetworkBuilder, source: int, ranges: Sequence[tuple[int, int, int]], where: str, name: str
+) -> int:
     """The node sliced by one ``(start, stop, step)`` per dimension (``0 <= start``, ``stop <= size``, ``step >= 1``)."""
     shape = builder.shape(source)
     out = []
     for size, (start, stop, step) in zip(shape, ranges, strict=True):
         count = max(0, -(-(stop - start) // step))
         if count == 0:
-            raise UnsupportedNetworkError(f"{where}: the slice {start}:{stop}:{step} of a dimension of size {size} "
-                                          "is empty")
+            raise UnsupportedNetworkError(
+                f"{where}: the slice {start}:{stop}:{step} of a dimension of size {size} is empty"
+            )
         out.append(count)
     if tuple(out) == shape:
         return source
@@ -666,7 +785,9 @@ def strided_slice(builder: NetworkBuilder, source: int, ranges: Sequence[tuple[i
     return builder.add(name, Slice(starts, stops, steps, shape, tuple(out)), (source,))
 
 
-def _getattr_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+def _getattr_call(
+    builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+) -> Any:
     value, attribute = args[0], args[1]
     if isinstance(value, NodeRef) and attribute == "shape":
         return (BATCH, *builder.shape(value))
@@ -679,39 +800,65 @@ def _pool_args(args: tuple[Any, ...], kwargs: dict[str, Any], names: tuple[str, 
     return values
 
 
-def _max_pool_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+def _max_pool_call(
+    builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+) -> Any:
     source = _tensor_arg(args[0], where)
-    options = _pool_args(args, kwargs, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"))
+    options = _pool_args(
+        args, kwargs, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+    )
     kernel = _pair(options["kernel_size"], "kernel_size", where)
     stride = _pair(options.get("stride") or options["kernel_size"], "stride", where)
-    if _pair(options.get("padding", 0), "padding", where) != (0, 0) or \
-            _pair(options.get("dilation", 1), "dilation", where) != (1, 1) or options.get("ceil_mode") or \
-            options.get("return_indices"):
-        raise UnsupportedNetworkError(f"{where}: max pooling with padding, dilation, ceil_mode or indices is not supported")
+    if (
+        _pair(options.get("padding", 0), "padding", where) != (0, 0)
+        or _pair(options.get("dilation", 1), "dilation", where) != (1, 1)
+        or options.get("ceil_mode")
+        or options.get("return_indices")
+    ):
+        raise UnsupportedNetworkError(
+            f"{where}: max pooling with padding, dilation, ceil_mode or indices is not supported"
+        )
     return NodeRef(max_pool(builder, source, kernel, stride, where, name))
 
 
-def _avg_pool_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+def _avg_pool_call(
+    builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+) -> Any:
     source = _tensor_arg(args[0], where)
-    options = _pool_args(args, kwargs, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-                                        "divisor_override"))
+    options = _pool_args(
+        args,
+        kwargs,
+        ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    )
     kernel = _pair(options["kernel_size"], "kernel_size", where)
     stride = _pair(options.get("stride") or options["kernel_size"], "stride", where)
     padding = _pair(options.get("padding", 0), "padding", where)
     if options.get("ceil_mode") or (options.get("count_include_pad", True) is False and padding != (0, 0)):
-        raise UnsupportedNetworkError(f"{where}: ceil_mode, or count_include_pad=False with padding, is not supported")
+        raise UnsupportedNetworkError(
+            f"{where}: ceil_mode, or count_include_pad=False with padding, is not supported"
+        )
     divisor = options.get("divisor_override") or kernel[0] * kernel[1]
     return NodeRef(avg_pool(builder, source, kernel, stride, padding, divisor, where, name))
 
 
-def _pad_call(builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str) -> Any:
+def _pad_call(
+    builder: NetworkBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], where: str, name: str
+) -> Any:
     source = _tensor_arg(args[0], where)
     options = _pool_args(args, kwargs, ("pad", "mode", "value"))
     if options.get("mode", "constant") != "constant":
         raise UnsupportedNetworkError(f"{where}: padding mode {options['mode']!r} (only 'constant')")
     value = options.get("value")
-    return NodeRef(pad(builder, source, tuple(int(p) for p in options["pad"]), 0.0 if value is None else float(value),
-                       where, name))
+    return NodeRef(
+        pad(
+            builder,
+            source,
+            tuple(int(p) for p in options["pad"]),
+            0.0 if value is None else float(value),
+            where,
+            name,
+        )
+    )
 
 
 #: Functions (``call_function`` nodes of ``torch.fx``) -> rule.
@@ -773,8 +920,17 @@ METHODS: dict[str, CallRule] = {
 #: Methods whose result is the same tensor as their operand, or a view of it (for in-place aliasing).
 SAME_TENSOR_METHODS = frozenset({"contiguous"})
 VIEW_METHODS = frozenset({"view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze"})
-VIEW_FUNCTIONS = frozenset({torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze,
-                            torch.unsqueeze, operator.getitem})
+VIEW_FUNCTIONS = frozenset(
+    {
+        torch.flatten,
+        torch.reshape,
+        torch.permute,
+        torch.transpose,
+        torch.squeeze,
+        torch.unsqueeze,
+        operator.getitem,
+    }
+)
 
 
 # -- ONNX node types (read by relaxlab.engine.onnx) -----------------------------------------------
@@ -796,8 +952,18 @@ ONNX_MAX_POOL_WINDOW = 1024
 
 #: ONNX tensor element types (``TensorProto.DataType``) -> numpy dtypes, for ``Cast`` and constants.
 ONNX_DTYPES: dict[int, Any] = {
-    1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_,
-    10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64,
+    1: np.float32,
+    2: np.uint8,
+    3: np.int8,
+    4: np.uint16,
+    5: np.int16,
+    6: np.int32,
+    7: np.int64,
+    9: np.bool_,
+    10: np.float16,
+    11: np.float64,
+    12: np.uint32,
+    13: np.uint64,
 }
 _FLOAT_TYPES = (1, 11)  # FLOAT, DOUBLE: what a computed tensor may be cast to (a no-op for the bounds)
 
@@ -879,7 +1045,9 @@ def _leading(builder: NetworkBuilder, node: OnnxNode, value: OnnxTensor) -> Onnx
         return value
     shape = onnx_shape(builder, value)
     if not shape or shape[0] != 1:
-        raise _refuse(node, f"its input of shape {shape} is not one example (the first dimension, the batch, must be 1)")
+        raise _refuse(
+            node, f"its input of shape {shape} is not one example (the first dimension, the batch, must be 1)"
+        )
     return _view(builder, value, shape, f"{node.name}.batch")
 
 
@@ -931,7 +1099,9 @@ def _int_list(node: OnnxNode, value: Any, what: str) -> list[int]:
     """Integers from an ``INTS`` attribute or an integer constant."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "iu" or value.ndim > 1:
-            raise _refuse(node, f"{what} must be a 1-d integer constant, got {value.dtype} of shape {value.shape}")
+            raise _refuse(
+                node, f"{what} must be a 1-d integer constant, got {value.dtype} of shape {value.shape}"
+            )
         return [int(v) for v in value.reshape(-1)]
     if isinstance(value, list) and all(isinstance(v, int) for v in value):
         return [int(v) for v in value]
@@ -975,7 +1145,9 @@ def _pair_attr(node: OnnxNode, name: str, default: list[int], minimum: int) -> t
     values = _attr_ints(node, name, default)
     assert values is not None
     if len(values) != 2 or min(values) < minimum:
-        raise _refuse(node, f"{name}={values}: a 2-d {node.where.rsplit('(', 1)[-1][:-1]} takes 2 values >= {minimum}")
+        raise _refuse(
+            node, f"{name}={values}: a 2-d {node.where.rsplit('(', 1)[-1][:-1]} takes 2 values >= {minimum}"
+        )
     return values[0], values[1]
 
 
@@ -983,7 +1155,9 @@ def _broadcast(node: OnnxNode, *shapes: Sequence[int]) -> Shape:
     try:
         shape = tuple(int(s) for s in np.broadcast_shapes(*(tuple(s) for s in shapes)))
     except ValueError:
-        raise _refuse(node, f"operands of shapes {', '.join(str(tuple(s)) for s in shapes)} do not broadcast") from None
+        raise _refuse(
+            node, f"operands of shapes {', '.join(str(tuple(s)) for s in shapes)} do not broadcast"
+        ) from None
     return shape
 
 
@@ -994,7 +1168,9 @@ def _fold_binary(node: OnnxNode, kind: str, a: np.ndarray, b: np.ndarray) -> np.
     """``a (kind) b`` of two constants, as ONNX computes it (integer division truncates)."""
     check_size(_broadcast(node, a.shape, b.shape), node.where)
     if a.dtype.kind not in "biuf" or b.dtype.kind not in "biuf":
-        raise _refuse(node, f"operands of element types {a.dtype}, {b.dtype}: only real numbers are supported")
+        raise _refuse(
+            node, f"operands of element types {a.dtype}, {b.dtype}: only real numbers are supported"
+        )
     if kind == "Div" and a.dtype.kind in "iu" and b.dtype.kind in "iu":
         if bool((b == 0).any()):
             raise _refuse(node, "divides integers by 0")
@@ -1005,15 +1181,24 @@ def _fold_binary(node: OnnxNode, kind: str, a: np.ndarray, b: np.ndarray) -> np.
         return np.asarray(operation(a, b))
 
 
-def add_constant(builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, constant: np.ndarray, kind: str,
-                 constant_first: bool = False) -> OnnxTensor:
+def add_constant(
+    builder: NetworkBuilder,
+    node: OnnxNode,
+    x: OnnxTensor,
+    constant: np.ndarray,
+    kind: str,
+    constant_first: bool = False,
+) -> OnnxTensor:
     """``x + c``, ``x - c``, ``c - x``, ``x · c``, ``x / c`` with a constant ``c`` of any shape that
     broadcasts onto ``x`` without enlarging it (a leading batch 1 of ``c`` is the batch)."""
     shape = onnx_shape(builder, x)
     out = _broadcast(node, shape, constant.shape)
     if math.prod(out) != math.prod(shape):
-        raise _refuse(node, f"the constant of shape {constant.shape} broadcasts the computed tensor of shape "
-                            f"{shape} to {out}; only constants that keep its shape are supported")
+        raise _refuse(
+            node,
+            f"the constant of shape {constant.shape} broadcasts the computed tensor of shape "
+            f"{shape} to {out}; only constants that keep its shape are supported",
+        )
     if out != shape:  # the constant adds leading dimensions of size 1
         x = _view(builder, x, out, f"{node.name}.view")
     padded = _numeric(node, constant, "constant").reshape((1,) * (len(out) - constant.ndim) + constant.shape)
@@ -1040,16 +1225,21 @@ def _binary_rule(kind: str) -> OnnxBuild:
             return _fold_binary(node, kind, a, b)
         if isinstance(a, OnnxTensor) and isinstance(b, OnnxTensor):
             if kind in ("Mul", "Div"):
-                raise _refuse(node, f"a {'product' if kind == 'Mul' else 'quotient'} of two computed tensors is not "
-                                    "affine (only products with constants are supported)")
+                raise _refuse(
+                    node,
+                    f"a {'product' if kind == 'Mul' else 'quotient'} of two computed tensors is not "
+                    "affine (only products with constants are supported)",
+                )
             sa, sb = onnx_shape(builder, a), onnx_shape(builder, b)
             out = _broadcast(node, sa, sb)
             if not math.prod(out) == math.prod(sa) == math.prod(sb):
                 raise _refuse(node, f"broadcasting computed tensors of shapes {sa} and {sb} is not supported")
             a, b = _view(builder, a, out, f"{node.name}.a"), _view(builder, b, out, f"{node.name}.b")
             shape = builder.shape(a.node)
-            return OnnxTensor(builder.add(node.name, Sum((1.0, 1.0 if kind == "Add" else -1.0), shape),
-                                          (a.node, b.node)), a.lead)
+            return OnnxTensor(
+                builder.add(node.name, Sum((1.0, 1.0 if kind == "Add" else -1.0), shape), (a.node, b.node)),
+                a.lead,
+            )
         if isinstance(a, OnnxTensor):
             return add_constant(builder, node, a, b, kind)
         return add_constant(builder, node, b, a, kind, constant_first=True)
@@ -1062,8 +1252,9 @@ def _neg_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
     if isinstance(x, np.ndarray):
         return -_numeric(node, x, "operand").astype(x.dtype)
     x = _tensor(node, 0, "operand")
-    return OnnxTensor(scale(builder, x.node, torch.tensor(-1.0, dtype=torch.float64), False, node.where, node.name),
-                      x.lead)
+    return OnnxTensor(
+        scale(builder, x.node, torch.tensor(-1.0, dtype=torch.float64), False, node.where, node.name), x.lead
+    )
 
 
 def _relu_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
@@ -1096,26 +1287,35 @@ def _cast_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
         with np.errstate(all="ignore"):
             return x.astype(ONNX_DTYPES[to])
     if to not in _FLOAT_TYPES:
-        raise _refuse(node, f"a computed tensor cast to {np.dtype(ONNX_DTYPES[to]).name} (only float and double: "
-                            "rounding to integers or half precision is not affine)")
+        raise _refuse(
+            node,
+            f"a computed tensor cast to {np.dtype(ONNX_DTYPES[to]).name} (only float and double: "
+            "rounding to integers or half precision is not affine)",
+        )
     return _tensor(node, 0, "operand")
 
 
 # -- products -------------------------------------------------------------------------------------
 
 
-def _linear_last(builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, weight: np.ndarray, name: str) -> OnnxTensor:
+def _linear_last(
+    builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, weight: np.ndarray, name: str
+) -> OnnxTensor:
     """``x W^T`` on the last axis of ``x``; ``weight`` is ``(out, in)``."""
     shape = onnx_shape(builder, x)
     if not shape or shape[-1] != weight.shape[1]:
         raise _refuse(node, f"multiplies a tensor of shape {shape} by a matrix with {weight.shape[1]} rows")
     if x.lead and len(shape) == 1:
         x = _explicit(builder, x, f"{name}.batch")
-    return OnnxTensor(linear(builder, x.node, torch.from_numpy(np.ascontiguousarray(weight)), None, node.where, name),
-                      x.lead)
+    return OnnxTensor(
+        linear(builder, x.node, torch.from_numpy(np.ascontiguousarray(weight)), None, node.where, name),
+        x.lead,
+    )
 
 
-def _permute(builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, perm: Sequence[int], name: str) -> OnnxTensor:
+def _permute(
+    builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, perm: Sequence[int], name: str
+) -> OnnxTensor:
     shape = onnx_shape(builder, x)
     perm = tuple(perm)
     if sorted(perm) != list(range(len(shape))):
@@ -1133,14 +1333,20 @@ def _matmul(builder: NetworkBuilder, node: OnnxNode, left: Any, right: Any, alph
         if a.ndim == 0 or b.ndim == 0 or a.shape[-1] != b.shape[max(b.ndim - 2, 0)]:
             raise _refuse(node, f"cannot multiply constants of shapes {a.shape} and {b.shape}")
         rows = a.shape[-2] if a.ndim > 1 else 1
-        check_size((*_broadcast(node, a.shape[:-2], b.shape[:-2]), rows, b.shape[-1] if b.ndim > 1 else 1),
-                   node.where)
+        check_size(
+            (*_broadcast(node, a.shape[:-2], b.shape[:-2]), rows, b.shape[-1] if b.ndim > 1 else 1),
+            node.where,
+        )
         return alpha * np.matmul(a, b)
     if isinstance(left, OnnxTensor) and isinstance(right, OnnxTensor):
-        raise _refuse(node, "a product of two computed tensors is not affine (one operand must be a constant)")
+        raise _refuse(
+            node, "a product of two computed tensors is not affine (one operand must be a constant)"
+        )
     constant = _numeric(node, left if isinstance(left, np.ndarray) else right, "constant operand") * alpha
     if constant.ndim not in (1, 2):
-        raise _refuse(node, f"the constant operand has shape {constant.shape}; only 1-d and 2-d constants are supported")
+        raise _refuse(
+            node, f"the constant operand has shape {constant.shape}; only 1-d and 2-d constants are supported"
+        )
     if isinstance(right, np.ndarray):  # x @ W
         x = left
         shape = onnx_shape(builder, x)
@@ -1205,12 +1411,15 @@ def _image(builder: NetworkBuilder, node: OnnxNode) -> tuple[OnnxTensor, Shape]:
     x = _tensor(node, 0, "input")
     shape = onnx_shape(builder, x)
     if len(shape) != 4:
-        raise _refuse(node, f"expects a 4-d input (N, C, H, W), receives shape {shape} (only 2-d maps are supported)")
+        raise _refuse(
+            node, f"expects a 4-d input (N, C, H, W), receives shape {shape} (only 2-d maps are supported)"
+        )
     return _leading(builder, node, x), shape
 
 
-def _pads(node: OnnxNode, size: Sequence[int], kernel: Sequence[int], strides: Sequence[int], same: bool
-          ) -> tuple[int, int, int, int]:
+def _pads(
+    node: OnnxNode, size: Sequence[int], kernel: Sequence[int], strides: Sequence[int], same: bool
+) -> tuple[int, int, int, int]:
     """``(top, left, bottom, right)`` from ``pads`` or ``auto_pad`` (``SAME_*`` only where ``same``)."""
     auto = _attr_str(node, "auto_pad", "NOTSET")
     if auto == "NOTSET":
@@ -1233,7 +1442,10 @@ def _pads(node: OnnxNode, size: Sequence[int], kernel: Sequence[int], strides: S
             begin.append(small if auto == "SAME_UPPER" else large)
             end.append(large if auto == "SAME_UPPER" else small)
         return begin[0], begin[1], end[0], end[1]
-    raise _refuse(node, f"auto_pad={auto!r} is not supported (NOTSET and VALID{', SAME_UPPER, SAME_LOWER' if same else ''})")
+    raise _refuse(
+        node,
+        f"auto_pad={auto!r} is not supported (NOTSET and VALID{', SAME_UPPER, SAME_LOWER' if same else ''})",
+    )
 
 
 def _check_dilations(node: OnnxNode) -> None:
@@ -1242,8 +1454,9 @@ def _check_dilations(node: OnnxNode) -> None:
         raise _refuse(node, f"dilations={dilations} are not supported (only 1)")
 
 
-def _padded(builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, shape: Shape, pads: tuple[int, int, int, int]
-            ) -> tuple[int, tuple[int, int]]:
+def _padded(
+    builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, shape: Shape, pads: tuple[int, int, int, int]
+) -> tuple[int, tuple[int, int]]:
     """The source node and the symmetric padding for a convolution: asymmetric pads become a ``Pad``."""
     top, left, bottom, right = pads
     check_size((shape[1], shape[2] + top + bottom, shape[3] + left + right), node.where)
@@ -1259,21 +1472,35 @@ def _conv_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
         raise _refuse(node, f"weight of shape {weight.shape}: only 2-d convolutions are supported")
     out_channels, per_group, k_h, k_w = weight.shape
     if _attr_ints(node, "kernel_shape", [k_h, k_w]) != [k_h, k_w]:
-        raise _refuse(node, f"kernel_shape={node.attributes['kernel_shape']} differs from the weight's {(k_h, k_w)}")
+        raise _refuse(
+            node, f"kernel_shape={node.attributes['kernel_shape']} differs from the weight's {(k_h, k_w)}"
+        )
     strides = _pair_attr(node, "strides", [1, 1], 1)
     _check_dilations(node)
     group = _attr_int(node, "group", 1)
     if group < 1 or per_group * group != shape[1] or out_channels % group:
-        raise _refuse(node, f"group={group} with a weight of shape {weight.shape} does not fit an input of "
-                            f"{shape[1]} channels")
+        raise _refuse(
+            node,
+            f"group={group} with a weight of shape {weight.shape} does not fit an input of "
+            f"{shape[1]} channels",
+        )
     bias = _input(node, 2)
     if bias is not None:
         bias = _numeric(node, _constant_input(node, 2, "bias"), "bias")
         if bias.shape != (out_channels,):
             raise _refuse(node, f"bias of shape {bias.shape} for {out_channels} output channels")
     source, padding = _padded(builder, node, x, shape, _pads(node, shape[2:], (k_h, k_w), strides, same=True))
-    out = conv(builder, source, torch.from_numpy(weight), None if bias is None else torch.from_numpy(bias), strides,
-               padding, group, node.where, node.name)
+    out = conv(
+        builder,
+        source,
+        torch.from_numpy(weight),
+        None if bias is None else torch.from_numpy(bias),
+        strides,
+        padding,
+        group,
+        node.where,
+        node.name,
+    )
     return OnnxTensor(out, True)
 
 
@@ -1293,8 +1520,10 @@ def _average_pool_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
     kernel, strides = _pool_settings(node, shape)
     pads = _pads(node, shape[2:], kernel, strides, same=False)
     if any(pads) and not _attr_int(node, "count_include_pad", 0):
-        raise _refuse(node, "count_include_pad=0 with pads (border windows averaged over fewer entries) is not "
-                            "supported")
+        raise _refuse(
+            node,
+            "count_include_pad=0 with pads (border windows averaged over fewer entries) is not supported",
+        )
     source, padding = _padded(builder, node, x, shape, pads)
     out = avg_pool(builder, source, kernel, strides, padding, kernel[0] * kernel[1], node.where, node.name)
     return OnnxTensor(out, True)
@@ -1303,8 +1532,9 @@ def _average_pool_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
 def _global_average_pool_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
     x, shape = _image(builder, node)
     kernel = (shape[2], shape[3])
-    return OnnxTensor(avg_pool(builder, x.node, kernel, (1, 1), (0, 0), kernel[0] * kernel[1], node.where, node.name),
-                      True)
+    return OnnxTensor(
+        avg_pool(builder, x.node, kernel, (1, 1), (0, 0), kernel[0] * kernel[1], node.where, node.name), True
+    )
 
 
 def _max_pool_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
@@ -1313,14 +1543,19 @@ def _max_pool_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
     if any(_pads(node, shape[2:], kernel, strides, same=False)):
         raise _refuse(node, "pads are not supported (max pooling pads with -inf)")
     if kernel[0] * kernel[1] > ONNX_MAX_POOL_WINDOW:
-        raise _refuse(node, f"a window of {kernel[0] * kernel[1]} entries is more than the "
-                            f"{ONNX_MAX_POOL_WINDOW} the reader allows (relaxlab.engine.optable.ONNX_MAX_POOL_WINDOW)")
+        raise _refuse(
+            node,
+            f"a window of {kernel[0] * kernel[1]} entries is more than the "
+            f"{ONNX_MAX_POOL_WINDOW} the reader allows (relaxlab.engine.optable.ONNX_MAX_POOL_WINDOW)",
+        )
     return OnnxTensor(max_pool(builder, x.node, kernel, strides, node.where, node.name), True)
 
 
 def _batch_norm_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
     if _attr_int(node, "training_mode", 0) or not _attr_int(node, "is_test", 1):
-        raise _refuse(node, "training mode normalises with batch statistics; export the model in inference mode")
+        raise _refuse(
+            node, "training mode normalises with batch statistics; export the model in inference mode"
+        )
     if _attr_int(node, "spatial", 1) != 1:
         raise _refuse(node, "spatial=0 (statistics per position) is not supported")
     x = _tensor(node, 0, "input")
@@ -1337,7 +1572,9 @@ def _batch_norm_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
     weight, bias, mean, var = (builder.cast(t) for t in stats)
     # ONNX stores epsilon as float32; its shortest decimal (1e-05) is the value the exporter was given.
     eps = float(str(np.float32(_attr_float(node, "epsilon", 1e-5))))
-    return OnnxTensor(normalization(builder, x.node, mean, var, weight, bias, eps, node.where, node.name), True)
+    return OnnxTensor(
+        normalization(builder, x.node, mean, var, weight, bias, eps, node.where, node.name), True
+    )
 
 
 # -- shapes ---------------------------------------------------------------------------------------
@@ -1379,7 +1616,9 @@ def _reshape_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
             out.append(1)
         elif size == 0 and not allow_zero:
             if position >= len(shape):
-                raise _refuse(node, f"target {target}: entry {position} copies a dimension {shape} does not have")
+                raise _refuse(
+                    node, f"target {target}: entry {position} copies a dimension {shape} does not have"
+                )
             out.append(shape[position])
         elif size < 0:
             raise _refuse(node, f"target {target} is not a shape")
@@ -1452,9 +1691,11 @@ def _concat_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
     shapes = [onnx_shape(builder, v) for v in values]
     rank = len(shapes[0])
     axis = _axis(node, _attr_int(node, "axis", 0), max(rank, 1))
-    if any(len(s) != rank or s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:] for s in shapes):
+    if any(
+        len(s) != rank or s[:axis] + s[axis + 1 :] != shapes[0][:axis] + shapes[0][axis + 1 :] for s in shapes
+    ):
         raise _refuse(node, f"concatenates tensors of shapes {shapes} along axis {axis}")
-    out = (*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1:])
+    out = (*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1 :])
     check_size(out, node.where)
     if all(isinstance(v, np.ndarray) for v in values):
         return np.concatenate(values, axis=axis)
@@ -1463,16 +1704,19 @@ def _concat_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
     if len(values) == 1:
         return values[0]
     lead = axis > 0 and all(s[0] == 1 for s in shapes)
-    parts = [_leading(builder, node, v) if lead else _explicit(builder, v, f"{node.name}.batch{k}")
-             for k, v in enumerate(values)]
+    parts = [
+        _leading(builder, node, v) if lead else _explicit(builder, v, f"{node.name}.batch{k}")
+        for k, v in enumerate(values)
+    ]
     dim = axis - 1 if lead else axis
     sizes = tuple(builder.shape(p.node)[dim] for p in parts)
     engine_out = out[1:] if lead else out
     return OnnxTensor(builder.add(node.name, Cat(dim, sizes, engine_out), tuple(p.node for p in parts)), lead)
 
 
-def _slice_axes(builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, ranges: dict[int, tuple[int, int, int]]
-                ) -> OnnxTensor:
+def _slice_axes(
+    builder: NetworkBuilder, node: OnnxNode, x: OnnxTensor, ranges: dict[int, tuple[int, int, int]]
+) -> OnnxTensor:
     """``x`` sliced with ``(start, stop, step)`` per ONNX axis (non-negative, clamped, step >= 1)."""
     shape = onnx_shape(builder, x)
     full = [ranges.get(axis, (0, size, 1)) for axis, size in enumerate(shape)]
@@ -1494,7 +1738,9 @@ def _slice_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
         starts = _int_list(node, _constant_input(node, 1, "starts"), "starts")
         ends = _int_list(node, _constant_input(node, 2, "ends"), "ends")
         axes = None if _input(node, 3) is None else _int_list(node, _constant_input(node, 3, "axes"), "axes")
-        steps = None if _input(node, 4) is None else _int_list(node, _constant_input(node, 4, "steps"), "steps")
+        steps = (
+            None if _input(node, 4) is None else _int_list(node, _constant_input(node, 4, "steps"), "steps")
+        )
     axes = list(range(len(starts))) if axes is None else axes
     steps = [1] * len(starts) if steps is None else steps
     if not len(starts) == len(ends) == len(axes) == len(steps):
@@ -1527,15 +1773,18 @@ def _gather_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
     if bool(((indices < -size) | (indices >= size)).any()):
         raise _refuse(node, f"indices {indices.tolist()} are out of range for axis {axis} of size {size}")
     indices = np.where(indices < 0, indices + size, indices).astype(np.int64)
-    out = (*shape[:axis], *indices.shape, *shape[axis + 1:])
+    out = (*shape[:axis], *indices.shape, *shape[axis + 1 :])
     check_size(out, node.where)
     if isinstance(value, np.ndarray):
         return np.take(value, indices, axis=axis)
     flat = indices.reshape(-1)
     step = int(flat[1] - flat[0]) if flat.size > 1 else 1
     if flat.size == 0 or step < 1 or bool((np.diff(flat) != step).any()):
-        raise _refuse(node, f"gathering entries {flat.tolist()} of a computed tensor (only increasing, evenly "
-                            "spaced indices: a slice)")
+        raise _refuse(
+            node,
+            f"gathering entries {flat.tolist()} of a computed tensor (only increasing, evenly "
+            "spaced indices: a slice)",
+        )
     sliced = _slice_axes(builder, node, value, {axis: (int(flat[0]), int(flat[-1]) + 1, step)})
     return _reshaped(builder, attrs.evolve(node, name=f"{node.name}.shape"), sliced, out)
 
@@ -1554,11 +1803,15 @@ def _size_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
 def _constant_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
     if len(node.attributes) != 1:
         raise _refuse(node, f"expects exactly one value attribute, has {sorted(node.attributes)}")
-    (name, value), = node.attributes.items()
+    ((name, value),) = node.attributes.items()
     if name == "value" and isinstance(value, np.ndarray):
         return value
-    kinds = {"value_float": (float, np.float32), "value_int": (int, np.int64), "value_floats": (list, np.float32),
-             "value_ints": (list, np.int64)}
+    kinds = {
+        "value_float": (float, np.float32),
+        "value_int": (int, np.int64),
+        "value_floats": (list, np.float32),
+        "value_ints": (list, np.int64),
+    }
     kind, dtype = kinds.get(name, (None, None))
     if kind is None or not isinstance(value, kind):
         raise _refuse(node, f"attribute {name}={value!r} is not a tensor value")
@@ -1613,7 +1866,7 @@ def _pad_rule(builder: NetworkBuilder, node: OnnxNode) -> Any:
     nonzero = [k for k, pair in enumerate(engine) if pair != (0, 0)]
     if not nonzero:
         return x
-    torch_pads = tuple(p for begin, end in reversed(engine[nonzero[0]:]) for p in (begin, end))
+    torch_pads = tuple(p for begin, end in reversed(engine[nonzero[0] :]) for p in (begin, end))
     return OnnxTensor(pad(builder, x.node, torch_pads, fill, node.where, node.name), x.lead)
 
 
@@ -1630,12 +1883,15 @@ ONNX: dict[str, OnnxRule] = {
     "Relu": OnnxRule(_relu_rule),
     "MatMul": OnnxRule(_matmul_rule),
     "Gemm": OnnxRule(_gemm_rule, frozenset({"alpha", "beta", "transA", "transB"})),
-    "Conv": OnnxRule(_conv_rule, frozenset({"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"})),
+    "Conv": OnnxRule(
+        _conv_rule, frozenset({"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"})
+    ),
     "AveragePool": OnnxRule(_average_pool_rule, _POOL | {"count_include_pad"}),
     "GlobalAveragePool": OnnxRule(_global_average_pool_rule),
     "MaxPool": OnnxRule(_max_pool_rule, _POOL | {"storage_order"}),
-    "BatchNormalization": OnnxRule(_batch_norm_rule,
-                                   frozenset({"epsilon", "momentum", "spatial", "is_test", "training_mode"})),
+    "BatchNormalization": OnnxRule(
+        _batch_norm_rule, frozenset({"epsilon", "momentum", "spatial", "is_test", "training_mode"})
+    ),
     "Flatten": OnnxRule(_flatten_rule, frozenset({"axis"})),
     "Reshape": OnnxRule(_reshape_rule, frozenset({"allowzero", "shape"})),
     "Squeeze": OnnxRule(_squeeze_rule, frozenset({"axes"})),
@@ -1650,8 +1906,9 @@ ONNX: dict[str, OnnxRule] = {
     "Cast": OnnxRule(_cast_rule, frozenset({"to", "saturate"})),
     "Shape": OnnxRule(_shape_rule, frozenset({"start", "end"})),
     "Size": OnnxRule(_size_rule),
-    "Constant": OnnxRule(_constant_rule, frozenset({"value", "value_float", "value_floats", "value_int",
-                                                    "value_ints"})),
+    "Constant": OnnxRule(
+        _constant_rule, frozenset({"value", "value_float", "value_floats", "value_int", "value_ints"})
+    ),
     "ConstantOfShape": OnnxRule(_constant_of_shape_rule, frozenset({"value"})),
 }
 

@@ -128,8 +128,9 @@ class _Adam:
     """Adam ascent (Kingma & Ba, 2015) on a few leaf tensors, written out: ``torch.optim`` would import
     the compiler stack on first use, seconds a one-off verification should not pay."""
 
-    def __init__(self, leaves: list[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
+    def __init__(
+        self, leaves: list[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
         self.leaves, self.lr, self.betas, self.eps = leaves, lr, betas, eps
         self.first = [torch.zeros_like(leaf) for leaf in leaves]
         self.second = [torch.zeros_like(leaf) for leaf in leaves]
@@ -138,8 +139,8 @@ class _Adam:
     def ascend(self, grads: tuple[Tensor | None, ...]) -> None:
         self.count += 1
         b1, b2 = self.betas
-        step = self.lr / (1 - b1 ** self.count)
-        correction = math.sqrt(1 - b2 ** self.count)
+        step = self.lr / (1 - b1**self.count)
+        correction = math.sqrt(1 - b2**self.count)
         with torch.no_grad():
             for leaf, grad, m, v in zip(self.leaves, grads, self.first, self.second, strict=True):
                 if grad is None:
@@ -186,8 +187,6 @@ def optimised_bounds(
     return best_lb, best_ub
 
 
-
-
 @frozen
 class Optimised:
     """A relaxation with its parameters optimised per neuron: what ``opt:NAME`` names
@@ -215,12 +214,20 @@ class Optimised:
             return None
         o = self.optimise
         return f"{text}\n{OPTIMISED_PREFIX} steps={o.steps} lr={o.lr!r} target={o.target!r} " + " ".join(
-            f"{r.name}∈{'(' if r.open_lo else '['}{r.lo!r},{r.hi!r}]" for r in o.ranges)
+            f"{r.name}∈{'(' if r.open_lo else '['}{r.lo!r},{r.hi!r}]" for r in o.ranges
+        )
 
 
 #: How a name asks for optimised parameters: ``opt:CROWN-alpha``.
 OPTIMISED_PREFIX = "opt:"
 
 
-__all__ = ["DEFAULT_LR", "DEFAULT_STEPS", "OPTIMISED_PREFIX", "Optimise", "Optimised", "ParameterRange",
-           "optimised_bounds"]
+__all__ = [
+    "DEFAULT_LR",
+    "DEFAULT_STEPS",
+    "OPTIMISED_PREFIX",
+    "Optimise",
+    "Optimised",
+    "ParameterRange",
+    "optimised_bounds",
+]

@@ -87,8 +87,10 @@ def check_hooks(model: nn.Module) -> None:
 
 def _faithful(module: nn.Module, where: str) -> None:
     """Refuse a module whose output is not what its (torch or relaxlab) base class computes."""
-    base = next((cls for cls in type(module).__mro__ if cls.__module__.startswith("torch.nn") or cls is Normalize),
-                None)
+    base = next(
+        (cls for cls in type(module).__mro__ if cls.__module__.startswith("torch.nn") or cls is Normalize),
+        None,
+    )
     if base is not None and overrides_forward(module, base):
         raise UnsupportedNetworkError(
             f"{where} ({type(module).__name__}) overrides forward() of {base.__name__}: the engine would bound "
@@ -152,8 +154,10 @@ def parse_model(
 
 
 def _needs_clean(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
-               for m in model.modules())
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
+        for m in model.modules()
+    )
 
 
 def _default_dtype(model: nn.Module) -> torch.dtype:
@@ -163,14 +167,21 @@ def _default_dtype(model: nn.Module) -> torch.dtype:
     return torch.get_default_dtype()
 
 
-def _parse_module(model: nn.Module, shape: Shape, dtype: torch.dtype | None, device: torch.device | str | None,
-                  clean: Tensor | None) -> Network:
+def _parse_module(
+    model: nn.Module,
+    shape: Shape,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+    clean: Tensor | None,
+) -> Network:
     check_hooks(model)
     if clean is not None and _needs_clean(model):
         clean = clean.to(dtype=dtype if dtype is not None else clean.dtype, device=device)
     else:
         clean = None
-    builder = NetworkBuilder(shape, dtype=dtype, device=device, default_dtype=_default_dtype(model), clean=clean)
+    builder = NetworkBuilder(
+        shape, dtype=dtype, device=device, default_dtype=_default_dtype(model), clean=clean
+    )
     if type(model) is nn.Sequential:
         chain = _chain_modules(model)
     else:  # a single module with a rule is a chain of one
@@ -178,7 +189,9 @@ def _parse_module(model: nn.Module, shape: Shape, dtype: torch.dtype | None, dev
         chain = [("", model)] if base is not None and not overrides_forward(model, base) else None
     if chain is not None:
         if not chain:
-            raise UnsupportedNetworkError("the network has no layers; give at least one Linear or Conv2d layer")
+            raise UnsupportedNetworkError(
+                "the network has no layers; give at least one Linear or Conv2d layer"
+            )
         current = 0
         for index, (path, module) in enumerate(chain):
             rule = module_rule(module)
@@ -261,7 +274,9 @@ def _inplace_target(node: torch.fx.Node, model: nn.Module) -> torch.fx.Node | No
         return None
     if node.op == "call_method" and str(node.target).endswith("_") and not str(node.target).startswith("_"):
         return target
-    if node.op == "call_function" and (node.target in _INPLACE_FUNCTIONS or node.kwargs.get("inplace") is True):
+    if node.op == "call_function" and (
+        node.target in _INPLACE_FUNCTIONS or node.kwargs.get("inplace") is True
+    ):
         return target
     if node.op == "call_module":
         module = model.get_submodule(str(node.target))
@@ -319,7 +334,9 @@ def _trace(model: nn.Module, builder: NetworkBuilder) -> Network:
                 f"{where}{_module_context(node)} reads the tensor model.{node.target} inside forward; only modules "
                 f"and functions on the input are supported ({SUPPORTED})"
             )
-        value = _convert(builder, model, node, where, _resolve(env, node.args), _resolve(env, dict(node.kwargs)))
+        value = _convert(
+            builder, model, node, where, _resolve(env, node.args), _resolve(env, dict(node.kwargs))
+        )
         env[node] = value
         operand = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
         target = _inplace_target(node, model)
@@ -338,9 +355,15 @@ def _trace(model: nn.Module, builder: NetworkBuilder) -> Network:
     return builder.build(int(output))
 
 
-def _rebind(env: dict[torch.fx.Node, Any], group: dict[torch.fx.Node, torch.fx.Node],
-            relation: dict[torch.fx.Node, str], order: dict[torch.fx.Node, int], node: torch.fx.Node,
-            target: torch.fx.Node, value: Any) -> None:
+def _rebind(
+    env: dict[torch.fx.Node, Any],
+    group: dict[torch.fx.Node, torch.fx.Node],
+    relation: dict[torch.fx.Node, str],
+    order: dict[torch.fx.Node, int],
+    node: torch.fx.Node,
+    target: torch.fx.Node,
+    value: Any,
+) -> None:
     """After ``node`` changed ``target``'s tensor in place, every name for that tensor reads ``value``.
 
     Names of the same tensor (``relation`` "same" to the group's root, like the target) are
@@ -362,8 +385,14 @@ def _rebind(env: dict[torch.fx.Node, Any], group: dict[torch.fx.Node, torch.fx.N
     group[node], relation[node] = root, relation.get(target, "same")
 
 
-def _convert(builder: NetworkBuilder, model: nn.Module, node: torch.fx.Node, where: str, args: Any,
-             kwargs: dict[str, Any]) -> Any:
+def _convert(
+    builder: NetworkBuilder,
+    model: nn.Module,
+    node: torch.fx.Node,
+    where: str,
+    args: Any,
+    kwargs: dict[str, Any],
+) -> Any:
     target = node.target
     if node.op == "call_module":
         module = model.get_submodule(str(target))
@@ -378,7 +407,9 @@ def _convert(builder: NetworkBuilder, model: nn.Module, node: torch.fx.Node, whe
         _faithful(module, f"{label}")
         source = args[0] if args else None
         if not isinstance(source, NodeRef):
-            raise UnsupportedNetworkError(f"{label} ({kind}): its input is not a tensor computed from the input")
+            raise UnsupportedNetworkError(
+                f"{label} ({kind}): its input is not a tensor computed from the input"
+            )
         return NodeRef(rule(builder, module, source, label, str(target)))
     label = f"{where} ({_function_name(target)}){_module_context(node)}"
     if node.op == "call_method":

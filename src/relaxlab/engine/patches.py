@@ -168,7 +168,11 @@ def _lines_at(lines: RelaxationTensors, geometry: Geometry, count: Pair) -> Rela
         return read[id(value)]
 
     return RelaxationTensors(
-        at(lines.lower_slope), at(lines.lower_offset), at(lines.upper_slope), at(lines.upper_offset), lines.zeros
+        at(lines.lower_slope),
+        at(lines.lower_offset),
+        at(lines.upper_slope),
+        at(lines.upper_offset),
+        lines.zeros,
     )
 
 
@@ -194,10 +198,16 @@ def patch_bounds(bounder: Bounder, index: int) -> Tensor:
     batch, positions = lower.shape[0], n_h * n_w
     # What every chunk reads: lines and boxes at the windows, constants at the windows, geometries of
     # each edge (the operand's window before alignment).
-    relu_lines = {i: _lines_at(bounder.lines[i], geometry[i], count) for i in order
-                  if isinstance(net.nodes[i].op, Relu) and i not in stops}
-    boxes = {i: (windows(stops[i].lower, geometry[i], count), windows(stops[i].upper, geometry[i], count))
-             for i in order if i in stops}
+    relu_lines = {
+        i: _lines_at(bounder.lines[i], geometry[i], count)
+        for i in order
+        if isinstance(net.nodes[i].op, Relu) and i not in stops
+    }
+    boxes = {
+        i: (windows(stops[i].lower, geometry[i], count), windows(stops[i].upper, geometry[i], count))
+        for i in order
+        if i in stops
+    }
     constants: dict[int, Tensor] = {}
     edge: dict[int, Geometry] = {}
     for i in order:
@@ -228,8 +238,11 @@ def patch_bounds(bounder: Bounder, index: int) -> Tensor:
             node = net.nodes[i]
             parts = pending.pop(i)
             width = node.out_shape[0]
-            current = parts[0][0] if len(parts) == 1 and parts[0][1] == geometry[i] else sum(
-                _embed(p, width, g, geometry[i]) for p, g in parts)
+            current = (
+                parts[0][0]
+                if len(parts) == 1 and parts[0][1] == geometry[i]
+                else sum(_embed(p, width, g, geometry[i]) for p, g in parts)
+            )
             if i in stops:
                 reached.append((current, i))
                 continue

@@ -36,7 +36,7 @@ def side_mask(coef: Tensor, negative: bool = False) -> Tensor:
     (comparisons, ``where``, products with a mask) take kernels ten to fifty times slower than
     the arithmetic ones, and these masks have the rows' size."""
     signs = coef.sign()
-    return (signs.sub_(1).clamp_(min=-1).neg_() if negative else signs.add_(1).clamp_(max=1))
+    return signs.sub_(1).clamp_(min=-1).neg_() if negative else signs.add_(1).clamp_(max=1)
 
 
 def concretize(coef: Tensor, bias: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
@@ -208,9 +208,15 @@ class _ReluStep(torch.autograd.Function):
         if same_slopes:
             every_slope, split_slope = (lower_slope, ((0, 1.0),)), None
         elif use_neg:  # A = λ_l, D = λ_u - λ_l
-            every_slope, split_slope = (lower_slope, ((0, 1.0),)), (upper_slope - lower_slope, ((2, 1.0), (0, -1.0)))
+            every_slope, split_slope = (
+                (lower_slope, ((0, 1.0),)),
+                (upper_slope - lower_slope, ((2, 1.0), (0, -1.0))),
+            )
         else:  # A = λ_u, D = λ_l - λ_u
-            every_slope, split_slope = (upper_slope, ((2, 1.0),)), (lower_slope - upper_slope, ((0, 1.0), (2, -1.0)))
+            every_slope, split_slope = (
+                (upper_slope, ((2, 1.0),)),
+                (lower_slope - upper_slope, ((0, 1.0), (2, -1.0))),
+            )
         bias_grad = grad_bias.unsqueeze(-1)  # (N, G, 1)
         needs_split = split_slope is not None or split_offset is not None
         mask = side_mask(coef, use_neg) if needs_split else None
@@ -242,10 +248,16 @@ class _ReluStep(torch.autograd.Function):
         if split_slope is not None:
             add(split_slope[1], product.mul_(mask).sum(1))
         if every_offset is not None:
-            add(every_offset[1], (grad_bias.unsqueeze(1) @ coef.expand(grad_bias.shape[0], *coef.shape[1:])).squeeze(1))
+            add(
+                every_offset[1],
+                (grad_bias.unsqueeze(1) @ coef.expand(grad_bias.shape[0], *coef.shape[1:])).squeeze(1),
+            )
         if split_offset is not None:
             split = coef.clamp(max=0) if use_neg else coef.clamp(min=0)
-            add(split_offset[1], (grad_bias.unsqueeze(1) @ split.expand(grad_bias.shape[0], *split.shape[1:])).squeeze(1))
+            add(
+                split_offset[1],
+                (grad_bias.unsqueeze(1) @ split.expand(grad_bias.shape[0], *split.shape[1:])).squeeze(1),
+            )
         for j in range(4):  # a tensor passed for two coefficients gets its gradient once
             if first[j] != j and grads[j] is not None:
                 grads[first[j]] = grads[j] if grads[first[j]] is None else grads[first[j]] + grads[j]
@@ -255,20 +267,27 @@ class _ReluStep(torch.autograd.Function):
         return (grad_coef, grad_rest, *grads, None)
 
 
-def relaxation_lines(relaxation: Relaxer, lower: Tensor, upper: Tensor,
-                     values: Mapping[str, Tensor] | None = None) -> RelaxationTensors:
+def relaxation_lines(
+    relaxation: Relaxer, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor] | None = None
+) -> RelaxationTensors:
     """The relaxation's lines at ``[lower, upper]``, with its optional hints; ``values``: per-neuron
     parameter values (passed to ``coefficients`` only when given)."""
     got = _with_values(relaxation.coefficients, lower, upper, values)
     if isinstance(got, RelaxationTensors):
         return got
     # A hand-written relaxer may return any object with the four fields (and perhaps ``zeros``).
-    return RelaxationTensors(got.lower_slope, got.lower_offset, got.upper_slope, got.upper_offset,
-                             frozenset(getattr(got, "zeros", frozenset())))
+    return RelaxationTensors(
+        got.lower_slope,
+        got.lower_offset,
+        got.upper_slope,
+        got.upper_offset,
+        frozenset(getattr(got, "zeros", frozenset())),
+    )
 
 
-def relaxation_box(relaxation: Relaxer, lower: Tensor, upper: Tensor,
-                   values: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+def relaxation_box(
+    relaxation: Relaxer, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
     """The bounds the relaxation's lines are evaluated on (its ``transform_bounds``), with ``values`` as
     in :func:`relaxation_lines`."""
     return _with_values(relaxation.transform_bounds, lower, upper, values)
@@ -289,4 +308,12 @@ def check_lines(lines: RelaxationTensors, like: Tensor, name: str, index: int) -
             )
 
 
-__all__ = ["check_lines", "concretize", "matvec", "relaxation_box", "relaxation_lines", "relu_backward", "side_mask"]
+__all__ = [
+    "check_lines",
+    "concretize",
+    "matvec",
+    "relaxation_box",
+    "relaxation_lines",
+    "relu_backward",
+    "side_mask",
+]

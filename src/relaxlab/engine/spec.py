@@ -94,11 +94,29 @@ def margin_bounds(
     """
     if elision:
         spec = margin_spec(labels, num_classes, dtype=x.dtype)
-        lb, _ = compute_bounds(model, x, eps, relaxation, C=spec, domain=domain, lower_only=True,
-                               check_centre=check_centre, rigorous=rigorous, optimise=optimise)
+        lb, _ = compute_bounds(
+            model,
+            x,
+            eps,
+            relaxation,
+            C=spec,
+            domain=domain,
+            lower_only=True,
+            check_centre=check_centre,
+            rigorous=rigorous,
+            optimise=optimise,
+        )
         return lb, other_classes(labels, num_classes)
-    lower, upper = compute_bounds(model, x, eps, relaxation, domain=domain, check_centre=check_centre,
-                                  rigorous=rigorous, optimise=optimise)
+    lower, upper = compute_bounds(
+        model,
+        x,
+        eps,
+        relaxation,
+        domain=domain,
+        check_centre=check_centre,
+        rigorous=rigorous,
+        optimise=optimise,
+    )
     others = other_classes(labels, num_classes)
     return lower.gather(1, labels.unsqueeze(1)) - upper.gather(1, others), others
 

@@ -93,16 +93,23 @@ class Atom:
     :param bound: the right-hand side ``b``.
     """
 
-    coefficients: tuple[tuple[int, Fraction], ...] = field(converter=lambda pairs: tuple(
-        (int(j), Fraction(c)) for j, c in pairs))
+    coefficients: tuple[tuple[int, Fraction], ...] = field(
+        converter=lambda pairs: tuple((int(j), Fraction(c)) for j, c in pairs)
+    )
     bound: Fraction = field(converter=Fraction)
 
     def __attrs_post_init__(self) -> None:
         indices = [j for j, _ in self.coefficients]
-        if not indices or indices != sorted(set(indices)) or any(c == 0 for _, c in self.coefficients) \
-                or indices[0] < 0:
-            raise ValueError(f"an atom needs nonzero coefficients at distinct increasing outputs, got "
-                             f"{self.coefficients!r}")
+        if (
+            not indices
+            or indices != sorted(set(indices))
+            or any(c == 0 for _, c in self.coefficients)
+            or indices[0] < 0
+        ):
+            raise ValueError(
+                f"an atom needs nonzero coefficients at distinct increasing outputs, got "
+                f"{self.coefficients!r}"
+            )
 
     def holds(self, outputs: Sequence[float]) -> bool:
         """Whether ``outputs`` satisfy the atom, decided exactly (each float taken at its exact value).
@@ -120,9 +127,12 @@ class InputBox:
     upper: tuple[Fraction, ...] = field(converter=lambda v: tuple(map(Fraction, v)))
 
     def __attrs_post_init__(self) -> None:
-        if len(self.lower) != len(self.upper) or any(lo > hi for lo, hi in zip(self.lower, self.upper,
-                                                                                  strict=True)):
-            raise ValueError("an input box needs as many lower as upper ends, each lower end <= its upper end")
+        if len(self.lower) != len(self.upper) or any(
+            lo > hi for lo, hi in zip(self.lower, self.upper, strict=True)
+        ):
+            raise ValueError(
+                "an input box needs as many lower as upper ends, each lower end <= its upper end"
+            )
 
     def float_bounds(self, *, inward: bool = False) -> tuple[list[float], list[float]]:
         """The box rounded to float64 ends.
@@ -142,7 +152,8 @@ class InputBox:
         :param point: one value per input.
         """
         return len(point) == len(self.lower) and all(
-            lo <= Fraction(float(v)) <= hi for v, lo, hi in zip(point, self.lower, self.upper, strict=True))
+            lo <= Fraction(float(v)) <= hi for v, lo, hi in zip(point, self.lower, self.upper, strict=True)
+        )
 
 
 @frozen
@@ -175,7 +186,9 @@ class Property:
             for conjunction in region.disjuncts:
                 for atom in conjunction:
                     if atom.coefficients[-1][0] >= self.num_outputs:
-                        raise ValueError(f"an atom uses Y_{atom.coefficients[-1][0]} of {self.num_outputs} outputs")
+                        raise ValueError(
+                            f"an atom uses Y_{atom.coefficients[-1][0]} of {self.num_outputs} outputs"
+                        )
 
 
 def _round_down(value: Fraction) -> float:
@@ -268,10 +281,14 @@ class _Reader:
                 node = _List(tuple(items), opening.line, opening.column)
                 (stack[-1][1] if stack else top).append(node)
             else:
-                if token.text[0] in "\"|":
-                    raise self.fail(token, f"{token.text[:20]!r}: quoted strings and symbols are not part of VNN-LIB")
+                if token.text[0] in '"|':
+                    raise self.fail(
+                        token, f"{token.text[:20]!r}: quoted strings and symbols are not part of VNN-LIB"
+                    )
                 if not stack:
-                    raise self.fail(token, f"{token.text!r} outside parentheses; every command is '(command ...)'")
+                    raise self.fail(
+                        token, f"{token.text!r} outside parentheses; every command is '(command ...)'"
+                    )
                 stack[-1][1].append(token)
         if stack:
             raise self.fail(stack[-1][0], "'(' is never closed")
@@ -320,12 +337,17 @@ class _Reader:
         for kind in "XY":
             indices = sorted(int(n[2:]) for n in self.declared if n[0] == kind)
             if not indices:
-                raise self.fail(None, f"no {kind}_ variable is declared; declare (declare-const {kind}_0 Real) ...")
+                raise self.fail(
+                    None, f"no {kind}_ variable is declared; declare (declare-const {kind}_0 Real) ..."
+                )
             missing = next((i for i, j in enumerate(indices) if i != j), None)
             if missing is not None:
                 later = self.declared[f"{kind}_{indices[missing]}"]
-                raise self.fail(later, f"{kind}_{indices[missing]} is declared but {kind}_{missing} is not: "
-                                       f"number the {'inputs' if kind == 'X' else 'outputs'} 0, 1, 2, ... without gaps")
+                raise self.fail(
+                    later,
+                    f"{kind}_{indices[missing]} is declared but {kind}_{missing} is not: "
+                    f"number the {'inputs' if kind == 'X' else 'outputs'} 0, 1, 2, ... without gaps",
+                )
             counts.append(len(indices))
         return counts[0], counts[1]
 
@@ -340,15 +362,20 @@ class _Reader:
                 common.extend(dnf[0])
                 continue
             if len(terms) * len(dnf) > MAX_TERMS:
-                raise self.fail(command, f"the disjunctive normal form grows beyond {MAX_TERMS} terms here; "
-                                         "write the property with fewer nested or's")
+                raise self.fail(
+                    command,
+                    f"the disjunctive normal form grows beyond {MAX_TERMS} terms here; "
+                    "write the property with fewer nested or's",
+                )
             terms = [term + extra for term in terms for extra in dnf]
         if any(literal.truth is False for literal in common):
             terms = []  # a constant false atom holds everywhere: nothing is feasible
         base = self.bounds(common, [None] * num_inputs, [None] * num_inputs)
         base_key = (tuple(base[0]), tuple(base[1]))
         base_list: list[tuple[Atom, ...]] | None = None
-        regions: dict[tuple[tuple[Fraction | None, ...], tuple[Fraction | None, ...]], list[tuple[Atom, ...]]] = {}
+        regions: dict[
+            tuple[tuple[Fraction | None, ...], tuple[Fraction | None, ...]], list[tuple[Atom, ...]]
+        ] = {}
         for term in terms:
             if any(literal.truth is False for literal in term):
                 continue
@@ -367,8 +394,9 @@ class _Reader:
                 base_list.append(conjunction)
             else:
                 regions.setdefault(key, []).append(conjunction)
-        return Property(num_inputs, num_outputs,
-                        tuple(Region(InputBox(*ends), tuple(d)) for ends, d in regions.items()))
+        return Property(
+            num_inputs, num_outputs, tuple(Region(InputBox(*ends), tuple(d)) for ends, d in regions.items())
+        )
 
     @staticmethod
     def bounds(
@@ -392,8 +420,11 @@ class _Reader:
             for ends, word in ((lower, "lower"), (upper, "upper")):
                 if ends[index] is None:
                     where = self.declared[f"X_{index}"]
-                    raise self.fail(where, f"X_{index} has no {word} bound (in some input box); bound every input "
-                                           "from both sides, e.g. (assert (<= X_0 1.0)) and (assert (>= X_0 0.0))")
+                    raise self.fail(
+                        where,
+                        f"X_{index} has no {word} bound (in some input box); bound every input "
+                        "from both sides, e.g. (assert (<= X_0 1.0)) and (assert (>= X_0 0.0))",
+                    )
 
     def dnf(self, node: _Node) -> list[list[_Literal]]:
         if isinstance(node, _Token):
@@ -417,7 +448,9 @@ class _Reader:
         if head in ("<=", ">="):
             return [[self.literal(node, head)]]
         if head in ("<", ">"):
-            raise self.fail(node, f"strict inequality {head!r} is not supported; VNN-LIB properties use <= and >=")
+            raise self.fail(
+                node, f"strict inequality {head!r} is not supported; VNN-LIB properties use <= and >="
+            )
         if head in ("not", "=>", "=", "distinct", "xor", "ite"):
             raise self.fail(node, f"{head!r} is not supported; write the property with and, or, <= and >=")
         raise self.fail(node, f"expected a formula (and, or, <=, >=), got {head!r}")
@@ -441,9 +474,12 @@ class _Reader:
             raise self.fail(node, "an atom may constrain inputs (X) or outputs (Y), not both")
         if kinds == {"X"}:
             if len(coefficients) != 1:
-                raise self.fail(node, "an input constraint must bound one input by a constant, "
-                                      "e.g. (<= X_0 0.5); linear constraints among inputs are not supported")
-            (name, value), = coefficients.items()
+                raise self.fail(
+                    node,
+                    "an input constraint must bound one input by a constant, "
+                    "e.g. (<= X_0 0.5); linear constraints among inputs are not supported",
+                )
+            ((name, value),) = coefficients.items()
             # value·X + constant <= 0
             return _Literal(node, bound=(int(name[2:]), value > 0, -constant / value))
         pairs = sorted((int(name[2:]), value) for name, value in coefficients.items())
@@ -456,7 +492,9 @@ class _Reader:
             if node.text in self.declared:
                 return _Linear({node.text: Fraction(1)}, Fraction(0))
             if _VARIABLE.match(node.text):
-                raise self.fail(node, f"{node.text} is used but not declared; add (declare-const {node.text} Real)")
+                raise self.fail(
+                    node, f"{node.text} is used but not declared; add (declare-const {node.text} Real)"
+                )
             raise self.fail(node, f"expected a number or a declared variable, got {node.text!r}")
         head = self.head(node)
         operands = [self.linear(item) for item in node.items[1:]]
@@ -471,8 +509,12 @@ class _Reader:
         if head == "*":
             variable = [term for term in operands if term.coefficients]
             if len(variable) > 1:
-                raise self.fail(node, "a product may have one non-constant factor only (the terms must stay linear)")
-            factor = math.prod((term.constant for term in operands if not term.coefficients), start=Fraction(1))
+                raise self.fail(
+                    node, "a product may have one non-constant factor only (the terms must stay linear)"
+                )
+            factor = math.prod(
+                (term.constant for term in operands if not term.coefficients), start=Fraction(1)
+            )
             base = variable[0] if variable else _Linear({}, Fraction(1))
             return _sum([base], [factor])
         if head == "/":
@@ -581,13 +623,18 @@ def format_property(prop: Property, comments: Iterable[str] = ()) -> str:
             lines.append(f"(assert (<= X_{i} {_number(high)}))")
             lines.append(f"(assert (>= X_{i} {_number(low)}))")
         lines += ["", "; output constraints", "(assert (or"]
-        lines += [f"    {_conjunction_text([_atom_text(a) for a in conjunction])}" for conjunction in region.disjuncts]
+        lines += [
+            f"    {_conjunction_text([_atom_text(a) for a in conjunction])}"
+            for conjunction in region.disjuncts
+        ]
         lines.append("))")
     else:
         lines.append("(assert (or")
         for region in prop.regions:
-            box = [f"(>= X_{i} {_number(low)}) (<= X_{i} {_number(high)})"
-                   for i, (low, high) in enumerate(zip(region.box.lower, region.box.upper, strict=True))]
+            box = [
+                f"(>= X_{i} {_number(low)}) (<= X_{i} {_number(high)})"
+                for i, (low, high) in enumerate(zip(region.box.lower, region.box.upper, strict=True))
+            ]
             for conjunction in region.disjuncts:
                 lines.append(f"    {_conjunction_text([*box, *(_atom_text(a) for a in conjunction)])}")
         lines.append("))")
@@ -603,7 +650,8 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file moved into place: a reader sees the old file or the new one."""
     target = Path(path)
     handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False)
+        "w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
+    )
     try:
         with handle:
             handle.write(text)
@@ -644,8 +692,11 @@ def robustness_property(
         raise ValueError(f"x lies outside the domain [{lo:g}, {hi:g}]")
     lower = [Fraction(repr(min(max(v - eps, lo), hi))) for v in values]
     upper = [Fraction(repr(max(min(v + eps, hi), lo))) for v in values]
-    disjuncts = [(Atom([(min(j, label), 1 if j > label else -1), (max(j, label), -1 if j > label else 1)], 0),)
-                 for j in range(num_classes) if j != label]
+    disjuncts = [
+        (Atom([(min(j, label), 1 if j > label else -1), (max(j, label), -1 if j > label else 1)], 0),)
+        for j in range(num_classes)
+        if j != label
+    ]
     return Property(len(values), num_classes, (Region(InputBox(lower, upper), disjuncts),))
 
 
@@ -665,8 +716,12 @@ def write_vnnlib(
     """
     flat = x.detach().double().reshape(-1).cpu().tolist() if isinstance(x, Tensor) else [float(v) for v in x]
     prop = robustness_property(flat, eps, label, num_classes, domain)
-    write_property(path, prop, [
-        f"local robustness of one input: l_inf radius {float(eps)!r} clipped to [{float(domain[0])!r}, "
-        f"{float(domain[1])!r}], label {label}",
-        "the property is the negation of robustness: unsat = robust",
-    ])
+    write_property(
+        path,
+        prop,
+        [
+            f"local robustness of one input: l_inf radius {float(eps)!r} clipped to [{float(domain[0])!r}, "
+            f"{float(domain[1])!r}], label {label}",
+            "the property is the negation of robustness: unsat = robust",
+        ],
+    )

@@ -82,8 +82,16 @@ def certified_mask(
             logits = net(x)
         right = logits.argmax(1) == labels
         if isinstance(relaxation, Optimised):
-            lb, _ = margin_bounds(net, x, labels, eps, relaxation.relaxation, num_classes=num_classes, rigorous=True,
-                                  optimise=relaxation.optimise)
+            lb, _ = margin_bounds(
+                net,
+                x,
+                labels,
+                eps,
+                relaxation.relaxation,
+                num_classes=num_classes,
+                rigorous=True,
+                optimise=relaxation.optimise,
+            )
         else:
             lb, _ = margin_bounds(net, x, labels, eps, relaxation, num_classes=num_classes, rigorous=True)
         return right & is_certified(lb, logits)
@@ -167,8 +175,13 @@ def record_results(
     """
     ids = []
     for result in results:
-        config = {"checkpoint": str(checkpoint), "certifier": result.relaxation, "eps": result.eps,
-                  **trained, "n": result.n}
+        config = {
+            "checkpoint": str(checkpoint),
+            "certifier": result.relaxation,
+            "eps": result.eps,
+            **trained,
+            "n": result.n,
+        }
         run_id = store.create_run("certify", config, name=f"{name}-{result.relaxation}")
         metrics = {"accuracy": result.accuracy, "certified": result.certified}
         if result.pgd is not None:

@@ -89,8 +89,11 @@ def descend(
                 better = value.detach() < best
                 best = torch.where(better, value.detach(), best)
                 best_x[better] = x.detach()[better]
-            if index == steps or (stop_below is not None and bool((best < stop_below).any())) \
-                    or (should_stop is not None and should_stop()):
+            if (
+                index == steps
+                or (stop_below is not None and bool((best < stop_below).any()))
+                or (should_stop is not None and should_stop())
+            ):
                 break
             (grad,) = torch.autograd.grad(value.sum(), x)
             length = step * decay_factor ** sum(1 for d in decay_at if index >= d) if decay_at else step
@@ -162,13 +165,27 @@ def pgd(
         robust = robust & (logits.detach().argmax(1) == labels)
         return -F.cross_entropy(logits, labels, reduction="none")
 
-    point, _ = descend(model, negative_ce, lower, upper, first, steps=steps, step=step_size, decay_at=decay_at,
-                       decay_factor=decay_factor)
+    point, _ = descend(
+        model,
+        negative_ce,
+        lower,
+        upper,
+        first,
+        steps=steps,
+        step=step_size,
+        decay_at=decay_at,
+        decay_factor=decay_factor,
+    )
     return PGDResult(point=point, robust=robust)
 
 
 def _check(
-    x: Tensor, lower: Tensor, upper: Tensor, steps: int, step_size: float | Tensor, start: str,
+    x: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    steps: int,
+    step_size: float | Tensor,
+    start: str,
     generator: torch.Generator | None,
 ) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -176,12 +193,16 @@ def _check(
     if start not in STARTS:
         raise ValueError(f"PGD start must be one of {list(STARTS)}, got {start!r}")
     if start == "random" and generator is None:
-        raise ValueError("a random PGD start needs a torch.Generator (seeded, so that the attack is reproducible)")
+        raise ValueError(
+            "a random PGD start needs a torch.Generator (seeded, so that the attack is reproducible)"
+        )
     size = step_size.detach() if isinstance(step_size, Tensor) else torch.tensor(float(step_size))
     if not bool(torch.isfinite(size).all()) or bool((size < 0).any()):
         raise ValueError(f"PGD step_size must be finite and >= 0, got {step_size!r}")
     if lower.shape != x.shape or upper.shape != x.shape:
-        raise ValueError(f"the PGD box {tuple(lower.shape)}/{tuple(upper.shape)} must have x's shape {tuple(x.shape)}")
+        raise ValueError(
+            f"the PGD box {tuple(lower.shape)}/{tuple(upper.shape)} must have x's shape {tuple(x.shape)}"
+        )
     if bool((lower > upper).any()):
         raise ValueError("the PGD box has lower > upper somewhere; give lower <= upper")
 
@@ -238,5 +259,14 @@ def pgd_minimize(
     :param stop_below: stop as soon as some element's best value is below this.
     :return: ``(x, value)``: the best point of each element, ``(B, *input)``, and its value, ``(B,)``.
     """
-    return descend(model, objective, lower, upper, (lower + upper) / 2 if start is None else start, steps=steps,
-                   step=step_size * (upper - lower), should_stop=should_stop, stop_below=stop_below)
+    return descend(
+        model,
+        objective,
+        lower,
+        upper,
+        (lower + upper) / 2 if start is None else start,
+        steps=steps,
+        step=step_size * (upper - lower),
+        should_stop=should_stop,
+        stop_below=stop_below,
+    )

@@ -36,10 +36,12 @@ from relaxlab.store import Run, Store
 #: Row order of the reports: natural training, the paper's five, the CROWN-IBP defense.
 METHOD_ORDER = ("natural", *PAPER_RELAXATIONS, "CROWN-IBP")
 #: The rule of :func:`pick`, as the report states it.
-PICK_RULE = ("each cell is one certification of that network with its own relaxation: the one on the most test "
-             "images (n); among equal n the higher CR where the method has two own certifiers (CROWN-IBP: IBP or "
-             "CROWN-IBP (R)), then one with PGD, then the latest. Every certification is listed under "
-             "\"All certifications\".")
+PICK_RULE = (
+    "each cell is one certification of that network with its own relaxation: the one on the most test "
+    "images (n); among equal n the higher CR where the method has two own certifiers (CROWN-IBP: IBP or "
+    "CROWN-IBP (R)), then one with PGD, then the latest. Every certification is listed under "
+    '"All certifications".'
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -104,7 +106,9 @@ def certify_rows(store: Store) -> list[CertifyRow]:
                 name=run.name,
             )
         )
-    rows += [row for run in store.runs(kind="train", status="done") if (row := _trained(store, run)) is not None]
+    rows += [
+        row for run in store.runs(kind="train", status="done") if (row := _trained(store, run)) is not None
+    ]
     return rows
 
 
@@ -144,7 +148,9 @@ def _trained(store: Store, run: Run) -> CertifyRow | None:
 
 def _method(config: dict[str, Any]) -> str:
     """The row label of a training config (as :attr:`TrainConfig.label`, the relaxation as registered)."""
-    label = {"natural": "natural", "crown-ibp": "CROWN-IBP"}.get(config.get("method", ""), config.get("relaxation", "?"))
+    label = {"natural": "natural", "crown-ibp": "CROWN-IBP"}.get(
+        config.get("method", ""), config.get("relaxation", "?")
+    )
     return _canonical_method(label)
 
 
@@ -177,6 +183,7 @@ def _order(method: str) -> tuple[int, str]:
 
 def pick(rows: Iterable[CertifyRow]) -> CertifyRow:
     """The certification a table shows among ``rows`` (of one network and radius): :data:`PICK_RULE`."""
+
     def rank(row: CertifyRow) -> tuple[int, float, bool, int]:
         several = row.method in ("CROWN-IBP", "natural")
         return (row.n or 0, row.certified if several else 0.0, row.pgd is not None, row.run_id)
@@ -191,8 +198,11 @@ def display_names(rows: Sequence[CertifyRow]) -> dict[tuple[str, str, str, str],
         key = (row.dataset, row.architecture, row.method)
         if row.network not in networks.setdefault(key, []):
             networks[key].append(row.network)
-    return {(*key, network): key[2] if len(group) == 1 else f"{key[2]} ({network})"
-            for key, group in networks.items() for network in group}
+    return {
+        (*key, network): key[2] if len(group) == 1 else f"{key[2]} ({network})"
+        for key, group in networks.items()
+        for network in group
+    }
 
 
 def main_table(rows: Sequence[CertifyRow]) -> list[dict[str, Any]]:
@@ -201,29 +211,35 @@ def main_table(rows: Sequence[CertifyRow]) -> list[dict[str, Any]]:
     cells: dict[tuple[str, str, str, str, float], list[CertifyRow]] = {}
     for row in rows:
         if _own(row.method, row.certifier):
-            cells.setdefault((row.dataset, row.architecture, row.method, row.network, row.eps), []).append(row)
+            cells.setdefault((row.dataset, row.architecture, row.method, row.network, row.eps), []).append(
+                row
+            )
     records = []
     for key in sorted(cells, key=lambda k: (k[0], k[1], k[4], _order(k[2]), names[k[:4]])):
         row = pick(cells[key])
-        records.append({
-            "dataset": row.dataset,
-            "architecture": row.architecture,
-            "eps_test": row.eps,
-            "method": row.method,
-            "objective": row.objective,
-            "network": names[key[:4]],
-            "n": row.n,
-            "accuracy": 100 * row.accuracy,
-            "pgd": None if row.pgd is None else 100 * row.pgd,
-            "certified": 100 * row.certified,
-            "certifier": row.certifier,
-            "source": row.source,
-            "run": row.run_id,
-        })
+        records.append(
+            {
+                "dataset": row.dataset,
+                "architecture": row.architecture,
+                "eps_test": row.eps,
+                "method": row.method,
+                "objective": row.objective,
+                "network": names[key[:4]],
+                "n": row.n,
+                "accuracy": 100 * row.accuracy,
+                "pgd": None if row.pgd is None else 100 * row.pgd,
+                "certified": 100 * row.certified,
+                "certifier": row.certifier,
+                "source": row.source,
+                "run": row.run_id,
+            }
+        )
     return records
 
 
-def matrix_table(rows: Sequence[CertifyRow]) -> dict[tuple[str, str, float], dict[str, dict[str, CertifyRow]]]:
+def matrix_table(
+    rows: Sequence[CertifyRow],
+) -> dict[tuple[str, str, float], dict[str, dict[str, CertifyRow]]]:
     """Table 10: per (dataset, architecture, eps), network label -> certifier -> the picked certification.
 
     Networks come in the report's method order.
@@ -234,8 +250,10 @@ def matrix_table(rows: Sequence[CertifyRow]) -> dict[tuple[str, str, float], dic
         label = names[(row.dataset, row.architecture, row.method, row.network)]
         group = groups.setdefault((row.dataset, row.architecture, row.eps), {})
         group.setdefault(label, {}).setdefault(row.certifier, []).append(row)
-    return {key: {label: {c: pick(found) for c, found in by.items()} for label, by in group.items()}
-            for key, group in groups.items()}
+    return {
+        key: {label: {c: pick(found) for c, found in by.items()} for label, by in group.items()}
+        for key, group in groups.items()
+    }
 
 
 def _fmt(value: float | None) -> str:
@@ -258,21 +276,34 @@ def render_markdown(store: Store) -> str:
         groups.setdefault((record["dataset"], record["architecture"]), []).append(record)
     for (dataset, architecture), group in groups.items():
         epses = sorted({r["eps_test"] for r in group})
-        networks = list(dict.fromkeys(r["network"] for r in sorted(group, key=lambda r: (_order(r["method"]),
-                                                                                          r["network"]))))
+        networks = list(
+            dict.fromkeys(
+                r["network"] for r in sorted(group, key=lambda r: (_order(r["method"]), r["network"]))
+            )
+        )
         out += [f"## {dataset}, {architecture} (Table 2 / 11 layout; values in %)", ""]
-        header = "| Method | Objective | n | " + " | ".join(f"Acc ε={e:g} | PGD ε={e:g} | CR ε={e:g}" for e in epses) + " |"
+        header = (
+            "| Method | Objective | n | "
+            + " | ".join(f"Acc ε={e:g} | PGD ε={e:g} | CR ε={e:g}" for e in epses)
+            + " |"
+        )
         out += [header, "|---|---|---:|" + "---:|" * (3 * len(epses))]
         for network in networks:
             mine = [r for r in group if r["network"] == network]
             cells = [_n([r["n"] for r in mine])]
             for eps in epses:
                 match = [r for r in mine if r["eps_test"] == eps]
-                cells += [_fmt(match[0]["accuracy"]), _fmt(match[0]["pgd"]), _fmt(match[0]["certified"])] if match \
+                cells += (
+                    [_fmt(match[0]["accuracy"]), _fmt(match[0]["pgd"]), _fmt(match[0]["certified"])]
+                    if match
                     else ["", "", ""]
+                )
             out.append(f"| {network} | {mine[0]['objective']} | " + " | ".join(cells) + " |")
-        out += ["", f"n: test images. Pick: {PICK_RULE} PGD —: a training run's own final certification "
-                "(no attack).", ""]
+        out += [
+            "",
+            f"n: test images. Pick: {PICK_RULE} PGD —: a training run's own final certification (no attack).",
+            "",
+        ]
     for (dataset, architecture, eps), matrix in matrix_table(rows).items():
         certifiers = sorted({c for by in matrix.values() for c in by}, key=_order)
         if max(len(by) for by in matrix.values()) < 2:  # only the diagonal: nothing to add
@@ -288,8 +319,11 @@ def render_markdown(store: Store) -> str:
             "|---|" + "---:|" * len(certifiers),
         ]
         for label, by in matrix.items():
-            out.append(f"| {label} | " + " | ".join(_fmt(100 * by[c].certified if c in by else None)
-                                                     for c in certifiers) + " |")
+            out.append(
+                f"| {label} | "
+                + " | ".join(_fmt(100 * by[c].certified if c in by else None) for c in certifiers)
+                + " |"
+            )
         out.append("")
     out += _all_certifications(rows, records)
     out += render_sweeps(store)
@@ -304,17 +338,22 @@ def _all_certifications(rows: Sequence[CertifyRow], shown: Sequence[dict[str, An
         return []
     names = display_names(rows)
     picked = {record["run"] for record in shown}
-    out = ["## All certifications", "",
-           "Every certification in the store (sweeps aside), oldest first; ✓: the one the main table shows.", "",
-           "| run | network | trained | certified with | ε | n | Acc | PGD | CR | from | shown |",
-           "|---:|---|---|---|---:|---:|---:|---:|---:|---|:-:|"]
+    out = [
+        "## All certifications",
+        "",
+        "Every certification in the store (sweeps aside), oldest first; ✓: the one the main table shows.",
+        "",
+        "| run | network | trained | certified with | ε | n | Acc | PGD | CR | from | shown |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---|:-:|",
+    ]
     for row in sorted(rows, key=lambda r: r.run_id):
         source = "certify" if row.source == "certify" else "training's final certification"
         out.append(
             f"| {row.run_id} | {row.network} | {names[(row.dataset, row.architecture, row.method, row.network)]} | "
             f"{row.certifier} | {row.eps:g} | {_n([row.n])} | {_fmt(100 * row.accuracy)} | "
             f"{_fmt(None if row.pgd is None else 100 * row.pgd)} | {_fmt(100 * row.certified)} | {source} | "
-            f"{'✓' if row.run_id in picked else ''} |")
+            f"{'✓' if row.run_id in picked else ''} |"
+        )
     out.append("")
     return out
 
@@ -324,14 +363,19 @@ def _training_runs(store: Store) -> list[str]:
     trains = [run for run in store.runs(kind="train") if run.key is None]
     if not trains:
         return []
-    out = ["## Training runs", "",
-           "| id | name | directory | dataset | arch | method | objective | epochs | status |",
-           "|---:|---|---|---|---|---|---|---:|---|"]
+    out = [
+        "## Training runs",
+        "",
+        "| id | name | directory | dataset | arch | method | objective | epochs | status |",
+        "|---:|---|---|---|---|---|---|---:|---|",
+    ]
     for run in trains:
         c = run.config
-        out.append(f"| {run.id} | {run.name} | {c.get('run_dir', '?')} | {c.get('dataset')} | {c.get('architecture')} "
-                   f"| {_method(c)} | {c.get('objective', _objective_before(_method(c)))} | {c.get('epochs')} "
-                   f"| {run.status} |")
+        out.append(
+            f"| {run.id} | {run.name} | {c.get('run_dir', '?')} | {c.get('dataset')} | {c.get('architecture')} "
+            f"| {_method(c)} | {c.get('objective', _objective_before(_method(c)))} | {c.get('epochs')} "
+            f"| {run.status} |"
+        )
     out.append("")
     return out
 
@@ -340,10 +384,18 @@ def _tightness(store: Store) -> list[str]:
     runs = store.runs(kind="tightness", status="done")
     if not runs:
         return []
-    out = ["## Tightness (CR-AUC, Table 6 layout; relaxations in the paper's order)", "",
-           "| id | checkpoint | n | relaxation | CR-AUC |", "|---:|---|---:|---|---:|"]
+    out = [
+        "## Tightness (CR-AUC, Table 6 layout; relaxations in the paper's order)",
+        "",
+        "| id | checkpoint | n | relaxation | CR-AUC |",
+        "|---:|---|---:|---|---:|",
+    ]
     for run in runs:
-        aucs = {name[7:]: value for name, value in store.final_metrics(run.id).items() if name.startswith("cr_auc/")}
+        aucs = {
+            name[7:]: value
+            for name, value in store.final_metrics(run.id).items()
+            if name.startswith("cr_auc/")
+        }
         n = _n([run.config.get("n")])
         for name in sorted(aucs, key=_order):
             out.append(f"| {run.id} | {run.config.get('checkpoint')} | {n} | {name} | {aucs[name]:.2f} |")
@@ -354,8 +406,21 @@ def _tightness(store: Store) -> list[str]:
 def render_csv(store: Store) -> str:
     """The main-table records as CSV (one row per dataset, architecture, eps, network)."""
     buffer = io.StringIO()
-    fields = ["dataset", "architecture", "eps_test", "method", "objective", "n", "accuracy", "pgd", "certified",
-              "certifier", "network", "source", "run"]
+    fields = [
+        "dataset",
+        "architecture",
+        "eps_test",
+        "method",
+        "objective",
+        "n",
+        "accuracy",
+        "pgd",
+        "certified",
+        "certifier",
+        "network",
+        "source",
+        "run",
+    ]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for record in main_table(certify_rows(store)):

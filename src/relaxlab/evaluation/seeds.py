@@ -149,7 +149,10 @@ def seed_table(points: Sequence[SweepPoint]) -> list[SeedRow]:
 def own_certifiers(config: dict[str, Any], recorded: Sequence[str]) -> list[str]:
     """The recorded certifiers that are the run's own training relaxations (all recorded if none is)."""
     method = config.get("method", "certified")
-    own: dict[str, list[Any]] = {"crown-ibp": ["CROWN-IBP (R)", "IBP"], "certified": [config.get("relaxation")]}
+    own: dict[str, list[Any]] = {
+        "crown-ibp": ["CROWN-IBP (R)", "IBP"],
+        "certified": [config.get("relaxation")],
+    }
     return [c for c in recorded if c in own.get(method, [])] or list(recorded)
 
 
@@ -285,9 +288,14 @@ def own_rows(rows: Sequence[SeedRow]) -> list[OwnRow]:
         if not isinstance(name, str):
             continue
         relaxation = get_relaxation(name, allow_unsound=True)
-        if row.certifier != name and get_relaxation(row.certifier, allow_unsound=True).label != relaxation.label:
+        if (
+            row.certifier != name
+            and get_relaxation(row.certifier, allow_unsound=True).label != relaxation.label
+        ):
             continue  # certified with another relaxation than its own
-        out.append(OwnRow(relaxation=relaxation, name=name, rest=tuple(cell.items()), certified=row.certified))
+        out.append(
+            OwnRow(relaxation=relaxation, name=name, rest=tuple(cell.items()), certified=row.certified)
+        )
     return out
 
 
@@ -361,8 +369,17 @@ def compare_with_reference(rows: Sequence[SeedRow], reference: str = REFERENCE) 
             continue
         stds = (ref.certified.std, own.certified.std)
         spread = None if None in stds else sum(s for s in stds if s is not None)
-        out.append(Comparison(name=reference, other=own.name, rest=own.rest, reference=ref.certified, against=own.certified,
-                              difference=ref.certified.mean - own.certified.mean, spread=spread))
+        out.append(
+            Comparison(
+                name=reference,
+                other=own.name,
+                rest=own.rest,
+                reference=ref.certified,
+                against=own.certified,
+                difference=ref.certified.mean - own.certified.mean,
+                spread=spread,
+            )
+        )
     return out
 
 
@@ -373,14 +390,17 @@ def _render_comparison(comparisons: Sequence[Comparison], reference: str) -> lis
         f"Difference: mean CR of {reference} minus the other's; spread: the two sample standard deviations "
         "added (beyond it, the mean ± std ranges do not overlap).",
         "",
-        "| relaxation | " + "".join(f"{k} | " for k, _ in comparisons[0].rest)
+        "| relaxation | "
+        + "".join(f"{k} | " for k, _ in comparisons[0].rest)
         + f"CR | {reference} CR | difference | spread | verdict |",
         "|---|" + "---|" * len(comparisons[0].rest) + "---:|---:|---:|---:|---|",
     ]
     for c in comparisons:
-        out.append(f"| {c.other} | " + "".join(f"{v} | " for v in _cells_text(c.rest)) + f"{c.against.format()} | "
-                   f"{c.reference.format()} | {100 * c.difference:+.1f} | "
-                   f"{'—' if c.spread is None else f'{100 * c.spread:.1f}'} | {c.verdict} |")
+        out.append(
+            f"| {c.other} | " + "".join(f"{v} | " for v in _cells_text(c.rest)) + f"{c.against.format()} | "
+            f"{c.reference.format()} | {100 * c.difference:+.1f} | "
+            f"{'—' if c.spread is None else f'{100 * c.spread:.1f}'} | {c.verdict} |"
+        )
     out.append("")
     return out
 
@@ -393,10 +413,17 @@ def _render_looseness(table: LoosenessTable) -> list[str]:
         "|---|" + "---:|" * len(table.columns),
     ]
     for label, cells in table.rows.items():
-        out.append(f"| {label} | " + " | ".join(cells[c].format() if c in cells else "" for c in table.columns) + " |")
+        out.append(
+            f"| {label} | "
+            + " | ".join(cells[c].format() if c in cells else "" for c in table.columns)
+            + " |"
+        )
     out.append("")
     if table.references:
-        out += ["Without looseness: " + "; ".join(f"{k} {v.format()}" for k, v in table.references.items()) + ".", ""]
+        out += [
+            "Without looseness: " + "; ".join(f"{k} {v.format()}" for k, v in table.references.items()) + ".",
+            "",
+        ]
     return out
 
 

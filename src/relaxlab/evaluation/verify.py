@@ -191,7 +191,9 @@ class BoundFn(Protocol):
         multiplier optimisation).
     """
 
-    def __call__(self, model: nn.Module, lower: Tensor, upper: Tensor, C: Tensor, deadline: Deadline) -> Tensor: ...
+    def __call__(
+        self, model: nn.Module, lower: Tensor, upper: Tensor, C: Tensor, deadline: Deadline
+    ) -> Tensor: ...
 
 
 @frozen
@@ -256,8 +258,18 @@ def relaxation_bound(relaxation: object, optimise: Optimise | None = None) -> Bo
         # centre and a radius of the full width, clipped to the box: exactly [lower, upper], rounded
         # outward, and bounds that hold in floating point (rigorous): an unsat claim rests on them
         centre = (lower + upper) / 2
-        lb, _ = compute_bounds(model, centre, upper - lower, relaxation, C=C, domain=(lower, upper),  # type: ignore[arg-type]
-                               lower_only=True, rigorous=True, optimise=optimise, stop=deadline.expired)
+        lb, _ = compute_bounds(
+            model,
+            centre,
+            upper - lower,
+            relaxation,
+            C=C,
+            domain=(lower, upper),  # type: ignore[arg-type]
+            lower_only=True,
+            rigorous=True,
+            optimise=optimise,
+            stop=deadline.expired,
+        )
         return lb
 
     return bound
@@ -279,7 +291,9 @@ def resolve_stage(name: str) -> Stage:
 
     method = get_method(name)
     if isinstance(method, Optimised):  # each bound is a search already: no multiplier search around it
-        return BoundStage(method.name, relaxation_bound(method.relaxation, method.optimise), multipliers=False)
+        return BoundStage(
+            method.name, relaxation_bound(method.relaxation, method.optimise), multipliers=False
+        )
     return BoundStage(method.name, relaxation_bound(method))
 
 
@@ -351,7 +365,9 @@ class _RegionWork:
         The tolerance is :func:`~relaxlab.engine.spec.is_certified`'s, relative to the larger of the
         outputs at the box centre and the row's constant.
         """
-        scale = torch.cat([self.centre_outputs.expand(lb.numel(), -1), offsets.detach().abs().reshape(-1, 1)], 1)
+        scale = torch.cat(
+            [self.centre_outputs.expand(lb.numel(), -1), offsets.detach().abs().reshape(-1, 1)], 1
+        )
         return is_certified((lb - offsets).reshape(-1, 1), scale)
 
 
@@ -432,7 +448,9 @@ def _violation(C: Tensor, b: Tensor, mask: Tensor) -> Callable[[Tensor], Tensor]
     return objective
 
 
-def _confirm(x: Tensor, conjunction: Sequence[Atom], region: Region, network: _Network) -> Counterexample | None:
+def _confirm(
+    x: Tensor, conjunction: Sequence[Atom], region: Region, network: _Network
+) -> Counterexample | None:
     """The counterexample at ``x`` if the network's own forward pass and its float64 copy confirm it.
 
     ``x`` is first snapped to the network's dtype inside the box (one step of ``nextafter``
@@ -457,7 +475,9 @@ def _confirm(x: Tensor, conjunction: Sequence[Atom], region: Region, network: _N
     return None
 
 
-def _attack(stage: AttackStage, work: _RegionWork, network: _Network, deadline: Deadline) -> Counterexample | None:
+def _attack(
+    stage: AttackStage, work: _RegionWork, network: _Network, deadline: Deadline
+) -> Counterexample | None:
     """PGD on every open conjunction of one box; the first counterexample the network confirms.
 
     The descent runs on the network as given (float32 for an ONNX file: twice as fast as
@@ -491,8 +511,16 @@ def _attack(stage: AttackStage, work: _RegionWork, network: _Network, deadline: 
         start = lo_b + (hi_b - lo_b) * torch.rand(lo_b.shape, generator=generator, dtype=dtype)
         if round_ == 0:
             start[:: stage.starts] = (lo + hi) / 2  # one start per conjunction at the centre
-        x, value = pgd_minimize(network.model, objective, lo_b, hi_b, start=start, steps=stage.steps,
-                                should_stop=deadline.expired, stop_below=0.0)
+        x, value = pgd_minimize(
+            network.model,
+            objective,
+            lo_b,
+            hi_b,
+            start=start,
+            steps=stage.steps,
+            should_stop=deadline.expired,
+            stop_below=0.0,
+        )
         for k in torch.argsort(value).tolist():
             if float(value[k]) > 0:
                 break
@@ -502,7 +530,9 @@ def _attack(stage: AttackStage, work: _RegionWork, network: _Network, deadline: 
     return None
 
 
-def _split(stage: SplitStage, work: _RegionWork, network: _Network, deadline: Deadline) -> Counterexample | None:
+def _split(
+    stage: SplitStage, work: _RegionWork, network: _Network, deadline: Deadline
+) -> Counterexample | None:
     """Branch and bound on one box (see :class:`SplitStage`); refuted conjunctions leave ``work.open``."""
     chosen = [index for index in work.open if work.rows[index][1].numel()]
     if math.prod(network.input_shape) > stage.max_inputs or not chosen:
@@ -521,9 +551,16 @@ def _split(stage: SplitStage, work: _RegionWork, network: _Network, deadline: De
     pending = torch.ones(1, len(chosen), dtype=torch.bool)  # which conjunctions are open on each sub-box
     bounded = 0
     while pending.shape[0] and not deadline.expired() and bounded < stage.max_boxes:
-        lo, hi, mask = pending_lo[-stage.batch:], pending_hi[-stage.batch:], pending[-stage.batch:]  # depth first
-        pending_lo, pending_hi, pending = (pending_lo[:-stage.batch], pending_hi[:-stage.batch],
-                                           pending[:-stage.batch])
+        lo, hi, mask = (
+            pending_lo[-stage.batch :],
+            pending_hi[-stage.batch :],
+            pending[-stage.batch :],
+        )  # depth first
+        pending_lo, pending_hi, pending = (
+            pending_lo[: -stage.batch],
+            pending_hi[: -stage.batch],
+            pending[: -stage.batch],
+        )
         with torch.no_grad():
             lb = stage.bound(network.model64, lo, hi, C, deadline)
         bounded += lo.shape[0]
@@ -534,10 +571,16 @@ def _split(stage: SplitStage, work: _RegionWork, network: _Network, deadline: De
         if not lo.shape[0]:
             continue
         centre = ((lo + hi) / 2).requires_grad_(True)
-        values = network.model64(centre).reshape(lo.shape[0], -1) @ C.T - b  # (n, S): every row at the centres
+        values = (
+            network.model64(centre).reshape(lo.shape[0], -1) @ C.T - b
+        )  # (n, S): every row at the centres
         violation = values.detach().unsqueeze(1).masked_fill(~(belongs & atom), -math.inf).amax(2)  # (n, D)
-        for box, position in ((violation <= 0) & mask).nonzero().tolist():  # a centre that violates: confirm it
-            found = _confirm(centre[box].detach(), work.region.disjuncts[chosen[position]], work.region, network)
+        for box, position in (
+            ((violation <= 0) & mask).nonzero().tolist()
+        ):  # a centre that violates: confirm it
+            found = _confirm(
+                centre[box].detach(), work.region.disjuncts[chosen[position]], work.region, network
+            )
             if found is not None:
                 return found
         # halve each sub-box along the input of largest width x |gradient of its open conjunctions' averages|
@@ -615,7 +658,9 @@ def _answer(
 ) -> Result:
     """Run the plan; an answer that arrives after the limit is a ``timeout``; an exception an ``error``."""
 
-    def result(status: str, method: str = "", reason: str = "", counterexample: Counterexample | None = None) -> Result:
+    def result(
+        status: str, method: str = "", reason: str = "", counterexample: Counterexample | None = None
+    ) -> Result:
         seconds = deadline.elapsed()
         if status in ("unsat", "sat", "unknown") and seconds > timeout:
             reason = f"{status} after {seconds:.3g} s, beyond the limit of {timeout:g} s"
@@ -641,7 +686,10 @@ def _check_sizes(prop: Property, network: _Network) -> None:
 
 
 def _run_plan(
-    prop: Property, network: _Network, stages: Sequence[Stage], deadline: Deadline,
+    prop: Property,
+    network: _Network,
+    stages: Sequence[Stage],
+    deadline: Deadline,
     result: Callable[..., Result],
 ) -> Result:
     works = [_RegionWork(region, network) for region in prop.regions]
@@ -653,7 +701,9 @@ def _run_plan(
     tried = []
     for stage in stages:
         if deadline.expired():
-            return result("timeout", reason=f"time limit reached after {', '.join(tried) or 'reading the files'}")
+            return result(
+                "timeout", reason=f"time limit reached after {', '.join(tried) or 'reading the files'}"
+            )
         tried.append(stage.name)
         multipliers = False
         for work in works:
@@ -662,7 +712,9 @@ def _run_plan(
             if deadline.expired():
                 return result("timeout", reason=f"time limit reached during {stage.name}")
             if isinstance(stage, (AttackStage, SplitStage)):
-                found = (_attack if isinstance(stage, AttackStage) else _split)(stage, work, network, deadline)  # type: ignore[operator]
+                found = (_attack if isinstance(stage, AttackStage) else _split)(
+                    stage, work, network, deadline
+                )  # type: ignore[operator]
                 if found is not None:
                     return result("sat", stage.name, counterexample=found)
             else:
@@ -673,8 +725,9 @@ def _run_plan(
         return result("timeout", reason=f"time limit reached after {', '.join(tried)}")
     left = sum(len(work.open) for work in works)
     total = sum(len(work.region.disjuncts) for work in works)
-    return result("unknown", reason=f"{left} of {total} conjunctions neither refuted nor violated by "
-                                    f"{', '.join(tried)}")
+    return result(
+        "unknown", reason=f"{left} of {total} conjunctions neither refuted nor violated by {', '.join(tried)}"
+    )
 
 
 # --- many instances --------------------------------------------------------------------------
@@ -701,7 +754,9 @@ def read_instances(path: str | Path, *, timeout: float | None = None) -> list[In
             except ValueError:
                 raise ValueError(f"{path}:{number}: timeout {limit!r} is not a number") from None
             if not seconds > 0 or not math.isfinite(seconds):
-                raise ValueError(f"{path}:{number}: the timeout must be a positive number of seconds, got {seconds}")
+                raise ValueError(
+                    f"{path}:{number}: the timeout must be a positive number of seconds, got {seconds}"
+                )
             instances.append(Instance(folder / onnx_name, folder / vnnlib_name, seconds, folder.name))
     return instances
 
@@ -745,8 +800,10 @@ def write_results(results: Sequence[Result], directory: str | Path) -> None:
         name = "__".join(filter(None, (instance.benchmark, instance.network.stem, instance.prop.stem)))
         write_text_atomic(directory / f"{name}.txt", result_text(outcome))
         reason = outcome.reason.replace('"', "'").replace("\n", " ")
-        lines.append(f'{instance.benchmark},{instance.network.name},{instance.prop.name},{outcome.status},'
-                     f'{outcome.method},{outcome.seconds:.3f},"{reason}"')
+        lines.append(
+            f"{instance.benchmark},{instance.network.name},{instance.prop.name},{outcome.status},"
+            f'{outcome.method},{outcome.seconds:.3f},"{reason}"'
+        )
     write_text_atomic(directory / "results.csv", "\n".join(lines) + "\n")
 
 
@@ -801,7 +858,9 @@ def contradictions(
     """
     for outcome in results:
         instance = _instance(outcome)
-        consensus = expected.get((instance.benchmark, instance.network.name, instance.prop.name), ("unknown", 0, 0))[0]
+        consensus = expected.get(
+            (instance.benchmark, instance.network.name, instance.prop.name), ("unknown", 0, 0)
+        )[0]
         if outcome.status == "unsat" and consensus == "SAT":
             yield outcome, "proved safe where the competition found a counterexample"
         elif outcome.status == "sat" and consensus == "UNSAT":

@@ -75,9 +75,12 @@ class Executor(abc.ABC):
         prints (Ray's notices) comes before the bar instead of through it.
         """
         return None
+
     @abc.abstractmethod
     def run(
-        self, tasks: Iterable[RunTask], on_start: Callable[[RunTask], None] | None = None,
+        self,
+        tasks: Iterable[RunTask],
+        on_start: Callable[[RunTask], None] | None = None,
         on_progress: OnProgress | None = None,
     ) -> Iterator[RunOutcome]:
         """Run ``tasks``; yield one outcome per task as each finishes.
@@ -97,7 +100,9 @@ class InProcessExecutor(Executor):
         super().__init__(1)
 
     def run(
-        self, tasks: Iterable[RunTask], on_start: Callable[[RunTask], None] | None = None,
+        self,
+        tasks: Iterable[RunTask],
+        on_start: Callable[[RunTask], None] | None = None,
         on_progress: OnProgress | None = None,
     ) -> Iterator[RunOutcome]:
         """Run each task in turn (see :meth:`Executor.run`)."""
@@ -252,7 +257,9 @@ class RayExecutor(Executor):
         return True
 
     def run(
-        self, tasks: Iterable[RunTask], on_start: Callable[[RunTask], None] | None = None,
+        self,
+        tasks: Iterable[RunTask],
+        on_start: Callable[[RunTask], None] | None = None,
         on_progress: OnProgress | None = None,
     ) -> Iterator[RunOutcome]:
         """Keep ``workers`` tasks submitted; yield outcomes as Ray finishes them (see :meth:`Executor.run`).
@@ -280,7 +287,9 @@ class RayExecutor(Executor):
         try:
             submit()
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=None if on_progress is None else POLL_SECONDS)
+                ready, _ = ray.wait(
+                    list(pending), num_returns=1, timeout=None if on_progress is None else POLL_SECONDS
+                )
                 if not ready:
                     for task in pending.values():
                         share = read_progress(Path(task.run_dir) / PROGRESS_NAME)

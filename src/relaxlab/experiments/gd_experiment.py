@@ -41,9 +41,9 @@ def random_network(seed: int, dtype: torch.dtype = torch.float64) -> tuple[nn.Se
     def integers(*shape: int) -> Tensor:
         return torch.randint(-4, 5, shape, generator=gen).to(dtype)
 
-    model = nn.Sequential(
-        nn.Linear(1, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2)
-    ).to(dtype)
+    model = nn.Sequential(nn.Linear(1, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2)).to(
+        dtype
+    )
     with torch.no_grad():
         for module in model:
             if isinstance(module, nn.Linear):
@@ -110,8 +110,9 @@ def run_gd(
 ) -> Trajectory:
     """Gradient ascent on ``δ``: ``δ ← δ + lr_t · d(bound)/dδ``, ``lr_t = lr · decay^t``."""
     if epochs < 0 or not (math.isfinite(lr) and lr > 0) or not 0 < decay <= 1:  # nan > 0 is false: refused
-        raise ValueError(f"need a finite lr > 0, 0 < decay <= 1, epochs >= 0; got lr={lr}, decay={decay}, "
-                         f"epochs={epochs}")
+        raise ValueError(
+            f"need a finite lr > 0, 0 < decay <= 1, epochs >= 0; got lr={lr}, decay={decay}, epochs={epochs}"
+        )
     resolved = get_relaxation(relaxation)  # type: ignore[arg-type]
     fn = bound_value(resolved, eps, output=output, domain=domain)
     name, d = _single(direction if direction is not None else _direction(model, x, fn))
@@ -141,7 +142,9 @@ def _direction(model: nn.Module, x: Tensor, fn: object) -> dict[str, Tensor]:
     (grad,) = torch.autograd.grad(value, [param])
     norm = float(grad.norm())
     if norm == 0.0:
-        raise ValueError("the bound's gradient with respect to the first-layer weights is 0 at δ = 0; pick another seed")
+        raise ValueError(
+            "the bound's gradient with respect to the first-layer weights is 0 at δ = 0; pick another seed"
+        )
     return {name: grad.detach() / norm}
 
 
@@ -186,7 +189,9 @@ def gd_experiment(
     fn = bound_value(chosen, eps, output=output)
     direction = _direction(model, x, fn)
     trajectories = {
-        r.label: run_gd(model, x, eps, r, output=output, direction=direction, lr=lr, decay=decay, epochs=epochs)
+        r.label: run_gd(
+            model, x, eps, r, output=output, direction=direction, lr=lr, decay=decay, epochs=epochs
+        )
         for r in (chosen, base)
     }
     reach = max(abs(d) for t in trajectories.values() for d in t.deltas)
@@ -194,7 +199,8 @@ def gd_experiment(
     grid = torch.linspace(-radius, radius, points, dtype=x.dtype)
     batched = {name: d.unsqueeze(0) for name, d in direction.items()}
     landscapes = {
-        r.label: along_segments(model, x, batched, grid, bound_value(r, eps, output=output))[0] for r in (chosen, base)
+        r.label: along_segments(model, x, batched, grid, bound_value(r, eps, output=output))[0]
+        for r in (chosen, base)
     }
     return GDExperiment(seed, float(eps), output, grid, landscapes, trajectories, settings)
 
@@ -208,7 +214,10 @@ def find_illustrative(relaxation: object, seeds: Iterable[int], *, output: int =
         except ValueError:
             continue
         chosen, base = list(result.trajectories)
-        final_chosen, final_base = result.trajectories[chosen].values[-1], result.trajectories[base].values[-1]
+        final_chosen, final_base = (
+            result.trajectories[chosen].values[-1],
+            result.trajectories[base].values[-1],
+        )
         if final_chosen < final_base - 1e-6 and float(result.landscapes[chosen].max()) > float(
             result.landscapes[base].max()
         ):
@@ -230,8 +239,16 @@ def plot_gd(result: GDExperiment, path: str | Path) -> Path:
     for label, values in result.landscapes.items():
         line = ax.plot(grid, values.cpu().numpy(), lw=1.2, label=f"{label} landscape")[0]
         trajectory = result.trajectories[label]
-        ax.plot(trajectory.deltas, trajectory.values, "o-", ms=3, lw=0.6, color=line.get_color(),
-                alpha=0.8, label=f"{label} GD ({len(trajectory.deltas) - 1} steps)")
+        ax.plot(
+            trajectory.deltas,
+            trajectory.values,
+            "o-",
+            ms=3,
+            lw=0.6,
+            color=line.get_color(),
+            alpha=0.8,
+            label=f"{label} GD ({len(trajectory.deltas) - 1} steps)",
+        )
         ax.plot(trajectory.deltas[-1:], trajectory.values[-1:], "*", ms=12, color=line.get_color())
     lr, decay, epochs = result.settings
     ax.set_xlabel("δ (first-layer weights along the unit gradient direction)")

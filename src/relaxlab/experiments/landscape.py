@@ -201,8 +201,11 @@ def plot_landscape(
         layout = "one y-axis"
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     span = f"δ ∈ [{float(deltas[0]):g}, {float(deltas[-1]):g}]"
-    fig.suptitle(f"{title or f'{result.quantity} along the gradient direction'}\n"
-                 f"{len(deltas)} points, {span}; {layout}", fontsize=10)
+    fig.suptitle(
+        f"{title or f'{result.quantity} along the gradient direction'}\n"
+        f"{len(deltas)} points, {span}; {layout}",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -215,8 +218,15 @@ def _jump_handle() -> object:
     return Line2D([], [], color=JUMP_COLOUR, ls="--", lw=1.2, marker="o", markersize=4)
 
 
-def _draw(ax: Any, deltas: Any, result: Landscape, key: str, colour: str, label: str | None = None,
-          marks: bool = True) -> None:
+def _draw(
+    ax: Any,
+    deltas: Any,
+    result: Landscape,
+    key: str,
+    colour: str,
+    label: str | None = None,
+    marks: bool = True,
+) -> None:
     """One curve; with ``marks`` its jumps as red dashed lines and red dots either side."""
     from matplotlib.ticker import MaxNLocator
 
@@ -224,7 +234,9 @@ def _draw(ax: Any, deltas: Any, result: Landscape, key: str, colour: str, label:
     ax.plot(deltas, values, lw=1.2, color=colour, label=label)
     if marks:
         for i in result.jumps[key]:
-            ax.axvline(0.5 * (deltas[i] + deltas[i + 1]), color=JUMP_COLOUR, ls="--", lw=1.0, alpha=0.8, zorder=1)
+            ax.axvline(
+                0.5 * (deltas[i] + deltas[i + 1]), color=JUMP_COLOUR, ls="--", lw=1.0, alpha=0.8, zorder=1
+            )
             ax.plot(deltas[i : i + 2], values[i : i + 2], "o", color=JUMP_COLOUR, markersize=3.5, zorder=3)
     ax.set_xlim(float(deltas[0]), float(deltas[-1]))
     ax.xaxis.set_major_locator(MaxNLocator(5))

@@ -135,24 +135,52 @@ def run_paradox(
     with Store(out_dir / STORE_NAME) as store:
         models = _train_all(configs, out_dir, store, data, progress=progress, log=log, device=device)
         log(f"tightness: CR curves of {len(relaxations)} relaxations at {tightness_points} radii ...")
-        aucs = _tightness(models["natural"], data, relaxations, store, out_dir,
-                          eps_max=tightness_eps_max, points=tightness_points, n=tightness_n,
-                          progress=progress, device=device).auc()
+        aucs = _tightness(
+            models["natural"],
+            data,
+            relaxations,
+            store,
+            out_dir,
+            eps_max=tightness_eps_max,
+            points=tightness_points,
+            n=tightness_n,
+            progress=progress,
+            device=device,
+        ).auc()
         rows = []
         for relaxation in relaxations:
             log(f"certifying the {relaxation.name}-trained network with {relaxation.name} ...")
             config = next(c for c in configs if c.label == relaxation.name)
             done = progress(f"certify {relaxation.name}", int(data.test_y.shape[0])) if progress else None
-            result = certify(models[relaxation.name], data.test_x.to(device), data.test_y.to(device), eps,
-                             [relaxation], pgd=not quick, progress=done)[0]
-            record_results(store, [result], checkpoint=out_dir / config.name / CHECKPOINT_NAME,
-                           trained=_trained(config), name=f"certify-{config.name}")
+            result = certify(
+                models[relaxation.name],
+                data.test_x.to(device),
+                data.test_y.to(device),
+                eps,
+                [relaxation],
+                pgd=not quick,
+                progress=done,
+            )[0]
+            record_results(
+                store,
+                [result],
+                checkpoint=out_dir / config.name / CHECKPOINT_NAME,
+                trained=_trained(config),
+                name=f"certify-{config.name}",
+            )
             properties = derive(relaxation)
-            rows.append(ParadoxRow(
-                relaxation=relaxation.name, continuous=properties.continuous, sensitive=properties.sensitive,
-                cr_auc=aucs[relaxation.name], accuracy=100 * result.accuracy, certified=100 * result.certified,
-                pgd=None if result.pgd is None else 100 * result.pgd, n=result.n,
-            ))
+            rows.append(
+                ParadoxRow(
+                    relaxation=relaxation.name,
+                    continuous=properties.continuous,
+                    sensitive=properties.sensitive,
+                    cr_auc=aucs[relaxation.name],
+                    accuracy=100 * result.accuracy,
+                    certified=100 * result.certified,
+                    pgd=None if result.pgd is None else 100 * result.pgd,
+                    n=result.n,
+                )
+            )
     (out_dir / "paradox.md").write_text(paradox_markdown(rows, eps=eps, n=int(data.test_y.shape[0])))
     (out_dir / "paradox.csv").write_text(paradox_csv(rows))
     (out_dir / "paradox.json").write_text(json.dumps([attrs.asdict(r) for r in rows], indent=1))
@@ -161,13 +189,23 @@ def run_paradox(
 
 
 def _trained(config: TrainConfig) -> dict[str, object]:
-    return {"dataset": config.dataset, "architecture": config.architecture, "method_label": config.label,
-            "objective": config.objective_label}
+    return {
+        "dataset": config.dataset,
+        "architecture": config.architecture,
+        "method_label": config.label,
+        "objective": config.objective_label,
+    }
 
 
 def _train_all(
-    configs: list[TrainConfig], out_dir: Path, store: Store, data: Data, *,
-    progress: Callable[[str, int], Callable[[int], None]] | None, log: Callable[[str], None], device: str = "cpu",
+    configs: list[TrainConfig],
+    out_dir: Path,
+    store: Store,
+    data: Data,
+    *,
+    progress: Callable[[str, int], Callable[[int], None]] | None,
+    log: Callable[[str], None],
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train (or reuse the finished run of) every config; the models by label (on ``device``)."""
     models = {}
@@ -184,30 +222,51 @@ def _train_all(
             continue
         resume = (run_dir / CHECKPOINT_NAME).exists()
         log(f"training {config.label} ({'resuming' if resume else config.epochs} epochs) ...")
-        models[config.label] = train(config, run_dir, store=store, resume=resume, progress=progress, data=data,
-                                     device=device).model
+        models[config.label] = train(
+            config, run_dir, store=store, resume=resume, progress=progress, data=data, device=device
+        ).model
     return models
 
 
 def _tightness(
-    model: Any, data: Data, relaxations: list[ReluRelaxation], store: Store, out_dir: Path, *,
-    eps_max: float, points: int, n: int, progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    model: Any,
+    data: Data,
+    relaxations: list[ReluRelaxation],
+    store: Store,
+    out_dir: Path,
+    *,
+    eps_max: float,
+    points: int,
+    n: int,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
     device: str = "cpu",
 ) -> TightnessResult:
     """CR curves on the naturally trained network (App. B.1), recorded and plotted."""
     grid = eps_grid(eps_max, points)
     run_id = store.create_run(
         "tightness",
-        {"checkpoint": str(out_dir / "paradox-natural" / CHECKPOINT_NAME), "eps_max": eps_max, "points": points,
-         "n": min(n, int(data.test_y.shape[0])), "dataset": "mnist-mini", "architecture": "CONV"},
+        {
+            "checkpoint": str(out_dir / "paradox-natural" / CHECKPOINT_NAME),
+            "eps_max": eps_max,
+            "points": points,
+            "n": min(n, int(data.test_y.shape[0])),
+            "dataset": "mnist-mini",
+            "architecture": "CONV",
+        },
         name="paradox-tightness",
     )
     # Tightness is an empirical comparison, not a certificate: float32 bounds on the first
     # ``n`` test images keep it to about a minute on a CPU.
     done = progress("tightness", len(relaxations) * len(grid)) if progress is not None else None
-    result = cr_curves(model, data.test_x[:n].to(device), data.test_y[:n].to(device), grid, relaxations,
-                       dtype=torch.float32,
-                       progress=None if done is None else (lambda: done(1)))
+    result = cr_curves(
+        model,
+        data.test_x[:n].to(device),
+        data.test_y[:n].to(device),
+        grid,
+        relaxations,
+        dtype=torch.float32,
+        progress=None if done is None else (lambda: done(1)),
+    )
     store.log_metrics(run_id, 0, {f"cr_auc/{k}": v for k, v in result.auc().items()})
     store.finish_run(run_id)
     plot_curves(result, out_dir / "tightness.png", title="CR curves, naturally trained CONV (mnist-mini)")
@@ -283,9 +342,18 @@ def plot_paradox(rows: Sequence[ParadoxRow], path: str | Path, *, eps: float) ->
     ax.set_xlabel("tightness: CR-AUC on a naturally trained CONV (higher = tighter)")
     ax.set_ylabel(f"CR after certified training [%] (ε = {eps:g})")
     n = _n_label(rows)
-    ax.set_title(f"CR after certified training against tightness\n{n} test images per CR, ε = {eps:g}", fontsize=9)
-    ax.legend(handles=flag_legend(), loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8,
-              title="marker: C, colour: S", title_fontsize=8)
+    ax.set_title(
+        f"CR after certified training against tightness\n{n} test images per CR, ε = {eps:g}", fontsize=9
+    )
+    ax.legend(
+        handles=flag_legend(),
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0,
+        fontsize=8,
+        title="marker: C, colour: S",
+        title_fontsize=8,
+    )
     ax.grid(alpha=0.3)
     ax.margins(0.2)
     fig.tight_layout()

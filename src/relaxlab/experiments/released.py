@@ -66,7 +66,10 @@ class ReleasedNetwork:
 
 def _released(architecture: str, tag: str, trained_with: str, sha256: str) -> ReleasedNetwork:
     return ReleasedNetwork(
-        name=f"mnist_{architecture}_{tag}", architecture=architecture, trained_with=trained_with, sha256=sha256
+        name=f"mnist_{architecture}_{tag}",
+        architecture=architecture,
+        trained_with=trained_with,
+        sha256=sha256,
     )
 
 
@@ -76,17 +79,31 @@ RELEASED_NETWORKS: tuple[ReleasedNetwork, ...] = (
     _released("FC", "hbox", "hBox", "e28243809c52ca6fe74af6e70475449247262cb9fc01a4115238b57763d8840b"),
     _released("FC", "zono", "DeepZ", "a7a64318d131cd8f18f415360901d6994a83f4f0ea48b08ba2d4ac32c09407f8"),
     _released("FC", "crown", "CROWN", "e92b428dac7dee506414b8688df1bb34b4cdd7127561291b1131124b1f8782a4"),
-    _released("FC", "crownibp1to1", "CROWN-IBP (R)",
-              "e97281b0929bba9b3c386229486784177a4bdd113607ccaad001fd67e6ccbbf4"),
-    _released("FC", "crownibp1to0", "CROWN-IBP", "356d933105480aa925747ac92066000d0d417495e49085f71153e56c6a41e9e7"),
+    _released(
+        "FC",
+        "crownibp1to1",
+        "CROWN-IBP (R)",
+        "e97281b0929bba9b3c386229486784177a4bdd113607ccaad001fd67e6ccbbf4",
+    ),
+    _released(
+        "FC", "crownibp1to0", "CROWN-IBP", "356d933105480aa925747ac92066000d0d417495e49085f71153e56c6a41e9e7"
+    ),
     _released("CONV", "box", "IBP", "f5ef2e4501299d30573856a1c127fbe11930ab1919788c3affa48c581204c7f8"),
     _released("CONV", "hbox", "hBox", "0d3fad7b0dc57069c11bbbb84a3951cc9dee2fa3fa80a6292110f87077c8f410"),
     _released("CONV", "zono", "DeepZ", "876bc08baf2da84c93d44dbdfeb2eeac98fa6b7cc210d033592ee90453d5cea9"),
     _released("CONV", "crown", "CROWN", "1ff05f5db6d68a7b299e9348355a5ce9ee2b42556360178535cf6b9571d9f1f5"),
-    _released("CONV", "crownibp1to1", "CROWN-IBP (R)",
-              "e5a2976d9613e7e5ad0f0794e4d0677b7983c62b7a1b66f69f05ab0b5a1bc3ec"),
-    _released("CONV", "crownibp1to0", "CROWN-IBP",
-              "0405fbb5ba45098de208d4548447d9de653c482a35a4ecf610e6b93771cb7d51"),
+    _released(
+        "CONV",
+        "crownibp1to1",
+        "CROWN-IBP (R)",
+        "e5a2976d9613e7e5ad0f0794e4d0677b7983c62b7a1b66f69f05ab0b5a1bc3ec",
+    ),
+    _released(
+        "CONV",
+        "crownibp1to0",
+        "CROWN-IBP",
+        "0405fbb5ba45098de208d4548447d9de653c482a35a4ecf610e6b93771cb7d51",
+    ),
 )
 _BY_SHA256 = {network.sha256: network for network in RELEASED_NETWORKS}
 _BY_NAME = {network.name: network for network in RELEASED_NETWORKS}
@@ -196,7 +213,9 @@ def load_released(path: str | os.PathLike[str]) -> tuple[ReleasedNetwork, nn.Seq
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a released file with its hash always loads; say why this one did not
-        raise ReleasedNetworkError(f"{path}: cannot be read as a weights-only state dict ({error})") from error
+        raise ReleasedNetworkError(
+            f"{path}: cannot be read as a weights-only state dict ({error})"
+        ) from error
     return network, build_released(network, state, source=str(path))
 
 

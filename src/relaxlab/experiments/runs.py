@@ -178,7 +178,9 @@ def execute_run(task: RunTask, progress: Callable[[float], None] | None = None) 
         return RunOutcome.failure(task.key, error, seconds=time.monotonic() - start)
 
 
-def step_shares(progress: Callable[[float], None] | None) -> Callable[[str, int], Callable[[int], None]] | None:
+def step_shares(
+    progress: Callable[[float], None] | None,
+) -> Callable[[str, int], Callable[[int], None]] | None:
     """:func:`~relaxlab.training.trainer.train`'s progress protocol turned into shares of the training steps."""
     if progress is None:
         return None
@@ -238,7 +240,9 @@ def _execute(task: RunTask, start: float, progress: Callable[[float], None] | No
     run_dir = Path(task.run_dir)
     resume = (run_dir / CHECKPOINT_NAME).is_file()
     try:
-        result = train(config, run_dir, resume=resume, data=full, device=task.device, progress=step_shares(progress))
+        result = train(
+            config, run_dir, resume=resume, data=full, device=task.device, progress=step_shares(progress)
+        )
     except CheckpointError:  # an unreadable checkpoint from an earlier attempt: start over
         (run_dir / CHECKPOINT_NAME).unlink()
         result = train(config, run_dir, data=full, device=task.device, progress=step_shares(progress))
@@ -258,8 +262,13 @@ def _execute(task: RunTask, start: float, progress: Callable[[float], None] | No
     vals: list[Any] = [None] * len(relaxations)
     if data.val_x is not None and data.val_y is not None:
         vals = certify(
-            result.model, data.val_x.to(task.device), data.val_y.to(task.device), task.eps, relaxations,
-            num_classes=classes, pgd=False,
+            result.model,
+            data.val_x.to(task.device),
+            data.val_y.to(task.device),
+            task.eps,
+            relaxations,
+            num_classes=classes,
+            pgd=False,
         )
     outcomes = tuple(
         CertifyOutcome(

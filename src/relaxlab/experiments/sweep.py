@@ -270,13 +270,24 @@ def load_sweep(path: str | Path, *, data_dir: str | None = None) -> Sweep:
     :return: the sweep with every run resolved.
     :raises SweepError: any invalid key or value, naming it and the fix.
     """
-    return load_file(path, "sweep file", SweepError,
-                     lambda data, path: parse_sweep(data, name=path.stem, source=path.name, root=path.parent,
-                                                    data_dir=data_dir))
+    return load_file(
+        path,
+        "sweep file",
+        SweepError,
+        lambda data, path: parse_sweep(
+            data, name=path.stem, source=path.name, root=path.parent, data_dir=data_dir
+        ),
+    )
 
 
-def parse_sweep(data: Mapping[str, Any], *, name: str, source: str = "", root: Path | None = None,
-                data_dir: str | None = None) -> Sweep:
+def parse_sweep(
+    data: Mapping[str, Any],
+    *,
+    name: str,
+    source: str = "",
+    root: Path | None = None,
+    data_dir: str | None = None,
+) -> Sweep:
     """Validate a sweep given as a mapping (the parsed TOML); see :func:`load_sweep`."""
     check_keys(data, SWEEP_KEYS, "top level", SweepError)
     sweep_name = plain_name(data.get("name", name), SweepError)
@@ -389,8 +400,14 @@ def record_outcome(
         store.delete_runs(r.id for r in earlier if r.status != "done")
         config = run.config.to_dict()
         # the record spans the run's wall time: created when it started, finished when it was recorded
-        train_id = store.create_run("train", config, name=run.key, env=outcome.environment, key=run.key,
-                                    created=time.time() - outcome.seconds)
+        train_id = store.create_run(
+            "train",
+            config,
+            name=run.key,
+            env=outcome.environment,
+            key=run.key,
+            created=time.time() - outcome.seconds,
+        )
         if outcome.status != "done":
             store.finish_run(train_id, "failed", error=outcome.error)
             return train_id
@@ -455,8 +472,10 @@ class SweepPlan:
         if self.seconds_per_run is None:
             return text + "; no time estimate yet (no run of this sweep has finished in its store)"
         total = self.seconds_per_run * self.todo / max(workers, 1)
-        return (text + f"; about {_duration(total)} with {workers} at a time "
-                       f"({self.seconds_per_run:.0f} s per run, the mean of the {self.done:,} done)")
+        return (
+            text + f"; about {_duration(total)} with {workers} at a time "
+            f"({self.seconds_per_run:.0f} s per run, the mean of the {self.done:,} done)"
+        )
 
 
 def plan(sweep: Sweep, out_dir: str | Path) -> SweepPlan:
@@ -466,10 +485,16 @@ def plan(sweep: Sweep, out_dir: str | Path) -> SweepPlan:
         return SweepPlan(todo=len(sweep.runs), done=0, seconds_per_run=None)
     with Store(path, readonly=True) as store:
         done = {r.key: r for r in store.runs(kind="train", status="done") if r.finished is not None}
-    times = [done[run.key].finished - done[run.key].created for run in sweep.runs  # type: ignore[operator]
-             if run.key in done]
-    return SweepPlan(todo=len(sweep.runs) - len(times), done=len(times),
-                     seconds_per_run=sum(times) / len(times) if times else None)
+    times = [
+        done[run.key].finished - done[run.key].created
+        for run in sweep.runs  # type: ignore[operator]
+        if run.key in done
+    ]
+    return SweepPlan(
+        todo=len(sweep.runs) - len(times),
+        done=len(times),
+        seconds_per_run=sum(times) / len(times) if times else None,
+    )
 
 
 def _open_sweep_record(store: Store, sweep: Sweep) -> int:
@@ -642,8 +667,9 @@ def run_sweep(
                 finished(share - shares.get(key, 0.0))
                 shares[key] = share
 
-        for outcome in executor.run(claimed(tasks), on_start=lambda _task: counts.update(started=1),
-                                    on_progress=advance):
+        for outcome in executor.run(
+            claimed(tasks), on_start=lambda _task: counts.update(started=1), on_progress=advance
+        ):
             record_outcome(store, by_key[outcome.key], outcome, sweep=sweep.name, owner=owner)
             if finished is not None:
                 finished(1.0 - shares.get(outcome.key, 0.0))

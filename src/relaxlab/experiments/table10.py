@@ -76,10 +76,18 @@ PAPER_TABLE10: dict[str, dict[str, float]] = {
 PAPER_COLUMN_OF = {"hBox-Hybrid": "hBox"}
 #: The paper's clean accuracy of each released network (Table 11, ε_test = 0.3 columns), in %.
 PAPER_ACCURACY: dict[str, float] = {
-    "mnist_FC_box": 88.7, "mnist_FC_hbox": 89.2, "mnist_FC_zono": 87.4, "mnist_FC_crown": 84.9,
-    "mnist_FC_crownibp1to1": 92.2, "mnist_FC_crownibp1to0": 90.8,
-    "mnist_CONV_box": 95.9, "mnist_CONV_hbox": 95.1, "mnist_CONV_zono": 92.5, "mnist_CONV_crown": 92.6,
-    "mnist_CONV_crownibp1to1": 93.4, "mnist_CONV_crownibp1to0": 94.8,
+    "mnist_FC_box": 88.7,
+    "mnist_FC_hbox": 89.2,
+    "mnist_FC_zono": 87.4,
+    "mnist_FC_crown": 84.9,
+    "mnist_FC_crownibp1to1": 92.2,
+    "mnist_FC_crownibp1to0": 90.8,
+    "mnist_CONV_box": 95.9,
+    "mnist_CONV_hbox": 95.1,
+    "mnist_CONV_zono": 92.5,
+    "mnist_CONV_crown": 92.6,
+    "mnist_CONV_crownibp1to1": 93.4,
+    "mnist_CONV_crownibp1to0": 94.8,
 }
 
 
@@ -112,8 +120,8 @@ def data_hashes(images: Tensor, labels: Tensor) -> list[str]:
     classes = labels.detach().cpu().to(torch.int64).numpy()
     hashes = []
     for start in range(0, len(classes) - DATA_BLOCK + 1, DATA_BLOCK):
-        digest = hashlib.sha256(pixels[start:start + DATA_BLOCK].tobytes())
-        digest.update(classes[start:start + DATA_BLOCK].tobytes())
+        digest = hashlib.sha256(pixels[start : start + DATA_BLOCK].tobytes())
+        digest.update(classes[start : start + DATA_BLOCK].tobytes())
         hashes.append(digest.hexdigest()[:16])
     return hashes
 
@@ -148,7 +156,9 @@ class Cell:
         """The certified bits of the first ``n`` images (default: all done)."""
         n = self.done if n is None else n
         if n > self.done:
-            raise RecordError(f"{self.network} × {self.relaxation}: {self.done} images certified, {n} asked for")
+            raise RecordError(
+                f"{self.network} × {self.relaxation}: {self.done} images certified, {n} asked for"
+            )
         return unpack_bits(self.bits, n) if n else np.zeros(0, dtype=bool)
 
     def seconds_per_image(self) -> float:
@@ -323,7 +333,7 @@ def run_table10(
         _, model = load_released(directory / network.file_name)
         net = model.to(dtype=dtype)
         with torch.no_grad():
-            logits = torch.cat([net(images[s:s + batch_size].to(dtype)) for s in range(0, n, batch_size)])
+            logits = torch.cat([net(images[s : s + batch_size].to(dtype)) for s in range(0, n, batch_size)])
         done_correct, _ = record.correct.get(network.name, (0, ""))
         if done_correct < n:
             record.correct[network.name] = (n, pack_bits(logits.argmax(1) == labels))
@@ -332,20 +342,34 @@ def run_table10(
             digest = spec_hash(relaxation)
             if cell is not None and cell.spec_sha256 != digest:
                 if log is not None:
-                    log(f"{network.name} × {relaxation.label}: begun with another definition of "
-                        f"{relaxation.label} (its spec hash differs): started again")
+                    log(
+                        f"{network.name} × {relaxation.label}: begun with another definition of "
+                        f"{relaxation.label} (its spec hash differs): started again"
+                    )
                 cell = None
             if cell is None:
-                cell = Cell(network=network.name, relaxation=relaxation.label, spec_sha256=digest,
-                            threads=threads, batch_size=batch_size)
+                cell = Cell(
+                    network=network.name,
+                    relaxation=relaxation.label,
+                    spec_sha256=digest,
+                    threads=threads,
+                    batch_size=batch_size,
+                )
                 record.cells[(network.name, relaxation.label)] = cell
             bits = cell.certified()
             loads = [cell.load] * (cell.done // batch_size) if cell.done else []
             for start in range(cell.done, n, batch_size):
                 part = slice(start, min(start + batch_size, n))
                 began = time.perf_counter()
-                mask = certified_mask(net, images[part].to(dtype), labels[part], eps, relaxation,
-                                      num_classes=10, logits=logits[part])
+                mask = certified_mask(
+                    net,
+                    images[part].to(dtype),
+                    labels[part],
+                    eps,
+                    relaxation,
+                    num_classes=10,
+                    logits=logits[part],
+                )
                 cell.seconds += time.perf_counter() - began
                 loads.append(_load_average())
                 bits = np.concatenate([bits, mask.cpu().numpy()])
@@ -361,8 +385,10 @@ def run_table10(
             if log is not None:
                 percent = 100.0 * float(bits[:n].mean()) if n else float("nan")
                 paper = paper_value(network.name, relaxation.label)
-                log(f"{network.name} × {relaxation.label}: {percent:.2f} % certified of {n}"
-                    f"{'' if paper is None else f' (paper {paper:g})'}, {cell.seconds:.1f} s, load {cell.load:.1f}")
+                log(
+                    f"{network.name} × {relaxation.label}: {percent:.2f} % certified of {n}"
+                    f"{'' if paper is None else f' (paper {paper:g})'}, {cell.seconds:.1f} s, load {cell.load:.1f}"
+                )
         record.save(out)
     return record
 
@@ -385,11 +411,14 @@ def table10_rows(
     rows = []
     for network in networks:
         accuracy = record.accuracy(network.name, n)
-        row = [network.architecture, network.trained_with,
-               _pair(accuracy, PAPER_ACCURACY.get(network.name))]
+        row = [network.architecture, network.trained_with, _pair(accuracy, PAPER_ACCURACY.get(network.name))]
         for relaxation in relaxations:
-            row.append(_pair(record.certified_percent(network.name, relaxation, n),
-                             paper_value(network.name, relaxation)))
+            row.append(
+                _pair(
+                    record.certified_percent(network.name, relaxation, n),
+                    paper_value(network.name, relaxation),
+                )
+            )
         rows.append(row)
     return headers, rows
 

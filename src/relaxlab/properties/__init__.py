@@ -49,7 +49,10 @@ def _holds(relaxation: ReluRelaxation, verdict: Counterexample | None) -> bool:
         return False
     setting = relaxation.with_params(**dict(verdict.params)) if relaxation.params else relaxation
     try:
-        return soundness.find_counterexample(setting, [verdict.lower], [verdict.upper], verdict.arithmetic) is not None
+        return (
+            soundness.find_counterexample(setting, [verdict.lower], [verdict.upper], verdict.arithmetic)
+            is not None
+        )
     except ValueError:  # not a point at all (l > u, a foreign arithmetic)
         return False
 
@@ -79,8 +82,12 @@ def _derive(relaxation: ReluRelaxation) -> Properties:
         discontinuities = discontinuities + probe_continuity(relaxation)
         method = "probed"
     return Properties(
-        continuous=not discontinuities, sensitive=bool(sensitivity), discontinuities=tuple(discontinuities),
-        sensitivity=tuple(sensitivity), counterexample=check_soundness_cached(relaxation), method=method,
+        continuous=not discontinuities,
+        sensitive=bool(sensitivity),
+        discontinuities=tuple(discontinuities),
+        sensitivity=tuple(sensitivity),
+        counterexample=check_soundness_cached(relaxation),
+        method=method,
     )
 
 
@@ -93,10 +100,22 @@ def probe(relaxation: ReluRelaxation) -> Properties:
     discontinuities = probe_continuity(relaxation)
     sensitivity = probe_sensitivity(relaxation)
     return Properties(
-        continuous=not discontinuities, sensitive=bool(sensitivity), discontinuities=tuple(discontinuities),
-        sensitivity=tuple(sensitivity), counterexample=check_soundness(relaxation), method="probed",
+        continuous=not discontinuities,
+        sensitive=bool(sensitivity),
+        discontinuities=tuple(discontinuities),
+        sensitivity=tuple(sensitivity),
+        counterexample=check_soundness(relaxation),
+        method="probed",
     )
 
 
-__all__ = ["Properties", "derive", "probe", "check_soundness", "check_soundness_cached", "Counterexample",
-           "Discontinuity", "SensitivityReason"]
+__all__ = [
+    "Properties",
+    "derive",
+    "probe",
+    "check_soundness",
+    "check_soundness_cached",
+    "Counterexample",
+    "Discontinuity",
+    "SensitivityReason",
+]

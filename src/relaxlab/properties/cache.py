@@ -106,8 +106,13 @@ def content_key(relaxation: ReluRelaxation) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def remember(relaxation: ReluRelaxation, slot: str, compute: Callable[[ReluRelaxation], T],
-             types: Iterable[type], verify: Callable[[ReluRelaxation, T], bool] | None = None) -> T:
+def remember(
+    relaxation: ReluRelaxation,
+    slot: str,
+    compute: Callable[[ReluRelaxation], T],
+    types: Iterable[type],
+    verify: Callable[[ReluRelaxation, T], bool] | None = None,
+) -> T:
     """``compute(relaxation)``, read from the cache when this spec's ``slot`` is there, else stored.
 
     :param slot: what is kept (``"soundness"``, ``"derive"``): one entry holds several.
@@ -147,8 +152,10 @@ def encode(value: Any, classes: dict[str, type]) -> Any:
     cls = type(value)
     if classes.get(cls.__name__) is not cls:
         raise TypeError(f"the verdict cache does not hold {cls.__qualname__} values")
-    return {"class": cls.__name__,
-            "fields": {f.alias: encode(getattr(value, f.name), classes) for f in attrs.fields(cls) if f.init}}
+    return {
+        "class": cls.__name__,
+        "fields": {f.alias: encode(getattr(value, f.name), classes) for f in attrs.fields(cls) if f.init},
+    }
 
 
 def decode(data: Any, classes: dict[str, type]) -> Any:
@@ -187,8 +194,11 @@ class VerdictStore:
         entries = data.get("entries")
         if not isinstance(entries, dict) or data.get("checksum") != _checksum(entries):
             return {}
-        return {key: entry for key, entry in entries.items()
-                if isinstance(entry, dict) and isinstance(entry.get("written"), (int, float))}
+        return {
+            key: entry
+            for key, entry in entries.items()
+            if isinstance(entry, dict) and isinstance(entry.get("written"), (int, float))
+        }
 
     def get(self, key: str, slot: str, classes: dict[str, type]) -> Any:
         entry = self.entries.get(key)
@@ -207,8 +217,9 @@ class VerdictStore:
             newest = sorted(merged, key=lambda k: merged[k].get("written", 0.0), reverse=True)[:MAX_ENTRIES]
             merged = {k: merged[k] for k in newest}
         self.entries = merged
-        text = json.dumps({"format": CACHE_FORMAT, "checksum": _checksum(merged), "entries": merged},
-                          ensure_ascii=False)
+        text = json.dumps(
+            {"format": CACHE_FORMAT, "checksum": _checksum(merged), "entries": merged}, ensure_ascii=False
+        )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{FILE_NAME}.", suffix=".tmp")

@@ -127,8 +127,12 @@ def probe_segments(seed: int = 0, count: int = 300) -> tuple[Tensor, Tensor, Ten
         for other in (0.3, 1.0, 3.0):
             rows.append((-other * scale, -0.5 * scale, -other * scale, 0.5 * scale))  # across u = 0
             rows.append((-0.5 * scale, other * scale, 0.5 * scale, other * scale))  # across l = 0
-            rows.append((-0.5 * other * scale, other * scale, -2.0 * other * scale, other * scale))  # across -l = u
-            rows.append((-other * scale, 0.4 * other * scale, -other * scale, 2.5 * other * scale))  # across -l = u
+            rows.append(
+                (-0.5 * other * scale, other * scale, -2.0 * other * scale, other * scale)
+            )  # across -l = u
+            rows.append(
+                (-other * scale, 0.4 * other * scale, -other * scale, 2.5 * other * scale)
+            )  # across -l = u
     gen = torch.Generator().manual_seed(seed)
     a = (torch.rand(count, 2, generator=gen, dtype=torch.float64) * 2 - 1) * 10
     b = a + (torch.rand(count, 2, generator=gen, dtype=torch.float64) * 2 - 1) * 3
@@ -138,7 +142,9 @@ def probe_segments(seed: int = 0, count: int = 300) -> tuple[Tensor, Tensor, Ten
     return t[:, 0], t[:, 1], t[:, 2], t[:, 3]
 
 
-def _bisect(relaxation: ReluRelaxation, start: Tensor, end: Tensor, codes_start: Tensor) -> tuple[Tensor, Tensor]:
+def _bisect(
+    relaxation: ReluRelaxation, start: Tensor, end: Tensor, codes_start: Tensor
+) -> tuple[Tensor, Tensor]:
     """Points just before and just after the first piece change on each segment (vectorised)."""
     lo_t = torch.zeros(start.shape[0], dtype=torch.float64)
     hi_t = torch.ones(start.shape[0], dtype=torch.float64)
@@ -183,7 +189,9 @@ def derive_continuity(relaxation: ReluRelaxation) -> list[Discontinuity]:
         for i in torch.nonzero(jump > JUMP_TOLERANCE * scale).flatten().tolist():
             source = _case_label(codes_b[i], codes_a[i], labels, float(before[i, 0]), float(before[i, 1]))
             if source not in found:
-                found[source] = Discontinuity(source, float(before[i, 0]), float(before[i, 1]), float(jump[i]))
+                found[source] = Discontinuity(
+                    source, float(before[i, 0]), float(before[i, 1]), float(jump[i])
+                )
         # continue each segment from just after its crossing
         start = after
         end = e
@@ -251,7 +259,9 @@ C_RATIO = 10.0
 D_FLOOR = 1e-5
 
 
-def find_discontinuities(values: Tensor | Sequence[float], ratio: float = C_RATIO, floor: float = D_FLOOR) -> Tensor:
+def find_discontinuities(
+    values: Tensor | Sequence[float], ratio: float = C_RATIO, floor: float = D_FLOOR
+) -> Tensor:
     """Indices ``i`` (0-based) where the step from ``values[i]`` to ``values[i + 1]`` is a jump.
 
     ``Δ_i = |values[i+1] - values[i]|``; ``i`` is reported when both neighbouring steps exist and
@@ -332,7 +342,9 @@ def discontinuity_share(
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     if (labels is None) == (output is None):
-        raise ValueError("give labels (follow the certified loss) or output= (follow a lower bound), not both")
+        raise ValueError(
+            "give labels (follow the certified loss) or output= (follow a lower bound), not both"
+        )
     value = bound_value(relaxation, eps, output=output, labels=labels, kappa=kappa, domain=domain)
 
     def loss_fn(network: object, xb: Tensor, yb: Tensor | None) -> Tensor:
@@ -355,4 +367,12 @@ def discontinuity_share(
     )
 
 
-__all__ = ["ALPHA", "C_RATIO", "D_FLOOR", "POINTS", "ContinuityResult", "discontinuity_share", "find_discontinuities"]
+__all__ = [
+    "ALPHA",
+    "C_RATIO",
+    "D_FLOOR",
+    "POINTS",
+    "ContinuityResult",
+    "discontinuity_share",
+    "find_discontinuities",
+]

@@ -59,7 +59,9 @@ def check_direction(model: nn.Module, direction: Mapping[str, Tensor], batch: in
         raise ValueError("the direction is empty: give at least one parameter to move")
     for name, value in direction.items():
         if name not in params:
-            raise ValueError(f"direction names {name!r}, which is not a parameter of the model; it has {sorted(params)}")
+            raise ValueError(
+                f"direction names {name!r}, which is not a parameter of the model; it has {sorted(params)}"
+            )
         want = tuple(params[name].shape) if batch is None else (batch, *params[name].shape)
         if tuple(value.shape) != want:
             raise ValueError(f"direction for {name!r} has shape {tuple(value.shape)}, expected {want}")
@@ -91,7 +93,11 @@ def batched_network(
         weight = values.get(f"{prefix}weight")
         bias = values.get(f"{prefix}bias")
         index = next(
-            (i for i, node in enumerate(nodes) if isinstance(node.op, Linear) and node.op.weight is module.weight),
+            (
+                i
+                for i, node in enumerate(nodes)
+                if isinstance(node.op, Linear) and node.op.weight is module.weight
+            ),
             None,
         )
         if index is None:
@@ -99,7 +105,9 @@ def batched_network(
         op = nodes[index].op
         assert isinstance(op, Linear)
         if len(op.in_shape) != 1:
-            raise ValueError(f"{net.describe(index)} reads inputs of shape {op.in_shape}; only flat inputs can be batched")
+            raise ValueError(
+                f"{net.describe(index)} reads inputs of shape {op.in_shape}; only flat inputs can be batched"
+            )
         if weight is None:
             weight = module.weight.unsqueeze(0).expand(points, *module.weight.shape)
         if bias is None and module.bias is not None:
@@ -200,8 +208,9 @@ def certified_loss(
 ) -> Tensor:
     """Per-example ``kappa·CE(z, y) + (1 - kappa)·CE(z_worst, y)``, ``(B,)``, differentiable."""
     net = network if isinstance(network, Network) else parse_model(network, tuple(x.shape[1:]))
-    lb, others = margin_bounds(net, x, labels, eps, check_relaxer(relaxation), num_classes=net.output_dim,
-                               domain=domain)
+    lb, others = margin_bounds(
+        net, x, labels, eps, check_relaxer(relaxation), num_classes=net.output_dim, domain=domain
+    )
     loss = F.cross_entropy(worst_case_logits(lb, others, net.output_dim), labels, reduction="none")
     if kappa > 0.0:
         loss = (1.0 - kappa) * loss + kappa * F.cross_entropy(net.forward(x), labels, reduction="none")

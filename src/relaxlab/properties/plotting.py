@@ -38,12 +38,19 @@ def plot_relaxation(relaxation: ReluRelaxation, path: str | os.PathLike[str]) ->
         ls, lo_off, us, uo = (float(t) for t in relaxation.coefficients(lb, ub).tensors)
         tl, tu = (float(t) for t in relaxation.transform_bounds(lb, ub))
         xs = torch.linspace(min(lo, tl), max(hi, tu), 200, dtype=torch.float64)
-        ax.plot(xs, xs.clamp_min(0), color="grey", lw=7, alpha=0.45, solid_capstyle="butt", zorder=1,
-                label="ReLU")
+        ax.plot(
+            xs, xs.clamp_min(0), color="grey", lw=7, alpha=0.45, solid_capstyle="butt", zorder=1, label="ReLU"
+        )
         ax.plot(xs, ls * xs + lo_off, color="tab:blue", lw=1.8, zorder=2, label="lower line")
         ax.plot(xs, us * xs + uo, color="tab:red", lw=1.8, ls=(0, (4, 3)), zorder=3, label="upper line")
-        ax.fill_between(xs, ls * xs + lo_off, us * xs + uo, color="tab:purple", alpha=0.12,
-                        label="relaxation (between the lines)")
+        ax.fill_between(
+            xs,
+            ls * xs + lo_off,
+            us * xs + uo,
+            color="tab:purple",
+            alpha=0.12,
+            label="relaxation (between the lines)",
+        )
         ax.axvspan(lo, hi, color="grey", alpha=0.08, label="input interval [l, u]")
         ax.set_title(f"{title}: l={lo:g}, u={hi:g}")
         ax.set_xlabel("x")
@@ -74,6 +81,10 @@ def flag_legend(*, undecided: bool = False) -> list[Line2D]:
     def key(marker: str, colour: str, text: str) -> Line2D:
         return Line2D([], [], ls="", marker=marker, color=colour, markersize=7, label=text)
 
-    handles = [key("o", "grey", "continuous (✓C)"), key("s", "grey", "discontinuous (✗C)"),
-               key("o", "tab:green", "not sensitive (✓S)"), key("o", "tab:red", "sensitive (✗S)")]
+    handles = [
+        key("o", "grey", "continuous (✓C)"),
+        key("s", "grey", "discontinuous (✗C)"),
+        key("o", "tab:green", "not sensitive (✓S)"),
+        key("o", "tab:red", "sensitive (✗S)"),
+    ]
     return [*handles, key("^", "tab:grey", "flag undecided")] if undecided else handles

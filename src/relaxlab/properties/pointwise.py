@@ -59,12 +59,21 @@ class Counterexample:
         if self.side == "transform":
             return f"{where}: the transform narrows the bounds to [{self.line_value!r}, {self.relu_value!r}]"
         op = ">" if self.side == "lower" else "<"
-        return f"{where}, x={self.x!r}: {self.side} line {self.line_value!r} {op} relu(x) = {self.relu_value!r}"
+        return (
+            f"{where}, x={self.x!r}: {self.side} line {self.line_value!r} {op} relu(x) = {self.relu_value!r}"
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "relaxation": self.relaxation, "case": self.case, "side": self.side, "l": self.lower, "u": self.upper,
-            "x": self.x, "line_value": self.line_value, "relu_value": self.relu_value, "params": dict(self.params),
+            "relaxation": self.relaxation,
+            "case": self.case,
+            "side": self.side,
+            "l": self.lower,
+            "u": self.upper,
+            "x": self.x,
+            "line_value": self.line_value,
+            "relu_value": self.relu_value,
+            "params": dict(self.params),
             "arithmetic": self.arithmetic,
         }
 
@@ -85,7 +94,9 @@ class Undecided(Counterexample):
 
 
 def find_counterexample(
-    relaxation: ReluRelaxation, lower: Sequence[float] | torch.Tensor, upper: Sequence[float] | torch.Tensor,
+    relaxation: ReluRelaxation,
+    lower: Sequence[float] | torch.Tensor,
+    upper: Sequence[float] | torch.Tensor,
     dtype: str | torch.dtype = "float64",
 ) -> Counterexample | None:
     """The first violation over the given pairs ``(l, u)`` (``l <= u``), or ``None``. Exact per pair.
@@ -116,10 +127,21 @@ def find_counterexample(
     for i in narrowed.nonzero().flatten().tolist():
         slack = kind.exact_tolerance(Fraction(float(lb64[i])), Fraction(float(ub64[i])))
         if not (math.isfinite(float(tl[i])) and math.isfinite(float(tu[i]))) or (
-                Fraction(float(tl[i])) - Fraction(float(lb64[i])) > slack
-                or Fraction(float(ub64[i])) - Fraction(float(tu[i])) > slack):
-            return Counterexample(relaxation.name, case(i), "transform", float(lb64[i]), float(ub64[i]),
-                                  float("nan"), float(tl[i]), float(tu[i]), params, kind.name)
+            Fraction(float(tl[i])) - Fraction(float(lb64[i])) > slack
+            or Fraction(float(ub64[i])) - Fraction(float(tu[i])) > slack
+        ):
+            return Counterexample(
+                relaxation.name,
+                case(i),
+                "transform",
+                float(lb64[i]),
+                float(ub64[i]),
+                float("nan"),
+                float(tl[i]),
+                float(tu[i]),
+                params,
+                kind.name,
+            )
     ls, lo, us, uo = (c.double() for c in relaxation.coefficients(lb, ub).tensors)
     zero = torch.zeros_like(lb64)
     points = (lb64, ub64, torch.where((lb64 < 0) & (ub64 > 0), zero, lb64))
@@ -132,8 +154,18 @@ def find_counterexample(
                 exact = _exact_gap(side, float(slope[i]), float(offset[i]), float(x[i]))
                 slack = kind.exact_tolerance(Fraction(float(lb64[i])), Fraction(float(ub64[i])))
                 if exact is None or exact > slack:
-                    return Counterexample(relaxation.name, case(i), side, float(lb64[i]), float(ub64[i]),
-                                          float(x[i]), float(value[i]), float(relu[i]), params, kind.name)
+                    return Counterexample(
+                        relaxation.name,
+                        case(i),
+                        side,
+                        float(lb64[i]),
+                        float(ub64[i]),
+                        float(x[i]),
+                        float(value[i]),
+                        float(relu[i]),
+                        params,
+                        kind.name,
+                    )
     return None
 
 
@@ -195,7 +227,9 @@ def parameter_settings(relaxation: ReluRelaxation) -> Iterable[ReluRelaxation]:
         yield relaxation.with_params(**dict(zip(names, combination, strict=True)))
 
 
-def sampled_check(relaxation: ReluRelaxation, *, max_magnitude: float = BOUNDED_DOMAIN) -> Counterexample | None:
+def sampled_check(
+    relaxation: ReluRelaxation, *, max_magnitude: float = BOUNDED_DOMAIN
+) -> Counterexample | None:
     """The sampled check: exact on the probe grid, at every parameter probe; the first violation or ``None``.
 
     Only as good as its samples (a violation confined to a window of ``u`` or of a parameter
@@ -207,5 +241,3 @@ def sampled_check(relaxation: ReluRelaxation, *, max_magnitude: float = BOUNDED_
         if found is not None:
             return found
     return None
-
-

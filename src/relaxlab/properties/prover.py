@@ -141,7 +141,9 @@ class Domain:
     params: tuple[ParamRange, ...] = ()
 
     def __str__(self) -> str:
-        where = "all l <= u (scale invariant)" if self.scale_invariant else f"l <= u, |l|, |u| <= {self.bound:g}"
+        where = (
+            "all l <= u (scale invariant)" if self.scale_invariant else f"l <= u, |l|, |u| <= {self.bound:g}"
+        )
         return ", ".join([where, *(str(p) for p in self.params)])
 
 
@@ -198,7 +200,9 @@ class _Obligation:
 
     __slots__ = ("gap", "constraints", "deps", "x", "_found", "_source", "_tolerated")
 
-    def __init__(self, gap: Rational, constraints: tuple[Constraint, ...], deps: frozenset[int], x: str) -> None:
+    def __init__(
+        self, gap: Rational, constraints: tuple[Constraint, ...], deps: frozenset[int], x: str
+    ) -> None:
         self.gap = gap
         self.constraints = constraints
         self.deps = deps
@@ -214,7 +218,9 @@ class _Obligation:
         key = (sign_l, sign_u, relative)
         if key not in self._tolerated:
             weight = Fraction(relative)
-            tol = poly_add(poly_scale(variable(L_INDEX), weight * sign_l), poly_scale(variable(U_INDEX), weight * sign_u))
+            tol = poly_add(
+                poly_scale(variable(L_INDEX), weight * sign_l), poly_scale(variable(U_INDEX), weight * sign_u)
+            )
             self._tolerated[key] = self.gap + Rational(tol)
         return self._tolerated[key]
 
@@ -255,10 +261,13 @@ def _eliminate(gap: Rational, constraints: Sequence[Constraint], skip: int | Non
             if g_split is None or m_split is None or not m_split[0]:
                 continue
             (g1, g0), (m1, m0) = g_split, m_split
-            residual = Rational.make(poly_add(poly_mul(g0, m1), poly_mul(g1, m0), Fraction(-1)), poly_mul(gap.den, m1))
+            residual = Rational.make(
+                poly_add(poly_mul(g0, m1), poly_mul(g1, m0), Fraction(-1)), poly_mul(gap.den, m1)
+            )
             quotient = divide_exact(g1, m1)
             factors: list[tuple[Rational, int]] = (
-                [(Rational(quotient), 1)] if quotient is not None else [(Rational(g1), 1), (Rational(m1), -1)])
+                [(Rational(quotient), 1)] if quotient is not None else [(Rational(g1), 1), (Rational(m1), -1)]
+            )
             factors += [(Rational(m.den), 1), (Rational(gap.den), -1)]
             factors = [(f, p) for f, p in factors if f.num != {(): 1} or not f.is_polynomial()]
             key = (residual.key, tuple((f.key, p) for f, p in factors))
@@ -275,8 +284,9 @@ def _case_constraints(stability: Stability, tl: Rational, tu: Rational) -> list[
     return [(tl, True, False), (tu, True, True)]  # l' >= 0, u' > 0
 
 
-def _critical_points(stability: Stability, raw: dict[str, Rational],
-                     transformed: bool) -> list[tuple[str, Rational, Rational, list[Constraint]]]:
+def _critical_points(
+    stability: Stability, raw: dict[str, Rational], transformed: bool
+) -> list[tuple[str, Rational, Rational, list[Constraint]]]:
     """``(label, x, relu(x), constraints)`` at the points of ``[l, u]`` where a line can cross the ReLU.
 
     ``x`` ranges over the raw ``[l, u]`` (the lines, over the transformed bounds, must hold
@@ -286,9 +296,13 @@ def _critical_points(stability: Stability, raw: dict[str, Rational],
     zero = rational_constant(0.0)
     lo, hi = raw["l"], raw["u"]
     if transformed:
-        return [("l", lo, zero, [(-lo, True, False)]), ("l", lo, lo, [(lo, True, False)]),
-                ("u", hi, zero, [(-hi, True, False)]), ("u", hi, hi, [(hi, True, False)]),
-                ("0", zero, zero, [(-lo, True, True), (hi, True, True)])]
+        return [
+            ("l", lo, zero, [(-lo, True, False)]),
+            ("l", lo, lo, [(lo, True, False)]),
+            ("u", hi, zero, [(-hi, True, False)]),
+            ("u", hi, hi, [(hi, True, False)]),
+            ("0", zero, zero, [(-lo, True, True), (hi, True, True)]),
+        ]
     if stability is Stability.NEGATIVE:
         return [("l", lo, zero, []), ("u", hi, zero, [])]
     if stability is Stability.UNSTABLE:
@@ -318,8 +332,15 @@ def _assignments(conditions: Sequence[Ge]) -> Iterator[dict[Ge, bool]]:
 class _Face:
     """Boxes over the free variables of one chart of the domain, with the obligations there in one arithmetic."""
 
-    def __init__(self, name: str, symbolic: Symbolic, root: list[Bounds], free: list[int],
-                 obligations: list[_Obligation], width: Rational | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        symbolic: Symbolic,
+        root: list[Bounds],
+        free: list[int],
+        obligations: list[_Obligation],
+        width: Rational | None = None,
+    ) -> None:
         self.name = name
         #: The arithmetic whose values the obligations are about; their tolerance (float64's for the reals).
         self.model: Arithmetic | None = symbolic.arithmetic
@@ -331,26 +352,51 @@ class _Face:
         self.obligations = obligations
 
 
-def _faces(stability: Stability | None, side: str, line: Line | None, transform: BoundsTransform | None,
-           ranges: tuple[ParamRange, ...], scale_invariant: bool, bound: float,
-           models: Sequence[Arithmetic | None] = ARITHMETICS) -> list[_Face]:
+def _faces(
+    stability: Stability | None,
+    side: str,
+    line: Line | None,
+    transform: BoundsTransform | None,
+    ranges: tuple[ParamRange, ...],
+    scale_invariant: bool,
+    bound: float,
+    models: Sequence[Arithmetic | None] = ARITHMETICS,
+) -> list[_Face]:
     """The charts of the domain, each with the obligations of the part for the values of each model
     (an arithmetic: the values as computed in it; ``None``: the real values)."""
     params = [r.name for r in ranges]
     param_box = [(r.lo, r.hi) for r in ranges]
     if scale_invariant:  # max(|l|, |u|) = 1 with l <= u: the segments u = 1 and l = -1
-        charts = [("u=1", {"l": rational_variable(L_INDEX), "u": rational_constant(1.0)}, [(-1.0, 1.0), (1.0, 1.0)],
-                   [L_INDEX]),
-                  ("l=-1", {"l": rational_constant(-1.0), "u": rational_variable(U_INDEX)}, [(-1.0, -1.0), (-1.0, 1.0)],
-                   [U_INDEX])]
+        charts = [
+            (
+                "u=1",
+                {"l": rational_variable(L_INDEX), "u": rational_constant(1.0)},
+                [(-1.0, 1.0), (1.0, 1.0)],
+                [L_INDEX],
+            ),
+            (
+                "l=-1",
+                {"l": rational_constant(-1.0), "u": rational_variable(U_INDEX)},
+                [(-1.0, -1.0), (-1.0, 1.0)],
+                [U_INDEX],
+            ),
+        ]
     else:
-        charts = [("box", {"l": rational_variable(L_INDEX), "u": rational_variable(U_INDEX)},
-                   [(-bound, bound), (-bound, bound)], [L_INDEX, U_INDEX])]
+        charts = [
+            (
+                "box",
+                {"l": rational_variable(L_INDEX), "u": rational_variable(U_INDEX)},
+                [(-bound, bound), (-bound, bound)],
+                [L_INDEX, U_INDEX],
+            )
+        ]
     t_exprs = [transform.lower, transform.upper] if transform is not None else []
     line_exprs = list(line.expressions()) if line is not None else []
     t_conditions, line_conditions = _conditions(t_exprs), _conditions(line_exprs)
     if len(t_conditions) + len(line_conditions) > MAX_CONDITIONS:
-        raise NotRational(f"{len(t_conditions) + len(line_conditions)} switch conditions (at most {MAX_CONDITIONS})")
+        raise NotRational(
+            f"{len(t_conditions) + len(line_conditions)} switch conditions (at most {MAX_CONDITIONS})"
+        )
     faces = []
     for (name, raw, root, free), arithmetic in itertools.product(charts, models):
         width = raw["u"] - raw["l"]
@@ -360,7 +406,9 @@ def _faces(stability: Stability | None, side: str, line: Line | None, transform:
         obligations: dict[object, _Obligation] = {}
         for t_assignment in _assignments(t_conditions):
             constraints_t = [domain_constraint] + [
-                (symbolic.convert_margin(c, raw, t_assignment), value, False) for c, value in t_assignment.items()]
+                (symbolic.convert_margin(c, raw, t_assignment), value, False)
+                for c, value in t_assignment.items()
+            ]
             if transform is not None:
                 tl = symbolic.convert(transform.lower, raw, t_assignment)
                 tu = symbolic.convert(transform.upper, raw, t_assignment)
@@ -374,23 +422,42 @@ def _faces(stability: Stability | None, side: str, line: Line | None, transform:
             bounds = {"l": tl, "u": tu}
             case_constraints = _case_constraints(stability, tl, tu)
             for assignment in _assignments(line_conditions):
-                constraints = constraints_t + case_constraints + [
-                    (symbolic.convert_margin(c, bounds, assignment), value, False) for c, value in assignment.items()]
+                constraints = (
+                    constraints_t
+                    + case_constraints
+                    + [
+                        (symbolic.convert_margin(c, bounds, assignment), value, False)
+                        for c, value in assignment.items()
+                    ]
+                )
                 slope = symbolic.convert(line.slope, bounds, assignment)
                 offset = symbolic.convert(line.offset, bounds, assignment)
                 gaps = []
                 for label, x, relu, extra in _critical_points(stability, raw, transform is not None):
                     value = slope * x + offset
-                    gaps.append((label, relu - value if side == "lower" else value - relu, constraints + extra))
+                    gaps.append(
+                        (label, relu - value if side == "lower" else value - relu, constraints + extra)
+                    )
                 _add_obligations(obligations, symbolic, gaps)
         root_box = root + param_box
-        faces.append(_Face(f"{name} in {arithmetic or 'the reals'}", symbolic, root_box, free + list(range(2, 2 + len(ranges))), list(obligations.values()),
-                           width if varying else None))
+        faces.append(
+            _Face(
+                f"{name} in {arithmetic or 'the reals'}",
+                symbolic,
+                root_box,
+                free + list(range(2, 2 + len(ranges))),
+                list(obligations.values()),
+                width if varying else None,
+            )
+        )
     return faces
 
 
-def _add_obligations(obligations: dict[object, _Obligation], symbolic: Symbolic,
-                     gaps: Sequence[tuple[str, Rational, Sequence[Constraint]]]) -> None:
+def _add_obligations(
+    obligations: dict[object, _Obligation],
+    symbolic: Symbolic,
+    gaps: Sequence[tuple[str, Rational, Sequence[Constraint]]],
+) -> None:
     for label, gap, constraints in gaps:
         # constraints that are constant truths add nothing
         kept = tuple(c for c in constraints if not _constant_truth(c))
@@ -543,8 +610,9 @@ class _Task:
     ranges: tuple[ParamRange, ...]
 
 
-def _verify(task: _Task, lower: float, upper: float, params: dict[str, float],
-            arithmetic: Arithmetic) -> Counterexample | None:
+def _verify(
+    task: _Task, lower: float, upper: float, params: dict[str, float], arithmetic: Arithmetic
+) -> Counterexample | None:
     """The violation at the concrete point ``(lower, upper, params)`` as evaluated in ``arithmetic``, or ``None``.
 
     The bounds are rounded to the arithmetic, the lines evaluated there as the library does,
@@ -572,8 +640,18 @@ def _verify(task: _Task, lower: float, upper: float, params: dict[str, float],
         return None
     if task.stability is None:
         if Fraction(tl) - Fraction(lower) > tol or Fraction(upper) - Fraction(tu) > tol:
-            return Counterexample("", TRANSFORM_CASE, "transform", lower, upper, math.nan, tl, tu, pairs,
-                                  arithmetic=arithmetic.name)
+            return Counterexample(
+                "",
+                TRANSFORM_CASE,
+                "transform",
+                lower,
+                upper,
+                math.nan,
+                tl,
+                tu,
+                pairs,
+                arithmetic=arithmetic.name,
+            )
         return None
     assert task.line is not None
     if classify(tl, tu) is not task.stability:
@@ -581,15 +659,35 @@ def _verify(task: _Task, lower: float, upper: float, params: dict[str, float],
     line_env = {"l": torch.tensor([tl], dtype=dtype), "u": torch.tensor([tu], dtype=dtype), **params}
     slope, offset = (_as_float(v, arithmetic) for v in task.line.evaluate(line_env))
     if not (math.isfinite(slope) and math.isfinite(offset)):
-        return Counterexample("", str(task.stability), task.side, lower, upper, lower, math.nan, max(lower, 0.0),
-                              pairs, arithmetic=arithmetic.name)
+        return Counterexample(
+            "",
+            str(task.stability),
+            task.side,
+            lower,
+            upper,
+            lower,
+            math.nan,
+            max(lower, 0.0),
+            pairs,
+            arithmetic=arithmetic.name,
+        )
     for x in [lower, upper] + ([0.0] if lower < 0.0 < upper else []):
         relu = max(Fraction(x), Fraction(0))
         value = Fraction(slope) * Fraction(x) + Fraction(offset)
         gap = value - relu if task.side == "lower" else relu - value
         if gap > tol:
-            return Counterexample("", str(task.stability), task.side, lower, upper, x, float(value), float(relu),
-                                  pairs, arithmetic=arithmetic.name)
+            return Counterexample(
+                "",
+                str(task.stability),
+                task.side,
+                lower,
+                upper,
+                x,
+                float(value),
+                float(relu),
+                pairs,
+                arithmetic=arithmetic.name,
+            )
     return None
 
 
@@ -605,8 +703,14 @@ def _as_float(value: object, arithmetic: Arithmetic) -> float:
 _ROUNDING_TRIES = 64
 
 
-def _candidate(task: _Task, face: _Face, box: list[Bounds], obligations: Sequence[_Obligation],
-               scale_invariant: bool, tries: list[int]) -> Counterexample | None:
+def _candidate(
+    task: _Task,
+    face: _Face,
+    box: list[Bounds],
+    obligations: Sequence[_Obligation],
+    scale_invariant: bool,
+    tries: list[int],
+) -> Counterexample | None:
     """Evaluate the box's centre; a violation there is re-verified in floating point before it is returned."""
     centre = list(box)
     for dim in face.free:
@@ -630,11 +734,15 @@ def _candidate(task: _Task, face: _Face, box: list[Bounds], obligations: Sequenc
             if tries[0] <= 0:
                 continue
             tries[0] -= 1
-            points.append(_off_centre(task, face, box))  # a centre is a short binary number: it may round exactly
+            points.append(
+                _off_centre(task, face, box)
+            )  # a centre is a short binary number: it may round exactly
         # on a chart also at a larger power-of-two scale (exact), where the absolute tolerance is negligible
         for (low, high, values), s, kind in itertools.product(
-                points, [1.0, 2.0**40] if scale_invariant else [1.0],
-                [face.model] if face.model is not None else ARITHMETICS[::-1]):
+            points,
+            [1.0, 2.0**40] if scale_invariant else [1.0],
+            [face.model] if face.model is not None else ARITHMETICS[::-1],
+        ):
             found = _verify(task, low * s, high * s, values, kind)
             if found is not None:
                 return found
@@ -688,8 +796,9 @@ def _describe(box: Sequence[Bounds], ranges: Sequence[ParamRange]) -> str:
     return ", ".join(f"{n} ∈ [{lo:.6g}, {hi:.6g}]" for n, (lo, hi) in zip(names, box, strict=False))
 
 
-def _branch_and_bound(task: _Task, faces: list[_Face], scale_invariant: bool, budget: int,
-                      domain: Domain) -> PartVerdict:
+def _branch_and_bound(
+    task: _Task, faces: list[_Face], scale_invariant: bool, budget: int, domain: Domain
+) -> PartVerdict:
     case = str(task.stability) if task.stability is not None else TRANSFORM_CASE
     counter = itertools.count()
     worst: list[tuple[float, int]] = []
@@ -733,7 +842,9 @@ def _branch_and_bound(task: _Task, faces: list[_Face], scale_invariant: bool, bu
         relevant = _relevant(still, state, scale_invariant) & set(face.free)
         dim = max(relevant, key=lambda d: _relative_width(box, face.root, d), default=None)
         if dim is None or _relative_width(box, face.root, dim) < _MIN_RELATIVE_WIDTH:
-            stuck = stuck or f"no proof at {_describe(box, task.ranges)} on {face.name} (box too small to split)"
+            stuck = (
+                stuck or f"no proof at {_describe(box, task.ranges)} on {face.name} (box too small to split)"
+            )
             continue
         for child in _split(box, dim):
             child_key = next(counter)
@@ -745,8 +856,12 @@ def _branch_and_bound(task: _Task, faces: list[_Face], scale_invariant: bool, bu
     return PartVerdict(case, task.side, PROVED, domain, boxes)
 
 
-def _pop(worst: list[tuple[float, int]], widest: collections.deque[int], items: dict[int, object],
-         by_priority: bool) -> int:
+def _pop(
+    worst: list[tuple[float, int]],
+    widest: collections.deque[int],
+    items: dict[int, object],
+    by_priority: bool,
+) -> int:
     while True:
         if by_priority and worst:
             key = heapq.heappop(worst)[1]
@@ -767,9 +882,16 @@ def _relative_width(box: Sequence[Bounds], root: Sequence[Bounds], dim: int) -> 
 
 
 @functools.lru_cache(maxsize=4096)
-def prove_part(stability: Stability | None, side: str, line: Line | None, transform: BoundsTransform | None = None,
-               ranges: tuple[ParamRange, ...] = (), *, budget: int = DEFAULT_BUDGET,
-               bound: float = DEFAULT_BOUND) -> PartVerdict:
+def prove_part(
+    stability: Stability | None,
+    side: str,
+    line: Line | None,
+    transform: BoundsTransform | None = None,
+    ranges: tuple[ParamRange, ...] = (),
+    *,
+    budget: int = DEFAULT_BUDGET,
+    bound: float = DEFAULT_BOUND,
+) -> PartVerdict:
     """Prove one part: a ``side`` line for one stability case, or (``stability=None``,
     ``side="transform"``) that ``transform`` widens. Cached by its arguments (all values).
 
@@ -784,7 +906,8 @@ def prove_part(stability: Stability | None, side: str, line: Line | None, transf
     """
     case = str(stability) if stability is not None else TRANSFORM_CASE
     exprs = (list(line.expressions()) if line is not None else []) + (
-        [transform.lower, transform.upper] if transform is not None else [])
+        [transform.lower, transform.upper] if transform is not None else []
+    )
     if any(e.is_opaque() for e in exprs):
         return PartVerdict(case, side, SAMPLED, note="opaque callables: sampled, not proved")
     scale_invariant = _scale_invariant(line, transform)
@@ -805,8 +928,9 @@ def prove_part(stability: Stability | None, side: str, line: Line | None, transf
     return evolve(verdict, boxes=boxes)
 
 
-def parameter_ranges(params: Sequence[ParamSpec], values: dict[str, float], used: frozenset[str],
-                     clip: float = PARAM_CLIP) -> tuple[ParamRange, ...]:
+def parameter_ranges(
+    params: Sequence[ParamSpec], values: dict[str, float], used: frozenset[str], clip: float = PARAM_CLIP
+) -> tuple[ParamRange, ...]:
     """The ranges of the parameters in ``used``, in declaration order."""
     return tuple(ParamRange.of(p, values.get(p.name, p.default), clip) for p in params if p.name in used)
 
@@ -860,8 +984,9 @@ _VERDICTS: dict[tuple[object, ...], SoundnessVerdict] = {}
 _VERDICTS_MAX = 4096
 
 
-def prove_soundness(relaxation: ReluRelaxation, *, budget: int = DEFAULT_BUDGET,
-                    bound: float = DEFAULT_BOUND) -> SoundnessVerdict:
+def prove_soundness(
+    relaxation: ReluRelaxation, *, budget: int = DEFAULT_BUDGET, bound: float = DEFAULT_BOUND
+) -> SoundnessVerdict:
     """Prove every part of ``relaxation`` over its parameter ranges; see the module docstring.
 
     Then, at the current parameter values, the float64 check of the probe grid
@@ -913,8 +1038,11 @@ def _parts(relaxation: ReluRelaxation, budget: int, bound: float) -> list[PartVe
         widens = widening.outcome == PROVED
     for stability, case in relaxation.cases():
         for side, ln in (("lower", case.lower), ("upper", case.upper)):
-            part = _proved_on_every_pair(stability, side, ln, ranges(list(ln.expressions())), budget, bound) \
-                if widens else None
+            part = (
+                _proved_on_every_pair(stability, side, ln, ranges(list(ln.expressions())), budget, bound)
+                if widens
+                else None
+            )
             if part is None:
                 exprs = [*ln.expressions(), *t_exprs]
                 part = prove_part(stability, side, ln, transform, ranges(exprs), budget=budget, bound=bound)
@@ -929,12 +1057,21 @@ def _prove(relaxation: ReluRelaxation, budget: int, bound: float) -> SoundnessVe
     confirmed_parts = []
     for part in parts:
         if part.counterexample is not None:
-            found = evolve(part.counterexample, relaxation=relaxation.name,
-                           params=tuple(sorted({**values, **dict(part.counterexample.params)}.items())))
+            found = evolve(
+                part.counterexample,
+                relaxation=relaxation.name,
+                params=tuple(sorted({**values, **dict(part.counterexample.params)}.items())),
+            )
             setting = relaxation.with_params(**dict(found.params)) if relaxation.params else relaxation
-            if find_counterexample(setting, [found.lower], [found.upper], found.arithmetic) is None:  # pragma: no cover
-                part = evolve(part, outcome=UNDECIDED, counterexample=None,
-                              note=f"a violation at {found} was not confirmed by find_counterexample")
+            if (
+                find_counterexample(setting, [found.lower], [found.upper], found.arithmetic) is None
+            ):  # pragma: no cover
+                part = evolve(
+                    part,
+                    outcome=UNDECIDED,
+                    counterexample=None,
+                    note=f"a violation at {found} was not confirmed by find_counterexample",
+                )
             else:
                 part = evolve(part, counterexample=found)
                 counterexample = counterexample or found
@@ -946,8 +1083,9 @@ def _prove(relaxation: ReluRelaxation, budget: int, bound: float) -> SoundnessVe
     return SoundnessVerdict(relaxation.name, tuple(confirmed_parts), counterexample)
 
 
-def _proved_on_every_pair(stability: Stability, side: str, line: Line, ranges: tuple[ParamRange, ...],
-                          budget: int, bound: float) -> PartVerdict | None:
+def _proved_on_every_pair(
+    stability: Stability, side: str, line: Line, ranges: tuple[ParamRange, ...], budget: int, bound: float
+) -> PartVerdict | None:
     """The part of a line under a proved widening, from the line alone, or ``None``.
 
     A line sound for *every* ``(l', u')`` of its case (at every scale) is sound on the widened
@@ -970,10 +1108,28 @@ def _renamed(verdict: SoundnessVerdict, name: str) -> SoundnessVerdict:
     def rename(found: Counterexample | None) -> Counterexample | None:
         return None if found is None else evolve(found, relaxation=name)
 
-    parts = tuple(evolve(p, counterexample=rename(p.counterexample)) if p.counterexample else p for p in verdict.parts)
+    parts = tuple(
+        evolve(p, counterexample=rename(p.counterexample)) if p.counterexample else p for p in verdict.parts
+    )
     return SoundnessVerdict(name, parts, rename(verdict.counterexample))
 
 
-__all__ = ["PROVED", "COUNTEREXAMPLE", "UNDECIDED", "SAMPLED", "OUTCOMES", "DEFAULT_BOUND", "DEFAULT_BUDGET",
-           "PARAM_CLIP", "Domain", "ParamRange", "PartVerdict", "SoundnessVerdict", "homogeneity", "parameter_ranges",
-           "parts_proved", "prove_part", "prove_soundness"]
+__all__ = [
+    "PROVED",
+    "COUNTEREXAMPLE",
+    "UNDECIDED",
+    "SAMPLED",
+    "OUTCOMES",
+    "DEFAULT_BOUND",
+    "DEFAULT_BUDGET",
+    "PARAM_CLIP",
+    "Domain",
+    "ParamRange",
+    "PartVerdict",
+    "SoundnessVerdict",
+    "homogeneity",
+    "parameter_ranges",
+    "parts_proved",
+    "prove_part",
+    "prove_soundness",
+]

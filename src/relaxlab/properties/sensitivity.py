@@ -89,7 +89,6 @@ if TYPE_CHECKING:
 VARIATION_TOLERANCE = 1e-8
 
 
-
 def derive_sensitivity(relaxation: ReluRelaxation) -> list[SensitivityReason] | None:
     """Reasons the declared lines are sensitive (empty: not sensitive; ``None``: opaque, unknown)."""
     reasons: list[SensitivityReason] = []
@@ -101,11 +100,17 @@ def derive_sensitivity(relaxation: ReluRelaxation) -> list[SensitivityReason] | 
                 return None
             if slope_degree >= 1:
                 kind = "a polynomial" if slope_degree != float("inf") else "a non-polynomial function"
-                reasons.append(SensitivityReason(str(stability), side, "slope",
-                                                 f"{line.slope} is {kind} of l, u within a piece"))
+                reasons.append(
+                    SensitivityReason(
+                        str(stability), side, "slope", f"{line.slope} is {kind} of l, u within a piece"
+                    )
+                )
             if offset_degree >= 2:
-                reasons.append(SensitivityReason(str(stability), side, "offset",
-                                                 f"{line.offset} is not affine in l, u within a piece"))
+                reasons.append(
+                    SensitivityReason(
+                        str(stability), side, "offset", f"{line.offset} is not affine in l, u within a piece"
+                    )
+                )
     return reasons
 
 
@@ -120,7 +125,9 @@ def _interior_points(stability: Stability, count: int, seed: int) -> tuple[torch
     return -a, b
 
 
-def probe_sensitivity(relaxation: ReluRelaxation, count: int = 200, step: float = 1e-3) -> list[SensitivityReason]:
+def probe_sensitivity(
+    relaxation: ReluRelaxation, count: int = 200, step: float = 1e-3
+) -> list[SensitivityReason]:
     """Measured reasons: a slope that changes, or an offset that bends, inside a piece.
 
     Uses only :meth:`coefficients`. Points are drawn inside each case (raw bounds);
@@ -142,8 +149,9 @@ def probe_sensitivity(relaxation: ReluRelaxation, count: int = 200, step: float 
                 scale = 1.0 + centre.abs()
                 back, fwd = (centre - minus).abs(), (plus - centre).abs()
                 inside &= (back <= 10 * fwd + 1e-12 * scale) & (fwd <= 10 * back + 1e-12 * scale)
-            for index, (side, part) in enumerate((("lower", "slope"), ("lower", "offset"),
-                                                  ("upper", "slope"), ("upper", "offset"))):
+            for index, (side, part) in enumerate(
+                (("lower", "slope"), ("lower", "offset"), ("upper", "slope"), ("upper", "offset"))
+            ):
                 minus, centre, plus = (t[index] for t in triple)
                 scale = 1.0 + centre.abs()
                 if part == "slope":
@@ -155,8 +163,9 @@ def probe_sensitivity(relaxation: ReluRelaxation, count: int = 200, step: float 
                     i = int(varies.nonzero()[0, 0])
                     what = "changes" if part == "slope" else "bends"
                     found[(side, part)] = f"{what} near l={float(lb[i]):.3g}, u={float(ub[i]):.3g}"
-        reasons.extend(SensitivityReason(str(stability), side, part, detail)
-                       for (side, part), detail in found.items())
+        reasons.extend(
+            SensitivityReason(str(stability), side, part, detail) for (side, part), detail in found.items()
+        )
     return reasons
 
 

@@ -29,23 +29,39 @@ from relaxlab.properties.pointwise import (
 )
 from relaxlab.properties.prover import SoundnessVerdict
 
-__all__ = ["Counterexample", "Undecided", "SoundnessVerdict", "check_soundness", "find_counterexample",
-           "parameter_probes", "parameter_settings", "probe_pairs", "prove_soundness", "sampled_check"]
+__all__ = [
+    "Counterexample",
+    "Undecided",
+    "SoundnessVerdict",
+    "check_soundness",
+    "find_counterexample",
+    "parameter_probes",
+    "parameter_settings",
+    "probe_pairs",
+    "prove_soundness",
+    "sampled_check",
+]
 
 
-def prove_soundness(relaxation: ReluRelaxation, *, budget: int | None = None,
-                    bound: float | None = None) -> SoundnessVerdict:
+def prove_soundness(
+    relaxation: ReluRelaxation, *, budget: int | None = None, bound: float | None = None
+) -> SoundnessVerdict:
     """The prover's full verdict (:func:`relaxlab.properties.prover.prove_soundness`).
 
     :param budget: boxes per part before a part is ``undecided`` (default: the prover's).
     :param bound: ``|l|, |u|`` domain where the lines are not scale invariant (default
         :data:`~relaxlab.core.scaling.BOUNDED_DOMAIN`, where the evaluator allows them).
     """
-    return prover.prove_soundness(relaxation, budget=budget if budget is not None else prover.DEFAULT_BUDGET,
-                                  bound=bound if bound is not None else prover.DEFAULT_BOUND)
+    return prover.prove_soundness(
+        relaxation,
+        budget=budget if budget is not None else prover.DEFAULT_BUDGET,
+        bound=bound if bound is not None else prover.DEFAULT_BOUND,
+    )
 
 
-def check_soundness(relaxation: ReluRelaxation, *, max_magnitude: float = BOUNDED_DOMAIN) -> Counterexample | None:
+def check_soundness(
+    relaxation: ReluRelaxation, *, max_magnitude: float = BOUNDED_DOMAIN
+) -> Counterexample | None:
     """``None`` when ``relaxation`` is proved sound (or, for opaque lines, passes sampling); else why not.
 
     Runs :func:`prove_soundness` over ``|l|, |u| <= max_magnitude`` (all scales where the lines
@@ -59,7 +75,17 @@ def check_soundness(relaxation: ReluRelaxation, *, max_magnitude: float = BOUNDE
         return verdict.counterexample
     for part in verdict.parts:
         if part.outcome == "undecided":
-            return Undecided(relaxation.name, part.case, "undecided", math.nan, math.nan, math.nan, math.nan,
-                             math.nan, tuple(sorted(relaxation.parameters.items())),
-                             line=part.side, detail=part.note)
+            return Undecided(
+                relaxation.name,
+                part.case,
+                "undecided",
+                math.nan,
+                math.nan,
+                math.nan,
+                math.nan,
+                math.nan,
+                tuple(sorted(relaxation.parameters.items())),
+                line=part.side,
+                detail=part.note,
+            )
     return None

@@ -194,7 +194,7 @@ def case_relations_many(first: Profile, others: Sequence[Profile]) -> list[tuple
     size = max(1, _PARALLEL_THRESHOLD // max(1, first.values.numel()))
     out: list[tuple[tuple[str, str], ...]] = []
     for start in range(0, len(others), size):
-        out += _case_relations_batch(first, others[start:start + size])
+        out += _case_relations_batch(first, others[start : start + size])
     return out
 
 
@@ -207,9 +207,14 @@ def _case_relations_batch(first: Profile, others: Sequence[Profile]) -> list[tup
     finite = first.finite[None] & torch.stack([o.finite for o in others])
     a_ok = (diff[:, :, 0] >= -tol[:, :, 0]).all(dim=-1) & (diff[:, :, 1] <= tol[:, :, 1]).all(dim=-1) & finite
     b_ok = (diff[:, :, 0] <= tol[:, :, 0]).all(dim=-1) & (diff[:, :, 1] >= -tol[:, :, 1]).all(dim=-1) & finite
-    per_case = [(str(stability), a_ok[:, start:stop].all(dim=-1).tolist(), b_ok[:, start:stop].all(dim=-1).tolist())
-                for stability, (start, stop) in _case_slices().items()]
-    return [tuple((case, relation(a_all[k], b_all[k])) for case, a_all, b_all in per_case) for k in range(len(others))]
+    per_case = [
+        (str(stability), a_ok[:, start:stop].all(dim=-1).tolist(), b_ok[:, start:stop].all(dim=-1).tolist())
+        for stability, (start, stop) in _case_slices().items()
+    ]
+    return [
+        tuple((case, relation(a_all[k], b_all[k])) for case, a_all, b_all in per_case)
+        for k in range(len(others))
+    ]
 
 
 def combine(relations: list[str] | tuple[str, ...]) -> str:
@@ -261,8 +266,9 @@ def effective_intermediate(relaxation: ReluRelaxation) -> str:
 
 def compare(first: ReluRelaxation, second: ReluRelaxation) -> Tightness:
     """Pointwise per-case tightness of ``first`` relative to ``second``."""
-    return compare_many(profile(first), effective_intermediate(first),
-                        [(profile(second), effective_intermediate(second))])[0]
+    return compare_many(
+        profile(first), effective_intermediate(first), [(profile(second), effective_intermediate(second))]
+    )[0]
 
 
 def compare_many(first: Profile, first_mode: str, others: Sequence[tuple[Profile, str]]) -> list[Tightness]:
@@ -273,15 +279,16 @@ def compare_many(first: Profile, first_mode: str, others: Sequence[tuple[Profile
     if not others:
         return []
     verdicts = case_relations_many(first, [p for p, _ in others])
-    return [Tightness(first.name, p.name, cases, combine([r for _, r in cases]), first_mode == mode)
-            for (p, mode), cases in zip(others, verdicts, strict=True)]
+    return [
+        Tightness(first.name, p.name, cases, combine([r for _, r in cases]), first_mode == mode)
+        for (p, mode), cases in zip(others, verdicts, strict=True)
+    ]
 
 
 def equivalent(first: ReluRelaxation, second: ReluRelaxation) -> bool:
     """Numerically the same lines in every case and the same (effective) intermediate mode."""
     result = compare(first, second)
     return result.overall == "equal" and result.same_intermediate
-
 
 
 @attrs.frozen(kw_only=True)
@@ -391,7 +398,10 @@ def cr_curves(
                 progress()
         curves[relaxation.name] = tuple(values)
     return TightnessResult(
-        eps=tuple(grid), curves=curves, n=n, accuracy=100.0 * int(correct.sum()) / max(n, 1),
+        eps=tuple(grid),
+        curves=curves,
+        n=n,
+        accuracy=100.0 * int(correct.sum()) / max(n, 1),
         dtype=str(dtype).removeprefix("torch."),
     )
 
@@ -423,8 +433,14 @@ def plot_curves(result: TightnessResult, path: str | Path, title: str = "") -> P
     ax.set_xlim(result.eps[0], result.eps[-1])
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(title="relaxation (CR-AUC)", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
-              fontsize=8, title_fontsize=8)
+    ax.legend(
+        title="relaxation (CR-AUC)",
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0,
+        fontsize=8,
+        title_fontsize=8,
+    )
     ax.set_title(
         f"{title or 'CR curves'}\nempirical, {result.dtype} bounds: n = {result.n} test images "
         f"(accuracy {result.accuracy:.1f}%), {len(result.eps)} radii in [{result.eps[0]:g}, {result.eps[-1]:g}]",

@@ -49,7 +49,6 @@ LP_RTOL = 1e-6
 LP_PAD = 1e-7
 
 
-
 @frozen(eq=False)
 class LpAllResult:
     """LP-ALL bounds of ``C f(x)`` over a box, and the intermediate bounds behind them.

@@ -41,7 +41,12 @@ MILP_ATOL = 1e-6
 #: Slack relative to the interval-arithmetic magnitude of the spec row.
 MILP_RTOL = 1e-6
 
-_HIGHS_OPTIONS = {**HIGHS_OPTIONS, "mip_rel_gap": 1e-9, "mip_abs_gap": 1e-9, "mip_feasibility_tolerance": 1e-9}
+_HIGHS_OPTIONS = {
+    **HIGHS_OPTIONS,
+    "mip_rel_gap": 1e-9,
+    "mip_abs_gap": 1e-9,
+    "mip_feasibility_tolerance": 1e-9,
+}
 _FALLBACK_OPTIONS = {"mip_rel_gap": 1e-9, "mip_abs_gap": 1e-9}
 
 

@@ -32,9 +32,16 @@ def search_unsound_example(relaxation: ReluRelaxation, max_examples: int = 300) 
     """
     failures: list[Counterexample] = []
 
-    @settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
-    @given(setting=parameter_values(relaxation), pairs=st.lists(preactivation_bounds(), min_size=1, max_size=8))
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        setting=parameter_values(relaxation), pairs=st.lists(preactivation_bounds(), min_size=1, max_size=8)
+    )
     def search(setting: ReluRelaxation, pairs: list[tuple[float, float]]) -> None:
         lower, upper = zip(*pairs, strict=True)
         counterexample = find_counterexample(setting, list(lower), list(upper))

@@ -36,7 +36,9 @@ def flip_crop(x: Tensor, generator: torch.Generator, padding: int = PADDING) -> 
     :return: ``(B, C, H, W)`` augmented images (new tensor; ``x`` is not changed).
     """
     if x.dim() != 4:
-        raise ValueError(f"flip-crop augments (batch, channels, height, width) images, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"flip-crop augments (batch, channels, height, width) images, got shape {tuple(x.shape)}"
+        )
     batch, _, height, width = x.shape
     flips = torch.rand(batch, generator=generator) < 0.5
     rows = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)

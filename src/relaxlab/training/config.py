@@ -77,7 +77,9 @@ SEED_RANGE = (-(2**63), 2**64 - 1)
 
 def _seed(_instance: Any, _attribute: Any, value: int) -> None:
     if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
-        raise ConfigError(f"seed must be an integer in [-2**63, 2**64 - 1] (what torch can seed with), got {value}")
+        raise ConfigError(
+            f"seed must be an integer in [-2**63, 2**64 - 1] (what torch can seed with), got {value}"
+        )
 
 
 def _milestones(_instance: Any, _attribute: Any, value: tuple[int, ...]) -> None:
@@ -219,8 +221,10 @@ class TrainConfig:
             raise ConfigError(f"name must be a plain directory name, got {self.name!r}")
         self._check_smoothing()
         if self.loss_fusion and self.method == "natural":
-            raise ConfigError("loss_fusion bounds the robust loss, which method = 'natural' does not have; "
-                              "choose method 'certified' or 'crown-ibp', or set loss_fusion = false")
+            raise ConfigError(
+                "loss_fusion bounds the robust loss, which method = 'natural' does not have; "
+                "choose method 'certified' or 'crown-ibp', or set loss_fusion = false"
+            )
         if self.objective != OFF_BY_DEFAULT["objective"] and self.method != "certified":
             raise ConfigError(
                 f"objective {self.objective!r} needs method = 'certified' (method {self.method!r} "
@@ -228,8 +232,10 @@ class TrainConfig:
                 + "); set method = 'certified' or leave objective out"
             )
         if self.loss_fusion and not self.elision:
-            raise ConfigError("loss_fusion folds its one row per example into the last layer, as elision does; "
-                              "set elision = true or loss_fusion = false")
+            raise ConfigError(
+                "loss_fusion folds its one row per example into the last layer, as elision does; "
+                "set elision = true or loss_fusion = false"
+            )
 
     def _check_smoothing(self) -> None:
         if not math.isfinite(self.smoothing_sigma):
@@ -292,8 +298,13 @@ class TrainConfig:
 #: Options added after runs were recorded, with their "off" value. A config that leaves them off
 #: writes no such key, so its JSON (checkpoints) and its sweep run id stay what they were before
 #: the option existed; reading fills in the default.
-OFF_BY_DEFAULT: dict[str, Any] = {"smoothing_samples": 0, "smoothing_sigma": 0.0, "loss_fusion": False,
-                                   "objective": "kappa-mix", "augment": "none"}
+OFF_BY_DEFAULT: dict[str, Any] = {
+    "smoothing_samples": 0,
+    "smoothing_sigma": 0.0,
+    "loss_fusion": False,
+    "objective": "kappa-mix",
+    "augment": "none",
+}
 
 
 def valid_keys() -> list[str]:
@@ -363,8 +374,10 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     except FileNotFoundError as error:
         raise ConfigError(f"{what} {path} does not exist") from error
     except UnicodeDecodeError as error:
-        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {error.start}: {error.reason}); "
-                          "save it as UTF-8, as TOML requires") from error
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte {error.start}: {error.reason}); "
+            "save it as UTF-8, as TOML requires"
+        ) from error
     except OSError as error:
         raise ConfigError(f"{what} {path} cannot be read: {error.strerror or error}") from error
     except tomllib.TOMLDecodeError as error:
@@ -414,7 +427,9 @@ def validate_names(config: TrainConfig) -> Resolved:
     try:
         objective = None
         if config.method != "natural":
-            objective = registry.objectives.get("CROWN-IBP" if config.method == "crown-ibp" else config.objective)
+            objective = registry.objectives.get(
+                "CROWN-IBP" if config.method == "crown-ibp" else config.objective
+            )
         resolved = Resolved(
             dataset=registry.datasets[config.dataset],
             architecture=registry.architectures[config.architecture],

@@ -92,15 +92,24 @@ class BatchContext:
         return self.relaxation if relaxation is None else get_relaxation(relaxation)
 
     def margins(
-        self, centre: Tensor | None = None, radius: float | Tensor | None = None, *,
-        within: tuple[Tensor, Tensor] | None = None, relaxation: Any = None,
+        self,
+        centre: Tensor | None = None,
+        radius: float | Tensor | None = None,
+        *,
+        within: tuple[Tensor, Tensor] | None = None,
+        relaxation: Any = None,
     ) -> tuple[Tensor, Tensor]:
         # the model is in training mode: no centre check (see engine.bounds.compute_bounds)
         return margin_bounds(
-            self.model, self.x if centre is None else centre, self.labels, self.eps if radius is None else radius,
-            self._relaxation(relaxation), num_classes=self.num_classes,
+            self.model,
+            self.x if centre is None else centre,
+            self.labels,
+            self.eps if radius is None else radius,
+            self._relaxation(relaxation),
+            num_classes=self.num_classes,
             domain=PIXEL_DOMAIN if within is None else within,  # type: ignore[arg-type]
-            elision=self.elision, check_centre=False,
+            elision=self.elision,
+            check_centre=False,
         )
 
     def margin_loss(self, margins: Tensor, others: Tensor) -> Tensor:
@@ -113,16 +122,33 @@ class BatchContext:
     def certified_loss(self, relaxation: Any = None) -> Tensor:
         resolved = self._relaxation(relaxation)
         if self.fusion:
-            return fused_ce_bound(self.model, self.x, self.labels, self.eps, resolved,
-                                  num_classes=self.num_classes).mean()
+            return fused_ce_bound(
+                self.model, self.x, self.labels, self.eps, resolved, num_classes=self.num_classes
+            ).mean()
         lb, others = self.margins(relaxation=resolved)
         return robust_ce(lb, others, self.labels, self.num_classes)
 
     def attack(
-        self, lower: Tensor, upper: Tensor, *, steps: int, step_size: float, decay_at: tuple[int, ...] = (),
+        self,
+        lower: Tensor,
+        upper: Tensor,
+        *,
+        steps: int,
+        step_size: float,
+        decay_at: tuple[int, ...] = (),
     ) -> Tensor:
-        return pgd(self.model, self.x.detach(), self.labels, lower, upper, steps=steps, step_size=step_size,
-                   start="random", generator=self.generator, decay_at=decay_at).point
+        return pgd(
+            self.model,
+            self.x.detach(),
+            self.labels,
+            lower,
+            upper,
+            steps=steps,
+            step_size=step_size,
+            start="random",
+            generator=self.generator,
+            decay_at=decay_at,
+        ).point
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -160,9 +186,17 @@ def training_loss(
     if len(relaxations) == 2 and relaxations[1].label != "IBP":
         raise ValueError(f"the CROWN-IBP defense mixes a relaxation with IBP, got {relaxations[1].label!r}")
     context = BatchContext(
-        model=model, x=x, labels=labels, eps=eps, kappa=kappa if relaxations else 1.0, beta=beta,
-        relaxation=relaxations[0] if relaxations else None, num_classes=num_classes, elision=elision,
-        fusion=fusion, generator=generator if generator is not None else torch.Generator().manual_seed(0),
+        model=model,
+        x=x,
+        labels=labels,
+        eps=eps,
+        kappa=kappa if relaxations else 1.0,
+        beta=beta,
+        relaxation=relaxations[0] if relaxations else None,
+        num_classes=num_classes,
+        elision=elision,
+        fusion=fusion,
+        generator=generator if generator is not None else torch.Generator().manual_seed(0),
     )
     loss, parts = objective(context)
     if l1 > 0.0:

@@ -84,7 +84,9 @@ def smoothed_backward(
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     parameters = [p for p in model.parameters() if p.requires_grad]
     saved = [p.detach().clone() for p in parameters]
-    stats = [(m, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in _tracking_batchnorms(model)]
+    stats = [
+        (m, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in _tracking_batchnorms(model)
+    ]
     for p in parameters:
         p.grad = None
     sums: dict[str, float] = {}

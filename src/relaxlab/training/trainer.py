@@ -97,7 +97,9 @@ def validation_split(n: int, validation: int | float) -> tuple[Tensor, Tensor]:
     """
     count = int(round(validation * n)) if isinstance(validation, float) else int(validation)
     if not 0 < count < n:
-        raise ConfigError(f"validation = {validation!r} holds out {count} of {n} training images; need 1 to {n - 1}")
+        raise ConfigError(
+            f"validation = {validation!r} holds out {count} of {n} training images; need 1 to {n - 1}"
+        )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
     return order[count:].sort().values, order[:count].sort().values
 
@@ -154,7 +156,11 @@ def check_resumable(payload: dict[str, Any], config: TrainConfig, path: Path) ->
     """Refuse to resume from a checkpoint of a different run."""
     saved = from_dict(json.loads(payload["config"]))
     if saved != config:
-        diff = {k: (getattr(saved, k), getattr(config, k)) for k in valid_keys() if getattr(saved, k) != getattr(config, k)}
+        diff = {
+            k: (getattr(saved, k), getattr(config, k))
+            for k in valid_keys()
+            if getattr(saved, k) != getattr(config, k)
+        }
         raise CheckpointError(
             f"cannot resume from {path}: it was written by a run with a different config "
             f"(checkpoint vs now: {diff}); use the same config or a new output directory"
@@ -208,15 +214,23 @@ def train(
         )
     data = load_data(config) if data is None else subset(data, config)
     if int(data.train_y.shape[0]) == 0:
-        raise ConfigError(f"the training split of {config.dataset!r} is empty; check data_dir and train_subset")
+        raise ConfigError(
+            f"the training split of {config.dataset!r} is empty; check data_dir and train_subset"
+        )
     if data.dataset.name != resolved.dataset.name:
         raise ConfigError(f"data of dataset {data.dataset.name!r} given for a config of {config.dataset!r}")
     device = _default_device() if device is None else torch.device(device)
     state = _start(config, resolved.architecture, data.dataset, payload, checkpoint_path, device)
     if store is not None:
         state.run_id = _open_run(store, state, config, device, out_dir)
-    loop = _Loop(config=config, data=data, relaxations=resolved.relaxations, objective=resolved.objective,
-                 callbacks=tuple(callbacks), store=store)
+    loop = _Loop(
+        config=config,
+        data=data,
+        relaxations=resolved.relaxations,
+        objective=resolved.objective,
+        callbacks=tuple(callbacks),
+        store=store,
+    )
     finished = True
     try:
         last = config.epochs if stop_after is None else max(min(stop_after, config.epochs), state.epoch)
@@ -230,7 +244,9 @@ def train(
             state.history.append(metrics)
             if store is not None and state.run_id is not None:
                 store.log_metrics(state.run_id, state.step - 1, metrics)
-            save_checkpoint(checkpoint_path, _payload(state, config, resolved.architecture.name, data.dataset))
+            save_checkpoint(
+                checkpoint_path, _payload(state, config, resolved.architecture.name, data.dataset)
+            )
             if log is not None:
                 log(_format_epoch(config, metrics))
     except BaseException:
@@ -239,21 +255,35 @@ def train(
         raise
     final: dict[str, float] = {}
     if finished:
-        images = progress(f"{config.name} final certification", int(data.test_y.shape[0])) if progress else None
+        images = (
+            progress(f"{config.name} final certification", int(data.test_y.shape[0])) if progress else None
+        )
         final = evaluate(state.model, data, config, resolved.relaxations, progress=images)
         if data.val_x is not None and data.val_y is not None:
             held_out = attrs.evolve(data, test_x=data.val_x, test_y=data.val_y)
-            final.update({f"val_{k[5:]}": v for k, v in evaluate(state.model, held_out, config,
-                                                                    resolved.relaxations).items()})
+            final.update(
+                {
+                    f"val_{k[5:]}": v
+                    for k, v in evaluate(state.model, held_out, config, resolved.relaxations).items()
+                }
+            )
         if store is not None and state.run_id is not None:
             store.log_metrics(state.run_id, max(state.step - 1, 0), final)
             store.finish_run(state.run_id, "done")
-        (out_dir / "history.json").write_text(json.dumps({"history": state.history, "final": final}, indent=1))
+        (out_dir / "history.json").write_text(
+            json.dumps({"history": state.history, "final": final}, indent=1)
+        )
     elif store is not None and state.run_id is not None:
         store.finish_run(state.run_id, "interrupted")
     state.model.eval()
-    return TrainResult(model=state.model, history=state.history, checkpoint=checkpoint_path, run_id=state.run_id,
-                       final=final, finished=finished)
+    return TrainResult(
+        model=state.model,
+        history=state.history,
+        checkpoint=checkpoint_path,
+        run_id=state.run_id,
+        final=final,
+        finished=finished,
+    )
 
 
 @attrs.define(eq=False)
@@ -270,8 +300,12 @@ class _State:
 
 
 def _start(
-    config: TrainConfig, architecture: Architecture, dataset: Dataset, payload: dict[str, Any] | None,
-    checkpoint_path: Path, device: torch.device,
+    config: TrainConfig,
+    architecture: Architecture,
+    dataset: Dataset,
+    payload: dict[str, Any] | None,
+    checkpoint_path: Path,
+    device: torch.device,
 ) -> _State:
     """A fresh state from the config's seed, or the state a checkpoint saved."""
     torch.manual_seed(config.seed)
@@ -306,8 +340,9 @@ def _open_run(store: Store, state: _State, config: TrainConfig, device: torch.de
         # its last checkpoint (the resumed run logs it again, identically)
         store.delete_metrics_from(state.run_id, state.step)
         return state.run_id
-    run_id = store.create_run("train", {**config.to_dict(), "run_dir": str(out_dir)}, name=config.name,
-                              env=environment(str(device)))
+    run_id = store.create_run(
+        "train", {**config.to_dict(), "run_dir": str(out_dir)}, name=config.name, env=environment(str(device))
+    )
     for metrics in state.history:
         store.log_metrics(run_id, int(metrics["step"]), metrics)
     return run_id
@@ -324,7 +359,9 @@ class _Loop:
     callbacks: tuple[Callback, ...]
     store: Store | None
 
-    def epoch(self, state: _State, epoch: int, step_done: Callable[[int], None] | None = None) -> dict[str, float]:
+    def epoch(
+        self, state: _State, epoch: int, step_done: Callable[[int], None] | None = None
+    ) -> dict[str, float]:
         """Train one epoch from ``state`` (updated in place); the epoch's metrics.
 
         :param step_done: called with ``1`` after every optimisation step.
@@ -344,7 +381,9 @@ class _Loop:
             index = order[b * config.batch_size : (b + 1) * config.batch_size]
             x, y = data.train_x[index].to(device), data.train_y[index].to(device)
             if config.augment == "flip-crop":
-                x = flip_crop(x, torch.Generator().manual_seed(step_seed("augmentation", config.seed, state.step)))
+                x = flip_crop(
+                    x, torch.Generator().manual_seed(step_seed("augmentation", config.seed, state.step))
+                )
             values = schedule_at(config, state.step, batches)
             parts = self._step(state, x, y, values, epoch)
             for key, value in parts.items():
@@ -355,23 +394,42 @@ class _Loop:
                 step_done(1)
         state.epoch = epoch + 1
         metrics = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
-        metrics.update({"epoch": float(epoch + 1), "step": float(state.step - 1), "lr": lr, "eps": values.eps,
-                        "kappa": values.kappa})
+        metrics.update(
+            {
+                "epoch": float(epoch + 1),
+                "step": float(state.step - 1),
+                "lr": lr,
+                "eps": values.eps,
+                "kappa": values.kappa,
+            }
+        )
         if config.method == "crown-ibp":
             metrics["beta"] = values.beta
         if config.eval_every and (epoch + 1) % config.eval_every == 0 and epoch + 1 != config.epochs:
             metrics.update(evaluate(state.model, data, config, self.relaxations))
         return metrics
 
-    def _step(self, state: _State, x: Tensor, y: Tensor, values: ScheduleValues, epoch: int) -> dict[str, float]:
+    def _step(
+        self, state: _State, x: Tensor, y: Tensor, values: ScheduleValues, epoch: int
+    ) -> dict[str, float]:
         config = self.config
         starts = torch.Generator().manual_seed(step_seed("attack starts", config.seed, state.step))
 
         def loss_fn() -> tuple[Tensor, dict[str, float]]:
             loss, parts = training_loss(
-                state.model, x, y, eps=values.eps, kappa=values.kappa, beta=values.beta,
-                relaxations=self.relaxations, num_classes=self.data.dataset.num_classes, elision=config.elision,
-                l1=config.l1, fusion=config.loss_fusion, objective=self.objective, generator=starts,
+                state.model,
+                x,
+                y,
+                eps=values.eps,
+                kappa=values.kappa,
+                beta=values.beta,
+                relaxations=self.relaxations,
+                num_classes=self.data.dataset.num_classes,
+                elision=config.elision,
+                l1=config.l1,
+                fusion=config.loss_fusion,
+                objective=self.objective,
+                generator=starts,
             )
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -382,7 +440,10 @@ class _Loop:
 
         if config.smoothing_samples:
             parts = smoothed_backward(
-                state.model, loss_fn, samples=config.smoothing_samples, sigma=config.smoothing_sigma,
+                state.model,
+                loss_fn,
+                samples=config.smoothing_samples,
+                sigma=config.smoothing_sigma,
                 generator=noise_generator(config.seed, state.step),
             )
             update_running_stats(state.model, x)
@@ -394,18 +455,33 @@ class _Loop:
             nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
         state.optimizer.step()
         for callback in self.callbacks:
-            callback(step=state.step, model=state.model, batch=(x, y), eps=values.eps,
-                     relaxation=self.relaxations[0] if self.relaxations else None, store=self.store,
-                     run_id=state.run_id)
+            callback(
+                step=state.step,
+                model=state.model,
+                batch=(x, y),
+                eps=values.eps,
+                relaxation=self.relaxations[0] if self.relaxations else None,
+                store=self.store,
+                run_id=state.run_id,
+            )
         return parts
 
 
 def _payload(state: _State, config: TrainConfig, architecture: str, dataset: Dataset) -> dict[str, Any]:
     return make_payload(
-        config_json=config.to_json(), architecture=architecture, input_shape=dataset.input_shape,
-        num_classes=dataset.num_classes, mean=dataset.mean, std=dataset.std, model=state.model,
-        optimizer=state.optimizer, generator=state.generator, epoch=state.epoch, step=state.step,
-        history=state.history, run_id=state.run_id,
+        config_json=config.to_json(),
+        architecture=architecture,
+        input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes,
+        mean=dataset.mean,
+        std=dataset.std,
+        model=state.model,
+        optimizer=state.optimizer,
+        generator=state.generator,
+        epoch=state.epoch,
+        step=state.step,
+        history=state.history,
+        run_id=state.run_id,
     )
 
 
@@ -417,7 +493,10 @@ def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> Non
 
 
 def evaluate(
-    model: nn.Module, data: Data, config: TrainConfig, relaxations: Sequence[Any],
+    model: nn.Module,
+    data: Data,
+    config: TrainConfig,
+    relaxations: Sequence[Any],
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Test accuracy and certified robustness at ``eps_test`` with the first training relaxation.

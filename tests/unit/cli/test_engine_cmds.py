@@ -189,41 +189,70 @@ def test_bounds_and_certify_agree_on_margins_near_zero(tmp_path: Path, gap: floa
     path = tmp_path / "m.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.float(), (torch.zeros(1, 2),), str(path), dynamo=False, input_names=["x"],
-                          dynamic_axes={"x": {0: "batch"}})
+        torch.onnx.export(
+            model.float(),
+            (torch.zeros(1, 2),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+        )
     model.double()
     with torch.no_grad():
         model[0].bias.copy_(torch.tensor([gap, 0.0], dtype=torch.float64))  # exact in float64
     x = np.full((1, 2), 0.5)
     np.save(tmp_path / "x.npy", x)
-    result = CliRunner().invoke(cli, ["bounds", "--model", str(path), "--input", str(tmp_path / "x.npy"), "--eps",
-                                      "0", "-r", "IBP", "--spec", "margins", "--label", "0", "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bounds",
+            "--model",
+            str(path),
+            "--input",
+            str(tmp_path / "x.npy"),
+            "--eps",
+            "0",
+            "-r",
+            "IBP",
+            "--spec",
+            "margins",
+            "--label",
+            "0",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)["examples"][0]
     assert record["lower"][0] > 0  # the bound itself is positive in both cases
-    (certified,) = certify(model, torch.tensor(x), torch.tensor([0]), 0.0, [get_relaxation("IBP")],
-                           num_classes=2, pgd=False)
+    (certified,) = certify(
+        model, torch.tensor(x), torch.tensor([0]), 0.0, [get_relaxation("IBP")], num_classes=2, pgd=False
+    )
     assert record["certified"] is expected
     assert (certified.certified == 1.0) is expected
 
 
-@pytest.mark.parametrize(("array", "message"), [
-    (np.array([[0.1 + 1j, 0.2]]), "complex"),
-    (np.array([["a", "b"]]), "strings"),
-    (np.zeros((0, 4)), "empty"),
-])
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.array([[0.1 + 1j, 0.2]]), "complex"),
+        (np.array([["a", "b"]]), "strings"),
+        (np.zeros((0, 4)), "empty"),
+    ],
+)
 def test_inputs_that_are_not_real_points_are_refused_by_name(
     onnx_model: tuple[nn.Sequential, Path], tmp_path: Path, array: np.ndarray, message: str
 ) -> None:
     _, path = onnx_model
     np.save(tmp_path / "x.npy", array)
-    result = CliRunner().invoke(cli, ["bounds", "--model", str(path), "--input", str(tmp_path / "x.npy"), "--eps", "0.1",
-                                      "-r", "IBP"])
+    result = CliRunner().invoke(
+        cli, ["bounds", "--model", str(path), "--input", str(tmp_path / "x.npy"), "--eps", "0.1", "-r", "IBP"]
+    )
     assert result.exit_code == 2 and message in result.output, result.output
 
 
-def test_bounds_takes_lists_and_selectors_as_every_r_does(onnx_model: tuple[nn.Sequential, Path],
-                                                           tmp_path: Path) -> None:
+def test_bounds_takes_lists_and_selectors_as_every_r_does(
+    onnx_model: tuple[nn.Sequential, Path], tmp_path: Path
+) -> None:
     """`bounds --help` says -r takes a comma list and 'paper': it does, one result per relaxation."""
     model, path = onnx_model
     x = np.random.default_rng(1).random((1, 4))

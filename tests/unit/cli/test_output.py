@@ -17,7 +17,9 @@ def test_render_table_wraps_wide_cells_within_the_width() -> None:
     assert max(map(len, lines)) <= TABLE_WIDTH
     assert lines[0].split() == ["name", "tighter", "than", "z"]
     assert text.count("LooseIBP-DC") == 12  # wrapped, nothing lost
-    assert lines[3].startswith(" " * len("CROWN-0-Tria-C"))  # a continuation line leaves the first column empty
+    assert lines[3].startswith(
+        " " * len("CROWN-0-Tria-C")
+    )  # a continuation line leaves the first column empty
     wide = render_table(["name", "tighter than", "z"], rows, width=None)
     assert max(map(len, wide.splitlines())) > TABLE_WIDTH and len(wide.splitlines()) == 4
 
@@ -42,7 +44,9 @@ def test_list_and_show_name_the_origin_alike() -> None:
     assert max(map(len, listed.output.splitlines())) <= TABLE_WIDTH
     records = json.loads(CliRunner().invoke(cli, ["list", "--json"]).output)
     ibp = next(r for r in records if r["name"] == "IBP")
-    assert ibp["origin"] == "built-in" and ibp["plugin"] == "relaxlab.relaxations.builtin"  # as docs/plugins.md says
+    assert (
+        ibp["origin"] == "built-in" and ibp["plugin"] == "relaxlab.relaxations.builtin"
+    )  # as docs/plugins.md says
 
 
 def test_paradox_csv_and_json_name_the_flags_alike() -> None:
@@ -50,8 +54,16 @@ def test_paradox_csv_and_json_name_the_flags_alike() -> None:
 
     from relaxlab.experiments.paradox import ParadoxRow, paradox_csv
 
-    row = ParadoxRow(relaxation="CROWN", continuous=False, sensitive=True, cr_auc=3.0, accuracy=90.0,
-                     certified=50.0, pgd=None, n=100)
+    row = ParadoxRow(
+        relaxation="CROWN",
+        continuous=False,
+        sensitive=True,
+        cr_auc=3.0,
+        accuracy=90.0,
+        certified=50.0,
+        pgd=None,
+        n=100,
+    )
     header, line = paradox_csv([row]).splitlines()
     assert header == "relaxation,continuous,sensitive,cr_auc,accuracy,pgd,certified,n"
     assert line == "CROWN,False,True,3.0000,90.00,,50.00,100"  # ✗C ✗S

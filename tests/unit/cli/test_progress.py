@@ -22,7 +22,6 @@ from tests.e2e.test_training_e2e import TINY_TOML  # FC-S, IBP, 2 epochs of 3 st
 STATUS = re.compile(r"^(?P<desc>[^\n]+): (?P<done>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\), \d+ (s|min)")
 
 
-
 def _status(text: str, desc: str) -> list[re.Match[str]]:
     return [m for m in map(STATUS.match, text.splitlines()) if m and m["desc"] == desc]
 
@@ -67,7 +66,10 @@ def test_quiet_prints_nothing_and_a_failure_gets_no_closing_line() -> None:
         progress.update(3)
         progress.write("a note")
     assert stream.getvalue() == ""
-    with pytest.raises(KeyError), Progress("work", 3, stream=stream, tty=False, every=3600, first=0) as progress:
+    with (
+        pytest.raises(KeyError),
+        Progress("work", 3, stream=stream, tty=False, every=3600, first=0) as progress,
+    ):
         progress.update(1)  # 1/3 crosses a tenth: one line
         raise KeyError
     assert len(stream.getvalue().splitlines()) == 1  # 1/3 crossed a tenth; no closing line after the error
@@ -113,8 +115,10 @@ def test_fractions_of_a_unit_count_and_read_as_decimals() -> None:
     with Progress("sweep: runs", 2, stream=stream, tty=False, every=0) as progress:
         progress.update(0.25)
         progress.update(0.75)
-    assert stream.getvalue().splitlines()[:2] == ["sweep: runs: 0.2/2 (12%), 0 s, ETA 0 s",
-                                                   "sweep: runs: 1/2 (50%), 0 s, ETA 0 s"]
+    assert stream.getvalue().splitlines()[:2] == [
+        "sweep: runs: 0.2/2 (12%), 0 s, ETA 0 s",
+        "sweep: runs: 1/2 (50%), 0 s, ETA 0 s",
+    ]
 
 
 def test_durations_read_as_words() -> None:
@@ -156,7 +160,18 @@ def test_certify_reports_images(checkpoint: Path) -> None:
 
 
 def test_tightness_reports_radii(checkpoint: Path, tmp_path: Path) -> None:
-    args = ["tightness", str(checkpoint), "-r", "IBP,CROWN", "--points", "3", "--n", "10", "--out", str(tmp_path)]
+    args = [
+        "tightness",
+        str(checkpoint),
+        "-r",
+        "IBP,CROWN",
+        "--points",
+        "3",
+        "--n",
+        "10",
+        "--out",
+        str(tmp_path),
+    ]
     loud = _invoke(args)
     assert loud.exit_code == 0, loud.stderr
     lines = _status(loud.stderr, "tightness")
@@ -165,8 +180,18 @@ def test_tightness_reports_radii(checkpoint: Path, tmp_path: Path) -> None:
 
 
 def test_landscape_reports_curves(checkpoint: Path, tmp_path: Path) -> None:
-    args = ["landscape", str(checkpoint), "-r", "IBP,hBox", "--eps", "0.05", "--points", "5",
-            "--plot", str(tmp_path / "l.png")]
+    args = [
+        "landscape",
+        str(checkpoint),
+        "-r",
+        "IBP,hBox",
+        "--eps",
+        "0.05",
+        "--points",
+        "5",
+        "--plot",
+        str(tmp_path / "l.png"),
+    ]
     loud = _invoke(args)
     assert loud.exit_code == 0, loud.stderr
     assert [m["done"] for m in _status(loud.stderr, "landscape")] == ["1", "2"]
@@ -193,20 +218,27 @@ def test_paradox_reports_each_phase(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     import relaxlab.experiments.paradox as paradox
 
     tiny = {"train_subset": 40, "test_subset": 10, "max_batches": 1, "batch_size": 20}
-    monkeypatch.setattr(paradox, "run_paradox", functools.partial(
-        paradox.run_paradox, tightness_points=2, tightness_n=10, overrides=tiny))
+    monkeypatch.setattr(
+        paradox,
+        "run_paradox",
+        functools.partial(paradox.run_paradox, tightness_points=2, tightness_n=10, overrides=tiny),
+    )
     loud = _invoke(["paradox", "--quick", "--out", str(tmp_path / "a")])
     assert loud.exit_code == 0, loud.stderr
     descs = {m["desc"] for m in map(STATUS.match, loud.stderr.splitlines()) if m}
-    assert {"paradox: paradox-ibp", "paradox: paradox-natural", "paradox: tightness",
-            "paradox: certify IBP"} <= descs
+    assert {
+        "paradox: paradox-ibp",
+        "paradox: paradox-natural",
+        "paradox: tightness",
+        "paradox: certify IBP",
+    } <= descs
     assert _invoke(["paradox", "--quick", "--out", str(tmp_path / "b"), "--quiet"]).stderr == ""
 
 
 def test_sweep_reports_runs(tmp_path: Path) -> None:
     (tmp_path / "s.toml").write_text(
         'name = "s"\nseeds = [0]\n[base]\narchitecture = "FC-S"\nepochs = 1\nbatch_size = 50\nmax_batches = 1\n'
-        'train_subset = 50\ntest_subset = 10\neps_train = 0.1\neps_test = 0.1\n'
+        "train_subset = 50\ntest_subset = 10\neps_train = 0.1\neps_test = 0.1\n"
         '[grid]\nrelaxation = ["IBP"]\n[certify]\nrelaxations = ["own"]\nn = 10\n'
     )
     args = ["sweep", str(tmp_path / "s.toml"), "--executor", "inprocess", "--out"]

@@ -73,19 +73,35 @@ def test_a_tiny_screen_prints_the_table_and_resumes(tmp_path: Path, monkeypatch:
         assert word in result.output
     assert "3 trained, 0 already done, 0 failed" in result.output
     out = tmp_path / "runs" / "mini"
-    assert all((out / name).is_file() for name in ("screen.md", "screen.csv", "screen.json", "screen.png",
-                                                    "genealogy.png"))
+    assert all(
+        (out / name).is_file()
+        for name in ("screen.md", "screen.csv", "screen.json", "screen.png", "genealogy.png")
+    )
     again = CliRunner().invoke(cli, ["screen", str(path), "--executor", "inprocess", "-q"])
     assert again.exit_code == 0 and "0 trained, 3 already done" in again.output
 
 
 def test_failed_runs_are_listed_and_exit_1(tmp_path: Path) -> None:
     """A dataset that is not there fails every run; each failure is recorded, the table still written."""
-    path = _write(tmp_path, SCREEN.replace('architecture = "FC-S"', 'architecture = "FC-S"\ndataset = "mnist"'))
+    path = _write(
+        tmp_path, SCREEN.replace('architecture = "FC-S"', 'architecture = "FC-S"\ndataset = "mnist"')
+    )
     empty = tmp_path / "no-data"
     empty.mkdir()
-    result = CliRunner().invoke(cli, ["screen", str(path), "--out", str(tmp_path / "out"), "--data-dir",
-                                      str(empty), "--executor", "inprocess", "-q"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "screen",
+            str(path),
+            "--out",
+            str(tmp_path / "out"),
+            "--data-dir",
+            str(empty),
+            "--executor",
+            "inprocess",
+            "-q",
+        ],
+    )
     assert result.exit_code == 1
     assert "0 trained, 0 already done, 3 failed" in result.output
     assert "DatasetNotFoundError" in result.output and "(1 failed)" in result.output

@@ -38,8 +38,14 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r} o
 def _modules_after(*invocations: list[str]) -> tuple[list[str], str]:
     """Run the CLI in a fresh interpreter; the heavy and command modules it imported, and its output."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    result = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(list(invocations))], capture_output=True,
-                            text=True, env=env, timeout=600, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(list(invocations))],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     *output, modules = result.stdout.rstrip("\n").split("\n")
     return json.loads(modules), "\n".join(output)
@@ -55,9 +61,14 @@ def test_the_table_names_every_command_with_its_own_help() -> None:
     defined = set()
     for info in pkgutil.iter_modules(relaxlab.cli.__path__, "relaxlab.cli."):
         module = importlib.import_module(info.name)
-        defined |= {f"{info.name}:{attr}" for attr, value in vars(module).items()
-                    if isinstance(value, click.Command) and getattr(value.callback, "__module__", None) == info.name}
-    assert defined == {target for target, _ in COMMANDS.values()}, "a command is missing from relaxlab.cli.COMMANDS"
+        defined |= {
+            f"{info.name}:{attr}"
+            for attr, value in vars(module).items()
+            if isinstance(value, click.Command) and getattr(value.callback, "__module__", None) == info.name
+        }
+    assert defined == {target for target, _ in COMMANDS.values()}, (
+        "a command is missing from relaxlab.cli.COMMANDS"
+    )
 
 
 def test_help_lists_every_command_without_importing_one() -> None:

@@ -27,19 +27,40 @@ def mnist_dir(tmp_path: Path, embedded_test: tuple[torch.Tensor, torch.Tensor]) 
 
 def test_table10_certifies_prints_and_shows(mnist_dir: Path, released_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "table10.json"  # the record's name in --out
-    args = ["table10", "--out", str(tmp_path), "--n", "200", "--net", "mnist_FC_box", "--net", "mnist_CONV_zono",
-            "-r", "IBP", "--networks", str(released_dir), "--data-dir", str(mnist_dir), "--threads", "1", "-q"]
+    args = [
+        "table10",
+        "--out",
+        str(tmp_path),
+        "--n",
+        "200",
+        "--net",
+        "mnist_FC_box",
+        "--net",
+        "mnist_CONV_zono",
+        "-r",
+        "IBP",
+        "--networks",
+        str(released_dir),
+        "--data-dir",
+        str(mnist_dir),
+        "--threads",
+        "1",
+        "-q",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     record = load_record(out)
     assert {key: cell.done for key, cell in record.cells.items()} == {
-        ("mnist_FC_box", "IBP"): 200, ("mnist_CONV_zono", "IBP"): 200}
+        ("mnist_FC_box", "IBP"): 200,
+        ("mnist_CONV_zono", "IBP"): 200,
+    }
     box = f"{record.certified_percent('mnist_FC_box', 'IBP', 200):.2f} (74)"
     assert "on the first 200 MNIST test images" in result.output and box in result.output
     assert "2 cells recorded in" in result.output
 
-    shown = CliRunner().invoke(cli, ["table10", "--out", str(tmp_path), "--n", "200", "-r", "IBP,DeepZ", "--show",
-                                     "--wide"])
+    shown = CliRunner().invoke(
+        cli, ["table10", "--out", str(tmp_path), "--n", "200", "-r", "IBP,DeepZ", "--show", "--wide"]
+    )
     assert shown.exit_code == 0, shown.output
     rows = [line.split() for line in shown.output.splitlines() if line.startswith(("FC ", "CONV "))]
     assert len(rows) == 12
@@ -70,7 +91,22 @@ def test_a_file_that_is_no_record_or_missing_networks_are_refused(mnist_dir: Pat
     assert result.exit_code == 2 and "not a relaxlab Table 10 record" in result.output
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = CliRunner().invoke(cli, ["table10", "--out", str(tmp_path), "--networks", str(empty),
-                                      "--data-dir", str(mnist_dir), "--n", "100", "-q"])
-    assert result.exit_code == 2 and "the paper's released networks are not in" in result.output, result.output
+    result = CliRunner().invoke(
+        cli,
+        [
+            "table10",
+            "--out",
+            str(tmp_path),
+            "--networks",
+            str(empty),
+            "--data-dir",
+            str(mnist_dir),
+            "--n",
+            "100",
+            "-q",
+        ],
+    )
+    assert result.exit_code == 2 and "the paper's released networks are not in" in result.output, (
+        result.output
+    )
     assert len(result.output.strip().splitlines()) == 1

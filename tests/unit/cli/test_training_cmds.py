@@ -19,7 +19,9 @@ from tests.e2e.test_training_e2e import TINY_TOML  # FC-S, IBP, 2 epochs of 3 st
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cmds")
     (root / "c.toml").write_text(TINY_TOML)
-    result = CliRunner().invoke(cli, ["train", str(root / "c.toml"), "--out", str(root / "runs" / "cli-ibp"), "-q"])
+    result = CliRunner().invoke(
+        cli, ["train", str(root / "c.toml"), "--out", str(root / "runs" / "cli-ibp"), "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert f"run 1 in {root / 'runs' / 'results.sqlite'}" in result.output  # train says where it recorded
     return root / "runs" / "cli-ibp"
@@ -29,23 +31,43 @@ def test_certify_says_which_store_it_writes_to(run: Path) -> None:
     result = CliRunner().invoke(cli, ["certify", str(run / "checkpoint.pt"), "--n", "10", "--no-pgd", "-q"])
     assert result.exit_code == 0, result.output
     store = run.parent / "results.sqlite"
-    assert f"recorded 1 certification in the results store {store} (tables: relaxlab report --store {store})" \
+    assert (
+        f"recorded 1 certification in the results store {store} (tables: relaxlab report --store {store})"
         in result.output
+    )
 
 
 def test_report_writes_into_the_out_directory_and_refuses_a_file_name(run: Path, tmp_path: Path) -> None:
     store = str(run.parent / "results.sqlite")
     result = CliRunner().invoke(cli, ["report", "--store", store, "--out", str(tmp_path / "r")])
-    assert result.exit_code == 0 and (tmp_path / "r" / "report.md").read_text().startswith("# relaxlab results")
-    result = CliRunner().invoke(cli, ["report", "--store", store, "--format", "csv", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0 and (tmp_path / "r" / "report.md").read_text().startswith(
+        "# relaxlab results"
+    )
+    result = CliRunner().invoke(
+        cli, ["report", "--store", store, "--format", "csv", "--out", str(tmp_path / "r")]
+    )
     assert result.exit_code == 0 and (tmp_path / "r" / "report.csv").is_file()
     old = CliRunner().invoke(cli, ["report", "--store", store, "--out", str(tmp_path / "report.md")])
-    assert old.exit_code == 2 and f"give --out {tmp_path}" in old.output and not (tmp_path / "report.md").exists()
+    assert (
+        old.exit_code == 2
+        and f"give --out {tmp_path}" in old.output
+        and not (tmp_path / "report.md").exists()
+    )
 
 
 def test_landscape_says_the_file_it_wrote(run: Path, tmp_path: Path) -> None:
     """``--plot adir`` writes adir.png (and adir.csv) and says so, not ``adir``."""
-    args = ["landscape", str(run / "checkpoint.pt"), "-r", "IBP,CROWN", "--eps", "0.05", "--points", "4", "-q"]
+    args = [
+        "landscape",
+        str(run / "checkpoint.pt"),
+        "-r",
+        "IBP,CROWN",
+        "--eps",
+        "0.05",
+        "--points",
+        "4",
+        "-q",
+    ]
     result = CliRunner().invoke(cli, [*args, "--plot", str(tmp_path / "adir")])
     assert result.exit_code == 0, result.output
     assert f"wrote {tmp_path / 'adir.png'} and {tmp_path / 'adir.csv'}" in result.output
@@ -57,8 +79,10 @@ def test_landscape_says_the_file_it_wrote(run: Path, tmp_path: Path) -> None:
 
 def test_a_half_trained_sweep_run_shows_as_such(tmp_path: Path) -> None:
     sweep = tmp_path / "s.toml"
-    sweep.write_text('name = "s"\nseeds = [0]\n[base]\narchitecture = "FC-S"\nepochs = 3\nbatch_size = 50\n'
-                     'max_batches = 1\ntrain_subset = 50\ntest_subset = 10\n[grid]\nrelaxation = ["IBP", "hBox"]\n')
+    sweep.write_text(
+        'name = "s"\nseeds = [0]\n[base]\narchitecture = "FC-S"\nepochs = 3\nbatch_size = 50\n'
+        'max_batches = 1\ntrain_subset = 50\ntest_subset = 10\n[grid]\nrelaxation = ["IBP", "hBox"]\n'
+    )
     out = tmp_path / "out"
     from relaxlab.experiments.executors import InProcessExecutor
     from relaxlab.experiments.sweep import load_sweep, run_sweep
@@ -93,8 +117,19 @@ def test_interrupting_says_how_to_resume() -> None:
 
 
 def test_export_writes_instances_relative_to_their_folder(run: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["export", str(run / "checkpoint.pt"), "--onnx", str(tmp_path / "b" / "m.onnx"),
-                                      "--vnnlib", str(tmp_path / "b" / "props"), "--n", "2"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            str(run / "checkpoint.pt"),
+            "--onnx",
+            str(tmp_path / "b" / "m.onnx"),
+            "--vnnlib",
+            str(tmp_path / "b" / "props"),
+            "--n",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "b" / "props" / "instances.csv").read_text().splitlines()
     assert lines == ["../m.onnx,prop_0.vnnlib,60", "../m.onnx,prop_1.vnnlib,60"]
@@ -103,8 +138,9 @@ def test_export_writes_instances_relative_to_their_folder(run: Path, tmp_path: P
     for line in lines:
         onnx, vnnlib, _ = line.split(",")
         assert (moved / "props" / onnx).is_file() and (moved / "props" / vnnlib).is_file()
-    bad = CliRunner().invoke(cli, ["export", str(run / "checkpoint.pt"), "--onnx", str(tmp_path / "x.onnx"),
-                                   "--timeout", "nan"])
+    bad = CliRunner().invoke(
+        cli, ["export", str(run / "checkpoint.pt"), "--onnx", str(tmp_path / "x.onnx"), "--timeout", "nan"]
+    )
     assert bad.exit_code == 2 and "--timeout must be" in bad.output
 
 
@@ -113,10 +149,13 @@ def test_sweep_takes_data_dir_as_every_data_command_does(tmp_path: Path) -> None
     from relaxlab.experiments.sweep import load_sweep
 
     sweep = tmp_path / "s.toml"
-    sweep.write_text('name = "s"\n[base]\narchitecture = "FC-S"\nepochs = 1\n[grid]\nrelaxation = ["IBP", "hBox"]\n')
+    sweep.write_text(
+        'name = "s"\n[base]\narchitecture = "FC-S"\nepochs = 1\n[grid]\nrelaxation = ["IBP", "hBox"]\n'
+    )
     assert {run.config.data_dir for run in load_sweep(sweep, data_dir="/data/mnist").runs} == {"/data/mnist"}
     plain = CliRunner().invoke(cli, ["sweep", str(sweep), "--out", str(tmp_path / "o"), "--dry-run"])
-    moved = CliRunner().invoke(cli, ["sweep", str(sweep), "--out", str(tmp_path / "o"), "--dry-run",
-                                     "--data-dir", str(tmp_path)])
+    moved = CliRunner().invoke(
+        cli, ["sweep", str(sweep), "--out", str(tmp_path / "o"), "--dry-run", "--data-dir", str(tmp_path)]
+    )
     assert plain.exit_code == moved.exit_code == 0
     assert plain.output.splitlines()[3:] != moved.output.splitlines()[3:]  # data_dir is part of a run's id

@@ -19,8 +19,13 @@ SETTINGS = (0.25, 1.0, 3.0, 40.0)
 def _alpha_crown() -> ReluRelaxation:
     """CROWN with the unstable lower slope a parameter α ∈ [0, 1] (sound for every α there)."""
     crown = relaxlab.get_relaxation("CROWN")
-    return evolve(crown, name="alpha-CROWN", unstable=CaseBounds(line(Param("alpha"), 0.0), crown.unstable.upper),
-                  params=(ParamSpec("alpha", 0.5, minimum=0.0, maximum=1.0),), values=())
+    return evolve(
+        crown,
+        name="alpha-CROWN",
+        unstable=CaseBounds(line(Param("alpha"), 0.0), crown.unstable.upper),
+        params=(ParamSpec("alpha", 0.5, minimum=0.0, maximum=1.0),),
+        values=(),
+    )
 
 
 def _bounds(dtype: torch.dtype, n: int = 600) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,8 +43,11 @@ def test_per_element_values_equal_the_spec_set_to_each_value(dtype: torch.dtype)
     tried = 0
     for relaxation in [*relaxlab.get_registry().relaxations.values(), _alpha_crown()]:
         for spec in relaxation.params:
-            choices = [v for v in SETTINGS if spec.proved_range(spec.default)[0] < v
-                       <= spec.proved_range(spec.default)[1]]
+            choices = [
+                v
+                for v in SETTINGS
+                if spec.proved_range(spec.default)[0] < v <= spec.proved_range(spec.default)[1]
+            ]
             per_element = torch.tensor(choices, dtype=dtype)[which % len(choices)]
             got_bounds = relaxation.transform_bounds(lower, upper, values={spec.name: per_element})
             got = relaxation.coefficients(lower, upper, values={spec.name: per_element}).tensors
@@ -50,8 +58,9 @@ def test_per_element_values_equal_the_spec_set_to_each_value(dtype: torch.dtype)
                 expected = fixed.coefficients(lower[mask], upper[mask]).tensors
                 eps = torch.finfo(dtype).eps
                 for g, e in zip((*got_bounds, *got), (*expected_bounds, *expected), strict=True):
-                    torch.testing.assert_close(g[mask], e, rtol=2 * eps, atol=0.0,
-                                               msg=f"{relaxation.name} {spec.name}={value}")
+                    torch.testing.assert_close(
+                        g[mask], e, rtol=2 * eps, atol=0.0, msg=f"{relaxation.name} {spec.name}={value}"
+                    )
             tried += 1
     assert tried >= 5  # CROWN-Soft, CROWN-Soft-IBP, DeepZ-Soft, LooseIBP-C, LooseIBP-DC (2), alpha-CROWN
 
@@ -82,8 +91,11 @@ def test_values_without_a_proof_behind_them_are_refused_by_name() -> None:
         (alpha, {"alpha": torch.full((3,), 0.5, dtype=F64)}, "does not broadcast to the bounds' shape (8,)"),
         # F > 0 is strict; γ has no maximum, so it is proved (and allowed) up to the clip only
         (relaxlab.get_relaxation("LooseIBP-DC"), {"F": torch.zeros_like(lower)}, "outside (0, "),
-        (relaxlab.get_relaxation("CROWN-Soft"), {"gamma": torch.full_like(lower, 5 * PARAM_CLIP)},
-         f"outside (0, {PARAM_CLIP:g}]"),
+        (
+            relaxlab.get_relaxation("CROWN-Soft"),
+            {"gamma": torch.full_like(lower, 5 * PARAM_CLIP)},
+            f"outside (0, {PARAM_CLIP:g}]",
+        ),
     ]
     for relaxation, values, message in cases:
         with pytest.raises(ValueError) as caught:
@@ -107,18 +119,31 @@ def test_a_parameter_combined_before_it_meets_the_bounds_takes_values_in_float64
     element it would be rounded in float32, so float32 bounds are refused and float64 ones served."""
     crown = relaxlab.get_relaxation("CROWN")
     theta = Param("theta")
-    spec = evolve(crown, name="theta-upper", negative=CaseBounds(line(0.0, 0.0), line(0.0, U * (1.0 - theta / 2000.0))),
-                  params=(ParamSpec("theta", 0.0, minimum=0.0, maximum=1000.0),), values=())
+    spec = evolve(
+        crown,
+        name="theta-upper",
+        negative=CaseBounds(line(0.0, 0.0), line(0.0, U * (1.0 - theta / 2000.0))),
+        params=(ParamSpec("theta", 0.0, minimum=0.0, maximum=1000.0),),
+        values=(),
+    )
     lower64, upper64 = _bounds(F64, 8)
     lower64, upper64 = lower64 - 20.0, upper64 - 10.0  # all negative: the case with θ
     got = spec.coefficients(lower64, upper64, values={"theta": torch.full_like(lower64, 500.0)})
-    assert torch.equal(got.upper_offset, spec.with_params(theta=500.0).coefficients(lower64, upper64).upper_offset)
+    assert torch.equal(
+        got.upper_offset, spec.with_params(theta=500.0).coefficients(lower64, upper64).upper_offset
+    )
     with pytest.raises(ValueError, match="per-element values of 'theta' need float64 bounds"):
         spec.coefficients(lower64.float(), upper64.float(), values={"theta": torch.full_like(lower64, 500.0)})
     # a bare parameter, or its negation (exact), meets the bounds directly: any dtype
     lower32, upper32 = lower64.float(), upper64.float()
-    assert _alpha_crown().coefficients(lower32, upper32, values={"alpha": torch.full_like(lower32, 0.5)}
-                                       ).lower_slope.dtype == torch.float32
+    assert (
+        _alpha_crown()
+        .coefficients(lower32, upper32, values={"alpha": torch.full_like(lower32, 0.5)})
+        .lower_slope.dtype
+        == torch.float32
+    )
     loose = relaxlab.get_relaxation("LooseIBP-C")  # -ω: a sign change, exact
-    assert loose.transform_bounds(lower32, upper32, values={"omega": torch.full_like(lower32, 2.0)})[0].dtype         == torch.float32
-
+    assert (
+        loose.transform_bounds(lower32, upper32, values={"omega": torch.full_like(lower32, 2.0)})[0].dtype
+        == torch.float32
+    )

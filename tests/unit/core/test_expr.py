@@ -38,10 +38,18 @@ def test_structural_equality_and_hash() -> None:
 @pytest.mark.parametrize(
     ("expr", "degree"),
     [
-        (Const(3.0), 0), (Param("omega"), 0), (L, 1), (L * U, 2), (L - Param("omega"), 1),
-        (LAMBDA, math.inf), (KAPPA, math.inf), (sigmoid(Param("gamma")), 0),
-        (switch(ge(-L, U), 0.0, 1.0), 0), (switch(ge(-L, U), U, -L), 1),
-        (L - Param("omega") * (ceil(Param("F") * L) - Param("F") * L), 1), (floor(U), 0),
+        (Const(3.0), 0),
+        (Param("omega"), 0),
+        (L, 1),
+        (L * U, 2),
+        (L - Param("omega"), 1),
+        (LAMBDA, math.inf),
+        (KAPPA, math.inf),
+        (sigmoid(Param("gamma")), 0),
+        (switch(ge(-L, U), 0.0, 1.0), 0),
+        (switch(ge(-L, U), U, -L), 1),
+        (L - Param("omega") * (ceil(Param("F") * L) - Param("F") * L), 1),
+        (floor(U), 0),
     ],
 )
 def test_piecewise_degree(expr, degree) -> None:  # noqa: ANN001

@@ -20,8 +20,15 @@ from relaxlab.core.evaluate import SIGN_SPLIT
 from relaxlab.discovery import emit
 
 #: Where the interpretations live (the module docstring of ``core/expr.py`` lists them).
-MODULES = ("relaxlab.core.expr", "relaxlab.core.interval", "relaxlab.core.rational", "relaxlab.core.scaling",
-           "relaxlab.core.evaluate", "relaxlab.properties.sensitivity", "relaxlab.discovery.emit")
+MODULES = (
+    "relaxlab.core.expr",
+    "relaxlab.core.interval",
+    "relaxlab.core.rational",
+    "relaxlab.core.scaling",
+    "relaxlab.core.evaluate",
+    "relaxlab.properties.sensitivity",
+    "relaxlab.discovery.emit",
+)
 
 
 def _all_interpretations() -> set[type[ex.Interpretation[object]]]:
@@ -37,8 +44,11 @@ def _all_interpretations() -> set[type[ex.Interpretation[object]]]:
 
 
 def test_node_types_are_every_node_class_of_the_algebra() -> None:
-    classes = {value for value in vars(ex).values()
-               if isinstance(value, type) and issubclass(value, ex.Expr) and value is not ex.Expr}
+    classes = {
+        value
+        for value in vars(ex).values()
+        if isinstance(value, type) and issubclass(value, ex.Expr) and value is not ex.Expr
+    }
     assert set(ex.NODE_TYPES) == classes
 
 
@@ -46,8 +56,21 @@ def test_every_interpretation_has_a_method_of_its_own_for_every_node_type() -> N
     found = _all_interpretations()
     names = {cls.__name__ for cls in found}
     # the meanings the module docstring of core/expr.py lists (more may come; none may go unchecked)
-    assert {"Evaluation", "Degree", "Substitution", "Names", "Text", "Enclosure", "RealForm", "FloatForm",
-            "Homogeneity", "SignSplit", "_Pieces", "_Sympy", "Source"} <= names
+    assert {
+        "Evaluation",
+        "Degree",
+        "Substitution",
+        "Names",
+        "Text",
+        "Enclosure",
+        "RealForm",
+        "FloatForm",
+        "Homogeneity",
+        "SignSplit",
+        "_Pieces",
+        "_Sympy",
+        "Source",
+    } <= names
     for cls in found:
         assert not cls.__abstractmethods__, f"{cls.__name__} lacks {sorted(cls.__abstractmethods__)}"
         for node_type in ex.NODE_TYPES:
@@ -71,17 +94,21 @@ class Foreign(ex.Expr):
     body: ex.Expr
 
 
-@pytest.mark.parametrize("meaning", [
-    lambda e: e.evaluate({"l": 1.0, "u": 2.0}),
-    lambda e: e.degree(),
-    lambda e: e.substitute({"l": ex.U}),
-    lambda e: e.variables(),
-    str,
-    lambda e: interval.enclose(e, {"l": (0.0, 1.0), "u": (1.0, 2.0)}),
-    scaling.homogeneity,
-    SIGN_SPLIT,
-    emit.expr_source,
-], ids=["evaluate", "degree", "substitute", "variables", "str", "enclose", "homogeneity", "sign", "source"])
+@pytest.mark.parametrize(
+    "meaning",
+    [
+        lambda e: e.evaluate({"l": 1.0, "u": 2.0}),
+        lambda e: e.degree(),
+        lambda e: e.substitute({"l": ex.U}),
+        lambda e: e.variables(),
+        str,
+        lambda e: interval.enclose(e, {"l": (0.0, 1.0), "u": (1.0, 2.0)}),
+        scaling.homogeneity,
+        SIGN_SPLIT,
+        emit.expr_source,
+    ],
+    ids=["evaluate", "degree", "substitute", "variables", "str", "enclose", "homogeneity", "sign", "source"],
+)
 def test_an_unknown_node_is_refused_by_name_never_answered(meaning: object) -> None:
     """``homogeneity`` used to answer ``None`` (read as "not scale invariant") for a node it did not know."""
     with pytest.raises(TypeError, match="Foreign is not an expression node type"):

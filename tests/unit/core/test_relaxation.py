@@ -33,24 +33,45 @@ def test_stability_boundary_convention() -> None:
     assert masks[Stability.UNSTABLE].tolist() == [False, False, False, True, False]
     assert sum(m.long() for m in masks.values()).eq(1).all()
     assert [classify(a, b) for a, b in zip(lb.tolist(), ub.tolist(), strict=True)] == [
-        Stability.NEGATIVE, Stability.NEGATIVE, Stability.POSITIVE, Stability.UNSTABLE, Stability.POSITIVE]
+        Stability.NEGATIVE,
+        Stability.NEGATIVE,
+        Stability.POSITIVE,
+        Stability.UNSTABLE,
+        Stability.POSITIVE,
+    ]
 
 
 # (name, l, u) -> (lower slope, lower offset, upper slope, upper offset): App. H / DESIGN.md table by hand.
 CASES = [
-    ("IBP", -3.0, -1.0, (0, 0, 0, 0)), ("IBP", -1.0, 3.0, (0, 0, 0, 3)), ("IBP", 1.0, 3.0, (0, 1, 0, 3)),
-    ("hBox", -1.0, 3.0, (0, 0, 0, 3)), ("hBox", 1.0, 3.0, (1, 0, 1, 0)),
+    ("IBP", -3.0, -1.0, (0, 0, 0, 0)),
+    ("IBP", -1.0, 3.0, (0, 0, 0, 3)),
+    ("IBP", 1.0, 3.0, (0, 1, 0, 3)),
+    ("hBox", -1.0, 3.0, (0, 0, 0, 3)),
+    ("hBox", 1.0, 3.0, (1, 0, 1, 0)),
     ("DeepZ", -1.0, 3.0, (0.75, 0, 0.75, 0.75)),
-    ("CROWN", -3.0, 1.0, (0, 0, 0.25, 0.75)), ("CROWN", -1.0, 3.0, (1, 0, 0.75, 0.75)),
+    ("CROWN", -3.0, 1.0, (0, 0, 0.25, 0.75)),
+    ("CROWN", -1.0, 3.0, (1, 0, 0.75, 0.75)),
     ("CROWN", -1.0, 1.0, (0, 0, 0.5, 0.5)),  # -l >= u picks the lower slope 0
-    ("hBox-Diag", -1.0, 3.0, (1, 0, 1, 1)), ("hBox-Diag-C", -3.0, -1.0, (1, 0, 1, 3)),
-    ("hBox-Switch", -3.0, 1.0, (0, 0, 0, 1)), ("hBox-Switch", -1.0, 3.0, (1, 0, 1, 1)),
-    ("CROWN-0", -1.0, 3.0, (0, 0, 0.75, 0.75)), ("CROWN-1", -3.0, 1.0, (1, 0, 0.25, 0.75)),
-    ("CROWN-0-C", 1.0, 3.0, (0, 1, 1, 0)), ("CROWN-1-C", -3.0, -1.0, (1, 0, 0, 0)),
-    ("CROWN-0-Tria", -1.0, 3.0, (0, 0, 1, 1)), ("CROWN-1-Tria", -1.0, 3.0, (1, 0, 0, 3)),
-    ("CROWN-0-Tria-C", -3.0, -1.0, (0, 0, 1, 3)), ("CROWN-0-Tria-C", 1.0, 3.0, (0, 1, 1, 0)),
-    ("CROWN-1-Tria-C", -3.0, -1.0, (1, 0, 0, 0)), ("CROWN-1-Tria-C", 1.0, 3.0, (1, 0, 0, 3)),
-    ("LooseIBP-C", 1.0, 3.0, (0, 0, 0, 4)),  # [1, 3] widened by omega=1 to [0, 4]: unstable? no, l'=0 -> positive
+    ("hBox-Diag", -1.0, 3.0, (1, 0, 1, 1)),
+    ("hBox-Diag-C", -3.0, -1.0, (1, 0, 1, 3)),
+    ("hBox-Switch", -3.0, 1.0, (0, 0, 0, 1)),
+    ("hBox-Switch", -1.0, 3.0, (1, 0, 1, 1)),
+    ("CROWN-0", -1.0, 3.0, (0, 0, 0.75, 0.75)),
+    ("CROWN-1", -3.0, 1.0, (1, 0, 0.25, 0.75)),
+    ("CROWN-0-C", 1.0, 3.0, (0, 1, 1, 0)),
+    ("CROWN-1-C", -3.0, -1.0, (1, 0, 0, 0)),
+    ("CROWN-0-Tria", -1.0, 3.0, (0, 0, 1, 1)),
+    ("CROWN-1-Tria", -1.0, 3.0, (1, 0, 0, 3)),
+    ("CROWN-0-Tria-C", -3.0, -1.0, (0, 0, 1, 3)),
+    ("CROWN-0-Tria-C", 1.0, 3.0, (0, 1, 1, 0)),
+    ("CROWN-1-Tria-C", -3.0, -1.0, (1, 0, 0, 0)),
+    ("CROWN-1-Tria-C", 1.0, 3.0, (1, 0, 0, 3)),
+    (
+        "LooseIBP-C",
+        1.0,
+        3.0,
+        (0, 0, 0, 4),
+    ),  # [1, 3] widened by omega=1 to [0, 4]: unstable? no, l'=0 -> positive
 ]
 
 
@@ -121,8 +142,12 @@ def test_parameters_by_name_and_label() -> None:
 
 def test_invalid_specs_cannot_be_built() -> None:
     with pytest.raises(ValueError, match="undeclared parameter"):
-        ReluRelaxation(name="x", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
-                       unstable=CaseBounds(ZERO, CHORD.substitute({"l": Param("p")})))
+        ReluRelaxation(
+            name="x",
+            negative=EXACT_NEGATIVE,
+            positive=EXACT_POSITIVE,
+            unstable=CaseBounds(ZERO, CHORD.substitute({"l": Param("p")})),
+        )
     with pytest.raises(ValueError, match="not allowed"):
         evolve(relaxlab.get_relaxation("CROWN"), name="bad;name")
     with pytest.raises(ValueError, match="must be in"):
@@ -130,8 +155,13 @@ def test_invalid_specs_cannot_be_built() -> None:
     with pytest.raises(ValueError, match="must be in"):
         evolve(relaxlab.get_relaxation("CROWN"), final="interval")
     with pytest.raises(ValueError, match="must be >= 0"):
-        ReluRelaxation(name="y", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
-                       unstable=CaseBounds(IDENTITY, CHORD), params=(ParamSpec("w", -1.0, minimum=0.0),))
+        ReluRelaxation(
+            name="y",
+            negative=EXACT_NEGATIVE,
+            positive=EXACT_POSITIVE,
+            unstable=CaseBounds(IDENTITY, CHORD),
+            params=(ParamSpec("w", -1.0, minimum=0.0),),
+        )
 
 
 def test_canonical_text_is_the_spec_and_only_the_spec() -> None:
@@ -140,8 +170,12 @@ def test_canonical_text_is_the_spec_and_only_the_spec() -> None:
     text = crown.canonical()
     assert text is not None and json.loads(text)[0] == "ReluRelaxation"
     assert evolve(crown, summary="other words", reference="elsewhere").canonical() == text
-    assert ReluRelaxation(name="CROWN", negative=crown.negative, unstable=crown.unstable,
-                          positive=crown.positive).canonical() == text  # built again: the same text
+    assert (
+        ReluRelaxation(
+            name="CROWN", negative=crown.negative, unstable=crown.unstable, positive=crown.positive
+        ).canonical()
+        == text
+    )  # built again: the same text
     changed = [
         evolve(crown, name="CROWN-renamed"),  # the name is part of what a counterexample says
         evolve(crown, intermediate="interval"),
@@ -164,13 +198,24 @@ def test_specs_with_code_have_no_canonical_text() -> None:
 
     crown = relaxlab.get_relaxation("CROWN")
     assert evolve(crown, unstable=CaseBounds(ZERO, opaque)).canonical() is None
-    assert evolve(crown, unstable=CaseBounds(ZERO, MyLine(crown.unstable.upper.slope, 0.0))).canonical() is None
-    assert MyRelaxation(name="mine", negative=EXACT_NEGATIVE, unstable=CaseBounds(ZERO, line(1.0)),
-                        positive=EXACT_POSITIVE).canonical() is None
+    assert (
+        evolve(crown, unstable=CaseBounds(ZERO, MyLine(crown.unstable.upper.slope, 0.0))).canonical() is None
+    )
+    assert (
+        MyRelaxation(
+            name="mine",
+            negative=EXACT_NEGATIVE,
+            unstable=CaseBounds(ZERO, line(1.0)),
+            positive=EXACT_POSITIVE,
+        ).canonical()
+        is None
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_coefficients_keep_shape_dtype_device_and_gradients_finite(dtype: torch.dtype, device: torch.device) -> None:
+def test_coefficients_keep_shape_dtype_device_and_gradients_finite(
+    dtype: torch.dtype, device: torch.device
+) -> None:
     gen = torch.Generator().manual_seed(0)
     centre = torch.randn(4, 5, generator=gen, dtype=dtype) * 3
     radius = torch.rand(4, 5, generator=gen, dtype=dtype)
@@ -188,7 +233,9 @@ def test_coefficients_keep_shape_dtype_device_and_gradients_finite(dtype: torch.
             assert grad is None or torch.isfinite(grad).all(), name
 
 
-def _per_case_reference(relaxation: ReluRelaxation, lower: torch.Tensor, upper: torch.Tensor) -> list[torch.Tensor]:
+def _per_case_reference(
+    relaxation: ReluRelaxation, lower: torch.Tensor, upper: torch.Tensor
+) -> list[torch.Tensor]:
     """Coefficients computed the slow, obvious way: each case's lines on that case's elements only."""
     lb, ub = relaxation.transform_bounds(lower, upper)
     out = [torch.full_like(lb, math.nan) for _ in range(4)]
@@ -209,9 +256,26 @@ def test_coefficients_equal_the_per_case_evaluation_exactly(dtype: torch.dtype) 
     gen = torch.Generator().manual_seed(1)
     a, b = (torch.randn(4000, generator=gen, dtype=dtype) * 3 for _ in range(2))
     special = torch.tensor(
-        [[0.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [-0.0, 0.0], [0.0, -0.0], [1.0, 1.0], [-1.0, -1.0],
-         [-1e-30, 1e-30], [-1e-20, 0.0], [0.0, 1e-20], [2.0, 2.0], [-3.0, 3.0], [-1.0, 1.0], [1e-6, 1e-6],
-         [-5e3, 1e-3], [-1e-3, 5e3]], dtype=dtype)
+        [
+            [0.0, 0.0],
+            [-1.0, 0.0],
+            [0.0, 1.0],
+            [-0.0, 0.0],
+            [0.0, -0.0],
+            [1.0, 1.0],
+            [-1.0, -1.0],
+            [-1e-30, 1e-30],
+            [-1e-20, 0.0],
+            [0.0, 1e-20],
+            [2.0, 2.0],
+            [-3.0, 3.0],
+            [-1.0, 1.0],
+            [1e-6, 1e-6],
+            [-5e3, 1e-3],
+            [-1e-3, 5e3],
+        ],
+        dtype=dtype,
+    )
     lower = torch.cat([torch.minimum(a, b), special[:, 0]])
     upper = torch.cat([torch.maximum(a, b), special[:, 1]])
     registry = relaxlab.get_registry().relaxations
@@ -219,10 +283,14 @@ def test_coefficients_equal_the_per_case_evaluation_exactly(dtype: torch.dtype) 
         relaxation = registry.get(name)
         soft = any(isinstance(node, Sigmoid) for e in relaxation.expressions() for node in e.walk())
         got = list(relaxation.coefficients(lower, upper).tensors)
-        for field_name, value, expected in zip(("ls", "lo", "us", "uo"), got, _per_case_reference(relaxation, lower, upper), strict=True):
+        for field_name, value, expected in zip(
+            ("ls", "lo", "us", "uo"), got, _per_case_reference(relaxation, lower, upper), strict=True
+        ):
             if soft:
                 eps = torch.finfo(dtype).eps
-                torch.testing.assert_close(value, expected, rtol=2 * eps, atol=0.0, msg=f"{name} {field_name}")
+                torch.testing.assert_close(
+                    value, expected, rtol=2 * eps, atol=0.0, msg=f"{name} {field_name}"
+                )
             else:
                 assert torch.equal(value, expected), (name, field_name, (value != expected).nonzero()[:5])
 
@@ -238,6 +306,9 @@ def test_zero_hints_are_true_and_equal_plans_share_one_tensor() -> None:
         for field_name in lines.zeros:
             assert bool((getattr(lines, field_name) == 0).all()), (name, field_name)
     for name in ("IBP", "LooseIBP-DC"):
-        assert relaxlab.get_relaxation(name).coefficients(lower, upper).zeros >= {"lower_slope", "upper_slope"}
+        assert relaxlab.get_relaxation(name).coefficients(lower, upper).zeros >= {
+            "lower_slope",
+            "upper_slope",
+        }
     deepz = relaxlab.get_relaxation("DeepZ").coefficients(lower, upper)
     assert deepz.lower_slope is deepz.upper_slope and deepz.zeros == {"lower_offset"}

@@ -204,7 +204,9 @@ def test_the_first_n_images_and_counts_that_are_not_counts(tmp_path: Path) -> No
             dataset.load("test", n=bad)  # type: ignore[arg-type]
 
 
-def test_datasets_are_probed_only_in_documented_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_datasets_are_probed_only_in_documented_places(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Where relaxlab looks for files is configurable ($RELAXLAB_DATA first) and documented: no
     machine-specific temporary directory."""
     docs = (Path(__file__).resolve().parents[3] / "docs" / "training.md").read_text()

@@ -19,14 +19,24 @@ from relaxlab.properties.soundness import check_soundness
 
 #: (from, to, kind) as App. H describes Fig. 10.
 FIG10 = [
-    ("CROWN", "CROWN-0", "line"), ("CROWN-0", "CROWN-0-C", "line"), ("CROWN", "CROWN-1", "line"),
-    ("CROWN-1", "CROWN-1-C", "line"), ("CROWN-0", "CROWN-0-Tria", "line"), ("CROWN-1", "CROWN-1-Tria", "line"),
-    ("CROWN-0-Tria", "CROWN-0-Tria-C", "continuity"), ("CROWN-1-Tria", "CROWN-1-Tria-C", "continuity"),
-    ("hBox", "hBox-Diag", "case"), ("hBox-Diag", "hBox-Diag-C", "case"),
-    ("hBox", "hBox-Switch", "switch"), ("hBox-Diag", "hBox-Switch", "switch"),
-    ("DeepZ", "hBox", "case"), ("DeepZ", "hBox-Diag", "case"),  # DeepZ-Box = hBox, DeepZ-Diag = hBox-Diag
-    ("hBox-Switch", "DeepZ-Soft", "soft"), ("CROWN", "CROWN-Soft", "soft"),
-    ("CROWN", "CROWN-IBP (R)", "interval"), ("DeepZ", "DeepZ-IBP (R)", "interval"),
+    ("CROWN", "CROWN-0", "line"),
+    ("CROWN-0", "CROWN-0-C", "line"),
+    ("CROWN", "CROWN-1", "line"),
+    ("CROWN-1", "CROWN-1-C", "line"),
+    ("CROWN-0", "CROWN-0-Tria", "line"),
+    ("CROWN-1", "CROWN-1-Tria", "line"),
+    ("CROWN-0-Tria", "CROWN-0-Tria-C", "continuity"),
+    ("CROWN-1-Tria", "CROWN-1-Tria-C", "continuity"),
+    ("hBox", "hBox-Diag", "case"),
+    ("hBox-Diag", "hBox-Diag-C", "case"),
+    ("hBox", "hBox-Switch", "switch"),
+    ("hBox-Diag", "hBox-Switch", "switch"),
+    ("DeepZ", "hBox", "case"),
+    ("DeepZ", "hBox-Diag", "case"),  # DeepZ-Box = hBox, DeepZ-Diag = hBox-Diag
+    ("hBox-Switch", "DeepZ-Soft", "soft"),
+    ("CROWN", "CROWN-Soft", "soft"),
+    ("CROWN", "CROWN-IBP (R)", "interval"),
+    ("DeepZ", "DeepZ-IBP (R)", "interval"),
     ("CROWN-Soft", "CROWN-Soft-IBP", "interval"),
 ]
 
@@ -69,8 +79,10 @@ def test_nodes_bases_and_depth(graph, found) -> None:  # noqa: ANN001
 def test_the_documented_graph_size_is_that_of_a_run(graph) -> None:  # noqa: ANN001
     text = " ".join((Path(__file__).resolve().parents[3] / "docs" / "discovery.md").read_text().split())
     transforms = sum(1 for _, _, kind in graph.edges(data="kind") if kind == "transform")
-    size = (f"hold all {graph.number_of_nodes():,} nodes and {graph.number_of_edges():,} edges "
-            f"({transforms} of them `transform`)").replace(",", " ")
+    size = (
+        f"hold all {graph.number_of_nodes():,} nodes and {graph.number_of_edges():,} edges "
+        f"({transforms} of them `transform`)"
+    ).replace(",", " ")
     assert size in text
 
 
@@ -109,8 +121,9 @@ def test_emitted_plugin_module_provides_the_same_relaxations(found, tmp_path: Pa
 
 def test_cli_json_and_graph(tmp_path: Path) -> None:
     out = tmp_path / "g.png"
-    result = CliRunner().invoke(cli, ["discover", "--json", "--family", "switch", "--no-relations",
-                                      "--graph", str(out)])
+    result = CliRunner().invoke(
+        cli, ["discover", "--json", "--family", "switch", "--no-relations", "--graph", str(out)]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     stages = [s["stage"] for s in data["stages"]]

@@ -24,10 +24,32 @@ DOCS = Path(__file__).resolve().parents[3] / "docs" / "discovery.md"
 
 #: DESIGN.md's reference table (the LooseIBP family through the candidate transforms).
 REFERENCE = [
-    "IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)", "hBox-Diag", "hBox-Diag-C", "hBox-Switch",
-    "DeepZ-Box", "DeepZ-Diag", "DeepZ-Diag-C", "DeepZ-Switch", "DeepZ-Soft", "DeepZ-IBP (R)",
-    "CROWN-0", "CROWN-1", "CROWN-0-C", "CROWN-1-C", "CROWN-0-Tria", "CROWN-1-Tria", "CROWN-0-Tria-C",
-    "CROWN-1-Tria-C", "CROWN-Soft", "CROWN-Soft-IBP", "LooseIBP-C", "LooseIBP-DC",
+    "IBP",
+    "hBox",
+    "DeepZ",
+    "CROWN",
+    "CROWN-IBP (R)",
+    "hBox-Diag",
+    "hBox-Diag-C",
+    "hBox-Switch",
+    "DeepZ-Box",
+    "DeepZ-Diag",
+    "DeepZ-Diag-C",
+    "DeepZ-Switch",
+    "DeepZ-Soft",
+    "DeepZ-IBP (R)",
+    "CROWN-0",
+    "CROWN-1",
+    "CROWN-0-C",
+    "CROWN-1-C",
+    "CROWN-0-Tria",
+    "CROWN-1-Tria",
+    "CROWN-0-Tria-C",
+    "CROWN-1-Tria-C",
+    "CROWN-Soft",
+    "CROWN-Soft-IBP",
+    "LooseIBP-C",
+    "LooseIBP-DC",
 ]
 
 
@@ -61,9 +83,17 @@ def test_aliases_are_detected_and_the_result_keeps_the_first_registered_name(fou
 
 def test_stage_counts_follow_from_the_catalog(found, registry) -> None:  # noqa: ANN001
     stages = dict(found.stages)
-    per_side = {side: sum(1 for c in registry.candidate_lines if c.side in (side, "both")) for side in ("lower", "upper")}
+    per_side = {
+        side: sum(1 for c in registry.candidate_lines if c.side in (side, "both"))
+        for side in ("lower", "upper")
+    }
     assert stages["all combinations"] == per_side["lower"] ** 3 * per_side["upper"] ** 3
-    assert stages["all combinations"] >= stages["sound"] >= stages["sound, distinct lines"] > stages["non-dominated"]
+    assert (
+        stages["all combinations"]
+        >= stages["sound"]
+        >= stages["sound, distinct lines"]
+        > stages["non-dominated"]
+    )
     assert stages["sound, distinct lines"] == math.prod(len(d) for d in found.catalog.distinct)
     assert stages["total"] == len(found.results)
     plain = stages["non-dominated"] + stages["+ switch"] + stages["+ soft"] + stages["+ (R)"]
@@ -75,21 +105,29 @@ def test_stage_counts_follow_from_the_catalog(found, registry) -> None:  # noqa:
 def test_the_documented_counts_are_those_of_a_run(found) -> None:  # noqa: ANN001
     text = DOCS.read_text(encoding="utf-8")
     stage_table = text.split("| stage | count |", 1)[1].split("\n\n", 1)[0]
-    table = {stage: int(count.replace(" ", "")) for stage, count in
-             re.findall(r"^\| ([^|]+?) \| ([\d ]+) \|", stage_table, flags=re.MULTILINE)}
+    table = {
+        stage: int(count.replace(" ", ""))
+        for stage, count in re.findall(r"^\| ([^|]+?) \| ([\d ]+) \|", stage_table, flags=re.MULTILINE)
+    }
     assert table == dict(found.stages)
     new = [r for r in found.results if not r.equivalent_to]
     widened = [r for r in new if r.transform]
-    summary = (f"Of its {len(found.results)} results, {len(found.results) - len(new)} equal a registered relaxation "
-               f"and {len(new)} are new: {len(new) - len(widened)} line combinations and families, and "
-               f"{len(widened)} relaxations on widened bounds")
+    summary = (
+        f"Of its {len(found.results)} results, {len(found.results) - len(new)} equal a registered relaxation "
+        f"and {len(new)} are new: {len(new) - len(widened)} line combinations and families, and "
+        f"{len(widened)} relaxations on widened bounds"
+    )
     assert summary in " ".join(text.split())
 
 
 def test_catalog_per_case_soundness_matches_hand_analysis(found) -> None:  # noqa: ANN001
-    distinct = {slot: {c.token for c in lines} for slot, lines in zip(SLOTS, found.catalog.distinct, strict=True)}
+    distinct = {
+        slot: {c.token for c in lines} for slot, lines in zip(SLOTS, found.catalog.distinct, strict=True)
+    }
     # x - l is a sound upper line for negative and unstable ReLUs, never a lower line for unstable ones
-    assert "x-l" in distinct[(Stability.NEGATIVE, "upper")] and "x-l" in distinct[(Stability.UNSTABLE, "upper")]
+    assert (
+        "x-l" in distinct[(Stability.NEGATIVE, "upper")] and "x-l" in distinct[(Stability.UNSTABLE, "upper")]
+    )
     assert "x-l" not in distinct[(Stability.UNSTABLE, "lower")]
     assert distinct[(Stability.UNSTABLE, "lower")] == {"0", "x", "l", "λx"}
     # λx + u - λu is the chord λx - λl: merged, not counted twice
@@ -124,7 +162,9 @@ def test_fast_flags_equal_derive(found) -> None:  # noqa: ANN001
         props = derive(relaxlab.get_relaxation(result.equivalent_to[0]))
         assert (result.continuous, result.sensitive) == (props.continuous, props.sensitive), result.name
     # new switch and soft relaxations: derive() on the generated spec itself (widened ones: test_transforms.py)
-    new = [r for r in found.results if not r.equivalent_to and r.family in ("switch", "soft") and not r.transform]
+    new = [
+        r for r in found.results if not r.equivalent_to and r.family in ("switch", "soft") and not r.transform
+    ]
     assert len(new) >= 8
     for result in new:
         props = derive(result.relaxation)
@@ -140,8 +180,12 @@ def test_dominated_ones_are_really_dominated(found) -> None:  # noqa: ANN001
     index = [tokens[k].index(t) for k, t in enumerate(target)]
     row = next(i for i in range(enum.combos.shape[0]) if enum.combos[i].tolist() == index)
     assert bool(enum.dominated[row])
-    hbox = next(i for i in range(enum.combos.shape[0])
-                if enum.combos[i].tolist() == [tokens[k].index(t) for k, t in enumerate(["0", "0", "0", "u", "x", "x"])])
+    hbox = next(
+        i
+        for i in range(enum.combos.shape[0])
+        if enum.combos[i].tolist()
+        == [tokens[k].index(t) for k, t in enumerate(["0", "0", "0", "u", "x", "x"])]
+    )
     assert hbox in enum.dominators(row)
     # no kept combination is dominated by another one
     kept = (~enum.dominated).nonzero().flatten()
@@ -149,10 +193,14 @@ def test_dominated_ones_are_really_dominated(found) -> None:  # noqa: ANN001
 
 
 def test_an_unsound_catalog_line_never_reaches_the_output(registry) -> None:  # noqa: ANN001
-    bad = [CandidateLine("x+1", "lower", line(1.0, 1.0), "test"),
-           CandidateLine("0.9u", "upper", line(0.0, 0.9 * U), "test"),
-           CandidateLine("2x", "both", line(2.0, 0.0), "test")]
-    found = discover(registry, candidates=[*registry.candidate_lines, *bad], families=["switch"], relations=False)
+    bad = [
+        CandidateLine("x+1", "lower", line(1.0, 1.0), "test"),
+        CandidateLine("0.9u", "upper", line(0.0, 0.9 * U), "test"),
+        CandidateLine("2x", "both", line(2.0, 0.0), "test"),
+    ]
+    found = discover(
+        registry, candidates=[*registry.candidate_lines, *bad], families=["switch"], relations=False
+    )
     bad_tokens = {c.token for c in found.catalog.lines if c.name in ("x+1", "0.9u")}
     assert bad_tokens == {"x+1", "0_9u"}  # '.' is structural in generated names, so it is replaced
     for token in bad_tokens:
@@ -195,7 +243,9 @@ def test_registered_results_are_usable_by_name(found, tmp_path: Path) -> None:  
     new = new_results(found)
     assert new and all(not r.equivalent_to for r in new)
     try:
-        get_registry(refresh=True)  # without what earlier tests registered in this process (relaxlab screen does)
+        get_registry(
+            refresh=True
+        )  # without what earlier tests registered in this process (relaxlab screen does)
         names = register_results(new[:3], get_registry(), check_soundness)
         assert names == [r.name for r in new[:3]]
         for result in new[:3]:

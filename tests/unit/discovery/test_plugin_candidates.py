@@ -37,8 +37,11 @@ def example_registry(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
         if not EXAMPLE_SRC.exists():
             pytest.fail(f"the example plugin distribution is missing at {EXAMPLE_SRC}")
         monkeypatch.syspath_prepend(str(EXAMPLE_SRC))
-        monkeypatch.setattr(registry_module.importlib.metadata, "entry_points",
-                            lambda group: [_EntryPoint()] if group == "relaxlab" else [])
+        monkeypatch.setattr(
+            registry_module.importlib.metadata,
+            "entry_points",
+            lambda group: [_EntryPoint()] if group == "relaxlab" else [],
+        )
     monkeypatch.delenv("RELAXLAB_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     registry = build_registry()
     assert not registry.errors, registry.errors
@@ -51,7 +54,9 @@ def test_a_plugin_candidate_line_changes_the_enumeration(example_registry) -> No
     sources = {c.name: c.source for c in example_registry.candidate_lines}
     assert sources["x/2"] == "example"
     # x/2 is a sound lower line in every case: x/2 <= relu(x) whenever l <= x <= u
-    tokens = {slot: {c.token for c in lines} for slot, lines in zip(SLOTS, found.catalog.distinct, strict=True)}
+    tokens = {
+        slot: {c.token for c in lines} for slot, lines in zip(SLOTS, found.catalog.distinct, strict=True)
+    }
     for stability in Stability:
         assert "x/2" in tokens[(stability, "lower")]
         assert "x/2" not in tokens[(stability, "upper")]
@@ -71,4 +76,7 @@ def test_a_plugin_candidate_line_changes_the_enumeration(example_registry) -> No
     # the counts docs/discovery.md gives for a run with the example plugin
     plain = new["total"] - new["+ transforms"]
     text = " ".join((Path(__file__).resolve().parents[3] / "docs" / "discovery.md").read_text().split())
-    assert f"the plain stages keep {plain} and the transforms add {new['+ transforms']}: {new['total']} in all" in text
+    assert (
+        f"the plain stages keep {plain} and the transforms add {new['+ transforms']}: {new['total']} in all"
+        in text
+    )

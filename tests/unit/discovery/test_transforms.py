@@ -44,13 +44,18 @@ def _raw_bounds(n: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _same_coefficients(a: ReluRelaxation, b: ReluRelaxation) -> bool:
     lower, upper = _raw_bounds()
-    return all(torch.equal(x, y) for x, y in zip(a.coefficients(lower, upper).tensors,
-                                                  b.coefficients(lower, upper).tensors, strict=True))
+    return all(
+        torch.equal(x, y)
+        for x, y in zip(
+            a.coefficients(lower, upper).tensors, b.coefficients(lower, upper).tensors, strict=True
+        )
+    )
 
 
 @pytest.mark.parametrize(("name", "token"), [("LooseIBP-C", "loose-C"), ("LooseIBP-DC", "loose-DC")])
-def test_looseibp_is_rediscovered_from_ibps_lines_and_a_transform(discovered, builtin_registry, name: str,
-                                                                   token: str) -> None:  # noqa: ANN001
+def test_looseibp_is_rediscovered_from_ibps_lines_and_a_transform(
+    discovered, builtin_registry, name: str, token: str
+) -> None:  # noqa: ANN001
     status = {r.name: r for r in discovered.rediscovered}[name]
     assert (status.status, status.result) == ("kept", name)
     result = discovered.get(name)
@@ -66,7 +71,11 @@ def test_looseibp_is_rediscovered_from_ibps_lines_and_a_transform(discovered, bu
 def test_other_grid_values_are_named_with_their_values(builtin_registry) -> None:  # noqa: ANN001
     found = discover(builtin_registry, grid={"omega": (0.5, 2.0), "F": (10.0,)}, families=[], relations=False)
     assert [t.label for t in found.transforms] == [
-        "loose-C(omega=0.5)", "loose-C(omega=2)", "loose-DC(omega=0.5, F=10)", "loose-DC(omega=2, F=10)"]
+        "loose-C(omega=0.5)",
+        "loose-C(omega=2)",
+        "loose-DC(omega=0.5, F=10)",
+        "loose-DC(omega=2, F=10)",
+    ]
     stages = dict(found.stages)
     assert stages["+ transforms"] == 4 * stages["non-dominated"]
     for label in ("LooseIBP-C(omega=0.5)", "LooseIBP-C(omega=2)", "LooseIBP-DC(omega=0.5, F=10)"):
@@ -89,35 +98,47 @@ def test_a_widened_combination_is_enumerated_proved_and_related(discovered) -> N
     # CROWN on widened bounds: the switch of the widened CROWN-0 and CROWN-1, proved sound
     crown = discovered.get(f"{CROWN_LINES} + loose-C")
     assert crown.family == "switch" and crown.untransformed == "CROWN"
-    assert set(crown.parents) == {"gen(neg 0..0, unst 0..λx-λl, pos x..x) + loose-C",
-                                  "gen(neg 0..0, unst x..λx-λl, pos x..x) + loose-C"}
+    assert set(crown.parents) == {
+        "gen(neg 0..0, unst 0..λx-λl, pos x..x) + loose-C",
+        "gen(neg 0..0, unst x..λx-λl, pos x..x) + loose-C",
+    }
     assert check_soundness(crown.relaxation) is None
     assert discovered.get(f"{CROWN_LINES} (R) + loose-DC").parents == (f"{CROWN_LINES} + loose-DC",)
 
 
 def test_widened_results_have_their_parents_in_the_genealogy(discovered_graph) -> None:  # noqa: ANN001
     graph = discovered_graph
-    for source, target in (("IBP", "LooseIBP-C"), ("IBP", "LooseIBP-DC"), ("hBox", f"{HBOX_LINES} + loose-C"),
-                           ("CROWN", f"{CROWN_LINES} + loose-C")):
+    for source, target in (
+        ("IBP", "LooseIBP-C"),
+        ("IBP", "LooseIBP-DC"),
+        ("hBox", f"{HBOX_LINES} + loose-C"),
+        ("CROWN", f"{CROWN_LINES} + loose-C"),
+    ):
         assert graph.edges[source, target]["kind"] == "transform", (source, target)
     assert graph.edges["IBP", "LooseIBP-C"]["label"] == "bounds widened to [l - omega, u + omega] (omega=1)"
     assert not graph.has_edge("LooseIBP-C", "IBP")  # one direction
     # switch edges among widened relaxations, and line/case edges only at the same widening
-    assert graph.edges["gen(neg 0..0, unst 0..λx-λl, pos x..x) + loose-C", f"{CROWN_LINES} + loose-C"]["kind"] \
+    assert (
+        graph.edges["gen(neg 0..0, unst 0..λx-λl, pos x..x) + loose-C", f"{CROWN_LINES} + loose-C"]["kind"]
         == "switch"
+    )
     assert graph.edges["LooseIBP-C", f"{HBOX_LINES} (R) + loose-C"]["kind"] == "case"
     assert not graph.has_edge("LooseIBP-C", f"{HBOX_LINES} (R) + loose-DC")
     assert graph.nodes["LooseIBP-DC"]["depth"] == 1
 
 
-@pytest.mark.parametrize(("lines", "token", "flags"), [
-    (HBOX_LINES, "loose-C", "✗C ✓S"),  # discontinuous lines, continuous widening
-    ("gen(neg x..x-l, unst x..x-l, pos x..x)", "loose-C", "✓C ✓S"),  # hBox-Diag-C: both continuous
-    ("gen(neg x..x-l, unst x..x-l, pos x..x)", "loose-DC", "✗C ✓S"),  # the floor/ceil steps jump
-    ("gen(neg 0..0, unst λx..λx-λl, pos x..x)", "loose-C", "✓C ✗S"),  # DeepZ stays sensitive
-])
-def test_flags_of_widened_results_are_those_derive_finds(discovered, lines: str, token: str,
-                                                          flags: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    ("lines", "token", "flags"),
+    [
+        (HBOX_LINES, "loose-C", "✗C ✓S"),  # discontinuous lines, continuous widening
+        ("gen(neg x..x-l, unst x..x-l, pos x..x)", "loose-C", "✓C ✓S"),  # hBox-Diag-C: both continuous
+        ("gen(neg x..x-l, unst x..x-l, pos x..x)", "loose-DC", "✗C ✓S"),  # the floor/ceil steps jump
+        ("gen(neg 0..0, unst λx..λx-λl, pos x..x)", "loose-C", "✓C ✗S"),  # DeepZ stays sensitive
+    ],
+)
+def test_flags_of_widened_results_are_those_derive_finds(
+    discovered, lines: str, token: str, flags: str
+) -> None:  # noqa: ANN001
     result = discovered.get(f"{lines} + {token}")
     props = derive(result.relaxation)
     assert result.flags == flags
@@ -127,8 +148,13 @@ def test_flags_of_widened_results_are_those_derive_finds(discovered, lines: str,
 def test_a_registered_widened_relaxation_with_dominated_lines_is_reported_dominated() -> None:
     # hBox with the lower line l for negative ReLUs, on [l - ω, u + ω]: hBox's lines dominate its lines
     loose = relaxlab.get_relaxation("LooseIBP-C")
-    worse = evolve(relaxlab.get_relaxation("hBox"), name="acme-Loose-hBox-l", negative=CaseBounds(LOWER, ZERO),
-                   transform=loose.transform, params=loose.params)
+    worse = evolve(
+        relaxlab.get_relaxation("hBox"),
+        name="acme-Loose-hBox-l",
+        negative=CaseBounds(LOWER, ZERO),
+        transform=loose.transform,
+        params=loose.params,
+    )
     registry = build_registry(load_entry_points=False)
     registry.relaxations.add(worse, "test")
     found = discover(registry, families=[], relations=False)
@@ -160,11 +186,19 @@ def test_an_unsound_transform_is_filtered_and_a_bad_one_reported(monkeypatch: py
     shift = BoundsTransform(L + OMEGA, U + OMEGA)  # moves [l, u] up: narrows at l
     # widens at the grid value omega = 1 (by 2), narrows for 2 < omega < 3: only the prover sees it
     window = BoundsTransform(L - (OMEGA - 2.0) * (OMEGA - 3.0), U + OMEGA)
-    module = _plugin(relaxlab_candidate_transforms=lambda: [
-        ("shift", shift, (OMEGA_SPEC,)), ("window", window, (OMEGA_SPEC,)),
-        ("undeclared", BoundsTransform(L - Param("z"), U), ()), ("junk", "not a transform", ())])
-    monkeypatch.setattr(registry_module.importlib.metadata, "entry_points",
-                        lambda group: [_EntryPoint(module)] if group == "relaxlab" else [])
+    module = _plugin(
+        relaxlab_candidate_transforms=lambda: [
+            ("shift", shift, (OMEGA_SPEC,)),
+            ("window", window, (OMEGA_SPEC,)),
+            ("undeclared", BoundsTransform(L - Param("z"), U), ()),
+            ("junk", "not a transform", ()),
+        ]
+    )
+    monkeypatch.setattr(
+        registry_module.importlib.metadata,
+        "entry_points",
+        lambda group: [_EntryPoint(module)] if group == "relaxlab" else [],
+    )
     monkeypatch.delenv("RELAXLAB_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     registry = build_registry()
     assert [c.name for c in registry.candidate_transforms] == ["loose-C", "loose-DC", "shift", "window"]
@@ -198,16 +232,32 @@ def test_grid_and_transform_choice(builtin_registry) -> None:  # noqa: ANN001
 
 
 def test_cli_transform_and_grid_options() -> None:
-    result = CliRunner().invoke(cli, ["discover", "--json", "--family", "none", "--no-relations",
-                                      "--transform", "loose-C", "--grid", "omega=0.5"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "discover",
+            "--json",
+            "--family",
+            "none",
+            "--no-relations",
+            "--transform",
+            "loose-C",
+            "--grid",
+            "omega=0.5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [t["label"] for t in data["transforms"]] == ["loose-C(omega=0.5)"]
     widened = [r for r in data["results"] if r["transform"]]
-    assert len(widened) == len(data["results"]) // 2 and {r["transform"] for r in widened} == {"loose-C(omega=0.5)"}
+    assert len(widened) == len(data["results"]) // 2 and {r["transform"] for r in widened} == {
+        "loose-C(omega=0.5)"
+    }
     assert "LooseIBP-C(omega=0.5)" in {r["name"] for r in widened}
-    for args, message in ((["--grid", "omega"], "--grid expects PARAM=V1,V2"),
-                          (["--transform", "nope"], "unknown transform 'nope'"),
-                          (["--transform", "none", "--transform", "loose-C"], "cannot be combined")):
+    for args, message in (
+        (["--grid", "omega"], "--grid expects PARAM=V1,V2"),
+        (["--transform", "nope"], "unknown transform 'nope'"),
+        (["--transform", "none", "--transform", "loose-C"], "cannot be combined"),
+    ):
         bad = CliRunner().invoke(cli, ["discover", "--family", "none", *args])
         assert bad.exit_code != 0 and message in bad.output, bad.output

@@ -142,8 +142,18 @@ def test_conv_backward_is_the_transposed_jacobian(size: int, kernel: int, stride
 
 @pytest.mark.parametrize(
     ("size", "kernel", "stride", "padding"),
-    [(5, 3, 1, 0), (5, 3, 2, 1), (6, 3, 2, 1), (7, 4, 2, 1), (6, 2, 3, 0), (28, 4, 2, 1), (5, 1, 2, 0),
-     (9, 5, 3, 2), (8, 3, 1, 2), (7, 2, 3, 0)],
+    [
+        (5, 3, 1, 0),
+        (5, 3, 2, 1),
+        (6, 3, 2, 1),
+        (7, 4, 2, 1),
+        (6, 2, 3, 0),
+        (28, 4, 2, 1),
+        (5, 1, 2, 0),
+        (9, 5, 3, 2),
+        (8, 3, 1, 2),
+        (7, 2, 3, 0),
+    ],
 )
 def test_conv_backward_in_phase_order_pairs_with_the_phase_layout(
     size: int, kernel: int, stride: int, padding: int
@@ -309,7 +319,11 @@ def test_bounds_do_not_depend_on_the_grad_mode(name: str) -> None:
     bitwise those of the autograd path (the same operations in the same order)."""
     torch.manual_seed(8)
     model = nn.Sequential(
-        nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 5 * 5, 6), nn.ReLU(),
+        nn.Conv2d(1, 3, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 5 * 5, 6),
+        nn.ReLU(),
         nn.Linear(6, 4),
     )
     x = torch.rand(3, 1, 9, 9)
@@ -345,8 +359,13 @@ def test_engine_compiles_as_one_graph(name: str) -> None:
     must stay traceable, so that users can fuse it on their hardware (docs/engine.md)."""
     torch.manual_seed(10)
     model = nn.Sequential(
-        Normalize([0.1], [0.3]), nn.Conv2d(1, 2, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-        nn.Linear(2 * 4 * 4, 5), nn.ReLU(), nn.Linear(5, 3),
+        Normalize([0.1], [0.3]),
+        nn.Conv2d(1, 2, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(2 * 4 * 4, 5),
+        nn.ReLU(),
+        nn.Linear(5, 3),
     )
     network = parse_model(model, (1, 8, 8))
     x = torch.rand(4, 1, 8, 8)
@@ -438,12 +457,24 @@ def test_gradcheck_dense(name: str) -> None:
         b2: torch.Tensor,
         w3: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        net = _chain((3,), Linear(w1, b1, (3,), (4,)), Relu((4,)), Linear(w2, b2, (4,), (3,)), Relu((3,)),
-                     Linear(w3, None, (3,), (2,)))
+        net = _chain(
+            (3,),
+            Linear(w1, b1, (3,), (4,)),
+            Relu((4,)),
+            Linear(w2, b2, (4,), (3,)),
+            Relu((3,)),
+            Linear(w3, None, (3,), (2,)),
+        )
         return bound_network(net, x - eps, x + eps, relaxation)
 
-    net = _chain((3,), Linear(w1, b1, (3,), (4,)), Relu((4,)), Linear(w2, b2, (4,), (3,)), Relu((3,)),
-                 Linear(w3, None, (3,), (2,)))
+    net = _chain(
+        (3,),
+        Linear(w1, b1, (3,), (4,)),
+        Relu((4,)),
+        Linear(w2, b2, (4,), (3,)),
+        Relu((3,)),
+        Linear(w3, None, (3,), (2,)),
+    )
     boxes, _ = intermediate_bounds(net, (x - eps).detach(), (x + eps).detach(), relaxation)
     assert _away_from_switches(boxes)  # the chosen seed keeps every bound clear of a switch
     assert any(bool(((low < 0) & (high > 0)).any()) for low, high in boxes)  # unstable ReLUs exercised
@@ -460,8 +491,13 @@ def test_gradcheck_conv_crown_ibp() -> None:
     x = torch.randn(1, 1, 5, 5, generator=generator, dtype=torch.float64, requires_grad=True)
 
     def make(weight: torch.Tensor, bias: torch.Tensor, w2: torch.Tensor) -> Network:
-        return _chain((1, 5, 5), Conv(weight, bias, (2, 2), (1, 1), 1, (1, 5, 5), (2, 3, 3)), Relu((2, 3, 3)),
-                      Reshape((2, 3, 3), (18,)), Linear(w2, None, (18,), (2,)))
+        return _chain(
+            (1, 5, 5),
+            Conv(weight, bias, (2, 2), (1, 1), 1, (1, 5, 5), (2, 3, 3)),
+            Relu((2, 3, 3)),
+            Reshape((2, 3, 3), (18,)),
+            Linear(w2, None, (18,), (2,)),
+        )
 
     def bounds(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, w2: torch.Tensor) -> tuple:
         return bound_network(make(weight, bias, w2), x - 0.2, x + 0.2, relaxation)

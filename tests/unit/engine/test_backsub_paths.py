@@ -31,7 +31,10 @@ def _conv_stack(draw: st.DrawFn) -> tuple[nn.Sequential, tuple[int, int, int]]:
         if out_h < 1 or out_w < 1:
             break
         out_channels = draw(st.integers(1, 4))
-        layers += [nn.Conv2d(channels, out_channels, kernel, stride, padding, bias=draw(st.booleans())), nn.ReLU()]
+        layers += [
+            nn.Conv2d(channels, out_channels, kernel, stride, padding, bias=draw(st.booleans())),
+            nn.ReLU(),
+        ]
         channels, height, width = out_channels, out_h, out_w
     layers += [nn.Flatten(), nn.Linear(channels * height * width, 3)]
     return nn.Sequential(*layers), shape
@@ -81,7 +84,13 @@ def _stable_net(seed: int) -> nn.Sequential:
     """A dense net with large biases: many neurons stable on a small box, some not."""
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3)
+        nn.Linear(6, 12),
+        nn.ReLU(),
+        nn.Linear(12, 10),
+        nn.ReLU(),
+        nn.Linear(10, 8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
     ).double()
     with torch.no_grad():
         for layer in model:
@@ -153,7 +162,9 @@ def test_sparse_intermediate_bounds(name: str) -> None:
         if depth == 1:
             assert bool(changed.any())
             kept = ~changed.all(dim=0)
-            assert torch.equal(s_lower[:, kept], d_lower[:, kept]) and torch.equal(s_upper[:, kept], d_upper[:, kept])
+            assert torch.equal(s_lower[:, kept], d_lower[:, kept]) and torch.equal(
+                s_upper[:, kept], d_upper[:, kept]
+            )
 
 
 def test_sparse_rows_keep_lines_that_read_the_bounds() -> None:
@@ -175,8 +186,12 @@ def test_sparse_rows_keep_lines_that_read_the_bounds() -> None:
         assert torch.equal(skip, expected)
 
 
-ZERO_HINTS = (frozenset(), frozenset({"lower_offset"}), frozenset({"upper_offset"}),
-              frozenset({"lower_offset", "upper_offset"}))
+ZERO_HINTS = (
+    frozenset(),
+    frozenset({"lower_offset"}),
+    frozenset({"upper_offset"}),
+    frozenset({"lower_offset", "upper_offset"}),
+)
 
 
 @pytest.mark.parametrize("zeros", ZERO_HINTS, ids=lambda z: "+".join(sorted(z)) or "none")
@@ -193,7 +208,9 @@ def test_relu_step_gradient_equals_autograd(
     from relaxlab.core.relaxer import RelaxationTensors
     from relaxlab.engine.relu_step import _relu_step, _ReluStep
 
-    generator = torch.Generator().manual_seed(len(shape) + 2 * same_slopes + 4 * same_offsets + 8 * shared_rows)
+    generator = torch.Generator().manual_seed(
+        len(shape) + 2 * same_slopes + 4 * same_offsets + 8 * shared_rows
+    )
 
     def tensor(*size: int) -> torch.Tensor:
         return torch.randn(*size, dtype=torch.float64, generator=generator).requires_grad_()
@@ -204,13 +221,17 @@ def test_relu_step_gradient_equals_autograd(
     upper_slope = lower_slope if same_slopes else tensor(batch, *shape)
     zero = torch.zeros(batch, *shape, dtype=torch.float64)
     lower_offset = zero if "lower_offset" in zeros else tensor(batch, *shape)
-    upper_offset = zero if "upper_offset" in zeros else (lower_offset if same_offsets else tensor(batch, *shape))
+    upper_offset = (
+        zero if "upper_offset" in zeros else (lower_offset if same_offsets else tensor(batch, *shape))
+    )
     lines = (lower_slope, lower_offset, upper_slope, upper_offset)
     fused = _ReluStep.apply(coef, bias, *lines, zeros)
     plain = _relu_step(coef, bias, RelaxationTensors(*lines, zeros))
     assert torch.equal(fused[0], plain[0]) and torch.equal(fused[1], plain[1])
-    weights = (torch.randn(fused[0].shape, dtype=torch.float64, generator=generator),
-               torch.randn(fused[1].shape, dtype=torch.float64, generator=generator))
+    weights = (
+        torch.randn(fused[0].shape, dtype=torch.float64, generator=generator),
+        torch.randn(fused[1].shape, dtype=torch.float64, generator=generator),
+    )
     inputs = [t for t in dict.fromkeys((coef, bias, *lines)) if t.requires_grad]
 
     def gradients(out: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
@@ -236,7 +257,9 @@ def test_side_mask_is_the_clamp_subgradient() -> None:
 @pytest.mark.parametrize("box_grad", [False, True])
 @pytest.mark.parametrize("shared_rows", [False, True])
 @pytest.mark.parametrize("shape", [(5,), (2, 3, 3)])
-def test_concretize_gradient_equals_autograd(box_grad: bool, shared_rows: bool, shape: tuple[int, ...]) -> None:
+def test_concretize_gradient_equals_autograd(
+    box_grad: bool, shared_rows: bool, shape: tuple[int, ...]
+) -> None:
     """The concretisation's written-out gradient equals autograd's through the elementary operations
     (rows shared by the batch or not, boxes with or without gradients, coefficients exactly 0, whose
     subgradient takes the lower end as ``clamp``'s does), and its forward pass is bitwise the same."""
@@ -247,7 +270,9 @@ def test_concretize_gradient_equals_autograd(box_grad: bool, shared_rows: bool, 
     coef = torch.randn(1 if shared_rows else batch, rows, *shape, dtype=torch.float64, generator=generator)
     coef.flatten(2)[..., ::3] = 0.0
     coef.requires_grad_()
-    bias = torch.randn(1 if shared_rows else batch, rows, dtype=torch.float64, generator=generator).requires_grad_()
+    bias = torch.randn(
+        1 if shared_rows else batch, rows, dtype=torch.float64, generator=generator
+    ).requires_grad_()
     lower = torch.randn(batch, *shape, dtype=torch.float64, generator=generator)
     upper = lower + torch.rand(batch, *shape, dtype=torch.float64, generator=generator)
     lower.requires_grad_(box_grad)
@@ -263,12 +288,22 @@ def test_concretize_gradient_equals_autograd(box_grad: bool, shared_rows: bool, 
 
 
 def _padded_pair(pool: nn.Module) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), pool, nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(2 * 36, 3))
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.ReLU(),
+        pool,
+        nn.Conv2d(3, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(2 * 36, 3),
+    )
 
 
-@pytest.mark.parametrize("pool", [nn.AvgPool2d(3, 1, 1), nn.AvgPool2d(1, 1), nn.Conv2d(3, 3, 3, padding=1),
-                                  nn.Conv2d(3, 3, 1, groups=3)], ids=["avgpool-padded", "avgpool-1", "conv", "1x1"])
+@pytest.mark.parametrize(
+    "pool",
+    [nn.AvgPool2d(3, 1, 1), nn.AvgPool2d(1, 1), nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 1, groups=3)],
+    ids=["avgpool-padded", "avgpool-1", "conv", "1x1"],
+)
 def test_patches_with_two_convolutions_between_relus(pool: nn.Module) -> None:
     """Two convolutions between ReLUs, the upper one padded: the coefficients it puts on its input's
     padding must not reach the lower one (they did: bounds off by 0.1, model(x) outside them); the

@@ -34,12 +34,16 @@ class TimesThree(nn.ReLU):
         return 3 * super().forward(x)
 
 
-@pytest.mark.parametrize("build", [
-    lambda: TimesTen(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)),
-    lambda: nn.Sequential(PlusFive(2, 4), nn.ReLU(), nn.Linear(4, 1)),
-    lambda: nn.Sequential(nn.Linear(2, 4), TimesThree(), nn.Linear(4, 1)),
-    lambda: nn.Sequential(nn.Sequential(TimesTen(nn.Linear(2, 4))), nn.ReLU(), nn.Linear(4, 1)),
-], ids=["Sequential x10", "Linear +5", "ReLU x3", "nested Sequential x10"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: TimesTen(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)),
+        lambda: nn.Sequential(PlusFive(2, 4), nn.ReLU(), nn.Linear(4, 1)),
+        lambda: nn.Sequential(nn.Linear(2, 4), TimesThree(), nn.Linear(4, 1)),
+        lambda: nn.Sequential(nn.Sequential(TimesTen(nn.Linear(2, 4))), nn.ReLU(), nn.Linear(4, 1)),
+    ],
+    ids=["Sequential x10", "Linear +5", "ReLU x3", "nested Sequential x10"],
+)
 def test_a_layer_that_overrides_forward_is_bounded_as_it_computes_or_refused_by_name(build) -> None:  # noqa: ANN001
     """Never the base class's function: the override is traced (``10 * ...`` is affine and bounded as
     such) or refused naming the node (``super().forward(x)`` of Linear reads its weight inside forward)."""
@@ -85,12 +89,15 @@ def test_the_centre_check_refuses_bounds_that_miss_the_model_output() -> None:
         _check_centre(model, x, None, out + 1.0, out + 2.0)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"domain": (torch.tensor([float("nan"), 0.0]), 1.0)}, ValueError, "NaN"),
-    ({"domain": (torch.zeros(7), 1.0)}, ValueError, "does not broadcast"),
-    ({"C": torch.zeros(0, 1, dtype=F64)}, ValueError, "no rows"),
-    ({"eps": 1e308}, OverflowError, "overflow"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"domain": (torch.tensor([float("nan"), 0.0]), 1.0)}, ValueError, "NaN"),
+        ({"domain": (torch.zeros(7), 1.0)}, ValueError, "does not broadcast"),
+        ({"C": torch.zeros(0, 1, dtype=F64)}, ValueError, "no rows"),
+        ({"eps": 1e308}, OverflowError, "overflow"),
+    ],
+)
 def test_bad_numbers_are_refused_with_a_message(kwargs: dict, error: type, match: str) -> None:
     options = {"eps": 0.1, **kwargs}
     eps = options.pop("eps")
@@ -99,7 +106,9 @@ def test_bad_numbers_are_refused_with_a_message(kwargs: dict, error: type, match
 
 
 def test_overflowing_weights_give_an_error_naming_where_not_nan() -> None:
-    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1)).double().eval()
+    model = (
+        nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1)).double().eval()
+    )
     with torch.no_grad():
         model[2].weight.mul_(1e300)
         model[4].weight.mul_(1e200)
@@ -110,9 +119,13 @@ def test_overflowing_weights_give_an_error_naming_where_not_nan() -> None:
 
 def test_half_precision_and_empty_batches_are_refused() -> None:
     with pytest.raises(TypeError, match="float32 or float64 only"):
-        compute_bounds(_net().half(), torch.zeros(1, 2, dtype=torch.float16), 0.1, relaxlab.get_relaxation("IBP"))
+        compute_bounds(
+            _net().half(), torch.zeros(1, 2, dtype=torch.float16), 0.1, relaxlab.get_relaxation("IBP")
+        )
     with pytest.raises(TypeError, match="float32 or float64 only"):
-        compute_bounds(_net().bfloat16(), torch.zeros(1, 2, dtype=torch.bfloat16), 0.1, relaxlab.get_relaxation("IBP"))
+        compute_bounds(
+            _net().bfloat16(), torch.zeros(1, 2, dtype=torch.bfloat16), 0.1, relaxlab.get_relaxation("IBP")
+        )
     with pytest.raises(ValueError, match="empty batch"):
         relaxlab.compute_bounds(_net(), torch.zeros(0, 2, dtype=F64), 0.1, "IBP")
     conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)).eval()

@@ -111,6 +111,7 @@ def test_export_command(tmp_path: Path) -> None:
         torch.testing.assert_close(lows, (flat - 0.05).clamp(0, 1), atol=0, rtol=0)
         label = int(labels[index])
         assert prop.regions[0].disjuncts == tuple(
-            (Atom(sorted([(label, 1), (j, -1)]), 0),) for j in range(10) if j != label)
+            (Atom(sorted([(label, 1), (j, -1)]), 0),) for j in range(10) if j != label
+        )
     bad = CliRunner().invoke(cli, [*args[:4], "--eps", "2"])
     assert bad.exit_code != 0 and "eps must be in [0, 1]" in bad.output

@@ -29,8 +29,9 @@ def _layers(model: nn.Sequential) -> list[nn.Module]:
     return list(model)
 
 
-def hybrid_zonotope(model: nn.Sequential, lower: Tensor, upper: Tensor, relaxation: object, spec: Tensor
-                    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+def hybrid_zonotope(
+    model: nn.Sequential, lower: Tensor, upper: Tensor, relaxation: object, spec: Tensor
+) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
     """Lower bounds of ``spec·f`` and the pre-activation bounds, by the definition above (float64)."""
     head, radius = (upper + lower) / 2, (upper - lower) / 2
     n = head[0].numel()
@@ -49,8 +50,10 @@ def hybrid_zonotope(model: nn.Sequential, lower: Tensor, upper: Tensor, relaxati
             else:
                 head, beta, errors = head @ weight.T + bias, beta @ weight.abs().T, errors @ weight.T
         elif isinstance(layer, nn.Conv2d):
+
             def conv(x: Tensor, w: Tensor, b: Tensor | None, layer: nn.Conv2d = layer) -> Tensor:
                 return torch.nn.functional.conv2d(x, w, b, layer.stride, layer.padding)
+
             weight, bias = layer.weight.detach(), layer.bias.detach()
             head, beta = conv(head, weight, bias), conv(beta, weight.abs(), None)
             flat = conv(errors.reshape(-1, *errors.shape[2:]), weight, None)
@@ -67,7 +70,10 @@ def hybrid_zonotope(model: nn.Sequential, lower: Tensor, upper: Tensor, relaxati
             lines = relaxation.coefficients(low, high)  # type: ignore[attr-defined]
             assert torch.equal(lines.lower_slope, lines.upper_slope)  # the hybrid domains' lines are parallel
             slope = lines.lower_slope
-            middle, half = (lines.lower_offset + lines.upper_offset) / 2, (lines.upper_offset - lines.lower_offset) / 2
+            middle, half = (
+                (lines.lower_offset + lines.upper_offset) / 2,
+                (lines.upper_offset - lines.lower_offset) / 2,
+            )
             head, beta, errors = head * slope + middle, beta * slope.abs() + half, errors * slope
         else:
             raise AssertionError(type(layer))
@@ -76,15 +82,29 @@ def hybrid_zonotope(model: nn.Sequential, lower: Tensor, upper: Tensor, relaxati
 
 def _dense(seed: int) -> tuple[nn.Sequential, tuple[int, ...]]:
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(),
-                          nn.Linear(8, 4))
+    model = nn.Sequential(
+        nn.Linear(6, 12),
+        nn.ReLU(),
+        nn.Linear(12, 10),
+        nn.ReLU(),
+        nn.Linear(10, 8),
+        nn.ReLU(),
+        nn.Linear(8, 4),
+    )
     return model.double(), (6,)
 
 
 def _conv(seed: int) -> tuple[nn.Sequential, tuple[int, ...]]:
     torch.manual_seed(seed)
-    model = nn.Sequential(Normalize([0.3], [0.4]), nn.Conv2d(1, 4, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 4 * 4, 10), nn.ReLU(), nn.Linear(10, 4))
+    model = nn.Sequential(
+        Normalize([0.3], [0.4]),
+        nn.Conv2d(1, 4, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 10),
+        nn.ReLU(),
+        nn.Linear(10, 4),
+    )
     return model.double(), (1, 8, 8)
 
 
@@ -111,8 +131,10 @@ def test_the_hybrid_hbox_family_is_the_papers_hybrid_zonotope(name: str, build, 
         torch.testing.assert_close(high, want_high, atol=1e-11 * scale, rtol=0)
 
 
-@pytest.mark.parametrize(("hybrid", "text"), [("hBox-Hybrid", "hBox"), ("hBox-Diag-Hybrid", "hBox-Diag"),
-                                              ("hBox-Diag-C-Hybrid", "hBox-Diag-C")])
+@pytest.mark.parametrize(
+    ("hybrid", "text"),
+    [("hBox-Hybrid", "hBox"), ("hBox-Diag-Hybrid", "hBox-Diag"), ("hBox-Diag-C-Hybrid", "hBox-Diag-C")],
+)
 def test_the_hybrid_zonotope_is_never_tighter_than_backsubstitution(hybrid: str, text: str) -> None:
     """The text's versions keep every new term symbolic; the code's aggregate it into a box part
     (``|W·g| <= |W|·|g|``), and looser bounds only loosen these monotone lines."""
@@ -140,7 +162,9 @@ def test_forward_mode_is_sound_for_lines_of_any_slope(name: str, build) -> None:
     spec = torch.randn(3, 5, 4, generator=generator, dtype=torch.float64)
     with torch.no_grad():
         lb, ub = bound_network(model, lower, upper, relaxation, spec)
-        points = lower + (upper - lower) * torch.rand(2000, *lower.shape, generator=generator, dtype=torch.float64)
+        points = lower + (upper - lower) * torch.rand(
+            2000, *lower.shape, generator=generator, dtype=torch.float64
+        )
         values = (spec.unsqueeze(0) @ model(points.flatten(0, 1)).reshape(2000, 3, 4, 1)).squeeze(-1)
     assert bool(torch.isfinite(lb).all() and torch.isfinite(ub).all())
     assert bool((values >= lb - 1e-9).all()) and bool((values <= ub + 1e-9).all())

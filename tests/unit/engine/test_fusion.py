@@ -60,17 +60,24 @@ class _Residual(nn.Module):
 
 def _nets() -> list[tuple[str, nn.Module, tuple[int, ...]]]:
     torch.manual_seed(0)
-    dense = nn.Sequential(nn.Flatten(), nn.Linear(2, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
-    conv = nn.Sequential(nn.Conv2d(1, 2, 2, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 4), nn.ReLU(),
-                         nn.Linear(4, 4))
+    dense = nn.Sequential(
+        nn.Flatten(), nn.Linear(2, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)
+    )
+    conv = nn.Sequential(
+        nn.Conv2d(1, 2, 2, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 4)
+    )
     linear = nn.Sequential(nn.Flatten(), nn.Linear(2, 3))
     residual = _Residual()
     with torch.no_grad():
         residual.bn.running_mean.uniform_(-0.5, 0.5)
         residual.bn.running_var.uniform_(0.5, 1.5)
         residual.bn.weight.uniform_(-1.5, 1.5)
-    return [("dense", dense.double(), (1, 1, 2)), ("conv", conv.double(), (1, 4, 4)),
-            ("linear", linear.double(), (1, 1, 2)), ("residual", residual.double().eval(), (1, 4, 4))]
+    return [
+        ("dense", dense.double(), (1, 1, 2)),
+        ("conv", conv.double(), (1, 4, 4)),
+        ("linear", linear.double(), (1, 1, 2)),
+        ("residual", residual.double().eval(), (1, 4, 4)),
+    ]
 
 
 def _classes(net: nn.Module) -> int:
@@ -85,8 +92,10 @@ def _points(x: torch.Tensor, eps: float, count: int) -> torch.Tensor:
     if x[0].numel() > 4:
         return samples
     flat_l, flat_u = lower.flatten(1), upper.flatten(1)
-    corners = [torch.where(torch.tensor(bits, dtype=torch.bool), flat_u, flat_l).reshape(x.shape)
-               for bits in itertools.product([False, True], repeat=flat_l.shape[1])]
+    corners = [
+        torch.where(torch.tensor(bits, dtype=torch.bool), flat_u, flat_l).reshape(x.shape)
+        for bits in itertools.product([False, True], repeat=flat_l.shape[1])
+    ]
     return torch.cat([samples, torch.stack(corners)])
 
 
@@ -142,7 +151,9 @@ def test_large_logits_do_not_overflow_in_float32() -> None:
     points = _points(x.double(), 0.3, 2000)
     with torch.no_grad():
         logits = net.double()(points.flatten(0, 1)).reshape(points.shape[0], 6, 3)
-        worst = F.cross_entropy(logits.permute(0, 2, 1), y.expand(points.shape[0], 6), reduction="none").amax(0)
+        worst = F.cross_entropy(logits.permute(0, 2, 1), y.expand(points.shape[0], 6), reduction="none").amax(
+            0
+        )
     net.float()
     assert float(worst.max()) > 1e3  # exp of these margins overflows float32 without the shift
     for name in FUSABLE:

@@ -72,12 +72,18 @@ def test_bounds_equal_the_engine_before_the_rewrite(case: str) -> None:
     variants = [key.rsplit("/", 1)[1] for key in GOLDEN["bounds"] if key.rsplit("/", 1)[0] == case]
     for variant in variants:
         want = GOLDEN["bounds"][f"{case}/{variant}"]
-        options = {"default": {}, "lower_only": {"lower_only": True}, "no_patches": {"patches": False},
-                   "sparse": {"sparse": True}, "backsub": {"mode": "backsub"}}[variant]
+        options = {
+            "default": {},
+            "lower_only": {"lower_only": True},
+            "no_patches": {"patches": False},
+            "sparse": {"sparse": True},
+            "backsub": {"mode": "backsub"},
+        }[variant]
         with torch.no_grad():
             lb, ub = bound_network(network, lower, upper, relaxation, spec, **options)
-            boxes, _ = intermediate_bounds(network, lower, upper, relaxation,
-                                           **{k: v for k, v in options.items() if k != "lower_only"})
+            boxes, _ = intermediate_bounds(
+                network, lower, upper, relaxation, **{k: v for k, v in options.items() if k != "lower_only"}
+            )
         pre = want["pre"] if want["pre"] is not None else GOLDEN["bounds"][f"{case}/default"]["pre"]
         scale = max(1.0, float(want["lb"][torch.isfinite(want["lb"])].abs().max()))
         for recorded in pre:

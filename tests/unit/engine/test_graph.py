@@ -528,8 +528,12 @@ def test_subclass_overriding_forward_is_not_its_base() -> None:
     # The tracer traces its forward faithfully (what it computes, not what ReLU computes).
     model = nn.Sequential(nn.Linear(2, 2), _PlainRelu(), nn.Linear(2, 1)).double()
     x = torch.rand(1, 2, dtype=torch.float64)
-    assert [type(node.op).__name__ for node in parse_model(model, (2,)).nodes] == ["Input", "Linear", "Relu",
-                                                                                  "Linear"]
+    assert [type(node.op).__name__ for node in parse_model(model, (2,)).nodes] == [
+        "Input",
+        "Linear",
+        "Relu",
+        "Linear",
+    ]
     plain = nn.Sequential(model[0], nn.ReLU(), model[2])
     for a, b in zip(
         compute_bounds(model, x, 0.1, "CROWN"),

@@ -78,10 +78,12 @@ def _jacobian(op: AffineOp, shapes: list[tuple[int, ...]]) -> tuple[list[Tensor]
     offset = op.forward(*zeros).reshape(-1)
     jacobians = []
     for k in range(len(shapes)):
+
         def part(v: Tensor, k: int = k) -> Tensor:
             inputs = list(zeros)
             inputs[k] = v
             return op.forward(*inputs).reshape(-1)
+
         jacobians.append(torch.autograd.functional.jacobian(part, zeros[k]).reshape(offset.numel(), -1))
     return jacobians, offset
 
@@ -98,7 +100,9 @@ def test_operation_matches_its_forward(name: str, op: AffineOp, shapes: list[tup
     linear = sum(f.reshape(batch, maps, -1) @ j.T for f, j in zip(forms, jacobians, strict=True))
     absolute = sum(f.reshape(batch, maps, -1) @ j.abs().T for f, j in zip(forms, jacobians, strict=True))
     torch.testing.assert_close(op.linear(*forms).reshape(batch, maps, -1), linear, atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(op.linear_abs(*forms).reshape(batch, maps, -1), absolute, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(
+        op.linear_abs(*forms).reshape(batch, maps, -1), absolute, atol=1e-12, rtol=1e-12
+    )
     # rows pulled back: per input A·J_i, and the constant A·b (rows shared by the batch included)
     for rows_batch in (batch, 1):
         rows = _r(rows_batch, 4, *op.out_shape)
@@ -115,8 +119,12 @@ def test_operation_matches_its_forward(name: str, op: AffineOp, shapes: list[tup
     # the interval image is exact: J·c + b ± |J|·r, attained at vertices
     boxes = [(x - 0.3, x + 0.3) for x in xs]
     low, high = op.interval(*boxes)
-    centre = sum(((lo + hi) / 2).reshape(batch, -1) @ j.T for (lo, hi), j in zip(boxes, jacobians, strict=True))
-    radius = sum(((hi - lo) / 2).reshape(batch, -1) @ j.abs().T for (lo, hi), j in zip(boxes, jacobians, strict=True))
+    centre = sum(
+        ((lo + hi) / 2).reshape(batch, -1) @ j.T for (lo, hi), j in zip(boxes, jacobians, strict=True)
+    )
+    radius = sum(
+        ((hi - lo) / 2).reshape(batch, -1) @ j.abs().T for (lo, hi), j in zip(boxes, jacobians, strict=True)
+    )
     torch.testing.assert_close(low.reshape(batch, -1), centre + offset - radius, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(high.reshape(batch, -1), centre + offset + radius, atol=1e-12, rtol=1e-12)
     if op.diagonal:
@@ -125,8 +133,11 @@ def test_operation_matches_its_forward(name: str, op: AffineOp, shapes: list[tup
     assert tuple(op.forward(*xs).shape[1:]) == op.out_shape
 
 
-@pytest.mark.parametrize(("name", "op", "shapes"), [c for c in CASES if isinstance(c[1], PatchOp)],
-                         ids=[c[0] for c in CASES if isinstance(c[1], PatchOp)])
+@pytest.mark.parametrize(
+    ("name", "op", "shapes"),
+    [c for c in CASES if isinstance(c[1], PatchOp)],
+    ids=[c[0] for c in CASES if isinstance(c[1], PatchOp)],
+)
 def test_patches_are_the_rows_in_a_window(name: str, op: AffineOp, shapes: list[tuple[int, ...]]) -> None:
     """A patch of size ``h × w`` at the output, pulled back by ``patch_linear``, is the full row pulled
     back by ``backward`` read at the window ``patch_geometry`` gives (top-left window)."""
@@ -148,7 +159,9 @@ def test_patches_are_the_rows_in_a_window(name: str, op: AffineOp, shapes: list[
     rows_w = range(max(0, o_w), min(new_size[1], in_shape[2] + o_w))
     for a in rows_h:
         for b in rows_w:
-            torch.testing.assert_close(moved[:, :, a, b], pulled[0, :, :, a - o_h, b - o_w], atol=1e-12, rtol=1e-12)
+            torch.testing.assert_close(
+                moved[:, :, a, b], pulled[0, :, :, a - o_h, b - o_w], atol=1e-12, rtol=1e-12
+            )
     offset = op.offset_map()
     zero = op.forward(torch.zeros(1, *in_shape, dtype=F64))
     if offset is None:
@@ -159,7 +172,13 @@ def test_patches_are_the_rows_in_a_window(name: str, op: AffineOp, shapes: list[
 
 def test_every_operation_class_is_exercised() -> None:
     """Adding an operation means adding its case above (and a rule in the op table)."""
-    classes = {cls for cls in vars(ops).values() if isinstance(cls, type) and issubclass(cls, AffineOp)
-               and cls is not AffineOp and not getattr(cls, "__abstractmethods__", None)}
+    classes = {
+        cls
+        for cls in vars(ops).values()
+        if isinstance(cls, type)
+        and issubclass(cls, AffineOp)
+        and cls is not AffineOp
+        and not getattr(cls, "__abstractmethods__", None)
+    }
     covered = {type(op) for _, op, _ in CASES}
     assert classes == covered, f"not exercised: {sorted(c.__name__ for c in classes - covered)}"

@@ -39,8 +39,18 @@ def _net(seed: int, widths: tuple[int, ...] = (4, 12, 12, 3)) -> nn.Sequential:
 
 def _conv(seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 3, 3, stride=2), nn.ReLU(), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(16, 5)).double().eval()
+    return (
+        nn.Sequential(
+            nn.Conv2d(1, 3, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(3, 4, 3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(16, 5),
+        )
+        .double()
+        .eval()
+    )
 
 
 def _box(seed: int, shape: tuple[int, ...], eps: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +65,9 @@ def test_the_start_is_crown_bit_for_bit(make) -> None:
     x, eps = _box(1, shape)
     C = torch.randn(2, 3 if make is _net else 5, dtype=torch.float64)
     plain = relaxlab.compute_bounds(net, x, eps, "CROWN", C=C)
-    start = relaxlab.compute_bounds(net, x, eps, "CROWN-alpha", C=C, optimise=optimisation("CROWN-alpha", steps=0))
+    start = relaxlab.compute_bounds(
+        net, x, eps, "CROWN-alpha", C=C, optimise=optimisation("CROWN-alpha", steps=0)
+    )
     assert torch.equal(plain[0], start[0]) and torch.equal(plain[1], start[1])
 
 
@@ -73,8 +85,16 @@ def test_optimised_bounds_tighten_every_row_and_contain_the_exact_extremes(rigor
     C = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
     plain = relaxlab.compute_bounds(net, x, eps, "CROWN", C=C, domain=(0.0, 1.0), rigorous=rigorous)
-    best = relaxlab.compute_bounds(net, x, eps, "CROWN-alpha", C=C, domain=(0.0, 1.0), rigorous=rigorous,
-                                   optimise=optimisation("CROWN-alpha", steps=15))
+    best = relaxlab.compute_bounds(
+        net,
+        x,
+        eps,
+        "CROWN-alpha",
+        C=C,
+        domain=(0.0, 1.0),
+        rigorous=rigorous,
+        optimise=optimisation("CROWN-alpha", steps=15),
+    )
     exact_lower, exact_upper = milp_bounds(net, lower, upper, C)
     scale = 1e-7 * (1 + exact_lower.abs().max() + exact_upper.abs().max())
     assert bool((best[0] >= plain[0]).all()) and bool((best[1] <= plain[1]).all())
@@ -111,9 +131,12 @@ def test_optimisation_refuses_what_it_cannot_optimise() -> None:
     with pytest.raises(ValueError, match="no parameters in its lines"):
         optimisation("CROWN")
     unsound = ReluRelaxation(
-        name="Alpha-too-wide", negative=CaseBounds(ZERO, ZERO), unstable=CaseBounds(line(Param("a"), 0.0), CHORD),
+        name="Alpha-too-wide",
+        negative=CaseBounds(ZERO, ZERO),
+        unstable=CaseBounds(line(Param("a"), 0.0), CHORD),
         positive=CaseBounds(line(1.0, 0.0), line(1.0, 0.0)),
-        params=(ParamSpec("a", 0.5, minimum=0.0, maximum=2.0),))
+        params=(ParamSpec("a", 0.5, minimum=0.0, maximum=2.0),),
+    )
     with pytest.raises(ValueError, match="not proved sound"):
         optimisation(unsound)
 
@@ -128,8 +151,13 @@ def test_ranges_are_the_proved_ones() -> None:
 
 def test_opt_names_resolve_to_optimised_methods() -> None:
     method = get_method("opt:CROWN-alpha")
-    assert isinstance(method, Optimised) and method.name == "opt:CROWN-alpha" and method.optimise.target == 0.0
+    assert (
+        isinstance(method, Optimised) and method.name == "opt:CROWN-alpha" and method.optimise.target == 0.0
+    )
     assert [m.name for m in select_methods("CROWN,opt:crown alpha,CROWN")] == ["CROWN", "opt:CROWN-alpha"]
-    assert method.canonical() is not None and method.canonical() != relaxlab.get_relaxation("CROWN-alpha").canonical()
+    assert (
+        method.canonical() is not None
+        and method.canonical() != relaxlab.get_relaxation("CROWN-alpha").canonical()
+    )
     with pytest.raises(ValueError, match="no parameters"):
         get_method("opt:IBP")

@@ -22,8 +22,9 @@ from relaxlab.nn import Normalize
 F64 = torch.float64
 
 
-def _assert_bounds_the_eager_model(model: nn.Module, shape: tuple[int, ...], eps: float, name: str = "CROWN",
-                                   seed: int = 0) -> None:
+def _assert_bounds_the_eager_model(
+    model: nn.Module, shape: tuple[int, ...], eps: float, name: str = "CROWN", seed: int = 0
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(3, *shape, generator=generator, dtype=F64)
     lb, ub = relaxlab.compute_bounds(model, x, eps, name)
@@ -91,8 +92,17 @@ def test_every_inplace_form_is_bounded_as_eager_torch_computes_it(form: str) -> 
 @st.composite
 def _inplace_programs(draw: st.DrawFn) -> list[tuple[str, int, int]]:
     """A straight-line program over a few named tensors: (operation, target, source)."""
-    steps = draw(st.lists(st.tuples(st.sampled_from(["relu_", "relu_module", "iadd", "alias", "linear"]),
-                                    st.integers(0, 3), st.integers(0, 3)), min_size=2, max_size=8))
+    steps = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["relu_", "relu_module", "iadd", "alias", "linear"]),
+                st.integers(0, 3),
+                st.integers(0, 3),
+            ),
+            min_size=2,
+            max_size=8,
+        )
+    )
     return steps
 
 
@@ -122,7 +132,9 @@ class _Program(nn.Module):
 
 
 @given(_inplace_programs(), st.integers(0, 2**16))
-def test_random_programs_with_inplace_operations_and_aliases(steps: list[tuple[str, int, int]], seed: int) -> None:
+def test_random_programs_with_inplace_operations_and_aliases(
+    steps: list[tuple[str, int, int]], seed: int
+) -> None:
     """Random in-place operations on aliased names: the bounds are of the eager model, or the
     model is refused by name (never a bound of another function)."""
     torch.manual_seed(seed)
@@ -171,8 +183,9 @@ def test_a_normalize_with_a_negative_std_is_bounded_soundly() -> None:
     """A crafted checkpoint may hold a negative std (the constructor refuses one); the engine's
     scale takes any sign (``|1/std|`` for radii), in both dtypes."""
     torch.manual_seed(5)
-    model = nn.Sequential(Normalize([0.2, -0.1], [0.5, 0.5]), nn.Flatten(), nn.Linear(8, 3), nn.ReLU(),
-                          nn.Linear(3, 2))
+    model = nn.Sequential(
+        Normalize([0.2, -0.1], [0.5, 0.5]), nn.Flatten(), nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 2)
+    )
     with torch.no_grad():
         model[0].std.copy_(torch.tensor([-0.5, 2.0]))
     for dtype in (F64,):
@@ -183,8 +196,14 @@ def test_a_normalize_with_a_negative_std_is_bounded_soundly() -> None:
 def test_windows_that_read_only_padding_are_bounded() -> None:
     """Issue 27, item 10: stride-3 convolutions whose padded windows read no pixel (``narrow()``
     crashed); patches equal full maps there."""
-    model = nn.Sequential(nn.Conv2d(1, 1, 1, stride=3), nn.ReLU(), nn.Conv2d(1, 1, 1, stride=3, padding=1), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(1, 2)).double()
+    model = nn.Sequential(
+        nn.Conv2d(1, 1, 1, stride=3),
+        nn.ReLU(),
+        nn.Conv2d(1, 1, 1, stride=3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(1, 2),
+    ).double()
     for name in ("CROWN", "DeepZ"):
         _assert_bounds_the_eager_model(model, (1, 3, 3), 0.2, name)
 
@@ -193,8 +212,9 @@ def test_windows_that_read_only_padding_are_bounded() -> None:
 def test_max_pooling_is_bounded_through_relus(name: str) -> None:
     """``MaxPool2d`` as ``max(a, b) = a + relu(b - a)``: bounded by the relaxation's own lines."""
     torch.manual_seed(6)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                          nn.Linear(2 * 3 * 3, 3)).double()
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 3 * 3, 3)
+    ).double()
     _assert_bounds_the_eager_model(model, (1, 6, 6), 0.2, name)
 
 

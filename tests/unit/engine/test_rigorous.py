@@ -55,11 +55,25 @@ def _cases(draw: st.DrawFn) -> tuple[nn.Sequential, torch.Tensor, float, object,
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale ** draw(st.sampled_from([0, 1])))
+            parameter.copy_(
+                torch.randn(parameter.shape, generator=generator) * scale ** draw(st.sampled_from([0, 1]))
+            )
     x = torch.rand(2, widths[0], generator=generator).to(dtype)
     eps = draw(st.sampled_from([0.0, 1e-6, 0.1, 1.0]))
-    name = draw(st.sampled_from(["IBP", "CROWN", "DeepZ", "CROWN-IBP (R)", "hBox-Hybrid", "LooseIBP-C(omega=1e20)",
-                                 "LooseIBP-C(omega=1e8)", "LooseIBP-DC(omega=1e10, F=3)"]))
+    name = draw(
+        st.sampled_from(
+            [
+                "IBP",
+                "CROWN",
+                "DeepZ",
+                "CROWN-IBP (R)",
+                "hBox-Hybrid",
+                "LooseIBP-C(omega=1e20)",
+                "LooseIBP-C(omega=1e8)",
+                "LooseIBP-DC(omega=1e10, F=3)",
+            ]
+        )
+    )
     return model.eval(), x, eps, relaxlab.get_relaxation(name), dtype
 
 
@@ -71,7 +85,9 @@ def test_rigorous_bounds_hold_in_the_arithmetic_used(case: tuple) -> None:
     except OverflowError:
         return  # refused by name: the magnitudes overflow the dtype
     except OutsideProvedDomainError as error:  # refused by name: beyond where the relaxation is proved sound
-        assert relaxation.name.startswith("LooseIBP"), error  # the only entries here that are not scale invariant
+        assert relaxation.name.startswith("LooseIBP"), (
+            error
+        )  # the only entries here that are not scale invariant
         return
     exact = model.double()
     generator = torch.Generator().manual_seed(1)
@@ -96,7 +112,9 @@ def test_the_margin_is_tiny_in_float64_on_ordinary_networks() -> None:
         torch.testing.assert_close(rigorous[0], plain[0], atol=1e-10, rtol=0)
 
 
-def test_a_network_that_differs_from_the_model_is_caught_in_float32_too(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_network_that_differs_from_the_model_is_caught_in_float32_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Issue 27, item 5: the float64 replay at the centres compares the parsed network with the model
     in every dtype (here a class whose forward changed behind the parser's back)."""
     model = nn.Sequential(Normalize([0.5], [0.25]), nn.Flatten(), nn.Linear(4, 2)).eval()

@@ -54,7 +54,9 @@ def test_a_zero_margin_is_never_certified() -> None:
     net = nn.Sequential(nn.Flatten(), layer)
     x = torch.rand(1, 1, 2, 2)
     for label in (0, 1):
-        lb, _ = margin_bounds(net, x, torch.tensor([label]), 0.0, relaxlab.get_relaxation("IBP"), num_classes=3)
+        lb, _ = margin_bounds(
+            net, x, torch.tensor([label]), 0.0, relaxlab.get_relaxation("IBP"), num_classes=3
+        )
         assert not bool(is_certified(lb, net(x)).any())
 
 

@@ -29,12 +29,15 @@ from relaxlab.engine.vnnlib import (
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "vnncomp2021"
 if not SHARED.is_dir():
     SHARED = Path("/work/shared/vnncomp2021")
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="the VNN-COMP 2021 files are not on this machine")
+needs_shared = pytest.mark.skipif(
+    not SHARED.is_dir(), reason="the VNN-COMP 2021 files are not on this machine"
+)
 
 
 def _header(inputs: int = 1, outputs: int = 2) -> str:
     return "".join(f"(declare-const X_{i} Real)\n" for i in range(inputs)) + "".join(
-        f"(declare-const Y_{j} Real)\n" for j in range(outputs))
+        f"(declare-const Y_{j} Real)\n" for j in range(outputs)
+    )
 
 
 # -- the competition's files ---------------------------------------------------------------------
@@ -85,47 +88,65 @@ def test_box_and_outputs_inside_one_or_of_ands() -> None:
 
 
 def test_bounds_in_either_order_signs_exponents_and_comments() -> None:
-    text = _header(3) + """
+    text = (
+        _header(3)
+        + """
         ; a comment (assert (<= X_0 99)) that is not read
         (assert (>= 0.5 X_0)) (assert (<= -1 X_0))   ; constant first
         (assert (<= X_1 1e-3)) (assert (>= X_1 (- 2.5)))
         (assert (<= (* 2 X_2) 1)) (assert (<= (- X_2) 3))
         (assert (<= Y_0 Y_1))
     """
+    )
     (region,) = parse_vnnlib(text).regions
-    assert region.box == InputBox([-1, Fraction(-5, 2), Fraction(-3)], [Fraction(1, 2), Fraction(1, 1000),
-                                                                        Fraction(1, 2)])
+    assert region.box == InputBox(
+        [-1, Fraction(-5, 2), Fraction(-3)], [Fraction(1, 2), Fraction(1, 1000), Fraction(1, 2)]
+    )
     assert region.disjuncts == ((Atom([(0, 1), (1, -1)], 0),),)
 
 
 def test_linear_output_terms_with_constants_on_either_side() -> None:
-    text = _header(1, 3) + """
+    text = (
+        _header(1, 3)
+        + """
         (assert (<= X_0 1)) (assert (>= X_0 0))
         (assert (<= (+ Y_0 (* 2 Y_1) 0.5) (- Y_2 1)))
         (assert (>= 3 (/ (- Y_0 Y_2 Y_0) 4)))
     """
+    )
     (region,) = parse_vnnlib(text).regions
     # Y_0 + 2 Y_1 - Y_2 <= -1.5   and   -Y_2 / 4 <= 3
-    assert region.disjuncts == ((Atom([(0, 1), (1, 2), (2, -1)], Fraction(-3, 2)), Atom([(2, Fraction(-1, 4))], 3)),)
+    assert region.disjuncts == (
+        (Atom([(0, 1), (1, 2), (2, -1)], Fraction(-3, 2)), Atom([(2, Fraction(-1, 4))], 3)),
+    )
 
 
 def test_or_of_boxes_becomes_regions_and_and_of_ors_distributes() -> None:
-    text = _header(1, 2) + """
+    text = (
+        _header(1, 2)
+        + """
         (assert (or (and (>= X_0 0) (<= X_0 1)) (and (>= X_0 2) (<= X_0 3))))
         (assert (or (<= Y_0 0) (<= Y_1 0)))
     """
+    )
     prop = parse_vnnlib(text)
     first, second = (Atom([(0, 1)], 0),), (Atom([(1, 1)], 0),)
-    assert prop.regions == (Region(InputBox([0], [1]), [first, second]), Region(InputBox([2], [3]), [first, second]))
+    assert prop.regions == (
+        Region(InputBox([0], [1]), [first, second]),
+        Region(InputBox([2], [3]), [first, second]),
+    )
 
 
 def test_infeasible_terms_are_dropped_and_constant_atoms_decided() -> None:
-    text = _header(1, 1) + """
+    text = (
+        _header(1, 1)
+        + """
         (set-logic QF_LRA)
         (assert (<= X_0 1)) (assert (>= X_0 0))
         (assert (or (and (>= X_0 2) (<= Y_0 0)) (and (<= 1 2) (>= Y_0 5)) (and (>= 1 2) (<= Y_0 7))))
         (check-sat)
     """
+    )
     prop = parse_vnnlib(text)  # the first term has an empty box, the third a false atom
     assert prop.regions == (Region(InputBox([0], [1]), [[Atom([(0, -1)], -5)]]),)
     nothing = parse_vnnlib(_header(1, 1) + "(assert (<= X_0 1)) (assert (>= X_0 2)) (assert (<= Y_0 0))")
@@ -140,8 +161,11 @@ ERRORS = [
     (_header() + "(define-fun f () Real 1)", "4:1", "unknown command 'define-fun'"),
     (_header() + "(assert (<= X_3 1))", "4:13", "X_3 is used but not declared"),
     (_header() + "(assert (<= X_0 Y_0))", "4:9", "not both"),
-    ("(declare-const X_0 Real)(declare-const X_1 Real)(declare-const Y_0 Real)\n(assert (<= (+ X_0 X_1) 1))",
-     "2:9", "linear constraints among inputs"),
+    (
+        "(declare-const X_0 Real)(declare-const X_1 Real)(declare-const Y_0 Real)\n(assert (<= (+ X_0 X_1) 1))",
+        "2:9",
+        "linear constraints among inputs",
+    ),
     (_header() + "(assert (< Y_0 1))", "4:9", "strict inequality"),
     (_header() + "(assert (not (<= Y_0 1)))", "4:9", "'not' is not supported"),
     ("(declare-const X_0 Int)", "1:20", "only Real"),
@@ -161,7 +185,9 @@ ERRORS = [
 
 @pytest.mark.parametrize(("text", "where", "message"), ERRORS, ids=[e[2] for e in ERRORS])
 def test_errors_name_the_line_and_column(text: str, where: str, message: str) -> None:
-    with pytest.raises(VnnlibError, match="^prop.vnnlib" + (f":{where}: " if where else ": ") + ".*" + re.escape(message)):
+    with pytest.raises(
+        VnnlibError, match="^prop.vnnlib" + (f":{where}: " if where else ": ") + ".*" + re.escape(message)
+    ):
         parse_vnnlib(text, "prop.vnnlib")
 
 
@@ -177,7 +203,11 @@ def test_a_file_error_names_the_file(tmp_path: Path) -> None:
 
 decimals = st.builds(
     lambda sign, whole, digits, exponent: Fraction(f"{sign}{whole}.{digits}e{exponent}"),
-    st.sampled_from(["", "-"]), st.integers(0, 10**6), st.integers(0, 10**20), st.integers(-30, 30))
+    st.sampled_from(["", "-"]),
+    st.integers(0, 10**6),
+    st.integers(0, 10**20),
+    st.integers(-30, 30),
+)
 
 
 @given(decimals)
@@ -188,13 +218,18 @@ def test_float_box_rounds_outward_and_inward(value: Fraction) -> None:
     assert math.nextafter(low, math.inf) > value or low == value  # the nearest float below, not any
     assert math.nextafter(high, -math.inf) < value or high == value
     (inner_low,), (inner_high,) = box.float_bounds(inward=True)
-    assert Fraction(inner_low) >= value >= Fraction(inner_high)  # a point box has a float inside only if exact
+    assert (
+        Fraction(inner_low) >= value >= Fraction(inner_high)
+    )  # a point box has a float inside only if exact
     assert box.contains([low]) == (Fraction(low) == value)
 
 
 def test_atoms_hold_exactly_not_in_floating_point() -> None:
-    atom = parse_vnnlib(_header(1, 1) + "(assert (<= X_0 1)) (assert (>= X_0 0)) (assert (<= Y_0 0.1))"
-                        ).regions[0].disjuncts[0][0]
+    atom = (
+        parse_vnnlib(_header(1, 1) + "(assert (<= X_0 1)) (assert (>= X_0 0)) (assert (<= Y_0 0.1))")
+        .regions[0]
+        .disjuncts[0][0]
+    )
     assert atom.bound == Fraction(1, 10)
     assert not atom.holds([0.1])  # the float 0.1 is 0.1000000000000000055... > 1/10
     assert atom.holds([math.nextafter(0.1, 0.0)])
@@ -205,7 +240,7 @@ def test_atoms_hold_exactly_not_in_floating_point() -> None:
 
 fractions = st.one_of(
     decimals,
-    st.builds(Fraction, st.integers(-10**6, 10**6), st.integers(1, 10**4)),  # 1/3: written as (/ 1 3)
+    st.builds(Fraction, st.integers(-(10**6), 10**6), st.integers(1, 10**4)),  # 1/3: written as (/ 1 3)
     st.floats(-1e6, 1e6, allow_nan=False).map(Fraction),
 )
 
@@ -225,8 +260,12 @@ def properties(draw: st.DrawFn) -> Property:
         box = InputBox([lo for lo, _ in ends], [hi for _, hi in ends])
         if box not in boxes:  # equal boxes are one region when read
             boxes.append(box)
-    regions = [Region(box, [[atom() for _ in range(draw(st.integers(0, 3)))] for _ in range(draw(st.integers(1, 3)))])
-               for box in boxes]
+    regions = [
+        Region(
+            box, [[atom() for _ in range(draw(st.integers(0, 3)))] for _ in range(draw(st.integers(1, 3)))]
+        )
+        for box in boxes
+    ]
     return Property(inputs, outputs, regions)
 
 

@@ -43,20 +43,40 @@ def _madry(model: nn.Module, x: Tensor, labels: Tensor, eps: float, steps: int, 
 def test_the_evaluation_attack_is_what_it_was(eps: float) -> None:
     model, (x, y) = _net(), _batch()
     model.train()
-    assert torch.equal(pgd_robust(model, x, y, eps, steps=20, step_size=0.02), _madry(model, x, y, eps, 20, 0.02))
+    assert torch.equal(
+        pgd_robust(model, x, y, eps, steps=20, step_size=0.02), _madry(model, x, y, eps, 20, 0.02)
+    )
     assert model.training  # the mode is restored
 
 
-@given(eps=st.floats(0.0, 0.5), steps=st.integers(0, 6), seed=st.integers(0, 3), start=st.sampled_from(["centre", "random"]))
-def test_the_point_stays_in_the_box_and_is_the_strongest_iterate(eps: float, steps: int, seed: int, start: str) -> None:
+@given(
+    eps=st.floats(0.0, 0.5),
+    steps=st.integers(0, 6),
+    seed=st.integers(0, 3),
+    start=st.sampled_from(["centre", "random"]),
+)
+def test_the_point_stays_in_the_box_and_is_the_strongest_iterate(
+    eps: float, steps: int, seed: int, start: str
+) -> None:
     model, (x, y) = _net(seed), _batch(seed)
     lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
     generator = torch.Generator().manual_seed(seed)
-    result = pgd(model, x, y, lower, upper, steps=steps, step_size=0.5 * eps, start=start, generator=generator)
+    result = pgd(
+        model, x, y, lower, upper, steps=steps, step_size=0.5 * eps, start=start, generator=generator
+    )
     assert bool(((lower <= result.point) & (result.point <= upper)).all())
     # the kept point is at least as strong as the start, and as the start of a zero-step attack
-    first = pgd(model, x, y, lower, upper, steps=0, step_size=0.0, start=start,
-                generator=torch.Generator().manual_seed(seed)).point
+    first = pgd(
+        model,
+        x,
+        y,
+        lower,
+        upper,
+        steps=0,
+        step_size=0.0,
+        start=start,
+        generator=torch.Generator().manual_seed(seed),
+    ).point
     with torch.no_grad():
         kept = F.cross_entropy(model(result.point), y, reduction="none")
         begun = F.cross_entropy(model(first), y, reduction="none")
@@ -72,10 +92,21 @@ def test_random_starts_are_seeded_and_a_centre_start_is_the_clean_point() -> Non
     lower, upper = (x - 0.1).clamp(min=0.0), (x + 0.1).clamp(max=1.0)
 
     def start(kind: str, seed: int) -> Tensor:
-        return pgd(model, x, y, lower, upper, steps=0, step_size=0.0, start=kind,
-                   generator=torch.Generator().manual_seed(seed)).point
+        return pgd(
+            model,
+            x,
+            y,
+            lower,
+            upper,
+            steps=0,
+            step_size=0.0,
+            start=kind,
+            generator=torch.Generator().manual_seed(seed),
+        ).point
 
-    assert torch.equal(start("random", 5), start("random", 5)) and not torch.equal(start("random", 5), start("random", 6))
+    assert torch.equal(start("random", 5), start("random", 5)) and not torch.equal(
+        start("random", 5), start("random", 6)
+    )
     assert torch.equal(start("centre", 5), x)
 
 
@@ -88,14 +119,17 @@ def test_a_decay_to_zero_stops_the_attack_where_it_is() -> None:
     assert not torch.equal(moving.point, x)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"steps": -1}, "PGD steps must be an int >= 0"),
-    ({"steps": 2.5}, "PGD steps must be an int >= 0"),
-    ({"start": "corner"}, "PGD start must be one of"),
-    ({"start": "random", "generator": None}, "a random PGD start needs a torch.Generator"),
-    ({"step_size": -0.1}, "PGD step_size must be finite and >= 0"),
-    ({"step_size": float("nan")}, "PGD step_size must be finite and >= 0"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": -1}, "PGD steps must be an int >= 0"),
+        ({"steps": 2.5}, "PGD steps must be an int >= 0"),
+        ({"start": "corner"}, "PGD start must be one of"),
+        ({"start": "random", "generator": None}, "a random PGD start needs a torch.Generator"),
+        ({"step_size": -0.1}, "PGD step_size must be finite and >= 0"),
+        ({"step_size": float("nan")}, "PGD step_size must be finite and >= 0"),
+    ],
+)
 def test_bad_arguments_are_refused_in_one_line(kwargs: dict[str, object], message: str) -> None:
     model, (x, y) = _net(), _batch()
     arguments: dict[str, object] = {"steps": 1, "step_size": 0.1, **kwargs}

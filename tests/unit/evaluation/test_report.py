@@ -9,10 +9,28 @@ from relaxlab.evaluation.report import PICK_RULE, certify_rows, main_table, rend
 from relaxlab.store import Store, open_store
 
 
-def _certify(store: Store, checkpoint: str, certifier: str, cr: float, n: int, *, method: str = "IBP",
-             pgd: float | None = 0.5) -> int:
-    run = store.create_run("certify", {"checkpoint": checkpoint, "certifier": certifier, "eps": 0.1,
-                                       "dataset": "mnist-mini", "architecture": "CONV", "method_label": method, "n": n})
+def _certify(
+    store: Store,
+    checkpoint: str,
+    certifier: str,
+    cr: float,
+    n: int,
+    *,
+    method: str = "IBP",
+    pgd: float | None = 0.5,
+) -> int:
+    run = store.create_run(
+        "certify",
+        {
+            "checkpoint": checkpoint,
+            "certifier": certifier,
+            "eps": 0.1,
+            "dataset": "mnist-mini",
+            "architecture": "CONV",
+            "method_label": method,
+            "n": n,
+        },
+    )
     metrics = {"accuracy": 0.9, "certified": cr, **({} if pgd is None else {"pgd": pgd})}
     store.log_metrics(run, 0, metrics)
     store.finish_run(run)
@@ -21,8 +39,16 @@ def _certify(store: Store, checkpoint: str, certifier: str, cr: float, n: int, *
 
 def _trained(store: Store, run_dir: str | None, cr: float, n: int | None, **config: Any) -> int:
     """A finished training run as the trainer records it: config (+ run_dir), final certification."""
-    record = {"name": "example-ibp", "dataset": "mnist-mini", "architecture": "CONV", "method": "certified",
-              "relaxation": "IBP", "eps_test": 0.1, "epochs": 2, **config}
+    record = {
+        "name": "example-ibp",
+        "dataset": "mnist-mini",
+        "architecture": "CONV",
+        "method": "certified",
+        "relaxation": "IBP",
+        "eps_test": 0.1,
+        "epochs": 2,
+        **config,
+    }
     if run_dir is not None:
         record["run_dir"] = run_dir
     run = store.create_run("train", record, name=record["name"])
@@ -39,9 +65,15 @@ def test_a_smaller_later_certification_replaces_nothing(tmp_path: Path) -> None:
         small = _certify(store, "runs/paradox/paradox-ibp/checkpoint.pt", "IBP", 0.40, 100)
         text = render_markdown(store)
     assert "| IBP | kappa-mix | 500 | 90.0 | 50.0 | 32.6 |" in text
-    listing = text[text.index("## All certifications"):]
-    assert f"| {big} | runs/paradox/paradox-ibp | IBP | IBP | 0.1 | 500 | 90.0 | 50.0 | 32.6 | certify | ✓ |" in listing
-    assert f"| {small} | runs/paradox/paradox-ibp | IBP | IBP | 0.1 | 100 | 90.0 | 50.0 | 40.0 | certify |  |" in listing
+    listing = text[text.index("## All certifications") :]
+    assert (
+        f"| {big} | runs/paradox/paradox-ibp | IBP | IBP | 0.1 | 500 | 90.0 | 50.0 | 32.6 | certify | ✓ |"
+        in listing
+    )
+    assert (
+        f"| {small} | runs/paradox/paradox-ibp | IBP | IBP | 0.1 | 100 | 90.0 | 50.0 | 40.0 | certify |  |"
+        in listing
+    )
     assert PICK_RULE in text  # the report says how it picks
 
 
@@ -69,7 +101,10 @@ def test_training_runs_appear_with_their_final_certification(tmp_path: Path) -> 
         csv = render_csv(store)
     assert "| IBP | kappa-mix | 1000 | 80.0 | — | 25.0 |" in text
     assert "| DeepZ | kappa-mix | ? | 80.0 | — | 10.0 |" in text
-    assert f"| {run} | runs/example-ibp | IBP | IBP | 0.1 | 1000 | 80.0 | — | 25.0 | training's final certification | ✓ |" in text
+    assert (
+        f"| {run} | runs/example-ibp | IBP | IBP | 0.1 | 1000 | 80.0 | — | 25.0 | training's final certification | ✓ |"
+        in text
+    )
     assert f"mnist-mini,CONV,0.10,IBP,kappa-mix,1000,80.00,,25.00,IBP,IBP,train,{run}" in csv
 
 
@@ -78,7 +113,9 @@ def test_a_certify_run_of_the_same_checkpoint_is_the_same_row(tmp_path: Path) ->
         _trained(store, "runs/example-ibp", 0.25, 200)
         shown = _certify(store, "runs/example-ibp/checkpoint.pt", "IBP", 0.26, 200)
         records = main_table(certify_rows(store))
-    assert len(records) == 1 and records[0]["run"] == shown and records[0]["network"] == "IBP"  # PGD breaks the tie
+    assert (
+        len(records) == 1 and records[0]["run"] == shown and records[0]["network"] == "IBP"
+    )  # PGD breaks the tie
 
 
 def test_distinct_runs_never_share_a_display_name(tmp_path: Path) -> None:
@@ -90,10 +127,13 @@ def test_distinct_runs_never_share_a_display_name(tmp_path: Path) -> None:
         text = render_markdown(store)
     for where in ("runs/a", "runs/b", "runs/c"):
         assert f"| IBP ({where}/example-ibp) | kappa-mix | 100 |" in text
-    training = text[text.index("## Training runs"):]
+    training = text[text.index("## Training runs") :]
     assert [line.split(" | ")[2] for line in training.splitlines()[4:7]] == [
-        "runs/a/example-ibp", "runs/b/example-ibp", "runs/c/example-ibp"]
-    matrix = text[text.index("Table 10 layout"):]
+        "runs/a/example-ibp",
+        "runs/b/example-ibp",
+        "runs/c/example-ibp",
+    ]
+    matrix = text[text.index("Table 10 layout") :]
     assert "| IBP (runs/b/example-ibp) | 20.0 | 30.0 |" in matrix
 
 

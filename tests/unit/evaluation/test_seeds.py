@@ -128,19 +128,31 @@ def test_selection_uses_validation_only_and_reports_test_numbers(tmp_path: Path)
 def test_looseness_sweeps_are_laid_out_as_table_4(tmp_path: Path) -> None:
     # (relaxation as the sweep file names it, seed) -> CR; the certifier is written as its label
     crs = {
-        ("IBP", 0): 0.60, ("IBP", 1): 0.62,
-        ("LooseIBP-C(omega=0.5)", 0): 0.50, ("LooseIBP-C(omega=0.5)", 1): 0.54,
-        ("LooseIBP-C", 0): 0.40, ("LooseIBP-C", 1): 0.44,  # omega left out: its default, 1
-        ("LooseIBP-DC(omega=0.5, F=10)", 0): 0.52, ("LooseIBP-DC(omega=0.5, F=10)", 1): 0.50,
-        ("LooseIBP-DC(F=10, omega=1)", 0): 0.30, ("LooseIBP-DC(F=10, omega=1)", 1): 0.20,
+        ("IBP", 0): 0.60,
+        ("IBP", 1): 0.62,
+        ("LooseIBP-C(omega=0.5)", 0): 0.50,
+        ("LooseIBP-C(omega=0.5)", 1): 0.54,
+        ("LooseIBP-C", 0): 0.40,
+        ("LooseIBP-C", 1): 0.44,  # omega left out: its default, 1
+        ("LooseIBP-DC(omega=0.5, F=10)", 0): 0.52,
+        ("LooseIBP-DC(omega=0.5, F=10)", 1): 0.50,
+        ("LooseIBP-DC(F=10, omega=1)", 0): 0.30,
+        ("LooseIBP-DC(F=10, omega=1)", 1): 0.20,
     }
-    labels = {"LooseIBP-DC(omega=0.5, F=10)": "LooseIBP-DC(F=10, omega=0.5)", "LooseIBP-DC(F=10, omega=1)": "LooseIBP-DC(F=10)"}
+    labels = {
+        "LooseIBP-DC(omega=0.5, F=10)": "LooseIBP-DC(F=10, omega=0.5)",
+        "LooseIBP-DC(F=10, omega=1)": "LooseIBP-DC(F=10)",
+    }
     with Store(tmp_path / "r.sqlite") as store:
         runs = []
         for (relaxation, seed), cr in crs.items():
             key = f"{relaxation}-{seed}"
-            store.finish_run(store.create_run("train", TrainConfig(relaxation=relaxation, seed=seed).to_dict(), key=key))
-            certify = store.create_run("certify", {"certifier": labels.get(relaxation, relaxation), "sweep": "t4"}, key=key)
+            store.finish_run(
+                store.create_run("train", TrainConfig(relaxation=relaxation, seed=seed).to_dict(), key=key)
+            )
+            certify = store.create_run(
+                "certify", {"certifier": labels.get(relaxation, relaxation), "sweep": "t4"}, key=key
+            )
             store.log_metrics(certify, 0, {"accuracy": 0.9, "certified": cr})
             store.finish_run(certify)
             runs.append({"key": key, "params": {"relaxation": relaxation, "seed": seed}})

@@ -52,9 +52,14 @@ def linear_net(weight: list[list[float]], bias: list[float], *, offset: float = 
     return nn.Sequential(first, nn.ReLU(), second).eval()
 
 
-def box_property(lower: list[float], upper: list[float], disjuncts: list[list[Atom]], outputs: int) -> Property:
-    return Property(len(lower), outputs, [Region(InputBox([Fraction(v) for v in lower],
-                                                          [Fraction(v) for v in upper]), disjuncts)])
+def box_property(
+    lower: list[float], upper: list[float], disjuncts: list[list[Atom]], outputs: int
+) -> Property:
+    return Property(
+        len(lower),
+        outputs,
+        [Region(InputBox([Fraction(v) for v in lower], [Fraction(v) for v in upper]), disjuncts)],
+    )
 
 
 # y0 = 0.5, y1 = 2x, y2 = -x on x in [-1, 1]; "Y_0 <= Y_1 and Y_0 <= Y_2" needs 0.5 <= 2x and 0.5 <= -x: infeasible.
@@ -94,10 +99,15 @@ def test_unsat_needs_every_disjunct_over_every_box() -> None:
     model = linear_net([[1.0]], [0.0])  # y = x
     refuted, open_ = [Atom([(0, 1)], -2)], [Atom([(0, 1)], Fraction(1, 2))]  # y <= -2 (never), y <= 1/2
     assert verify_property(model, box_property([-1.0], [1.0], [refuted], 1), plan=[CROWN]).status == "unsat"
-    assert verify_property(model, box_property([-1.0], [1.0], [refuted, open_], 1), plan=[CROWN]).status == "unknown"
+    assert (
+        verify_property(model, box_property([-1.0], [1.0], [refuted, open_], 1), plan=[CROWN]).status
+        == "unknown"
+    )
     two_boxes = Property(1, 1, [Region(InputBox([-1], [1]), [refuted]), Region(InputBox([0], [1]), [open_])])
     assert verify_property(model, two_boxes, plan=[CROWN]).status == "unknown"
-    second_refuted = Property(1, 1, [Region(InputBox([-1], [1]), [refuted]), Region(InputBox([0.75], [1]), [open_])])
+    second_refuted = Property(
+        1, 1, [Region(InputBox([-1], [1]), [refuted]), Region(InputBox([0.75], [1]), [open_])]
+    )
     assert verify_property(model, second_refuted, plan=[CROWN]).status == "unsat"
 
 
@@ -144,8 +154,10 @@ def test_an_empty_conjunction_is_violated_anywhere_and_no_input_is_safe() -> Non
     assert anything.status == "sat" and anything.counterexample is not None
     third = Property(1, 1, [Region(InputBox([Fraction(1, 3)], [Fraction(1, 3)]), [[]])])  # no float inside
     assert verify_property(model, third).status == "unknown"
-    nothing = parse_vnnlib("(declare-const X_0 Real)(declare-const Y_0 Real)"
-                           "(assert (<= X_0 0))(assert (>= X_0 1))(assert (<= Y_0 0))")
+    nothing = parse_vnnlib(
+        "(declare-const X_0 Real)(declare-const Y_0 Real)"
+        "(assert (<= X_0 0))(assert (>= X_0 1))(assert (<= Y_0 0))"
+    )
     assert verify_property(model, nothing).method == "empty"
 
 
@@ -172,7 +184,9 @@ def test_the_limit_is_checked_between_stages() -> None:
     assert (result.status, calls) == ("timeout", ["slow"])
     assert "after slow" in result.reason and result.seconds >= 0.2
     late = verify_property(model, prop, timeout=0.2, plan=[_slow_stage(0.3, 5.0, [])])
-    assert late.status == "timeout" and late.reason.startswith("unsat after")  # an answer past the limit is late
+    assert late.status == "timeout" and late.reason.startswith(
+        "unsat after"
+    )  # an answer past the limit is late
     assert verify_property(model, prop, timeout=1e-9).status == "timeout"
 
 
@@ -183,8 +197,15 @@ def test_pgd_stops_when_told_and_keeps_its_best_point() -> None:
         model.bias.zero_()
     lower, upper = -torch.ones(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
     calls = []
-    x, value = pgd_minimize(model, lambda y: y[:, 0], lower, upper, steps=50, step_size=0.25,
-                            should_stop=lambda: calls.append(1) or len(calls) >= 3)
+    x, value = pgd_minimize(
+        model,
+        lambda y: y[:, 0],
+        lower,
+        upper,
+        steps=50,
+        step_size=0.25,
+        should_stop=lambda: calls.append(1) or len(calls) >= 3,
+    )
     assert len(calls) == 3  # checked before every step
     assert value.item() == model(x).item() <= 0.0  # never worse than the centre
     x, value = pgd_minimize(model, lambda y: y[:, 0], lower, upper, steps=50, step_size=0.25)
@@ -218,7 +239,8 @@ def test_instances_from_a_csv_and_their_result_files(benchmark: Path, tmp_path: 
     instances = read_instances(benchmark)
     assert [(i.network, i.prop.name, i.timeout, i.benchmark) for i in instances] == [
         (benchmark.parent / "net.onnx", "safe.vnnlib", 30.0, "toy"),
-        (benchmark.parent / "net.onnx", "unsafe.vnnlib", 30.0, "toy")]
+        (benchmark.parent / "net.onnx", "unsafe.vnnlib", 30.0, "toy"),
+    ]
     assert {i.timeout for i in read_instances(benchmark, timeout=5)} == {5.0}
     seen: list[Result] = []
     results = verify_instances(instances, on_result=seen.append)
@@ -242,7 +264,8 @@ def test_bad_files_are_error_results_not_crashes(benchmark: Path, tmp_path: Path
     (folder / "bad.vnnlib").write_text("(declare-const X_0 Real)\n(assert (<= X_0 1)\n")
     (folder / "wide.vnnlib").write_text(
         "".join(f"(declare-const X_{i} Real)(assert (<= X_{i} 1))(assert (>= X_{i} 0))" for i in range(3))
-        + "(declare-const Y_0 Real)(declare-const Y_1 Real)(assert (<= Y_0 0))")
+        + "(declare-const Y_0 Real)(declare-const Y_1 Real)(assert (<= Y_0 0))"
+    )
     sigmoid = nn.Sequential(nn.Linear(2, 2), nn.Sigmoid()).eval()
     export_onnx(sigmoid, (2,), folder / "sigmoid.onnx")
     cases = {
@@ -253,7 +276,11 @@ def test_bad_files_are_error_results_not_crashes(benchmark: Path, tmp_path: Path
     }
     for (onnx_name, vnnlib_name), reason in cases.items():
         result = verify_instance(Instance(folder / onnx_name, folder / vnnlib_name, 10, "toy"))
-        assert result.status == "error" and re.search(reason, result.reason), (onnx_name, vnnlib_name, result.reason)
+        assert result.status == "error" and re.search(reason, result.reason), (
+            onnx_name,
+            vnnlib_name,
+            result.reason,
+        )
         assert result_text(result) == "error\n"
     (tmp_path / "rows.csv").write_text("a.onnx,b.vnnlib\n")
     with pytest.raises(ValueError, match="rows.csv:1: expected onnx,vnnlib,timeout"):
@@ -266,7 +293,10 @@ def test_bad_files_are_error_results_not_crashes(benchmark: Path, tmp_path: Path
 def test_results_format_and_contradictions(tmp_path: Path) -> None:
     instance = Instance("n.onnx", "p.vnnlib", 1, "b")
     example = Counterexample((0.5, -1.0), (3.25,))
-    assert result_text(Result("sat", 0.1, "PGD", counterexample=example)) == "sat\n((X_0 0.5)\n (X_1 -1.0)\n (Y_0 3.25))\n"
+    assert (
+        result_text(Result("sat", 0.1, "PGD", counterexample=example))
+        == "sat\n((X_0 0.5)\n (X_1 -1.0)\n (Y_0 3.25))\n"
+    )
     for status in ("unsat", "unknown", "timeout", "error"):
         assert result_text(Result(status, 0.1)) == f"{status}\n"
     with pytest.raises(ValueError, match="status must be one of"):
@@ -274,11 +304,16 @@ def test_results_format_and_contradictions(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs its counterexample"):
         Result("sat", 0.1)
     (tmp_path / "expected.csv").write_text(
-        "benchmark,onnx,vnnlib,consensus,tools_sat,tools_unsat\nb,n.onnx,p.vnnlib,SAT,1,0\n")
+        "benchmark,onnx,vnnlib,consensus,tools_sat,tools_unsat\nb,n.onnx,p.vnnlib,SAT,1,0\n"
+    )
     expected = read_expected(tmp_path / "expected.csv")
     assert expected == {("b", "n.onnx", "p.vnnlib"): ("SAT", 1, 0)}
     wrong = Result("unsat", 0.1, "CROWN", instance=instance)
     assert [why for _, why in contradictions([wrong], expected)] == [
-        "proved safe where the competition found a counterexample"]
-    assert list(contradictions([Result("sat", 0.1, "PGD", counterexample=example, instance=instance)], expected)) == []
+        "proved safe where the competition found a counterexample"
+    ]
+    assert (
+        list(contradictions([Result("sat", 0.1, "PGD", counterexample=example, instance=instance)], expected))
+        == []
+    )
     assert list(contradictions([Result("unknown", 0.1, instance=instance)], expected)) == []

@@ -62,7 +62,9 @@ def test_tracking_callback_logs_every_k_steps(tmp_path: object) -> None:
         callback = tracking_callback(2, samples=2, points=50, width=8)
         relaxation = relaxlab.get_relaxation("CROWN")
         for step in range(3):
-            callback(step=step, model=model, batch=(x, y), eps=0.1, relaxation=relaxation, store=store, run_id=run)
+            callback(
+                step=step, model=model, batch=(x, y), eps=0.1, relaxation=relaxation, store=store, run_id=run
+            )
         metrics = store.metrics(run)
     assert isinstance(metrics, dict) and set(metrics) == set(METRICS)
     assert [s for s, _ in metrics["discontinuity_share"]] == [0, 2]

@@ -32,7 +32,7 @@ def _listening() -> dict[int, str]:
             raw, _ = fields[1].split(":")
             data = bytes.fromhex(raw)
             # each 32-bit word is in host (little-endian) order
-            data = b"".join(data[i:i + 4][::-1] for i in range(0, len(data), 4))
+            data = b"".join(data[i : i + 4][::-1] for i in range(0, len(data), 4))
             found[int(fields[9])] = socket.inet_ntop(family, data)
     return found
 
@@ -87,6 +87,7 @@ def test_a_local_ray_listens_on_the_loopback_only(tmp_path: Path) -> None:
     executor = RayExecutor(1)
     assert executor._start(ray)
     try:
+
         @ray.remote(num_cpus=1)
         def busy() -> int:  # runs until the test has looked (however loaded the machine is)
             started.write_text(str(os.getpid()))
@@ -101,7 +102,12 @@ def test_a_local_ray_listens_on_the_loopback_only(tmp_path: Path) -> None:
             time.sleep(0.05)
         listening = _listening()
         sockets = _sockets_of(_descendants(os.getpid()))
-        seen = {(pid, listening[inode]) for pid, inodes in sockets.items() for inode in inodes if inode in listening}
+        seen = {
+            (pid, listening[inode])
+            for pid, inodes in sockets.items()
+            for inode in inodes
+            if inode in listening
+        }
         commands = {pid: _command(pid) for pid, _ in seen}
         stop.touch()
         worker = ray.get(ref)
@@ -122,8 +128,11 @@ def test_an_address_nothing_answers_at_is_refused_in_one_line() -> None:
     with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    for address, message in [(f"127.0.0.1:{port}", "no Ray cluster answers at"),
-                             ("127.0.0.1", "is not host:port"), ("ray://:x", "is not host:port")]:
+    for address, message in [
+        (f"127.0.0.1:{port}", "no Ray cluster answers at"),
+        ("127.0.0.1", "is not host:port"),
+        ("ray://:x", "is not host:port"),
+    ]:
         with pytest.raises(ExecutorError, match=message):
             check_address(address)
     with socket.socket() as server:  # something answers: accepted (Ray then talks to it)
@@ -138,8 +147,22 @@ def test_sweep_with_an_address_that_does_not_answer_fails_at_once(tmp_path: Path
     own client rewrites the address and retries without end; the timeout only guards the test)."""
     sweep = tmp_path / "s.toml"
     sweep.write_text('[base]\narchitecture = "FC-S"\nepochs = 1\n')
-    done = subprocess.run([sys.executable, "-m", "relaxlab", "sweep", str(sweep), "--out", str(tmp_path / "out"),
-                           "--address", "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relaxlab",
+            "sweep",
+            str(sweep),
+            "--out",
+            str(tmp_path / "out"),
+            "--address",
+            "127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     assert "no Ray cluster answers at 127.0.0.1:1" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr and len((done.stderr + done.stdout).strip().splitlines()) == 1

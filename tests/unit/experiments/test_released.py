@@ -47,11 +47,32 @@ def _reference_forward(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch
 def _synthetic_state(architecture: str) -> dict[str, torch.Tensor]:
     """A state dict in the released layout with random weights (for the checks that need no file)."""
     torch.manual_seed(0)
-    shapes = {"FC": {"0.mean": (1,), "0.sigma": (1,), "2.weight": (400, 784), "2.bias": (400,),
-                     "4.weight": (200, 400), "4.bias": (200,), "6.weight": (100, 200), "6.bias": (100,),
-                     "8.weight": (100, 100), "8.bias": (100,), "10.weight": (10, 100), "10.bias": (10,)},
-              "CONV": {"0.mean": (1,), "0.sigma": (1,), "1.weight": (16, 1, 4, 4), "1.bias": (16,),
-                       "4.weight": (100, 3136), "4.bias": (100,), "6.weight": (10, 100), "6.bias": (10,)}}
+    shapes = {
+        "FC": {
+            "0.mean": (1,),
+            "0.sigma": (1,),
+            "2.weight": (400, 784),
+            "2.bias": (400,),
+            "4.weight": (200, 400),
+            "4.bias": (200,),
+            "6.weight": (100, 200),
+            "6.bias": (100,),
+            "8.weight": (100, 100),
+            "8.bias": (100,),
+            "10.weight": (10, 100),
+            "10.bias": (10,),
+        },
+        "CONV": {
+            "0.mean": (1,),
+            "0.sigma": (1,),
+            "1.weight": (16, 1, 4, 4),
+            "1.bias": (16,),
+            "4.weight": (100, 3136),
+            "4.bias": (100,),
+            "6.weight": (10, 100),
+            "6.bias": (10,),
+        },
+    }
     return {f"layers.{k}": torch.rand(shape) + 0.1 for k, shape in shapes[architecture].items()}
 
 
@@ -147,7 +168,9 @@ def test_the_layout_is_checked_key_by_key_and_shape_by_shape(architecture: str) 
     state = _synthetic_state(architecture)
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
-        torch.testing.assert_close(build_released(network, state, source="s")(x), _reference_forward(state, x))
+        torch.testing.assert_close(
+            build_released(network, state, source="s")(x), _reference_forward(state, x)
+        )
     missing = {k: v for k, v in state.items() if k != "layers.0.sigma"}
     with pytest.raises(ReleasedNetworkError, match=rf"s: keys .* are not the {architecture} layout's"):
         build_released(network, missing, source="s")
@@ -166,7 +189,8 @@ def test_networks_are_selected_by_stem_or_architecture() -> None:
     assert select_released() == list(RELEASED_NETWORKS)
     assert [n.name for n in select_released(["conv"])] == NAMES[6:]
     assert [n.name for n in select_released(["mnist_CONV_zono.pt", "mnist_FC_box", "FC"])] == NAMES[:6] + [
-        "mnist_CONV_zono"]
+        "mnist_CONV_zono"
+    ]
     with pytest.raises(ReleasedNetworkError, match="'mnist_FC_boxx' is not one of .* use FC, CONV or one of"):
         select_released(["mnist_FC_boxx"])
 

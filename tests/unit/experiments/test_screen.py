@@ -85,8 +85,10 @@ def test_candidates_resolve_in_order_with_lines_flags_and_the_natural_run(screen
     assert screen.natural is screen.sweep.runs[-1]
     assert screen.natural.config.method == "natural" and screen.natural.config.seed == 0
     assert dict(screen.natural.params) == {"relaxation": "natural", "seed": 0}
-    assert all(r.config.method == "certified" and r.certifiers == (r.config.relaxation,)
-               for r in screen.sweep.runs[:-1])
+    assert all(
+        r.config.method == "certified" and r.certifiers == (r.config.relaxation,)
+        for r in screen.sweep.runs[:-1]
+    )
     # the generated relaxation travels with every task (for Ray workers) and is known by name only
     # where it is used: the process's registry is left as it was (issue 26: no hidden state)
     assert GENERATED not in get_registry().relaxations
@@ -101,7 +103,8 @@ def test_table_has_every_column_and_aggregates_the_stores_records(screened: Any)
     assert not report.summary.failed and len(report.summary.trained) == 7
     assert [r.candidate.name for r in report.rows] == sorted(
         (c.name for c in screen.candidates),
-        key=lambda name: -next(r.certified.mean for r in report.rows if r.candidate.name == name))
+        key=lambda name: -next(r.certified.mean for r in report.rows if r.candidate.name == name),
+    )
     with Store(out / "results.sqlite") as store:
         for row in report.rows:
             runs = screen.runs_of(row.candidate)
@@ -117,8 +120,11 @@ def test_table_has_every_column_and_aggregates_the_stores_records(screened: Any)
             assert row.seconds is not None and row.seconds.mean == pytest.approx(statistics.fmean(seconds))
             assert all(s > 0 for s in seconds)  # the record spans the run: created when it started
             tightness = store.runs(kind="tightness", status="done")
-            auc = [store.final_metrics(t.id)[f"cr_auc/{row.candidate.name}"] for t in tightness
-                   if t.config["relaxation"] == row.candidate.name]
+            auc = [
+                store.final_metrics(t.id)[f"cr_auc/{row.candidate.name}"]
+                for t in tightness
+                if t.config["relaxation"] == row.candidate.name
+            ]
             assert row.cr_auc == pytest.approx(auc[0]) and row.seeds == (0, 1) and row.failed == 0
     markdown = (out / "screen.md").read_text()
     assert "| " + " | ".join(TABLE_HEADERS) + " |" in markdown
@@ -161,8 +167,16 @@ def test_a_fresh_registry_gets_the_generated_relaxation_from_the_task(screened: 
     get_registry(refresh=True)
     try:
         assert GENERATED not in get_registry().relaxations
-        task = RunTask(key=run.key, config=run.config.to_dict(), certifiers=run.certifiers, eps=run.eps, n=5,
-                       pgd=False, run_dir=str(tmp_path / "run"), relaxations=screen.sweep.relaxations)
+        task = RunTask(
+            key=run.key,
+            config=run.config.to_dict(),
+            certifiers=run.certifiers,
+            eps=run.eps,
+            n=5,
+            pgd=False,
+            run_dir=str(tmp_path / "run"),
+            relaxations=screen.sweep.relaxations,
+        )
         outcome = execute_run(task)
         assert outcome.status == "done", outcome.error
         assert GENERATED not in get_registry().relaxations  # known during the run only
@@ -175,20 +189,31 @@ def test_a_fresh_registry_gets_the_generated_relaxation_from_the_task(screened: 
     [
         ({**BASE, "seed": [0]}, "top level: unknown key(s) 'seed' (did you mean 'seeds'?)"),
         ({**BASE, "schedule": {"epoch": 1}}, "[schedule]: unknown key(s) 'epoch' (did you mean 'epochs'?)"),
-        ({**BASE, "schedule": {"relaxation": "IBP"}}, "[schedule]: `relaxation` is set by the screen; list the"),
+        (
+            {**BASE, "schedule": {"relaxation": "IBP"}},
+            "[schedule]: `relaxation` is set by the screen; list the",
+        ),
         ({**BASE, "schedule": {"lr": -1.0}}, "[schedule]: lr must be > 0"),
         ({**BASE, "certify": {"relaxations": ["CROWN"]}}, "[certify]: unknown key(s) 'relaxations'"),
         ({**BASE, "tightness": {"points": 1}}, "[tightness] points must be an int >= 2"),
-        ({**BASE, "tightness": {"checkpoint": "nowhere.pt"}}, "[tightness] checkpoint nowhere.pt does not exist"),
+        (
+            {**BASE, "tightness": {"checkpoint": "nowhere.pt"}},
+            "[tightness] checkpoint nowhere.pt does not exist",
+        ),
         ({**BASE, "seeds": [1, 1]}, "`seeds` lists a seed twice"),
-        ({**BASE, "candidates": {"name": ["IBP"]}}, "[candidates]: unknown key(s) 'name' (did you mean 'names'?)"),
+        (
+            {**BASE, "candidates": {"name": ["IBP"]}},
+            "[candidates]: unknown key(s) 'name' (did you mean 'names'?)",
+        ),
         ({**BASE, "candidates": {}}, "[candidates] selects nothing: set discovered = true"),
         ({**BASE, "candidates": {"families": ["swich"]}}, "[candidates] families: unknown family 'swich'"),
         ({**BASE, "candidates": {"names": ["CROWM"]}}, "unknown relaxation 'CROWM'"),
         ({**BASE, "candidates": {"names": 3}}, "[candidates] names must be a list of names"),
         ({**BASE, "candidates": {"names": ["IBP", ""]}}, "[candidates] names must be a list of names"),
-        ({**BASE, "candidates": {"names": ["IBP"], "exclude": ["CROWN"]}},
-         "[candidates] exclude: 'CROWN' is not among the candidates"),
+        (
+            {**BASE, "candidates": {"names": ["IBP"], "exclude": ["CROWN"]}},
+            "[candidates] exclude: 'CROWN' is not among the candidates",
+        ),
     ],
 )
 def test_invalid_screens_name_the_key_and_the_fix(data: dict[str, Any], message: str) -> None:

@@ -131,9 +131,12 @@ def test_a_large_sweep_is_not_started_without_a_word(tmp_path: Path) -> None:
     from relaxlab.experiments.sweep import LARGE_SWEEP, SweepPlan, plan
 
     values = ", ".join(f"{1e-4 * (i + 1):.6g}" for i in range(LARGE_SWEEP + 1))
-    (tmp_path / "big.toml").write_text(f'[base]\narchitecture = "FC-S"\nepochs = 1\n[grid]\nlr = [{values}]\n')
-    result = CliRunner().invoke(cli, ["sweep", str(tmp_path / "big.toml"), "--out", str(tmp_path / "out"),
-                                      "--executor", "inprocess"])
+    (tmp_path / "big.toml").write_text(
+        f'[base]\narchitecture = "FC-S"\nepochs = 1\n[grid]\nlr = [{values}]\n'
+    )
+    result = CliRunner().invoke(
+        cli, ["sweep", str(tmp_path / "big.toml"), "--out", str(tmp_path / "out"), "--executor", "inprocess"]
+    )
     assert result.exit_code == 2, result.output
     assert f"{LARGE_SWEEP + 1:,} runs to train" in result.output and "--yes" in result.output
     assert "no time estimate yet" in result.output

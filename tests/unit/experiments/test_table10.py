@@ -35,9 +35,13 @@ RECORD = ROOT / "tests" / "data" / "table10.json"
 #: Cells certified again in CI on the first 300 test images against the recorded full run: the
 #: interval path and CROWN-IBP (R) on both architectures, and one backsubstitution cell (the
 #: paper's bold cell: the DeepZ-trained CONV certified better by CROWN than by DeepZ).
-PREFIX_CELLS = [("mnist_FC_box", "IBP"), ("mnist_CONV_box", "IBP"),
-                ("mnist_FC_crownibp1to1", "CROWN-IBP (R)"), ("mnist_CONV_crownibp1to1", "CROWN-IBP (R)"),
-                ("mnist_CONV_zono", "CROWN")]
+PREFIX_CELLS = [
+    ("mnist_FC_box", "IBP"),
+    ("mnist_CONV_box", "IBP"),
+    ("mnist_FC_crownibp1to1", "CROWN-IBP (R)"),
+    ("mnist_CONV_crownibp1to1", "CROWN-IBP (R)"),
+    ("mnist_CONV_zono", "CROWN"),
+]
 PREFIX = 300
 
 
@@ -57,28 +61,41 @@ def test_data_hashes_cover_each_full_block_alone(embedded_test: tuple[torch.Tens
     assert len(hashes) == 250 // DATA_BLOCK == 2
     changed = x.clone()
     changed[DATA_BLOCK + 3, 0, 14, 14] = 1.0 - changed[DATA_BLOCK + 3, 0, 14, 14]
-    assert data_hashes(changed, y) == [hashes[0], data_hashes(changed, y)[1]] and data_hashes(changed, y) != hashes
+    assert (
+        data_hashes(changed, y) == [hashes[0], data_hashes(changed, y)[1]]
+        and data_hashes(changed, y) != hashes
+    )
     relabelled = y.clone()
     relabelled[0] = (relabelled[0] + 1) % 10
     assert data_hashes(x, relabelled)[1:] == hashes[1:] and data_hashes(x, relabelled)[0] != hashes[0]
 
 
 def test_a_run_certifies_what_certify_does_and_resumes_where_it_stopped(
-    released_dir: Path, embedded_test: tuple[torch.Tensor, torch.Tensor], tmp_path: Path,
+    released_dir: Path,
+    embedded_test: tuple[torch.Tensor, torch.Tensor],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     x, y = embedded_test[0][:200], embedded_test[1][:200]
     relaxations = [get_relaxation("IBP"), get_relaxation("CROWN-IBP (R)")]
     networks = [released_network("mnist_FC_box"), released_network("mnist_FC_hbox")]
-    whole = run_table10(tmp_path / "whole.json", x, y, relaxations, networks=networks,
-                        networks_dir=released_dir, batch_size=50)
+    whole = run_table10(
+        tmp_path / "whole.json",
+        x,
+        y,
+        relaxations,
+        networks=networks,
+        networks_dir=released_dir,
+        batch_size=50,
+    )
     for network in networks:
         _, model = load_released(released_dir / network.file_name)
         results = certify(model, x, y, 0.3, relaxations, pgd=False)
         assert whole.accuracy(network.name, 200) == pytest.approx(100 * results[0].accuracy)
         for result in results:
             assert whole.certified_percent(network.name, result.relaxation, 200) == pytest.approx(
-                100 * result.certified)
+                100 * result.certified
+            )
 
     # Interrupted after three batches (saving after every batch), then run again to the end.
     monkeypatch.setattr(table10, "SAVE_EVERY", 0.0)
@@ -91,33 +108,67 @@ def test_a_run_certifies_what_certify_does_and_resumes_where_it_stopped(
 
     path = tmp_path / "resumed.json"
     with pytest.raises(KeyboardInterrupt):
-        run_table10(path, x, y, relaxations, networks=networks, networks_dir=released_dir, batch_size=50,
-                    progress=interrupt)
+        run_table10(
+            path,
+            x,
+            y,
+            relaxations,
+            networks=networks,
+            networks_dir=released_dir,
+            batch_size=50,
+            progress=interrupt,
+        )
     stopped = load_record(path)
     assert stopped.cell("mnist_FC_box", "IBP").done == 150
     assert stopped.cell("mnist_FC_box", "CROWN-IBP (R)") is None
     batches.clear()
-    resumed = run_table10(path, x, y, relaxations, networks=networks, networks_dir=released_dir, batch_size=50,
-                          progress=batches.append)
+    resumed = run_table10(
+        path,
+        x,
+        y,
+        relaxations,
+        networks=networks,
+        networks_dir=released_dir,
+        batch_size=50,
+        progress=batches.append,
+    )
     assert sum(batches) == 4 * 200 - 150
     for key, cell in whole.cells.items():
         assert resumed.cells[key].certified().tolist() == cell.certified().tolist()
         assert resumed.cells[key].done == 200
     # Longer than what is recorded: only the new images are certified, the recorded ones kept.
     batches.clear()
-    longer = run_table10(path, embedded_test[0][:300], embedded_test[1][:300], relaxations,
-                         networks=networks[:1], networks_dir=released_dir, batch_size=50, progress=batches.append)
+    longer = run_table10(
+        path,
+        embedded_test[0][:300],
+        embedded_test[1][:300],
+        relaxations,
+        networks=networks[:1],
+        networks_dir=released_dir,
+        batch_size=50,
+        progress=batches.append,
+    )
     assert sum(batches) == 2 * 100
-    assert longer.cell("mnist_FC_box", "IBP").certified(200).tolist() == whole.cell(
-        "mnist_FC_box", "IBP").certified().tolist()
+    assert (
+        longer.cell("mnist_FC_box", "IBP").certified(200).tolist()
+        == whole.cell("mnist_FC_box", "IBP").certified().tolist()
+    )
     assert len(longer.data) == 3
 
 
-def _fc_box_ibp(path: Path, x: torch.Tensor, y: torch.Tensor, released_dir: Path,
-                **options: object) -> table10.Table10Record:
+def _fc_box_ibp(
+    path: Path, x: torch.Tensor, y: torch.Tensor, released_dir: Path, **options: object
+) -> table10.Table10Record:
     """The one cell FC trained with IBP × IBP (fast) into ``path``."""
-    return run_table10(path, x, y, [get_relaxation("IBP")], networks=[released_network("mnist_FC_box")],
-                       networks_dir=released_dir, **options)  # type: ignore[arg-type]
+    return run_table10(
+        path,
+        x,
+        y,
+        [get_relaxation("IBP")],
+        networks=[released_network("mnist_FC_box")],
+        networks_dir=released_dir,
+        **options,
+    )  # type: ignore[arg-type]
 
 
 def test_a_record_is_continued_only_on_its_own_images_and_radius(
@@ -153,8 +204,10 @@ def test_a_cell_begun_with_another_definition_starts_again(
     record = _fc_box_ibp(path, x, y, released_dir, log=lines.append)
     assert "begun with another definition of IBP (its spec hash differs): started again" in lines[0]
     fresh = _fc_box_ibp(tmp_path / "fresh.json", x, y, released_dir)
-    assert record.cell("mnist_FC_box", "IBP").certified().tolist() == fresh.cell(
-        "mnist_FC_box", "IBP").certified().tolist()
+    assert (
+        record.cell("mnist_FC_box", "IBP").certified().tolist()
+        == fresh.cell("mnist_FC_box", "IBP").certified().tolist()
+    )
 
 
 def test_the_matrix_shows_ours_beside_the_papers() -> None:
@@ -163,9 +216,17 @@ def test_the_matrix_shows_ours_beside_the_papers() -> None:
     assert headers == ["network", "trained with", "Acc", "IBP", "CROWN-IBP (R)", "CROWN-0"]
     assert rows[0][:2] == ["FC", "IBP"] and rows[0][3].endswith(" (74)") and rows[0][5] == "—"
     assert rows[8][:2] == ["CONV", "DeepZ"] and rows[8][2].endswith(" (92.5)")
-    assert PAPER_TABLE10["mnist_CONV_zono"] == {"IBP": 0.4, "hBox": 25.8, "DeepZ": 69.8, "CROWN": 74.0,
-                                                "CROWN-IBP (R)": 60.9}
-    assert paper_value("mnist_CONV_zono", "hBox-Hybrid") == 25.8 and paper_value("mnist_CONV_zono", "CROWN-0") is None
+    assert PAPER_TABLE10["mnist_CONV_zono"] == {
+        "IBP": 0.4,
+        "hBox": 25.8,
+        "DeepZ": 69.8,
+        "CROWN": 74.0,
+        "CROWN-IBP (R)": 60.9,
+    }
+    assert (
+        paper_value("mnist_CONV_zono", "hBox-Hybrid") == 25.8
+        and paper_value("mnist_CONV_zono", "CROWN-0") is None
+    )
 
 
 def test_the_recorded_full_run_matches_the_paper_where_it_ran() -> None:
@@ -206,8 +267,16 @@ def test_parameterised_relaxations_are_columns_of_their_own(
 ) -> None:
     x, y = embedded_test[0][:100], embedded_test[1][:100]
     loose = [get_relaxation("LooseIBP-C"), get_relaxation("LooseIBP-C(omega=0.5)")]
-    record = run_table10(tmp_path / "r.json", x, y, loose, networks=[released_network("mnist_FC_box")],
-                         networks_dir=released_dir)
+    record = run_table10(
+        tmp_path / "r.json",
+        x,
+        y,
+        loose,
+        networks=[released_network("mnist_FC_box")],
+        networks_dir=released_dir,
+    )
     assert sorted(record.cells) == [("mnist_FC_box", "LooseIBP-C"), ("mnist_FC_box", "LooseIBP-C(omega=0.5)")]
-    assert record.cells[("mnist_FC_box", "LooseIBP-C")].spec_sha256 != record.cells[
-        ("mnist_FC_box", "LooseIBP-C(omega=0.5)")].spec_sha256
+    assert (
+        record.cells[("mnist_FC_box", "LooseIBP-C")].spec_sha256
+        != record.cells[("mnist_FC_box", "LooseIBP-C(omega=0.5)")].spec_sha256
+    )

@@ -61,8 +61,11 @@ def test_cached_findings_equal_fresh_ones_for_every_builtin(
 ) -> None:
     """Each built-in's verdict and derived properties, computed without the cache, come back equal
     from the file, and the facade's functions then answer from it without computing."""
-    builtins = [registry.relaxations[n] for n in registry.relaxations.names()
-                if registry.relaxations.source(n) == "relaxlab.relaxations.builtin"]
+    builtins = [
+        registry.relaxations[n]
+        for n in registry.relaxations.names()
+        if registry.relaxations.source(n) == "relaxlab.relaxations.builtin"
+    ]
     monkeypatch.setenv("RELAXLAB_NO_CACHE", "1")
     fresh = {r.name: (check_soundness(r), properties._derive(r)) for r in builtins}
     monkeypatch.delenv("RELAXLAB_NO_CACHE")
@@ -84,13 +87,30 @@ def test_cached_findings_equal_fresh_ones_for_every_builtin(
     assert len(cache.VerdictStore(cache_dir / cache.FILE_NAME).entries) == len(builtins)
 
 
-def test_counterexamples_and_refusals_come_back_equal(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    unsound = ReluRelaxation(name="cache-unsound", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
-                             unstable=CaseBounds(CHORD, IDENTITY))  # the chord below, x above: both wrong
+def test_counterexamples_and_refusals_come_back_equal(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unsound = ReluRelaxation(
+        name="cache-unsound",
+        negative=EXACT_NEGATIVE,
+        positive=EXACT_POSITIVE,
+        unstable=CaseBounds(CHORD, IDENTITY),
+    )  # the chord below, x above: both wrong
     found = check_soundness_cached(unsound)
     assert found is not None
-    refusal = Undecided("cache-undecided", "unstable", "undecided", math.nan, math.nan, math.nan, math.nan,
-                        math.nan, (("omega", 0.5),), line="upper", detail="budget spent")
+    refusal = Undecided(
+        "cache-undecided",
+        "unstable",
+        "undecided",
+        math.nan,
+        math.nan,
+        math.nan,
+        math.nan,
+        math.nan,
+        (("omega", 0.5),),
+        line="upper",
+        detail="budget spent",
+    )
     other = evolve(unsound, name="cache-undecided")
     cache.remember(other, "soundness", lambda _r: refusal, FINDINGS)
     _new_process(monkeypatch)
@@ -99,11 +119,17 @@ def test_counterexamples_and_refusals_come_back_equal(cache_dir: Path, monkeypat
     assert isinstance(back, Undecided) and str(back) == str(refusal) and back.params == refusal.params
 
 
-def test_a_changed_spec_misses_and_an_equal_one_hits(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_changed_spec_misses_and_an_equal_one_hits(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     compute, calls = _counting(None)
     crown = relaxlab.get_relaxation("CROWN")
-    variants = [crown, evolve(crown, intermediate="interval"), evolve(crown, name="CROWN-copy"),
-                evolve(crown, unstable=CaseBounds(ZERO, CHORD))]
+    variants = [
+        crown,
+        evolve(crown, intermediate="interval"),
+        evolve(crown, name="CROWN-copy"),
+        evolve(crown, unstable=CaseBounds(ZERO, CHORD)),
+    ]
     loose = relaxlab.get_relaxation("LooseIBP-C")
     variants += [loose, loose.with_params(omega=0.5)]
     for relaxation in variants:
@@ -130,9 +156,17 @@ def test_the_key_holds_version_format_and_judging_code(monkeypatch: pytest.Monke
 
 
 def test_specs_with_code_are_never_cached(cache_dir: Path) -> None:
-    opaque = evolve(relaxlab.get_relaxation("CROWN"), name="cache-opaque",
-                    unstable=CaseBounds(ZERO, Line(Opaque("chord", lambda env: env["u"] / (env["u"] - env["l"])),
-                                                   Opaque("offset", lambda env: -env["l"] * env["u"] / (env["u"] - env["l"])))))
+    opaque = evolve(
+        relaxlab.get_relaxation("CROWN"),
+        name="cache-opaque",
+        unstable=CaseBounds(
+            ZERO,
+            Line(
+                Opaque("chord", lambda env: env["u"] / (env["u"] - env["l"])),
+                Opaque("offset", lambda env: -env["l"] * env["u"] / (env["u"] - env["l"])),
+            ),
+        ),
+    )
     compute, calls = _counting(None)
     cache.remember(opaque, SLOT, compute, FINDINGS)
     cache.remember(opaque, SLOT, compute, FINDINGS)
@@ -158,7 +192,9 @@ def _valid_file(path: Path) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "edited", "other format", "not an object"])
-def test_a_bad_file_is_ignored_and_rewritten(cache_dir: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+def test_a_bad_file_is_ignored_and_rewritten(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
     path = cache_dir / cache.FILE_NAME
     ibp = relaxlab.get_relaxation("IBP")
     cache.remember(ibp, SLOT, lambda _r: None, FINDINGS)
@@ -196,7 +232,9 @@ def test_a_value_that_does_not_decode_is_a_miss(cache_dir: Path, monkeypatch: py
     assert cache.remember(ibp, SLOT, compute, FINDINGS) is None and calls == ["IBP"]
 
 
-def test_an_unwritable_directory_only_costs_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unwritable_directory_only_costs_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("RELAXLAB_CACHE_DIR", str(blocker / "cache"))  # a directory under a file cannot exist
@@ -246,8 +284,10 @@ def test_concurrent_writers_never_corrupt_the_file(cache_dir: Path) -> None:
     """Two processes writing at once: every read, during and after, sees a whole file (or none)."""
     path = cache_dir / cache.FILE_NAME
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), name, "60"], env=env)
-               for name in ("a", "b")]
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(path), name, "60"], env=env)
+        for name in ("a", "b")
+    ]
     snapshot = cache_dir.parent / "snapshot.json"
     while any(w.poll() is None for w in writers):
         if path.exists():
@@ -266,4 +306,6 @@ def test_the_file_keeps_the_newest_entries(cache_dir: Path, monkeypatch: pytest.
     store = cache.VerdictStore(cache_dir / cache.FILE_NAME)
     for i in range(8):
         store.put(f"key-{i}", SLOT, None)
-    assert sorted(cache.VerdictStore(cache_dir / cache.FILE_NAME).entries) == [f"key-{i}" for i in range(3, 8)]
+    assert sorted(cache.VerdictStore(cache_dir / cache.FILE_NAME).entries) == [
+        f"key-{i}" for i in range(3, 8)
+    ]

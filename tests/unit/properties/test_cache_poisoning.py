@@ -49,8 +49,12 @@ def relaxlab_relaxations():
 
 
 def _unsound() -> ReluRelaxation:
-    return ReluRelaxation(name="poisoned", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
-                          unstable=CaseBounds(line(1.0, 1e-6), CHORD))
+    return ReluRelaxation(
+        name="poisoned",
+        negative=EXACT_NEGATIVE,
+        positive=EXACT_POSITIVE,
+        unstable=CaseBounds(line(1.0, 1e-6), CHORD),
+    )
 
 
 @pytest.fixture
@@ -77,11 +81,14 @@ def _rewrite(directory: Path, relaxation: ReluRelaxation, value: object) -> None
     entry["soundness"] = value
     data["checksum"] = cache._checksum(data["entries"])
     path.write_text(json.dumps(data), encoding="utf-8")
-    assert cache.VerdictStore(path).entries[cache.content_key(relaxation)]["soundness"] == value  # accepted as valid
+    assert (
+        cache.VerdictStore(path).entries[cache.content_key(relaxation)]["soundness"] == value
+    )  # accepted as valid
 
 
 def test_a_plugin_that_replaces_check_soundness_gets_nothing_cached(
-        cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "poison_plugin.py").write_text(POISON_SOURCE, encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(properties, "check_soundness", properties.check_soundness)  # restored after the test
@@ -93,8 +100,11 @@ def test_a_plugin_that_replaces_check_soundness_gets_nothing_cached(
             return importlib.import_module(self.value)
 
     registry_module = importlib.import_module("relaxlab.registry")
-    monkeypatch.setattr(registry_module.importlib.metadata, "entry_points",
-                        lambda group: [EntryPoint()] if group == "relaxlab" else [])
+    monkeypatch.setattr(
+        registry_module.importlib.metadata,
+        "entry_points",
+        lambda group: [EntryPoint()] if group == "relaxlab" else [],
+    )
     monkeypatch.delenv("RELAXLAB_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     registry = build_registry(check=check_soundness_cached)
     assert properties.check_soundness(_unsound()) is None  # the plugin did replace it
@@ -102,7 +112,9 @@ def test_a_plugin_that_replaces_check_soundness_gets_nothing_cached(
     assert _slot(cache_dir, _unsound()) is not None  # the real verdict is what the file holds
 
 
-def test_a_poisoned_verdict_does_not_outlive_the_plugin(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_poisoned_verdict_does_not_outlive_the_plugin(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     relaxation = _unsound()
     # the state a patched checker would have left: "sound" (None) in a valid file
     store = cache.VerdictStore(cache_dir / cache.FILE_NAME)
@@ -131,8 +143,14 @@ print(json.dumps(check_soundness_cached(relaxation) is None))
 
 def _fresh_interpreter_says_sound(name: str) -> bool:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(_READER), name], capture_output=True, text=True,
-                            env=env, timeout=600, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_READER), name],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return bool(json.loads(result.stdout.strip().splitlines()[-1]))
 
@@ -148,7 +166,9 @@ def test_a_flipped_verdict_with_a_recomputed_checksum_is_not_believed(cache_dir:
 def test_a_forged_counterexample_does_not_refuse_a_sound_relaxation(cache_dir: Path) -> None:
     ibp = next(r for r in importlib.import_module("relaxlab.relaxations.builtin").BUILTINS if r.name == "IBP")
     assert check_soundness_cached(ibp) is None
-    forged = Counterexample("IBP", "unstable", "upper", -1.0, 1.0, 1.0, 0.5, 1.0)  # IBP's upper line is u there
+    forged = Counterexample(
+        "IBP", "unstable", "upper", -1.0, 1.0, 1.0, 0.5, 1.0
+    )  # IBP's upper line is u there
     _rewrite(cache_dir, ibp, cache.encode(forged, {c.__name__: c for c in FINDINGS}))
     assert _fresh_interpreter_says_sound("IBP")
 

@@ -106,7 +106,9 @@ def test_detector_rejects_bad_input() -> None:
 def test_discontinuity_share_counts_inputs() -> None:
     example = toy_continuity_network(0.0)
     x = example.center.repeat(3, 1)
-    result = discontinuity_share(example.model, x, None, example.eps, IBP(), output=0, points=100, domain=None)
+    result = discontinuity_share(
+        example.model, x, None, example.eps, IBP(), output=0, points=100, domain=None
+    )
     assert result.values.shape == (3, 100)
     assert result.share == 0.0
     with pytest.raises(ValueError, match="not both"):

@@ -13,16 +13,32 @@ from relaxlab.properties import derive, probe
 
 #: Flags stated by the paper (Table 2, Sec. 6, App. H; DESIGN.md §1): (continuous, sensitive).
 PAPER_FLAGS = {
-    "IBP": (True, False), "hBox": (False, False), "DeepZ": (True, True), "CROWN": (False, True),
-    "CROWN-IBP (R)": (False, True), "CROWN-0": (False, True), "CROWN-1": (False, True),
-    "CROWN-0-C": (True, True), "CROWN-1-C": (True, True),
-    "CROWN-0-Tria": (False, False), "CROWN-1-Tria": (False, False),
-    "CROWN-0-Tria-C": (True, False), "CROWN-1-Tria-C": (True, False),
-    "DeepZ-Soft": (True, True), "CROWN-Soft": (True, True), "CROWN-Soft-IBP": (True, True),
-    "hBox-Diag": (False, False), "hBox-Diag-C": (True, False), "hBox-Switch": (False, False),
-    "DeepZ-Box": (False, False), "DeepZ-Diag": (False, False), "DeepZ-Diag-C": (True, False),
-    "DeepZ-Switch": (False, False), "DeepZ-IBP (R)": (True, True),
-    "LooseIBP-C": (True, False), "LooseIBP-DC": (False, False),
+    "IBP": (True, False),
+    "hBox": (False, False),
+    "DeepZ": (True, True),
+    "CROWN": (False, True),
+    "CROWN-IBP (R)": (False, True),
+    "CROWN-0": (False, True),
+    "CROWN-1": (False, True),
+    "CROWN-0-C": (True, True),
+    "CROWN-1-C": (True, True),
+    "CROWN-0-Tria": (False, False),
+    "CROWN-1-Tria": (False, False),
+    "CROWN-0-Tria-C": (True, False),
+    "CROWN-1-Tria-C": (True, False),
+    "DeepZ-Soft": (True, True),
+    "CROWN-Soft": (True, True),
+    "CROWN-Soft-IBP": (True, True),
+    "hBox-Diag": (False, False),
+    "hBox-Diag-C": (True, False),
+    "hBox-Switch": (False, False),
+    "DeepZ-Box": (False, False),
+    "DeepZ-Diag": (False, False),
+    "DeepZ-Diag-C": (True, False),
+    "DeepZ-Switch": (False, False),
+    "DeepZ-IBP (R)": (True, True),
+    "LooseIBP-C": (True, False),
+    "LooseIBP-DC": (False, False),
 }
 
 
@@ -33,8 +49,21 @@ def test_derived_flags_equal_the_papers(name: str) -> None:
     assert props.sound and props.method == "derived"
 
 
-@pytest.mark.parametrize("name", ["IBP", "hBox", "DeepZ", "CROWN", "CROWN-0-C", "CROWN-1-Tria", "DeepZ-Soft",
-                                  "hBox-Switch", "LooseIBP-C", "LooseIBP-DC"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "IBP",
+        "hBox",
+        "DeepZ",
+        "CROWN",
+        "CROWN-0-C",
+        "CROWN-1-Tria",
+        "DeepZ-Soft",
+        "hBox-Switch",
+        "LooseIBP-C",
+        "LooseIBP-DC",
+    ],
+)
 def test_probing_confirms_the_derived_flags(name: str) -> None:
     relaxation = relaxlab.get_relaxation(name)
     derived, probed = derive(relaxation), probe(relaxation)
@@ -68,8 +97,11 @@ def test_looseibp_dc_is_continuous_when_omega_is_zero() -> None:
 def test_opaque_relaxations_are_judged_by_probing() -> None:
     half = Opaque("u/(u-l)", lambda env: env["u"] / (env["u"] - env["l"]))
     relaxation = ReluRelaxation(
-        name="opaque-DeepZ", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
-        unstable=CaseBounds(Line(half, 0.0), Line(half, -half * L)))
+        name="opaque-DeepZ",
+        negative=EXACT_NEGATIVE,
+        positive=EXACT_POSITIVE,
+        unstable=CaseBounds(Line(half, 0.0), Line(half, -half * L)),
+    )
     props = derive(relaxation)
     assert props.method == "probed"
     assert props.continuous and props.sensitive
@@ -80,9 +112,17 @@ def test_a_new_discontinuity_is_detected() -> None:
     relaxation = evolve(relaxlab.get_relaxation("hBox-Diag-C"), name="probe-me", negative=EXACT_NEGATIVE)
     assert not derive(relaxation).continuous
     assert not probe(relaxation).continuous
-    affine = ReluRelaxation(name="affine-upper", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
-                            unstable=CaseBounds(ZERO, Line(0.0, U - 0 * L)))
+    affine = ReluRelaxation(
+        name="affine-upper",
+        negative=EXACT_NEGATIVE,
+        positive=EXACT_POSITIVE,
+        unstable=CaseBounds(ZERO, Line(0.0, U - 0 * L)),
+    )
     assert not derive(affine).sensitive
-    shifted = ReluRelaxation(name="shifted-upper", negative=EXACT_NEGATIVE, positive=EXACT_POSITIVE,
-                             unstable=CaseBounds(IDENTITY, Line(1.0, -L + U * L / (U - L) * 0.01)))
+    shifted = ReluRelaxation(
+        name="shifted-upper",
+        negative=EXACT_NEGATIVE,
+        positive=EXACT_POSITIVE,
+        unstable=CaseBounds(IDENTITY, Line(1.0, -L + U * L / (U - L) * 0.01)),
+    )
     assert derive(shifted).sensitive  # an offset with a rational term bends

@@ -95,7 +95,9 @@ def test_exact_operations_keep_their_end_points() -> None:
 
 def test_division_near_zero_is_unbounded() -> None:
     assert enclose(L / U, {"l": 1.0, "u": (-1.0, 1.0)}) == Interval(-math.inf, math.inf)
-    assert enclose(L / U, {"l": 1.0, "u": (0.0, 2.0)}) == Interval(-math.inf, math.inf)  # the guard may flip signs
+    assert enclose(L / U, {"l": 1.0, "u": (0.0, 2.0)}) == Interval(
+        -math.inf, math.inf
+    )  # the guard may flip signs
     assert iv.div((1.0, 1.0), (0.0, 2.0)) == (0.5, math.inf)  # the real quotient, pole excluded
     assert enclose(L / U, {"l": 1.0, "u": (2.0, 4.0)}) == Interval(0.25, 0.5)
 

@@ -58,7 +58,9 @@ def _confirm(relaxation: ReluRelaxation, found: object) -> None:
     slope, offset = (ls, lo) if found.side == "lower" else (us, uo)
     value = slope * found.x + offset
     gap = value - max(found.x, 0.0) if found.side == "lower" else max(found.x, 0.0) - value
-    assert found.lower <= found.x <= found.upper and gap > arithmetic(found.arithmetic).tolerance(found.lower, found.upper)
+    assert found.lower <= found.x <= found.upper and gap > arithmetic(found.arithmetic).tolerance(
+        found.lower, found.upper
+    )
 
 
 @pytest.mark.parametrize("relaxation", BUILTINS, ids=[r.name for r in BUILTINS])
@@ -90,14 +92,18 @@ def test_looseibp_families_are_proved_over_their_parameter_ranges(name: str) -> 
         assert ranges["F"].open_lo and ranges["F"].hi == 1e3
     # a current value beyond the clip is included in the range proved
     wide = prove_soundness(relaxation.with_params(omega=5e3))
-    assert wide.outcome == PROVED and {r.name: r for r in wide.part("all", "transform").domain.params}[
-        "omega"].hi == 5e3
+    assert (
+        wide.outcome == PROVED
+        and {r.name: r for r in wide.part("all", "transform").domain.params}["omega"].hi == 5e3
+    )
 
 
 def test_a_window_of_width_0_1_in_u_is_found_where_sampling_misses_it() -> None:
     relaxation = _relaxation("window", CaseBounds(ZERO, WINDOW_UPPER))
     assert sampled_check(relaxation) is None  # the probe grid and parameter probes pass it
-    assert find_counterexample(relaxation, *case_pairs(Stability.UNSTABLE)) is None  # so does discovery's grid
+    assert (
+        find_counterexample(relaxation, *case_pairs(Stability.UNSTABLE)) is None
+    )  # so does discovery's grid
     found = check_soundness(relaxation)
     _confirm(relaxation, found)
     assert found.case == "unstable" and found.side == "upper" and 4.0 <= found.upper <= 4.1
@@ -118,9 +124,11 @@ def test_a_parameter_subrange_violation_is_found_where_sampling_misses_it() -> N
 
 def test_counterexamples_of_ordinary_mistakes_are_confirmed() -> None:
     crown = relaxlab.get_relaxation("CROWN")
-    for unstable in (CaseBounds(ZERO, line(LAMBDA * 0.999999, -LAMBDA * L)),  # slightly flat chord
-                     CaseBounds(line(1.0, 1e-6), CHORD),  # lower line 1e-6 too high
-                     CaseBounds(ZERO, line(0.0, U - 1e-6))):
+    for unstable in (
+        CaseBounds(ZERO, line(LAMBDA * 0.999999, -LAMBDA * L)),  # slightly flat chord
+        CaseBounds(line(1.0, 1e-6), CHORD),  # lower line 1e-6 too high
+        CaseBounds(ZERO, line(0.0, U - 1e-6)),
+    ):
         relaxation = evolve(crown, name="mistake", unstable=unstable)
         _confirm(relaxation, check_soundness(relaxation))
 
@@ -136,8 +144,12 @@ def test_a_transform_that_narrows_only_for_some_omega_is_refused() -> None:
     omega = Param("omega")
     spec = ParamSpec("omega", 1.0, minimum=0.0, maximum=10.0)
     narrowing = switch(ge(omega, 6.0), switch(ge(6.1, omega), -2.0 * omega, omega), omega)
-    relaxation = evolve(relaxlab.get_relaxation("IBP"), name="omega-window",
-                        transform=BoundsTransform(L - narrowing, U + omega), params=(spec,))
+    relaxation = evolve(
+        relaxlab.get_relaxation("IBP"),
+        name="omega-window",
+        transform=BoundsTransform(L - narrowing, U + omega),
+        params=(spec,),
+    )
     assert sampled_check(relaxation) is None
     found = check_soundness(relaxation)
     assert found is not None and found.side == "transform" and 6.0 <= dict(found.params)["omega"] <= 6.1
@@ -147,10 +159,17 @@ def test_lines_sound_at_every_scale_are_proved_on_any_widening() -> None:
     """CROWN's lines on [l - ω, u + ω]: the chord composed with the widening leaves the branch and
     bound undecided, but a line sound for every (l', u') of its case is sound on the widened bounds."""
     loose = relaxlab.get_relaxation("LooseIBP-C")
-    crown = evolve(relaxlab.get_relaxation("CROWN"), name="CROWN widened", transform=loose.transform,
-                   params=loose.params)
-    chord = prove_part(Stability.UNSTABLE, "upper", CHORD, loose.transform,
-                       (prover.ParamRange("omega", 0.0, 1e3),), budget=300)
+    crown = evolve(
+        relaxlab.get_relaxation("CROWN"), name="CROWN widened", transform=loose.transform, params=loose.params
+    )
+    chord = prove_part(
+        Stability.UNSTABLE,
+        "upper",
+        CHORD,
+        loose.transform,
+        (prover.ParamRange("omega", 0.0, 1e3),),
+        budget=300,
+    )
     assert chord.outcome == UNDECIDED  # through the transform: not decided
     verdict = prove_soundness(crown)
     assert verdict.outcome == PROVED, str(verdict)
@@ -166,8 +185,12 @@ def test_a_line_sound_only_on_the_widened_bounds_is_proved_through_the_transform
     # y >= l' + ω/2 is y >= l - ω/2 on [l - ω, u + ω]: sound there, and unsound for ω > 0 without the
     # widening (y >= l' + ω itself, y >= l in the reals, is not sound as computed: in float32 l - ω + ω
     # can exceed l, by 1.9e-8 at l = 1e-7, ω = 1)
-    relaxation = _relaxation("lower l plus omega", CaseBounds(line(0.0, L + omega / 2), UPPER),
-                             transform=loose.transform, params=loose.params)
+    relaxation = _relaxation(
+        "lower l plus omega",
+        CaseBounds(line(0.0, L + omega / 2), UPPER),
+        transform=loose.transform,
+        params=loose.params,
+    )
     verdict = prove_soundness(relaxation)
     assert verdict.outcome == PROVED, str(verdict)
     assert not verdict.part("unstable", "lower").domain.scale_invariant  # proved through the transform

@@ -71,12 +71,18 @@ def test_a_known_nonnegative_width_clips_enclosures() -> None:
 coefficients = st.integers(min_value=-5, max_value=5)
 
 
-@given(a=coefficients, b=coefficients, c=coefficients, d=coefficients,
-       lo=st.fractions(min_value=-3, max_value=3, max_denominator=64),
-       width=st.fractions(min_value=0, max_value=2, max_denominator=64),
-       t=st.fractions(min_value=0, max_value=1, max_denominator=64))
-def test_polynomial_enclosures_contain_exact_values(a: int, b: int, c: int, d: int, lo: Fraction, width: Fraction,
-                                                      t: Fraction) -> None:
+@given(
+    a=coefficients,
+    b=coefficients,
+    c=coefficients,
+    d=coefficients,
+    lo=st.fractions(min_value=-3, max_value=3, max_denominator=64),
+    width=st.fractions(min_value=0, max_value=2, max_denominator=64),
+    t=st.fractions(min_value=0, max_value=1, max_denominator=64),
+)
+def test_polynomial_enclosures_contain_exact_values(
+    a: int, b: int, c: int, d: int, lo: Fraction, width: Fraction, t: Fraction
+) -> None:
     expr = Const(float(a)) * L * L * L + Const(float(b)) * L * U + Const(float(c)) * U * U + float(d)
     symbolic = Symbolic([])
     form = _form(expr, symbolic)

@@ -50,11 +50,15 @@ def test_growth_factor_and_paper_log_sensitivity() -> None:
 
 def test_measured_log_sensitivity_counts_unstable_layers() -> None:
     example = toy_continuity_network(0.0)  # its one ReLU layer is unstable
-    values, counts = measured_log_sensitivity(example.model, example.center, 1.0, relaxlab.get_relaxation("CROWN"), width=10, domain=None)
+    values, counts = measured_log_sensitivity(
+        example.model, example.center, 1.0, relaxlab.get_relaxation("CROWN"), width=10, domain=None
+    )
     assert counts == [1]
     assert values[0] == pytest.approx(1 + math.log(3) / math.log(10))
     stable = toy_continuity_network(5.0)  # pre-activations in [4, 6]: stable
-    values, counts = measured_log_sensitivity(stable.model, stable.center, 1.0, relaxlab.get_relaxation("CROWN"), width=10, domain=None)
+    values, counts = measured_log_sensitivity(
+        stable.model, stable.center, 1.0, relaxlab.get_relaxation("CROWN"), width=10, domain=None
+    )
     assert counts == [0] and values == [0.0]
 
 

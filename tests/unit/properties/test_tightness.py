@@ -44,8 +44,12 @@ def test_chord_is_tighter_than_box_upper_and_0_vs_x_lower_is_incomparable() -> N
 
 
 def test_numerically_equal_lines_are_equal_even_when_written_differently() -> None:
-    deepz_top = ReluRelaxation(name="DeepZ written through (u, u)", negative=EXACT_NEGATIVE,
-                               unstable=CaseBounds(CHORD_LOW, CHORD_TOP), positive=EXACT_POSITIVE)
+    deepz_top = ReluRelaxation(
+        name="DeepZ written through (u, u)",
+        negative=EXACT_NEGATIVE,
+        unstable=CaseBounds(CHORD_LOW, CHORD_TOP),
+        positive=EXACT_POSITIVE,
+    )
     assert deepz_top.spec_key() != _get("DeepZ").spec_key()
     assert equivalent(deepz_top, _get("DeepZ"))
     assert equivalent(_get("hBox"), _get("DeepZ-Box"))
@@ -84,7 +88,8 @@ def test_batched_comparison_equals_one_at_a_time_across_batches() -> None:
     # every registered relaxation (more than fit in one batch) against hBox, in order
     others = [relaxlab.get_relaxation(n) for n in relaxlab.get_registry().relaxations.names()]
     hbox = _get("hBox")
-    batched = compare_many(profile(hbox), effective_intermediate(hbox),
-                           [(profile(o), effective_intermediate(o)) for o in others])
+    batched = compare_many(
+        profile(hbox), effective_intermediate(hbox), [(profile(o), effective_intermediate(o)) for o in others]
+    )
     assert len(others) > 12 and batched == [compare(hbox, o) for o in others]
     assert {t.overall for t in batched} >= {"equal", "tighter", "looser", "incomparable"}

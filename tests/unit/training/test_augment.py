@@ -21,8 +21,12 @@ def test_every_image_is_a_flip_and_crop_of_its_padded_self() -> None:
             for flip in (False, True)
             for r in range(2 * PADDING + 1)
             for c in range(2 * PADDING + 1)
-            if torch.equal(F.pad((image.flip(-1) if flip else image)[None], (PADDING,) * 4, mode="replicate")[0]
-                           [:, r : r + 5, c : c + 6], result)
+            if torch.equal(
+                F.pad((image.flip(-1) if flip else image)[None], (PADDING,) * 4, mode="replicate")[0][
+                    :, r : r + 5, c : c + 6
+                ],
+                result,
+            )
         ]
         assert matches, "an augmented image that is no flip and crop of its own"
         seen.add(matches[0][0])

@@ -86,9 +86,20 @@ def test_a_flipped_bit_in_the_tensor_data_is_caught(tmp_path: Path) -> None:
     from relaxlab.training.checkpoint import read_checkpoint, save_checkpoint
 
     path = tmp_path / "c.pt"
-    save_checkpoint(path, {"format": "relaxlab-checkpoint", "version": 2, "config": "{}", "architecture": "FC",
-                           "input_shape": [1], "num_classes": 2, "mean": [0.0], "std": [1.0],
-                           "model": {"w": torch.ones(64, 64)}})
+    save_checkpoint(
+        path,
+        {
+            "format": "relaxlab-checkpoint",
+            "version": 2,
+            "config": "{}",
+            "architecture": "FC",
+            "input_shape": [1],
+            "num_classes": 2,
+            "mean": [0.0],
+            "std": [1.0],
+            "model": {"w": torch.ones(64, 64)},
+        },
+    )
     assert read_checkpoint(path)["model"]["w"].sum() == 64 * 64
     data = bytearray(path.read_bytes())
     data[data.find(torch.ones(8).numpy().tobytes()) + 1000] ^= 0x40  # one bit of one float

@@ -44,8 +44,13 @@ class _Toy(nn.Module):
 def _estimate(loss: Any, theta: Tensor = THETA, seed: int = 0) -> Tensor:
     """Mean over rows of the smoothed-gradient estimate of ``sum_rows loss(row)``."""
     toy = _Toy(theta)
-    smoothed_backward(toy, lambda: (loss(toy.theta).sum(), {}), samples=SAMPLES, sigma=SIGMA,
-                      generator=torch.Generator().manual_seed(seed))
+    smoothed_backward(
+        toy,
+        lambda: (loss(toy.theta).sum(), {}),
+        samples=SAMPLES,
+        sigma=SIGMA,
+        generator=torch.Generator().manual_seed(seed),
+    )
     assert toy.theta.grad is not None
     return toy.theta.grad.mean(dim=0)
 
@@ -92,8 +97,18 @@ def _loss_fn(model: nn.Module) -> Any:
     ibp = relaxlab.get_relaxation("CROWN-IBP (R)")
 
     def loss_fn() -> tuple[Tensor, dict[str, float]]:
-        return training_loss(model, x, y, eps=0.1, kappa=0.5, beta=1.0, relaxations=(ibp,), num_classes=3,
-                             elision=True, l1=1e-3)
+        return training_loss(
+            model,
+            x,
+            y,
+            eps=0.1,
+            kappa=0.5,
+            beta=1.0,
+            relaxations=(ibp,),
+            num_classes=3,
+            elision=True,
+            l1=1e-3,
+        )
 
     return loss_fn
 
@@ -146,8 +161,9 @@ def test_batchnorm_running_stats_are_updated_once_from_the_clean_batch() -> None
     x = torch.randn(8, 3)
     reference = copy.deepcopy(model)
     reference(x)  # what one unsmoothed step does to the statistics
-    smoothed_backward(model, lambda: (model(x).square().sum(), {}), samples=4, sigma=0.3,
-                      generator=noise_generator(0, 0))
+    smoothed_backward(
+        model, lambda: (model(x).square().sum(), {}), samples=4, sigma=0.3, generator=noise_generator(0, 0)
+    )
     assert torch.equal(model[1].running_mean, torch.zeros(4)) and int(model[1].num_batches_tracked) == 0
     update_running_stats(model, x)
     for name, buffer in reference[1].named_buffers():
@@ -159,7 +175,9 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="samples must be >= 1"):
         smoothed_backward(model, _loss_fn(model), samples=0, sigma=0.1, generator=noise_generator(0, 0))
     with pytest.raises(ValueError, match="sigma must be >= 0"):
-        smoothed_backward(model, _loss_fn(model), samples=1, sigma=float("nan"), generator=noise_generator(0, 0))
+        smoothed_backward(
+            model, _loss_fn(model), samples=1, sigma=float("nan"), generator=noise_generator(0, 0)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -167,11 +185,23 @@ def tiny_data() -> Any:
     return load_data(TrainConfig())
 
 
-SMALL = {"architecture": "FC-S", "method": "crown-ibp", "epochs": 2, "rampup_epochs": 1, "eps_train": 0.1,
-         "eps_test": 0.1, "kappa_end": 0.5, "batch_size": 50, "train_subset": 100, "test_subset": 20}
+SMALL = {
+    "architecture": "FC-S",
+    "method": "crown-ibp",
+    "epochs": 2,
+    "rampup_epochs": 1,
+    "eps_train": 0.1,
+    "eps_test": 0.1,
+    "kappa_end": 0.5,
+    "batch_size": 50,
+    "train_subset": 100,
+    "test_subset": 20,
+}
 
 
-def test_smoothed_training_resumes_bitwise_and_zero_samples_is_unsmoothed(tmp_path: Path, tiny_data: Any) -> None:
+def test_smoothed_training_resumes_bitwise_and_zero_samples_is_unsmoothed(
+    tmp_path: Path, tiny_data: Any
+) -> None:
     config = TrainConfig(**SMALL, smoothing_samples=2, smoothing_sigma=0.01, grad_clip=1.0)
     full = train(config, tmp_path / "full", data=tiny_data)
     part = train(config, tmp_path / "part", data=tiny_data, stop_after=1)
@@ -183,6 +213,9 @@ def test_smoothed_training_resumes_bitwise_and_zero_samples_is_unsmoothed(tmp_pa
     # k = 0 is the unsmoothed run: the same config (and JSON, so the same checkpoint and sweep id) as one
     # that never names smoothing, hence the same code path and bitwise the same weights
     off = TrainConfig(**SMALL, grad_clip=1.0, smoothing_samples=0, smoothing_sigma=0.0, loss_fusion=False)
-    assert off == TrainConfig(**SMALL, grad_clip=1.0) and off.to_json() == TrainConfig(**SMALL, grad_clip=1.0).to_json()
+    assert (
+        off == TrainConfig(**SMALL, grad_clip=1.0)
+        and off.to_json() == TrainConfig(**SMALL, grad_clip=1.0).to_json()
+    )
     plain = train(off, tmp_path / "plain", data=tiny_data).model.state_dict()
     assert not all(torch.equal(full_state[k], v) for k, v in plain.items())  # smoothing changed the run

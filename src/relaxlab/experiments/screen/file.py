@@ -40,7 +40,9 @@ SET_BY_SCREEN = {
 def _names(table: Mapping[str, Any], key: str) -> list[str]:
     names = name_list(table.get(key, []))
     if names is None:
-        raise ScreenError(f"[candidates] {key} must be a list of names, e.g. {key} = [\"IBP\"]; got {table[key]!r}")
+        raise ScreenError(
+            f'[candidates] {key} must be a list of names, e.g. {key} = ["IBP"]; got {table[key]!r}'
+        )
     return names
 
 
@@ -51,8 +53,14 @@ def load_screen(path: str | Path, *, data_dir: str | None = None) -> Screen:
     :param data_dir: the dataset directory of every run (``--data-dir``; part of the runs' configs).
     :raises ScreenError: any invalid key or value, naming it and the fix.
     """
-    return load_file(path, "screen file", ScreenError, lambda data, path: parse_screen(
-        data, name=path.stem, source=path.name, root=path.parent, data_dir=data_dir))
+    return load_file(
+        path,
+        "screen file",
+        ScreenError,
+        lambda data, path: parse_screen(
+            data, name=path.stem, source=path.name, root=path.parent, data_dir=data_dir
+        ),
+    )
 
 
 def parse_screen(
@@ -92,13 +100,21 @@ def parse_screen(
             sweep = parse_sweep(sweep_data, name=screen_name, source=source)
         natural = None
         if tightness.checkpoint is None:
-            natural_base = {**{k: v for k, v in schedule.items() if k != "objective"}, "method": "natural",
-                            "warmup_epochs": 0, "rampup_epochs": 0,
-                            "kappa_start": 1.0, "kappa_end": 1.0}
-            natural_sweep = parse_sweep({"base": natural_base, "seeds": sweep_data["seeds"][:1],
-                                         "certify": sweep_data["certify"]}, name=screen_name)
-            natural = attrs.evolve(natural_sweep.runs[0],
-                                   params=(("relaxation", NATURAL), *natural_sweep.runs[0].params))
+            natural_base = {
+                **{k: v for k, v in schedule.items() if k != "objective"},
+                "method": "natural",
+                "warmup_epochs": 0,
+                "rampup_epochs": 0,
+                "kappa_start": 1.0,
+                "kappa_end": 1.0,
+            }
+            natural_sweep = parse_sweep(
+                {"base": natural_base, "seeds": sweep_data["seeds"][:1], "certify": sweep_data["certify"]},
+                name=screen_name,
+            )
+            natural = attrs.evolve(
+                natural_sweep.runs[0], params=(("relaxation", NATURAL), *natural_sweep.runs[0].params)
+            )
     except SweepError as error:
         raise ScreenError(str(error).replace("[base]", "[schedule]")) from error
     runs = (*sweep.runs, *(() if natural is None else (natural,)))
@@ -174,4 +190,6 @@ def _selection(table: Mapping[str, Any]) -> Selection:
         raise ScreenError(
             "[candidates] selects nothing: set discovered = true, families = [...] or names = [...]"
         )
-    return Selection(discovered=discovered, families=tuple(families), names=tuple(names), exclude=tuple(exclude))
+    return Selection(
+        discovered=discovered, families=tuple(families), names=tuple(names), exclude=tuple(exclude)
+    )

@@ -36,8 +36,16 @@ def plot_screen(screen: Screen, rows: Sequence[ScreenRow], path: str | Path) -> 
     for _, row in shown:
         c, cr = row.candidate, row.certified
         assert cr is not None and row.cr_auc is not None
-        ax.errorbar(row.cr_auc, 100 * cr.mean, yerr=None if cr.std is None else 100 * cr.std, markersize=7,
-                    capsize=3, linestyle="none", alpha=0.85, **flag_style(c.continuous, c.sensitive))
+        ax.errorbar(
+            row.cr_auc,
+            100 * cr.mean,
+            yerr=None if cr.std is None else 100 * cr.std,
+            markersize=7,
+            capsize=3,
+            linestyle="none",
+            alpha=0.85,
+            **flag_style(c.continuous, c.sensitive),
+        )
     front = pareto_front((r.cr_auc, 100 * r.certified.mean) for _, r in shown)  # type: ignore[union-attr]
     if front:
         # the staircase that bounds what the front dominates, from the left of the data to its bottom
@@ -53,24 +61,59 @@ def plot_screen(screen: Screen, rows: Sequence[ScreenRow], path: str | Path) -> 
         point = (row.cr_auc, 100 * row.certified.mean)  # type: ignore[union-attr]
         name = row.candidate.name if len(row.candidate.name) <= 30 else row.candidate.name[:28] + "…"
         offset = (6, 5) if index % 2 == 0 else (6, -12)
-        ax.annotate(name if len(shown) <= 10 else str(rank), point, textcoords="offset points", xytext=offset,
-                    fontsize=7, fontweight="bold" if point in on_front else "normal")
+        ax.annotate(
+            name if len(shown) <= 10 else str(rank),
+            point,
+            textcoords="offset points",
+            xytext=offset,
+            fontsize=7,
+            fontweight="bold" if point in on_front else "normal",
+        )
 
     undecided = any(r.candidate.continuous is None or r.candidate.sensitive is None for _, r in shown)
-    handles = [*flag_legend(undecided=undecided),
-               Line2D([], [], color="black", marker="|", ls="", markersize=10,
-                      label=f"± std over seeds (k = {len(screen.seeds)})"),
-               Line2D([], [], color="black", ls="--", marker="o", markerfacecolor="none", markersize=10,
-                      label="Pareto front (no candidate\nboth tighter and certifying more)")]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8,
-              title="marker: C, colour: S", title_fontsize=8)
+    handles = [
+        *flag_legend(undecided=undecided),
+        Line2D(
+            [],
+            [],
+            color="black",
+            marker="|",
+            ls="",
+            markersize=10,
+            label=f"± std over seeds (k = {len(screen.seeds)})",
+        ),
+        Line2D(
+            [],
+            [],
+            color="black",
+            ls="--",
+            marker="o",
+            markerfacecolor="none",
+            markersize=10,
+            label="Pareto front (no candidate\nboth tighter and certifying more)",
+        ),
+    ]
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0,
+        fontsize=8,
+        title="marker: C, colour: S",
+        title_fontsize=8,
+    )
     spec = screen.tightness
-    ax.set_xlabel(f"tightness: CR-AUC on a naturally trained network (n = {spec.n}, "
-                  f"{spec.points} radii in [0, {spec.eps_max:g}])")
+    ax.set_xlabel(
+        f"tightness: CR-AUC on a naturally trained network (n = {spec.n}, "
+        f"{spec.points} radii in [0, {spec.eps_max:g}])"
+    )
     ax.set_ylabel(f"CR after screening training [%] (ε = {screen.sweep.runs[0].eps:g})")
     labels = "" if len(shown) <= 10 else "; numbers: rank in screen.md (bold: on the front)"
-    ax.set_title(f"Screen {screen.name}: CR against tightness, {len(shown)} of {len(rows)} candidates\n"
-                 f"CR with its own relaxation on {screen.images}, ε = {screen.sweep.runs[0].eps:g}{labels}", fontsize=9)
+    ax.set_title(
+        f"Screen {screen.name}: CR against tightness, {len(shown)} of {len(rows)} candidates\n"
+        f"CR with its own relaxation on {screen.images}, ε = {screen.sweep.runs[0].eps:g}{labels}",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     ax.margins(0.15)
     fig.tight_layout()

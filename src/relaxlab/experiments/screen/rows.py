@@ -54,13 +54,15 @@ def screen_rows(screen: Screen, store: Store, aucs: Mapping[str, float]) -> list
             trains = store.runs(kind="train", status="done", key=run.key)
             if trains and trains[-1].finished is not None:
                 times.append(trains[-1].finished - trains[-1].created)
-        rows.append(ScreenRow(
-            candidate=candidate,
-            cr_auc=aucs.get(candidate.name),
-            certified=None if seeds is None else seeds.certified,
-            accuracy=None if seeds is None else seeds.accuracy,
-            seconds=aggregate(times) if times else None,
-            seeds=() if seeds is None else tuple(seeds.seeds),
-            failed=sum(run_status(store, run.key) == "failed" for run in runs),
-        ))
+        rows.append(
+            ScreenRow(
+                candidate=candidate,
+                cr_auc=aucs.get(candidate.name),
+                certified=None if seeds is None else seeds.certified,
+                accuracy=None if seeds is None else seeds.accuracy,
+                seconds=aggregate(times) if times else None,
+                seeds=() if seeds is None else tuple(seeds.seeds),
+                failed=sum(run_status(store, run.key) == "failed" for run in runs),
+            )
+        )
     return sorted(rows, key=lambda r: -r.certified.mean if r.certified is not None else float("inf"))

@@ -59,8 +59,10 @@ def measure_tightness(
     spec = screen.tightness
     grid = eps_grid(spec.eps_max, spec.points)
     network = screen.natural.key if screen.natural is not None else str(path)
-    keys = {c.name: _key({"network": network, "relaxation": c.name, "eps": list(grid), "n": spec.n})
-            for c in screen.candidates}
+    keys = {
+        c.name: _key({"network": network, "relaxation": c.name, "eps": list(grid), "n": spec.n})
+        for c in screen.candidates
+    }
     aucs: dict[str, float] = {}
     for name, key in keys.items():
         done = store.runs(kind="tightness", status="done", key=key)
@@ -79,17 +81,34 @@ def measure_tightness(
     with extended_registry(screen.sweep.relaxations, source=SOURCE):
         for candidate in todo:
             # an empirical comparison, not a certificate: float32 bounds, as relaxlab tightness and paradox
-            result = cr_curves(model, images, labels, grid, [get_relaxation(candidate.name)],
-                               num_classes=dataset.num_classes, dtype=torch.float32,
-                               progress=None if step is None else (lambda: step(1)))
+            result = cr_curves(
+                model,
+                images,
+                labels,
+                grid,
+                [get_relaxation(candidate.name)],
+                num_classes=dataset.num_classes,
+                dtype=torch.float32,
+                progress=None if step is None else (lambda: step(1)),
+            )
             aucs[candidate.name] = result.auc()[candidate.name]
             run_id = store.create_run(
                 "tightness",
-                {"checkpoint": str(path), "relaxation": candidate.name, "eps_max": spec.eps_max,
-                 "points": spec.points, "n": result.n, "dataset": config["dataset"],
-                 "architecture": config["architecture"], "screen": screen.name},
-                name=f"tightness-{candidate.name}", key=keys[candidate.name],
+                {
+                    "checkpoint": str(path),
+                    "relaxation": candidate.name,
+                    "eps_max": spec.eps_max,
+                    "points": spec.points,
+                    "n": result.n,
+                    "dataset": config["dataset"],
+                    "architecture": config["architecture"],
+                    "screen": screen.name,
+                },
+                name=f"tightness-{candidate.name}",
+                key=keys[candidate.name],
             )
-            store.log_metrics(run_id, 0, {f"cr_auc/{candidate.name}": aucs[candidate.name]})  # as relaxlab tightness
+            store.log_metrics(
+                run_id, 0, {f"cr_auc/{candidate.name}": aucs[candidate.name]}
+            )  # as relaxlab tightness
             store.finish_run(run_id)
     return aucs
