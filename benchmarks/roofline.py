@@ -424,7 +424,7 @@ def lines_traversals(name: str) -> float:
 
 
 def patches_apply(segments: list[list[Layer]], index: int) -> bool:
-    """``patches.applies(segments, index, 0)``: after the leading diagonal layers, every segment down
+    """The rule of ``engine.patches.applies`` on this model: after the leading diagonal layers, every segment down
     to the input is exactly one convolution."""
     first = [layer for layer in segments[0]]
     while first and first[0].kind == "diag":

@@ -49,13 +49,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 #: What any module may take from the package root without depending on the facade.
 ROOT_BASICS = {"hookimpl", "__version__"}
-#: Cycles between files of one package that are known and being removed: each entry is the set of
-#: modules of one cycle, with why it is allowed for now (the engine is the lead's, issue 26).
-KNOWN_FILE_CYCLES: dict[frozenset[str], str] = {
-    frozenset(
-        {"relaxlab.engine.bounder", "relaxlab.engine.patches"}
-    ): "patches annotates the Bounder that calls it (an import under TYPE_CHECKING; a Protocol is the fix)",
-}
 
 
 def module_name(path: Path, src: Path) -> str:
@@ -140,7 +133,7 @@ def violations(src: Path) -> list[str]:
 
 
 def file_cycles(src: Path) -> list[str]:
-    """Every cycle between the files of one package (layer item), except :data:`KNOWN_FILE_CYCLES`."""
+    """Every cycle between the files of one package (layer item)."""
     graphs: dict[str, nx.DiGraph] = {}
     for importer, imported, _ in import_edges(src):
         if importer != imported and unit(importer) == unit(imported):
@@ -148,8 +141,7 @@ def file_cycles(src: Path) -> list[str]:
     found = []
     for package, graph in sorted(graphs.items()):
         for cycle in nx.simple_cycles(graph):
-            if frozenset(cycle) not in KNOWN_FILE_CYCLES:
-                found.append(f"cycle between files of {package}: {' -> '.join([*cycle, cycle[0]])}")
+            found.append(f"cycle between files of {package}: {' -> '.join([*cycle, cycle[0]])}")
     return found
 
 
@@ -244,16 +236,6 @@ def test_a_planted_cycle_between_files_fails_even_through_a_function_local_impor
         },
     )
     assert any("cycle between files of relaxlab.properties" in p for p in violations(src))
-
-
-def test_the_known_file_cycles_still_exist() -> None:
-    """An allowed cycle that is gone must leave :data:`KNOWN_FILE_CYCLES` (else it would be allowed back)."""
-    graphs: dict[str, nx.DiGraph] = {}
-    for importer, imported, _ in import_edges(SRC):
-        if importer != imported and unit(importer) == unit(imported):
-            graphs.setdefault(unit(importer), nx.DiGraph()).add_edge(importer, imported)
-    present = {frozenset(c) for graph in graphs.values() for c in nx.simple_cycles(graph)}
-    assert set(KNOWN_FILE_CYCLES) <= present, set(KNOWN_FILE_CYCLES) - present
 
 
 def test_the_package_imports_cleanly_under_warnings_as_errors() -> None:

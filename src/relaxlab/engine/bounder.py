@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import attrs
 import torch
@@ -54,7 +54,7 @@ from relaxlab.engine import patches as patch_rows
 from relaxlab.engine.network import Network
 from relaxlab.engine.ops import AffineOp, Box, Conv, Input, Linear, Relu
 from relaxlab.engine.parse import parse_model
-from relaxlab.engine.relu_step import check_lines, concretize, relaxation_box, relaxation_lines, relu_backward
+from relaxlab.engine.relu_step import concretize, relu_backward
 
 #: Default cap on the elements of one coefficient tensor ``(B, rows, n)`` on CUDA (256 MiB in float32).
 DEFAULT_MAX_ELEMENTS = 1 << 26
@@ -257,12 +257,11 @@ class Bounder:
                 margin = self.rounding_margin(source)
                 pre_lower, pre_upper = pre_lower - margin, pre_upper + margin
             values = self.values_at(index, pre_lower, pre_upper)
-            lines = relaxation_lines(self.relaxation, pre_lower, pre_upper, values)
-            check_lines(lines, pre_lower, self.relaxation.name, count)
+            lines = self.relu_lines(pre_lower, pre_upper, values, count)
             self.pre[index] = (pre_lower, pre_upper)
             self.lines[index] = lines
             if self.how.intermediate == "interval":
-                t_lower, t_upper = relaxation_box(self.relaxation, pre_lower, pre_upper, values)
+                t_lower, t_upper = self.relu_box(pre_lower, pre_upper, values)
                 self.boxes[index] = (torch.relu(t_lower), torch.relu(t_upper))
             elif self.how.intermediate == "fast":
                 self.boxes[index] = (lines.lower_offset, lines.upper_offset)
@@ -271,6 +270,37 @@ class Bounder:
         """The per-neuron parameter values at ReLU ``index`` (``None``: the relaxation's own)."""
         return None if self.parameters is None else self.parameters(index, lower, upper)
 
+    def relu_lines(
+        self, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor] | None, count: int | None
+    ) -> RelaxationTensors:
+        """The relaxation's lines on ``[lower, upper]`` (the one place the engine asks for them): with
+        per-neuron ``values`` only when given (a hand-written relaxer need not take them); with ``count``
+        (the ReLU's place among the ReLUs), their shapes are checked against the bounds'."""
+        got = _call(self.relaxation.coefficients, lower, upper, values)
+        if not isinstance(got, RelaxationTensors):  # a hand-written relaxer may return any object with
+            got = RelaxationTensors(  # the four fields (and perhaps ``zeros``)
+                got.lower_slope,
+                got.lower_offset,
+                got.upper_slope,
+                got.upper_offset,
+                frozenset(getattr(got, "zeros", frozenset())),
+            )
+        if count is not None:
+            for field in ("lower_slope", "lower_offset", "upper_slope", "upper_offset"):
+                value = getattr(got, field)
+                if value.shape != lower.shape:
+                    raise ValueError(
+                        f"relaxation {self.relaxation.name!r} returned {field} of shape "
+                        f"{tuple(value.shape)} for ReLU layer {count} whose bounds have shape "
+                        f"{tuple(lower.shape)}; coefficients() must keep the shape"
+                    )
+        return got
+
+    def relu_box(self, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor] | None) -> Box:
+        """The bounds the relaxation's lines are evaluated on (its ``transform_bounds``), ``values`` as in
+        :meth:`relu_lines`."""
+        return _call(self.relaxation.transform_bounds, lower, upper, values)
+
     def node_bounds(self, index: int) -> Box:
         """Bounds of a node's output by the intermediate mode (exact images where they apply)."""
         if self.states[index] is not None:
@@ -278,14 +308,23 @@ class Bounder:
         if self.how.intermediate == "forward":
             return self.forms(index).concretize()
         shape = self.net.nodes[index].out_shape
-        if self.how.intermediate == "backsub" and self.use_patches and patch_rows.applies(self, index):
-            return split_rows(patch_rows.patch_bounds(self, index), shape)
+        if self.how.intermediate == "backsub" and self.use_patches:
+            stops = self.patch_stops()
+            if patch_rows.applies(self.net, stops, index):
+                bounds = patch_rows.patch_bounds(
+                    self.net, stops, self.lines, self.input_box[0], self.max_elements, index
+                )
+                return split_rows(bounds, shape)
         if self.how.intermediate == "backsub" and self.sparse:
             reference = self.stable_reference(index)
             if reference is not None and bool(reference[2].any()):
                 return self._sparse_box(index, reference)
         rows = identity_rows(self.input_box[0], shape)
         return split_rows(self.rows_lower(index, rows, self.stops, self.max_elements), shape)
+
+    def patch_stops(self) -> dict[int, Box]:
+        """The boxes where rows stop, for the patch path (which leaves polyphase stops alone)."""
+        return {k: (v.lower, v.upper) for k, v in self.effective_stops(self.stops).items() if not v.phases}
 
     def exact_box(self, index: int) -> Box:
         """The box of a node with an exact state (memoised), by interval arithmetic in centre/radius form."""
@@ -320,7 +359,7 @@ class Bounder:
 
         ref_lower, ref_upper = box(index)
         with torch.no_grad():
-            got = relaxation_lines(self.relaxation, ref_lower.detach(), ref_upper.detach())
+            got = self.relu_lines(ref_lower.detach(), ref_upper.detach(), None, None)
             zero = [value == 0 for value in got.tensors]
             negative = (ref_upper <= 0) & zero[0] & zero[1] & zero[2] & zero[3]
             one = [got.lower_slope == 1, got.upper_slope == 1]
@@ -444,9 +483,8 @@ class Bounder:
             if index not in self.lines:  # forward intermediate bounds are read off the forms
                 pre = source.concretize()
                 self.pre[index] = pre
-                lines = relaxation_lines(self.relaxation, *pre, self.values_at(index, *pre))
-                check_lines(lines, pre[0], self.relaxation.name, sum(1 for r in self.net.relus if r < index))
-                self.lines[index] = lines
+                count = sum(1 for r in self.net.relus if r < index)
+                self.lines[index] = self.relu_lines(*pre, self.values_at(index, *pre), count)
             forms = source.relu(self.lines[index])
         else:
             assert isinstance(op, AffineOp)
@@ -562,6 +600,13 @@ class Bounder:
         if lower_only:
             return bounds, torch.full_like(bounds, math.inf)
         return bounds[:, :specs], -bounds[:, specs:]
+
+
+def _call(
+    method: Callable[..., Any], lower: Tensor, upper: Tensor, values: Mapping[str, Tensor] | None
+) -> Any:
+    """``method(lower, upper)``, with ``values=`` only when given."""
+    return method(lower, upper) if values is None else method(lower, upper, values=values)
 
 
 @attrs.define(eq=False)

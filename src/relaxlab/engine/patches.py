@@ -37,18 +37,16 @@ smaller than full maps (:func:`applies`).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from relaxlab.core.relaxer import RelaxationTensors
-from relaxlab.engine.ops import PatchOp, Relu, Sum
+from relaxlab.engine.network import Network
+from relaxlab.engine.ops import Box, PatchOp, Relu, Sum
 from relaxlab.engine.relu_step import concretize, relu_backward
-
-if TYPE_CHECKING:
-    from relaxlab.engine.bounder import Bounder
 
 #: Rows per position pulled back together, at least (a budget below one row per position is exceeded).
 _MIN_GROUPS = 8
@@ -93,10 +91,8 @@ def _embed(patches: Tensor, channels: int, inner: Geometry, outer: Geometry) -> 
     return padded.reshape(*patches.shape[:2], -1)
 
 
-def _plan(bounder: Bounder, index: int) -> tuple[dict[int, Geometry], list[int], dict[int, object]] | None:
+def _plan(net: Network, stops: Mapping[int, Box], index: int) -> tuple[dict[int, Geometry], list[int]] | None:
     """Geometry of every node between ``index`` and the input box, in reverse order, or ``None``."""
-    net = bounder.net
-    stops = {k: v for k, v in bounder.effective_stops(bounder.stops).items() if not v.phases}
     top_shape = net.nodes[index].out_shape
     if len(top_shape) != 3 or index in stops:
         return None
@@ -138,21 +134,20 @@ def _plan(bounder: Bounder, index: int) -> tuple[dict[int, Geometry], list[int],
             geometry[source] = merged
     if not any(i in stops for i in order):
         return None
-    return geometry, order, stops
+    return geometry, order
 
 
-def applies(bounder: Bounder, index: int) -> bool:
+def applies(net: Network, stops: Mapping[int, Box], index: int) -> bool:
     """Whether the rows of ``index``'s neurons go back to the input box in patches, and patches are smaller.
 
     Every node between must be a patch operation, a ReLU or a sum on ``(C, H, W)`` maps, paths that
     meet must have the same stride, and the patches summed over the nodes must be no larger than
     the maps they stand for (else full maps cost less).
     """
-    plan = _plan(bounder, index)
+    plan = _plan(net, stops, index)
     if plan is None:
         return False
-    geometry, order, _ = plan
-    net = bounder.net
+    geometry, order = plan
     patch = sum(net.nodes[i].out_shape[0] * geometry[i][0][0] * geometry[i][0][1] for i in order)
     full = sum(math.prod(net.nodes[i].out_shape) for i in order)
     return patch <= full
@@ -186,25 +181,32 @@ def _add_constant(bias: Tensor, patches: Tensor, constant: Tensor, batch: int, p
     return (bias.reshape(batch, positions, groups) + extra).reshape(batch * positions, groups)
 
 
-def patch_bounds(bounder: Bounder, index: int) -> Tensor:
-    """Lower bounds ``(B, 2n)`` of the rows ``[I; -I]`` over the neurons of node ``index``."""
-    plan = _plan(bounder, index)
+def patch_bounds(
+    net: Network,
+    stops: Mapping[int, Box],
+    lines: Mapping[int, RelaxationTensors],
+    lower: Tensor,
+    max_elements: int,
+    index: int,
+) -> Tensor:
+    """Lower bounds ``(B, 2n)`` of the rows ``[I; -I]`` over the neurons of node ``index``: ``stops`` the
+    boxes where rows stop (the input's among them), ``lines`` the ReLUs', ``lower`` the input's lower
+    bound (its shape and batch)."""
+    plan = _plan(net, stops, index)
     assert plan is not None
-    geometry, order, stops = plan
-    net = bounder.net
+    geometry, order = plan
     channels, n_h, n_w = net.nodes[index].out_shape
     count = (n_h, n_w)
-    lower = bounder.input_box[0]
     batch, positions = lower.shape[0], n_h * n_w
     # What every chunk reads: lines and boxes at the windows, constants at the windows, geometries of
     # each edge (the operand's window before alignment).
     relu_lines = {
-        i: _lines_at(bounder.lines[i], geometry[i], count)
+        i: _lines_at(lines[i], geometry[i], count)
         for i in order
         if isinstance(net.nodes[i].op, Relu) and i not in stops
     }
     boxes = {
-        i: (windows(stops[i].lower, geometry[i], count), windows(stops[i].upper, geometry[i], count))
+        i: (windows(stops[i][0], geometry[i], count), windows(stops[i][1], geometry[i], count))
         for i in order
         if i in stops
     }
@@ -223,7 +225,7 @@ def patch_bounds(bounder: Bounder, index: int) -> Tensor:
             edge[i] = geometry[i]
     widest = max(net.nodes[i].out_shape[0] * geometry[i][0][0] * geometry[i][0][1] for i in order)
     groups = 2 * channels
-    chunk = max(_MIN_GROUPS, bounder.max_elements // max(1, batch * positions * widest))
+    chunk = max(_MIN_GROUPS, max_elements // max(1, batch * positions * widest))
     dtype, device = lower.dtype, lower.device
     results = []
     for first in range(0, groups, chunk):

@@ -10,13 +10,10 @@ by the whole batch), lines are ``(B, *shape)``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from relaxlab.core.relaxer import RelaxationTensors, Relaxer
+from relaxlab.core.relaxer import RelaxationTensors
 
 
 def matvec(coef: Tensor, vector: Tensor) -> Tensor:
@@ -267,53 +264,9 @@ class _ReluStep(torch.autograd.Function):
         return (grad_coef, grad_rest, *grads, None)
 
 
-def relaxation_lines(
-    relaxation: Relaxer, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor] | None = None
-) -> RelaxationTensors:
-    """The relaxation's lines at ``[lower, upper]``, with its optional hints; ``values``: per-neuron
-    parameter values (passed to ``coefficients`` only when given)."""
-    got = _with_values(relaxation.coefficients, lower, upper, values)
-    if isinstance(got, RelaxationTensors):
-        return got
-    # A hand-written relaxer may return any object with the four fields (and perhaps ``zeros``).
-    return RelaxationTensors(
-        got.lower_slope,
-        got.lower_offset,
-        got.upper_slope,
-        got.upper_offset,
-        frozenset(getattr(got, "zeros", frozenset())),
-    )
-
-
-def relaxation_box(
-    relaxation: Relaxer, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor] | None = None
-) -> tuple[Tensor, Tensor]:
-    """The bounds the relaxation's lines are evaluated on (its ``transform_bounds``), with ``values`` as
-    in :func:`relaxation_lines`."""
-    return _with_values(relaxation.transform_bounds, lower, upper, values)
-
-
-def _with_values(method: Any, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor] | None) -> Any:
-    """``method(lower, upper)``, with ``values=`` only when given: a hand-written relaxer need not take it."""
-    return method(lower, upper) if values is None else method(lower, upper, values=values)
-
-
-def check_lines(lines: RelaxationTensors, like: Tensor, name: str, index: int) -> None:
-    for field in ("lower_slope", "lower_offset", "upper_slope", "upper_offset"):
-        value = getattr(lines, field)
-        if value.shape != like.shape:
-            raise ValueError(
-                f"relaxation {name!r} returned {field} of shape {tuple(value.shape)} for ReLU layer "
-                f"{index} whose bounds have shape {tuple(like.shape)}; coefficients() must keep the shape"
-            )
-
-
 __all__ = [
-    "check_lines",
     "concretize",
     "matvec",
-    "relaxation_box",
-    "relaxation_lines",
     "relu_backward",
     "side_mask",
 ]

@@ -13,6 +13,7 @@ import relaxlab
 from relaxlab.engine import bound_network, intermediate_bounds, parse_model
 from relaxlab.engine import patches as patch_path
 from relaxlab.engine.bounder import Bounder, propagation
+from tests.budget import examples
 
 BACKSUB = ("CROWN", "DeepZ", "hBox", "CROWN-0-C")
 
@@ -46,7 +47,7 @@ def _conv_case(draw: st.DrawFn) -> tuple[nn.Sequential, tuple[int, int, int], in
     return model, shape, draw(st.integers(0, 2**16)), draw(st.sampled_from(BACKSUB))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(_conv_case())
 def test_patches_equal_full_maps(case: tuple[nn.Sequential, tuple[int, int, int], int, str]) -> None:
     """Every convolution's neurons bounded in patches equal the full-map computation (float64, to
@@ -76,8 +77,8 @@ def test_patches_apply_to_conv_plus() -> None:
     run = Bounder(network, x - 0.01, x + 0.01, crown, propagation(crown))
     convs = [i for i, node in enumerate(network.nodes) if type(node.op).__name__ == "Conv"]
     linear = next(i for i, node in enumerate(network.nodes) if type(node.op).__name__ == "Linear")
-    assert patch_path.applies(run, convs[1])
-    assert not patch_path.applies(run, linear)  # the linear layer's rows are dense
+    assert patch_path.applies(run.net, run.patch_stops(), convs[1])
+    assert not patch_path.applies(run.net, run.patch_stops(), linear)  # the linear layer's rows are dense
 
 
 def _stable_net(seed: int) -> nn.Sequential:
