@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.budget import examples
 from torch import nn
 
 import relaxlab
@@ -34,7 +35,7 @@ def small_networks(draw: st.DrawFn) -> tuple[nn.Sequential, torch.Tensor, float]
 
 
 @pytest.mark.parametrize("name", ["IBP", "DeepZ"])
-@settings(max_examples=12)
+@settings(max_examples=examples(12))
 @given(net=small_networks(), output=st.integers(0, 1))
 def test_detector_never_fires_for_continuous_relaxations(
     name: str, net: tuple[nn.Sequential, torch.Tensor, float], output: int

@@ -16,6 +16,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.budget import examples
 from torch import nn
 
 import relaxlab
@@ -174,7 +175,7 @@ def _assert_sound(model: nn.Sequential, relaxation: object, lower: torch.Tensor,
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=15)
+@settings(max_examples=examples(15))
 @given(data=st.data())
 def test_dense_bounds_contain_every_point(name: str, data: st.DataObject) -> None:
     """For every x in the box: lb <= C·f(x) <= ub (samples, vertices, PGD), dense networks."""
@@ -185,7 +186,7 @@ def test_dense_bounds_contain_every_point(name: str, data: st.DataObject) -> Non
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=8)
+@settings(max_examples=examples(8))
 @given(data=st.data())
 def test_conv_bounds_contain_every_point(name: str, data: st.DataObject) -> None:
     """For every x in the box: lb <= C·f(x) <= ub (samples, PGD), convolutional networks."""
@@ -195,7 +196,7 @@ def test_conv_bounds_contain_every_point(name: str, data: st.DataObject) -> None
     _assert_sound(model, relaxation, lower, upper)
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(data=st.data())
 def test_hbox_never_looser_than_ibp(data: st.DataObject) -> None:
     """App. B.2 of the paper: every hBox bound is at least as tight as the IBP bound (also intermediate)."""
@@ -234,7 +235,7 @@ def _has_jumps(relaxation: object) -> bool:
 
 
 @pytest.mark.parametrize("name", INTERVAL_NAMES)
-@settings(max_examples=20)
+@settings(max_examples=examples(20))
 @given(data=st.data())
 def test_interval_fast_path_equals_backsubstitution(name: str, data: st.DataObject) -> None:
     """For all-slope-0 relaxations the fast path returns backsubstitution's numbers (float rounding only).
@@ -262,7 +263,7 @@ def test_interval_fast_path_equals_backsubstitution(name: str, data: st.DataObje
         torch.testing.assert_close(a, b, atol=tol, rtol=0)
 
 
-@settings(max_examples=20)
+@settings(max_examples=examples(20))
 @given(data=st.data(), chunk=st.integers(1, 5))
 def test_chunking_does_not_change_bounds(data: st.DataObject, chunk: int) -> None:
     """Pulling intermediate specifications back in chunks gives the same bounds (full backsubstitution)."""

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.budget import examples
 from torch import Tensor, nn
 
 import relaxlab
@@ -101,7 +102,7 @@ def _scale(model: nn.Module, lower: Tensor, upper: Tensor) -> float:
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=examples(6), deadline=None)
 @given(data=st.data())
 def test_graph_bounds_contain_every_point(name: str, data: st.DataObject) -> None:
     relaxation = data.draw(parameter_values(relaxlab.get_relaxation(name)))
@@ -127,7 +128,7 @@ def test_graph_bounds_contain_every_point(name: str, data: st.DataObject) -> Non
     assert bool((low >= lb - tol).all()) and bool((high <= ub + tol).all())
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(data=st.data())
 def test_graph_fast_path_equals_backsubstitution(data: st.DataObject) -> None:
     model, shape = data.draw(graph_networks())
