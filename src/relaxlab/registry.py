@@ -36,6 +36,7 @@ import pluggy
 from attrs import define, field, frozen
 
 from relaxlab import hookspecs
+from relaxlab.core.convert import as_tuple
 from relaxlab.core.expr import BOUND_VARIABLES
 from relaxlab.core.relaxation import BoundsTransform, Line, ParamSpec, ReluRelaxation
 from relaxlab.objectives import Objective
@@ -365,7 +366,7 @@ class CandidateTransform:
 
     name: str
     transform: BoundsTransform
-    params: tuple[ParamSpec, ...] = field(converter=tuple)
+    params: tuple[ParamSpec, ...] = field(converter=as_tuple)
     source: str
 
     def __attrs_post_init__(self) -> None:

@@ -53,6 +53,8 @@ from typing import NamedTuple
 from attrs import field, frozen
 from torch import Tensor
 
+from relaxlab.core.convert import as_tuple
+
 __all__ = [
     "Atom",
     "InputBox",
@@ -177,7 +179,7 @@ class Property:
 
     num_inputs: int
     num_outputs: int
-    regions: tuple[Region, ...] = field(converter=tuple)
+    regions: tuple[Region, ...] = field(converter=as_tuple)
 
     def __attrs_post_init__(self) -> None:
         for region in self.regions:

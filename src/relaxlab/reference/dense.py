@@ -26,6 +26,7 @@ from attrs import field, frozen
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from relaxlab.core.convert import as_tuple
 from relaxlab.nn import Normalize
 
 __all__ = ["DenseNetwork", "ReferenceInput", "prepare_input", "spec_scale", "to_dense"]
@@ -54,7 +55,7 @@ class DenseNetwork:
 
     weights: tuple[Tensor, ...] = field()
     biases: tuple[Tensor, ...] = field()
-    input_shape: tuple[int, ...] = field(converter=tuple)
+    input_shape: tuple[int, ...] = field(converter=as_tuple)
 
     @weights.validator
     def _check(self, attribute: object, value: tuple[Tensor, ...]) -> None:
