@@ -186,10 +186,10 @@ class Objective:
         for spec in self.params:
             self._check(spec, spec.default)
         for key, value in self.values:
-            spec = next((p for p in self.params if p.name == key), None)
-            if spec is None:
+            declared_spec = next((p for p in self.params if p.name == key), None)
+            if declared_spec is None:
                 raise ValueError(self._unknown(key))
-            self._check(spec, value)
+            self._check(declared_spec, value)
 
     def _unknown(self, key: str) -> str:
         names = [p.name for p in self.params]

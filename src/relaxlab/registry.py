@@ -524,8 +524,9 @@ def build_registry(
         _is_candidate_transform,
         "(name, BoundsTransform, (ParamSpec, ...))",
     ):
+        name, transform, params = item
         try:
-            registry.candidate_transforms.append(CandidateTransform(*item, source))
+            registry.candidate_transforms.append(CandidateTransform(name, transform, params, source))
         except ValueError as error:
             errors.append(PluginError(source, str(error)))
     if check is not None:

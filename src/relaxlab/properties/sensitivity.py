@@ -260,13 +260,13 @@ class _Pieces(ex.Interpretation[list[ex.Expr]]):
     def _itself(self, node: ex.Expr) -> list[ex.Expr]:
         return [node]
 
-    const = var = param = step = ge = opaque = _itself  # type: ignore[assignment]
+    const = var = param = step = ge = opaque = _itself
 
     def _binary(self, node: ex.Add | ex.Mul | ex.Div) -> list[ex.Expr]:
         left, right = node.children()
         return [type(node)(a, b) for a, b in itertools.product(self(left), self(right))]
 
-    add = mul = div = _binary  # type: ignore[assignment]
+    add = mul = div = _binary
 
     def sigmoid(self, node: ex.Sigmoid) -> list[ex.Expr]:
         return [ex.Sigmoid(a) for a in self(node.arg)]
@@ -320,7 +320,7 @@ class _Sympy(ex.Interpretation[sympy.Expr]):
         self.steps.append(symbol)
         return symbol
 
-    step = ge = _piece_constant  # type: ignore[assignment]
+    step = ge = _piece_constant
 
     def switch(self, node: ex.Switch) -> sympy.Expr:
         raise TypeError("switches are expanded into pieces before they become sympy expressions")

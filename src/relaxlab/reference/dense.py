@@ -162,7 +162,7 @@ def _linear_part(layer: nn.Module, x: Tensor) -> Tensor:
             layer.weight.detach().to(torch.float64),
             None,
             layer.stride,
-            layer.padding,  # type: ignore[arg-type]  # int tuple or "same"/"valid"
+            layer.padding,  # int tuple or "same"/"valid"
             layer.dilation,
             layer.groups,
         )
@@ -296,7 +296,9 @@ class ReferenceInput:
     spec: np.ndarray
 
 
-def prepare_input(model: nn.Module, lower: Tensor, upper: Tensor, C: Tensor | None) -> ReferenceInput:
+def prepare_input(
+    model: nn.Module | DenseNetwork, lower: Tensor, upper: Tensor, C: Tensor | None
+) -> ReferenceInput:
     """Check the arguments of a reference call and convert them, before any solver runs.
 
     :param model: the network (see :func:`to_dense`), or an already converted :class:`DenseNetwork`.
