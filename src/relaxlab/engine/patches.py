@@ -37,7 +37,7 @@ smaller than full maps (:func:`applies`).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,15 @@ _MIN_GROUPS = 8
 
 Pair = tuple[int, int]
 Geometry = tuple[Pair, Pair, Pair]  # size, stride, origin
+
+
+class _StopBox(Protocol):
+    """The box rows stop at (the bounder's stops)."""
+
+    @property
+    def lower(self) -> Tensor: ...
+    @property
+    def upper(self) -> Tensor: ...
 
 
 def windows(values: Tensor, geometry: Geometry, count: Pair) -> Tensor:
@@ -93,10 +102,12 @@ def _embed(patches: Tensor, channels: int, inner: Geometry, outer: Geometry) -> 
     return padded.reshape(*patches.shape[:2], -1)
 
 
-def _plan(bounder: Bounder, index: int) -> tuple[dict[int, Geometry], list[int], dict[int, object]] | None:
+def _plan(bounder: Bounder, index: int) -> tuple[dict[int, Geometry], list[int], dict[int, _StopBox]] | None:
     """Geometry of every node between ``index`` and the input box, in reverse order, or ``None``."""
     net = bounder.net
-    stops = {k: v for k, v in bounder.effective_stops(bounder.stops).items() if not v.phases}
+    stops: dict[int, _StopBox] = {
+        k: v for k, v in bounder.effective_stops(bounder.stops).items() if not v.phases
+    }
     top_shape = net.nodes[index].out_shape
     if len(top_shape) != 3 or index in stops:
         return None
@@ -241,7 +252,8 @@ def patch_bounds(bounder: Bounder, index: int) -> Tensor:
             current = (
                 parts[0][0]
                 if len(parts) == 1 and parts[0][1] == geometry[i]
-                else sum(_embed(p, width, g, geometry[i]) for p, g in parts)
+                # a sum of tensors: parts is never empty
+                else cast(Tensor, sum(_embed(p, width, g, geometry[i]) for p, g in parts))
             )
             if i in stops:
                 reached.append((current, i))
