@@ -329,7 +329,9 @@ def draw(
     )
     for node, (x, y) in pos.items():
         data = sub.nodes[node]
-        face = "gold" if data["base"] else ("#cfe3f7" if data["registered"] else "#eeeeee")
+        face: str | tuple[float, float, float, float] = (
+            "gold" if data["base"] else ("#cfe3f7" if data["registered"] else "#eeeeee")
+        )
         flags = f"{'✓' if data['continuous'] else '✗'}C {'✗' if data['sensitive'] else '✓'}S"
         if values is not None:
             face = cmap(0.15 + 0.7 * norm(shown[node])) if node in shown else "#eeeeee"

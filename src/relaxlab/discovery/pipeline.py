@@ -403,9 +403,9 @@ def _add_families(
     if "soft" in chosen:
         softs = []
         for _, then, other in switches:
-            unstable = soft_case(then.relaxation.unstable, other.relaxation.unstable)
-            if unstable is not None:
-                softs.append(_family_draft("soft", then, other, unstable))
+            soft_unstable = soft_case(then.relaxation.unstable, other.relaxation.unstable)
+            if soft_unstable is not None:
+                softs.append(_family_draft("soft", then, other, soft_unstable))
         drafts += softs
         stages.append(("+ soft", len(softs)))
     if "interval" in chosen:
@@ -511,7 +511,8 @@ def _rediscoveries(
             for r in matches
             if all(r.relaxation.parameters.get(k) == v for k, v in relaxation.parameters.items())
         ]
-        found = (same_values or matches or [None])[0]
+        candidates = same_values or matches
+        found = candidates[0] if candidates else None
         if found is None:
             out.append(Rediscovery(relaxation.name, "not found", None))
         elif found.status == "kept":

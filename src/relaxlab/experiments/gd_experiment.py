@@ -57,7 +57,7 @@ def random_network(seed: int, dtype: torch.dtype = torch.float64) -> tuple[nn.Se
 def default_settings(relaxation: object) -> tuple[float, float, int]:
     """App. D's settings: the discontinuity setup for discontinuous relaxations, else the sensitivity one."""
     resolved = get_relaxation(relaxation)  # type: ignore[arg-type]
-    return DISCONTINUITY_SETTINGS if not derive(resolved).continuous else SENSITIVITY_SETTINGS  # type: ignore[arg-type]
+    return DISCONTINUITY_SETTINGS if not derive(resolved).continuous else SENSITIVITY_SETTINGS
 
 
 @attrs.frozen(eq=False)

@@ -14,7 +14,7 @@ import csv
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -29,6 +29,9 @@ from relaxlab.properties.directions import (
     first_layer_names,
     gradient_directions,
 )
+
+if TYPE_CHECKING:  # matplotlib loads with the first plot
+    from matplotlib.lines import Line2D
 
 
 @attrs.frozen(eq=False)
@@ -212,7 +215,7 @@ def plot_landscape(
     return path
 
 
-def _jump_handle() -> object:
+def _jump_handle() -> Line2D:
     from matplotlib.lines import Line2D
 
     return Line2D([], [], color=JUMP_COLOUR, ls="--", lw=1.2, marker="o", markersize=4)

@@ -485,12 +485,12 @@ def plan(sweep: Sweep, out_dir: str | Path) -> SweepPlan:
     if not path.is_file():
         return SweepPlan(todo=len(sweep.runs), done=0, seconds_per_run=None)
     with Store(path, readonly=True) as store:
-        done = {r.key: r for r in store.runs(kind="train", status="done") if r.finished is not None}
-    times = [
-        done[run.key].finished - done[run.key].created
-        for run in sweep.runs  # type: ignore[operator]
-        if run.key in done
-    ]
+        done = {
+            r.key: r.finished - r.created
+            for r in store.runs(kind="train", status="done")
+            if r.finished is not None
+        }
+    times = [done[run.key] for run in sweep.runs if run.key in done]
     return SweepPlan(
         todo=len(sweep.runs) - len(times),
         done=len(times),

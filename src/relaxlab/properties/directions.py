@@ -13,9 +13,8 @@ Shapes: ``P`` points (input, parameter vector) evaluated together; ``S`` specifi
 from __future__ import annotations
 
 import copy
-import functools
-import operator
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import attrs
 import torch
@@ -245,7 +244,9 @@ def gradient_directions(
         value = value_fn(model, x[b : b + 1], y).sum()
         raw = torch.autograd.grad(value, chosen, allow_unused=True)
         g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(chosen, raw, strict=True)]
-        norm = torch.sqrt(functools.reduce(operator.add, ((gi.double() ** 2).sum() for gi in g))).to(x.dtype)
+        # sum() of tensors is a tensor (with no names it is the int 0, which torch.sqrt refuses)
+        squares = cast(Tensor, sum((gi.double() ** 2).sum() for gi in g))
+        norm = torch.sqrt(squares).to(x.dtype)
         norms.append(norm)
         scale = 1.0 / norm if (normalize and float(norm) > 0) else 1.0
         for n, gi in zip(names, g, strict=True):

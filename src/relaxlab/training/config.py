@@ -358,7 +358,7 @@ def from_dict(data: Mapping[str, Any]) -> TrainConfig:
             and not isinstance(value, expected)
             or (expected is int and isinstance(value, bool))
         ):
-            raise ConfigError(f"config key {key!r} must be {expected.__name__}, got {value!r}")  # type: ignore[union-attr]
+            raise ConfigError(f"config key {key!r} must be {expected.__name__}, got {value!r}")
         clean[key] = value
     return TrainConfig(**clean)
 
