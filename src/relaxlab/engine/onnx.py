@@ -29,6 +29,7 @@ value).
 from __future__ import annotations
 
 import os
+from collections.abc import Container
 from typing import Any
 
 import attrs
@@ -113,7 +114,7 @@ def _attributes(node: Any, where: str) -> dict[str, Any]:
     return values
 
 
-def _graph_input(graph: Any, constants: dict[str, np.ndarray]) -> Any:
+def _graph_input(graph: Any, constants: Container[str]) -> Any:
     inputs = [value for value in graph.input if value.name not in constants]
     if len(inputs) != 1:
         raise OnnxLoadError(
@@ -150,7 +151,7 @@ def onnx_input_shape(path: str | os.PathLike[str]) -> Shape:
     """The shape of one input of an ONNX file (without the batch dimension where it has one)."""
     model = _load(path, external=False)
     constants = {init.name for init in model.graph.initializer}
-    value = _graph_input(model.graph, dict.fromkeys(constants))  # type: ignore[arg-type]
+    value = _graph_input(model.graph, constants)
     return _input_layout(value)[0]
 
 

@@ -140,7 +140,10 @@ class PatchOp(ABC):
     """An affine operation on ``(C, H, W)`` maps that keeps a row local (a *patch*,
     :mod:`relaxlab.engine.patches`): each output depends on a window of the input."""
 
-    per_channel: ClassVar[bool] = True
+    @property
+    def per_channel(self) -> bool:
+        """Whether the operation's constant (if any) is one value per channel, the same at every position."""
+        return True
 
     @abstractmethod
     def patch_geometry(
@@ -412,7 +415,7 @@ class Scale(AffineOp, PatchOp):
         return (self.forward(rows),), None
 
     @property
-    def per_channel(self) -> bool:  # type: ignore[override]
+    def per_channel(self) -> bool:
         return _per_channel(self.factor, self.out_shape)
 
     def patch_geometry(
@@ -449,7 +452,7 @@ class Shift(AffineOp, PatchOp):
         return (rows,), _sum_to(rows, self.offset)
 
     @property
-    def per_channel(self) -> bool:  # type: ignore[override]
+    def per_channel(self) -> bool:
         return _per_channel(self.offset, self.out_shape)
 
     def patch_geometry(
