@@ -30,7 +30,7 @@ import os
 import re
 import types
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import pluggy
 from attrs import define, field, frozen
@@ -61,7 +61,15 @@ SELECTORS = {
     "paper": f"the paper's five: {', '.join(PAPER_RELAXATIONS)}",
 }
 
-T = TypeVar("T")
+
+class Named(Protocol):
+    """What a :class:`NamedRegistry` holds: anything with a name."""
+
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T", bound=Named)
 
 
 class UnknownNameError(LookupError, ValueError):
@@ -105,7 +113,7 @@ class NamedRegistry(Generic[T]):
     _keys: dict[str, str] = field(factory=dict)
 
     def add(self, item: T, source: str) -> None:
-        name = item.name  # type: ignore[attr-defined]
+        name = item.name
         key = normalize_name(name)
         if key in self._keys:
             other = self._keys[key]
@@ -305,14 +313,13 @@ def parse_parameters(text: str, registry: NamedRegistry[T]) -> tuple[T, dict[str
         key, _, raw = part.partition("=")
         if key.strip() in values:
             raise ValueError(
-                f"{base.name}: parameter {key.strip()!r} is given twice in {text!r}; "  # type: ignore[attr-defined]
-                "give each parameter once"
+                f"{base.name}: parameter {key.strip()!r} is given twice in {text!r}; give each parameter once"
             )
         try:
             values[key.strip()] = float(raw)
         except ValueError:
             raise ValueError(
-                f"{base.name}: parameter {key.strip()!r} needs a number, got {raw.strip()!r}"  # type: ignore[attr-defined]
+                f"{base.name}: parameter {key.strip()!r} needs a number, got {raw.strip()!r}"
             ) from None
     return base, values
 

@@ -37,7 +37,7 @@ import abc
 import math
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar, cast
 
 import attrs
 from attrs import field, frozen
@@ -684,7 +684,8 @@ class Substitution(Interpretation[Expr]):
         return Ge(self(node.left), self(node.right))
 
     def switch(self, node: Switch) -> Expr:
-        return switch(self(node.condition), self(node.then), self(node.otherwise))  # type: ignore[arg-type]
+        condition = cast(Ge, self(node.condition))  # ge() above substitutes a Ge into a Ge
+        return switch(condition, self(node.then), self(node.otherwise))
 
     def named(self, node: Named) -> Expr:
         body = self(node.body)

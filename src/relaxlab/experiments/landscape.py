@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from relaxlab.api import get_relaxation
+from relaxlab.core.relaxer import Relaxer
 from relaxlab.properties.continuity import find_discontinuities
 from relaxlab.properties.directions import (
     DEFAULT_POINTS_PER_CALL,
@@ -59,7 +60,7 @@ def landscape(
     model: nn.Module,
     x: Tensor,
     eps: float,
-    relaxations: Sequence[object],
+    relaxations: Sequence[str | Relaxer],
     *,
     output: int | None = None,
     label: int | None = None,
@@ -98,7 +99,7 @@ def landscape(
         raise ValueError("give at least one relaxation")
     if x.dim() < 2 or x.shape[0] != 1:
         raise ValueError(f"landscape follows one input: x must have batch size 1, got shape {tuple(x.shape)}")
-    resolved = [get_relaxation(r) for r in relaxations]  # type: ignore[arg-type]
+    resolved = [get_relaxation(r) for r in relaxations]
     names = list(parameters) if parameters is not None else first_layer_names(model)
     labels = None if label is None else torch.tensor([label], device=x.device)
     deltas = torch.linspace(-radius, radius, points, dtype=x.dtype)

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from relaxlab.core.expr import Environment, Step, Switch
 from relaxlab.core.relaxation import ReluRelaxation
 from relaxlab.core.stability import Stability, stability_masks
+from relaxlab.engine.network import Network
 from relaxlab.properties.directions import (
     DEFAULT_POINTS_PER_CALL,
     along_segments,
@@ -347,8 +348,8 @@ def discontinuity_share(
         )
     value = bound_value(relaxation, eps, output=output, labels=labels, kappa=kappa, domain=domain)
 
-    def loss_fn(network: object, xb: Tensor, yb: Tensor | None) -> Tensor:
-        v = value(network, xb, yb)  # type: ignore[arg-type]
+    def loss_fn(network: Network | nn.Module, xb: Tensor, yb: Tensor | None) -> Tensor:
+        v = value(network, xb, yb)
         return v if labels is not None else -v
 
     names = list(parameters) if parameters is not None else [n for n, _ in model.named_parameters()]

@@ -692,11 +692,11 @@ def _verify(
     return None
 
 
-def _as_float(value: object, arithmetic: Arithmetic) -> float:
+def _as_float(value: Value, arithmetic: Arithmetic) -> float:
     """A computed coefficient as the tensor the evaluator returns holds it (numbers rounded to the arithmetic)."""
     if hasattr(value, "reshape"):  # a tensor
         return float(value.reshape(-1)[0])
-    return arithmetic.round(float(value))  # type: ignore[arg-type]
+    return arithmetic.round(float(value))
 
 
 #: Box centres where only the rounding can tell (the enclosure there straddles the tolerance) that are

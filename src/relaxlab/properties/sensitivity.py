@@ -629,7 +629,7 @@ def measured_log_sensitivity(
     :param width: ``M``; default: the widest ReLU layer of ``model`` (the paper's choice, 400 for FC).
     :return: ``(values, counts)`` with ``counts[b]`` the number of unstable ReLU layers.
     """
-    relaxation = check_relaxer(relaxation)  # type: ignore[assignment]
+    check_relaxer(relaxation)  # returns it unchanged, or refuses what is not a relaxation
     lower, upper = input_box(x, eps, domain)
     with torch.no_grad():
         boxes, _ = intermediate_bounds(model, lower, upper, relaxation)
