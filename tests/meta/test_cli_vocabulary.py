@@ -39,6 +39,7 @@ COMPUTES = {
     "run_sweep",
     "run_screen",
     "run_paradox",
+    "run_table10",
 }
 #: Spellings that are gone, with the one that replaced them (tests/unit/cli checks the hints).
 RETIRED = {"--output": "--neuron", "--samples": "--n", "--examples": "--sample"}

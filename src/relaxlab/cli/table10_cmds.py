@@ -16,6 +16,7 @@ import click
 from relaxlab.cli.format import TABLE_WIDTH, clear_errors, render_table
 from relaxlab.cli.options import (
     DATA_DIR,
+    DEVICE,
     QUIET,
     THREADS,
     WIDE,
@@ -66,6 +67,7 @@ RECORD = "table10.json"
     show_default=True,
     help="Images bounded at once (memory vs speed).",
 )
+@DEVICE
 @THREADS
 @WIDE
 @QUIET
@@ -79,12 +81,13 @@ def table10_command(
     data_dir: str | None,
     show: bool,
     batch_size: int,
+    device: str,
     threads: int | None,
     wide: bool,
     quiet: bool,
 ) -> None:
     """Certify the paper's 12 released MNIST networks with each relaxation (Table 10); print the matrix."""
-    from relaxlab.cli.options import check_eps
+    from relaxlab.cli.options import check_device, check_eps
     from relaxlab.cli.progress import Progress, duration
     from relaxlab.experiments.released import select_released
     from relaxlab.experiments.table10 import Table10Record, load_record, run_table10, table10_rows
@@ -104,6 +107,7 @@ def table10_command(
             images, labels = images[:n], labels[:n]
             n = int(labels.shape[0])  # fewer when the files hold fewer
             set_threads(threads)
+            device = check_device(device)
             existing = load_record(out) if out.exists() else Table10Record(eps=eps)
             todo = sum(
                 max(0, n - (cell.done if cell else 0))
@@ -121,6 +125,7 @@ def table10_command(
                     networks_dir=networks_dir,
                     eps=eps,
                     batch_size=batch_size,
+                    device=device,
                     progress=progress.update,
                     log=None if quiet else progress.write,
                 )

@@ -289,6 +289,7 @@ def run_table10(
     dataset: str = "mnist",
     batch_size: int = 100,
     dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Table10Record:
@@ -309,6 +310,8 @@ def run_table10(
     :param eps: the radius; a record holds one.
     :param batch_size: images bounded at once.
     :param dtype: dtype of the bound computation (float64: the tolerance of ``is_certified`` is wide).
+    :param device: where the bounds are computed (the record does not depend on it beyond the
+        order of floating-point operations).
     :param progress: called with the number of images certified after each batch.
     :param log: called with one line per finished cell.
     :return: the record as saved.
@@ -331,12 +334,14 @@ def run_table10(
             continue
         directory = directory or find_released_dir(networks_dir)
         _, model = load_released(directory / network.file_name)
-        net = model.to(dtype=dtype)
+        net = model.to(device=device, dtype=dtype)
         with torch.no_grad():
-            logits = torch.cat([net(images[s : s + batch_size].to(dtype)) for s in range(0, n, batch_size)])
+            logits = torch.cat(
+                [net(images[s : s + batch_size].to(device, dtype)) for s in range(0, n, batch_size)]
+            )
         done_correct, _ = record.correct.get(network.name, (0, ""))
         if done_correct < n:
-            record.correct[network.name] = (n, pack_bits(logits.argmax(1) == labels))
+            record.correct[network.name] = (n, pack_bits(logits.argmax(1).cpu() == labels))
         for relaxation in todo:
             cell = record.cell(network.name, relaxation.label)
             digest = spec_hash(relaxation)
@@ -363,8 +368,8 @@ def run_table10(
                 began = time.perf_counter()
                 mask = certified_mask(
                     net,
-                    images[part].to(dtype),
-                    labels[part],
+                    images[part].to(device, dtype),
+                    labels[part].to(device),
                     eps,
                     relaxation,
                     num_classes=10,

@@ -280,3 +280,28 @@ def test_parameterised_relaxations_are_columns_of_their_own(
         record.cells[("mnist_FC_box", "LooseIBP-C")].spec_sha256
         != record.cells[("mnist_FC_box", "LooseIBP-C(omega=0.5)")].spec_sha256
     )
+
+
+def test_a_run_on_a_device_records_what_the_cpu_run_records(
+    released_dir: Path, embedded_test: tuple[torch.Tensor, torch.Tensor], tmp_path: Path, device: torch.device
+) -> None:
+    """``device=`` moves the bounds, not the record: the bits equal a CPU run's (CUDA where present)."""
+    x, y = embedded_test[0][:60], embedded_test[1][:60]
+    relaxations = [get_relaxation("IBP"), get_relaxation("CROWN-IBP (R)")]
+    networks = [released_network("mnist_CONV_crownibp1to1")]
+    on_cpu = run_table10(
+        tmp_path / "cpu.json", x, y, relaxations, networks=networks, networks_dir=released_dir
+    )
+    there = run_table10(
+        tmp_path / "there.json",
+        x,
+        y,
+        relaxations,
+        networks=networks,
+        networks_dir=released_dir,
+        device=device,
+    )
+    assert there.correct == on_cpu.correct
+    for relaxation in relaxations:
+        name = networks[0].name
+        assert there.cell(name, relaxation.label).bits == on_cpu.cell(name, relaxation.label).bits
