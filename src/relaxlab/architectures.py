@@ -65,7 +65,7 @@ class Architecture:
             )
         if num_classes < 2:
             raise ValueError(f"architecture {self.name!r}: need at least 2 classes, got {num_classes}")
-        return nn.Sequential(Normalize(mean, std), *self.builder(shape, num_classes))  # type: ignore[arg-type]
+        return nn.Sequential(Normalize(mean, std), *self.builder(shape, num_classes))
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -19,6 +19,9 @@ class Normalize(nn.Module):
     :param std: one positive value per input channel (or a single value).
     """
 
+    mean: Tensor  # buffers (register_buffer), declared for the type checker
+    std: Tensor
+
     def __init__(self, mean: Sequence[float] | float, std: Sequence[float] | float) -> None:
         super().__init__()
         mean_t = torch.as_tensor(mean, dtype=torch.get_default_dtype()).reshape(-1)

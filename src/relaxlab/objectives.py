@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 from attrs import field, frozen
 
+from relaxlab.core.convert import as_tuple
 from relaxlab.core.relaxation import NAME_PATTERN, ParamSpec
 from relaxlab.hookspecs import hookimpl
 
@@ -164,8 +165,8 @@ class Objective:
 
     name: str = field(validator=_check_name)
     loss: ObjectiveFn = field(eq=False, repr=False)
-    params: tuple[ParamSpec, ...] = field(default=(), converter=tuple)
-    integers: tuple[str, ...] = field(default=(), converter=tuple)
+    params: tuple[ParamSpec, ...] = field(default=(), converter=as_tuple)
+    integers: tuple[str, ...] = field(default=(), converter=as_tuple)
     values: tuple[tuple[str, float], ...] = field(default=(), converter=_items)
     fusable: bool = False
     attack: bool = False
@@ -185,10 +186,10 @@ class Objective:
         for spec in self.params:
             self._check(spec, spec.default)
         for key, value in self.values:
-            spec = next((p for p in self.params if p.name == key), None)
-            if spec is None:
+            declared_spec = next((p for p in self.params if p.name == key), None)
+            if declared_spec is None:
                 raise ValueError(self._unknown(key))
-            self._check(spec, value)
+            self._check(declared_spec, value)
 
     def _unknown(self, key: str) -> str:
         names = [p.name for p in self.params]

@@ -30,12 +30,13 @@ import os
 import re
 import types
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import pluggy
 from attrs import define, field, frozen
 
 from relaxlab import hookspecs
+from relaxlab.core.convert import as_tuple
 from relaxlab.core.expr import BOUND_VARIABLES
 from relaxlab.core.relaxation import BoundsTransform, Line, ParamSpec, ReluRelaxation
 from relaxlab.objectives import Objective
@@ -60,7 +61,15 @@ SELECTORS = {
     "paper": f"the paper's five: {', '.join(PAPER_RELAXATIONS)}",
 }
 
-T = TypeVar("T")
+
+class Named(Protocol):
+    """What a :class:`NamedRegistry` holds: anything with a name."""
+
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T", bound=Named)
 
 
 class UnknownNameError(LookupError, ValueError):
@@ -104,7 +113,7 @@ class NamedRegistry(Generic[T]):
     _keys: dict[str, str] = field(factory=dict)
 
     def add(self, item: T, source: str) -> None:
-        name = item.name  # type: ignore[attr-defined]
+        name = item.name
         key = normalize_name(name)
         if key in self._keys:
             other = self._keys[key]
@@ -304,14 +313,13 @@ def parse_parameters(text: str, registry: NamedRegistry[T]) -> tuple[T, dict[str
         key, _, raw = part.partition("=")
         if key.strip() in values:
             raise ValueError(
-                f"{base.name}: parameter {key.strip()!r} is given twice in {text!r}; "  # type: ignore[attr-defined]
-                "give each parameter once"
+                f"{base.name}: parameter {key.strip()!r} is given twice in {text!r}; give each parameter once"
             )
         try:
             values[key.strip()] = float(raw)
         except ValueError:
             raise ValueError(
-                f"{base.name}: parameter {key.strip()!r} needs a number, got {raw.strip()!r}"  # type: ignore[attr-defined]
+                f"{base.name}: parameter {key.strip()!r} needs a number, got {raw.strip()!r}"
             ) from None
     return base, values
 
@@ -365,7 +373,7 @@ class CandidateTransform:
 
     name: str
     transform: BoundsTransform
-    params: tuple[ParamSpec, ...] = field(converter=tuple)
+    params: tuple[ParamSpec, ...] = field(converter=as_tuple)
     source: str
 
     def __attrs_post_init__(self) -> None:
@@ -523,8 +531,9 @@ def build_registry(
         _is_candidate_transform,
         "(name, BoundsTransform, (ParamSpec, ...))",
     ):
+        name, transform, params = item
         try:
-            registry.candidate_transforms.append(CandidateTransform(*item, source))
+            registry.candidate_transforms.append(CandidateTransform(name, transform, params, source))
         except ValueError as error:
             errors.append(PluginError(source, str(error)))
     if check is not None:

@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import attrs
 
@@ -579,6 +579,10 @@ class Store:
                 query, args = query + f" AND {column} = ?", [*args, value]
         return [self._run(row) for row in self._conn.execute(query + " ORDER BY id", args)]
 
+    @overload
+    def metrics(self, run_id: int, name: str) -> list[tuple[int, float]]: ...
+    @overload
+    def metrics(self, run_id: int, name: None = None) -> dict[str, list[tuple[int, float]]]: ...
     def metrics(
         self, run_id: int, name: str | None = None
     ) -> list[tuple[int, float]] | dict[str, list[tuple[int, float]]]:
@@ -598,7 +602,7 @@ class Store:
 
     def final_metrics(self, run_id: int) -> dict[str, float]:
         """The last value of each of a run's metrics."""
-        return {name: rows[-1][1] for name, rows in self.metrics(run_id).items()}  # type: ignore[union-attr]
+        return {name: rows[-1][1] for name, rows in self.metrics(run_id).items()}
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only SQL query (tables ``runs`` and ``metrics``)."""

@@ -208,12 +208,12 @@ def continuity_command(
         if xs.shape[0] == 0:
             fail(f"--start {start} is past the end of the {split} split ({x.shape[0]} examples)")
         rows = []
-        for relaxation in chosen:
-            result = discontinuity_share(model, xs, ys, eps, relaxation, alpha=alpha, points=points)
-            logs, counts = measured_log_sensitivity(model, xs, eps, relaxation)
+        for spec in chosen:
+            result = discontinuity_share(model, xs, ys, eps, spec, alpha=alpha, points=points)
+            logs, counts = measured_log_sensitivity(model, xs, eps, spec)
             rows.append(
                 [
-                    relaxation.label,
+                    spec.label,
                     f"{result.share:.2f}",
                     int(result.counts.sum()),
                     f"{sum(logs) / len(logs):.3f}",
@@ -267,14 +267,12 @@ def sensitivity_command(
             assert blocks is not None and width is not None
             fan_ins = [width] * (blocks + 1)
         rows = []
-        for relaxation in chosen:
+        for spec in chosen:
             try:
-                result = degree_on(relaxation, fan_ins)
-                rows.append(
-                    [relaxation.label, relaxation.intermediate, str(result.output), _short(result.degree)]
-                )
+                result = degree_on(spec, fan_ins)
+                rows.append([spec.label, spec.intermediate, str(result.output), _short(result.degree)])
             except OpaqueRelaxationError as error:
-                rows.append([relaxation.label, relaxation.intermediate, "unknown", str(error)])
+                rows.append([spec.label, spec.intermediate, "unknown", str(error)])
     click.echo(f"fan-ins after each ReLU layer: {fan_ins}")
     _table(["relaxation", "intermediate", "class", "sensitivity N"], rows, wide)
 

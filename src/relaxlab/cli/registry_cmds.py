@@ -6,12 +6,15 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from relaxlab.cli.format import TABLE_WIDTH, fail, render_table
 from relaxlab.cli.options import QUIET, WIDE, image_path, plot_option, relaxation_option, select
+
+if TYPE_CHECKING:
+    from relaxlab.properties.pointwise import Counterexample
 
 
 def _registry() -> Any:
@@ -41,6 +44,8 @@ def relaxation_record(name: str) -> dict[str, Any]:
 
     registry = _registry().relaxations
     relaxation = registry[name]
+    continuous: bool | None
+    sensitive: bool | None
     try:
         props = derive(relaxation)
         continuous, sensitive = props.continuous, props.sensitive
@@ -305,7 +310,8 @@ def check_command(
         )
     targets = _targets(relaxation, check_all)
     registry = _registry().relaxations
-    results = []
+    # (relaxation, sound, verdict line, counterexample: the prover's, the sampled one, or an error's text)
+    results: list[tuple[Any, bool, str, Counterexample | str | None]] = []
     with Progress("check", len(targets), quiet=quiet, unit="relaxation") as progress:
         for item in targets:
             sampled: Any = None

@@ -108,9 +108,11 @@ def verify_command(
     if answers is not None:
         wrong = list(verify.contradictions(results, answers))
         for outcome, why in wrong:
+            instance = outcome.instance
+            assert instance is not None  # contradictions() refuses a result without its instance
             click.echo(
-                f"CONTRADICTION {outcome.instance.benchmark} {outcome.instance.network.name} "
-                f"{outcome.instance.prop.name}: {outcome.status}, {why}"
+                f"CONTRADICTION {instance.benchmark} {instance.network.name} "
+                f"{instance.prop.name}: {outcome.status}, {why}"
             )
         if wrong:
             raise click.ClickException(f"{len(wrong)} answers contradict {expected}")

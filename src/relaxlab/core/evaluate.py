@@ -29,11 +29,15 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 
+# The members of these protocols are read-only properties: the specs that satisfy them are
+# frozen attrs values, whose fields cannot be assigned.
 class SpecLine(Protocol):
     """A line: ``slope·x + offset``."""
 
-    slope: ex.Expr
-    offset: ex.Expr
+    @property
+    def slope(self) -> ex.Expr: ...
+    @property
+    def offset(self) -> ex.Expr: ...
 
     def expressions(self) -> tuple[ex.Expr, ex.Expr]: ...
 
@@ -45,18 +49,25 @@ class SpecCase(Hashable, Protocol):
 
 
 class SpecTransform(Protocol):
-    lower: ex.Expr
-    upper: ex.Expr
+    @property
+    def lower(self) -> ex.Expr: ...
+    @property
+    def upper(self) -> ex.Expr: ...
 
 
 class SpecParam(Protocol):
     """A declared parameter (a :class:`~relaxlab.core.relaxation.ParamSpec`)."""
 
-    name: str
-    default: float
-    minimum: float | None
-    strict: bool
-    start: ex.Expr | None
+    @property
+    def name(self) -> str: ...
+    @property
+    def default(self) -> float: ...
+    @property
+    def minimum(self) -> float | None: ...
+    @property
+    def strict(self) -> bool: ...
+    @property
+    def start(self) -> ex.Expr | None: ...
 
     def proved_range(self, current: float) -> tuple[float, float]: ...
 
@@ -64,13 +75,20 @@ class SpecParam(Protocol):
 class Spec(Hashable, Protocol):
     """What the evaluator reads of a relaxation (a :class:`~relaxlab.core.relaxation.ReluRelaxation`)."""
 
-    name: str
-    negative: SpecCase
-    unstable: SpecCase
-    positive: SpecCase
-    transform: SpecTransform | None
-    values: tuple[tuple[str, float], ...]
-    params: tuple[SpecParam, ...]
+    @property
+    def name(self) -> str: ...
+    @property
+    def negative(self) -> SpecCase: ...
+    @property
+    def unstable(self) -> SpecCase: ...
+    @property
+    def positive(self) -> SpecCase: ...
+    @property
+    def transform(self) -> SpecTransform | None: ...
+    @property
+    def values(self) -> tuple[tuple[str, float], ...]: ...
+    @property
+    def params(self) -> tuple[SpecParam, ...]: ...
 
     def cases(self) -> Sequence[tuple[Stability, SpecCase]]: ...
 
@@ -365,7 +383,8 @@ def coefficients(
             if total == 0.0:
                 zeros.add(name)
             out.append(lb.new_tensor(float(total)).expand_as(lb))
-    return RelaxationTensors(*out, zeros=frozenset(zeros))
+    lower_slope, lower_offset, upper_slope, upper_offset = out
+    return RelaxationTensors(lower_slope, lower_offset, upper_slope, upper_offset, zeros=frozenset(zeros))
 
 
 def _scale_invariant(relaxation: Spec) -> bool:
@@ -396,7 +415,7 @@ class SignSplit(ex.Interpretation[tuple[float, ex.Expr]]):
     def _whole(self, node: ex.Expr) -> tuple[float, ex.Expr]:
         return 1.0, node
 
-    const = var = param = add = div = sigmoid = step = ge = switch = named = opaque = _whole  # type: ignore[assignment]
+    const = var = param = add = div = sigmoid = step = ge = switch = named = opaque = _whole
 
     def mul(self, node: ex.Mul) -> tuple[float, ex.Expr]:
         for const, other in ((node.left, node.right), (node.right, node.left)):
@@ -443,7 +462,7 @@ def _evaluation_plan(negative: SpecCase, unstable: SpecCase, positive: SpecCase)
     undefined outside their cases (a division, an opaque callable) and so need a representative
     point there. A coefficient that is ``max(l, 0)`` or ``max(u, 0)`` is given as ``"l"``/``"u"``.
     """
-    plans = []
+    plans: list[Groups | str] = []
     cases = dict(zip(Stability, (negative, unstable, positive), strict=True))
     for index in range(4):
         grouped: dict[ex.Expr, set[Stability]] = {}

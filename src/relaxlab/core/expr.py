@@ -37,7 +37,7 @@ import abc
 import math
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar, cast
 
 import attrs
 from attrs import field, frozen
@@ -47,6 +47,7 @@ from relaxlab.core.rounding import round32_down, round32_up
 if TYPE_CHECKING:  # torch loads with the first tensor, not with the algebra (the CLI starts without it)
     import torch
     from torch import Tensor
+    from typing_extensions import TypeIs  # typing.TypeIs from Python 3.13
 
 #: Names of the two bound variables.
 BOUND_VARIABLES = frozenset({"l", "u"})
@@ -60,7 +61,7 @@ Environment = Mapping[str, Value]
 T = TypeVar("T")
 
 
-def _is_tensor(value: object) -> bool:
+def _is_tensor(value: object) -> TypeIs[Tensor]:
     """Whether ``value`` is a torch tensor; no tensor exists before torch is imported, so this never imports it."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.Tensor)
@@ -427,7 +428,7 @@ class Interpretation(abc.ABC, Generic[T]):
             method = _method_name(type(node))
         except TypeError as error:
             raise TypeError(f"{type(self).__name__}: {error}") from None
-        return getattr(self, method)(node)  # type: ignore[no-any-return]
+        return getattr(self, method)(node)
 
     @abc.abstractmethod
     def const(self, node: Const) -> T: ...
@@ -491,10 +492,10 @@ class Evaluation(Interpretation[Value]):
             raise KeyError(f"no value for parameter {node.name!r}") from None
 
     def add(self, node: Add) -> Value:
-        return self(node.left) + self(node.right)  # type: ignore[operator]
+        return self(node.left) + self(node.right)
 
     def mul(self, node: Mul) -> Value:
-        return self(node.left) * self(node.right)  # type: ignore[operator]
+        return self(node.left) * self(node.right)
 
     def div(self, node: Div) -> Value:
         num, den = self(node.numerator), self(node.denominator)
@@ -506,19 +507,19 @@ class Evaluation(Interpretation[Value]):
             # both branches. Only denominators below 1e-19 (float32) / 1e-154 (float64) are affected.
             # copysign(max(|den|, guard), den) is den itself wherever |den| >= guard; it avoids
             # torch.where, which costs about ten elementwise passes on some CPU builds.
-            guard = math.sqrt(torch.finfo(den.dtype).tiny)  # type: ignore[union-attr]
-            den = den.abs().clamp_min(guard).copysign(den)  # type: ignore[union-attr]
+            guard = math.sqrt(torch.finfo(den.dtype).tiny)
+            den = den.abs().clamp_min(guard).copysign(den)
         elif den == 0.0:
             den = math.ulp(0.0)
-        return num / den  # type: ignore[operator]
+        return num / den
 
     def sigmoid(self, node: Sigmoid) -> Value:
         value = self(node.arg)
         if _is_tensor(value):
             import torch
 
-            return torch.sigmoid(value.clamp(-_SIGMOID_CLAMP, _SIGMOID_CLAMP))  # type: ignore[union-attr]
-        value = max(-_SIGMOID_CLAMP, min(_SIGMOID_CLAMP, value))  # type: ignore[type-var]
+            return torch.sigmoid(value.clamp(-_SIGMOID_CLAMP, _SIGMOID_CLAMP))
+        value = max(-_SIGMOID_CLAMP, min(_SIGMOID_CLAMP, value))
         return 1.0 / (1.0 + math.exp(-value))
 
     def step(self, node: Step) -> Value:
@@ -527,8 +528,8 @@ class Evaluation(Interpretation[Value]):
             import torch
 
             # floor/ceil have zero gradient; keep the graph so callers can differentiate the rest.
-            return torch.floor(value) if node.kind == "floor" else torch.ceil(value)  # type: ignore[arg-type]
-        return float(math.floor(value) if node.kind == "floor" else math.ceil(value))  # type: ignore[arg-type]
+            return torch.floor(value) if node.kind == "floor" else torch.ceil(value)
+        return float(math.floor(value) if node.kind == "floor" else math.ceil(value))
 
     def ge(self, node: Ge) -> Value:
         # Compared exactly: a number meeting a float32 tensor is replaced by the float32 that
@@ -536,10 +537,10 @@ class Evaluation(Interpretation[Value]):
         # the left), never by its nearest float32 (4.1 would become 4.0999999).
         a, b = self(node.left), self(node.right)
         if _is_tensor(a) and not _is_tensor(b):
-            return a >= _threshold(b, a, up=True)  # type: ignore[operator, arg-type]
+            return a >= _threshold(b, a, up=True)
         if _is_tensor(b) and not _is_tensor(a):
-            return _threshold(a, b, up=False) >= b  # type: ignore[operator, arg-type]
-        return a >= b  # type: ignore[operator]
+            return _threshold(a, b, up=False) >= b
+        return a >= b
 
     def switch(self, node: Switch) -> Value:
         cond = self(node.condition)
@@ -552,7 +553,7 @@ class Evaluation(Interpretation[Value]):
         if not _is_tensor(a) and not _is_tensor(b):
             # Constant branches: c·a + (1-c)·b with c in {0, 1} is exact (one term is 0), and
             # cheaper than torch.where; a bool tensor converts fastest through uint8.
-            c = cond.view(torch.uint8).to(dtype)  # type: ignore[union-attr]
+            c = cond.view(torch.uint8).to(dtype)
             if (a, b) == (1.0, 0.0):
                 return c
             if (a, b) == (0.0, 1.0):
@@ -560,9 +561,9 @@ class Evaluation(Interpretation[Value]):
             return c * a + (1.0 - c) * b
         return torch.where(
             cond,
-            torch.as_tensor(a, dtype=dtype).to(cond.device),  # type: ignore[arg-type, union-attr]
+            torch.as_tensor(a, dtype=dtype).to(cond.device),
             torch.as_tensor(b, dtype=dtype).to(cond.device),
-        )  # type: ignore[union-attr]
+        )
 
     def named(self, node: Named) -> Value:
         # A Named node usually appears several times in a relaxation (λ in a slope and an
@@ -593,8 +594,8 @@ def _dtype(a: Value, b: Value, env: Environment) -> torch.dtype:
     import torch
 
     for value in (a, b, *env.values()):
-        if _is_tensor(value) and value.is_floating_point():  # type: ignore[union-attr]
-            return value.dtype  # type: ignore[union-attr]
+        if _is_tensor(value) and value.is_floating_point():
+            return value.dtype
     return torch.get_default_dtype()
 
 
@@ -683,7 +684,8 @@ class Substitution(Interpretation[Expr]):
         return Ge(self(node.left), self(node.right))
 
     def switch(self, node: Switch) -> Expr:
-        return switch(self(node.condition), self(node.then), self(node.otherwise))  # type: ignore[arg-type]
+        condition = cast(Ge, self(node.condition))  # ge() above substitutes a Ge into a Ge
+        return switch(condition, self(node.then), self(node.otherwise))
 
     def named(self, node: Named) -> Expr:
         body = self(node.body)
@@ -717,7 +719,7 @@ class Names(Interpretation[frozenset[str]]):
     def _union(self, node: Expr) -> frozenset[str]:
         return frozenset().union(*(self(child) for child in node.children()))
 
-    add = mul = div = sigmoid = step = ge = switch = named = _union  # type: ignore[assignment]
+    add = mul = div = sigmoid = step = ge = switch = named = _union
 
     def opaque(self, node: Opaque) -> frozenset[str]:
         return frozenset(node.uses)

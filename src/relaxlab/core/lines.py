@@ -7,7 +7,7 @@ with ``x`` the ReLU input.
 
 from __future__ import annotations
 
-from relaxlab.core.expr import Expr, L, Named, Param, U, ge, sigmoid, switch
+from relaxlab.core.expr import Expr, Ge, L, Named, Param, U, ge, sigmoid, switch
 from relaxlab.core.relaxation import CaseBounds, Line, ParamSpec, line
 
 #: The chord slope ``λ = u/(u-l)``.
@@ -32,8 +32,8 @@ EXACT_NEGATIVE = CaseBounds(ZERO, ZERO)
 EXACT_POSITIVE = CaseBounds(IDENTITY, IDENTITY)
 
 
-def switch_line(condition: Expr, then: Line, otherwise: Line) -> Line:
+def switch_line(condition: Ge, then: Line, otherwise: Line) -> Line:
     """The line ``then`` where ``condition`` holds, else ``otherwise`` (coefficient-wise switch)."""
     return Line(
         switch(condition, then.slope, otherwise.slope), switch(condition, then.offset, otherwise.offset)
-    )  # type: ignore[arg-type]
+    )

@@ -49,6 +49,8 @@ from relaxlab.core.rounding import FLOAT64, Arithmetic
 Monomial = tuple[tuple[int, int], ...]
 #: A polynomial: monomial -> non-zero exact coefficient.
 Poly = dict[Monomial, Fraction]
+#: A polynomial as a hashable value (:func:`freeze`).
+FrozenPoly = frozenset[tuple[Monomial, Fraction]]
 
 ONE_MONOMIAL: Monomial = ()
 #: Variable indices of the bounds; parameters follow, then atoms.
@@ -181,7 +183,7 @@ def split_affine(a: Poly, var: int) -> tuple[Poly, Poly] | None:
     return a1, a0
 
 
-def freeze(a: Poly) -> frozenset[tuple[Monomial, Fraction]]:
+def freeze(a: Poly) -> FrozenPoly:
     return frozenset(a.items())
 
 
@@ -196,9 +198,7 @@ class Rational:
     def __init__(self, num: Poly, den: Poly | None = None) -> None:
         self.num = num
         self.den = den if den is not None else {ONE_MONOMIAL: Fraction(1)}
-        self._key: (
-            tuple[frozenset[tuple[Monomial, Fraction]], frozenset[tuple[Monomial, Fraction]]] | None
-        ) = None
+        self._key: tuple[FrozenPoly, FrozenPoly] | None = None
 
     @classmethod
     def make(cls, num: Poly, den: Poly) -> Rational:
@@ -219,7 +219,7 @@ class Rational:
         return cls(num, den)
 
     @property
-    def key(self) -> tuple[frozenset[tuple[Monomial, Fraction]], frozenset[tuple[Monomial, Fraction]]]:
+    def key(self) -> tuple[FrozenPoly, FrozenPoly]:
         """A hashable identity of the normal form."""
         if self._key is None:
             self._key = (freeze(self.num), freeze(self.den))

@@ -24,6 +24,7 @@ import attrs
 from attrs import evolve, field, frozen, validators
 
 from relaxlab.core import evaluate
+from relaxlab.core.convert import as_tuple
 from relaxlab.core.expr import BOUND_VARIABLES, Const, Expr, ExprLike, Opaque, as_expr
 from relaxlab.core.stability import Stability
 
@@ -237,9 +238,12 @@ class ReluRelaxation:
     intermediate: str = field(default="backsub", validator=validators.in_(INTERMEDIATE_MODES))
     final: str = field(default="backsub", validator=validators.in_(FINAL_MODES))
     transform: BoundsTransform | None = None
-    params: tuple[ParamSpec, ...] = field(default=(), converter=tuple)
+    params: tuple[ParamSpec, ...] = field(default=(), converter=as_tuple)
     values: tuple[tuple[str, float], ...] = field(
-        default=(), converter=attrs.Converter(_full_values, takes_self=True)
+        # mypy's attrs plugin supports no attrs.Converter, and the stub's takes_self overload wants a
+        # converter that accepts any attrs instance as self, not this class.
+        default=(),
+        converter=attrs.Converter(_full_values, takes_self=True),  # type: ignore[misc, call-overload]
     )
     summary: str = field(default="", eq=False)
     reference: str = field(default="", eq=False)

@@ -49,10 +49,10 @@ class Homogeneity(ex.Interpretation[Degree]):
             return None
         return ANY if a == ANY else int(a) - int(b)
 
-    def sigmoid(self, node: ex.Sigmoid) -> Degree:
+    def _of_argument(self, node: ex.Sigmoid | ex.Step) -> Degree:
         return 0 if self(node.arg) in (0, ANY) else None
 
-    step = sigmoid  # type: ignore[assignment]
+    sigmoid = step = _of_argument
 
     def ge(self, node: ex.Ge) -> Degree:
         return 0 if same_degree(self(node.left), self(node.right)) is not None else None

@@ -68,6 +68,10 @@ class CaseWeights:
     def __getitem__(self, cases: frozenset[Stability]) -> Tensor | None:
         if cases == ALL_CASES:
             return None
+        return self._mask(cases)
+
+    def _mask(self, cases: frozenset[Stability]) -> Tensor:
+        """The weight of a proper subset of the cases (cached)."""
         if cases not in self._cache:
             self._cache[cases] = self._compute(cases)
         return self._cache[cases]
@@ -78,15 +82,15 @@ class CaseWeights:
         if cases == _ABOVE:
             return torch.relu(self._upper).sign_()  # u > 0
         if cases == _NEGATIVE:
-            return 1.0 - self[_ABOVE]
+            return 1.0 - self._mask(_ABOVE)
         if cases == _UNSTABLE:
             below = torch.clamp(self._lower, max=0.0).sign_().neg_()  # l < 0
-            return below.mul_(self[_ABOVE])
+            return below.mul_(self._mask(_ABOVE))
         if cases == _POSITIVE:
-            return self[_ABOVE] - self[_UNSTABLE]
+            return self._mask(_ABOVE) - self._mask(_UNSTABLE)
         # The union of two cases: one minus the third.
         (rest,) = ALL_CASES - cases
-        return 1.0 - self[frozenset({rest})]
+        return 1.0 - self._mask(frozenset({rest}))
 
 
 _NEGATIVE, _UNSTABLE, _POSITIVE = (frozenset({s}) for s in Stability)

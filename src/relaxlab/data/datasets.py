@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from relaxlab.core.convert import as_tuple
 from relaxlab.data.readers import idx_pair_to_tensors, read_cifar10, read_idx, read_svhn_mat
 from relaxlab.hookspecs import hookimpl
 
@@ -58,13 +59,13 @@ class Dataset:
     """
 
     name: str
-    input_shape: tuple[int, int, int] = attrs.field(converter=tuple)
+    input_shape: tuple[int, int, int] = attrs.field(converter=as_tuple)
     num_classes: int
     mean: tuple[float, ...] = attrs.field(converter=_as_float_tuple)
     std: tuple[float, ...] = attrs.field(converter=_as_float_tuple)
     loader: Callable[[Path | None, str], tuple[Tensor, Tensor]] = attrs.field(eq=False, repr=False)
     summary: str = ""
-    default_dirs: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    default_dirs: tuple[str, ...] = attrs.field(default=(), converter=as_tuple)
     hint: str = ""
 
     @mean.validator

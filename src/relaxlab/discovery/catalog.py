@@ -132,8 +132,13 @@ def probe_relaxation(line: Line, stability: Stability, side: str) -> ReluRelaxat
     }
     case = partners[stability]
     case = CaseBounds(line, case.upper) if side == "lower" else CaseBounds(case.lower, line)
-    cases = {**{str(s): partners[s] for s in Stability}, str(stability): case}
-    return ReluRelaxation(name="probe", **cases)  # type: ignore[arg-type]
+    cases = {**partners, stability: case}
+    return ReluRelaxation(
+        name="probe",
+        negative=cases[Stability.NEGATIVE],
+        unstable=cases[Stability.UNSTABLE],
+        positive=cases[Stability.POSITIVE],
+    )
 
 
 def check_line(line: Line, stability: Stability, side: str) -> tuple[str, str] | None:

@@ -65,7 +65,7 @@ class Source(ex.Interpretation[str]):
     def _binary(self, node: ex.Add | ex.Mul | ex.Ge) -> str:
         return f"{type(node).__name__}({self(node.left)}, {self(node.right)})"
 
-    add = mul = ge = _binary  # type: ignore[assignment]
+    add = mul = ge = _binary
 
     def div(self, node: ex.Div) -> str:
         return f"Div({self(node.numerator)}, {self(node.denominator)})"

@@ -99,8 +99,8 @@ def _piece_code(line: Line, lower: Tensor, upper: Tensor, params: dict[str, floa
     for expr in line.expressions():
         for node in expr.switches():
             columns.append(torch.as_tensor(node.condition.evaluate(env)).to(torch.float64).expand_as(lower))
-        for node in expr.steps():
-            columns.append(torch.as_tensor(node.evaluate(env)).to(torch.float64).expand_as(lower))
+        for step in expr.steps():
+            columns.append(torch.as_tensor(step.evaluate(env)).to(torch.float64).expand_as(lower))
     return torch.stack(columns, dim=-1)
 
 

@@ -28,6 +28,7 @@ import textwrap
 from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import networkx as nx
 from attrs import evolve
@@ -39,6 +40,9 @@ from relaxlab.discovery.flags import fast_flags
 from relaxlab.discovery.pipeline import Discovery
 from relaxlab.properties.tightness import effective_intermediate, profile, values_equal
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 #: The paper's base relaxations (Table 2), highlighted in drawings.
 BASE_RELAXATIONS = ("IBP", "hBox", "DeepZ", "CROWN", "CROWN-IBP (R)")
 EDGE_KINDS = ("line", "case", "continuity", "switch", "soft", "interval", "transform")
@@ -49,7 +53,7 @@ class _LineIds:
     """Numeric identity of lines per slot: the same values on the comparison points, the same id."""
 
     def __init__(self) -> None:
-        self.representatives: dict[int, list[object]] = {k: [] for k in range(len(SLOTS))}
+        self.representatives: dict[int, list[Tensor]] = {k: [] for k in range(len(SLOTS))}
         self.labels: dict[tuple[int, int], str] = {}
 
     def ids(self, relaxation: ReluRelaxation, labels: Iterable[str] | None = None) -> tuple[int, ...]:
@@ -60,7 +64,7 @@ class _LineIds:
         for k, ((stability, side), label) in enumerate(zip(SLOTS, label_list, strict=True)):
             target = values.case(stability)[:, 0 if side == "lower" else 1]
             reps = self.representatives[k]
-            found = next((i for i, rep in enumerate(reps) if values_equal(rep, target, stability)), None)  # type: ignore[arg-type]
+            found = next((i for i, rep in enumerate(reps) if values_equal(rep, target, stability)), None)
             if found is None:
                 reps.append(target)
                 found = len(reps) - 1
@@ -329,7 +333,9 @@ def draw(
     )
     for node, (x, y) in pos.items():
         data = sub.nodes[node]
-        face = "gold" if data["base"] else ("#cfe3f7" if data["registered"] else "#eeeeee")
+        face: str | tuple[float, float, float, float] = (
+            "gold" if data["base"] else ("#cfe3f7" if data["registered"] else "#eeeeee")
+        )
         flags = f"{'✓' if data['continuous'] else '✗'}C {'✗' if data['sensitive'] else '✓'}S"
         if values is not None:
             face = cmap(0.15 + 0.7 * norm(shown[node])) if node in shown else "#eeeeee"

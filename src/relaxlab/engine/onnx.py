@@ -29,6 +29,7 @@ value).
 from __future__ import annotations
 
 import os
+from collections.abc import Container
 from typing import Any
 
 import attrs
@@ -113,7 +114,7 @@ def _attributes(node: Any, where: str) -> dict[str, Any]:
     return values
 
 
-def _graph_input(graph: Any, constants: dict[str, np.ndarray]) -> Any:
+def _graph_input(graph: Any, constants: Container[str]) -> Any:
     inputs = [value for value in graph.input if value.name not in constants]
     if len(inputs) != 1:
         raise OnnxLoadError(
@@ -138,18 +139,19 @@ def _input_layout(value: Any) -> tuple[Shape, bool]:
             f"the ONNX input {value.name!r} has shape {sizes}: every dimension but the batch "
             "must have a fixed positive size"
         )
+    fixed = [s for s in shape if s is not None]  # every one of them, after the check above
     try:
-        check_size(shape, f"the ONNX input {value.name!r}")
+        check_size(fixed, f"the ONNX input {value.name!r}")
     except UnsupportedNetworkError as error:
         raise OnnxLoadError(str(error)) from None
-    return tuple(int(s) for s in shape), batched  # type: ignore[arg-type]
+    return tuple(int(s) for s in fixed), batched
 
 
 def onnx_input_shape(path: str | os.PathLike[str]) -> Shape:
     """The shape of one input of an ONNX file (without the batch dimension where it has one)."""
     model = _load(path, external=False)
     constants = {init.name for init in model.graph.initializer}
-    value = _graph_input(model.graph, dict.fromkeys(constants))  # type: ignore[arg-type]
+    value = _graph_input(model.graph, constants)
     return _input_layout(value)[0]
 
 
@@ -279,7 +281,7 @@ def _read_node(
             f"{where}: attribute{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
             "not supported (the reader would compute another function)"
         )
-    inputs = []
+    inputs: list[Any] = []  # the values read (tensors, arrays, constants); None for an omitted input
     for name in node.input:
         if not name:
             inputs.append(None)
@@ -359,7 +361,7 @@ def fuse_biases(network: Network) -> Network:
         bias = _merged_bias(nodes[source].op, node.op.offset)
         if bias is None:
             continue
-        nodes[source] = attrs.evolve(nodes[source], op=attrs.evolve(nodes[source].op, bias=bias))
+        nodes[source] = attrs.evolve(nodes[source], op=nodes[source].op.evolve(bias=bias))
         merged[index] = source
         readers[source] = readers[index]
         for reader in readers[index]:
@@ -405,9 +407,7 @@ class OnnxModel(nn.Module):
             for field, tensor in held.items():
                 self.register_buffer(f"node{index}_{field}", tensor.detach().clone())
             self._fields.append(tuple(held))
-            skeleton.append(
-                attrs.evolve(node, op=attrs.evolve(node.op, **dict.fromkeys(held))) if held else node
-            )
+            skeleton.append(attrs.evolve(node, op=node.op.evolve(**dict.fromkeys(held))) if held else node)
         self._skeleton = Network(tuple(skeleton), network.input_shape)
 
     def _apply(self, fn: Any, recurse: bool = True) -> OnnxModel:
@@ -427,7 +427,7 @@ class OnnxModel(nn.Module):
         for index, (node, fields) in enumerate(zip(self._skeleton.nodes, self._fields, strict=True)):
             if fields:
                 tensors = {field: getattr(self, f"node{index}_{field}") for field in fields}
-                node = attrs.evolve(node, op=attrs.evolve(node.op, **tensors))
+                node = attrs.evolve(node, op=node.op.evolve(**tensors))
             nodes.append(node)
         return Network(tuple(nodes), self._skeleton.input_shape)
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -65,6 +65,7 @@ def _split_maps(y: Tensor, like: Tensor) -> Tensor:
 class Op(ABC):
     """One operation of a network (an attrs value: tensors are held, never copied)."""
 
+    __attrs_attrs__: ClassVar[tuple[attrs.Attribute[Any], ...]]  # every subclass is an attrs class
     out_shape: Shape
 
     @abstractmethod
@@ -82,7 +83,12 @@ class Op(ABC):
     def cast(self, fn: Callable[[Tensor], Tensor]) -> Op:
         """A copy with ``fn`` applied to every tensor (dtype and device changes)."""
         held = self.tensors()
-        return attrs.evolve(self, **{name: fn(value) for name, value in held.items()}) if held else self
+        return self.evolve(**{name: fn(value) for name, value in held.items()}) if held else self
+
+    def evolve(self, **changes: Any) -> Op:
+        """A copy with some fields replaced (:func:`attrs.evolve`)."""
+        # Every operation is an attrs class, but Op itself is not one, which mypy's attrs plugin requires.
+        return attrs.evolve(self, **changes)  # type: ignore[misc]
 
 
 @attrs.frozen(eq=False)
@@ -134,7 +140,10 @@ class PatchOp(ABC):
     """An affine operation on ``(C, H, W)`` maps that keeps a row local (a *patch*,
     :mod:`relaxlab.engine.patches`): each output depends on a window of the input."""
 
-    per_channel: ClassVar[bool] = True
+    @property
+    def per_channel(self) -> bool:
+        """Whether the operation's constant (if any) is one value per channel, the same at every position."""
+        return True
 
     @abstractmethod
     def patch_geometry(
@@ -406,7 +415,7 @@ class Scale(AffineOp, PatchOp):
         return (self.forward(rows),), None
 
     @property
-    def per_channel(self) -> bool:  # type: ignore[override]
+    def per_channel(self) -> bool:
         return _per_channel(self.factor, self.out_shape)
 
     def patch_geometry(
@@ -443,7 +452,7 @@ class Shift(AffineOp, PatchOp):
         return (rows,), _sum_to(rows, self.offset)
 
     @property
-    def per_channel(self) -> bool:  # type: ignore[override]
+    def per_channel(self) -> bool:
         return _per_channel(self.offset, self.out_shape)
 
     def patch_geometry(
@@ -552,17 +561,17 @@ class Slice(AffineOp):
         return tuple(slice(a, b, c) for a, b, c in zip(self.starts, self.stops, self.steps, strict=True))
 
     def forward(self, *xs: Tensor) -> Tensor:
-        return xs[0][(slice(None), *self._key)]
+        return xs[0][(slice(None),) + self._key]
 
     def linear(self, *xs: Tensor) -> Tensor:
-        return xs[0][(slice(None), slice(None), *self._key)]
+        return xs[0][(slice(None), slice(None)) + self._key]
 
     def linear_abs(self, *xs: Tensor) -> Tensor:
         return self.linear(*xs)
 
     def backward(self, rows: Tensor) -> tuple[Rows, Tensor | None]:
         full = rows.new_zeros(*rows.shape[:2], *self.in_shape)
-        full[(slice(None), slice(None), *self._key)] = rows
+        full[(slice(None), slice(None)) + self._key] = rows
         return (full,), None
 
 

@@ -323,7 +323,8 @@ def batch_norm(
         dims = [0, *range(2, value.dim())]
         mean, var = value.mean(dim=dims), value.var(dim=dims, unbiased=False)
     else:
-        mean, var = builder.cast(module.running_mean), builder.cast(module.running_var)  # type: ignore[arg-type]
+        assert module.running_var is not None  # a BatchNorm has both running statistics or neither
+        mean, var = builder.cast(module.running_mean), builder.cast(module.running_var)
     weight = builder.cast(module.weight) if module.weight is not None else torch.ones_like(mean)
     bias = builder.cast(module.bias) if module.bias is not None else torch.zeros_like(mean)
     return normalization(builder, source, mean, var, weight, bias, module.eps, where, name)

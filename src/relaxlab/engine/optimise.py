@@ -34,6 +34,7 @@ import torch
 from attrs import field, frozen, validators
 from torch import Tensor
 
+from relaxlab.core.convert import as_tuple
 from relaxlab.core.evaluate import parameter_start
 from relaxlab.core.relaxation import ParamSpec
 from relaxlab.engine.bounder import Bounder, ParameterSource
@@ -82,7 +83,7 @@ class Optimise:
     :param target: rows whose lower bound reaches it stop pulling the parameters (``inf``: none).
     """
 
-    ranges: tuple[ParameterRange, ...] = field(converter=tuple, validator=validators.min_len(1))
+    ranges: tuple[ParameterRange, ...] = field(converter=as_tuple, validator=validators.min_len(1))
     steps: int = field(default=DEFAULT_STEPS, validator=[validators.instance_of(int), validators.ge(0)])
     lr: float = field(default=DEFAULT_LR, converter=float, validator=_positive_finite)
     target: float = field(default=math.inf, converter=float)

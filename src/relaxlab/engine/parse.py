@@ -140,8 +140,8 @@ def parse_model(
     """
     if isinstance(model, Network):
         network = model
-    elif isinstance(getattr(model, "network", None), Network) and isinstance(model, nn.Module):
-        network = model.network
+    elif isinstance(carried := getattr(model, "network", None), Network) and isinstance(model, nn.Module):
+        network = carried
     else:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -413,12 +413,12 @@ def _convert(
         return NodeRef(rule(builder, module, source, label, str(target)))
     label = f"{where} ({_function_name(target)}){_module_context(node)}"
     if node.op == "call_method":
-        rule = METHODS.get(str(target).removesuffix("_") if str(target).endswith("_") else str(target))
+        call_rule = METHODS.get(str(target).removesuffix("_") if str(target).endswith("_") else str(target))
     else:
-        rule = FUNCTIONS.get(target)  # type: ignore[arg-type]
-    if rule is None:
+        call_rule = FUNCTIONS.get(target)
+    if call_rule is None:
         raise UnsupportedNetworkError(
             f"{label} is not supported: no bound propagation rule. The engine accepts {SUPPORTED}."
         )
     kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
-    return rule(builder, tuple(args), kwargs, label, node.name)
+    return call_rule(builder, tuple(args), kwargs, label, node.name)

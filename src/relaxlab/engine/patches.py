@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -243,7 +244,8 @@ def patch_bounds(
             current = (
                 parts[0][0]
                 if len(parts) == 1 and parts[0][1] == geometry[i]
-                else sum(_embed(p, width, g, geometry[i]) for p, g in parts)
+                # a sum of tensors: parts is never empty
+                else cast(Tensor, sum(_embed(p, width, g, geometry[i]) for p, g in parts))
             )
             if i in stops:
                 reached.append((current, i))

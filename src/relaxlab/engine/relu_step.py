@@ -62,13 +62,13 @@ class _Concretize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, coef, bias, lower, upper):  # type: ignore[override]
+    def forward(ctx, coef, bias, lower, upper):
         ctx.save_for_backward(coef, lower, upper)
         ctx.bias_shape = bias.shape
         return _concretize(coef, bias, lower, upper)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         coef, lower, upper = ctx.saved_tensors
         rows = coef.flatten(2)  # (B or 1, S, n)
         grad_coef = grad_bias = grad_lower = grad_upper = None
@@ -153,6 +153,10 @@ def _relu_step(coef: Tensor, bias: Tensor, lines: RelaxationTensors) -> tuple[Te
     return torch.addcmul(split * difference, coef, base.unsqueeze(1)), bias
 
 
+#: The coefficients (indices into RelaxationTensors.tensors) a tensor stands for, each with its sign.
+_Roles = tuple[tuple[int, float], ...]
+
+
 class _ReluStep(torch.autograd.Function):
     """:func:`_relu_step` as one autograd node, with its gradient written out.
 
@@ -170,7 +174,7 @@ class _ReluStep(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, coef, bias, lower_slope, lower_offset, upper_slope, upper_offset, zeros):  # type: ignore[override]
+    def forward(ctx, coef, bias, lower_slope, lower_offset, upper_slope, upper_offset, zeros):
         lines = RelaxationTensors(lower_slope, lower_offset, upper_slope, upper_offset, zeros)
         new, new_bias = _relu_step(coef, bias, lines)
         ctx.save_for_backward(coef, lower_slope, lower_offset, upper_slope, upper_offset)
@@ -179,7 +183,7 @@ class _ReluStep(torch.autograd.Function):
         return new, new_bias
 
     @staticmethod
-    def backward(ctx, grad_new, grad_bias):  # type: ignore[override]
+    def backward(ctx, grad_new, grad_bias):
         coef, *inputs = ctx.saved_tensors
         zeros, rows_shape, shape = ctx.zeros, coef.shape, inputs[0].shape
         # first[j]: the first coefficient passed as the same tensor as coefficient j (equal lines
@@ -191,6 +195,10 @@ class _ReluStep(torch.autograd.Function):
         same_slopes = lower_slope is upper_slope
         use_neg = "lower_offset" in zeros and "upper_offset" not in zeros
         # The roles, as _relu_step assigns them: (tensor, coefficient names it stands for with signs).
+        every_offset: tuple[Tensor, _Roles] | None
+        split_offset: tuple[Tensor, _Roles] | None
+        every_slope: tuple[Tensor, _Roles]
+        split_slope: tuple[Tensor, _Roles] | None
         if "lower_offset" in zeros and "upper_offset" in zeros:
             every_offset, split_offset = None, None
         elif same_slopes and lower_offset is upper_offset:
@@ -219,14 +227,13 @@ class _ReluStep(torch.autograd.Function):
         mask = side_mask(coef, use_neg) if needs_split else None
         # ∂coef, in place on one tensor of the rows' size.
         grad_coef = grad_new * every_slope[0].unsqueeze(1)
-        if split_slope is not None or split_offset is not None:
-            if split_slope is not None:
-                on_side = grad_new * split_slope[0].unsqueeze(1)
-                if split_offset is not None:
-                    on_side.addcmul_(bias_grad, split_offset[0].unsqueeze(1))
-            else:
-                on_side = bias_grad * split_offset[0].unsqueeze(1)
+        if split_slope is not None:
+            on_side = grad_new * split_slope[0].unsqueeze(1)
+            if split_offset is not None:
+                on_side.addcmul_(bias_grad, split_offset[0].unsqueeze(1))
             grad_coef.add_(on_side.mul_(mask))
+        elif split_offset is not None:
+            grad_coef.add_((bias_grad * split_offset[0].unsqueeze(1)).mul_(mask))
         if every_offset is not None:
             grad_coef.addcmul_(bias_grad, every_offset[0].unsqueeze(1))
         if grad_coef.shape != coef.shape:  # rows shared by the batch
@@ -235,10 +242,11 @@ class _ReluStep(torch.autograd.Function):
         # Gradients of the four coefficients (summed over the rows).
         grads: list[Tensor | None] = [None, None, None, None]
 
-        def add(roles: tuple[int, float], value: Tensor) -> None:
+        def add(roles: _Roles, value: Tensor) -> None:
             for index, sign in roles:
                 part = value if sign == 1.0 else -value
-                grads[index] = part if grads[index] is None else grads[index] + part
+                current = grads[index]
+                grads[index] = part if current is None else current + part
 
         product = grad_new * coef  # (N, G, K)
         add(every_slope[1], product.sum(1))
@@ -256,8 +264,9 @@ class _ReluStep(torch.autograd.Function):
                 (grad_bias.unsqueeze(1) @ split.expand(grad_bias.shape[0], *split.shape[1:])).squeeze(1),
             )
         for j in range(4):  # a tensor passed for two coefficients gets its gradient once
-            if first[j] != j and grads[j] is not None:
-                grads[first[j]] = grads[j] if grads[first[j]] is None else grads[first[j]] + grads[j]
+            grad, grad_first = grads[j], grads[first[j]]
+            if first[j] != j and grad is not None:
+                grads[first[j]] = grad if grad_first is None else grad_first + grad
                 grads[j] = None
         grads = [None if g is None else g.reshape(shape) for g in grads]
         grad_rest = grad_bias.sum(0, keepdim=True) if ctx.shared_bias else grad_bias

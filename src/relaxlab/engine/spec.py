@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from relaxlab.core.relaxer import Relaxer
 from relaxlab.engine.bounds import compute_bounds
 from relaxlab.engine.box import PIXEL_DOMAIN
+from relaxlab.engine.network import Network
 from relaxlab.engine.optimise import Optimise
 
 #: Absolute and relative tolerance of :func:`is_certified`.
@@ -68,14 +69,14 @@ def other_classes(labels: Tensor, num_classes: int) -> Tensor:
 
 
 def margin_bounds(
-    model: nn.Module,
+    model: nn.Module | Network,
     x: Tensor,
     labels: Tensor,
-    eps: float,
+    eps: float | Tensor,
     relaxation: Relaxer,
     *,
     num_classes: int,
-    domain: tuple[float, float] | None = PIXEL_DOMAIN,
+    domain: tuple[float | Tensor, float | Tensor] | None = PIXEL_DOMAIN,
     elision: bool = True,
     check_centre: bool = True,
     rigorous: bool = False,

@@ -48,10 +48,12 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from attrs import field, frozen
 from torch import Tensor
+
+from relaxlab.core.convert import as_tuple
 
 __all__ = [
     "Atom",
@@ -177,7 +179,7 @@ class Property:
 
     num_inputs: int
     num_outputs: int
-    regions: tuple[Region, ...] = field(converter=tuple)
+    regions: tuple[Region, ...] = field(converter=as_tuple)
 
     def __attrs_post_init__(self) -> None:
         for region in self.regions:
@@ -385,7 +387,8 @@ class _Reader:
             else:
                 key = base_key
             self.check_bounded(*key)
-            if any(lo > hi for lo, hi in zip(*key, strict=True)):  # type: ignore[operator]
+            lows, highs = cast("tuple[tuple[Fraction, ...], tuple[Fraction, ...]]", key)  # no None: checked
+            if any(lo > hi for lo, hi in zip(lows, highs, strict=True)):
                 continue  # an empty box
             conjunction = tuple(literal.atom for literal in [*common, *term] if literal.atom is not None)
             if key is base_key:  # a large box hashes slowly: look the common one up once

@@ -45,6 +45,7 @@ import torch
 from attrs import field, frozen
 from torch import Tensor, nn
 
+from relaxlab.core.relaxer import Relaxer
 from relaxlab.engine.onnx import load_onnx
 from relaxlab.engine.optimise import Optimise, Optimised
 from relaxlab.engine.spec import is_certified
@@ -249,7 +250,7 @@ class SplitStage:
 Stage = BoundStage | AttackStage | SplitStage
 
 
-def relaxation_bound(relaxation: object, optimise: Optimise | None = None) -> BoundFn:
+def relaxation_bound(relaxation: str | Relaxer, optimise: Optimise | None = None) -> BoundFn:
     """The :class:`BoundFn` of a relaxation (an object or a registered name), through :func:`relaxlab.compute_bounds`;
     with ``optimise`` its parameters are optimised per neuron until the bound is certain or the deadline passes."""
     from relaxlab.api import compute_bounds
@@ -264,7 +265,7 @@ def relaxation_bound(relaxation: object, optimise: Optimise | None = None) -> Bo
             upper - lower,
             relaxation,
             C=C,
-            domain=(lower, upper),  # type: ignore[arg-type]
+            domain=(lower, upper),
             lower_only=True,
             rigorous=True,
             optimise=optimise,
@@ -698,7 +699,7 @@ def _run_plan(
             found = _confirm((work.lower + work.upper) / 2, (), work.region, network)
             if found is not None:
                 return result("sat", "no output constraint", counterexample=found)
-    tried = []
+    tried: list[str] = []
     for stage in stages:
         if deadline.expired():
             return result(
@@ -712,9 +713,11 @@ def _run_plan(
             if deadline.expired():
                 return result("timeout", reason=f"time limit reached during {stage.name}")
             if isinstance(stage, (AttackStage, SplitStage)):
-                found = (_attack if isinstance(stage, AttackStage) else _split)(
-                    stage, work, network, deadline
-                )  # type: ignore[operator]
+                found = (
+                    _attack(stage, work, network, deadline)
+                    if isinstance(stage, AttackStage)
+                    else _split(stage, work, network, deadline)
+                )
                 if found is not None:
                     return result("sat", stage.name, counterexample=found)
             else:

@@ -139,17 +139,17 @@ def is_loopback(host: str) -> bool:
 def _on_loopback(ray: Any) -> Iterator[None]:
     """Inside the block, Ray takes the loopback as this node's address: so does every process it starts
     (they inherit the environment) and the driver (whose copy of the switch was read at import)."""
-    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    constants: Any = getattr(getattr(ray, "_private", None), "ray_constants", None)  # private to ray
     before_env = os.environ.get(_RAY_CLUSTER_SWITCH)
     before = getattr(constants, "ENABLE_RAY_CLUSTER", None)
     os.environ[_RAY_CLUSTER_SWITCH] = "0"
     if before is not None:
-        constants.ENABLE_RAY_CLUSTER = False  # type: ignore[union-attr]
+        constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
     finally:
         if before is not None:
-            constants.ENABLE_RAY_CLUSTER = before  # type: ignore[union-attr]
+            constants.ENABLE_RAY_CLUSTER = before
         if before_env is None:
             os.environ.pop(_RAY_CLUSTER_SWITCH, None)
         else:

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from relaxlab.api import get_relaxation
+from relaxlab.core.relaxer import Relaxer
 from relaxlab.properties import derive
-from relaxlab.properties.directions import along_segments, bound_value
+from relaxlab.properties.directions import ValueFn, along_segments, bound_value
 
 #: App. D's settings: (initial learning rate, decay per epoch, epochs).
 DISCONTINUITY_SETTINGS = (0.02, 0.99, 20)
@@ -54,10 +55,10 @@ def random_network(seed: int, dtype: torch.dtype = torch.float64) -> tuple[nn.Se
     return model, x, eps
 
 
-def default_settings(relaxation: object) -> tuple[float, float, int]:
+def default_settings(relaxation: str | Relaxer) -> tuple[float, float, int]:
     """App. D's settings: the discontinuity setup for discontinuous relaxations, else the sensitivity one."""
-    resolved = get_relaxation(relaxation)  # type: ignore[arg-type]
-    return DISCONTINUITY_SETTINGS if not derive(resolved).continuous else SENSITIVITY_SETTINGS  # type: ignore[arg-type]
+    resolved = get_relaxation(relaxation)
+    return DISCONTINUITY_SETTINGS if not derive(resolved).continuous else SENSITIVITY_SETTINGS
 
 
 @attrs.frozen(eq=False)
@@ -83,14 +84,14 @@ class GDExperiment:
 
 
 def _value_and_slope(
-    model: nn.Module, name: str, direction: Tensor, delta: float, x: Tensor, fn: object
+    model: nn.Module, name: str, direction: Tensor, delta: float, x: Tensor, fn: ValueFn
 ) -> tuple[float, float]:
     """Value of ``fn`` at ``θ + δ·d`` and its derivative in ``δ`` (``∇_W value · d``)."""
     clone = copy.deepcopy(model)
     param = dict(clone.named_parameters())[name]
     with torch.no_grad():
         param.add_(delta * direction)
-    value = fn(clone, x, None).sum()  # type: ignore[operator]
+    value = fn(clone, x, None).sum()
     (grad,) = torch.autograd.grad(value, [param])
     return float(value.detach()), float((grad * direction).sum())
 
@@ -99,7 +100,7 @@ def run_gd(
     model: nn.Module,
     x: Tensor,
     eps: float,
-    relaxation: object,
+    relaxation: str | Relaxer,
     *,
     output: int = 0,
     direction: dict[str, Tensor] | None = None,
@@ -113,7 +114,7 @@ def run_gd(
         raise ValueError(
             f"need a finite lr > 0, 0 < decay <= 1, epochs >= 0; got lr={lr}, decay={decay}, epochs={epochs}"
         )
-    resolved = get_relaxation(relaxation)  # type: ignore[arg-type]
+    resolved = get_relaxation(relaxation)
     fn = bound_value(resolved, eps, output=output, domain=domain)
     name, d = _single(direction if direction is not None else _direction(model, x, fn))
     delta = 0.0
@@ -134,11 +135,11 @@ def _first_weight(model: nn.Module) -> str:
     raise ValueError("the model has no Linear layer")
 
 
-def _direction(model: nn.Module, x: Tensor, fn: object) -> dict[str, Tensor]:
+def _direction(model: nn.Module, x: Tensor, fn: ValueFn) -> dict[str, Tensor]:
     """Unit gradient of ``fn`` with respect to the first layer's weight matrix at ``δ = 0``."""
     name = _first_weight(model)
     param = dict(model.named_parameters())[name]
-    value = fn(model, x, None).sum()  # type: ignore[operator]
+    value = fn(model, x, None).sum()
     (grad,) = torch.autograd.grad(value, [param])
     norm = float(grad.norm())
     if norm == 0.0:
@@ -155,11 +156,11 @@ def _single(direction: dict[str, Tensor]) -> tuple[str, Tensor]:
 
 
 def gd_experiment(
-    relaxation: object,
+    relaxation: str | Relaxer,
     *,
     seed: int = 0,
     output: int = 0,
-    baseline: object = "IBP",
+    baseline: str | Relaxer = "IBP",
     settings: tuple[float, float, int] | None = None,
     radius: float | None = None,
     points: int = 400,
@@ -182,8 +183,8 @@ def gd_experiment(
         eps = eps_default if eps is None else eps
     if x is None or eps is None:
         raise ValueError("with your own model, give x and eps too")
-    chosen = get_relaxation(relaxation)  # type: ignore[arg-type]
-    base = get_relaxation(baseline)  # type: ignore[arg-type]
+    chosen = get_relaxation(relaxation)
+    base = get_relaxation(baseline)
     settings = settings or default_settings(chosen)
     lr, decay, epochs = settings
     fn = bound_value(chosen, eps, output=output)
@@ -205,7 +206,9 @@ def gd_experiment(
     return GDExperiment(seed, float(eps), output, grid, landscapes, trajectories, settings)
 
 
-def find_illustrative(relaxation: object, seeds: Iterable[int], *, output: int = 0) -> GDExperiment | None:
+def find_illustrative(
+    relaxation: str | Relaxer, seeds: Iterable[int], *, output: int = 0
+) -> GDExperiment | None:
     """The first seed where GD with ``relaxation`` ends lower than GD with IBP although its landscape
     reaches higher than IBP's (the behaviour Fig. 4 illustrates); ``None`` if no seed shows it."""
     for seed in seeds:

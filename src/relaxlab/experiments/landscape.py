@@ -14,13 +14,14 @@ import csv
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 from torch import Tensor, nn
 
 from relaxlab.api import get_relaxation
+from relaxlab.core.relaxer import Relaxer
 from relaxlab.properties.continuity import find_discontinuities
 from relaxlab.properties.directions import (
     DEFAULT_POINTS_PER_CALL,
@@ -29,6 +30,9 @@ from relaxlab.properties.directions import (
     first_layer_names,
     gradient_directions,
 )
+
+if TYPE_CHECKING:  # matplotlib loads with the first plot
+    from matplotlib.lines import Line2D
 
 
 @attrs.frozen(eq=False)
@@ -56,7 +60,7 @@ def landscape(
     model: nn.Module,
     x: Tensor,
     eps: float,
-    relaxations: Sequence[object],
+    relaxations: Sequence[str | Relaxer],
     *,
     output: int | None = None,
     label: int | None = None,
@@ -95,7 +99,7 @@ def landscape(
         raise ValueError("give at least one relaxation")
     if x.dim() < 2 or x.shape[0] != 1:
         raise ValueError(f"landscape follows one input: x must have batch size 1, got shape {tuple(x.shape)}")
-    resolved = [get_relaxation(r) for r in relaxations]  # type: ignore[arg-type]
+    resolved = [get_relaxation(r) for r in relaxations]
     names = list(parameters) if parameters is not None else first_layer_names(model)
     labels = None if label is None else torch.tensor([label], device=x.device)
     deltas = torch.linspace(-radius, radius, points, dtype=x.dtype)
@@ -212,7 +216,7 @@ def plot_landscape(
     return path
 
 
-def _jump_handle() -> object:
+def _jump_handle() -> Line2D:
     from matplotlib.lines import Line2D
 
     return Line2D([], [], color=JUMP_COLOUR, ls="--", lw=1.2, marker="o", markersize=4)

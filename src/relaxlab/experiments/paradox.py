@@ -64,6 +64,7 @@ def paradox_configs(
         "train_subset": 500 if quick else 2000,
         "elision": True,
     }
+    schedule: dict[str, Any]
     if quick:
         schedule = {"epochs": 2, "warmup_epochs": 0, "rampup_epochs": 1, "max_batches": 4}
     else:

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from relaxlab.core.convert import as_tuple
+
 if TYPE_CHECKING:
     from relaxlab.core.relaxation import ReluRelaxation
 
@@ -49,7 +51,7 @@ class CertifySpec:
     :param pgd: also run the PGD attack on the test images.
     """
 
-    relaxations: tuple[str, ...] = attrs.field(default=("own",), converter=tuple)
+    relaxations: tuple[str, ...] = attrs.field(default=("own",), converter=as_tuple)
     n: int = 0
     eps: float | None = None
     pgd: bool = True
@@ -79,7 +81,7 @@ class RunTask:
     pgd: bool
     run_dir: str
     device: str = "cpu"
-    relaxations: tuple[ReluRelaxation, ...] = attrs.field(default=(), eq=False, converter=tuple)
+    relaxations: tuple[ReluRelaxation, ...] = attrs.field(default=(), eq=False, converter=as_tuple)
 
 
 @attrs.frozen(kw_only=True)

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from relaxlab.api import select_relaxations
+from relaxlab.core.convert import as_tuple
 from relaxlab.evaluation.seeds import SWEEP_KIND
 from relaxlab.experiments.executors import Executor
 from relaxlab.experiments.files import check_keys, load_file, name_list, plain_name, subtable
@@ -82,7 +83,7 @@ class SelectSpec:
     :param metric: ``certified`` (validation CR with the run's own relaxation) or ``accuracy``.
     """
 
-    over: tuple[str, ...] = attrs.field(converter=tuple)
+    over: tuple[str, ...] = attrs.field(converter=as_tuple)
     metric: str = "certified"
 
 
@@ -124,7 +125,7 @@ class Sweep:
     varying: tuple[str, ...]
     certify: CertifySpec
     select: SelectSpec | None = None
-    relaxations: tuple[ReluRelaxation, ...] = attrs.field(default=(), eq=False, converter=tuple)
+    relaxations: tuple[ReluRelaxation, ...] = attrs.field(default=(), eq=False, converter=as_tuple)
 
     def record(self) -> dict[str, Any]:
         """What the store keeps about the sweep (kind ``sweep``): runs, varying keys, selection."""
@@ -484,12 +485,12 @@ def plan(sweep: Sweep, out_dir: str | Path) -> SweepPlan:
     if not path.is_file():
         return SweepPlan(todo=len(sweep.runs), done=0, seconds_per_run=None)
     with Store(path, readonly=True) as store:
-        done = {r.key: r for r in store.runs(kind="train", status="done") if r.finished is not None}
-    times = [
-        done[run.key].finished - done[run.key].created
-        for run in sweep.runs  # type: ignore[operator]
-        if run.key in done
-    ]
+        done = {
+            r.key: r.finished - r.created
+            for r in store.runs(kind="train", status="done")
+            if r.finished is not None
+        }
+    times = [done[run.key] for run in sweep.runs if run.key in done]
     return SweepPlan(
         todo=len(sweep.runs) - len(times),
         done=len(times),

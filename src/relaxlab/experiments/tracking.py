@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from relaxlab.api import get_relaxation
+from relaxlab.core.relaxer import Relaxer
 from relaxlab.properties.continuity import ALPHA, C_RATIO, D_FLOOR, POINTS, discontinuity_share
 from relaxlab.properties.sensitivity import PAPER_M, measured_log_sensitivity
 
@@ -41,7 +42,7 @@ def measure(
     x: Tensor,
     y: Tensor,
     eps: float,
-    relaxation: object,
+    relaxation: str | Relaxer,
     *,
     points: int = POINTS,
     alpha: float = ALPHA,
@@ -49,7 +50,7 @@ def measure(
     domain: tuple[float, float] | None = (0.0, 1.0),
 ) -> dict[str, float]:
     """The three tracked quantities on one batch (model left in the mode it was in)."""
-    resolved = get_relaxation(relaxation)  # type: ignore[arg-type]
+    resolved = get_relaxation(relaxation)
     was_training = model.training
     model.eval()
     try:
@@ -83,7 +84,7 @@ def tracking_callback(
     points: int = POINTS,
     alpha: float = ALPHA,
     width: int | None = PAPER_M,
-    relaxation: object | None = None,
+    relaxation: str | Relaxer | None = None,
     domain: tuple[float, float] | None = (0.0, 1.0),
     sink: Callable[[int, dict[str, float]], None] | None = None,
 ) -> Callable[..., None]:
@@ -110,7 +111,7 @@ def tracking_callback(
         model: nn.Module,
         batch: tuple[Tensor, Tensor],
         eps: float,
-        relaxation: object | None = None,
+        relaxation: str | Relaxer | None = None,
         store: Store | None = None,
         run_id: int | None = None,
         **_: Any,

@@ -42,9 +42,10 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from relaxlab.core.expr import Step, Switch
+from relaxlab.core.expr import Environment, Step, Switch
 from relaxlab.core.relaxation import ReluRelaxation
 from relaxlab.core.stability import Stability, stability_masks
+from relaxlab.engine.network import Network
 from relaxlab.properties.directions import (
     DEFAULT_POINTS_PER_CALL,
     along_segments,
@@ -69,8 +70,8 @@ def _piece_signature(relaxation: ReluRelaxation, lb: Tensor, ub: Tensor) -> tupl
     masks = stability_masks(tl, tu)
     case = masks[Stability.UNSTABLE].long() + 2 * masks[Stability.POSITIVE].long()
     columns, labels = [case], ["case boundary"]
-    env = {"l": tl, "u": tu, **relaxation.parameters}
-    raw_env = {"l": lb, "u": ub, **relaxation.parameters}
+    env: Environment = {"l": tl, "u": tu, **relaxation.parameters}
+    raw_env: Environment = {"l": lb, "u": ub, **relaxation.parameters}
     seen: set[object] = set()
     for stability, case_bounds in relaxation.cases():
         for line in case_bounds.lines():
@@ -91,7 +92,7 @@ def _piece_signature(relaxation: ReluRelaxation, lb: Tensor, ub: Tensor) -> tupl
     return torch.stack(columns, dim=-1), labels
 
 
-def _code(node: Switch | Step, env: dict[str, object], like: Tensor) -> Tensor:
+def _code(node: Switch | Step, env: Environment, like: Tensor) -> Tensor:
     if isinstance(node, Switch):
         value = node.condition.evaluate(env)
     else:
@@ -347,8 +348,8 @@ def discontinuity_share(
         )
     value = bound_value(relaxation, eps, output=output, labels=labels, kappa=kappa, domain=domain)
 
-    def loss_fn(network: object, xb: Tensor, yb: Tensor | None) -> Tensor:
-        v = value(network, xb, yb)  # type: ignore[arg-type]
+    def loss_fn(network: Network | nn.Module, xb: Tensor, yb: Tensor | None) -> Tensor:
+        v = value(network, xb, yb)
         return v if labels is not None else -v
 
     names = list(parameters) if parameters is not None else [n for n, _ in model.named_parameters()]

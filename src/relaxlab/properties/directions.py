@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import attrs
 import torch
@@ -241,9 +242,11 @@ def gradient_directions(
     for b in range(int(x.shape[0])):
         y = None if labels is None else labels[b : b + 1]
         value = value_fn(model, x[b : b + 1], y).sum()
-        g = torch.autograd.grad(value, chosen, allow_unused=True)
-        g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(chosen, g, strict=True)]
-        norm = torch.sqrt(sum((gi.double() ** 2).sum() for gi in g)).to(x.dtype)
+        raw = torch.autograd.grad(value, chosen, allow_unused=True)
+        g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(chosen, raw, strict=True)]
+        # sum() of tensors is a tensor (with no names it is the int 0, which torch.sqrt refuses)
+        squares = cast(Tensor, sum((gi.double() ** 2).sum() for gi in g))
+        norm = torch.sqrt(squares).to(x.dtype)
         norms.append(norm)
         scale = 1.0 / norm if (normalize and float(norm) > 0) else 1.0
         for n, gi in zip(names, g, strict=True):

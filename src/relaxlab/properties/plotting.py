@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import TypedDict
 
 import matplotlib
 
@@ -70,7 +71,14 @@ FLAG_MARKERS = {True: "o", False: "s", None: "^"}
 FLAG_COLOURS = {False: "tab:green", True: "tab:red", None: "tab:grey"}
 
 
-def flag_style(continuous: bool | None, sensitive: bool | None) -> dict[str, str]:
+class FlagStyle(TypedDict):
+    """Keyword arguments of a matplotlib marker."""
+
+    marker: str
+    color: str
+
+
+def flag_style(continuous: bool | None, sensitive: bool | None) -> FlagStyle:
     """``marker`` and ``color`` of a point for a relaxation with these flags (:data:`FLAG_MARKERS`)."""
     return {"marker": FLAG_MARKERS[continuous], "color": FLAG_COLOURS[sensitive]}
 

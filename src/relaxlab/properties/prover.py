@@ -63,17 +63,18 @@ import functools
 import heapq
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from fractions import Fraction
 
 from attrs import evolve, frozen
 
 from relaxlab.core import interval as iv
-from relaxlab.core.expr import BOUND_VARIABLES, Expr, Ge, Switch
+from relaxlab.core.expr import BOUND_VARIABLES, Expr, Ge, Switch, Value
 from relaxlab.core.interval import Bounds
 from relaxlab.core.rational import (
     L_INDEX,
     U_INDEX,
+    FrozenPoly,
     NotRational,
     Rational,
     Symbolic,
@@ -543,8 +544,8 @@ def _infeasible(state: _BoxState, constraint: Constraint) -> bool:
 
 
 @functools.lru_cache(maxsize=65536)
-def _half_space_key(key: object, base_size: int) -> bool:
-    num, den = key  # type: ignore[misc]
+def _half_space_key(key: tuple[FrozenPoly, FrozenPoly], base_size: int) -> bool:
+    num, den = key
     if den != frozenset({((), Fraction(1))}):
         return False
     linear = [m for m, _ in num if m]
@@ -628,9 +629,9 @@ def _verify(
     if not lower <= upper:
         return None
     tol = arithmetic.exact_tolerance(Fraction(lower), Fraction(upper))
-    env = {"l": lb, "u": ub, **params}
+    env: dict[str, Value] = {"l": lb, "u": ub, **params}
     if task.transform is not None:
-        memo: dict[int, object] = {}
+        memo: dict[int, Value] = {}
         tl = _as_float(task.transform.lower.evaluate(env, memo), arithmetic)
         tu = _as_float(task.transform.upper.evaluate(env, memo), arithmetic)
     else:
@@ -691,11 +692,11 @@ def _verify(
     return None
 
 
-def _as_float(value: object, arithmetic: Arithmetic) -> float:
+def _as_float(value: Value, arithmetic: Arithmetic) -> float:
     """A computed coefficient as the tensor the evaluator returns holds it (numbers rounded to the arithmetic)."""
     if hasattr(value, "reshape"):  # a tensor
-        return float(value.reshape(-1)[0])  # type: ignore[union-attr]
-    return arithmetic.round(float(value))  # type: ignore[arg-type]
+        return float(value.reshape(-1)[0])
+    return arithmetic.round(float(value))
 
 
 #: Box centres where only the rounding can tell (the enclosure there straddles the tolerance) that are
@@ -859,7 +860,7 @@ def _branch_and_bound(
 def _pop(
     worst: list[tuple[float, int]],
     widest: collections.deque[int],
-    items: dict[int, object],
+    items: Mapping[int, object],
     by_priority: bool,
 ) -> int:
     while True:

@@ -260,13 +260,13 @@ class _Pieces(ex.Interpretation[list[ex.Expr]]):
     def _itself(self, node: ex.Expr) -> list[ex.Expr]:
         return [node]
 
-    const = var = param = step = ge = opaque = _itself  # type: ignore[assignment]
+    const = var = param = step = ge = opaque = _itself
 
     def _binary(self, node: ex.Add | ex.Mul | ex.Div) -> list[ex.Expr]:
         left, right = node.children()
         return [type(node)(a, b) for a, b in itertools.product(self(left), self(right))]
 
-    add = mul = div = _binary  # type: ignore[assignment]
+    add = mul = div = _binary
 
     def sigmoid(self, node: ex.Sigmoid) -> list[ex.Expr]:
         return [ex.Sigmoid(a) for a in self(node.arg)]
@@ -320,7 +320,7 @@ class _Sympy(ex.Interpretation[sympy.Expr]):
         self.steps.append(symbol)
         return symbol
 
-    step = ge = _piece_constant  # type: ignore[assignment]
+    step = ge = _piece_constant
 
     def switch(self, node: ex.Switch) -> sympy.Expr:
         raise TypeError("switches are expanded into pieces before they become sympy expressions")
@@ -629,7 +629,7 @@ def measured_log_sensitivity(
     :param width: ``M``; default: the widest ReLU layer of ``model`` (the paper's choice, 400 for FC).
     :return: ``(values, counts)`` with ``counts[b]`` the number of unstable ReLU layers.
     """
-    relaxation = check_relaxer(relaxation)  # type: ignore[assignment]
+    check_relaxer(relaxation)  # returns it unchanged, or refuses what is not a relaxation
     lower, upper = input_box(x, eps, domain)
     with torch.no_grad():
         boxes, _ = intermediate_bounds(model, lower, upper, relaxation)

@@ -26,6 +26,7 @@ from attrs import field, frozen
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from relaxlab.core.convert import as_tuple
 from relaxlab.nn import Normalize
 
 __all__ = ["DenseNetwork", "ReferenceInput", "prepare_input", "spec_scale", "to_dense"]
@@ -54,7 +55,7 @@ class DenseNetwork:
 
     weights: tuple[Tensor, ...] = field()
     biases: tuple[Tensor, ...] = field()
-    input_shape: tuple[int, ...] = field(converter=tuple)
+    input_shape: tuple[int, ...] = field(converter=as_tuple)
 
     @weights.validator
     def _check(self, attribute: object, value: tuple[Tensor, ...]) -> None:
@@ -161,7 +162,7 @@ def _linear_part(layer: nn.Module, x: Tensor) -> Tensor:
             layer.weight.detach().to(torch.float64),
             None,
             layer.stride,
-            layer.padding,  # type: ignore[arg-type]  # int tuple or "same"/"valid"
+            layer.padding,  # int tuple or "same"/"valid"
             layer.dilation,
             layer.groups,
         )
@@ -295,7 +296,9 @@ class ReferenceInput:
     spec: np.ndarray
 
 
-def prepare_input(model: nn.Module, lower: Tensor, upper: Tensor, C: Tensor | None) -> ReferenceInput:
+def prepare_input(
+    model: nn.Module | DenseNetwork, lower: Tensor, upper: Tensor, C: Tensor | None
+) -> ReferenceInput:
     """Check the arguments of a reference call and convert them, before any solver runs.
 
     :param model: the network (see :func:`to_dense`), or an already converted :class:`DenseNetwork`.

@@ -100,7 +100,7 @@ def _minimum(objective: np.ndarray, problem: dict[str, object]) -> float:
             warnings.filterwarnings(
                 "ignore", message="Unrecognized options detected", category=OptimizeWarning
             )
-            res = linprog(objective, method="highs", options=options, **problem)  # type: ignore[arg-type]
+            res = linprog(objective, method="highs", options=options, **problem)
         if res.status == 0:
             return float(res.fun)
         messages.append(str(res.message))

@@ -8,6 +8,7 @@ of *On the Paradox of Certified Training* (Jovanović et al., TMLR 2022).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from attrs import evolve
 
@@ -35,16 +36,14 @@ from relaxlab.hookspecs import hookimpl
 PAPER = "Jovanović et al., On the Paradox of Certified Training, TMLR 2022"
 
 
-def _relaxation(
-    name: str, unstable: CaseBounds, summary: str, section: str, **kwargs: object
-) -> ReluRelaxation:
-    fields: dict[str, object] = {"negative": EXACT_NEGATIVE, "positive": EXACT_POSITIVE, **kwargs}
+def _relaxation(name: str, unstable: CaseBounds, summary: str, section: str, **kwargs: Any) -> ReluRelaxation:
+    fields: dict[str, Any] = {"negative": EXACT_NEGATIVE, "positive": EXACT_POSITIVE, **kwargs}
     return ReluRelaxation(
         name=name,
         unstable=unstable,
         summary=summary,
         reference=f"{PAPER}, {section}",
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from relaxlab.api import get_registry, get_relaxation
+from relaxlab.core.convert import as_tuple
 from relaxlab.engine.box import check_eps
 from relaxlab.engine.fusion import check_fusable
 from relaxlab.training.augment import AUGMENTATIONS
@@ -188,7 +189,7 @@ class TrainConfig:
     elision: bool = True
     lr: float = attrs.field(default=5e-4, validator=_positive)
     lr_schedule: str = attrs.field(default="constant", validator=_one_of(LR_SCHEDULES))
-    lr_milestones: tuple[int, ...] = attrs.field(default=(), converter=tuple, validator=_milestones)
+    lr_milestones: tuple[int, ...] = attrs.field(default=(), converter=as_tuple, validator=_milestones)
     lr_step_every: int = attrs.field(default=20, validator=_positive)
     lr_factor: float | None = None
     l1: float = attrs.field(default=0.0, validator=_non_negative)
@@ -357,7 +358,7 @@ def from_dict(data: Mapping[str, Any]) -> TrainConfig:
             and not isinstance(value, expected)
             or (expected is int and isinstance(value, bool))
         ):
-            raise ConfigError(f"config key {key!r} must be {expected.__name__}, got {value!r}")  # type: ignore[union-attr]
+            raise ConfigError(f"config key {key!r} must be {expected.__name__}, got {value!r}")
         clean[key] = value
     return TrainConfig(**clean)
 

@@ -107,7 +107,7 @@ class BatchContext:
             self.eps if radius is None else radius,
             self._relaxation(relaxation),
             num_classes=self.num_classes,
-            domain=PIXEL_DOMAIN if within is None else within,  # type: ignore[arg-type]
+            domain=PIXEL_DOMAIN if within is None else within,
             elision=self.elision,
             check_centre=False,
         )

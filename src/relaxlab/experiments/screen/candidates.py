@@ -7,6 +7,8 @@ names), each once, with its lines per case, its widened bounds and its C/S flags
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from relaxlab.api import get_relaxation
 from relaxlab.core.relaxation import ReluRelaxation
 from relaxlab.discovery import Discovery, Result
@@ -47,11 +49,17 @@ def _bounds_text(relaxation: ReluRelaxation) -> str:
     return "" if relaxation.transform is None else str(relaxation.transform)
 
 
+def _per_case(texts: Iterable[str]) -> tuple[str, str, str]:
+    """One text per stability case (three), as a tuple of three."""
+    negative, unstable, positive = texts
+    return negative, unstable, positive
+
+
 def _from_result(result: Result, registry: Registry) -> Candidate:
     return Candidate(
         name=result.name,
         relaxation=result.relaxation,
-        lines=tuple(f"{case.lower}..{case.upper}" for case in result.cases),  # type: ignore[arg-type]
+        lines=_per_case(f"{case.lower}..{case.upper}" for case in result.cases),
         bounds=_bounds_text(result.relaxation),
         continuous=result.continuous,
         sensitive=result.sensitive,
@@ -81,7 +89,7 @@ def _by_name(text: str, discovery: Discovery, registry: Registry) -> Candidate:
     return Candidate(
         name=label,
         relaxation=relaxation,
-        lines=tuple(f"{case.lower}..{case.upper}" for _, case in relaxation.cases()),  # type: ignore[arg-type]
+        lines=_per_case(f"{case.lower}..{case.upper}" for _, case in relaxation.cases()),
         bounds=_bounds_text(relaxation),
         continuous=properties.continuous,
         sensitive=properties.sensitive,

@@ -32,8 +32,13 @@ def plot_screen(screen: Screen, rows: Sequence[ScreenRow], path: str | Path) -> 
 
     path = Path(path)
     fig, ax = plt.subplots(figsize=(8.5, 4.8) if len(rows) <= 10 else (10, 5.6), dpi=120)
-    shown = [(rank, r) for rank, r in enumerate(rows, 1) if r.cr_auc is not None and r.certified is not None]
-    for _, row in shown:
+    # (rank, row, its point: CR-AUC and CR in percent) of the rows with both
+    shown = [
+        (rank, r, (r.cr_auc, 100 * r.certified.mean))
+        for rank, r in enumerate(rows, 1)
+        if r.cr_auc is not None and r.certified is not None
+    ]
+    for _, row, _ in shown:
         c, cr = row.candidate, row.certified
         assert cr is not None and row.cr_auc is not None
         ax.errorbar(
@@ -46,19 +51,19 @@ def plot_screen(screen: Screen, rows: Sequence[ScreenRow], path: str | Path) -> 
             alpha=0.85,
             **flag_style(c.continuous, c.sensitive),
         )
-    front = pareto_front((r.cr_auc, 100 * r.certified.mean) for _, r in shown)  # type: ignore[union-attr]
+    front = pareto_front(point for _, _, point in shown)
     if front:
         # the staircase that bounds what the front dominates, from the left of the data to its bottom
-        left = min(r.cr_auc for _, r in shown)  # type: ignore[type-var]
-        bottom = min(100 * r.certified.mean for _, r in shown)  # type: ignore[union-attr]
+        left = min(x for _, _, (x, _) in shown)
+        bottom = min(y for _, _, (_, y) in shown)
         xs = [left, *(x for x, _ in front for _ in (0, 1))]
         ys = [*(y for _, y in front for _ in (0, 1)), bottom]
         ax.plot(xs, ys, "--", color="black", linewidth=1, zorder=1)
-        ax.scatter(*zip(*front, strict=True), s=180, facecolors="none", edgecolors="black", linewidths=1)
+        front_x, front_y = zip(*front, strict=True)
+        ax.scatter(front_x, front_y, s=180, facecolors="none", edgecolors="black", linewidths=1)
     # names where they fit, else the ranks of the table (the front's in bold)
     on_front = set(front)
-    for index, (rank, row) in enumerate(shown):
-        point = (row.cr_auc, 100 * row.certified.mean)  # type: ignore[union-attr]
+    for index, (rank, row, point) in enumerate(shown):
         name = row.candidate.name if len(row.candidate.name) <= 30 else row.candidate.name[:28] + "…"
         offset = (6, 5) if index % 2 == 0 else (6, -12)
         ax.annotate(
@@ -70,7 +75,7 @@ def plot_screen(screen: Screen, rows: Sequence[ScreenRow], path: str | Path) -> 
             fontweight="bold" if point in on_front else "normal",
         )
 
-    undecided = any(r.candidate.continuous is None or r.candidate.sensitive is None for _, r in shown)
+    undecided = any(r.candidate.continuous is None or r.candidate.sensitive is None for _, r, _ in shown)
     handles = [
         *flag_legend(undecided=undecided),
         Line2D(

@@ -37,7 +37,7 @@ def run_screen(
     executor: Executor,
     *,
     device: str = "cpu",
-    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    progress: Callable[[str, int], Callable[[float], None]] | None = None,
 ) -> ScreenReport:
     """Train, certify and measure every candidate; write the table and the plots into ``out_dir``.
 
