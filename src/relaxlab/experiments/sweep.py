@@ -482,7 +482,9 @@ class SweepPlan:
 def plan(sweep: Sweep, out_dir: str | Path) -> SweepPlan:
     """How many runs of ``sweep`` :func:`run_sweep` would train into ``out_dir``, and how long they took so far."""
     path = Path(out_dir) / STORE_NAME
-    if not path.is_file():
+    # An empty file is a store another sweep is creating right now (SQLite writes nothing before its
+    # first commit): no run of it is done yet.
+    if not path.is_file() or path.stat().st_size == 0:
         return SweepPlan(todo=len(sweep.runs), done=0, seconds_per_run=None)
     with Store(path, readonly=True) as store:
         done = {

@@ -151,3 +151,7 @@ def test_a_large_sweep_is_not_started_without_a_word(tmp_path: Path) -> None:
     planned = plan(sweep, tmp_path / "s")
     assert planned == SweepPlan(todo=2, done=1, seconds_per_run=30.0)
     assert "about 0m30s with 2 at a time (30 s per run, the mean of the 1 done)" in planned.describe(2)
+    # a store another sweep is creating (the file exists, SQLite has not written it yet): nothing done
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "results.sqlite").touch()
+    assert plan(sweep, tmp_path / "t") == SweepPlan(todo=3, done=0, seconds_per_run=None)
