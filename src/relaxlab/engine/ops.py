@@ -136,6 +136,15 @@ class AffineOp(Op):
         return centre - radius, centre + radius
 
 
+class Monotone(AffineOp):
+    """An operation whose every output is a non-decreasing function of the input elements it reads (a
+    shape map, a shift, a concatenation): the image of a box is the images of its two ends,
+    exactly, with no centre and radius."""
+
+    def interval(self, *boxes: Box) -> Box:
+        return self.forward(*(b[0] for b in boxes)), self.forward(*(b[1] for b in boxes))
+
+
 class PatchOp(ABC):
     """An affine operation on ``(C, H, W)`` maps that keeps a row local (a *patch*,
     :mod:`relaxlab.engine.patches`): each output depends on a window of the input."""
@@ -411,6 +420,12 @@ class Scale(AffineOp, PatchOp):
     def linear_abs(self, *xs: Tensor) -> Tensor:
         return xs[0] / self.factor.abs() if self.divide else xs[0] * self.factor.abs()
 
+    def interval(self, *boxes: Box) -> Box:
+        """Each output scales one input element: the images of the two ends, ordered (a negative
+        factor swaps them)."""
+        first, second = self.forward(boxes[0][0]), self.forward(boxes[0][1])
+        return torch.minimum(first, second), torch.maximum(first, second)
+
     def backward(self, rows: Tensor) -> tuple[Rows, Tensor | None]:
         return (self.forward(rows),), None
 
@@ -432,7 +447,7 @@ class Scale(AffineOp, PatchOp):
 
 
 @attrs.frozen(eq=False)
-class Shift(AffineOp, PatchOp):
+class Shift(Monotone, PatchOp):
     """``y = x + offset``: a constant that broadcasts onto the input."""
 
     offset: Tensor
@@ -471,7 +486,7 @@ class Shift(AffineOp, PatchOp):
 
 
 @attrs.frozen(eq=False)
-class Reshape(AffineOp):
+class Reshape(Monotone):
     """A per-example reshape ``(B, *in_shape) -> (B, *out_shape)`` (flatten, view, squeeze, ...)."""
 
     in_shape: Shape
@@ -492,7 +507,7 @@ class Reshape(AffineOp):
 
 
 @attrs.frozen(eq=False)
-class Transpose(AffineOp):
+class Transpose(Monotone):
     """A permutation of the per-example dimensions: output dimension ``i`` is input dimension ``perm[i]``."""
 
     perm: tuple[int, ...]
@@ -519,7 +534,7 @@ class Transpose(AffineOp):
 
 
 @attrs.frozen(eq=False)
-class Pad(AffineOp):
+class Pad(Monotone):
     """Constant padding of the last dimensions: ``pads`` as ``F.pad`` takes them (non-negative)."""
 
     pads: tuple[int, ...]
@@ -546,7 +561,7 @@ class Pad(AffineOp):
 
 
 @attrs.frozen(eq=False)
-class Slice(AffineOp):
+class Slice(Monotone):
     """Basic strided slicing of the per-example dimensions: ``x[:, start:stop:step, ...]``."""
 
     starts: tuple[int, ...]
@@ -609,7 +624,7 @@ class Sum(AffineOp):
 
 
 @attrs.frozen(eq=False)
-class Cat(AffineOp):
+class Cat(Monotone):
     """Concatenation along per-example dimension ``dim`` (0: channels)."""
 
     dim: int
@@ -626,9 +641,6 @@ class Cat(AffineOp):
     def linear_abs(self, *xs: Tensor) -> Tensor:
         return torch.cat(xs, dim=2 + self.dim)
 
-    def interval(self, *boxes: Box) -> Box:
-        return self.forward(*(b[0] for b in boxes)), self.forward(*(b[1] for b in boxes))
-
     def backward(self, rows: Tensor) -> tuple[Rows, Tensor | None]:
         return tuple(torch.split(rows, list(self.sizes), dim=2 + self.dim)), None
 
@@ -639,6 +651,7 @@ def numel(shape: Shape) -> int:
 
 __all__ = [
     "AffineOp",
+    "Monotone",
     "Box",
     "Cat",
     "Conv",
