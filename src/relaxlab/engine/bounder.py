@@ -483,7 +483,7 @@ class Bounder:
             if index not in self.lines:  # forward intermediate bounds are read off the forms
                 pre = source.concretize()
                 self.pre[index] = pre
-                count = sum(1 for r in self.net.relus if r < index)
+                count = self.net.relus.index(index)
                 self.lines[index] = self.relu_lines(*pre, self.values_at(index, *pre), count)
             forms = source.relu(self.lines[index])
         else:
@@ -627,9 +627,8 @@ class _Forms:
         return self.lower_gens is self.upper_gens
 
     def concretize(self) -> Box:
-        return self.lower_const - self.lower_gens.abs().sum(1), self.upper_const + self.upper_gens.abs().sum(
-            1
-        )
+        lower = self.lower_const - self.lower_gens.abs().sum(1)
+        return lower, self.upper_const + self.upper_gens.abs().sum(1)
 
     @staticmethod
     def affine(op: AffineOp, inputs: list[_Forms]) -> _Forms:
