@@ -36,6 +36,8 @@ ROWS = {
     "convp-crown": ("CONV+", "CROWN", "step"),
     "fc-crown-ibp": ("FC", "CROWN-IBP (R)", "step"),
     "conv-crown-ibp": ("CONV", "CROWN-IBP (R)", "step"),
+    "fc-ibp": ("FC", "IBP", "bound"),
+    "fc-ibp-step": ("FC", "IBP", "step"),
     "conv-ibp": ("CONV", "IBP", "bound"),
     "conv-ibp-step": ("CONV", "IBP", "step"),
 }

@@ -172,6 +172,8 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
     unsound: dict[str, str] = field(factory=dict)
     #: The soundness check relaxations were admitted with; :meth:`get` runs it on every new parameter setting.
     check: SoundnessCheck | None = None
+    #: name -> whether its soundness is only sampled (each registered relaxation walked once).
+    _sampled: dict[str, bool] = field(factory=dict, init=False, repr=False)
 
     def get(self, name: str) -> ReluRelaxation:
         """Look up ``name``, optionally with parameters: ``LooseIBP-DC(F=10, omega=0.5)``.
@@ -202,7 +204,9 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
         canonical = self.resolve(name)
         if canonical in self.unsound:
             return "unsound"
-        return "sampled" if is_sampled(self._items[canonical]) else "proved"
+        if canonical not in self._sampled:
+            self._sampled[canonical] = is_sampled(self._items[canonical])
+        return "sampled" if self._sampled[canonical] else "proved"
 
     @property
     def sampled(self) -> frozenset[str]:

@@ -42,7 +42,7 @@ Shapes: ``B`` batch, ``S`` specification rows, ``K`` network outputs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import attrs
@@ -185,6 +185,32 @@ class _Stop:
     phases: bool = False
 
 
+class _Stops(Mapping[int, _Stop]):
+    """The effective stops of one set of stops (:meth:`Bounder.effective_stops`): which nodes they are
+    is known at once, each one's box is made on first use and kept."""
+
+    def __init__(self, plan: dict[int, tuple[str, int]], make: Callable[[int, str, int, _Stops], _Stop]):
+        self._plan = plan
+        self._make = make
+        self._made: dict[int, _Stop] = {}
+
+    def __getitem__(self, index: int) -> _Stop:
+        made = self._made.get(index)
+        if made is None:
+            kind, source = self._plan[index]
+            made = self._made[index] = self._make(index, kind, source, self)
+        return made
+
+    def __contains__(self, index: object) -> bool:
+        return index in self._plan
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._plan)
+
+    def __len__(self) -> int:
+        return len(self._plan)
+
+
 class Bounder:
     """One bound computation on a network: boxes, lines, forms and rows.
 
@@ -236,7 +262,7 @@ class Bounder:
         self.lines: dict[int, RelaxationTensors] = {}
         self._forms: dict[int, _Forms] = {}
         self._relu_boxes: dict[int, Box] | None = None
-        self._stop_cache: dict[frozenset[int], dict[int, _Stop]] = {}
+        self._stop_cache: dict[frozenset[int], _Stops] = {}
         self.rigorous = rigorous
         self._magnitudes: dict[int, Tensor] = {}
         self._depths: dict[int, int] = {}
@@ -382,37 +408,50 @@ class Bounder:
 
     # -- backsubstitution -------------------------------------------------------------------------------
 
-    def effective_stops(self, stops: frozenset[int]) -> dict[int, _Stop]:
+    def effective_stops(self, stops: frozenset[int]) -> _Stops:
         """The boxes rows are concretised on: each stop's, moved forward through the chain of diagonal
         operations that only it reads (they map a box onto a box), and a convolution right after such a
-        box in polyphase order. Stops themselves stay (rows starting before the chain reach them)."""
+        box in polyphase order. Stops themselves stay (rows starting before the chain reach them).
+
+        Which nodes are stops is decided here; their boxes are computed when rows first reach them
+        (rows from the final layer of an interval computation reach only the last stop)."""
         key = frozenset(s for s in stops if s in self.boxes)
         if key in self._stop_cache:
             return self._stop_cache[key]
-        result: dict[int, _Stop] = {}
-        self._stop_cache[key] = result
+        plan: dict[int, tuple[str, int]] = {}
         for stop in sorted(key):
-            lower, upper = self.boxes[stop]
-            result[stop] = _Stop(lower, upper)
+            plan[stop] = ("box", stop)
             current = stop
             while len(self.consumers[current]) == 1:
                 nxt = self.consumers[current][0]
                 op = self.net.nodes[nxt].op
                 if not (isinstance(op, AffineOp) and op.diagonal and len(self.net.nodes[nxt].inputs) == 1):
                     break
-                low, high = op.forward(lower), op.forward(upper)
-                lower, upper = torch.minimum(low, high), torch.maximum(low, high)
+                plan[nxt] = ("diagonal", current)
                 current = nxt
-                if self.rigorous:
-                    margin = self.rounding_margin(current)
-                    lower, upper = lower - margin, upper + margin
-                result[current] = _Stop(lower, upper)
             if len(self.consumers[current]) == 1:
                 nxt = self.consumers[current][0]
                 op = self.net.nodes[nxt].op
                 if isinstance(op, Conv) and op.has_phases:
-                    result[nxt] = _Stop(op.phase_layout(lower), op.phase_layout(upper), phases=True)
+                    plan[nxt] = ("phases", current)
+        result = self._stop_cache[key] = _Stops(plan, self._make_stop)
         return result
+
+    def _make_stop(self, index: int, kind: str, source: int, stops: _Stops) -> _Stop:
+        """The box of one effective stop (see :meth:`effective_stops`) from the stop before it."""
+        if kind == "box":
+            return _Stop(*self.boxes[index])
+        before = stops[source]
+        op = self.net.nodes[index].op
+        if kind == "phases":
+            assert isinstance(op, Conv)
+            return _Stop(op.phase_layout(before.lower), op.phase_layout(before.upper), phases=True)
+        low, high = op.forward(before.lower), op.forward(before.upper)
+        lower, upper = torch.minimum(low, high), torch.maximum(low, high)
+        if self.rigorous:
+            margin = self.rounding_margin(index)
+            lower, upper = lower - margin, upper + margin
+        return _Stop(lower, upper)
 
     def _widest(self, start: int, first: int) -> int:
         return max(math.prod(node.out_shape) for node in self.net.nodes[first : start + 1])
@@ -429,7 +468,7 @@ class Bounder:
         ]
         return torch.cat(results, dim=1)
 
-    def pull_back(self, start: int, rows: Tensor, stops: dict[int, _Stop]) -> Tensor:
+    def pull_back(self, start: int, rows: Tensor, stops: _Stops) -> Tensor:
         """Lower bound ``(B, S)`` of ``rows·z_start`` by backsubstitution to the boxes of ``stops``."""
         pending: dict[int, Tensor] = {start: rows}
         bias: Tensor = rows.new_zeros(rows.shape[:2])
@@ -438,7 +477,7 @@ class Bounder:
             current = pending.pop(index, None)
             if current is None:
                 continue
-            stop = stops.get(index)
+            stop = stops[index] if index in stops else None
             if stop is not None:
                 if stop.phases:
                     op = nodes[index].op

@@ -43,7 +43,7 @@ def check_eps(eps: Any, *, maximum: float | None = None, name: str = "eps") -> f
 def all_finite(tensor: Tensor) -> bool:
     """Whether every value is finite; one cheap reduction unless the sum overflows."""
     values = tensor.detach()
-    return bool(torch.isfinite(values.sum())) or bool(torch.isfinite(values).all())
+    return math.isfinite(values.sum().item()) or bool(torch.isfinite(values).all())
 
 
 def _as_eps(eps: Any, x: Tensor) -> float | Tensor:

@@ -130,8 +130,8 @@ class AffineOp(Op):
 
     def interval(self, *boxes: Box) -> Box:
         """The exact image of a box per input (independent inputs), in centre/radius form."""
-        centres = [(high + low) * 0.5 for low, high in boxes]
-        radii = [((high - low) * 0.5).unsqueeze(1) for low, high in boxes]
+        centres = [(high + low).mul_(0.5) for low, high in boxes]
+        radii = [(high - low).mul_(0.5).unsqueeze(1) for low, high in boxes]
         centre, radius = self.forward(*centres), self.linear_abs(*radii).squeeze(1)
         return centre - radius, centre + radius
 
@@ -143,6 +143,33 @@ class Monotone(AffineOp):
 
     def interval(self, *boxes: Box) -> Box:
         return self.forward(*(b[0] for b in boxes)), self.forward(*(b[1] for b in boxes))
+
+
+class Weighted(AffineOp):
+    """``y = L(x) + bias`` with the bias a field (``None``: no bias): a dense or convolutional map.
+
+    Its interval applies the factor 1/2 of centre and radius on the smaller side: where the output
+    is smaller than the input, ``L(u + l) + 2·bias`` and ``|L|(u - l)`` are mapped and the two
+    ends halved afterwards (doubling and halving are exact in floating point; the same box up to
+    the rounding of one order against another).
+    """
+
+    bias: Tensor | None
+
+    @abstractmethod
+    def affine(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        """``L(x) + bias`` on ``(B, *in_shape)``."""
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        return self.affine(xs[0], self.bias)
+
+    def interval(self, *boxes: Box) -> Box:
+        low, high = boxes[0]
+        if math.prod(self.out_shape) >= math.prod(low.shape[1:]):
+            return super().interval(*boxes)
+        centre = self.affine(high + low, None if self.bias is None else self.bias * 2)
+        radius = self.linear_abs((high - low).unsqueeze(1)).squeeze(1)
+        return (centre - radius).mul_(0.5), (centre + radius).mul_(0.5)
 
 
 class PatchOp(ABC):
@@ -173,7 +200,7 @@ class PatchOp(ABC):
 
 
 @attrs.frozen(eq=False)
-class Linear(AffineOp):
+class Linear(Weighted):
     """``y = x W^T + b`` on the last dimension; ``weight`` is ``(out, in)``, or ``(B, out, in)`` per example
     (inputs ``(B, in)`` then: the analyses bound one network per parameter point)."""
 
@@ -186,11 +213,11 @@ class Linear(AffineOp):
     def per_example(self) -> bool:
         return self.weight.dim() == 3
 
-    def forward(self, *xs: Tensor) -> Tensor:
+    def affine(self, x: Tensor, bias: Tensor | None) -> Tensor:
         if self.per_example:
-            out = torch.einsum("bi,boi->bo", xs[0], self.weight)
-            return out if self.bias is None else out + self.bias
-        return F.linear(xs[0], self.weight, self.bias)
+            out = torch.einsum("bi,boi->bo", x, self.weight)
+            return out if bias is None else out + bias
+        return F.linear(x, self.weight, bias)
 
     def linear(self, *xs: Tensor) -> Tensor:
         if self.per_example:
@@ -261,7 +288,7 @@ def polyphase_transposed_conv(coef: Tensor, weight: Tensor, stride: tuple[int, i
 
 
 @attrs.frozen(eq=False)
-class Conv(AffineOp, PatchOp):
+class Conv(Weighted, PatchOp):
     """A 2-d convolution on ``(B, C, H, W)``: zero ``padding`` (symmetric), dilation 1, ``groups``.
 
     With one group, rows are pulled back by :func:`transposed_conv` (never a dense matrix); with
@@ -288,8 +315,8 @@ class Conv(AffineOp, PatchOp):
             (width + 2 * self.padding[1] - k_w) % self.stride[1],
         )
 
-    def forward(self, *xs: Tensor) -> Tensor:
-        return F.conv2d(xs[0], self.weight, self.bias, self.stride, self.padding, 1, self.groups)
+    def affine(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        return F.conv2d(x, self.weight, bias, self.stride, self.padding, 1, self.groups)
 
     def _maps(self, x: Tensor, weight: Tensor) -> Tensor:
         out = F.conv2d(_flat_maps(x, self.in_shape), weight, None, self.stride, self.padding, 1, self.groups)

@@ -73,7 +73,7 @@ CallRule = Callable[[NetworkBuilder, tuple[Any, ...], dict[str, Any], str, str],
 def check_finite(tensor: Tensor, what: str) -> None:
     """Refuse NaN/inf values (one reduction unless it overflows)."""
     values = tensor.detach()
-    if bool(torch.isfinite(values.sum())) or bool(torch.isfinite(values).all()):
+    if math.isfinite(values.sum().item()) or bool(torch.isfinite(values).all()):
         return
     bad = int((~torch.isfinite(values)).sum())
     raise UnsupportedNetworkError(
@@ -274,13 +274,14 @@ def shift(builder: NetworkBuilder, source: int, offset: Tensor, where: str, name
 
 
 def _check_broadcast(constant: Tensor, shape: Shape, where: str) -> None:
-    try:
-        result = torch.broadcast_shapes(tuple(constant.shape), shape)
-    except RuntimeError:
-        result = None
-    if result != shape:
+    """``constant`` must broadcast onto inputs of ``shape`` without changing their shape."""
+    own = tuple(constant.shape)
+    fits = len(own) <= len(shape) and all(
+        c in (1, s) for c, s in zip(reversed(own), reversed(shape), strict=False)
+    )
+    if not fits:
         raise UnsupportedNetworkError(
-            f"{where}: a constant of shape {tuple(constant.shape)} does not broadcast onto inputs of shape {shape} "
+            f"{where}: a constant of shape {own} does not broadcast onto inputs of shape {shape} "
             "without changing their shape; only such constants are supported"
         )
 
@@ -294,9 +295,8 @@ def _normalize_module(builder: NetworkBuilder, module: Normalize, source: int, w
         raise UnsupportedNetworkError(
             f"{where} has {mean.numel()} channels but its input {shape} has {channels}"
         )
-    check_finite(mean, f"{where} mean")
-    check_finite(std, f"{where} std")
     view = (-1, *([1] * (len(shape) - 1))) if mean.numel() > 1 else (1,) * max(len(shape), 1)
+    # shift and scale refuse NaN/inf in the mean (the offset) and the std (the factor)
     shifted = shift(builder, source, -mean.reshape(view), where, f"{name}.mean")
     return scale(builder, shifted, std.reshape(view), True, where, name)
 

@@ -49,6 +49,7 @@ def _cases() -> list[tuple[str, AffineOp, list[tuple[int, ...]]]]:
         ("linear", Linear(_r(4, 5), _r(4), (5,), (4,)), [(5,)]),
         ("linear-no-bias", Linear(_r(4, 5), None, (5,), (4,)), [(5,)]),
         ("linear-leading-dims", Linear(_r(3, 5), _r(3), (2, 5), (2, 3)), [(2, 5)]),
+        ("linear-widening", Linear(_r(6, 3), _r(6), (3,), (6,)), [(3,)]),
         ("conv", Conv(w, _r(3), (2, 2), (1, 1), 1, (2, 6, 7), (3, 3, 4)), [(2, 6, 7)]),
         ("conv-stride3", Conv(_r(2, 2, 2, 3), None, (3, 2), (0, 1), 1, (2, 7, 6), (2, 2, 3)), [(2, 7, 6)]),
         ("conv-grouped", Conv(_r(4, 1, 3, 3), _r(4), (1, 1), (1, 1), 2, (2, 5, 5), (4, 5, 5)), [(2, 5, 5)]),

@@ -239,3 +239,24 @@ def test_shape_operations_and_numbers_are_bounded_exactly_as_computed() -> None:
     torch.manual_seed(7)
     _assert_bounds_the_eager_model(_Shapes().double(), (2, 4, 4), 0.3)
     _assert_bounds_the_eager_model(_Shapes().double(), (2, 4, 4), 0.3, "DeepZ")
+
+
+_dims = st.lists(st.integers(0, 3), max_size=4).map(tuple)
+
+
+@given(constant=_dims, shape=_dims)
+def test_a_constant_is_taken_exactly_when_it_broadcasts_onto_the_input_keeping_its_shape(
+    constant: tuple[int, ...], shape: tuple[int, ...]
+) -> None:
+    """The op table's own broadcast check (plain Python: it runs on every parse) against torch's."""
+    from relaxlab.engine.optable import _check_broadcast
+
+    try:
+        keeps = torch.broadcast_shapes(constant, shape) == shape
+    except RuntimeError:
+        keeps = False
+    if keeps:
+        _check_broadcast(torch.zeros(constant), shape, "here")
+    else:
+        with pytest.raises(UnsupportedNetworkError, match="does not broadcast"):
+            _check_broadcast(torch.zeros(constant), shape, "here")
