@@ -173,11 +173,14 @@ class NetworkBuilder:
             if index in used:
                 used.update(self.nodes[index].inputs)
         keep = sorted(used | {0})
-        position = {old: new for new, old in enumerate(keep)}
-        nodes = tuple(
-            attrs.evolve(self.nodes[old], inputs=tuple(position[i] for i in self.nodes[old].inputs))
-            for old in keep
-        )
+        if len(keep) == len(self.nodes):  # every node is used: the indices stay
+            nodes = tuple(self.nodes)
+        else:
+            position = {old: new for new, old in enumerate(keep)}
+            nodes = tuple(
+                attrs.evolve(self.nodes[old], inputs=tuple(position[i] for i in self.nodes[old].inputs))
+                for old in keep
+            )
         if output != keep[-1]:
             raise UnsupportedNetworkError("the network's output must be its last computed node")
         return Network(nodes, self.nodes[0].out_shape)
