@@ -6,8 +6,10 @@ Run (one documented command; ``--before`` adds a side-by-side column for another
 
 Every cell runs in its own subprocess, so that its peak resident memory (``ru_maxrss``) is its own
 and a cell that runs out of memory (address space capped at ``--memory-gib``) is reported as such
-instead of killing the machine. With ``--before``, the same cell runs with the other tree right
-before this one, repeat by repeat alternating, so load from other processes affects both alike.
+instead of killing the machine. With ``--before``, the same cell runs in a second process with the
+other tree, the two started together and their runs alternating (the order swapped every round), so
+that load from other work falls on both alike; the table then adds the median of the paired ratios
+of CPU time, now / before.
 
 Setting (issue 13): one torch thread, batch 100, 1x28x28 inputs uniform in [0, 1], random weights
 (PyTorch's default initialisation, seed 0), eps = 0.1 clipped to [0, 1], margin specifications
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +49,7 @@ AUTO_LIRPA_BOUND_MS = {("CONV+", "CROWN"): 7000.0}
 
 _CELL = r"""
 import json, resource, sys, time
-limit = int(sys.argv[5]) << 30
+limit = int(sys.argv[4]) << 30
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 import torch
 torch.set_num_threads(1)
@@ -57,7 +60,7 @@ from relaxlab.engine.spec import margin_bounds
 from relaxlab.runtime import tune_allocator
 from relaxlab.training.loss import training_loss
 tune_allocator()
-arch, name, kind, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+arch, name, kind = sys.argv[1], sys.argv[2], sys.argv[3]
 builder = {a.name: a for a in BUILTIN_ARCHITECTURES}[arch].builder
 torch.manual_seed(0)
 model = nn.Sequential(*builder((1, 28, 28), 10))
@@ -78,36 +81,83 @@ def bound():
 
 run = step if kind == "step" else bound
 model.train(kind == "step")
+# One line per timing asked for on stdin (the parent alternates the trees run by run); the first
+# run is the warm-up.
 try:
     run()
-    best = cpu = float("inf")
-    for _ in range(repeats):
+    print(json.dumps({"ready": True}), flush=True)
+    for _ in sys.stdin:
         start, start_cpu = time.perf_counter(), time.process_time()
         run()
-        best = min(best, time.perf_counter() - start)
-        cpu = min(cpu, time.process_time() - start_cpu)
-    result = {"ms": 1e3 * best, "cpu_ms": 1e3 * cpu}
+        print(json.dumps([time.perf_counter() - start, time.process_time() - start_cpu]), flush=True)
 except MemoryError:
-    result = {"ms": None, "error": "out of memory"}
-result["peak_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps(result))
+    print(json.dumps({"error": "out of memory"}), flush=True)
+    sys.exit(0)
+print(json.dumps({"peak_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
 """
 
 
-def _cell(src: str, arch: str, name: str, kind: str, repeats: int, memory_gib: int) -> dict:
+def _start(src: str, arch: str, name: str, kind: str, memory_gib: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    done = subprocess.run(
-        [sys.executable, "-c", _CELL, arch, name, kind, str(repeats), str(memory_gib)],
+    return subprocess.Popen(
+        [sys.executable, "-c", _CELL, arch, name, kind, str(memory_gib)],
         env=env,
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=False,
     )
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["killed"])[-1]
-        error = "out of memory" if "MemoryError" in done.stderr or "alloc" in tail.lower() else tail
-        return {"ms": None, "error": error, "peak_MiB": None}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _failed(proc: subprocess.Popen) -> dict:
+    proc.kill()
+    _, err = proc.communicate()
+    tail = (err.strip().splitlines() or ["killed"])[-1]
+    error = "out of memory" if "MemoryError" in err or "alloc" in tail.lower() else tail
+    return {"ms": None, "error": error, "peak_MiB": None}
+
+
+def _cells(trees: dict[str, str], arch: str, name: str, kind: str, repeats: int, memory_gib: int) -> dict:
+    """One cell per tree, each in its own process, the runs alternating between the trees (the order
+    swapped every round) so that load from other work falls on all alike."""
+    procs = {label: _start(src, arch, name, kind, memory_gib) for label, src in trees.items()}
+    results: dict[str, dict] = {}
+    times: dict[str, list[tuple[float, float]]] = {label: [] for label in trees}
+    for label, proc in procs.items():
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line or "ready" not in json.loads(line):
+            results[label] = _failed(proc) if not line else json.loads(line) | {"ms": None, "peak_MiB": None}
+    live = [label for label in trees if label not in results]
+    for round_ in range(repeats):
+        for label in live if round_ % 2 == 0 else live[::-1]:
+            proc = procs[label]
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            times[label].append(tuple(json.loads(proc.stdout.readline())))
+    for label in live:
+        proc = procs[label]
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        peak = json.loads(proc.stdout.readline())["peak_MiB"]
+        proc.wait()
+        walls, cpus = [t[0] for t in times[label]], [t[1] for t in times[label]]
+        results[label] = {
+            "ms": 1e3 * min(walls),
+            "cpu_ms": 1e3 * min(cpus),
+            "peak_MiB": peak,
+            "runs": times[label],
+        }
+    if (
+        "before" in results
+        and "now" in results
+        and results["before"].get("runs")
+        and results["now"].get("runs")
+    ):
+        ratios = [n[1] / b[1] for n, b in zip(results["now"]["runs"], results["before"]["runs"], strict=True)]
+        results["now"]["paired_cpu_ratio"] = statistics.median(ratios)
+    return results
 
 
 def _repeats(arch: str, name: str, repeats: int) -> int:
@@ -148,12 +198,13 @@ def main() -> None:
         for name in ("natural", *(args.relaxation or RELAXATIONS)):
             for kind in ("step",) if name == "natural" else ("step", "bound"):
                 repeats = _repeats(arch, name, args.repeats)
-                for label, src in trees.items():
-                    cell = _cell(src, arch, name, kind, repeats, args.memory_gib)
+                cells = _cells(trees, arch, name, kind, repeats, args.memory_gib)
+                for label, cell in cells.items():
                     results[f"{label}|{arch}|{name}|{kind}"] = cell
+                    ratio = cell.get("paired_cpu_ratio")
                     print(
                         f"{label:6s} {arch:5s} {name:14s} {kind:5s} {_format(cell):>12s} "
-                        f"peak {_memory(cell)} GiB",
+                        f"peak {_memory(cell)} GiB" + ("" if ratio is None else f"  now/before {ratio:.2f}"),
                         file=sys.stderr,
                         flush=True,
                     )
@@ -163,8 +214,11 @@ def main() -> None:
     header = ["network", "relaxation"]
     for label in labels:
         header += [f"step ({label})", f"bound ({label})", f"peak GiB ({label})"]
+    paired = len(labels) == 2
+    if paired:
+        header += ["step now/before", "bound now/before"]
     print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * 2 + "---:|" * (3 * len(labels)))
+    print("|" + "---|" * 2 + "---:|" * (len(header) - 2))
     for arch in args.arch or ARCHITECTURES:
         for name in ("natural", *(args.relaxation or RELAXATIONS)):
             row = [arch, name]
@@ -175,6 +229,10 @@ def main() -> None:
                 )
                 peak = max((c.get("peak_MiB") or 0 for c in (step, bound) if c), default=None)
                 row += [_format(step), _format(bound), f"{peak / 1024:.2f}" if peak else ""]
+            if paired:
+                for kind in ("step", "bound"):
+                    ratio = (results.get(f"now|{arch}|{name}|{kind}") or {}).get("paired_cpu_ratio")
+                    row.append("" if ratio is None else f"{ratio:.2f}")
             print("| " + " | ".join(row) + " |")
     _targets(results)
 

@@ -22,6 +22,7 @@ What is bounded is what the model computes, or nothing:
 
 from __future__ import annotations
 
+import itertools
 import operator
 from typing import Any
 
@@ -161,7 +162,7 @@ def _needs_clean(model: nn.Module) -> bool:
 
 
 def _default_dtype(model: nn.Module) -> torch.dtype:
-    for tensor in (*model.parameters(), *model.buffers()):
+    for tensor in itertools.chain(model.parameters(), model.buffers()):  # stops at the first
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.get_default_dtype()
