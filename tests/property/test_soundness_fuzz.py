@@ -15,12 +15,11 @@ over the session) and the number of point checks is printed at the end of the mo
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.budget import examples
 from torch import nn
 
 import relaxlab
@@ -29,9 +28,10 @@ from relaxlab.testing.falsify import box_samples, pgd_extremes, spec_values
 
 NAMES = relaxlab.get_registry().relaxations.select("all")
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
-EXPLORE = os.environ.get("RELAXLAB_HYPOTHESIS_PROFILE") == "explore"
-#: Networks per dtype and sampled points per box: small in CI, large when exploring.
-EXAMPLES, POINTS = (300, 512) if EXPLORE else (8, 64)
+#: Networks per dtype (8 in the ci profile, scaled with the loaded profile: tests.budget).
+EXAMPLES = examples(8)
+#: Sampled points per box: more where the profile searches harder than ci.
+POINTS = 64 if EXAMPLES <= 8 else 512
 CHECKS = {"points": 0}
 
 

@@ -42,7 +42,7 @@ Shapes: ``B`` batch, ``S`` specification rows, ``K`` network outputs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import attrs
@@ -185,30 +185,15 @@ class _Stop:
     phases: bool = False
 
 
-class _Stops(Mapping[int, _Stop]):
+class _Stops(NamedTuple):
     """The effective stops of one set of stops (:meth:`Bounder.effective_stops`): which nodes they are
-    is known at once, each one's box is made on first use and kept."""
+    (``plan``: node -> how its box is made, from which node) is known at once; each one's box is made
+    on first use (:meth:`Bounder.stop_at`) and kept in ``made``. Plain data: it holds no reference to
+    the Bounder, so that no reference cycle keeps a step's autograd graph alive after the step (and
+    a named tuple, which ``torch.compile`` traces)."""
 
-    def __init__(self, plan: dict[int, tuple[str, int]], make: Callable[[int, str, int, _Stops], _Stop]):
-        self._plan = plan
-        self._make = make
-        self._made: dict[int, _Stop] = {}
-
-    def __getitem__(self, index: int) -> _Stop:
-        made = self._made.get(index)
-        if made is None:
-            kind, source = self._plan[index]
-            made = self._made[index] = self._make(index, kind, source, self)
-        return made
-
-    def __contains__(self, index: object) -> bool:
-        return index in self._plan
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._plan)
-
-    def __len__(self) -> int:
-        return len(self._plan)
+    plan: dict[int, tuple[str, int]]
+    made: dict[int, _Stop]
 
 
 class Bounder:
@@ -276,14 +261,14 @@ class Bounder:
 
     def compute_intermediate(self) -> None:
         """Pre-activation bounds and lines of every ReLU (and the boxes after them where they stop rows)."""
-        for count, index in enumerate(self.net.relus):
+        for index in self.net.relus:
             source = self.net.nodes[index].inputs[0]
             pre_lower, pre_upper = self.node_bounds(source)
             if self.rigorous:
                 margin = self.rounding_margin(source)
                 pre_lower, pre_upper = pre_lower - margin, pre_upper + margin
             values = self.values_at(index, pre_lower, pre_upper)
-            lines = self.relu_lines(pre_lower, pre_upper, values, count)
+            lines = self.relu_lines(pre_lower, pre_upper, values, index)
             self.pre[index] = (pre_lower, pre_upper)
             self.lines[index] = lines
             if self.how.intermediate == "interval":
@@ -297,11 +282,11 @@ class Bounder:
         return None if self.parameters is None else self.parameters(index, lower, upper)
 
     def relu_lines(
-        self, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor] | None, count: int | None
+        self, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor] | None, node: int
     ) -> RelaxationTensors:
-        """The relaxation's lines on ``[lower, upper]`` (the one place the engine asks for them): with
-        per-neuron ``values`` only when given (a hand-written relaxer need not take them); with ``count``
-        (the ReLU's place among the ReLUs), their shapes are checked against the bounds'."""
+        """The relaxation's lines on ``[lower, upper]`` (the one place the engine asks for them), for the
+        ReLU of ``node`` (named when the relaxation returns lines of another shape than the bounds'):
+        with per-neuron ``values`` only when given (a hand-written relaxer need not take them)."""
         got = _call(self.relaxation.coefficients, lower, upper, values)
         if not isinstance(got, RelaxationTensors):  # a hand-written relaxer may return any object with
             got = RelaxationTensors(  # the four fields (and perhaps ``zeros``)
@@ -311,15 +296,14 @@ class Bounder:
                 got.upper_offset,
                 frozenset(getattr(got, "zeros", frozenset())),
             )
-        if count is not None:
-            for field in ("lower_slope", "lower_offset", "upper_slope", "upper_offset"):
-                value = getattr(got, field)
-                if value.shape != lower.shape:
-                    raise ValueError(
-                        f"relaxation {self.relaxation.name!r} returned {field} of shape "
-                        f"{tuple(value.shape)} for ReLU layer {count} whose bounds have shape "
-                        f"{tuple(lower.shape)}; coefficients() must keep the shape"
-                    )
+        for field in ("lower_slope", "lower_offset", "upper_slope", "upper_offset"):
+            value = getattr(got, field)
+            if value.shape != lower.shape:
+                raise ValueError(
+                    f"relaxation {self.relaxation.name!r} returned {field} of shape "
+                    f"{tuple(value.shape)} at {self.net.describe(node)} whose bounds have shape "
+                    f"{tuple(lower.shape)}; coefficients() must keep the shape"
+                )
         return got
 
     def relu_box(self, lower: Tensor, upper: Tensor, values: Mapping[str, Tensor] | None) -> Box:
@@ -350,7 +334,14 @@ class Bounder:
 
     def patch_stops(self) -> dict[int, Box]:
         """The boxes where rows stop, for the patch path (which leaves polyphase stops alone)."""
-        return {k: (v.lower, v.upper) for k, v in self.effective_stops(self.stops).items() if not v.phases}
+        stops = self.effective_stops(self.stops)
+        boxes = {}
+        for index, (kind, _) in stops.plan.items():
+            if kind != "phases":
+                stop = self.stop_at(stops, index)
+                assert stop is not None
+                boxes[index] = (stop.lower, stop.upper)
+        return boxes
 
     def exact_box(self, index: int) -> Box:
         """The box of a node with an exact state (memoised), by interval arithmetic in centre/radius form."""
@@ -375,23 +366,25 @@ class Bounder:
         boxes = self._relu_boxes
         for relu, (low, high) in self.pre.items():
             boxes.setdefault(relu, (low.relu(), high.relu()))
-
-        def box(i: int) -> Box:
-            if i not in boxes:
-                node = self.net.nodes[i]
-                assert isinstance(node.op, AffineOp)
-                boxes[i] = node.op.interval(*(box(j) for j in node.inputs))
-            return boxes[i]
-
-        ref_lower, ref_upper = box(index)
+        ref_lower, ref_upper = self._reference_box(index, boxes)
         with torch.no_grad():
-            got = self.relu_lines(ref_lower.detach(), ref_upper.detach(), None, None)
+            got = self.relu_lines(ref_lower.detach(), ref_upper.detach(), None, index)
             zero = [value == 0 for value in got.tensors]
             negative = (ref_upper <= 0) & zero[0] & zero[1] & zero[2] & zero[3]
             one = [got.lower_slope == 1, got.upper_slope == 1]
             positive = (ref_lower >= 0) & one[0] & zero[1] & one[1] & zero[3]
             skip = (negative | positive).flatten(1).all(dim=0)
         return ref_lower, ref_upper, skip
+
+    def _reference_box(self, index: int, boxes: dict[int, Box]) -> Box:
+        """The interval image of node ``index`` from the ``boxes`` of :meth:`stable_reference` (memoised
+        there). A method, not a recursive closure: a closure that calls itself is a reference cycle,
+        which would keep the Bounder and its autograd graph alive until the cyclic collector runs."""
+        if index not in boxes:
+            node = self.net.nodes[index]
+            assert isinstance(node.op, AffineOp)
+            boxes[index] = node.op.interval(*(self._reference_box(i, boxes) for i in node.inputs))
+        return boxes[index]
 
     def _sparse_box(self, index: int, reference: tuple[Tensor, Tensor, Tensor]) -> Box:
         ref_lower, ref_upper, skip = reference
@@ -434,14 +427,25 @@ class Bounder:
                 op = self.net.nodes[nxt].op
                 if isinstance(op, Conv) and op.has_phases:
                     plan[nxt] = ("phases", current)
-        result = self._stop_cache[key] = _Stops(plan, self._make_stop)
+        result = self._stop_cache[key] = _Stops(plan, {})
         return result
+
+    def stop_at(self, stops: _Stops, index: int) -> _Stop | None:
+        """The box rows reaching node ``index`` are concretised on (``None``: not a stop), made once."""
+        if index not in stops.plan:
+            return None
+        made = stops.made.get(index)
+        if made is None:
+            kind, source = stops.plan[index]
+            made = stops.made[index] = self._make_stop(index, kind, source, stops)
+        return made
 
     def _make_stop(self, index: int, kind: str, source: int, stops: _Stops) -> _Stop:
         """The box of one effective stop (see :meth:`effective_stops`) from the stop before it."""
         if kind == "box":
             return _Stop(*self.boxes[index])
-        before = stops[source]
+        before = self.stop_at(stops, source)
+        assert before is not None
         op = self.net.nodes[index].op
         if kind == "phases":
             assert isinstance(op, Conv)
@@ -460,7 +464,7 @@ class Bounder:
         """Lower bounds ``(B, R)`` of ``rows·z_start`` (rows ``(B or 1, R, *shape)``), pulled back to the
         boxes of ``stops``, in chunks."""
         where = self.effective_stops(stops)
-        first = min(where)
+        first = min(where.plan)
         widest = self._widest(start, first)
         chunk = self.chunk_size or max(1, max_elements // max(1, self.batch * widest))
         results = [
@@ -477,7 +481,7 @@ class Bounder:
             current = pending.pop(index, None)
             if current is None:
                 continue
-            stop = stops[index] if index in stops else None
+            stop = self.stop_at(stops, index)
             if stop is not None:
                 if stop.phases:
                     op = nodes[index].op
@@ -522,8 +526,7 @@ class Bounder:
             if index not in self.lines:  # forward intermediate bounds are read off the forms
                 pre = source.concretize()
                 self.pre[index] = pre
-                count = self.net.relus.index(index)
-                self.lines[index] = self.relu_lines(*pre, self.values_at(index, *pre), count)
+                self.lines[index] = self.relu_lines(*pre, self.values_at(index, *pre), index)
             forms = source.relu(self.lines[index])
         else:
             assert isinstance(op, AffineOp)

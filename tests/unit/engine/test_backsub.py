@@ -11,6 +11,7 @@ from torch import nn
 
 import relaxlab
 from relaxlab.api import compute_bounds
+from relaxlab.core.relaxer import RelaxationTensors
 from relaxlab.engine import (
     Network,
     UnsupportedNetworkError,
@@ -528,6 +529,29 @@ class _Spy:
 
 def _dense() -> nn.Sequential:
     return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+class _Flattening(_Spy):
+    """CROWN's lines, returned flattened from the second call on: a hand-written relaxer that breaks
+    the shape contract after the first ReLU."""
+
+    def coefficients(self, lower: torch.Tensor, upper: torch.Tensor) -> object:
+        got = super().coefficients(lower, upper)
+        assert isinstance(got, RelaxationTensors)
+        return got if self.calls == 1 else got._replace(lower_slope=got.lower_slope.reshape(-1))
+
+
+@pytest.mark.parametrize(
+    ("sparse", "node"),
+    [(False, r"node 4 \(3, Relu\)"), (True, r"node 3 \(2, Linear\)")],
+    ids=["lines", "sparse-reference"],
+)
+def test_lines_of_another_shape_than_the_bounds_are_refused_naming_the_node(sparse: bool, node: str) -> None:
+    """The second ReLU's lines, or (sparse rows) the lines on the interval reference of its input."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=rf"returned lower_slope of shape \(8,\) at {node} whose bounds"):
+        bound_network(model, x - 0.1, x + 0.1, _Flattening(), sparse=sparse)
 
 
 @pytest.mark.parametrize(

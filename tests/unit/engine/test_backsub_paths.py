@@ -323,3 +323,49 @@ def test_patches_with_two_convolutions_between_relus(pool: nn.Module) -> None:
     lb, ub = relaxlab.compute_bounds(model, x, 0.05, "CROWN")
     out = model(x)
     assert bool((lb <= out + 1e-9).all()) and bool((out <= ub + 1e-9).all())
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("IBP", {}),
+        ("CROWN-IBP (R)", {}),
+        ("CROWN", {}),
+        ("CROWN", {"patches": False}),
+        ("CROWN", {"sparse": True}),
+        ("hBox-Hybrid", {}),
+    ],
+    ids=["ibp", "crown-ibp", "crown-patches", "crown-maps", "crown-sparse", "hybrid"],
+)
+def test_a_bound_leaves_no_reference_cycle(name: str, options: dict) -> None:
+    """Reference counting alone frees a bound computation, its boxes and its autograd graph: a cycle
+    would keep a training step's tensors alive until Python's cyclic collector happens to run
+    (the resident memory of a training run grew by 90 MiB a step on FC when the stops' cache held
+    the Bounder's own method)."""
+    import gc
+    import weakref
+
+    from relaxlab.engine.bounder import bounder, spec_matrix
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(18, 5),
+        nn.ReLU(),
+        nn.Linear(5, 3),
+    )
+    x = torch.rand(2, 1, 5, 5)
+    relaxation = relaxlab.get_relaxation(name)
+    gc.collect()
+    gc.disable()
+    try:
+        run = bounder(model, x - 0.1, x + 0.1, relaxation, **options)
+        lb, _ = run.bound(spec_matrix(None, 2, 3, x), True)
+        lb.sum().backward()
+        freed = weakref.ref(run)
+        del run, lb
+        assert freed() is None
+    finally:
+        gc.enable()
