@@ -178,7 +178,10 @@ def _add_constant(bias: Tensor, patches: Tensor, constant: Tensor, batch: int, p
     if patches.shape[0] == 1:
         extra = (constant @ patches[0].T).reshape(1, positions, groups)
     else:
-        extra = torch.einsum("blgk,lk->blg", patches.reshape(batch, positions, groups, -1), constant)
+        # one batched product per window position of every example: the constant is repeated per
+        # example (G times smaller than the patches), where einsum would copy the patches position-major
+        per_row = constant.unsqueeze(0).expand(batch, -1, -1).reshape(batch * positions, -1, 1)
+        extra = torch.bmm(patches, per_row).reshape(batch, positions, groups)
     return (bias.reshape(batch, positions, groups) + extra).reshape(batch * positions, groups)
 
 
