@@ -211,7 +211,7 @@ class RelaxationRegistry(NamedRegistry[ReluRelaxation]):
     @property
     def sampled(self) -> frozenset[str]:
         """Names whose soundness can only be sampled (opaque lines: never proved), unless found unsound."""
-        return frozenset(n for n, r in self._items.items() if n not in self.unsound and is_sampled(r))
+        return frozenset(n for n in self._items if self.soundness(n) == "sampled")
 
     def aliases(self, name: str) -> list[str]:
         """Other names whose spec is identical to ``name``'s."""

@@ -345,12 +345,18 @@ class Bounder:
 
     def exact_box(self, index: int) -> Box:
         """The box of a node with an exact state (memoised), by interval arithmetic in centre/radius form."""
-        if index not in self.boxes:
+        return self._interval_box(index, self.boxes)
+
+    def _interval_box(self, index: int, boxes: dict[int, Box]) -> Box:
+        """The interval image of node ``index`` from ``boxes`` (memoised there), its affine operations
+        mapping the boxes of their inputs. A method, not a recursive closure: a closure that calls
+        itself is a reference cycle, which would keep the Bounder and its autograd graph alive until
+        the cyclic collector runs."""
+        if index not in boxes:
             node = self.net.nodes[index]
-            op = node.op
-            assert isinstance(op, AffineOp)
-            self.boxes[index] = op.interval(*(self.exact_box(i) for i in node.inputs))
-        return self.boxes[index]
+            assert isinstance(node.op, AffineOp)
+            boxes[index] = node.op.interval(*(self._interval_box(i, boxes) for i in node.inputs))
+        return boxes[index]
 
     # -- sparse rows ------------------------------------------------------------------------------------
 
@@ -366,7 +372,7 @@ class Bounder:
         boxes = self._relu_boxes
         for relu, (low, high) in self.pre.items():
             boxes.setdefault(relu, (low.relu(), high.relu()))
-        ref_lower, ref_upper = self._reference_box(index, boxes)
+        ref_lower, ref_upper = self._interval_box(index, boxes)
         with torch.no_grad():
             got = self.relu_lines(ref_lower.detach(), ref_upper.detach(), None, index)
             zero = [value == 0 for value in got.tensors]
@@ -375,16 +381,6 @@ class Bounder:
             positive = (ref_lower >= 0) & one[0] & zero[1] & one[1] & zero[3]
             skip = (negative | positive).flatten(1).all(dim=0)
         return ref_lower, ref_upper, skip
-
-    def _reference_box(self, index: int, boxes: dict[int, Box]) -> Box:
-        """The interval image of node ``index`` from the ``boxes`` of :meth:`stable_reference` (memoised
-        there). A method, not a recursive closure: a closure that calls itself is a reference cycle,
-        which would keep the Bounder and its autograd graph alive until the cyclic collector runs."""
-        if index not in boxes:
-            node = self.net.nodes[index]
-            assert isinstance(node.op, AffineOp)
-            boxes[index] = node.op.interval(*(self._reference_box(i, boxes) for i in node.inputs))
-        return boxes[index]
 
     def _sparse_box(self, index: int, reference: tuple[Tensor, Tensor, Tensor]) -> Box:
         ref_lower, ref_upper, skip = reference

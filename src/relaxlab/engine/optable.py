@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from relaxlab.engine.box import all_finite
 from relaxlab.engine.network import NetworkBuilder
 from relaxlab.engine.ops import (
     Cat,
@@ -72,10 +73,9 @@ CallRule = Callable[[NetworkBuilder, tuple[Any, ...], dict[str, Any], str, str],
 
 def check_finite(tensor: Tensor, what: str) -> None:
     """Refuse NaN/inf values (one reduction unless it overflows)."""
-    values = tensor.detach()
-    if math.isfinite(values.sum().item()) or bool(torch.isfinite(values).all()):
+    if all_finite(tensor):
         return
-    bad = int((~torch.isfinite(values)).sum())
+    bad = int((~torch.isfinite(tensor.detach())).sum())
     raise UnsupportedNetworkError(
         f"{what} contains {bad} NaN/inf value(s); bounds of such a network are meaningless — "
         "check the checkpoint or the training run that produced it"
